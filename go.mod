@@ -1,0 +1,3 @@
+module github.com/swallowkeeper/swallowkeeper
+
+go 1.26

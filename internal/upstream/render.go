@@ -1,0 +1,77 @@
+package upstream
+
+import (
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FileHeader opens every rendered file. The parser skips it like any comment.
+const FileHeader = "# Managed by swallowkeeper. Do not edit: changes are overwritten.\n"
+
+// Body renders the inside of the upstream block: exactly what the file has
+// between the braces, and exactly what a dyups POST sends, so that nginx
+// memory and the file never disagree.
+func (u Upstream) Body() string {
+	var b strings.Builder
+	u.writeBody(&b, "")
+	return b.String()
+}
+
+// RenderFile renders the whole state as nginx configuration, upstreams in
+// name order, servers in address order, so equal states give equal bytes.
+// Every upstream must have passed Validate; callers build states only from
+// validated values.
+func RenderFile(s State) []byte {
+	var b strings.Builder
+	b.WriteString(FileHeader)
+	for _, name := range s.Names() {
+		u := s[name]
+		b.WriteString("\nupstream ")
+		b.WriteString(u.Name)
+		b.WriteString(" {\n")
+		u.writeBody(&b, "    ")
+		b.WriteString("}\n")
+	}
+	return []byte(b.String())
+}
+
+func (u Upstream) writeBody(b *strings.Builder, indent string) {
+	for _, s := range u.Servers {
+		b.WriteString(indent)
+		b.WriteString(s.Directive())
+		b.WriteString(";\n")
+	}
+	if u.Keepalive > 0 {
+		b.WriteString(indent)
+		b.WriteString("keepalive ")
+		b.WriteString(strconv.Itoa(u.Keepalive))
+		b.WriteString(";\n")
+	}
+}
+
+// Directive renders the server statement without its semicolon, e.g.
+// "server [::1]:8080 weight=2 max_fails=3 fail_timeout=10s backup".
+func (s Server) Directive() string {
+	var b strings.Builder
+	b.WriteString("server ")
+	b.WriteString(s.Addr.String()) // netip brackets IPv6: [::1]:8080
+	b.WriteString(" weight=")
+	b.WriteString(strconv.Itoa(s.Weight))
+	b.WriteString(" max_fails=")
+	b.WriteString(strconv.Itoa(s.MaxFails))
+	b.WriteString(" fail_timeout=")
+	b.WriteString(strconv.FormatInt(int64(s.FailTimeout/time.Second), 10))
+	b.WriteString("s")
+	if s.MaxConns > 0 {
+		b.WriteString(" max_conns=")
+		b.WriteString(strconv.Itoa(s.MaxConns))
+	}
+	if s.Backup {
+		b.WriteString(" backup")
+	}
+	if s.Down {
+		b.WriteString(" down")
+	}
+	return b.String()
+}
