@@ -1,0 +1,306 @@
+// Package engine owns SwallowKeeper's state and its one direction of flow:
+// sources send complete snapshots, the engine settles them, merges them,
+// applies the guards, persists the result first and then hands it to the
+// sinks. All state lives in the goroutine that runs Run.
+package engine
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// Source watches one registry.
+//
+// Run sends a complete Snapshot on out: once as soon as it has read the
+// whole registry, then again whenever anything may have changed. It never
+// sends a delta or a partial read: after a read error it sends nothing until
+// a full read succeeds again (stale beats partial). Run returns when ctx
+// ends and never closes out.
+type Source interface {
+	Run(ctx context.Context, out chan<- Snapshot)
+}
+
+// Store persists the state that nginx starts from.
+type Store interface {
+	// Load returns the last saved state; an absent file is an empty state,
+	// a corrupt one an error.
+	Load() (upstream.State, error)
+	// Save writes the state atomically and durably.
+	Save(upstream.State) error
+}
+
+// Sink brings one data plane (an nginx target) to the desired state.
+type Sink interface {
+	// Update hands over the newest desired state. It never blocks: a sink
+	// still busy with an older state keeps only the newest one.
+	Update(upstream.State)
+}
+
+// Wait is the quiescence window, as in consul-template: after a change the
+// engine waits until no new snapshot came for Min, but never longer than Max
+// after the first one. Zero Min applies at once.
+type Wait struct {
+	Min, Max time.Duration
+}
+
+// Engine runs the flow. Build it with New.
+type Engine struct {
+	sources []Source
+	store   Store
+	sinks   []Sink
+	guards  Guards
+	wait    Wait
+	log     *slog.Logger
+	m       *metrics
+}
+
+// New builds an engine. reg may be nil when no metrics are wanted.
+func New(sources []Source, store Store, sinks []Sink, g Guards, w Wait, log *slog.Logger, reg prometheus.Registerer) *Engine {
+	return &Engine{sources: sources, store: store, sinks: sinks, guards: g, wait: w, log: log, m: newMetrics(reg)}
+}
+
+type tagged struct {
+	source int
+	snap   Snapshot
+}
+
+// fanIn starts every source and forwards their snapshots, tagged with the
+// source's index, to one channel.
+func (e *Engine) fanIn(ctx context.Context) <-chan tagged {
+	out := make(chan tagged)
+	for i, src := range e.sources {
+		ch := make(chan Snapshot)
+		go src.Run(ctx, ch)
+		go func() {
+			for {
+				select {
+				case s := <-ch:
+					select {
+					case out <- tagged{i, s}:
+					case <-ctx.Done():
+						return
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	return out
+}
+
+// Run loads the persisted state, pushes it to the sinks (nginx may have
+// restarted without it in memory), then follows the sources until ctx ends.
+// It returns an error only when the persisted state cannot be read.
+func (e *Engine) Run(ctx context.Context) error {
+	prev, err := e.store.Load()
+	if err != nil {
+		return err
+	}
+	e.log.Info("loaded persisted state", "upstreams", len(prev))
+	e.m.upstreams.Set(float64(len(prev)))
+	if len(prev) > 0 {
+		e.push(prev)
+	}
+
+	in := e.fanIn(ctx)
+	latest := make([]*Snapshot, len(e.sources))
+	var (
+		lastHolds []Hold
+		settle    *time.Timer // fires when the quiescence window closes
+		settleC   <-chan time.Time
+		firstSeen time.Time
+		retry     = backoff.New(200*time.Millisecond, 10*time.Second)
+		retryC    <-chan time.Time
+	)
+	apply := func() {
+		settleC = nil
+		next, holds := Plan(prev, deref(latest), e.guards)
+		e.reportHolds(lastHolds, holds)
+		lastHolds = holds
+		if next.Equal(prev) {
+			return
+		}
+		if err := e.store.Save(next); err != nil {
+			// Persist first: nothing reaches nginx that the file would not
+			// bring back after a restart. Retry the newest state later.
+			e.m.storeErrors.Inc()
+			d := retry.Next()
+			e.log.Error("persist failed; nginx left unchanged, will retry", "err", err, "retry_in", d)
+			retryC = time.After(d)
+			return
+		}
+		retry.Reset()
+		retryC = nil
+		e.logChanges(prev, next)
+		e.m.applies.Inc()
+		e.m.upstreams.Set(float64(len(next)))
+		e.m.lastApply.SetToCurrentTime()
+		e.push(next)
+		prev = next
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			if settle != nil {
+				settle.Stop()
+			}
+			return nil
+		case t := <-in:
+			snap := t.snap
+			latest[t.source] = &snap
+			if slices.Contains(latest, nil) {
+				continue // apply nothing until every source has answered once
+			}
+			if e.wait.Min <= 0 {
+				apply()
+				continue
+			}
+			now := time.Now()
+			if settleC == nil {
+				firstSeen = now
+			}
+			d := e.wait.Min
+			if e.wait.Max > 0 && now.Add(d).After(firstSeen.Add(e.wait.Max)) {
+				d = max(firstSeen.Add(e.wait.Max).Sub(now), 0)
+			}
+			if settle != nil {
+				settle.Stop()
+			}
+			settle = time.NewTimer(d)
+			settleC = settle.C
+		case <-settleC:
+			apply()
+		case <-retryC:
+			retryC = nil
+			apply()
+		}
+	}
+}
+
+// Desired loads the persisted state, waits for one snapshot from every
+// source and plans the next state without saving or pushing anything. It
+// serves the one-shot commands (once, render).
+func (e *Engine) Desired(ctx context.Context) (prev, next upstream.State, holds []Hold, err error) {
+	prev, err = e.store.Load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := e.fanIn(ctx)
+	latest := make([]*Snapshot, len(e.sources))
+	for slices.Contains(latest, nil) {
+		select {
+		case <-ctx.Done():
+			return nil, nil, nil, fmt.Errorf("waiting for the registry: %w", context.Cause(ctx))
+		case t := <-in:
+			snap := t.snap
+			latest[t.source] = &snap
+		}
+	}
+	next, holds = Plan(prev, deref(latest), e.guards)
+	return prev, next, holds, nil
+}
+
+// Save persists a state through the engine's store (for the once command).
+func (e *Engine) Save(s upstream.State) error { return e.store.Save(s) }
+
+func (e *Engine) push(s upstream.State) {
+	for _, sink := range e.sinks {
+		sink.Update(s)
+	}
+}
+
+func (e *Engine) reportHolds(before, now []Hold) {
+	e.m.holds.Set(float64(len(now)))
+	for _, h := range now {
+		if !slices.Contains(before, h) {
+			e.m.holdsStarted.Inc()
+			e.log.Warn("guard holds a change", "upstream", h.Upstream, "reason", h.Reason)
+		}
+	}
+	for _, h := range before {
+		if !slices.Contains(now, h) {
+			e.log.Info("guard released", "upstream", h.Upstream, "reason_was", h.Reason)
+		}
+	}
+}
+
+// logChanges logs the delta, a line per server, never the whole state.
+func (e *Engine) logChanges(prev, next upstream.State) {
+	c := upstream.Diff(prev, next)
+	for _, name := range c.Set {
+		added, removed := upstream.ServerDelta(prev[name], next[name])
+		for _, s := range removed {
+			e.log.Info("- server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance)
+		}
+		for _, s := range added {
+			e.log.Info("+ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "weight", s.Weight)
+		}
+		if o, ok := prev[name]; ok && o.Keepalive != next[name].Keepalive {
+			e.log.Info("~ keepalive", "upstream", name, "from", o.Keepalive, "to", next[name].Keepalive)
+		}
+		if _, ok := prev[name]; !ok {
+			e.log.Info("+ upstream", "upstream", name, "servers", len(next[name].Servers))
+		}
+	}
+	for _, name := range c.Removed {
+		e.log.Info("- upstream", "upstream", name)
+	}
+}
+
+func deref(snaps []*Snapshot) []Snapshot {
+	out := make([]Snapshot, len(snaps))
+	for i, s := range snaps {
+		out[i] = *s
+	}
+	return out
+}
+
+type metrics struct {
+	applies, storeErrors, holdsStarted prometheus.Counter
+	upstreams, holds, lastApply        prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		applies: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_engine_applies_total",
+			Help: "Changed states persisted and handed to the sinks.",
+		}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_engine_persist_errors_total",
+			Help: "Failed attempts to persist the upstream file; nginx is left unchanged until one succeeds.",
+		}),
+		holdsStarted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_guard_holds_total",
+			Help: "Times a guard started holding back part of the registry's answer.",
+		}),
+		upstreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_upstreams",
+			Help: "Upstreams in the applied state.",
+		}),
+		holds: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_guard_holds_active",
+			Help: "Guard holds in force now.",
+		}),
+		lastApply: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_engine_last_apply_timestamp_seconds",
+			Help: "When a changed state was last persisted and handed to the sinks.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.applies, m.storeErrors, m.holdsStarted, m.upstreams, m.holds, m.lastApply)
+	}
+	return m
+}

@@ -1,0 +1,260 @@
+package dyups
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// Target keeps one nginx's dyups interface at the desired state. It runs in
+// its own goroutine with its own retries, so a slow or dead nginx never
+// delays another.
+//
+// It is level-triggered: it remembers what the target acknowledged and
+// sends only the difference to the newest desired state. A state that
+// arrives while it retries supersedes the old one at once.
+type Target struct {
+	url    string
+	client *Client
+	log    *slog.Logger
+	m      *Metrics
+	opt    Options
+
+	mu         sync.Mutex
+	pending    upstream.State
+	hasPending bool
+	wake       chan struct{} // one slot: "pending changed"
+
+	// Owned by the Run goroutine (or the caller of Sync).
+	acked upstream.State  // what the target acknowledged, per upstream
+	owned map[string]bool // names the target may hold because we put them there
+}
+
+var _ engine.Sink = (*Target)(nil)
+
+// Options tune a target.
+type Options struct {
+	Timeout     time.Duration // per request
+	RetryBase   time.Duration // first retry delay for 409s and transport errors
+	RetryCap    time.Duration // longest retry delay
+	MaxAttempts int           // per request in Sync; 0 = until superseded or cancelled (Run)
+}
+
+// NewTarget returns a target for the dyups interface at rawURL.
+func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Target, error) {
+	base, err := ParseBaseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 5 * time.Second
+	}
+	if opt.RetryBase <= 0 {
+		opt.RetryBase = 100 * time.Millisecond
+	}
+	if opt.RetryCap <= 0 {
+		opt.RetryCap = 5 * time.Second
+	}
+	t := &Target{
+		url:    base.String(),
+		client: NewClient(base, opt.Timeout),
+		log:    log.With("target", base.String()),
+		m:      m,
+		wake:   make(chan struct{}, 1),
+		acked:  upstream.State{},
+		owned:  map[string]bool{},
+		opt:    opt,
+	}
+	return t, nil
+}
+
+// URL is the target's base URL.
+func (t *Target) URL() string { return t.url }
+
+// Update hands over the newest desired state without blocking.
+func (t *Target) Update(s upstream.State) {
+	t.mu.Lock()
+	t.pending, t.hasPending = s, true
+	t.mu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (t *Target) take() (upstream.State, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.pending, t.hasPending
+	t.pending, t.hasPending = nil, false
+	return s, ok
+}
+
+// Run applies states handed over by Update until ctx ends.
+func (t *Target) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.wake:
+		}
+		s, ok := t.take()
+		if !ok {
+			continue
+		}
+		err := t.Sync(ctx, s)
+		switch {
+		case errors.Is(err, errSuperseded), ctx.Err() != nil:
+		case err != nil:
+			t.log.Error("target not fully in sync", "err", err)
+		}
+	}
+}
+
+// errSuperseded ends a sync whose state is no longer the newest.
+var errSuperseded = errors.New("superseded by a newer state")
+
+// Sync brings the target to desired: it POSTs every upstream whose
+// configuration differs from what the target acknowledged, then DELETEs
+// those it put there that are no longer wanted. A refused body (500) is
+// logged with the body and the rest goes on; the error returned joins every
+// failure.
+func (t *Target) Sync(ctx context.Context, desired upstream.State) error {
+	for name := range desired {
+		t.owned[name] = true
+	}
+	var errs []error
+	for _, name := range desired.Names() {
+		u := desired[name]
+		if old, ok := t.acked[name]; ok && old.Equal(u) {
+			continue
+		}
+		err := t.retry(ctx, "POST", name, func(ctx context.Context) error { return t.client.Set(ctx, u) })
+		if errors.Is(err, errSuperseded) || ctx.Err() != nil {
+			return err
+		}
+		if err != nil {
+			var api *APIError
+			if errors.As(err, &api) && api.Status == 500 {
+				t.log.Error("nginx refused the upstream body; it keeps the old one", "upstream", name, "status", api.Status, "answer", api.Body, "body", u.Body())
+			}
+			delete(t.acked, name)
+			errs = append(errs, err)
+			continue
+		}
+		t.acked[name] = u
+	}
+	for _, name := range sortedKeys(t.owned) {
+		if _, ok := desired[name]; ok {
+			continue
+		}
+		err := t.retry(ctx, "DELETE", name, func(ctx context.Context) error { return t.client.Delete(ctx, name) })
+		if errors.Is(err, errSuperseded) || ctx.Err() != nil {
+			return err
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(t.acked, name)
+		delete(t.owned, name)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("dyups %s: %w", t.url, errors.Join(errs...))
+	}
+	return nil
+}
+
+// retry runs one request until it succeeds, fails for good, runs out of
+// attempts, or a newer state arrives.
+func (t *Target) retry(ctx context.Context, op, name string, call func(context.Context) error) error {
+	b := backoff.New(t.opt.RetryBase, t.opt.RetryCap)
+	for {
+		start := time.Now()
+		err := call(ctx)
+		t.m.observe(t.url, op, err, time.Since(start))
+		if err == nil {
+			if b.Attempts() > 0 {
+				t.log.Info("request succeeded after retries", "op", op, "upstream", name, "retries", b.Attempts())
+			}
+			return nil
+		}
+		if !Retryable(err) || t.opt.MaxAttempts > 0 && b.Attempts()+1 >= t.opt.MaxAttempts {
+			return err
+		}
+		d := b.Next()
+		t.log.Warn("request failed; retrying", "op", op, "upstream", name, "err", err, "retry_in", d)
+		timer := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-t.wake:
+			timer.Stop()
+			select { // leave the signal for Run
+			case t.wake <- struct{}{}:
+			default:
+			}
+			return errSuperseded
+		case <-timer.C:
+		}
+	}
+}
+
+func sortedKeys(m map[string]bool) []string {
+	s := make(upstream.State, len(m))
+	for k := range m {
+		s[k] = upstream.Upstream{}
+	}
+	return s.Names()
+}
+
+// Metrics counts requests to every dyups target.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// NewMetrics registers the dyups metrics with reg (nil: unregistered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_dyups_requests_total",
+			Help: "Requests to dyups interfaces, by target, operation and outcome (ok, refused, retryable, error).",
+		}, []string{"target", "op", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "swallowkeeper_dyups_request_duration_seconds",
+			Help:    "Duration of requests to dyups interfaces.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"target", "op"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.latency)
+	}
+	return m
+}
+
+func (m *Metrics) observe(target, op string, err error, d time.Duration) {
+	outcome := "ok"
+	var api *APIError
+	switch {
+	case err == nil:
+	case errors.As(err, &api) && !api.Retry:
+		outcome = "refused"
+	case Retryable(err):
+		outcome = "retryable"
+	default:
+		outcome = "error"
+	}
+	m.requests.WithLabelValues(target, op, outcome).Inc()
+	m.latency.WithLabelValues(target, op).Observe(d.Seconds())
+}

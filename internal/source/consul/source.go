@@ -1,0 +1,487 @@
+// Package consul is the Consul source: it follows the catalog and the
+// health of every selected service with a fixed, small number of blocking
+// queries, whatever the number of services, and sends complete snapshots.
+//
+// Two long polls run all the time:
+//   - /v1/catalog/services moves when a service instance registers,
+//     deregisters or changes (but not on health changes);
+//   - /v1/health/state/any moves when any check changes, node checks such
+//     as serfHealth included.
+//
+// A wake is only a cue: the source works out which services it can have
+// changed (new or vanished names, changed tags, changed checks, checks of
+// a node the service runs on) and re-reads just those with
+// /v1/health/service/<name>. A catalog wake that none of that explains (an
+// instance without checks, an address change) is followed by one plain read
+// of the checks and, if still unexplained, by a re-read of every service.
+// A periodic full re-read is the safety net.
+package consul
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+)
+
+// Options configure the source.
+type Options struct {
+	// WaitTime bounds each blocking query (Consul caps it at 10m).
+	WaitTime time.Duration
+	// Resync is the period of the full re-read safety net; 0 disables it.
+	Resync time.Duration
+	// RetryBase and RetryCap bound the jittered backoff after errors.
+	RetryBase, RetryCap time.Duration
+}
+
+// Source watches one Consul datacenter.
+type Source struct {
+	client *api.Client
+	rules  Rules
+	opt    Options
+	log    *slog.Logger
+	m      *metrics
+}
+
+var _ engine.Source = (*Source)(nil)
+
+// New returns a source. The client's transport should allow a handful of
+// connections to the agent (see NewClient).
+func New(client *api.Client, rules Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
+	if opt.WaitTime <= 0 {
+		opt.WaitTime = 5 * time.Minute
+	}
+	if opt.RetryBase <= 0 {
+		opt.RetryBase = 250 * time.Millisecond
+	}
+	if opt.RetryCap <= 0 {
+		opt.RetryCap = 30 * time.Second
+	}
+	return &Source{client: client, rules: rules, opt: opt, log: log.With("source", "consul"), m: newMetrics(reg)}
+}
+
+// MaxConns is the most connections the source opens to the agent: two long
+// polls, and reads beside them.
+const MaxConns = 4
+
+// NewClient returns a Consul API client whose transport opens at most
+// MaxConns connections to the agent.
+func NewClient(cfg *api.Config) (*api.Client, error) {
+	if cfg.Transport == nil {
+		cfg.Transport = api.DefaultConfig().Transport
+	}
+	cfg.Transport.MaxConnsPerHost = MaxConns
+	cfg.Transport.MaxIdleConnsPerHost = MaxConns
+	return api.NewClient(cfg)
+}
+
+type catalogEvent struct {
+	index    uint64
+	reset    bool // the index went backwards: Consul's state was replaced
+	services map[string][]string
+}
+
+type checksEvent struct {
+	index  uint64
+	reset  bool
+	checks api.HealthChecks
+}
+
+// serviceData is the last complete read of one service.
+type serviceData struct {
+	index   uint64
+	entries []*api.ServiceEntry
+}
+
+// Run implements engine.Source.
+func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
+	catalogC := make(chan catalogEvent, 1)
+	checksC := make(chan checksEvent, 1)
+	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
+		svcs, meta, err := s.client.Catalog().Services(o)
+		return catalogEvent{services: svcs}, meta, err
+	}, func(e *catalogEvent, idx uint64, reset bool) { e.index, e.reset = idx, reset })
+	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
+		checks, meta, err := s.client.Health().State(api.HealthAny, o)
+		return checksEvent{checks: checks}, meta, err
+	}, func(e *checksEvent, idx uint64, reset bool) { e.index, e.reset = idx, reset })
+
+	st := &tracker{
+		src:      s,
+		catalog:  nil,
+		checks:   map[string]api.HealthCheck{},
+		services: map[string]serviceData{},
+		dirty:    map[string]bool{},
+		dropped:  map[string]bool{},
+	}
+	var (
+		retry    = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		retryC   <-chan time.Time
+		resync   *time.Ticker
+		resyncC  <-chan time.Time
+		haveBoth = func() bool { return st.catalog != nil && st.haveChecks }
+	)
+	if s.opt.Resync > 0 {
+		resync = time.NewTicker(s.opt.Resync)
+		defer resync.Stop()
+		resyncC = resync.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-catalogC:
+			st.onCatalog(ev)
+		case ev := <-checksC:
+			st.onChecks(ev)
+		case <-resyncC:
+			st.markAll()
+		case <-retryC:
+			retryC = nil
+		}
+		if !haveBoth() || retryC != nil {
+			continue
+		}
+		changed, err := st.refresh(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := retry.Next()
+			s.m.errors.WithLabelValues("health/service").Inc()
+			s.log.Warn("read failed; keeping the last complete state, will retry", "err", err, "retry_in", d)
+			retryC = time.After(d)
+			continue
+		}
+		retry.Reset()
+		if !changed && st.sent {
+			continue
+		}
+		snap := st.snapshot()
+		select {
+		case out <- snap:
+			st.sent = true
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// watch runs one blocking query forever, following Consul's documented
+// index rules, and hands each changed result to ch, replacing an unread
+// older one.
+func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
+	query func(*api.QueryOptions) (E, *api.QueryMeta, error), stamp func(*E, uint64, bool)) {
+	var index uint64
+	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+	for ctx.Err() == nil {
+		o := (&api.QueryOptions{WaitIndex: index, WaitTime: s.opt.WaitTime}).WithContext(ctx)
+		ev, meta, err := query(o)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.m.errors.WithLabelValues(what).Inc()
+			s.m.up.WithLabelValues(what).Set(0)
+			d := b.Next()
+			s.log.Warn("watch failed; retrying", "watch", what, "err", err, "retry_in", d, "attempt", b.Attempts())
+			if backoff.Sleep(ctx, d) != nil {
+				return
+			}
+			continue
+		}
+		if b.Attempts() > 0 {
+			s.log.Info("watch recovered", "watch", what, "after_attempts", b.Attempts())
+		}
+		b.Reset()
+		s.m.up.WithLabelValues(what).Set(1)
+		s.m.wakes.WithLabelValues(what).Inc()
+		reset := false
+		switch {
+		case meta.LastIndex == index && index != 0:
+			continue // the wait timed out: nothing changed
+		case meta.LastIndex < index:
+			// The index went backwards (a snapshot restore, a new
+			// cluster): what we knew is void; this answer is a full read.
+			reset = true
+		}
+		index = meta.LastIndex
+		if index == 0 {
+			index = 1 // never block on 0: it would return at once forever
+		}
+		stamp(&ev, index, reset)
+		select { // one slot: drop an unread older result for the newer one
+		case <-ch:
+		default:
+		}
+		ch <- ev
+	}
+}
+
+// tracker holds what the source knows, in the Run goroutine only.
+type tracker struct {
+	src        *Source
+	catalog    map[string][]string // selected services and their tags
+	catalogIdx uint64
+	checks     map[string]api.HealthCheck // by node/checkID
+	haveChecks bool
+	services   map[string]serviceData
+	dirty      map[string]bool
+	sweep      bool            // re-read every service
+	probe      bool            // read the checks once, then maybe sweep
+	dropped    map[string]bool // instances reported as invalid, to log each once
+	removed    bool            // a service left the catalog since the last snapshot
+	sent       bool
+}
+
+func (t *tracker) markAll() {
+	for name := range t.catalog {
+		t.dirty[name] = true
+	}
+}
+
+func (t *tracker) onCatalog(ev catalogEvent) {
+	selected := map[string][]string{}
+	for name, tags := range ev.services {
+		if t.src.rules.WantService(name) {
+			selected[name] = tags
+		}
+	}
+	first := t.catalog == nil
+	explained := false
+	for name, tags := range selected {
+		old, ok := t.catalog[name]
+		if !ok || !slices.Equal(old, tags) || ev.reset || first {
+			t.dirty[name] = true
+			explained = true
+		}
+	}
+	for name := range t.catalog {
+		if _, ok := selected[name]; !ok {
+			delete(t.services, name)
+			delete(t.dirty, name)
+			t.removed = true
+			explained = true
+		}
+	}
+	t.catalog = selected
+	t.catalogIdx = ev.index
+	if !explained && len(ev.services) > 0 {
+		// An instance came, went or changed without touching the name or
+		// tag lists; refresh decides whether the checks explain it.
+		t.probe = true
+	}
+}
+
+func (t *tracker) onChecks(ev checksEvent) {
+	next := make(map[string]api.HealthCheck, len(ev.checks))
+	for _, c := range ev.checks {
+		if c == nil {
+			continue
+		}
+		next[c.Node+"/"+c.CheckID] = *c
+	}
+	if ev.reset {
+		t.markAll()
+	}
+	for key, c := range next {
+		if old, ok := t.checks[key]; !ok || old.Status != c.Status || old.ModifyIndex != c.ModifyIndex || old.ServiceID != c.ServiceID {
+			t.touch(c)
+		}
+	}
+	for key, c := range t.checks {
+		if _, ok := next[key]; !ok {
+			t.touch(c)
+		}
+	}
+	t.checks = next
+	t.haveChecks = true
+}
+
+// touch marks what a changed check can affect: its service, or for a node
+// check every service with an instance on that node.
+func (t *tracker) touch(c api.HealthCheck) {
+	if c.ServiceName != "" {
+		t.dirty[c.ServiceName] = true // readDirty skips unselected names
+		return
+	}
+	for name, d := range t.services {
+		for _, e := range d.entries {
+			if e.Node != nil && e.Node.Node == c.Node {
+				t.dirty[name] = true
+				break
+			}
+		}
+	}
+}
+
+// refresh re-reads the dirty services; it reports whether any data changed.
+// On an error the dirty marks stay, so the next attempt reads them again.
+func (t *tracker) refresh(ctx context.Context) (bool, error) {
+	for name := range t.catalog {
+		if _, ok := t.services[name]; !ok {
+			t.dirty[name] = true // never read yet
+		}
+	}
+	changed, err := t.readDirty(ctx)
+	if err != nil {
+		return false, err
+	}
+	if t.probe && t.maxIndex() < t.catalogIdx {
+		// Not yet explained: the checks may tell which service moved.
+		o := (&api.QueryOptions{}).WithContext(ctx)
+		checks, meta, err := t.src.client.Health().State(api.HealthAny, o)
+		if err != nil {
+			return false, fmt.Errorf("consul: read health/state/any: %w", err)
+		}
+		t.onChecks(checksEvent{index: meta.LastIndex, checks: checks})
+		c, err := t.readDirty(ctx)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || c
+		if t.maxIndex() < t.catalogIdx {
+			t.src.log.Debug("catalog change not explained by checks; re-reading every service", "catalog_index", t.catalogIdx, "services", len(t.catalog))
+			t.src.m.sweeps.Inc()
+			t.markAll()
+			c, err := t.readDirty(ctx)
+			if err != nil {
+				return false, err
+			}
+			changed = changed || c
+		}
+	}
+	t.probe = false
+	changed = changed || t.removed
+	t.removed = false
+	return changed, nil
+}
+
+func (t *tracker) readDirty(ctx context.Context) (bool, error) {
+	changed := false
+	for _, name := range slices.Sorted(maps.Keys(t.dirty)) {
+		if _, selected := t.catalog[name]; !selected {
+			delete(t.dirty, name) // excluded, or gone from the catalog
+			continue
+		}
+		o := (&api.QueryOptions{}).WithContext(ctx)
+		entries, meta, err := t.src.client.Health().Service(name, "", false, o)
+		t.src.m.reads.Inc()
+		if err != nil {
+			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
+		}
+		old, had := t.services[name]
+		if !had || old.index != meta.LastIndex || !sameEntries(old.entries, entries) {
+			changed = true
+		}
+		t.services[name] = serviceData{index: meta.LastIndex, entries: entries}
+		delete(t.dirty, name)
+	}
+	return changed, nil
+}
+
+func (t *tracker) maxIndex() uint64 {
+	var m uint64
+	for _, d := range t.services {
+		m = max(m, d.index)
+	}
+	return m
+}
+
+// snapshot builds the complete state from the last read of every selected
+// service, logging and counting each newly invalid instance once.
+func (t *tracker) snapshot() engine.Snapshot {
+	entries := make(map[string][]*api.ServiceEntry, len(t.services))
+	for name, d := range t.services {
+		entries[name] = d.entries
+	}
+	st, dropped := Build(entries, t.src.rules)
+	now := map[string]bool{}
+	for _, d := range dropped {
+		key := d.String()
+		now[key] = true
+		if !t.dropped[key] {
+			t.src.m.dropped.Inc()
+			t.src.log.Warn("invalid instance dropped", "service", d.Service, "instance", d.Instance, "reason", d.Reason)
+		}
+	}
+	t.dropped = now
+	return engine.Snapshot{Upstreams: st, Services: len(t.services)}
+}
+
+// sameEntries compares what Build reads from two reads of a service.
+func sameEntries(a, b []*api.ServiceEntry) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Service == nil || y.Service == nil || x.Node == nil || y.Node == nil {
+			return false
+		}
+		if x.Service.ModifyIndex != y.Service.ModifyIndex || x.Node.ModifyIndex != y.Node.ModifyIndex || len(x.Checks) != len(y.Checks) {
+			return false
+		}
+		for j := range x.Checks {
+			if x.Checks[j].Status != y.Checks[j].Status || x.Checks[j].ModifyIndex != y.Checks[j].ModifyIndex {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func netipAddrPort(ip netip.Addr, port int) netip.AddrPort {
+	return netip.AddrPortFrom(ip, uint16(port))
+}
+
+type metrics struct {
+	errors  *prometheus.CounterVec
+	wakes   *prometheus.CounterVec
+	up      *prometheus.GaugeVec
+	reads   prometheus.Counter
+	sweeps  prometheus.Counter
+	dropped prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_consul_errors_total",
+			Help: "Failed Consul requests, by endpoint.",
+		}, []string{"endpoint"}),
+		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_consul_watch_wakes_total",
+			Help: "Blocking queries that returned, by watch.",
+		}, []string{"watch"}),
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "swallowkeeper_consul_watch_up",
+			Help: "1 while the watch's last request succeeded, 0 after an error.",
+		}, []string{"watch"}),
+		reads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_consul_service_reads_total",
+			Help: "Reads of /v1/health/service/<name>.",
+		}),
+		sweeps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_consul_sweeps_total",
+			Help: "Re-reads of every service after a catalog change nothing else explained.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_invalid_instances_dropped_total",
+			Help: "Registry instances dropped because their data failed validation (each counted once while it stays invalid).",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.errors, m.wakes, m.up, m.reads, m.sweeps, m.dropped)
+	}
+	return m
+}

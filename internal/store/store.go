@@ -1,0 +1,101 @@
+// Package store persists the upstream state as the nginx file that nginx
+// includes, atomically and durably, so that nginx can always start from the
+// last known state and a registry crash loses nothing.
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// File is the persisted upstream file.
+type File struct {
+	Path string
+	// Mode of the file; nginx workers only need to read it.
+	Mode fs.FileMode
+}
+
+var _ engine.Store = (*File)(nil)
+
+// New returns a store for path with mode 0644.
+func New(path string) *File { return &File{Path: path, Mode: 0o644} }
+
+// Load parses the file. A missing file is an empty state (first start); a
+// file that does not parse is an error naming the file and line, never an
+// empty state.
+func (f *File) Load() (upstream.State, error) {
+	data, err := os.ReadFile(f.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return upstream.State{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	st, err := upstream.ParseFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("store: %s: %w", f.Path, err)
+	}
+	return st, nil
+}
+
+// Save renders the state and writes it only when the bytes differ from what
+// is on disk.
+func (f *File) Save(s upstream.State) error {
+	data := upstream.RenderFile(s)
+	if old, err := os.ReadFile(f.Path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := WriteAtomic(f.Path, data, f.Mode); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
+// WriteAtomic replaces path with data so that a reader, or a crash at any
+// moment, sees either the old or the new complete file: a temp file in the
+// same directory is written, fsynced and closed, renamed over path, and the
+// directory is fsynced so the rename itself survives a power cut.
+func WriteAtomic(path string, data []byte, mode fs.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = tmp.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err = tmp.Chmod(mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
+	}
+	if err = tmp.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+	}
+	if err = tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err = d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}

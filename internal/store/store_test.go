@@ -1,0 +1,87 @@
+package store
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+func sample() upstream.State {
+	u := upstream.Upstream{Name: "web", Keepalive: 8, Servers: []upstream.Server{
+		{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1, MaxFails: 2, FailTimeout: 5 * time.Second},
+	}}
+	return upstream.State{"web": u}
+}
+
+func TestLoadMissingFileIsEmptyState(t *testing.T) {
+	st, err := New(filepath.Join(t.TempDir(), "absent.conf")).Load()
+	if err != nil || st == nil || len(st) != 0 {
+		t.Fatalf("Load = %v, %v; want an empty state", st, err)
+	}
+}
+
+func TestSaveLoadRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "upstreams.conf")
+	f := New(path)
+	if err := f.Save(sample()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Equal(sample()) {
+		t.Fatalf("loaded %v", got)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v, %v", fi.Mode(), err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Fatalf("temp files left behind: %v", entries)
+	}
+}
+
+func TestSaveSkipsIdenticalContent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "upstreams.conf")
+	f := New(path)
+	if err := f.Save(sample()); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Save(sample()); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(path)
+	if !fi.ModTime().Equal(old) {
+		t.Fatalf("identical save rewrote the file (mtime %v, want %v)", fi.ModTime(), old)
+	}
+}
+
+func TestLoadCorruptFileIsAnErrorNamingFileAndLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "upstreams.conf")
+	os.WriteFile(path, []byte("upstream web {\n  server 10.0.0.1:80;\n  server 10.0\n"), 0o644)
+	st, err := New(path).Load()
+	if err == nil {
+		t.Fatalf("corrupt file loaded as %v", st)
+	}
+	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("error %q does not name the file and line 3", err)
+	}
+}
+
+func TestSaveIntoMissingDirectoryFailsWithoutTouchingAnything(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "no", "such", "dir", "upstreams.conf")
+	if err := New(path).Save(sample()); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Save = %v", err)
+	}
+}
