@@ -99,6 +99,15 @@ func (t *Target) take() (upstream.State, bool) {
 	return s, ok
 }
 
+// Own records that the target may hold these upstreams already (the
+// persisted state at start), so that Sync deletes the ones no longer wanted
+// even if it never posted them itself.
+func (t *Target) Own(s upstream.State) {
+	for name := range s {
+		t.owned[name] = true
+	}
+}
+
 // Run applies states handed over by Update until ctx ends.
 func (t *Target) Run(ctx context.Context) {
 	for {

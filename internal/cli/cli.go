@@ -1,0 +1,396 @@
+// Package cli is the swallowkeeper command line: it parses arguments, loads
+// the configuration and wires sources, engine, store and sinks together.
+// Run is called in-process by tests, so nothing here exits or reads globals.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
+	"github.com/swallowkeeper/swallowkeeper/internal/store"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/cli.Version=v1.2.3".
+var Version = "dev"
+
+// DefaultConfigPath is read when -config is not given and the file exists.
+const DefaultConfigPath = "/etc/swallowkeeper/swallowkeeper.yml"
+
+const usage = `swallowkeeper keeps nginx upstreams in step with a service registry, without
+reloading nginx. It watches Consul, writes every upstream to the file nginx
+includes (atomically, first), then pushes each changed upstream into nginx
+memory through the dyups API (tengine/dyups, or nginx/lua in this repo).
+
+Usage:
+  swallowkeeper run     [flags]   follow the registry until SIGTERM or SIGINT
+  swallowkeeper once    [flags]   one full sync: registry → file → nginx; non-zero exit on failure
+  swallowkeeper render  [flags]   print the upstream file the registry gives now; touches nothing
+  swallowkeeper check   [flags]   validate the configuration and the persisted file
+  swallowkeeper version
+
+Configuration comes from, in rising priority: defaults, the YAML file
+(-config, else /etc/swallowkeeper/swallowkeeper.yml if present; see
+examples/swallowkeeper.yml), Consul's environment variables
+(CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT,
+CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME,
+CONSUL_HTTP_SSL, CONSUL_DATACENTER), then flags.
+
+Safety: a registry outage or an empty answer never empties nginx; a service
+whose instances all fail keeps its last servers; min_services holds every
+change while the registry reports fewer services.
+
+Run 'swallowkeeper COMMAND -h' for the flags of a command.
+`
+
+// Run runs the command line and returns the exit code.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run", "once", "render", "check":
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "swallowkeeper %s (%s %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "swallowkeeper: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+
+	cfg, code := loadConfig(cmd, rest, stderr, getenv)
+	if cfg == nil {
+		return code
+	}
+	log := newLogger(stderr, cfg)
+	var err error
+	switch cmd {
+	case "check":
+		err = check(cfg, stdout)
+	case "render":
+		err = render(ctx, cfg, log, stdout)
+	case "once":
+		err = once(ctx, cfg, log, stdout)
+	case "run":
+		err = run(ctx, cfg, log)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string) string) (*config.Config, int) {
+	fs := flag.NewFlagSet("swallowkeeper "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		path        = fs.String("config", "", "YAML configuration file (default "+DefaultConfigPath+" if it exists)")
+		consulAddr  = fs.String("consul-addr", "", "Consul HTTP address, host:port or https://host:port")
+		dc          = fs.String("datacenter", "", "Consul datacenter (default: the agent's)")
+		tokenFile   = fs.String("consul-token-file", "", "file holding the Consul ACL token")
+		file        = fs.String("file", "", "persisted upstream file that nginx includes")
+		minServices = fs.Int("min-services", -1, "hold all changes while the registry reports fewer services")
+		logLevel    = fs.String("log-level", "", "debug, info, warn or error")
+		logFormat   = fs.String("log-format", "", "text or json")
+		metrics     = fs.String("metrics-listen", "", "address for /metrics and /healthz; \"off\" disables")
+		targets     stringList
+	)
+	fs.Var(&targets, "target", "dyups base URL, e.g. http://127.0.0.1:8081 (repeatable; replaces the file's targets)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: swallowkeeper %s [flags]\n\nFlags override the configuration file and the environment.\n\n", cmd)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, 0
+		}
+		return nil, 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "swallowkeeper %s: unexpected argument %q\n", cmd, fs.Arg(0))
+		return nil, 2
+	}
+
+	var cfg *config.Config
+	var err error
+	switch {
+	case *path != "":
+		cfg, err = config.Load(*path)
+	default:
+		if _, statErr := os.Stat(DefaultConfigPath); statErr == nil {
+			cfg, err = config.Load(DefaultConfigPath)
+		} else {
+			cfg, err = config.Parse("", nil)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
+		return nil, 1
+	}
+	if err := cfg.ApplyEnv(getenv); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
+		return nil, 1
+	}
+	set := func(field string, apply func()) {
+		apply()
+		cfg.MarkOverridden(field, "flag")
+	}
+	if *consulAddr != "" {
+		set("consul.address", func() { cfg.Consul.Address = *consulAddr })
+	}
+	if *dc != "" {
+		set("consul.datacenter", func() { cfg.Consul.Datacenter = *dc })
+	}
+	if *tokenFile != "" {
+		set("consul.token_file", func() { cfg.Consul.TokenFile = *tokenFile })
+	}
+	if *file != "" {
+		set("file", func() { cfg.File = *file })
+	}
+	if *minServices >= 0 {
+		set("guards.min_services", func() { cfg.Guards.MinServices = *minServices })
+	}
+	if *logLevel != "" {
+		set("log.level", func() { cfg.Log.Level = *logLevel })
+	}
+	if *logFormat != "" {
+		set("log.format", func() { cfg.Log.Format = *logFormat })
+	}
+	if *metrics != "" {
+		set("metrics.listen", func() {
+			cfg.Metrics.Listen = *metrics
+			if *metrics == "off" {
+				cfg.Metrics.Listen = ""
+			}
+		})
+	}
+	if len(targets) > 0 {
+		cfg.Targets = nil
+		for i, t := range targets {
+			cfg.Targets = append(cfg.Targets, config.Target{URL: t})
+			cfg.MarkOverridden(fmt.Sprintf("targets[%d].url", i), "flag -target")
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
+		return nil, 1
+	}
+	if err := cfg.ResolveToken(); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
+		return nil, 1
+	}
+	return cfg, 0
+}
+
+func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
+	level, _ := config.ParseLevel(cfg.Log.Level) // validated
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// parts are the wired components of a configuration.
+type parts struct {
+	engine  *engine.Engine
+	targets []*dyups.Target
+}
+
+func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*parts, error) {
+	acfg := api.DefaultConfig()
+	addr, scheme, _ := config.SplitConsulAddress(cfg.Consul.Address, cfg.Consul.Scheme) // validated
+	acfg.Address, acfg.Scheme = addr, scheme
+	acfg.Datacenter = cfg.Consul.Datacenter
+	acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
+	acfg.TLSConfig = api.TLSConfig{
+		Address:            cfg.Consul.TLS.ServerName,
+		CAFile:             cfg.Consul.TLS.CAFile,
+		CertFile:           cfg.Consul.TLS.CertFile,
+		KeyFile:            cfg.Consul.TLS.KeyFile,
+		InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
+	}
+	client, err := consul.NewClient(acfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul: %w", err)
+	}
+	u := cfg.Upstreams
+	rules := consul.Rules{
+		Include:     cfg.Services.Include,
+		Exclude:     cfg.Services.Exclude,
+		RequireTags: cfg.Services.RequireTags,
+		CanaryTag:   u.CanaryTag,
+		WeightMeta:  u.WeightMeta,
+		OnlyPassing: cfg.Consul.OnlyPassing,
+		Weight:      u.Weight,
+		MaxFails:    u.MaxFails,
+		FailTimeout: time.Duration(u.FailTimeout),
+		MaxConns:    u.MaxConns,
+		Keepalive:   u.Keepalive,
+	}
+	for name, o := range u.Overrides {
+		if o.Keepalive != nil {
+			if rules.KeepaliveFor == nil {
+				rules.KeepaliveFor = map[string]int{}
+			}
+			rules.KeepaliveFor[name] = *o.Keepalive
+		}
+	}
+	src := consul.New(client, rules, consul.Options{
+		WaitTime: time.Duration(cfg.Consul.WaitTime),
+		Resync:   time.Duration(cfg.Consul.Resync),
+	}, log, reg)
+
+	p := &parts{}
+	dm := dyups.NewMetrics(reg)
+	sinks := make([]engine.Sink, 0, len(cfg.Targets))
+	for _, tc := range cfg.Targets {
+		t, err := dyups.NewTarget(tc.URL, dyups.Options{Timeout: time.Duration(tc.Timeout)}, log, dm)
+		if err != nil {
+			return nil, err
+		}
+		p.targets = append(p.targets, t)
+		sinks = append(sinks, t)
+	}
+	p.engine = engine.New([]engine.Source{src}, store.New(cfg.File), sinks,
+		engine.Guards{MinServices: cfg.Guards.MinServices},
+		engine.Wait{Min: time.Duration(cfg.Wait.Min), Max: time.Duration(cfg.Wait.Max)},
+		log, reg)
+	return p, nil
+}
+
+func check(cfg *config.Config, stdout io.Writer) error {
+	st, err := store.New(cfg.File).Load()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "configuration ok: consul %s, %d target(s), persisted file %s (%d upstreams)\n",
+		cfg.Consul.Address, len(cfg.Targets), cfg.File, len(st))
+	return nil
+}
+
+// oneShotTimeout bounds how long once and render wait for the registry.
+const oneShotTimeout = 30 * time.Second
+
+func render(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	p, err := build(cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, oneShotTimeout, errors.New("no complete answer from the registry within "+oneShotTimeout.String()))
+	defer cancel()
+	_, next, holds, err := p.engine.Desired(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range holds {
+		log.Warn("guard holds a change", "upstream", h.Upstream, "reason", h.Reason)
+	}
+	_, err = stdout.Write(upstream.RenderFile(next))
+	return err
+}
+
+func once(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	p, err := build(cfg, log, nil)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, oneShotTimeout, errors.New("no complete answer from the registry within "+oneShotTimeout.String()))
+	defer cancel()
+	prev, next, holds, err := p.engine.Desired(ctx)
+	if err != nil {
+		return err
+	}
+	for _, h := range holds {
+		log.Warn("guard holds a change", "upstream", h.Upstream, "reason", h.Reason)
+	}
+	if err := p.engine.Save(next); err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range p.targets {
+		t.Own(prev) // what the file had, nginx may have: delete what is gone
+		if err := t.Sync(ctx, next); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	fmt.Fprintf(stdout, "synced %d upstreams to %d target(s); file %s\n", len(next), len(p.targets), cfg.File)
+	return nil
+}
+
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p, err := build(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	if cfg.Metrics.Listen != "" {
+		ln, err := net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { srv.Serve(ln) })
+		defer func() {
+			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+			defer c()
+			srv.Shutdown(sctx)
+		}()
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
+	for _, t := range p.targets {
+		wg.Go(func() { t.Run(ctx) })
+	}
+	log.Info("swallowkeeper started", "version", Version, "consul", cfg.Consul.Address, "file", cfg.File, "targets", len(p.targets))
+	err = p.engine.Run(ctx)
+	cancel()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	log.Info("swallowkeeper stopped")
+	return nil
+}

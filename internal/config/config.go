@@ -1,0 +1,503 @@
+// Package config holds SwallowKeeper's configuration: defaults, a strict
+// YAML decode, environment and flag overrides, and validation, in one
+// place. Every error names the file, the line and the field at fault.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// Config is the whole configuration. The yaml tags are the file's keys.
+type Config struct {
+	Consul    Consul    `yaml:"consul"`
+	Services  Services  `yaml:"services"`
+	Upstreams Upstreams `yaml:"upstreams"`
+	// File is the upstream file that nginx includes; it is written first,
+	// atomically, before anything is pushed to nginx.
+	File    string   `yaml:"file"`
+	Targets []Target `yaml:"targets"`
+	Guards  Guards   `yaml:"guards"`
+	Wait    Wait     `yaml:"wait"`
+	Log     Log      `yaml:"log"`
+	Metrics Metrics  `yaml:"metrics"`
+
+	// Where each field was set, for error messages: "targets[0].url" → line,
+	// or "consul.address" → "$CONSUL_HTTP_ADDR".
+	lines     map[string]int
+	overrides map[string]string
+	path      string
+}
+
+// Consul is how to reach the registry.
+type Consul struct {
+	Address    string `yaml:"address"` // host:port, or a URL with scheme
+	Scheme     string `yaml:"scheme"`  // http or https
+	Datacenter string `yaml:"datacenter"`
+	// TokenFile holds the ACL token. The token itself is never in this file:
+	// it comes from CONSUL_HTTP_TOKEN or TokenFile, and never prints.
+	TokenFile   string   `yaml:"token_file"`
+	Token       Secret   `yaml:"-"`
+	TLS         TLS      `yaml:"tls"`
+	WaitTime    Duration `yaml:"wait_time"`
+	Resync      Duration `yaml:"resync"`
+	OnlyPassing bool     `yaml:"only_passing"`
+}
+
+// TLS for the Consul connection.
+type TLS struct {
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Services selects what to follow.
+type Services struct {
+	Include     []string `yaml:"include"` // allow list; empty = all
+	Exclude     []string `yaml:"exclude"`
+	RequireTags []string `yaml:"require_tags"`
+}
+
+// Upstreams shapes the upstreams.
+type Upstreams struct {
+	CanaryTag   string              `yaml:"canary_tag"`
+	WeightMeta  string              `yaml:"weight_meta"`
+	Weight      int                 `yaml:"weight"`
+	MaxFails    int                 `yaml:"max_fails"`
+	FailTimeout Duration            `yaml:"fail_timeout"`
+	MaxConns    int                 `yaml:"max_conns"`
+	Keepalive   int                 `yaml:"keepalive"`
+	Overrides   map[string]Override `yaml:"overrides"`
+}
+
+// Override sets per-upstream values.
+type Override struct {
+	Keepalive *int `yaml:"keepalive"`
+}
+
+// Target is one nginx dyups interface.
+type Target struct {
+	URL     string   `yaml:"url"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Guards are the safety rules.
+type Guards struct {
+	MinServices int `yaml:"min_services"`
+}
+
+// Wait is the quiescence window before applying a change.
+type Wait struct {
+	Min Duration `yaml:"min"`
+	Max Duration `yaml:"max"`
+}
+
+// Log output.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Metrics listener.
+type Metrics struct {
+	Listen string `yaml:"listen"` // "" disables
+}
+
+// DefaultTarget is the dyups interface of the sample nginx configs.
+const DefaultTarget = "http://127.0.0.1:8081"
+
+// Default returns the configuration used when a field is not set.
+func Default() Config {
+	return Config{
+		Consul: Consul{
+			Address:  "127.0.0.1:8500",
+			Scheme:   "http",
+			WaitTime: Duration(5 * time.Minute),
+			Resync:   Duration(10 * time.Minute),
+		},
+		Services: Services{Exclude: []string{"consul"}},
+		Upstreams: Upstreams{
+			CanaryTag:   "gray",
+			WeightMeta:  "weight",
+			Weight:      1,
+			MaxFails:    1,
+			FailTimeout: Duration(10 * time.Second),
+			Keepalive:   16,
+		},
+		File:    "/var/lib/swallowkeeper/upstreams.conf",
+		Targets: []Target{{URL: DefaultTarget}},
+		Guards:  Guards{MinServices: 1},
+		Log:     Log{Level: "info", Format: "text"},
+		Metrics: Metrics{Listen: "127.0.0.1:9145"},
+	}
+}
+
+// Load reads path over the defaults. It does not apply the environment
+// (ApplyEnv) nor validate (Validate).
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes YAML over the defaults, refusing unknown fields.
+func Parse(path string, data []byte) (*Config, error) {
+	c := Default()
+	c.path = path
+	// A list given in the file replaces the default list; start targets
+	// empty so that entries are not merged into the default one.
+	var probe struct {
+		Targets *[]Target `yaml:"targets"`
+	}
+	if err := yaml.Unmarshal(data, &probe); err == nil && probe.Targets != nil {
+		c.Targets = nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file means all defaults
+		return nil, yamlError(path, err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err == nil {
+		c.lines = map[string]int{}
+		indexLines(&root, "", c.lines)
+	}
+	return &c, nil
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+): `)
+
+// yamlError rewrites the YAML library's "line N: ..." into "file:N: ...",
+// one problem per line.
+func yamlError(path string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			msgs[i] = yamlLine.ReplaceAllString(m, path+":$1: ")
+		}
+		return fmt.Errorf("config: %s", strings.Join(msgs, "\n"))
+	}
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		return fmt.Errorf("config: %s:%s: %s", path, m[1], yamlLine.ReplaceAllString(msg, ""))
+	}
+	return fmt.Errorf("config: %s: %s", path, msg)
+}
+
+// indexLines records the line of every mapping value and sequence item
+// under a dotted path: consul.address, targets[0].url.
+func indexLines(n *yaml.Node, path string, lines map[string]int) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			indexLines(c, path, lines)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			lines[p] = k.Line
+			indexLines(v, p, lines)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			lines[p] = c.Line
+			indexLines(c, p, lines)
+		}
+	}
+}
+
+// Where returns "file:line: field" for error messages, as precise as the
+// file allows; fields set by flags or the environment have no line.
+func (c *Config) Where(field string) string {
+	if c.path == "" {
+		return field
+	}
+	for p := field; p != ""; {
+		if line, ok := c.lines[p]; ok {
+			return fmt.Sprintf("%s:%d: %s", c.path, line, field)
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return c.path + ": " + field
+}
+
+// MarkOverridden records that field was set outside the file (flag or
+// environment), so errors do not point at a file line for it.
+func (c *Config) MarkOverridden(field, source string) {
+	if c.lines == nil {
+		c.lines = map[string]int{}
+	}
+	delete(c.lines, field)
+	if c.overrides == nil {
+		c.overrides = map[string]string{}
+	}
+	c.overrides[field] = source
+}
+
+// ApplyEnv applies Consul's own environment variables, as the consul CLI
+// reads them: they override the file.
+func (c *Config) ApplyEnv(getenv func(string) string) error {
+	if v := getenv("CONSUL_HTTP_ADDR"); v != "" {
+		c.Consul.Address = v
+		c.MarkOverridden("consul.address", "$CONSUL_HTTP_ADDR")
+	}
+	if v := getenv("CONSUL_HTTP_SSL"); v != "" {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("config: $CONSUL_HTTP_SSL=%q: want true or false", v)
+		}
+		if on {
+			c.Consul.Scheme = "https"
+		}
+		c.MarkOverridden("consul.scheme", "$CONSUL_HTTP_SSL")
+	}
+	if v := getenv("CONSUL_HTTP_TOKEN_FILE"); v != "" {
+		c.Consul.TokenFile = v
+		c.MarkOverridden("consul.token_file", "$CONSUL_HTTP_TOKEN_FILE")
+	}
+	if v := getenv("CONSUL_HTTP_TOKEN"); v != "" {
+		c.Consul.Token = Secret(v)
+	}
+	for env, field := range map[string]*string{
+		"CONSUL_CACERT":          &c.Consul.TLS.CAFile,
+		"CONSUL_CLIENT_CERT":     &c.Consul.TLS.CertFile,
+		"CONSUL_CLIENT_KEY":      &c.Consul.TLS.KeyFile,
+		"CONSUL_TLS_SERVER_NAME": &c.Consul.TLS.ServerName,
+	} {
+		if v := getenv(env); v != "" {
+			*field = v
+		}
+	}
+	if v := getenv("CONSUL_DATACENTER"); v != "" {
+		c.Consul.Datacenter = v
+	}
+	return nil
+}
+
+// ResolveToken reads the token file when no token came from the
+// environment. A token file that cannot be read is an error naming it.
+func (c *Config) ResolveToken() error {
+	if c.Consul.Token != "" || c.Consul.TokenFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(c.Consul.TokenFile)
+	if err != nil {
+		return fmt.Errorf("config: %s: token file: %w", c.Where("consul.token_file"), err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return fmt.Errorf("config: %s: token file %s is empty", c.Where("consul.token_file"), c.Consul.TokenFile)
+	}
+	c.Consul.Token = Secret(tok)
+	return nil
+}
+
+// Validate checks every field and returns all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		where := c.Where(field)
+		if src, ok := c.overrides[field]; ok {
+			where = field + " (from " + src + ")"
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", where, fmt.Sprintf(format, args...)))
+	}
+
+	if _, _, err := SplitConsulAddress(c.Consul.Address, c.Consul.Scheme); err != nil {
+		bad("consul.address", "%v", err)
+	}
+	if c.Consul.Scheme != "http" && c.Consul.Scheme != "https" {
+		bad("consul.scheme", "%q: want http or https", c.Consul.Scheme)
+	}
+	for field, path := range map[string]string{
+		"consul.tls.ca_file":   c.Consul.TLS.CAFile,
+		"consul.tls.cert_file": c.Consul.TLS.CertFile,
+		"consul.tls.key_file":  c.Consul.TLS.KeyFile,
+		"consul.token_file":    c.Consul.TokenFile,
+	} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			bad(field, "%v", err)
+		}
+	}
+	if (c.Consul.TLS.CertFile == "") != (c.Consul.TLS.KeyFile == "") {
+		bad("consul.tls", "cert_file and key_file go together")
+	}
+	if c.Consul.WaitTime < Duration(time.Second) || c.Consul.WaitTime > Duration(10*time.Minute) {
+		bad("consul.wait_time", "%v: want 1s to 10m (Consul caps blocking queries at 10m)", c.Consul.WaitTime)
+	}
+	if c.Consul.Resync < 0 {
+		bad("consul.resync", "%v: must not be negative (0 disables)", c.Consul.Resync)
+	}
+
+	u := c.Upstreams
+	if strings.ContainsAny(u.CanaryTag, "= \t\n") {
+		bad("upstreams.canary_tag", "%q: a tag key, without '=' or spaces", u.CanaryTag)
+	}
+	checkRange := func(field string, v, lo, hi int) {
+		if v < lo || v > hi {
+			bad(field, "%d out of range %d-%d", v, lo, hi)
+		}
+	}
+	checkRange("upstreams.weight", u.Weight, 1, upstream.MaxWeight)
+	checkRange("upstreams.max_fails", u.MaxFails, 0, upstream.MaxMaxFails)
+	checkRange("upstreams.max_conns", u.MaxConns, 0, upstream.MaxMaxConns)
+	checkRange("upstreams.keepalive", u.Keepalive, 0, upstream.MaxKeepalive)
+	if ft := time.Duration(u.FailTimeout); ft < 0 || ft > upstream.MaxFailTimeout || ft%time.Second != 0 {
+		bad("upstreams.fail_timeout", "%v: want whole seconds from 0s to 24h", ft)
+	}
+	for name, o := range u.Overrides {
+		field := "upstreams.overrides." + name
+		if err := upstream.ValidName(name); err != nil {
+			bad(field, "%v", err)
+		}
+		if o.Keepalive != nil {
+			checkRange(field+".keepalive", *o.Keepalive, 0, upstream.MaxKeepalive)
+		}
+	}
+
+	if c.File == "" {
+		bad("file", "the persisted upstream file is required")
+	} else if fi, err := os.Stat(filepath.Dir(c.File)); err != nil || !fi.IsDir() {
+		bad("file", "directory of %s does not exist", c.File)
+	}
+
+	if len(c.Targets) == 0 {
+		bad("targets", "at least one nginx target is required")
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Targets {
+		field := fmt.Sprintf("targets[%d]", i)
+		base, err := dyups.ParseBaseURL(t.URL)
+		if err != nil {
+			bad(field+".url", "%v", err)
+			continue
+		}
+		if seen[base.String()] {
+			bad(field+".url", "%s is listed twice", base)
+		}
+		seen[base.String()] = true
+		if t.Timeout < 0 {
+			bad(field+".timeout", "%v: must not be negative", t.Timeout)
+		}
+	}
+
+	if c.Guards.MinServices < 0 {
+		bad("guards.min_services", "%d: must not be negative", c.Guards.MinServices)
+	}
+	if c.Wait.Min < 0 || c.Wait.Max < 0 {
+		bad("wait", "durations must not be negative")
+	}
+	if c.Wait.Max > 0 && c.Wait.Max < c.Wait.Min {
+		bad("wait.max", "%v is shorter than wait.min %v", c.Wait.Max, c.Wait.Min)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		bad("log.level", "%v", err)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		bad("log.format", "%q: want text or json", c.Log.Format)
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			bad("metrics.listen", "%q: want host:port, or empty to disable", c.Metrics.Listen)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// SplitConsulAddress accepts "host:port" or "scheme://host:port" (as
+// CONSUL_HTTP_ADDR does) and returns host:port and the scheme.
+func SplitConsulAddress(addr, scheme string) (string, string, error) {
+	if s, rest, ok := strings.Cut(addr, "://"); ok {
+		if s != "http" && s != "https" {
+			return "", "", fmt.Errorf("%q: scheme must be http or https", addr)
+		}
+		scheme, addr = s, strings.TrimSuffix(rest, "/")
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", "", fmt.Errorf("%q: want host:port: %v", addr, err)
+	}
+	return addr, scheme, nil
+}
+
+// ParseLevel maps a level name to slog.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// Secret is a value that never prints: not in logs, not in %v, not in
+// YAML or JSON.
+type Secret string
+
+const redacted = "<redacted>"
+
+func (s Secret) String() string                { return redacted }
+func (s Secret) GoString() string              { return redacted }
+func (s Secret) LogValue() slog.Value          { return slog.StringValue(redacted) }
+func (s Secret) MarshalText() ([]byte, error)  { return []byte(redacted), nil }
+func (s Secret) Reveal() string                { return string(s) }
+func (s Secret) Format(f fmt.State, verb rune) { fmt.Fprint(f, redacted) }
+func (s Secret) MarshalYAML() (any, error)     { return redacted, nil }
+func (s *Secret) UnmarshalYAML(*yaml.Node) error {
+	return errors.New("a token is never read from the config file; use CONSUL_HTTP_TOKEN or consul.token_file")
+}
+
+// Duration is a time.Duration written with a unit ("10s", "5m"). A bare
+// number is refused: "fail_timeout: 10" would otherwise mean 10ns.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a duration like 10s", n.Line)
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (want a number with a unit, like 10s or 500ms)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+func (d Duration) String() string { return time.Duration(d).String() }

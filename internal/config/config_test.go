@@ -1,0 +1,167 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExampleConfigIsValidAndMatchesDefaults(t *testing.T) {
+	c, err := Load(filepath.Join("..", "..", "examples", "swallowkeeper.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.File = filepath.Join(t.TempDir(), "upstreams.conf")
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.Consul.Address != d.Consul.Address || c.Upstreams.Weight != d.Upstreams.Weight ||
+		c.Upstreams.FailTimeout != d.Upstreams.FailTimeout || c.Guards.MinServices != d.Guards.MinServices ||
+		c.Metrics.Listen != d.Metrics.Listen || len(c.Targets) != 1 || c.Targets[0].URL != DefaultTarget {
+		t.Errorf("example disagrees with the defaults: %+v", c)
+	}
+	if k := c.Upstreams.Overrides["web"].Keepalive; k == nil || *k != 64 {
+		t.Errorf("override not read: %v", k)
+	}
+}
+
+func TestEmptyFileMeansDefaults(t *testing.T) {
+	c, err := Parse("empty.yml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Consul.Address != "127.0.0.1:8500" || c.Services.Exclude[0] != "consul" || c.Upstreams.CanaryTag != "gray" {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+}
+
+func TestTargetsInFileReplaceTheDefault(t *testing.T) {
+	c, err := Parse("t.yml", []byte("targets:\n  - url: http://127.0.0.1:9001\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Targets) != 1 || c.Targets[0].URL != "http://127.0.0.1:9001" {
+		t.Errorf("targets = %+v", c.Targets)
+	}
+}
+
+// Each bad fixture must fail with a message naming the file, the line and
+// the field at fault.
+func TestBadConfigs(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"unknown-field.bad.yml", []string{"unknown-field.bad.yml:2: field adress not found"}},
+		{"bare-duration.bad.yml", []string{"bare-duration.bad.yml:3:", `"10" is not a duration`}},
+		{"target-path.bad.yml", []string{"target-path.bad.yml:3: targets[1].url:", "want only scheme://host:port"}},
+		{"weight-zero.bad.yml", []string{"weight-zero.bad.yml:3: upstreams.weight: 0 out of range 1-10000"}},
+		{"syntax.bad.yml", []string{"syntax.bad.yml:"}},
+		{"override-name.bad.yml", []string{"override-name.bad.yml:3: upstreams.overrides.bad name;:", "not allowed"}},
+		{"inline-token.bad.yml", []string{"inline-token.bad.yml:2: field token not found"}},
+		{"no-targets.bad.yml", []string{"no-targets.bad.yml:1: targets: at least one nginx target"}},
+		{"wait.bad.yml", []string{"wait.bad.yml:3: wait.max: 1s is shorter than wait.min 2s"}},
+		{"log.bad.yml", []string{"log.bad.yml:2: log.level:", "log.bad.yml:3: log.format:"}},
+		{"fail-timeout.bad.yml", []string{"fail-timeout.bad.yml:2: upstreams.fail_timeout: 1.5s: want whole seconds"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			path := filepath.Join("testdata", tt.file)
+			c, err := Load(path)
+			if err == nil {
+				c.File = filepath.Join(t.TempDir(), "u.conf")
+				err = c.Validate()
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				w = strings.ReplaceAll(w, tt.file, path)
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q\ndoes not contain %q", err, w)
+				}
+			}
+		})
+	}
+	entries, _ := os.ReadDir("testdata")
+	for _, e := range entries {
+		found := false
+		for _, tt := range tests {
+			found = found || tt.file == e.Name()
+		}
+		if strings.HasSuffix(e.Name(), ".bad.yml") && !found {
+			t.Errorf("fixture %s has no expected message", e.Name())
+		}
+	}
+}
+
+func TestEnvOverridesFileAndNamesItsSource(t *testing.T) {
+	c, err := Parse("c.yml", []byte("consul:\n  address: 127.0.0.1:8500\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"CONSUL_HTTP_ADDR": "not an address", "CONSUL_HTTP_TOKEN": "tok-123"}
+	if err := c.ApplyEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	c.File = filepath.Join(t.TempDir(), "u.conf")
+	err = c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "consul.address (from $CONSUL_HTTP_ADDR)") {
+		t.Fatalf("error %v does not name the environment variable", err)
+	}
+	if c.Consul.Token.Reveal() != "tok-123" {
+		t.Errorf("token not taken from the environment")
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	s := Secret("hunter2")
+	for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%v %s %q %#v %+v", s, s, s, s, s), fmt.Sprintf("%v", Consul{Token: s})} {
+		if strings.Contains(out, "hunter2") {
+			t.Errorf("secret printed: %s", out)
+		}
+	}
+	if s.Reveal() != "hunter2" {
+		t.Error("Reveal")
+	}
+}
+
+func TestTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	tf := filepath.Join(dir, "token")
+	os.WriteFile(tf, []byte("  file-token\n"), 0o600)
+	c := Default()
+	c.Consul.TokenFile = tf
+	if err := c.ResolveToken(); err != nil || c.Consul.Token.Reveal() != "file-token" {
+		t.Fatalf("ResolveToken: %v, %q", err, c.Consul.Token.Reveal())
+	}
+	c = Default()
+	c.Consul.TokenFile = filepath.Join(dir, "missing")
+	if err := c.ResolveToken(); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("missing token file: %v", err)
+	}
+}
+
+func TestSplitConsulAddress(t *testing.T) {
+	tests := []struct{ in, addr, scheme string }{
+		{"127.0.0.1:8500", "127.0.0.1:8500", "http"},
+		{"https://consul.local:8501", "consul.local:8501", "https"},
+		{"http://[::1]:8500/", "[::1]:8500", "http"},
+	}
+	for _, tt := range tests {
+		a, s, err := SplitConsulAddress(tt.in, "http")
+		if err != nil || a != tt.addr || s != tt.scheme {
+			t.Errorf("%s → %s %s %v", tt.in, a, s, err)
+		}
+	}
+	for _, bad := range []string{"", "consul", "ftp://x:1"} {
+		if _, _, err := SplitConsulAddress(bad, "http"); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	_ = time.Second
+}

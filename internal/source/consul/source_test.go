@@ -1,0 +1,262 @@
+package consul
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// startSource runs a Source against c and returns its snapshots.
+func startSource(t *testing.T, c *testenv.Consul, reg prometheus.Registerer) <-chan engine.Snapshot {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = c.HTTPAddr()
+	client, err := NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	src := New(client, rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond}, log, reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan engine.Snapshot, 100)
+	done := make(chan struct{})
+	go func() { src.Run(ctx, out); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("source did not return after its context ended")
+		}
+	})
+	return out
+}
+
+// waitFor reads snapshots until cond holds for one, or fails after 10s.
+func waitFor(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	var last engine.Snapshot
+	for {
+		select {
+		case s := <-snaps:
+			last = s
+			if cond(s) {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("no snapshot where %s within 10s; last:\n%s", what, upstream.RenderFile(last.Upstreams))
+		}
+	}
+}
+
+func servers(s engine.Snapshot, name string) []string {
+	var out []string
+	for _, srv := range s.Upstreams[name].Servers {
+		out = append(out, srv.Addr.String())
+	}
+	return out
+}
+
+func hasServers(name string, want ...string) func(engine.Snapshot) bool {
+	return func(s engine.Snapshot) bool {
+		_, ok := s.Upstreams[name]
+		return ok && strings.Join(servers(s, name), ",") == strings.Join(want, ",")
+	}
+}
+
+func TestSourceFollowsRealConsul(t *testing.T) {
+	c := testenv.StartConsul(t)
+	reg := prometheus.NewRegistry()
+	snaps := startSource(t, c, reg)
+
+	first := waitFor(t, snaps, "the first snapshot arrives", func(engine.Snapshot) bool { return true })
+	if first.Services != 0 || len(first.Upstreams) != 0 {
+		t.Fatalf("fresh Consul (consul service excluded) gave %d services: %v", first.Services, first.Upstreams)
+	}
+
+	c.Register(t, "web", "web-1", "127.0.0.1", 9001, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", 9002, nil, map[string]string{"weight": "3"})
+	s := waitFor(t, snaps, "web has both instances", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
+	if s.Upstreams["web"].Servers[1].Weight != 3 {
+		t.Errorf("weight meta not applied: %+v", s.Upstreams["web"].Servers[1])
+	}
+
+	c.SetHealth(t, "web-1", api.HealthCritical)
+	waitFor(t, snaps, "a critical check takes web-1 out", hasServers("web", "127.0.0.1:9002"))
+
+	c.SetHealth(t, "web-1", api.HealthPassing)
+	waitFor(t, snaps, "web-1 is back when passing", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
+
+	c.Deregister(t, "web-2")
+	waitFor(t, snaps, "deregistering removes web-2", hasServers("web", "127.0.0.1:9001"))
+
+	c.Register(t, "web", "web-3", "127.0.0.1", 9003, []string{"gray=canary"}, nil)
+	waitFor(t, snaps, "the canary gets its own upstream", hasServers("web_canary", "127.0.0.1:9003"))
+
+	// An instance without any check moves neither the checks nor the name
+	// and tag lists: only the catalog index tells, and the source must
+	// still find it.
+	if err := c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-4", Name: "web", Address: "127.0.0.1", Port: 9004}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, snaps, "a check-less instance is found", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9004"))
+
+	// The last instance failing: the upstream stays known with no servers,
+	// for the engine to keep its last servers.
+	c.Deregister(t, "web-4")
+	c.SetHealth(t, "web-1", api.HealthCritical)
+	s = waitFor(t, snaps, "web is known with no healthy server", func(s engine.Snapshot) bool {
+		u, ok := s.Upstreams["web"]
+		return ok && len(u.Servers) == 0
+	})
+	if s.Services != 1 {
+		t.Errorf("services = %d, want 1 (web; consul excluded)", s.Services)
+	}
+
+	c.Deregister(t, "web-1")
+	c.Deregister(t, "web-3")
+	waitFor(t, snaps, "a service gone from the catalog is gone", func(s engine.Snapshot) bool { return len(s.Upstreams) == 0 && s.Services == 0 })
+}
+
+// Hostile registrations pass through the real Consul API and must be
+// dropped and counted, while good instances keep flowing.
+func TestSourceDropsHostileRegistrations(t *testing.T) {
+	c := testenv.StartConsul(t)
+	reg := prometheus.NewRegistry()
+	snaps := startSource(t, c, reg)
+	c.Register(t, "web", "good", "127.0.0.1", 9001, nil, nil)
+	hostile := []struct {
+		id, addr string
+		port     int
+		tags     []string
+		meta     map[string]string
+	}{
+		{"semicolon", "127.0.0.1;server 6.6.6.6:80", 9002, nil, nil},
+		{"newline", "127.0.0.1\nserver 6.6.6.6:80", 9003, nil, nil},
+		{"brace", "127.0.0.1}", 9004, nil, nil},
+		{"hostname", "evil.example.com", 9005, nil, nil},
+		{"port0", "127.0.0.2", 0, nil, nil},
+		{"port70000", "127.0.0.3", 70000, nil, nil},
+		{"weight", "127.0.0.4", 9006, nil, map[string]string{"weight": "1 backup"}},
+		{"gray", "127.0.0.5", 9007, []string{"gray=x;}"}, nil},
+		{"unicode", "１２７.0.0.1", 9008, nil, nil},
+	}
+	for _, h := range hostile {
+		c.Register(t, "web", h.id, h.addr, h.port, h.tags, h.meta)
+	}
+	// A service whose name cannot be an upstream name.
+	c.Register(t, "we#b", "bad-name", "127.0.0.1", 9009, nil, nil)
+
+	dropped := func() float64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "swallowkeeper_invalid_instances_dropped_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
+	want := float64(len(hostile) + 1)
+	s := waitFor(t, snaps, "every hostile instance is dropped", func(s engine.Snapshot) bool {
+		return dropped() == want && hasServers("web", "127.0.0.1:9001")(s)
+	})
+	file := string(upstream.RenderFile(s.Upstreams))
+	for _, bad := range []string{"6.6.6.6", "evil", "backup", ":0;", "70000", "x;", "we#b"} {
+		if strings.Contains(file, bad) {
+			t.Errorf("rendered file contains %q:\n%s", bad, file)
+		}
+	}
+	if len(s.Upstreams) != 1 {
+		t.Errorf("upstreams %v, want only web", s.Upstreams.Names())
+	}
+}
+
+// Whatever the number of services, the source keeps a small fixed number of
+// connections to the agent (Consul allows 200 per client IP by default).
+func TestSourceConnectionsStayBounded(t *testing.T) {
+	c := testenv.StartConsul(t)
+	const services = 60
+	for i := range services {
+		c.Register(t, fmt.Sprintf("svc%02d", i), fmt.Sprintf("svc%02d-1", i), "127.0.0.1", 10000+i, nil, nil)
+	}
+	snaps := startSource(t, c, nil)
+	waitFor(t, snaps, "all services are read", func(s engine.Snapshot) bool { return s.Services == services })
+	// Churn: many health changes at once.
+	for i := range services {
+		c.SetHealth(t, fmt.Sprintf("svc%02d-1", i), api.HealthCritical)
+	}
+	waitFor(t, snaps, "every service lost its server", func(s engine.Snapshot) bool {
+		for _, u := range s.Upstreams {
+			if len(u.Servers) > 0 {
+				return false
+			}
+		}
+		return len(s.Upstreams) == services
+	})
+	port := c.HTTPAddr()[strings.LastIndex(c.HTTPAddr(), ":")+1:]
+	n := establishedTo(t, port)
+	t.Logf("established connections to the Consul HTTP port from this process: %d (limit %d)", n, MaxConns)
+	if n > MaxConns || n == 0 {
+		t.Fatalf("%d connections to Consul, want 1..%d", n, MaxConns)
+	}
+}
+
+// establishedTo counts this process's established TCP connections to the
+// local port, from /proc/self/net/tcp.
+func establishedTo(t *testing.T, port string) int {
+	p, _ := strconv.Atoi(port)
+	hexPort := fmt.Sprintf(":%04X", p)
+	f, err := os.Open("/proc/self/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	inodes := socketInodes(t)
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 || fields[3] != "01" { // 01 = ESTABLISHED
+			continue
+		}
+		if strings.HasSuffix(fields[2], hexPort) && inodes[fields[9]] {
+			n++
+		}
+	}
+	return n
+}
+
+// socketInodes lists the socket inodes this process holds, so connections
+// of the Consul agent itself are not counted.
+func socketInodes(t *testing.T) map[string]bool {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]bool{}
+	for _, e := range entries {
+		l, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			m[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	return m
+}
