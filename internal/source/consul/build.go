@@ -3,6 +3,7 @@ package consul
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -202,9 +203,25 @@ func hasAll(tags, want []string) bool {
 	return true
 }
 
+// instanceLabel names an instance "id@node" for logs and status; registry
+// strings with anything unusual in them are quoted, so a hostile ID cannot
+// forge log lines.
 func instanceLabel(e *api.ServiceEntry) string {
 	if e == nil || e.Service == nil || e.Node == nil {
 		return "?"
 	}
-	return fmt.Sprintf("%q on %q", e.Service.ID, e.Node.Node)
+	return safeLabel(e.Service.ID) + "@" + safeLabel(e.Node.Node)
+}
+
+func safeLabel(s string) string {
+	for _, c := range s {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && !strings.ContainsRune("-_.:", c) {
+			return strconv.Quote(s)
+		}
+	}
+	if s == "" {
+		return `""`
+	}
+	return s
 }

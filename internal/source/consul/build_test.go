@@ -143,7 +143,7 @@ func TestBuild(t *testing.T) {
 				inst{id: "w2", svcAddr: "10.0.0.1", port: 80, meta: map[string]string{"weight": "9"}, checks: ok},
 				inst{id: "w1", svcAddr: "10.0.0.1", port: 80, checks: ok}),
 			want:    "upstream web {\n    server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;\n    keepalive 16;\n}\n",
-			dropped: []string{`already used by instance "w1"`},
+			dropped: []string{`already used by instance w1@node-w1`},
 		},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,534 @@
+// Package demo runs SwallowKeeper for real on loopback: a Consul agent,
+// stock nginx with the Lua dyups module, three backends, the daemon and a
+// steady stream of requests, and narrates what happens while instances
+// join, fail a check, crash and come back. Nothing is simulated: the
+// backends are real HTTP servers that Consul checks over HTTP.
+package demo
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Options say where the programs are.
+type Options struct {
+	Consul, Nginx, Daemon string // binaries
+	RepoRoot              string // for nginx/lua
+	Keep                  bool   // stay up after the script, until interrupted
+	Rate                  int    // requests per second
+}
+
+// Main is the demo's command line.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("swallowkeeper-demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o Options
+	fs.StringVar(&o.Consul, "consul", "consul", "consul binary")
+	fs.StringVar(&o.Nginx, "nginx", "/usr/sbin/nginx", "nginx binary (Debian's, with libnginx-mod-http-lua)")
+	fs.StringVar(&o.Daemon, "swallowkeeper", "swallowkeeper", "swallowkeeper binary")
+	fs.StringVar(&o.RepoRoot, "repo", ".", "repository root (for nginx/lua)")
+	fs.BoolVar(&o.Keep, "keep", false, "keep everything running after the script until Ctrl-C, to explore")
+	fs.IntVar(&o.Rate, "rate", 200, "requests per second through nginx")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	d := &demo{opt: o, out: stdout}
+	err := d.run(ctx)
+	d.cleanup()
+	if err != nil {
+		fmt.Fprintf(stderr, "demo: %v\n", err)
+		if d.dir != "" {
+			fmt.Fprintf(stderr, "demo: logs kept in %s\n", d.dir)
+		}
+		return 1
+	}
+	return 0
+}
+
+type demo struct {
+	opt   Options
+	out   io.Writer
+	dir   string
+	procs []*exec.Cmd
+	ports map[string]int
+
+	consul   *api.Client
+	backends []*backend
+	load     *loadGen
+}
+
+func (d *demo) say(format string, args ...any) {
+	fmt.Fprintf(d.out, "\n\033[1m==> "+format+"\033[0m\n", args...)
+}
+
+func (d *demo) run(ctx context.Context) error {
+	var err error
+	if d.dir, err = os.MkdirTemp("", "swallowkeeper-demo-"); err != nil {
+		return err
+	}
+	d.ports = map[string]int{}
+	for _, name := range []string{"consul_http", "consul_server", "consul_serf_lan", "consul_serf_wan", "nginx_proxy", "nginx_api", "metrics"} {
+		if d.ports[name], err = freePort(); err != nil {
+			return err
+		}
+	}
+
+	d.say("Starting Consul (dev agent) on 127.0.0.1:%d", d.ports["consul_http"])
+	if err := d.startConsul(ctx); err != nil {
+		return err
+	}
+	d.say("Starting nginx (stock Debian nginx + lua) — proxy on 127.0.0.1:%d, dyups API on 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
+	if err := d.startNginx(); err != nil {
+		return err
+	}
+	d.say("Starting three backends (each answers its own name)")
+	for i := 1; i <= 3; i++ {
+		b, err := startBackend(fmt.Sprintf("web-%d", i))
+		if err != nil {
+			return err
+		}
+		d.backends = append(d.backends, b)
+		fmt.Fprintf(d.out, "    %s on %s\n", b.id, b.addr)
+	}
+	d.say("Starting swallowkeeper: Consul → %s → nginx memory", filepath.Join(d.dir, "upstreams.conf"))
+	if err := d.startDaemon(); err != nil {
+		return err
+	}
+
+	d.say("Registering web-1 and web-2 in Consul with HTTP health checks")
+	d.register(d.backends[0])
+	d.register(d.backends[1])
+	if err := d.waitRouting(ctx, "web-1", "web-2"); err != nil {
+		return err
+	}
+	d.load = startLoad(ctx, fmt.Sprintf("http://127.0.0.1:%d/", d.ports["nginx_proxy"]), "web", d.opt.Rate)
+	d.watch(ctx, 3*time.Second, "traffic through nginx, per backend")
+
+	steps := []struct {
+		title string
+		do    func()
+		want  []string
+	}{
+		{"web-3 starts and registers: it joins without a reload", func() { d.register(d.backends[2]) }, []string{"web-1", "web-2", "web-3"}},
+		{"web-2's health check starts failing: Consul marks it critical, it leaves nginx", func() { d.backends[1].healthy.Store(false) }, []string{"web-1", "web-3"}},
+		{"web-2 recovers: it comes back", func() { d.backends[1].healthy.Store(true) }, []string{"web-1", "web-2", "web-3"}},
+		{"web-3 is stopped gracefully: it deregisters, then stops", func() {
+			d.consul.Agent().ServiceDeregister("web-3")
+			time.Sleep(500 * time.Millisecond) // let the change reach nginx before the port closes
+			d.backends[2].stop()
+		}, []string{"web-1", "web-2"}},
+		{"web-1 crashes (no deregistration): nginx retries the next server, Consul's check removes it", func() { d.backends[0].stop() }, []string{"web-2"}},
+	}
+	for _, s := range steps {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.say("%s", s.title)
+		start := time.Now()
+		s.do()
+		if err := d.waitRouting(ctx, s.want...); err != nil {
+			return err
+		}
+		fmt.Fprintf(d.out, "    nginx routes to %v %v after the change\n", s.want, time.Since(start).Round(time.Millisecond))
+		d.watch(ctx, 3*time.Second, "traffic through nginx, per backend")
+	}
+
+	total, failed := d.load.totals()
+	d.say("Done: %d requests through nginx, %d failed", total, failed)
+	fmt.Fprintf(d.out, "    The persisted file nginx starts from:\n\n")
+	b, _ := os.ReadFile(filepath.Join(d.dir, "upstreams.conf"))
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		fmt.Fprintf(d.out, "      %s\n", line)
+	}
+	if d.opt.Keep {
+		d.say("Still running; press Ctrl-C to stop. Try:")
+		fmt.Fprintf(d.out, "    curl -H 'Host: web' http://127.0.0.1:%d/\n", d.ports["nginx_proxy"])
+		fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/detail\n", d.ports["nginx_api"])
+		fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/v1/health/service/web\n", d.ports["consul_http"])
+		fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/metrics | grep swallowkeeper_\n", d.ports["metrics"])
+		fmt.Fprintf(d.out, "    logs: %s\n", d.dir)
+		<-ctx.Done()
+	}
+	d.load.stop()
+	if failed > 0 {
+		return fmt.Errorf("%d of %d requests failed", failed, total)
+	}
+	return nil
+}
+
+func (d *demo) startConsul(ctx context.Context) error {
+	p := d.ports
+	err := d.start("consul", d.opt.Consul, "agent", "-dev", "-node=demo",
+		"-bind=127.0.0.1", "-client=127.0.0.1",
+		"-http-port="+strconv.Itoa(p["consul_http"]), "-server-port="+strconv.Itoa(p["consul_server"]),
+		"-serf-lan-port="+strconv.Itoa(p["consul_serf_lan"]), "-serf-wan-port="+strconv.Itoa(p["consul_serf_wan"]),
+		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1", "-log-level=warn")
+	if err != nil {
+		return err
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = fmt.Sprintf("127.0.0.1:%d", p["consul_http"])
+	if d.consul, err = api.NewClient(cfg); err != nil {
+		return err
+	}
+	return poll(ctx, 30*time.Second, "consul leader", func() bool {
+		l, err := d.consul.Status().Leader()
+		return err == nil && l != ""
+	})
+}
+
+const nginxConf = `# Generated by swallowkeeper-demo.
+worker_processes 2;
+error_log {{dir}}/nginx-error.log warn;
+pid {{dir}}/nginx.pid;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path {{dir}}/tmp; proxy_temp_path {{dir}}/tmp;
+    fastcgi_temp_path {{dir}}/tmp; uwsgi_temp_path {{dir}}/tmp; scgi_temp_path {{dir}}/tmp;
+    lua_package_path "{{repo}}/nginx/lua/?.lua;;";
+    lua_shared_dict swallowkeeper 16m;
+    init_by_lua_block { require("swallowkeeper.dyups").init({ dict = "swallowkeeper", persisted_file = "{{dir}}/upstreams.conf" }) }
+    init_worker_by_lua_block { require("swallowkeeper.dyups").init_worker() }
+    upstream swallowkeeper_backend {
+        server 0.0.0.1;
+        balancer_by_lua_block { require("swallowkeeper.dyups").balance() }
+        keepalive 32;
+    }
+    map $host $sk_upstream { default ""; web web; }
+    server {
+        listen 127.0.0.1:{{api}};
+        allow 127.0.0.1; deny all;
+        location / { content_by_lua_block { require("swallowkeeper.dyups").api() } }
+    }
+    server {
+        listen 127.0.0.1:{{proxy}};
+        location / {
+            if ($sk_upstream = "") { return 404; }
+            proxy_pass http://swallowkeeper_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_connect_timeout 1s;
+        }
+    }
+}
+`
+
+func (d *demo) startNginx() error {
+	if err := os.MkdirAll(filepath.Join(d.dir, "tmp"), 0o755); err != nil {
+		return err
+	}
+	repo, err := filepath.Abs(d.opt.RepoRoot)
+	if err != nil {
+		return err
+	}
+	conf := strings.NewReplacer("{{dir}}", d.dir, "{{repo}}", repo,
+		"{{api}}", strconv.Itoa(d.ports["nginx_api"]), "{{proxy}}", strconv.Itoa(d.ports["nginx_proxy"])).Replace(nginxConf)
+	path := filepath.Join(d.dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	if err := d.start("nginx", d.opt.Nginx, "-p", d.dir, "-c", path, "-g", "daemon off;"); err != nil {
+		return err
+	}
+	return poll(context.Background(), 10*time.Second, "nginx", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", d.ports["nginx_api"]))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+func (d *demo) startDaemon() error {
+	conf := fmt.Sprintf(`consul:
+  address: 127.0.0.1:%d
+file: %s
+targets:
+  - url: http://127.0.0.1:%d
+upstreams:
+  max_fails: 1
+  fail_timeout: 2s
+metrics:
+  listen: 127.0.0.1:%d
+`, d.ports["consul_http"], filepath.Join(d.dir, "upstreams.conf"), d.ports["nginx_api"], d.ports["metrics"])
+	path := filepath.Join(d.dir, "swallowkeeper.yml")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	return d.start("swallowkeeper", d.opt.Daemon, "run", "-config", path)
+}
+
+// start runs a program with its output in the demo dir; swallowkeeper's
+// own log lines are also shown, indented.
+func (d *demo) start(name, bin string, args ...string) error {
+	logf, err := os.Create(filepath.Join(d.dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if name == "swallowkeeper" {
+		w := io.MultiWriter(logf, &prefixWriter{w: d.out, prefix: "    [swallowkeeper] "})
+		cmd.Stdout, cmd.Stderr = w, w
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	d.procs = append(d.procs, cmd)
+	return nil
+}
+
+func (d *demo) cleanup() {
+	if d.load != nil {
+		d.load.stop()
+	}
+	for i := len(d.procs) - 1; i >= 0; i-- {
+		p := d.procs[i].Process
+		syscall.Kill(-p.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { d.procs[i].Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-p.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+	for _, b := range d.backends {
+		b.stop()
+	}
+}
+
+func (d *demo) register(b *backend) {
+	host, port, _ := net.SplitHostPort(b.addr)
+	p, _ := strconv.Atoi(port)
+	err := d.consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: b.id, Name: "web", Address: host, Port: p,
+		Check: &api.AgentServiceCheck{HTTP: "http://" + b.addr + "/health", Interval: "1s", Timeout: "500ms"},
+	})
+	if err != nil {
+		fmt.Fprintf(d.out, "    register %s: %v\n", b.id, err)
+	}
+}
+
+// waitRouting polls nginx until requests for "web" reach exactly want.
+func (d *demo) waitRouting(ctx context.Context, want ...string) error {
+	url := fmt.Sprintf("http://127.0.0.1:%d/", d.ports["nginx_proxy"])
+	return poll(ctx, 30*time.Second, fmt.Sprintf("nginx routing to %v", want), func() bool {
+		seen := map[string]bool{}
+		for range 12 {
+			id, err := get(url, "web")
+			if err != nil {
+				return false
+			}
+			seen[id] = true
+		}
+		if len(seen) != len(want) {
+			return false
+		}
+		for _, w := range want {
+			if !seen[w] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// watch prints, once a second, how many requests each backend answered.
+func (d *demo) watch(ctx context.Context, dur time.Duration, title string) {
+	fmt.Fprintf(d.out, "    %s:\n", title)
+	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	end := time.Now().Add(dur)
+	prev := d.load.snapshot()
+	for time.Now().Before(end) && ctx.Err() == nil {
+		time.Sleep(time.Second)
+		cur := d.load.snapshot()
+		var cols []string
+		for _, b := range d.backends {
+			cols = append(cols, fmt.Sprintf("%s: %4d", b.id, cur[b.id]-prev[b.id]))
+		}
+		fmt.Fprintf(tw, "      %s\terrors: %d\n", strings.Join(cols, "\t"), cur["!error"]-prev["!error"])
+		tw.Flush()
+		prev = cur
+	}
+}
+
+// backend is a real HTTP server that answers its id, with a /health
+// endpoint whose answer the demo can turn to 503.
+type backend struct {
+	id      string
+	addr    string
+	srv     *http.Server
+	healthy atomic.Bool
+	once    sync.Once
+}
+
+func startBackend(id string) (*backend, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	b := &backend{id: id, addr: ln.Addr().String()}
+	b.healthy.Store(true)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
+		if !b.healthy.Load() {
+			http.Error(w, "unhealthy", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, id) })
+	b.srv = &http.Server{Handler: mux}
+	go b.srv.Serve(ln)
+	return b, nil
+}
+
+// stop closes the listener and every connection at once, like a crash.
+func (b *backend) stop() { b.once.Do(func() { b.srv.Close() }) }
+
+// loadGen sends requests at a fixed rate and counts answers per backend.
+type loadGen struct {
+	mu     sync.Mutex
+	counts map[string]int
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startLoad(ctx context.Context, url, host string, rate int) *loadGen {
+	ctx, cancel := context.WithCancel(ctx)
+	l := &loadGen{counts: map[string]int{}, cancel: cancel, done: make(chan struct{})}
+	tick := time.NewTicker(time.Second / time.Duration(max(rate, 1)))
+	var wg sync.WaitGroup
+	go func() {
+		defer close(l.done)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				wg.Wait()
+				return
+			case <-tick.C:
+				wg.Go(func() {
+					id, err := get(url, host)
+					l.mu.Lock()
+					if err != nil {
+						l.counts["!error"]++
+					} else {
+						l.counts[id]++
+					}
+					l.mu.Unlock()
+				})
+			}
+		}
+	}()
+	return l
+}
+
+func (l *loadGen) snapshot() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := make(map[string]int, len(l.counts))
+	for k, v := range l.counts {
+		m[k] = v
+	}
+	return m
+}
+
+func (l *loadGen) totals() (total, failed int) {
+	for k, v := range l.snapshot() {
+		total += v
+		if k == "!error" {
+			failed += v
+		}
+	}
+	return total, failed
+}
+
+func (l *loadGen) stop() { l.cancel(); <-l.done }
+
+var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+func get(url, host string) (string, error) {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Host = host
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return string(b), nil
+}
+
+func poll(ctx context.Context, timeout time.Duration, what string, ok func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("interrupted")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// prefixWriter indents another program's lines.
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := strings.IndexByte(string(p.buf), '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf[:i])
+		p.buf = p.buf[i+1:]
+	}
+}
