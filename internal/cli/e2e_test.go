@@ -1,0 +1,372 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/cli"
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// backend is a real HTTP server that answers its id.
+type backend struct {
+	id   string
+	port int
+	srv  *http.Server
+}
+
+func startBackend(t *testing.T, id string) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{id: id, port: ln.Addr().(*net.TCPAddr).Port}
+	b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, id) })}
+	go b.srv.Serve(ln)
+	t.Cleanup(func() { b.srv.Close() })
+	return b
+}
+
+func (b *backend) addr() string { return "127.0.0.1:" + strconv.Itoa(b.port) }
+
+// syncBuffer collects the daemon's log.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// daemon runs `swallowkeeper run` in-process.
+type daemon struct {
+	cancel context.CancelFunc
+	done   chan int
+	log    *syncBuffer
+}
+
+func startDaemon(t *testing.T, args ...string) *daemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
+	go func() {
+		d.done <- cli.Run(ctx, append([]string{"run"}, args...), io.Discard, d.log, func(string) string { return "" })
+	}()
+	t.Cleanup(func() { d.stop(t) })
+	return d
+}
+
+func (d *daemon) stop(t *testing.T) {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	d.cancel = nil
+	select {
+	case code := <-d.done:
+		if code != 0 {
+			t.Errorf("daemon exited %d; log:\n%s", code, d.log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("daemon did not stop within 10s of SIGTERM; log:\n%s", d.log.String())
+	}
+}
+
+func (d *daemon) running() bool {
+	select {
+	case code := <-d.done:
+		d.done <- code
+		return false
+	default:
+		return true
+	}
+}
+
+// route sends n requests with a fresh connection each (so they spread over
+// nginx workers) and returns the set of backends that answered and the
+// number of failures.
+func route(t *testing.T, ng *testenv.Nginx, host string, n int) (map[string]int, int) {
+	t.Helper()
+	seen := map[string]int{}
+	failed := 0
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, ng.ProxyURL()+"/", nil)
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			failed++
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			failed++
+			continue
+		}
+		seen[string(body)]++
+	}
+	return seen, failed
+}
+
+func ids(seen map[string]int) []string {
+	out := make([]string, 0, len(seen))
+	for id := range seen {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// waitRoutes polls nginx until traffic for host reaches exactly want, and
+// returns how long that took.
+func waitRoutes(t *testing.T, ng *testenv.Nginx, d *daemon, host string, want ...string) time.Duration {
+	t.Helper()
+	slices.Sort(want)
+	start := time.Now()
+	var got []string
+	for time.Since(start) < 15*time.Second {
+		seen, failed := route(t, ng, host, 8)
+		got = ids(seen)
+		if failed == 0 && slices.Equal(got, want) {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("traffic for %s goes to %v, want %v; daemon log:\n%s", host, got, want, d.log.String())
+	return 0
+}
+
+func fileServers(t *testing.T, path, name string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("persisted file: %v", err)
+	}
+	st, err := upstream.ParseFile(b)
+	if err != nil {
+		t.Fatalf("persisted file does not parse: %v\n%s", err, b)
+	}
+	var out []string
+	for _, s := range st[name].Servers {
+		out = append(out, s.Addr.String())
+	}
+	return out
+}
+
+func apiGet(t *testing.T, ng *testenv.Nginx, path string) string {
+	t.Helper()
+	resp, err := http.Get(ng.APIURL() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func writeConfig(t *testing.T, c *testenv.Consul, ng *testenv.Nginx, file string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`consul:
+  address: %s
+  wait_time: 30s
+file: %s
+targets:
+  - url: %s
+    timeout: 2s
+upstreams:
+  max_fails: 2
+  fail_timeout: 3s
+  keepalive: 8
+metrics:
+  listen: ""
+`, c.HTTPAddr(), file, ng.APIURL())
+	path := filepath.Join(t.TempDir(), "swallowkeeper.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestEndToEnd drives the real daemon between a real Consul and a real
+// nginx with the Lua dyups module, through the whole life of a service.
+func TestEndToEnd(t *testing.T) {
+	c := testenv.StartConsul(t)
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	cfg := writeConfig(t, c, ng, file)
+	b1, b2, b3 := startBackend(t, "web-1"), startBackend(t, "web-2"), startBackend(t, "web-3")
+	d := startDaemon(t, "-config", cfg)
+
+	var latencies []time.Duration
+	measure := func(what string, do func(), want ...string) {
+		t.Helper()
+		start := time.Now()
+		do()
+		wrote := time.Since(start)
+		took := waitRoutes(t, ng, d, "web", want...)
+		latencies = append(latencies, took)
+		t.Logf("%-44s Consul write %6v, then traffic changed within %v", what, wrote.Round(time.Microsecond), took.Round(time.Millisecond))
+	}
+
+	measure("register web-1, web-2", func() {
+		c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+		c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	}, "web-1", "web-2")
+	if got := fileServers(t, file, "web"); !slices.Equal(got, sorted(b1.addr(), b2.addr())) {
+		t.Fatalf("persisted file has %v", got)
+	}
+	// Memory and file agree to the parameter: nginx holds exactly the body
+	// the file has.
+	detail := apiGet(t, ng, "/detail")
+	for _, b := range []*backend{b1, b2} {
+		want := "server " + b.addr() + " weight=1 max_conns=0 max_fails=2 fail_timeout=3 backup=0 down=0"
+		if !strings.Contains(detail, want) {
+			t.Errorf("/detail lacks %q:\n%s", want, detail)
+		}
+	}
+
+	measure("web-1's check goes critical", func() { c.SetHealth(t, "web-1", api.HealthCritical) }, "web-2")
+	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.addr()}) {
+		t.Fatalf("persisted file has %v after web-1 failed", got)
+	}
+	measure("register web-3", func() { c.Register(t, "web", "web-3", "127.0.0.1", b3.port, nil, nil) }, "web-2", "web-3")
+	measure("deregister web-3", func() { c.Deregister(t, "web-3") }, "web-2")
+
+	// The last healthy instance fails: nginx keeps it rather than empty.
+	c.SetHealth(t, "web-2", api.HealthCritical)
+	waitLog(t, d, "no healthy instances; keeping 1 last known servers")
+	if seen, failed := route(t, ng, "web", 20); failed > 0 || !slices.Equal(ids(seen), []string{"web-2"}) {
+		t.Fatalf("after the last instance failed, traffic went to %v with %d failures", seen, failed)
+	}
+	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.addr()}) {
+		t.Fatalf("persisted file has %v after the last instance failed", got)
+	}
+	measure("web-1 and web-2 recover", func() {
+		c.SetHealth(t, "web-1", api.HealthPassing)
+		c.SetHealth(t, "web-2", api.HealthPassing)
+	}, "web-1", "web-2")
+
+	// Hostile registrations go through the real Consul API; none of them
+	// may reach the file or nginx, and the daemon keeps going.
+	c.Register(t, "web", "evil-1", "127.0.0.1;server 10.6.6.6:80", 80, nil, nil)
+	c.Register(t, "web", "evil-2", "evil.example.com", 80, nil, nil)
+	c.Register(t, "web", "evil-3", "127.0.0.1", 70000, nil, nil)
+	c.Register(t, "web", "evil-4", "127.0.0.1", 8080, []string{"gray=a}b"}, nil)
+	c.Register(t, "web", "evil-5", "127.0.0.1", 8081, nil, map[string]string{"weight": "1 down"})
+	c.Register(t, "we{b", "evil-6", "127.0.0.1", 8082, nil, nil)
+	waitLog(t, d, "evil-6")
+	for _, id := range []string{"evil-1", "evil-2", "evil-3", "evil-4", "evil-5"} {
+		if !strings.Contains(d.log.String(), id) {
+			t.Errorf("no log line names dropped instance %s", id)
+		}
+	}
+	fileText, _ := os.ReadFile(file)
+	detail = apiGet(t, ng, "/detail")
+	for _, bad := range []string{"6.6.6", "evil", "70000", "a}b", "down=1", "we{b", ":8080", ":8081", ":8082"} {
+		if strings.Contains(string(fileText), bad) || strings.Contains(detail, bad) {
+			t.Errorf("%q reached the file or nginx:\nfile:\n%s\ndetail:\n%s", bad, fileText, detail)
+		}
+	}
+	for _, id := range []string{"evil-1", "evil-2", "evil-3", "evil-4", "evil-5", "evil-6"} {
+		c.Deregister(t, id)
+	}
+
+	// Consul dies for a while: nginx keeps serving the same set, the daemon
+	// keeps running, and it catches up when Consul is back.
+	before := apiGet(t, ng, "/detail")
+	c.Stop(t)
+	outageEnd := time.Now().Add(3 * time.Second)
+	failedDuringOutage := 0
+	for time.Now().Before(outageEnd) {
+		seen, failed := route(t, ng, "web", 10)
+		failedDuringOutage += failed
+		if !slices.Equal(ids(seen), []string{"web-1", "web-2"}) {
+			t.Fatalf("during the Consul outage traffic went to %v", seen)
+		}
+	}
+	if failedDuringOutage > 0 {
+		t.Errorf("%d requests failed during the Consul outage", failedDuringOutage)
+	}
+	if after := apiGet(t, ng, "/detail"); after != before {
+		t.Errorf("nginx changed during the Consul outage:\n%s\nvs\n%s", before, after)
+	}
+	if !d.running() {
+		t.Fatalf("daemon exited during the Consul outage; log:\n%s", d.log.String())
+	}
+	c.Start(t)
+	// The agent restores its services from its data dir; their TTL checks
+	// come back with their last status. Change something and watch it
+	// arrive.
+	measure("after Consul restart: deregister web-1", func() {
+		c.SetHealth(t, "web-2", api.HealthPassing)
+		c.Deregister(t, "web-1")
+	}, "web-2")
+
+	// The daemon restarts while Consul is down, against an nginx that lost
+	// its memory: nginx gets the persisted state from the daemon.
+	d.stop(t)
+	c.Stop(t)
+	ng2 := testenv.StartNginx(t, testenv.NginxOptions{}) // empty, and told nothing of the file
+	if list := apiGet(t, ng2, "/list"); list != "" {
+		t.Fatalf("fresh nginx already lists %q", list)
+	}
+	d2 := startDaemon(t, "-config", writeConfig(t, c, ng2, file))
+	waitRoutes(t, ng2, d2, "web", "web-2")
+
+	slices.Sort(latencies)
+	t.Logf("propagation (Consul write returned → traffic on the new set), %d changes: min %v, median %v, max %v",
+		len(latencies), latencies[0].Round(time.Millisecond), latencies[len(latencies)/2].Round(time.Millisecond), latencies[len(latencies)-1].Round(time.Millisecond))
+}
+
+// sorted returns addresses in the file's order (as netip sorts them).
+func sorted(addrs ...string) []string {
+	st := upstream.Upstream{Name: "x"}
+	for _, a := range addrs {
+		st.Servers = append(st.Servers, upstream.Server{Addr: netip.MustParseAddrPort(a)})
+	}
+	st.Sort()
+	out := make([]string, len(addrs))
+	for i, s := range st.Servers {
+		out[i] = s.Addr.String()
+	}
+	return out
+}
+
+func waitLog(t *testing.T, d *daemon, substr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Contains(d.log.String(), substr) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("daemon never logged %q; log:\n%s", substr, d.log.String())
+}
