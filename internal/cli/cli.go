@@ -229,7 +229,11 @@ type parts struct {
 	targets []*dyups.Target
 }
 
-func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*parts, error) {
+// oneShotAttempts bounds the retries of each request in once: a one-shot
+// command must fail rather than wait for a dead nginx.
+const oneShotAttempts = 4
+
+func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*parts, error) {
 	acfg := api.DefaultConfig()
 	addr, scheme, _ := config.SplitConsulAddress(cfg.Consul.Address, cfg.Consul.Scheme) // validated
 	acfg.Address, acfg.Scheme = addr, scheme
@@ -277,7 +281,11 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*pa
 	dm := dyups.NewMetrics(reg)
 	sinks := make([]engine.Sink, 0, len(cfg.Targets))
 	for _, tc := range cfg.Targets {
-		t, err := dyups.NewTarget(tc.URL, dyups.Options{Timeout: time.Duration(tc.Timeout)}, log, dm)
+		opt := dyups.Options{Timeout: time.Duration(tc.Timeout)}
+		if oneShot {
+			opt.MaxAttempts = oneShotAttempts
+		}
+		t, err := dyups.NewTarget(tc.URL, opt, log, dm)
 		if err != nil {
 			return nil, err
 		}
@@ -305,7 +313,7 @@ func check(cfg *config.Config, stdout io.Writer) error {
 const oneShotTimeout = 30 * time.Second
 
 func render(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	p, err := build(cfg, log, nil)
+	p, err := build(cfg, log, nil, true)
 	if err != nil {
 		return err
 	}
@@ -323,7 +331,7 @@ func render(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io
 }
 
 func once(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	p, err := build(cfg, log, nil)
+	p, err := build(cfg, log, nil, true)
 	if err != nil {
 		return err
 	}
@@ -356,7 +364,7 @@ func once(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.W
 func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p, err := build(cfg, log, reg)
+	p, err := build(cfg, log, reg, false)
 	if err != nil {
 		return err
 	}
