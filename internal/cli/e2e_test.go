@@ -31,7 +31,7 @@ type backend struct {
 	srv  *http.Server
 }
 
-func startBackend(t *testing.T, id string) *backend {
+func startBackend(t testing.TB, id string) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,7 +71,7 @@ type daemon struct {
 	log    *syncBuffer
 }
 
-func startDaemon(t *testing.T, args ...string) *daemon {
+func startDaemon(t testing.TB, args ...string) *daemon {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
@@ -82,7 +82,7 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 	return d
 }
 
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	if d.cancel == nil {
 		return
 	}
@@ -191,7 +191,7 @@ func apiGet(t *testing.T, ng *testenv.Nginx, path string) string {
 	return string(b)
 }
 
-func writeConfig(t *testing.T, c *testenv.Consul, ng *testenv.Nginx, file string) string {
+func writeConfig(t testing.TB, c *testenv.Consul, ng *testenv.Nginx, file string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`consul:
   address: %s
