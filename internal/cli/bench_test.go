@@ -89,7 +89,9 @@ func BenchmarkPropagation(b *testing.B) {
 	b.StopTimer()
 	report := func(name string, d []time.Duration) {
 		slices.Sort(d)
-		q := func(p float64) float64 { return float64(d[min(int(p*float64(len(d))), len(d)-1)].Microseconds()) / 1000 }
+		q := func(p float64) float64 {
+			return float64(d[min(int(p*float64(len(d))), len(d)-1)].Microseconds()) / 1000
+		}
 		b.ReportMetric(q(0.5), name+"-p50-ms")
 		b.ReportMetric(q(0.99), name+"-p99-ms")
 		b.ReportMetric(float64(d[len(d)-1].Microseconds())/1000, name+"-max-ms")
