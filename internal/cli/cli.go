@@ -25,6 +25,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
@@ -251,13 +252,12 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		return nil, fmt.Errorf("consul: %w", err)
 	}
 	u := cfg.Upstreams
-	rules := consul.Rules{
+	rules := registry.Rules{
 		Include:     cfg.Services.Include,
 		Exclude:     cfg.Services.Exclude,
 		RequireTags: cfg.Services.RequireTags,
 		CanaryTag:   u.CanaryTag,
 		WeightMeta:  u.WeightMeta,
-		OnlyPassing: cfg.Consul.OnlyPassing,
 		Weight:      u.Weight,
 		MaxFails:    u.MaxFails,
 		FailTimeout: time.Duration(u.FailTimeout),
@@ -273,8 +273,9 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		}
 	}
 	src := consul.New(client, rules, consul.Options{
-		WaitTime: time.Duration(cfg.Consul.WaitTime),
-		Resync:   time.Duration(cfg.Consul.Resync),
+		WaitTime:    time.Duration(cfg.Consul.WaitTime),
+		Resync:      time.Duration(cfg.Consul.Resync),
+		OnlyPassing: cfg.Consul.OnlyPassing,
 	}, log, reg)
 
 	p := &parts{}

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"time"
 
@@ -31,6 +30,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 )
 
 // Options configure the source.
@@ -41,12 +41,15 @@ type Options struct {
 	Resync time.Duration
 	// RetryBase and RetryCap bound the jittered backoff after errors.
 	RetryBase, RetryCap time.Duration
+	// OnlyPassing also takes instances out whose checks are in warning;
+	// by default only critical checks (and maintenance) take them out.
+	OnlyPassing bool
 }
 
 // Source watches one Consul datacenter.
 type Source struct {
 	client *api.Client
-	rules  Rules
+	rules  registry.Rules
 	opt    Options
 	log    *slog.Logger
 	m      *metrics
@@ -56,7 +59,7 @@ var _ engine.Source = (*Source)(nil)
 
 // New returns a source. The client's transport should allow a handful of
 // connections to the agent (see NewClient).
-func New(client *api.Client, rules Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
+func New(client *api.Client, rules registry.Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
 	if opt.WaitTime <= 0 {
 		opt.WaitTime = 5 * time.Minute
 	}
@@ -400,11 +403,11 @@ func (t *tracker) maxIndex() uint64 {
 // snapshot builds the complete state from the last read of every selected
 // service, logging and counting each newly invalid instance once.
 func (t *tracker) snapshot() engine.Snapshot {
-	entries := make(map[string][]*api.ServiceEntry, len(t.services))
+	services := make(map[string][]registry.Instance, len(t.services))
 	for name, d := range t.services {
-		entries[name] = d.entries
+		services[name] = Instances(d.entries, t.src.opt.OnlyPassing)
 	}
-	st, dropped := Build(entries, t.src.rules)
+	st, dropped := registry.Build(services, t.src.rules)
 	now := map[string]bool{}
 	for _, d := range dropped {
 		key := d.String()
@@ -438,10 +441,6 @@ func sameEntries(a, b []*api.ServiceEntry) bool {
 		}
 	}
 	return true
-}
-
-func netipAddrPort(ip netip.Addr, port int) netip.AddrPort {
-	return netip.AddrPortFrom(ip, uint16(port))
 }
 
 type metrics struct {

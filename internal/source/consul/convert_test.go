@@ -7,10 +7,11 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-var rules = Rules{
+var rules = registry.Rules{
 	Exclude:     []string{"consul"},
 	CanaryTag:   "gray",
 	WeightMeta:  "weight",
@@ -57,7 +58,8 @@ func TestBuild(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      map[string][]*api.ServiceEntry
-		r       func(*Rules)
+		r       func(*registry.Rules)
+		passing bool     // only_passing
 		want    string   // rendered file without header, "" for none
 		dropped []string // substrings of the drop reasons, in order
 	}{
@@ -112,8 +114,8 @@ func TestBuild(t *testing.T) {
 			in: entries("web",
 				inst{id: "w1", svcAddr: "10.0.0.1", port: 80, checks: []string{api.HealthPassing, api.HealthWarning}},
 				inst{id: "w2", svcAddr: "10.0.0.2", port: 80, checks: ok}),
-			r:    func(r *Rules) { r.OnlyPassing = true },
-			want: "upstream web {\n    server 10.0.0.2:80 weight=1 max_fails=3 fail_timeout=10s;\n    keepalive 16;\n}\n",
+			passing: true,
+			want:    "upstream web {\n    server 10.0.0.2:80 weight=1 max_fails=3 fail_timeout=10s;\n    keepalive 16;\n}\n",
 		},
 		{
 			name: "gray tag sends canaries to their own upstream, gray=default to the main one",
@@ -126,7 +128,7 @@ func TestBuild(t *testing.T) {
 		{
 			name: "per-upstream keepalive overrides the default",
 			in:   entries("web", inst{id: "w1", svcAddr: "10.0.0.1", port: 80, checks: ok}),
-			r:    func(r *Rules) { r.KeepaliveFor = map[string]int{"web": 64} },
+			r:    func(r *registry.Rules) { r.KeepaliveFor = map[string]int{"web": 64} },
 			want: "upstream web {\n    server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;\n    keepalive 64;\n}\n",
 		},
 		{
@@ -134,7 +136,7 @@ func TestBuild(t *testing.T) {
 			in: entries("web",
 				inst{id: "w1", svcAddr: "10.0.0.1", port: 80, tags: []string{"http"}, checks: ok},
 				inst{id: "w2", svcAddr: "10.0.0.2", port: 80, tags: []string{"grpc"}, checks: ok}),
-			r:    func(r *Rules) { r.RequireTags = []string{"http"} },
+			r:    func(r *registry.Rules) { r.RequireTags = []string{"http"} },
 			want: "upstream web {\n    server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;\n    keepalive 16;\n}\n",
 		},
 		{
@@ -152,7 +154,7 @@ func TestBuild(t *testing.T) {
 			if tt.r != nil {
 				tt.r(&r)
 			}
-			st, dropped := Build(tt.in, r)
+			st, dropped := build(tt.in, r, tt.passing)
 			got := strings.TrimPrefix(string(upstream.RenderFile(st)), upstream.FileHeader)
 			got = strings.TrimPrefix(got, "\n")
 			if got != tt.want {
@@ -213,7 +215,7 @@ func TestBuildDropsHostileRegistryData(t *testing.T) {
 				h.svc:  {entry(h.svc, h.i)},
 				"good": {entry("good", good)},
 			}
-			st, dropped := Build(in, rules)
+			st, dropped := build(in, rules, false)
 			if len(dropped) != 1 || dropped[0].Service != h.svc {
 				t.Fatalf("dropped %v, want exactly the hostile instance", dropped)
 			}
@@ -235,8 +237,17 @@ func TestBuildDropsHostileRegistryData(t *testing.T) {
 	}
 }
 
+// build is what the source does with a read: convert, then registry.Build.
+func build(in map[string][]*api.ServiceEntry, r registry.Rules, onlyPassing bool) (upstream.State, []registry.Dropped) {
+	services := map[string][]registry.Instance{}
+	for svc, entries := range in {
+		services[svc] = Instances(entries, onlyPassing)
+	}
+	return registry.Build(services, r)
+}
+
 func TestWantService(t *testing.T) {
-	r := Rules{Exclude: []string{"consul"}}
+	r := registry.Rules{Exclude: []string{"consul"}}
 	if r.WantService("consul") || !r.WantService("web") {
 		t.Error("exclude list")
 	}

@@ -1,0 +1,250 @@
+// Package registry is what every source shares: the registry-neutral
+// Instance, the Rules that select instances and shape upstreams, and Build,
+// which validates every value and turns instances into upstreams. It is
+// pure: each source (Consul, etcd, ZooKeeper) reads its registry, converts
+// what it read into Instances, and calls Build, so that all of them
+// validate registry data the same way.
+package registry
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// Instance is one registered instance of a service, as read from a
+// registry. Every string in it is untrusted.
+type Instance struct {
+	Service string
+	ID      string // the registry's instance id
+	Node    string // where it runs, when the registry says (Consul node)
+	Address string // an IP literal, or Build drops the instance
+	Port    int
+	Tags    []string
+	Meta    map[string]string
+	// Healthy is false when the registry says the instance must not get
+	// traffic (a critical check, a node down). Unhealthy instances keep
+	// their upstream known to the engine.
+	Healthy bool
+	// Params carries per-server values the registry sets explicitly (the
+	// nginx-upsync layout in etcd does); nil fields take the Rules' values.
+	Params Params
+}
+
+// Params are optional per-instance server parameters.
+type Params struct {
+	Weight, MaxFails, MaxConns *int
+	FailTimeout                *time.Duration
+	Backup, Down               *bool
+}
+
+// Label names an instance "id@node" (or "id") for logs and status; a
+// registry string with anything unusual in it is quoted, so a hostile id
+// cannot forge log lines.
+func (i Instance) Label() string {
+	if i.Node == "" {
+		return safeLabel(i.ID)
+	}
+	return safeLabel(i.ID) + "@" + safeLabel(i.Node)
+}
+
+// Rules select instances and shape upstreams.
+type Rules struct {
+	Include     []string // if set, only these services
+	Exclude     []string // never these services (default: consul)
+	RequireTags []string // an instance must carry every one of these tags
+	// CanaryTag is the tag key of the canary rule: an instance tagged
+	// "<CanaryTag>=x" goes to upstream "<service>_x"; "<CanaryTag>=default"
+	// or no such tag to "<service>". Empty disables the rule.
+	CanaryTag string
+	// WeightMeta is the meta key holding an instance's weight.
+	WeightMeta string
+
+	Weight       int
+	MaxFails     int
+	FailTimeout  time.Duration
+	MaxConns     int
+	Keepalive    int
+	KeepaliveFor map[string]int // per upstream name
+}
+
+// WantService reports whether a service is selected by name.
+func (r Rules) WantService(name string) bool {
+	if slices.Contains(r.Exclude, name) {
+		return false
+	}
+	return len(r.Include) == 0 || slices.Contains(r.Include, name)
+}
+
+// Dropped is an instance left out because its registry data is invalid.
+type Dropped struct {
+	Service  string
+	Instance string // Instance.Label()
+	Reason   string
+}
+
+func (d Dropped) String() string {
+	return fmt.Sprintf("service %s instance %s: %s", strconv.Quote(d.Service), d.Instance, d.Reason)
+}
+
+// Build turns the instances of each service into upstreams. Every value
+// from the registry is validated here; an invalid instance is dropped and
+// reported, never rendered. An upstream whose instances are all unhealthy
+// is still returned, with no servers, so that the engine knows it exists
+// and keeps its last servers. Services not selected by the Rules, and
+// instances without the required tags, are left out silently.
+func Build(services map[string][]Instance, r Rules) (upstream.State, []Dropped) {
+	st := upstream.State{}
+	var dropped []Dropped
+	names := make([]string, 0, len(services))
+	for name := range services {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, svc := range names {
+		if !r.WantService(svc) {
+			continue
+		}
+		list := slices.Clone(services[svc])
+		// Deterministic order, so that of two instances on one address the
+		// same one always wins.
+		slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Label(), b.Label()) })
+		for _, in := range list {
+			if !hasAll(in.Tags, r.RequireTags) {
+				continue
+			}
+			name, s, err := r.server(svc, in)
+			if err != nil {
+				dropped = append(dropped, Dropped{Service: svc, Instance: in.Label(), Reason: err.Error()})
+				continue
+			}
+			u, ok := st[name]
+			if !ok {
+				u = upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive}
+				if k, ok := r.KeepaliveFor[name]; ok {
+					u.Keepalive = k
+				}
+			}
+			if in.Healthy {
+				if i := slices.IndexFunc(u.Servers, func(o upstream.Server) bool { return o.Addr == s.Addr }); i >= 0 {
+					dropped = append(dropped, Dropped{Service: svc, Instance: in.Label(),
+						Reason: fmt.Sprintf("address %v already used by instance %s in upstream %s", s.Addr, u.Servers[i].Instance, name)})
+				} else {
+					u.Servers = append(u.Servers, s)
+				}
+			}
+			st[name] = u
+		}
+	}
+	for name, u := range st {
+		u.Sort()
+		st[name] = u
+	}
+	return st, dropped
+}
+
+// server validates one instance and returns its upstream name and server.
+func (r Rules) server(svc string, in Instance) (string, upstream.Server, error) {
+	name, err := r.upstreamName(svc, in.Tags)
+	if err != nil {
+		return "", upstream.Server{}, err
+	}
+	ip, err := upstream.ParseIP(in.Address)
+	if err != nil {
+		return "", upstream.Server{}, err
+	}
+	if err := upstream.ValidPort(in.Port); err != nil {
+		return "", upstream.Server{}, err
+	}
+	s := upstream.Server{
+		Addr:        netip.AddrPortFrom(ip, uint16(in.Port)),
+		Weight:      r.Weight,
+		MaxFails:    r.MaxFails,
+		FailTimeout: r.FailTimeout,
+		MaxConns:    r.MaxConns,
+		Instance:    in.Label(),
+	}
+	if v, ok := in.Meta[r.WeightMeta]; ok && r.WeightMeta != "" {
+		w, err := upstream.ParseCount("weight meta "+strconv.Quote(r.WeightMeta), v, 1, upstream.MaxWeight)
+		if err != nil {
+			return "", upstream.Server{}, err
+		}
+		s.Weight = w
+	}
+	p := in.Params
+	if p.Weight != nil {
+		s.Weight = *p.Weight
+	}
+	if p.MaxFails != nil {
+		s.MaxFails = *p.MaxFails
+	}
+	if p.MaxConns != nil {
+		s.MaxConns = *p.MaxConns
+	}
+	if p.FailTimeout != nil {
+		s.FailTimeout = *p.FailTimeout
+	}
+	if p.Backup != nil {
+		s.Backup = *p.Backup
+	}
+	if p.Down != nil {
+		s.Down = *p.Down
+	}
+	if err := s.Validate(); err != nil {
+		return "", upstream.Server{}, err
+	}
+	return name, s, nil
+}
+
+// upstreamName applies the canary rule and validates the result.
+func (r Rules) upstreamName(svc string, tags []string) (string, error) {
+	name := svc
+	if r.CanaryTag != "" {
+		prefix := r.CanaryTag + "="
+		group := ""
+		for _, t := range tags {
+			v, ok := strings.CutPrefix(t, prefix)
+			if !ok {
+				continue
+			}
+			if group != "" && v != group {
+				return "", fmt.Errorf("conflicting tags %q and %q", prefix+group, prefix+v)
+			}
+			group = v
+		}
+		if group != "" && group != "default" {
+			name = svc + "_" + group
+		}
+	}
+	if err := upstream.ValidName(name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+func hasAll(tags, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(tags, w) {
+			return false
+		}
+	}
+	return true
+}
+
+func safeLabel(s string) string {
+	if s == "" {
+		return `""`
+	}
+	for _, c := range s {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && !strings.ContainsRune("-_.:", c) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}

@@ -1,0 +1,125 @@
+package registry
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+var rules = Rules{
+	Exclude:     []string{"consul"},
+	CanaryTag:   "gray",
+	WeightMeta:  "weight",
+	Weight:      1,
+	MaxFails:    3,
+	FailTimeout: 10 * time.Second,
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func render(st upstream.State) string {
+	return strings.TrimPrefix(strings.TrimPrefix(string(upstream.RenderFile(st)), upstream.FileHeader), "\n")
+}
+
+func TestBuildParams(t *testing.T) {
+	tests := []struct {
+		name string
+		in   Instance
+		want string
+	}{
+		{
+			name: "rules' defaults apply",
+			in:   Instance{ID: "a", Address: "10.0.0.1", Port: 80, Healthy: true},
+			want: "server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;",
+		},
+		{
+			name: "explicit registry params win over defaults and meta",
+			in: Instance{ID: "a", Address: "10.0.0.1", Port: 80, Healthy: true, Meta: map[string]string{"weight": "4"},
+				Params: Params{Weight: ptr(9), MaxFails: ptr(0), FailTimeout: ptr(30 * time.Second), MaxConns: ptr(5), Backup: ptr(true)}},
+			want: "server 10.0.0.1:80 weight=9 max_fails=0 fail_timeout=30s max_conns=5 backup;",
+		},
+		{
+			name: "down from the registry renders down",
+			in:   Instance{ID: "a", Address: "10.0.0.1", Port: 80, Healthy: true, Params: Params{Down: ptr(true)}},
+			want: "server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s down;",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.in.Service = "web"
+			st, dropped := Build(map[string][]Instance{"web": {tt.in}}, rules)
+			if len(dropped) > 0 {
+				t.Fatalf("dropped %v", dropped)
+			}
+			if got := strings.TrimSpace(strings.Split(render(st), "\n")[1]); got != tt.want {
+				t.Errorf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestBuildSelection(t *testing.T) {
+	in := map[string][]Instance{
+		"consul": {{ID: "c", Address: "10.0.0.1", Port: 8300, Healthy: true}},
+		"web":    {{ID: "w", Address: "10.0.0.2", Port: 80, Healthy: false}},
+	}
+	st, _ := Build(in, rules)
+	if _, ok := st["consul"]; ok {
+		t.Error("excluded service built")
+	}
+	if u, ok := st["web"]; !ok || len(u.Servers) != 0 {
+		t.Errorf("unhealthy-only service must be known with no servers: %+v", st)
+	}
+}
+
+// Hostile values from any registry are dropped with a reason and never
+// reach the rendered file.
+func TestBuildDropsHostileValues(t *testing.T) {
+	good := Instance{ID: "good", Address: "10.0.0.9", Port: 80, Healthy: true}
+	hostile := []struct {
+		name string
+		svc  string
+		in   Instance
+	}{
+		{"semicolon in address", "web", Instance{Address: "10.0.0.1;server 6.6.6.6:80", Port: 80}},
+		{"newline in address", "web", Instance{Address: "10.0.0.1\nserver 6.6.6.6:80", Port: 80}},
+		{"hostname", "web", Instance{Address: "evil.example.com", Port: 80}},
+		{"address with port", "web", Instance{Address: "10.0.0.1:80", Port: 80}},
+		{"port 0", "web", Instance{Address: "10.0.0.1", Port: 0}},
+		{"port 65536", "web", Instance{Address: "10.0.0.1", Port: 65536}},
+		{"explicit weight 0", "web", Instance{Address: "10.0.0.1", Port: 80, Params: Params{Weight: ptr(0)}}},
+		{"explicit negative max_fails", "web", Instance{Address: "10.0.0.1", Port: 80, Params: Params{MaxFails: ptr(-1)}}},
+		{"explicit sub-second fail_timeout", "web", Instance{Address: "10.0.0.1", Port: 80, Params: Params{FailTimeout: ptr(500 * time.Millisecond)}}},
+		{"weight meta not a number", "web", Instance{Address: "10.0.0.1", Port: 80, Meta: map[string]string{"weight": "1;"}}},
+		{"canary tag with brace", "web", Instance{Address: "10.0.0.1", Port: 80, Tags: []string{"gray=}"}}},
+		{"service name with slash", "a/b", Instance{Address: "10.0.0.1", Port: 80}},
+		{"service name with newline", "a\nb", Instance{Address: "10.0.0.1", Port: 80}},
+	}
+	for _, h := range hostile {
+		t.Run(h.name, func(t *testing.T) {
+			h.in.ID, h.in.Service, h.in.Healthy = "x\ny", h.svc, true
+			st, dropped := Build(map[string][]Instance{h.svc: {h.in}, "good": {good}}, rules)
+			if len(dropped) != 1 {
+				t.Fatalf("dropped %v", dropped)
+			}
+			if strings.Contains(dropped[0].String(), "\n") {
+				t.Errorf("drop report carries a raw newline: %q", dropped[0].String())
+			}
+			file := render(st)
+			if strings.Count(file, "server ") != 1 || !strings.Contains(file, "10.0.0.9:80") {
+				t.Fatalf("file holds more than the good instance:\n%s", file)
+			}
+		})
+	}
+}
+
+func TestLabel(t *testing.T) {
+	if got := (Instance{ID: "web-1", Node: "n1"}).Label(); got != "web-1@n1" {
+		t.Errorf("plain label %q", got)
+	}
+	if got := (Instance{ID: "a\nb"}).Label(); got != `"a\nb"` {
+		t.Errorf("hostile label %q", got)
+	}
+}

@@ -1,0 +1,451 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+)
+
+// NginxOptions configures StartNginx.
+type NginxOptions struct {
+	// PersistedFile is given to the Lua module's init() as persisted_file:
+	// the upstream file it loads when its shared dict is empty (first start,
+	// full restart). Empty: none.
+	PersistedFile string
+	// HTTP is extra configuration text placed inside the http {} block, for
+	// example a whole server {} of a test's own.
+	HTTP string
+	// Workers is worker_processes; 0 means 2.
+	Workers int
+}
+
+// Nginx is a real nginx running the SwallowKeeper Lua module from this
+// repository (nginx/lua) with a dyups-compatible API server and a proxy
+// server, both on loopback. Started by StartNginx; its processes are killed,
+// by pid, when the test ends.
+//
+// The proxy routes each request to the dynamic upstream named by the
+// request's Host (so a test picks the upstream with req.Host) and adds two
+// response headers: X-SK-Worker (the nginx worker pid that served it) and
+// X-SK-Upstream-Addr ($upstream_addr: every server tried, in order).
+type Nginx struct {
+	bin       string
+	prefix    string
+	conf      string
+	apiPort   int
+	proxyPort int
+	workers   int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+// nginxEnv names the environment variable that overrides the nginx binary.
+const nginxEnv = "SWALLOWKEEPER_NGINX"
+
+// StartNginx writes a configuration under a fresh t.TempDir() prefix, starts
+// nginx in the foreground (daemon off) and waits until both servers answer.
+// A missing nginx or Lua module fails the test.
+func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
+	t.Helper()
+	bin := Binary(t, nginxEnv, "nginx", "Debian: apt-get install nginx libnginx-mod-http-lua")
+	root := repoRoot(t)
+
+	n := &Nginx{
+		bin:       bin,
+		prefix:    t.TempDir(),
+		apiPort:   FreePort(t),
+		proxyPort: FreePort(t),
+		workers:   opt.Workers,
+	}
+	if n.workers == 0 {
+		n.workers = 2
+	}
+	n.conf = filepath.Join(n.prefix, "nginx.conf")
+
+	modules, err := luaModules(bin)
+	if err != nil {
+		t.Fatalf("testenv: nginx: %v", err)
+	}
+
+	var buf bytes.Buffer
+	err = nginxConf.Execute(&buf, map[string]any{
+		"Prefix":        n.prefix,
+		"Modules":       modules,
+		"Root":          os.Geteuid() == 0,
+		"Workers":       n.workers,
+		"LuaPath":       filepath.Join(root, "nginx", "lua"),
+		"PersistedFile": opt.PersistedFile,
+		"HTTP":          opt.HTTP,
+		"APIPort":       n.apiPort,
+		"ProxyPort":     n.proxyPort,
+	})
+	if err != nil {
+		t.Fatalf("testenv: nginx: render config: %v", err)
+	}
+	if err := os.WriteFile(n.conf, buf.Bytes(), 0o644); err != nil {
+		t.Fatalf("testenv: nginx: %v", err)
+	}
+
+	t.Cleanup(func() { n.kill() })
+	n.Start(t)
+	return n
+}
+
+// APIURL is the base URL of the dyups-compatible API, e.g.
+// http://127.0.0.1:41234 (no trailing slash).
+func (n *Nginx) APIURL() string { return "http://" + Addr(n.apiPort) }
+
+// APIAddr is the API's host:port, for tests that speak raw HTTP.
+func (n *Nginx) APIAddr() string { return Addr(n.apiPort) }
+
+// ProxyURL is the base URL of the proxy server (no trailing slash).
+func (n *Nginx) ProxyURL() string { return "http://" + Addr(n.proxyPort) }
+
+// Prefix is the nginx prefix directory (config, logs, pid file).
+func (n *Nginx) Prefix() string { return n.prefix }
+
+// ErrorLog returns nginx's error log so far, with anything nginx printed on
+// stderr before it could open that log.
+func (n *Nginx) ErrorLog() string {
+	var b strings.Builder
+	for _, name := range []string{"stderr.log", "error.log"} {
+		data, err := os.ReadFile(filepath.Join(n.prefix, name))
+		if err == nil {
+			b.Write(data)
+		}
+	}
+	return b.String()
+}
+
+// Start starts nginx (again) with the same prefix, configuration and ports,
+// and waits until its workers serve. It fails the test if nginx is running.
+func (n *Nginx) Start(t testing.TB) {
+	t.Helper()
+	n.mu.Lock()
+	if n.cmd != nil {
+		n.mu.Unlock()
+		t.Fatalf("testenv: nginx: Start: already running (pid %d)", n.cmd.Process.Pid)
+	}
+	stderr, err := os.OpenFile(filepath.Join(n.prefix, "stderr.log"),
+		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		n.mu.Unlock()
+		t.Fatalf("testenv: nginx: %v", err)
+	}
+	cmd := exec.Command(n.bin, "-p", n.prefix, "-c", n.conf)
+	cmd.Stdout = stderr
+	cmd.Stderr = stderr
+	// Its own process group, so the last-resort kill reaches the workers
+	// too, by group id.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		stderr.Close()
+		n.mu.Unlock()
+		t.Fatalf("testenv: nginx: start %s: %v", n.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		stderr.Close()
+		close(done)
+	}()
+	n.cmd, n.done = cmd, done
+	n.mu.Unlock()
+
+	if err := n.waitServing(nil, 10*time.Second); err != nil {
+		n.kill()
+		t.Fatalf("testenv: nginx: %v\n%s", err, n.ErrorLog())
+	}
+}
+
+// Stop shuts nginx down (fast shutdown: SIGTERM to the master) and waits
+// until every process of it has exited.
+func (n *Nginx) Stop(t testing.TB) {
+	t.Helper()
+	n.mu.Lock()
+	cmd, done := n.cmd, n.done
+	n.mu.Unlock()
+	if cmd == nil {
+		t.Fatalf("testenv: nginx: Stop: not running")
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		n.kill()
+		t.Fatalf("testenv: nginx: master %d did not exit on SIGTERM\n%s", cmd.Process.Pid, n.ErrorLog())
+	}
+	// The master waits for its workers before exiting; make sure anyway.
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	n.mu.Lock()
+	n.cmd, n.done = nil, nil
+	n.mu.Unlock()
+}
+
+// Reload runs `nginx -s reload` and waits until a full new generation of
+// workers is serving (old workers may still be draining).
+func (n *Nginx) Reload(t testing.TB) {
+	t.Helper()
+	old := n.WorkerPIDs()
+	out, err := exec.Command(n.bin, "-p", n.prefix, "-c", n.conf, "-s", "reload").CombinedOutput()
+	if err != nil {
+		t.Fatalf("testenv: nginx -s reload: %v\n%s", err, out)
+	}
+	if err := n.waitServing(old, 10*time.Second); err != nil {
+		t.Fatalf("testenv: nginx: after reload: %v\n%s", err, n.ErrorLog())
+	}
+}
+
+// MasterPID is the pid of the running master process, 0 when stopped.
+func (n *Nginx) MasterPID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// WorkerPIDs returns the pids of the master's live worker processes (not
+// those still draining after a reload), sorted.
+func (n *Nginx) WorkerPIDs() []int {
+	master := n.MasterPID()
+	if master == 0 {
+		return nil
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid(pid) != master {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		title := strings.TrimRight(string(bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})), " ")
+		if title == "nginx: worker process" {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return pids
+}
+
+// ppid reads a process's parent pid from /proc/PID/stat, 0 if unknown.
+func ppid(pid int) int {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// waitServing waits until the master runs n.workers workers, none of them
+// in old, and both servers accept requests.
+func (n *Nginx) waitServing(old []int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	n.mu.Lock()
+	done := n.done
+	n.mu.Unlock()
+	for {
+		select {
+		case <-done:
+			return errors.New("nginx exited")
+		default:
+		}
+		pids := n.WorkerPIDs()
+		fresh := len(pids) == n.workers
+		for _, p := range pids {
+			if slices.Contains(old, p) {
+				fresh = false
+			}
+		}
+		if fresh {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("workers %v (before: %v), want %d new ones", pids, old, n.workers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx := context.Background()
+	if err := WaitHTTP(ctx, n.APIURL()+"/list", time.Until(deadline)); err != nil {
+		return err
+	}
+	return WaitTCP(ctx, Addr(n.proxyPort), time.Until(deadline))
+}
+
+// kill ends every process of this nginx at once (master and workers, by
+// process group id). Used on failure paths and at cleanup.
+func (n *Nginx) kill() {
+	n.mu.Lock()
+	cmd, done := n.cmd, n.done
+	n.cmd, n.done = nil, nil
+	n.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// luaModules returns the load_module paths nginx needs for the Lua module
+// (NDK first, then Lua), or none when lua is compiled in (OpenResty).
+// Debian ships them as dynamic modules that its /etc/nginx/nginx.conf loads
+// through /etc/nginx/modules-enabled; our own configuration must load them.
+func luaModules(bin string) ([]string, error) {
+	out, err := exec.Command(bin, "-V").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%s -V: %v\n%s", bin, err, out)
+	}
+	v := string(out)
+	if strings.Contains(v, "lua-nginx-module") || strings.Contains(v, "ngx_lua") {
+		return nil, nil
+	}
+	dir := "/usr/lib/nginx/modules"
+	if i := strings.Index(v, "--modules-path="); i >= 0 {
+		dir = strings.Fields(v[i+len("--modules-path="):])[0]
+	}
+	var mods []string
+	for _, name := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("%s has no Lua module (%v); Debian: apt-get install libnginx-mod-http-lua", bin, err)
+		}
+		mods = append(mods, p)
+	}
+	return mods, nil
+}
+
+// repoRoot walks up from the working directory to the directory holding
+// go.mod.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatalf("testenv: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+var nginxConf = template.Must(template.New("nginx.conf").Parse(`# Written by testenv.StartNginx.
+{{range .Modules}}load_module {{.}};
+{{end}}
+daemon off;
+master_process on;
+worker_processes {{.Workers}};
+{{if .Root}}user root;
+{{end}}pid {{.Prefix}}/nginx.pid;
+error_log {{.Prefix}}/error.log info;
+
+events {
+    worker_connections 1024;
+}
+
+http {
+    client_body_temp_path {{.Prefix}}/client_body;
+    proxy_temp_path {{.Prefix}}/proxy;
+    fastcgi_temp_path {{.Prefix}}/fastcgi;
+    uwsgi_temp_path {{.Prefix}}/uwsgi;
+    scgi_temp_path {{.Prefix}}/scgi;
+
+    log_format sk '$remote_addr "$request" $status pid=$pid host=$host '
+                  'upstream=$upstream_addr status=$upstream_status';
+    access_log {{.Prefix}}/access.log sk;
+
+    lua_package_path "{{.LuaPath}}/?.lua;;";
+    lua_shared_dict swallowkeeper 16m;
+    init_by_lua_block {
+        require("swallowkeeper.dyups").init({
+            dict = "swallowkeeper",
+{{- if .PersistedFile}}
+            persisted_file = "{{.PersistedFile}}",
+{{- end}}
+        })
+    }
+    init_worker_by_lua_block {
+        require("swallowkeeper.dyups").init_worker()
+    }
+
+    upstream swallowkeeper_backend {
+        server 0.0.0.1;
+        balancer_by_lua_block {
+            require("swallowkeeper.dyups").balance()
+        }
+        keepalive 16;
+    }
+
+    server {
+        listen 127.0.0.1:{{.APIPort}};
+        allow 127.0.0.1;
+        deny all;
+        location / {
+            content_by_lua_block {
+                require("swallowkeeper.dyups").api()
+            }
+        }
+    }
+
+    server {
+        listen 127.0.0.1:{{.ProxyPort}} reuseport;
+        location / {
+            set $sk_upstream $host;
+            proxy_pass http://swallowkeeper_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout http_502;
+            add_header X-SK-Worker $pid always;
+            add_header X-SK-Upstream-Addr $upstream_addr always;
+            log_by_lua_block {
+                require("swallowkeeper.dyups").log()
+            }
+        }
+    }
+{{.HTTP}}
+}
+`))
