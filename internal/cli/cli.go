@@ -282,9 +282,11 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 	dm := dyups.NewMetrics(reg)
 	sinks := make([]engine.Sink, 0, len(cfg.Targets))
 	for _, tc := range cfg.Targets {
-		opt := dyups.Options{Timeout: time.Duration(tc.Timeout)}
+		opt := dyups.Options{Timeout: time.Duration(tc.Timeout), DetailReads: cfg.Reconcile.Reads}
 		if oneShot {
 			opt.MaxAttempts = oneShotAttempts
+		} else {
+			opt.Resync = time.Duration(cfg.Reconcile.Interval)
 		}
 		t, err := dyups.NewTarget(tc.URL, opt, log, dm)
 		if err != nil {

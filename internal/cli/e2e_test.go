@@ -370,3 +370,77 @@ func waitLog(t *testing.T, d *daemon, substr string) {
 	}
 	t.Fatalf("daemon never logged %q; log:\n%s", substr, d.log.String())
 }
+
+func apiDo(t *testing.T, ng *testenv.Nginx, method, path, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, ng.APIURL()+path, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestDriftRepair: whatever happens to nginx behind the daemon's back, the
+// reconcile loop puts the desired state back within one round.
+func TestDriftRepair(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	cfg := writeConfig(t, c, ng, file)
+	cfgText, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, append(cfgText, []byte("reconcile:\n  interval: 300ms\n  reads: 3\n")...), 0o644)
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	d := startDaemon(t, "-config", cfg)
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+
+	cases := []struct {
+		name   string
+		damage func()
+	}{
+		{"someone deletes the upstream", func() {
+			if code, _ := apiDo(t, ng, "DELETE", "/upstream/web", ""); code != 200 {
+				t.Fatalf("manual DELETE: %d", code)
+			}
+		}},
+		{"someone posts another server set", func() {
+			if code, _ := apiDo(t, ng, "POST", "/upstream/web", "server "+b1.addr()+";"); code != 200 {
+				t.Fatalf("manual POST: %d", code)
+			}
+		}},
+		{"someone changes a weight", func() {
+			body := "server " + b1.addr() + " weight=5 max_fails=2 fail_timeout=3s;server " + b2.addr() + " max_fails=2 fail_timeout=3s;keepalive 8;"
+			if code, _ := apiDo(t, ng, "POST", "/upstream/web", body); code != 200 {
+				t.Fatalf("manual POST: %d", code)
+			}
+		}},
+		{"nginx restarts and forgets everything", func() {
+			ng.Stop(t)
+			ng.Start(t) // this nginx has no persisted_file: its memory starts empty
+			if list := apiGet(t, ng, "/list"); list != "" {
+				t.Fatalf("restarted nginx still lists %q", list)
+			}
+		}},
+	}
+	want := apiGet(t, ng, "/detail")
+	for _, tc := range cases {
+		start := time.Now()
+		tc.damage()
+		deadline := time.Now().Add(5 * time.Second)
+		for apiGet(t, ng, "/detail") != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not repaired within 5s; /detail:\n%s\nwant:\n%s\nlog:\n%s", tc.name, apiGet(t, ng, "/detail"), want, d.log.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%-40s repaired in %v (reconcile interval 300ms)", tc.name, time.Since(start).Round(time.Millisecond))
+		waitRoutes(t, ng, d, "web", "web-1", "web-2")
+	}
+	if !strings.Contains(d.log.String(), "drift: nginx does not hold what it should") {
+		t.Errorf("repairs were not logged")
+	}
+}

@@ -30,12 +30,13 @@ type Config struct {
 	Upstreams Upstreams `yaml:"upstreams"`
 	// File is the upstream file that nginx includes; it is written first,
 	// atomically, before anything is pushed to nginx.
-	File    string   `yaml:"file"`
-	Targets []Target `yaml:"targets"`
-	Guards  Guards   `yaml:"guards"`
-	Wait    Wait     `yaml:"wait"`
-	Log     Log      `yaml:"log"`
-	Metrics Metrics  `yaml:"metrics"`
+	File      string    `yaml:"file"`
+	Targets   []Target  `yaml:"targets"`
+	Reconcile Reconcile `yaml:"reconcile"`
+	Guards    Guards    `yaml:"guards"`
+	Wait      Wait      `yaml:"wait"`
+	Log       Log       `yaml:"log"`
+	Metrics   Metrics   `yaml:"metrics"`
 
 	// Where each field was set, for error messages: "targets[0].url" → line,
 	// or "consul.address" → "$CONSUL_HTTP_ADDR".
@@ -98,6 +99,15 @@ type Target struct {
 	Timeout Duration `yaml:"timeout"`
 }
 
+// Reconcile is the drift check of dyups targets: every Interval, read
+// GET /detail Reads times (each over a new connection, so that different
+// nginx workers answer) and push again whatever nginx lost or had changed
+// behind our back.
+type Reconcile struct {
+	Interval Duration `yaml:"interval"` // 0s disables
+	Reads    int      `yaml:"reads"`
+}
+
 // Guards are the safety rules.
 type Guards struct {
 	MinServices int `yaml:"min_services"`
@@ -141,11 +151,12 @@ func Default() Config {
 			FailTimeout: Duration(10 * time.Second),
 			Keepalive:   16,
 		},
-		File:    "/var/lib/swallowkeeper/upstreams.conf",
-		Targets: []Target{{URL: DefaultTarget}},
-		Guards:  Guards{MinServices: 1},
-		Log:     Log{Level: "info", Format: "text"},
-		Metrics: Metrics{Listen: "127.0.0.1:9145"},
+		File:      "/var/lib/swallowkeeper/upstreams.conf",
+		Targets:   []Target{{URL: DefaultTarget}},
+		Reconcile: Reconcile{Interval: Duration(5 * time.Second), Reads: 3},
+		Guards:    Guards{MinServices: 1},
+		Log:       Log{Level: "info", Format: "text"},
+		Metrics:   Metrics{Listen: "127.0.0.1:9145"},
 	}
 }
 
@@ -413,6 +424,12 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if c.Reconcile.Interval < 0 {
+		bad("reconcile.interval", "%v: must not be negative (0s disables)", c.Reconcile.Interval)
+	}
+	if c.Reconcile.Reads < 1 || c.Reconcile.Reads > 100 {
+		bad("reconcile.reads", "%d out of range 1-100", c.Reconcile.Reads)
+	}
 	if c.Guards.MinServices < 0 {
 		bad("guards.min_services", "%d: must not be negative", c.Guards.MinServices)
 	}

@@ -22,6 +22,10 @@ import (
 type Client struct {
 	base *url.URL
 	hc   *http.Client
+	// probe opens a new connection per request: each API call is served by
+	// one nginx worker, and a kept-alive connection would ask the same
+	// worker every time.
+	probe *http.Client
 }
 
 // ParseBaseURL checks a target URL. dyups matches the first path segment of
@@ -57,7 +61,44 @@ func NewClient(base *url.URL, timeout time.Duration) *Client {
 		IdleConnTimeout:     60 * time.Second,
 		DisableCompression:  true,
 	}
-	return &Client{base: base, hc: &http.Client{Transport: tr, Timeout: timeout}}
+	probeTr := tr.Clone()
+	probeTr.DisableKeepAlives = true
+	return &Client{
+		base:  base,
+		hc:    &http.Client{Transport: tr, Timeout: timeout},
+		probe: &http.Client{Transport: probeTr, Timeout: timeout},
+	}
+}
+
+// Detail reads GET /detail over a new connection, so that successive calls
+// can land on different workers.
+func (c *Client) Detail(ctx context.Context) (Detail, error) {
+	u := c.base.JoinPath("detail")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.probe.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: read answer: %w", u, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return Detail{}, nil
+	case http.StatusOK:
+		d, err := ParseDetail(string(b))
+		if err != nil {
+			return nil, fmt.Errorf("GET %s: %w", u, err)
+		}
+		return d, nil
+	default:
+		return nil, &APIError{Op: "GET", Name: "/detail", Status: resp.StatusCode, Body: string(b), Retry: transient(resp.StatusCode)}
+	}
 }
 
 // APIError is an answer from the dyups interface that is not a success.

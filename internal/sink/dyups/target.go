@@ -47,6 +47,13 @@ type Options struct {
 	RetryBase   time.Duration // first retry delay for 409s and transport errors
 	RetryCap    time.Duration // longest retry delay
 	MaxAttempts int           // per request in Sync; 0 = until superseded or cancelled (Run)
+	// Resync is the period of the drift check in Run: read /detail and
+	// re-push what nginx lost (a crashed worker, a restart, a manual
+	// change). 0 disables it.
+	Resync time.Duration
+	// DetailReads is how many times each drift check reads /detail, each
+	// over a new connection, since each read shows one worker's state.
+	DetailReads int
 }
 
 // NewTarget returns a target for the dyups interface at rawURL.
@@ -63,6 +70,9 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 	}
 	if opt.RetryCap <= 0 {
 		opt.RetryCap = 5 * time.Second
+	}
+	if opt.DetailReads <= 0 {
+		opt.DetailReads = 3
 	}
 	t := &Target{
 		url:    base.String(),
@@ -108,25 +118,74 @@ func (t *Target) Own(s upstream.State) {
 	}
 }
 
-// Run applies states handed over by Update until ctx ends.
+// Run applies states handed over by Update until ctx ends, and checks for
+// drift every Resync.
 func (t *Target) Run(ctx context.Context) {
+	var tick <-chan time.Time
+	if t.opt.Resync > 0 {
+		ticker := time.NewTicker(t.opt.Resync)
+		defer ticker.Stop()
+		tick = ticker.C
+	}
+	var current upstream.State // the newest desired state
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.wake:
+			s, ok := t.take()
+			if !ok {
+				continue
+			}
+			current = s
+			err = t.Sync(ctx, s)
+		case <-tick:
+			if current == nil {
+				continue
+			}
+			err = t.Reconcile(ctx, current)
 		}
-		s, ok := t.take()
-		if !ok {
-			continue
-		}
-		err := t.Sync(ctx, s)
 		switch {
 		case errors.Is(err, errSuperseded), ctx.Err() != nil:
 		case err != nil:
 			t.log.Error("target not fully in sync", "err", err)
 		}
 	}
+}
+
+// Reconcile reads what nginx holds (DetailReads times, each over a new
+// connection, so that different workers answer), forgets what it had
+// acknowledged for every upstream that differs, and syncs: the upstreams
+// nginx lost or that were changed behind our back are posted again, and
+// those we own but no longer want are deleted. When all is well it costs
+// the reads and nothing else.
+func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
+	drift := map[string]bool{}
+	for range t.opt.DetailReads {
+		d, err := t.client.Detail(ctx)
+		if err != nil {
+			return fmt.Errorf("dyups %s: drift check: %w", t.url, err)
+		}
+		for name, u := range desired {
+			if !d.Matches(u) {
+				drift[name] = true
+			}
+		}
+		for name := range t.owned {
+			if _, wanted := desired[name]; !wanted {
+				if _, present := d.Lookup(name); present {
+					drift[name] = true
+				}
+			}
+		}
+	}
+	for _, name := range sortedKeys(drift) {
+		t.m.drift.WithLabelValues(t.url).Inc()
+		t.log.Warn("drift: nginx does not hold what it should; repairing", "upstream", name)
+		delete(t.acked, name)
+	}
+	return t.Sync(ctx, desired)
 }
 
 // errSuperseded ends a sync whose state is no longer the newest.
@@ -231,6 +290,7 @@ func sortedKeys(m map[string]bool) []string {
 type Metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	drift    *prometheus.CounterVec
 }
 
 // NewMetrics registers the dyups metrics with reg (nil: unregistered).
@@ -245,9 +305,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of requests to dyups interfaces.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"target", "op"}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_dyups_drift_repairs_total",
+			Help: "Upstreams found different in nginx from the desired state by a drift check, and pushed again.",
+		}, []string{"target"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency)
+		reg.MustRegister(m.requests, m.latency, m.drift)
 	}
 	return m
 }
