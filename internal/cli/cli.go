@@ -27,6 +27,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -228,6 +229,7 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 type parts struct {
 	engine  *engine.Engine
 	targets []*dyups.Target
+	reload  *reload.Sink
 }
 
 // oneShotAttempts bounds the retries of each request in once: a one-shot
@@ -295,6 +297,20 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		p.targets = append(p.targets, t)
 		sinks = append(sinks, t)
 	}
+	if cfg.Reload.Enabled {
+		rs, err := reload.New(reload.Options{
+			File:    cfg.File,
+			Test:    cfg.Reload.Test,
+			Command: cfg.Reload.Command,
+			MinWait: time.Duration(cfg.Reload.MinWait),
+			MaxWait: time.Duration(cfg.Reload.MaxWait),
+		}, log, reg)
+		if err != nil {
+			return nil, err
+		}
+		p.reload = rs
+		sinks = append(sinks, rs)
+	}
 	p.engine = engine.New([]engine.Source{src}, store.New(cfg.File), sinks,
 		engine.Guards{MinServices: cfg.Guards.MinServices},
 		engine.Wait{Min: time.Duration(cfg.Wait.Min), Max: time.Duration(cfg.Wait.Max)},
@@ -357,6 +373,11 @@ func once(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.W
 			errs = append(errs, err)
 		}
 	}
+	if p.reload != nil {
+		if err := p.reload.Apply(ctx, next); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
@@ -394,6 +415,9 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	for _, t := range p.targets {
 		wg.Go(func() { t.Run(ctx) })
+	}
+	if p.reload != nil {
+		wg.Go(func() { p.reload.Run(ctx) })
 	}
 	log.Info("swallowkeeper started", "version", Version, "consul", cfg.Consul.Address, "file", cfg.File, "targets", len(p.targets))
 	err = p.engine.Run(ctx)

@@ -444,3 +444,75 @@ func TestDriftRepair(t *testing.T) {
 		t.Errorf("repairs were not logged")
 	}
 }
+
+// TestReloadModeEndToEnd: plain nginx with static upstreams from the
+// persisted file, kept in step by test + reload.
+func TestReloadModeEndToEnd(t *testing.T) {
+	c := testenv.StartConsul(t)
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	os.WriteFile(file, []byte(upstream.FileHeader), 0o644) // nginx needs the include to exist
+	port := testenv.FreePort(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{HTTP: fmt.Sprintf(`
+    include %s;
+    server {
+        listen 127.0.0.1:%d;
+        location / { proxy_pass http://$host; proxy_next_upstream error; }
+    }`, file, port)})
+	bin := testenv.Binary(t, "SWALLOWKEEPER_NGINX", "nginx", "apt-get install nginx")
+	ngArgs := fmt.Sprintf("[%s, -p, %s, -c, %s", bin, ng.Prefix(), filepath.Join(ng.Prefix(), "nginx.conf"))
+	cfg := fmt.Sprintf(`consul: {address: %s}
+file: %s
+targets: []
+reload:
+  enabled: true
+  test: %s, -t, -q]
+  command: %s, -s, reload]
+  min_wait: 100ms
+  max_wait: 1s
+metrics: {listen: ""}
+`, c.HTTPAddr(), file, ngArgs, ngArgs)
+	path := filepath.Join(t.TempDir(), "sk.yml")
+	os.WriteFile(path, []byte(cfg), 0o644)
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	d := startDaemon(t, "-config", path)
+
+	proxy := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	waitStatic := func(want ...string) {
+		t.Helper()
+		slices.Sort(want)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			seen := map[string]bool{}
+			for range 8 {
+				req, _ := http.NewRequest("GET", proxy, nil)
+				req.Host = "web"
+				resp, err := (&http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						seen[string(b)] = true
+					}
+				}
+			}
+			got := make([]string, 0, len(seen))
+			for id := range seen {
+				got = append(got, id)
+			}
+			slices.Sort(got)
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("static nginx routes to %v, want %v; log:\n%s", got, want, d.log.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	waitStatic("web-1", "web-2")
+	c.SetHealth(t, "web-1", api.HealthCritical)
+	waitStatic("web-2")
+	waitLog(t, d, "nginx reloaded")
+}

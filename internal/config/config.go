@@ -33,6 +33,7 @@ type Config struct {
 	File      string    `yaml:"file"`
 	Targets   []Target  `yaml:"targets"`
 	Reconcile Reconcile `yaml:"reconcile"`
+	Reload    Reload    `yaml:"reload"`
 	Guards    Guards    `yaml:"guards"`
 	Wait      Wait      `yaml:"wait"`
 	Log       Log       `yaml:"log"`
@@ -108,6 +109,17 @@ type Reconcile struct {
 	Reads    int      `yaml:"reads"`
 }
 
+// Reload is the data plane for plain nginx without dyups or Lua: after the
+// file is written, run Test (nginx -t) and then Command (nginx -s reload),
+// once per settled burst of changes.
+type Reload struct {
+	Enabled bool     `yaml:"enabled"`
+	Test    []string `yaml:"test"`
+	Command []string `yaml:"command"`
+	MinWait Duration `yaml:"min_wait"`
+	MaxWait Duration `yaml:"max_wait"`
+}
+
 // Guards are the safety rules.
 type Guards struct {
 	MinServices int `yaml:"min_services"`
@@ -154,9 +166,15 @@ func Default() Config {
 		File:      "/var/lib/swallowkeeper/upstreams.conf",
 		Targets:   []Target{{URL: DefaultTarget}},
 		Reconcile: Reconcile{Interval: Duration(5 * time.Second), Reads: 3},
-		Guards:    Guards{MinServices: 1},
-		Log:       Log{Level: "info", Format: "text"},
-		Metrics:   Metrics{Listen: "127.0.0.1:9145"},
+		Reload: Reload{
+			Test:    []string{"nginx", "-t", "-q"},
+			Command: []string{"nginx", "-s", "reload"},
+			MinWait: Duration(time.Second),
+			MaxWait: Duration(5 * time.Second),
+		},
+		Guards:  Guards{MinServices: 1},
+		Log:     Log{Level: "info", Format: "text"},
+		Metrics: Metrics{Listen: "127.0.0.1:9145"},
 	}
 }
 
@@ -404,8 +422,16 @@ func (c *Config) Validate() error {
 		bad("file", "directory of %s does not exist", c.File)
 	}
 
-	if len(c.Targets) == 0 {
-		bad("targets", "at least one nginx target is required")
+	if len(c.Targets) == 0 && !c.Reload.Enabled {
+		bad("targets", "at least one nginx target is required (or reload.enabled for plain nginx)")
+	}
+	if c.Reload.Enabled {
+		if len(c.Reload.Command) == 0 || c.Reload.Command[0] == "" {
+			bad("reload.command", "a reload command is required, e.g. [nginx, -s, reload]")
+		}
+		if c.Reload.MinWait < 0 || c.Reload.MaxWait < c.Reload.MinWait {
+			bad("reload.max_wait", "%v: want min_wait <= max_wait, both >= 0", c.Reload.MaxWait)
+		}
 	}
 	seen := map[string]bool{}
 	for i, t := range c.Targets {
