@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -515,4 +516,86 @@ metrics: {listen: ""}
 	c.SetHealth(t, "web-1", api.HealthCritical)
 	waitStatic("web-2")
 	waitLog(t, d, "nginx reloaded")
+}
+
+// hangingTarget accepts connections and never answers.
+func hangingTarget(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// TestHangingTargetDoesNotDelayOthers: one target accepts and never
+// answers; changes still reach the healthy nginx as fast as ever, and the
+// nginx lifecycle (worker kill -9, reload) never loses the desired set.
+func TestHangingTargetAndNginxLifecycle(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	cfg := fmt.Sprintf(`consul: {address: %s, wait_time: 30s}
+file: %s
+targets:
+  - url: %s
+    timeout: 3s
+  - url: %s
+    timeout: 3s
+reconcile: {interval: 500ms, reads: 3}
+metrics: {listen: ""}
+`, c.HTTPAddr(), file, hangingTarget(t), ng.APIURL())
+	path := filepath.Join(t.TempDir(), "sk.yml")
+	os.WriteFile(path, []byte(cfg), 0o644)
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	d := startDaemon(t, "-config", path)
+
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	took := waitRoutes(t, ng, d, "web", "web-1")
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	took = max(took, waitRoutes(t, ng, d, "web", "web-1", "web-2"))
+	c.SetHealth(t, "web-1", api.HealthCritical)
+	took = max(took, waitRoutes(t, ng, d, "web", "web-2"))
+	t.Logf("slowest change to reach the healthy nginx beside a hanging one: %v (hanging target's timeout 3s)", took.Round(time.Millisecond))
+	if took > time.Second {
+		t.Errorf("the healthy target was delayed %v by the hanging one", took)
+	}
+	c.SetHealth(t, "web-1", api.HealthPassing)
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+
+	// kill -9 every worker: the master starts new ones, which must route
+	// to the desired set.
+	for _, pid := range ng.WorkerPIDs() {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+	// A reload keeps the state too.
+	ng.Reload(t)
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+	if seen, failed := route(t, ng, "web", 20); failed > 0 || len(seen) != 2 {
+		t.Fatalf("after worker kills and a reload: %v, %d failed", seen, failed)
+	}
 }
