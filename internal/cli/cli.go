@@ -49,6 +49,7 @@ Usage:
   swallowkeeper once    [flags]   one full sync: registry → file → nginx; non-zero exit on failure
   swallowkeeper render  [flags]   print the upstream file the registry gives now; touches nothing
   swallowkeeper check   [flags]   validate the configuration and the persisted file
+  swallowkeeper status  [flags]   ask a running daemon what it applied, per target, and what guards hold
   swallowkeeper version
 
 Configuration comes from, in rising priority: defaults, the YAML file
@@ -74,6 +75,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "run", "once", "render", "check":
+	case "status":
+		return status(ctx, args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "swallowkeeper %s (%s %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
@@ -404,13 +407,15 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.Handle("/status", statusHandler(p.engine, p.targets))
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() { srv.Serve(ln) })
-		defer func() {
+		wg.Go(func() { // stop serving when the daemon stops, so wg.Wait returns
+			<-ctx.Done()
 			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
 			defer c()
 			srv.Shutdown(sctx)
-		}()
+		})
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 	for _, t := range p.targets {

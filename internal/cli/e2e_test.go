@@ -553,6 +553,7 @@ func hangingTarget(t *testing.T) string {
 // answers; changes still reach the healthy nginx as fast as ever, and the
 // nginx lifecycle (worker kill -9, reload) never loses the desired set.
 func TestHangingTargetAndNginxLifecycle(t *testing.T) {
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
 	c := testenv.StartConsul(t)
 	ng := testenv.StartNginx(t, testenv.NginxOptions{})
 	file := filepath.Join(t.TempDir(), "upstreams.conf")
@@ -564,8 +565,8 @@ targets:
   - url: %s
     timeout: 3s
 reconcile: {interval: 500ms, reads: 3}
-metrics: {listen: ""}
-`, c.HTTPAddr(), file, hangingTarget(t), ng.APIURL())
+metrics: {listen: "%s"}
+`, c.HTTPAddr(), file, hangingTarget(t), ng.APIURL(), metricsAddr)
 	path := filepath.Join(t.TempDir(), "sk.yml")
 	os.WriteFile(path, []byte(cfg), 0o644)
 	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
@@ -597,5 +598,18 @@ metrics: {listen: ""}
 	waitRoutes(t, ng, d, "web", "web-1", "web-2")
 	if seen, failed := route(t, ng, "web", 20); failed > 0 || len(seen) != 2 {
 		t.Fatalf("after worker kills and a reload: %v, %d failed", seen, failed)
+	}
+
+	// Per-target status: the hanging target is reported out of sync, the
+	// healthy one in sync, with the applied upstream and its instances.
+	code, out, errs := runCLI(t, nil, "status", "-addr", metricsAddr)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, errs)
+	}
+	t.Logf("swallowkeeper status:\n%s", out)
+	for _, want := range []string{ng.APIURL() + "  in sync", "NOT IN SYNC", "web (service web, keepalive 16)", "web-1@sk-test", "web-2@sk-test"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q", want)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +61,38 @@ type Engine struct {
 	wait    Wait
 	log     *slog.Logger
 	m       *metrics
+
+	status atomic.Pointer[Status] // published by Run for readers elsewhere
+}
+
+// Status is what the engine has applied and what it holds back, published
+// after every change for the status page and command.
+type Status struct {
+	Applied   upstream.State // persisted and handed to the sinks
+	Holds     []Hold
+	Sources   int  // sources configured
+	Answered  int  // sources that have sent a snapshot
+	LastApply time.Time
+	// PersistError is the last failure to write the file, until a write
+	// succeeds; nothing is pushed meanwhile.
+	PersistError string
+}
+
+// Status returns the latest published status; nil before Run started.
+func (e *Engine) Status() *Status { return e.status.Load() }
+
+func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapshot, last time.Time, persistErr error) {
+	answered := 0
+	for _, s := range latest {
+		if s != nil {
+			answered++
+		}
+	}
+	st := &Status{Applied: applied, Holds: holds, Sources: len(latest), Answered: answered, LastApply: last}
+	if persistErr != nil {
+		st.PersistError = persistErr.Error()
+	}
+	e.status.Store(st)
 }
 
 // New builds an engine. reg may be nil when no metrics are wanted.
@@ -113,6 +146,8 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	in := e.fanIn(ctx)
 	latest := make([]*Snapshot, len(e.sources))
+	var lastApply time.Time
+	e.publish(prev, nil, latest, lastApply, nil)
 	var (
 		lastHolds []Hold
 		settle    *time.Timer // fires when the quiescence window closes
@@ -127,6 +162,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.reportHolds(lastHolds, holds)
 		lastHolds = holds
 		if next.Equal(prev) {
+			e.publish(prev, holds, latest, lastApply, nil)
 			return
 		}
 		if err := e.store.Save(next); err != nil {
@@ -136,6 +172,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			d := retry.Next()
 			e.log.Error("persist failed; nginx left unchanged, will retry", "err", err, "retry_in", d)
 			retryC = time.After(d)
+			e.publish(prev, holds, latest, lastApply, err)
 			return
 		}
 		retry.Reset()
@@ -146,6 +183,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.m.lastApply.SetToCurrentTime()
 		e.push(next)
 		prev = next
+		lastApply = time.Now()
+		e.publish(prev, holds, latest, lastApply, nil)
 	}
 
 	for {

@@ -27,14 +27,37 @@ type NginxOptions struct {
 	// HTTP is extra configuration text placed inside the http {} block, for
 	// example a whole server {} of a test's own.
 	HTTP string
-	// Workers is worker_processes; 0 means 2.
+	// Workers is worker_processes (0 means 2); with Config, the number of
+	// workers that configuration runs.
 	Workers int
+	// Config, when set, returns the whole nginx.conf to run instead of the
+	// built-in one (HTTP and PersistedFile are then unused). It must serve
+	// the API on 127.0.0.1:APIPort and a proxy on 127.0.0.1:ProxyPort, keep
+	// error_log and pid inside Prefix, and leave `daemon` unset (nginx runs
+	// with -g "daemon off;").
+	Config func(NginxParams) string
+}
+
+// NginxParams is what a custom NginxOptions.Config needs to know.
+type NginxParams struct {
+	Prefix    string // the nginx -p directory
+	APIPort   int
+	ProxyPort int
+	// LuaPath is <repo>/nginx/lua, for lua_package_path.
+	LuaPath string
+	// LoadModules holds the load_module lines for the NDK and Lua modules
+	// (empty when Lua is built in, as in OpenResty).
+	LoadModules string
+	// Root is true when nginx runs as root: workers then need `user root;`
+	// to reach files under a test's 0700 temp directories.
+	Root bool
 }
 
 // Nginx is a real nginx running the SwallowKeeper Lua module from this
 // repository (nginx/lua) with a dyups-compatible API server and a proxy
-// server, both on loopback. Started by StartNginx; its processes are killed,
-// by pid, when the test ends.
+// server, both on loopback. Started by StartNginx; its processes are ended,
+// by pid (SIGTERM to the master, then SIGKILL to its process group if
+// anything is left), when the test ends.
 //
 // The proxy routes each request to the dynamic upstream named by the
 // request's Host (so a test picks the upstream with req.Host) and adds two
@@ -80,23 +103,34 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 	if err != nil {
 		t.Fatalf("testenv: nginx: %v", err)
 	}
-
-	var buf bytes.Buffer
-	err = nginxConf.Execute(&buf, map[string]any{
-		"Prefix":        n.prefix,
-		"Modules":       modules,
-		"Root":          os.Geteuid() == 0,
-		"Workers":       n.workers,
-		"LuaPath":       filepath.Join(root, "nginx", "lua"),
-		"PersistedFile": opt.PersistedFile,
-		"HTTP":          opt.HTTP,
-		"APIPort":       n.apiPort,
-		"ProxyPort":     n.proxyPort,
-	})
-	if err != nil {
-		t.Fatalf("testenv: nginx: render config: %v", err)
+	p := NginxParams{
+		Prefix:    n.prefix,
+		APIPort:   n.apiPort,
+		ProxyPort: n.proxyPort,
+		LuaPath:   filepath.Join(root, "nginx", "lua"),
+		Root:      os.Geteuid() == 0,
 	}
-	if err := os.WriteFile(n.conf, buf.Bytes(), 0o644); err != nil {
+	for _, m := range modules {
+		p.LoadModules += "load_module " + m + ";\n"
+	}
+
+	var text string
+	if opt.Config != nil {
+		text = opt.Config(p)
+	} else {
+		var buf bytes.Buffer
+		err = nginxConf.Execute(&buf, map[string]any{
+			"P":             p,
+			"Workers":       n.workers,
+			"PersistedFile": opt.PersistedFile,
+			"HTTP":          opt.HTTP,
+		})
+		if err != nil {
+			t.Fatalf("testenv: nginx: render config: %v", err)
+		}
+		text = buf.String()
+	}
+	if err := os.WriteFile(n.conf, []byte(text), 0o644); err != nil {
 		t.Fatalf("testenv: nginx: %v", err)
 	}
 
@@ -146,7 +180,7 @@ func (n *Nginx) Start(t testing.TB) {
 		n.mu.Unlock()
 		t.Fatalf("testenv: nginx: %v", err)
 	}
-	cmd := exec.Command(n.bin, "-p", n.prefix, "-c", n.conf)
+	cmd := exec.Command(n.bin, "-p", n.prefix, "-c", n.conf, "-g", "daemon off;")
 	cmd.Stdout = stderr
 	cmd.Stderr = stderr
 	// Its own process group, so the last-resort kill reaches the workers
@@ -307,8 +341,10 @@ func (n *Nginx) waitServing(old []int, timeout time.Duration) error {
 	return WaitTCP(ctx, Addr(n.proxyPort), time.Until(deadline))
 }
 
-// kill ends every process of this nginx at once (master and workers, by
-// process group id). Used on failure paths and at cleanup.
+// kill ends every process of this nginx: SIGTERM to the master, which
+// stops and reaps its workers, then, should anything be left after a few
+// seconds, SIGKILL to the whole process group (by group id). Used on
+// failure paths and at cleanup.
 func (n *Nginx) kill() {
 	n.mu.Lock()
 	cmd, done := n.cmd, n.done
@@ -316,6 +352,11 @@ func (n *Nginx) kill() {
 	n.mu.Unlock()
 	if cmd == nil {
 		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
 	}
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	select {
@@ -373,31 +414,29 @@ func repoRoot(t testing.TB) string {
 }
 
 var nginxConf = template.Must(template.New("nginx.conf").Parse(`# Written by testenv.StartNginx.
-{{range .Modules}}load_module {{.}};
-{{end}}
-daemon off;
+{{.P.LoadModules}}
 master_process on;
 worker_processes {{.Workers}};
-{{if .Root}}user root;
-{{end}}pid {{.Prefix}}/nginx.pid;
-error_log {{.Prefix}}/error.log info;
+{{if .P.Root}}user root;
+{{end}}pid {{.P.Prefix}}/nginx.pid;
+error_log {{.P.Prefix}}/error.log info;
 
 events {
     worker_connections 1024;
 }
 
 http {
-    client_body_temp_path {{.Prefix}}/client_body;
-    proxy_temp_path {{.Prefix}}/proxy;
-    fastcgi_temp_path {{.Prefix}}/fastcgi;
-    uwsgi_temp_path {{.Prefix}}/uwsgi;
-    scgi_temp_path {{.Prefix}}/scgi;
+    client_body_temp_path {{.P.Prefix}}/client_body;
+    proxy_temp_path {{.P.Prefix}}/proxy;
+    fastcgi_temp_path {{.P.Prefix}}/fastcgi;
+    uwsgi_temp_path {{.P.Prefix}}/uwsgi;
+    scgi_temp_path {{.P.Prefix}}/scgi;
 
     log_format sk '$remote_addr "$request" $status pid=$pid host=$host '
                   'upstream=$upstream_addr status=$upstream_status';
-    access_log {{.Prefix}}/access.log sk;
+    access_log {{.P.Prefix}}/access.log sk;
 
-    lua_package_path "{{.LuaPath}}/?.lua;;";
+    lua_package_path "{{.P.LuaPath}}/?.lua;;";
     lua_shared_dict swallowkeeper 16m;
     init_by_lua_block {
         require("swallowkeeper.dyups").init({
@@ -420,7 +459,7 @@ http {
     }
 
     server {
-        listen 127.0.0.1:{{.APIPort}};
+        listen 127.0.0.1:{{.P.APIPort}};
         allow 127.0.0.1;
         deny all;
         location / {
@@ -431,7 +470,7 @@ http {
     }
 
     server {
-        listen 127.0.0.1:{{.ProxyPort}} reuseport;
+        listen 127.0.0.1:{{.P.ProxyPort}} reuseport;
         location / {
             set $sk_upstream $host;
             proxy_pass http://swallowkeeper_backend;

@@ -34,6 +34,9 @@ type Target struct {
 	hasPending bool
 	wake       chan struct{} // one slot: "pending changed"
 
+	smu    sync.Mutex
+	status Status
+
 	// Owned by the Run goroutine (or the caller of Sync).
 	acked upstream.State  // what the target acknowledged, per upstream
 	owned map[string]bool // names the target may hold because we put them there
@@ -85,6 +88,41 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 		opt:    opt,
 	}
 	return t, nil
+}
+
+// Status is what a target reports about itself.
+type Status struct {
+	URL          string
+	InSync       bool      // the last sync or drift check left nothing to do
+	LastSync     time.Time // end of the last sync that succeeded
+	LastError    string
+	LastErrorAt  time.Time
+	Upstreams    int // upstreams the target acknowledged
+	DriftRepairs int // upstreams pushed again after a drift check
+}
+
+// Status returns the target's current status.
+func (t *Target) Status() Status {
+	t.smu.Lock()
+	defer t.smu.Unlock()
+	s := t.status
+	s.URL = t.url
+	return s
+}
+
+func (t *Target) record(err error, repairs int) {
+	t.smu.Lock()
+	defer t.smu.Unlock()
+	t.status.DriftRepairs += repairs
+	t.status.Upstreams = len(t.acked)
+	if err != nil && !errors.Is(err, errSuperseded) {
+		t.status.InSync = false
+		t.status.LastError, t.status.LastErrorAt = err.Error(), time.Now()
+		return
+	}
+	if err == nil {
+		t.status.InSync, t.status.LastSync = true, time.Now()
+	}
 }
 
 // URL is the target's base URL.
@@ -165,7 +203,9 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 	for range t.opt.DetailReads {
 		d, err := t.client.Detail(ctx)
 		if err != nil {
-			return fmt.Errorf("dyups %s: drift check: %w", t.url, err)
+			err = fmt.Errorf("dyups %s: drift check: %w", t.url, err)
+			t.record(err, 0)
+			return err
 		}
 		for name, u := range desired {
 			if !d.Matches(u) {
@@ -185,6 +225,7 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 		t.log.Warn("drift: nginx does not hold what it should; repairing", "upstream", name)
 		delete(t.acked, name)
 	}
+	t.record(nil, len(drift))
 	return t.Sync(ctx, desired)
 }
 
@@ -196,7 +237,8 @@ var errSuperseded = errors.New("superseded by a newer state")
 // those it put there that are no longer wanted. A refused body (500) is
 // logged with the body and the rest goes on; the error returned joins every
 // failure.
-func (t *Target) Sync(ctx context.Context, desired upstream.State) error {
+func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
+	defer func() { t.record(err, 0) }()
 	for name := range desired {
 		t.owned[name] = true
 	}

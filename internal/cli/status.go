@@ -1,0 +1,185 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+)
+
+// statusDoc is the daemon's /status answer.
+type statusDoc struct {
+	Version      string         `json:"version"`
+	Sources      int            `json:"sources"`
+	Answered     int            `json:"sources_answered"`
+	LastApply    time.Time      `json:"last_apply,omitzero"`
+	PersistError string         `json:"persist_error,omitempty"`
+	Holds        []holdDoc      `json:"holds"`
+	Targets      []dyups.Status `json:"targets"`
+	Upstreams    []upstreamDoc  `json:"upstreams"`
+}
+
+type holdDoc struct {
+	Upstream string `json:"upstream"` // "" = everything
+	Reason   string `json:"reason"`
+}
+
+type upstreamDoc struct {
+	Name      string      `json:"name"`
+	Service   string      `json:"service,omitempty"`
+	Keepalive int         `json:"keepalive"`
+	Servers   []serverDoc `json:"servers"`
+}
+
+type serverDoc struct {
+	Addr     string `json:"addr"`
+	Weight   int    `json:"weight"`
+	Instance string `json:"instance,omitempty"`
+	Backup   bool   `json:"backup,omitempty"`
+	Down     bool   `json:"down,omitempty"`
+}
+
+func buildStatus(e *engine.Engine, targets []*dyups.Target) statusDoc {
+	doc := statusDoc{Version: Version, Holds: []holdDoc{}, Targets: []dyups.Status{}, Upstreams: []upstreamDoc{}}
+	for _, t := range targets {
+		doc.Targets = append(doc.Targets, t.Status())
+	}
+	st := e.Status()
+	if st == nil {
+		return doc
+	}
+	doc.Sources, doc.Answered, doc.LastApply, doc.PersistError = st.Sources, st.Answered, st.LastApply, st.PersistError
+	for _, h := range st.Holds {
+		doc.Holds = append(doc.Holds, holdDoc{h.Upstream, h.Reason})
+	}
+	for _, name := range st.Applied.Names() {
+		u := st.Applied[name]
+		ud := upstreamDoc{Name: name, Service: u.Service, Keepalive: u.Keepalive, Servers: []serverDoc{}}
+		for _, s := range u.Servers {
+			ud.Servers = append(ud.Servers, serverDoc{Addr: s.Addr.String(), Weight: s.Weight, Instance: s.Instance, Backup: s.Backup, Down: s.Down})
+		}
+		doc.Upstreams = append(doc.Upstreams, ud)
+	}
+	return doc
+}
+
+func statusHandler(e *engine.Engine, targets []*dyups.Target) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(buildStatus(e, targets))
+	})
+}
+
+// status asks a running daemon for its status and prints it.
+func status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("swallowkeeper status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "", "the daemon's metrics.listen address (default: from -config, else "+config.Default().Metrics.Listen+")")
+	path := fs.String("config", "", "configuration file to read metrics.listen from")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: swallowkeeper status [flags]\n\nShows what a running daemon applied, what each nginx target acknowledged,\nand which guards hold changes back, and why.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *addr == "" {
+		*addr = config.Default().Metrics.Listen
+		if *path != "" {
+			cfg, err := config.Load(*path)
+			if err != nil {
+				fmt.Fprintf(stderr, "swallowkeeper status: %v\n", err)
+				return 1
+			}
+			*addr = cfg.Metrics.Listen
+		}
+	}
+	url := "http://" + *addr + "/status"
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper status: is the daemon running with metrics.listen %s? %v\n", *addr, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "swallowkeeper status: %s: %s\n", url, resp.Status)
+		return 1
+	}
+	if *asJSON {
+		stdout.Write(body)
+		return 0
+	}
+	var doc statusDoc
+	if err := json.Unmarshal(body, &doc); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper status: %s: %v\n", url, err)
+		return 1
+	}
+	printStatus(stdout, doc)
+	return 0
+}
+
+func printStatus(w io.Writer, doc statusDoc) {
+	fmt.Fprintf(w, "swallowkeeper %s: %d/%d sources answered", doc.Version, doc.Answered, doc.Sources)
+	if !doc.LastApply.IsZero() {
+		fmt.Fprintf(w, ", last change applied %s ago", time.Since(doc.LastApply).Round(time.Second))
+	}
+	fmt.Fprintln(w)
+	if doc.PersistError != "" {
+		fmt.Fprintf(w, "PERSIST FAILING (nothing is pushed until it works): %s\n", doc.PersistError)
+	}
+	fmt.Fprintf(w, "\nTargets:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, t := range doc.Targets {
+		state := "in sync"
+		if !t.InSync {
+			state = "NOT IN SYNC"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d upstreams\tdrift repairs %d", t.URL, state, t.Upstreams, t.DriftRepairs)
+		if t.LastError != "" && !t.InSync {
+			fmt.Fprintf(tw, "\tlast error %s ago: %s", time.Since(t.LastErrorAt).Round(time.Second), t.LastError)
+		}
+		fmt.Fprintln(tw)
+	}
+	tw.Flush()
+	if len(doc.Holds) > 0 {
+		fmt.Fprintf(w, "\nGuards holding changes back:\n")
+		for _, h := range doc.Holds {
+			name := h.Upstream
+			if name == "" {
+				name = "(all)"
+			}
+			fmt.Fprintf(w, "  %s: %s\n", name, h.Reason)
+		}
+	}
+	fmt.Fprintf(w, "\nUpstreams:\n")
+	for _, u := range doc.Upstreams {
+		fmt.Fprintf(w, "  %s (service %s, keepalive %d)\n", u.Name, u.Service, u.Keepalive)
+		for _, s := range u.Servers {
+			flags := []string{fmt.Sprintf("weight=%d", s.Weight)}
+			if s.Backup {
+				flags = append(flags, "backup")
+			}
+			if s.Down {
+				flags = append(flags, "down")
+			}
+			fmt.Fprintf(w, "    %-24s %-12s %s\n", s.Addr, strings.Join(flags, " "), s.Instance)
+		}
+	}
+}
