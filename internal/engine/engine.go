@@ -70,8 +70,8 @@ type Engine struct {
 type Status struct {
 	Applied   upstream.State // persisted and handed to the sinks
 	Holds     []Hold
-	Sources   int  // sources configured
-	Answered  int  // sources that have sent a snapshot
+	Sources   int // sources configured
+	Answered  int // sources that have sent a snapshot
 	LastApply time.Time
 	// PersistError is the last failure to write the file, until a write
 	// succeeds; nothing is pushed meanwhile.
