@@ -121,20 +121,25 @@ func (d *demo) run(ctx context.Context) error {
 	d.load = startLoad(ctx, fmt.Sprintf("http://127.0.0.1:%d/", d.ports["nginx_proxy"]), "web", d.opt.Rate)
 	d.watch(ctx, 3*time.Second, "traffic through nginx, per backend")
 
+	const checkNote = "(mostly Consul's HTTP check interval, 1s)"
 	steps := []struct {
 		title string
 		do    func()
 		want  []string
+		note  string
+		after func()
 	}{
-		{"web-3 starts and registers: it joins without a reload", func() { d.register(d.backends[2]) }, []string{"web-1", "web-2", "web-3"}},
-		{"web-2's health check starts failing: Consul marks it critical, it leaves nginx", func() { d.backends[1].healthy.Store(false) }, []string{"web-1", "web-3"}},
-		{"web-2 recovers: it comes back", func() { d.backends[1].healthy.Store(true) }, []string{"web-1", "web-2", "web-3"}},
-		{"web-3 is stopped gracefully: it deregisters, then stops", func() {
-			d.consul.Agent().ServiceDeregister("web-3")
-			time.Sleep(500 * time.Millisecond) // let the change reach nginx before the port closes
-			d.backends[2].stop()
-		}, []string{"web-1", "web-2"}},
-		{"web-1 crashes (no deregistration): nginx retries the next server, Consul's check removes it", func() { d.backends[0].stop() }, []string{"web-2"}},
+		{"web-3 starts and registers: it joins without a reload", func() { d.register(d.backends[2]) },
+			[]string{"web-1", "web-2", "web-3"}, checkNote + ": a new instance is critical until its first check passes", nil},
+		{"web-2's health check starts failing: Consul marks it critical, it leaves nginx", func() { d.backends[1].healthy.Store(false) },
+			[]string{"web-1", "web-3"}, checkNote, nil},
+		{"web-2 recovers: it comes back", func() { d.backends[1].healthy.Store(true) },
+			[]string{"web-1", "web-2", "web-3"}, checkNote, nil},
+		{"web-3 is stopped gracefully: it deregisters first, then stops once nginx no longer sends it traffic",
+			func() { d.consul.Agent().ServiceDeregister("web-3") },
+			[]string{"web-1", "web-2"}, "(Consul write → nginx: the daemon's own latency)", func() { d.backends[2].stop() }},
+		{"web-1 crashes (no deregistration): nginx retries the next server at once, then Consul's check removes it",
+			func() { d.backends[0].stop() }, []string{"web-2"}, "(nginx's own retry; no request fails)", nil},
 	}
 	for _, s := range steps {
 		if ctx.Err() != nil {
@@ -146,7 +151,10 @@ func (d *demo) run(ctx context.Context) error {
 		if err := d.waitRouting(ctx, s.want...); err != nil {
 			return err
 		}
-		fmt.Fprintf(d.out, "    nginx routes to %v %v after the change\n", s.want, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(d.out, "    nginx routes to %v %v after the change %s\n", s.want, time.Since(start).Round(time.Millisecond), s.note)
+		if s.after != nil {
+			s.after()
+		}
 		d.watch(ctx, 3*time.Second, "traffic through nginx, per backend")
 	}
 
@@ -225,10 +233,12 @@ http {
         location / {
             if ($sk_upstream = "") { return 404; }
             proxy_pass http://swallowkeeper_backend;
+            proxy_set_header Host $host;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_next_upstream error timeout http_502 http_503;
             proxy_connect_timeout 1s;
+            log_by_lua_block { require("swallowkeeper.dyups").log() }
         }
     }
 }
@@ -496,7 +506,7 @@ func poll(ctx context.Context, timeout time.Duration, what string, ok func() boo
 		select {
 		case <-ctx.Done():
 			return errors.New("interrupted")
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 	return nil
