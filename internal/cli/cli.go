@@ -50,6 +50,8 @@ Usage:
   swallowkeeper render  [flags]   print the upstream file the registry gives now; touches nothing
   swallowkeeper check   [flags]   validate the configuration and the persisted file
   swallowkeeper status  [flags]   ask a running daemon what it applied, per target, and what guards hold
+  swallowkeeper register [flags] -- CMD [ARGS...]
+                                  run an app: register when ready, deregister and drain before it stops
   swallowkeeper version
 
 Configuration comes from, in rising priority: defaults, the YAML file
@@ -77,6 +79,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "run", "once", "render", "check":
 	case "status":
 		return status(ctx, args[1:], stdout, stderr)
+	case "register":
+		return registerCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "swallowkeeper %s (%s %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

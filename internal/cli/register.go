@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/register"
+)
+
+const registerUsage = `Usage: swallowkeeper register [flags] -- CMD [ARGS...]
+       swallowkeeper register [flags]            (sidecar: no command)
+
+Wraps an app of any language so that restarts cost no failed request:
+starts CMD, waits until its -check answers, registers it in Consul with
+that check; on SIGTERM/SIGINT deregisters first, waits until nginx no longer
+routes to it (-drain-url, else -drain), then forwards the signal to the app
+and exits with its exit code. If the app dies, it deregisters at once.
+
+Example (systemd ExecStart, or a supervisor program's command):
+  swallowkeeper register -service web -port 8080 \
+      -check http://127.0.0.1:8080/health -drain-url http://127.0.0.1:8081 \
+      -- /usr/local/bin/web-server --port 8080
+
+Flags:
+`
+
+func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("swallowkeeper register", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		o          register.Options
+		tags, meta stringList
+		consulAddr = fs.String("consul-addr", "", "Consul agent HTTP address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
+		stopSig    = fs.String("stop-signal", "TERM", "signal forwarded to the app after draining: TERM, INT, QUIT, HUP, USR1, USR2")
+		logFormat  = fs.String("log-format", "text", "text or json")
+	)
+	fs.StringVar(&o.Service, "service", "", "service name (required)")
+	fs.StringVar(&o.ID, "id", "", "instance id (default <service>-<hostname>-<port>)")
+	fs.StringVar(&o.Address, "address", "", "IP address nginx should use (default: this host's address towards the Consul agent)")
+	fs.IntVar(&o.Port, "port", 0, "the app's port (required)")
+	fs.Var(&tags, "tag", "service tag, e.g. gray=canary (repeatable)")
+	fs.Var(&meta, "meta", "service meta key=value, e.g. weight=3 (repeatable)")
+	fs.StringVar(&o.Check, "check", "", "health check: http://host:port/path or tcp://host:port (default tcp://<address>:<port>)")
+	fs.DurationVar(&o.CheckInterval, "check-interval", time.Second, "how often Consul runs the check")
+	fs.DurationVar(&o.CheckTimeout, "check-timeout", time.Second, "timeout of each check")
+	fs.DurationVar(&o.DeregisterAfter, "deregister-after", time.Minute, "Consul removes the instance after its check failed this long (a wrapper killed with SIGKILL)")
+	fs.DurationVar(&o.ReadyTimeout, "ready-timeout", time.Minute, "how long to wait for the app's first passing check")
+	fs.DurationVar(&o.RegisterTimeout, "register-timeout", 0, "give up registering after this (the app keeps running); 0 = keep trying")
+	fs.DurationVar(&o.Drain, "drain", 5*time.Second, "wait after deregistering before stopping the app (with -drain-url: the longest wait)")
+	fs.StringVar(&o.DrainURL, "drain-url", "", "dyups API base URL of an nginx: stop the app as soon as it no longer lists the instance")
+	fs.StringVar(&o.Upstream, "upstream", "", "upstream name in nginx (default: the service, or <service>_<x> with tag gray=<x>)")
+	fs.DurationVar(&o.StopTimeout, "stop-timeout", 30*time.Second, "then the app is killed")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, registerUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	argv := fs.Args()
+
+	cfg := config.Default()
+	if err := cfg.ApplyEnv(getenv); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper register: %v\n", err)
+		return 2
+	}
+	if *consulAddr != "" {
+		cfg.Consul.Address = *consulAddr
+	}
+	addr, scheme, err := config.SplitConsulAddress(cfg.Consul.Address, cfg.Consul.Scheme)
+	if err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper register: -consul-addr: %v\n", err)
+		return 2
+	}
+	if err := cfg.ResolveToken(); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper register: %v\n", err)
+		return 2
+	}
+	o.Tags = tags
+	o.Meta = map[string]string{}
+	for _, kv := range meta {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			fmt.Fprintf(stderr, "swallowkeeper register: -meta %q: want key=value\n", kv)
+			return 2
+		}
+		o.Meta[k] = v
+	}
+	if o.Address == "" {
+		o.Address = localAddressTowards(addr)
+	}
+	if o.Check == "" && o.Port > 0 {
+		o.Check = "tcp://" + net.JoinHostPort(o.Address, fmt.Sprint(o.Port))
+	}
+	sig, ok := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
+		"HUP": syscall.SIGHUP, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2}[strings.TrimPrefix(strings.ToUpper(*stopSig), "SIG")]
+	if !ok {
+		fmt.Fprintf(stderr, "swallowkeeper register: -stop-signal %q: want TERM, INT, QUIT, HUP, USR1 or USR2\n", *stopSig)
+		return 2
+	}
+	o.StopSignal = sig
+	if err := o.Validate(); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper register: %v\n", err)
+		return 2
+	}
+
+	acfg := api.DefaultConfig()
+	acfg.Address, acfg.Scheme = addr, scheme
+	acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
+	client, err := api.NewClient(acfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper register: consul: %v\n", err)
+		return 2
+	}
+	var h slog.Handler = slog.NewTextHandler(stderr, nil)
+	if *logFormat == "json" {
+		h = slog.NewJSONHandler(stderr, nil)
+	}
+	log := slog.New(h).With("wrapper", o.ID)
+	return register.Run(ctx, o, argv, register.Consul{Client: client}, log, stdout, stderr)
+}
+
+// localAddressTowards returns this host's address on the route to the
+// Consul agent (no packet is sent), which is what nginx on another host
+// would reach; 127.0.0.1 when the agent is local.
+func localAddressTowards(consul string) string {
+	c, err := net.Dial("udp", consul)
+	if err != nil {
+		return "127.0.0.1"
+	}
+	defer c.Close()
+	host, _, _ := net.SplitHostPort(c.LocalAddr().String())
+	return host
+}

@@ -1,0 +1,283 @@
+package cli_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/cli"
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+)
+
+// TestMain lets the test binary play two more roles when re-executed, so
+// that wrappers and apps are real processes with their own signals:
+// SK_TEST_ROLE=swallowkeeper runs the CLI, SK_TEST_ROLE=app a tiny web app
+// that shuts down gracefully on SIGTERM.
+func TestMain(m *testing.M) {
+	switch os.Getenv("SK_TEST_ROLE") {
+	case "swallowkeeper":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+		stop()
+		os.Exit(code)
+	case "app":
+		os.Exit(testApp(os.Getenv("SK_APP_ID"), os.Getenv("SK_APP_PORT")))
+	}
+	os.Exit(m.Run())
+}
+
+func testApp(id, port string) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "app:", err)
+		return 1
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // POSTs carry a body
+		io.WriteString(w, id)
+	})
+	srv := &http.Server{Handler: mux}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx) // finish in-flight requests, then exit
+	}()
+	if err := srv.Serve(ln); err != http.ErrServerClosed {
+		return 1
+	}
+	return 0
+}
+
+// wrapper is one `swallowkeeper register -- app` process.
+type wrapper struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the process is gone; err is then set
+	err    error
+	log    *syncBuffer
+}
+
+func startWrapper(t *testing.T, consul, drainURL, id string, port int) *wrapper {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := strconv.Itoa(port)
+	cmd := exec.Command(self, "register", "-service", "web", "-id", id, "-address", "127.0.0.1", "-port", p,
+		"-check", "http://127.0.0.1:"+p+"/health", "-check-interval", "1s",
+		"-drain-url", drainURL, "-drain", "5s", "-consul-addr", consul,
+		"--", "/usr/bin/env", "SK_TEST_ROLE=app", "SK_APP_ID="+id, "SK_APP_PORT="+p, self)
+	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
+	w := &wrapper{cmd: cmd, exited: make(chan struct{}), log: &syncBuffer{}}
+	cmd.Stdout, cmd.Stderr = w.log, w.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.err = cmd.Wait(); close(w.exited) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-w.exited:
+		case <-time.After(5 * time.Second):
+		}
+	})
+	return w
+}
+
+// stop sends SIGTERM to the wrapper only (as systemd or supervisor would)
+// and waits for it; the wrapper must exit with the app's code, 0.
+func (w *wrapper) stop(t *testing.T) {
+	t.Helper()
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-w.exited:
+		if w.err != nil {
+			t.Fatalf("wrapper exited with %v; its log:\n%s", w.err, w.log.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("wrapper did not stop; its log:\n%s", w.log.String())
+	}
+}
+
+// appPID finds the wrapper's child (the app), which any of the wrapper's
+// threads may have forked.
+func (w *wrapper) appPID(t *testing.T) int {
+	t.Helper()
+	pid := w.cmd.Process.Pid
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		if fields := strings.Fields(string(b)); len(fields) > 0 {
+			child, _ := strconv.Atoi(fields[0])
+			return child
+		}
+	}
+	t.Fatalf("no child of wrapper %d", pid)
+	return 0
+}
+
+func listed(t *testing.T, ng *testenv.Nginx, port int) bool {
+	return strings.Contains(apiGet(t, ng, "/upstream/web"), "server 127.0.0.1:"+strconv.Itoa(port)+"\n")
+}
+
+func waitListed(t *testing.T, ng *testenv.Nginx, port int, want bool, w *wrapper) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for listed(t, ng, port) != want {
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("port %d listed=%v after 15s; wrapper log:\n%s", port, !want, w.log.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// load sends requests through nginx from several keep-alive clients until
+// stopped, and counts every answer that is not a 200 from an app. Half the
+// clients POST a body: nginx does not retry a POST on another server, so a
+// request sent to an instance that is going away fails visibly.
+type load struct {
+	sent, failed atomic.Int64
+	firstErr     atomic.Value
+	stop         chan struct{}
+	wg           sync.WaitGroup
+}
+
+func startLoad(ng *testenv.Nginx, clients int, interval time.Duration) *load {
+	l := &load{stop: make(chan struct{})}
+	for n := range clients {
+		method := "GET"
+		if n%2 == 1 {
+			method = "POST"
+		}
+		l.wg.Go(func() {
+			c := &http.Client{Timeout: 5 * time.Second}
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			for {
+				select {
+				case <-l.stop:
+					return
+				case <-tick.C:
+				}
+				var body io.Reader
+				if method == "POST" {
+					body = strings.NewReader(`{"order": 42, "items": ["a", "b"]}`)
+				}
+				req, _ := http.NewRequest(method, ng.ProxyURL()+"/", body)
+				req.Host = "web"
+				l.sent.Add(1)
+				resp, err := c.Do(req)
+				if err != nil {
+					l.failed.Add(1)
+					l.firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				answer, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || !strings.HasPrefix(string(answer), "web-") {
+					l.failed.Add(1)
+					l.firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: status %d %q", method, resp.StatusCode, answer))
+				}
+			}
+		})
+	}
+	return l
+}
+
+func (l *load) finish() { close(l.stop); l.wg.Wait() }
+
+// TestRollingRestartsLoseNoRequest: 3 instances, each wrapped by
+// `swallowkeeper register`, restarted one after the other 20 times under
+// steady load through nginx: not one request may fail.
+func TestRollingRestartsLoseNoRequest(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	d := startDaemon(t, "-config", writeConfig(t, c, ng, t.TempDir()+"/upstreams.conf"))
+	ports := []int{testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)}
+	wrappers := make([]*wrapper, 3)
+	for i, p := range ports {
+		wrappers[i] = startWrapper(t, c.HTTPAddr(), ng.APIURL(), fmt.Sprintf("web-%d", i+1), p)
+	}
+	for i, p := range ports {
+		waitListed(t, ng, p, true, wrappers[i])
+	}
+	waitRoutes(t, ng, d, "web", "web-1", "web-2", "web-3")
+
+	cycles := 20
+	l := startLoad(ng, 8, 10*time.Millisecond) // ~800 requests/s offered
+	start := time.Now()
+	var slowestJoin time.Duration
+	for cycle := range cycles {
+		for i, p := range ports {
+			wrappers[i].stop(t)
+			if listed(t, ng, p) {
+				t.Fatalf("cycle %d: web-%d stopped while nginx still listed it", cycle, i+1)
+			}
+			wrappers[i] = startWrapper(t, c.HTTPAddr(), ng.APIURL(), fmt.Sprintf("web-%d", i+1), p)
+			slowestJoin = max(slowestJoin, waitListed(t, ng, p, true, wrappers[i]))
+		}
+	}
+	l.finish()
+	elapsed := time.Since(start)
+	t.Logf("%d rolling restarts of 3 wrapped instances in %v: %d requests through nginx, %d failed; slowest rejoin %v",
+		cycles, elapsed.Round(time.Millisecond), l.sent.Load(), l.failed.Load(), slowestJoin.Round(time.Millisecond))
+	if l.failed.Load() > 0 {
+		t.Fatalf("%d of %d requests failed; first: %v", l.failed.Load(), l.sent.Load(), l.firstErr.Load())
+	}
+	if l.sent.Load() < 1000 {
+		t.Fatalf("only %d requests sent: the load did not run", l.sent.Load())
+	}
+}
+
+// TestAppDeathDeregistersAtOnce: kill -9 the app under its wrapper; the
+// wrapper deregisters at once and exits with the app's status, and the
+// instance leaves nginx well within the check interval (1s).
+func TestAppDeathDeregistersAtOnce(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	startDaemon(t, "-config", writeConfig(t, c, ng, t.TempDir()+"/upstreams.conf"))
+	p1, p2 := testenv.FreePort(t), testenv.FreePort(t)
+	w1 := startWrapper(t, c.HTTPAddr(), ng.APIURL(), "web-1", p1)
+	w2 := startWrapper(t, c.HTTPAddr(), ng.APIURL(), "web-2", p2)
+	waitListed(t, ng, p1, true, w1)
+	waitListed(t, ng, p2, true, w2)
+
+	syscall.Kill(w1.appPID(t), syscall.SIGKILL)
+	took := waitListed(t, ng, p1, false, w1)
+	t.Logf("app killed with SIGKILL: instance left nginx after %v (check interval 1s)", took.Round(time.Millisecond))
+	if took > time.Second {
+		t.Errorf("instance left nginx only after %v", took)
+	}
+	select {
+	case <-w1.exited:
+		ee, ok := w1.err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 128+int(syscall.SIGKILL) {
+			t.Errorf("wrapper exit %v, want 137 (the app's death by SIGKILL)", w1.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("wrapper did not exit after its app died")
+	}
+	if !strings.Contains(w1.log.String(), "app exited; deregistering") {
+		t.Errorf("wrapper log:\n%s", w1.log.String())
+	}
+}
