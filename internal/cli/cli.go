@@ -13,22 +13,22 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
-	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
-	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
+	"github.com/swallowkeeper/swallowkeeper/internal/statuspage"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -92,7 +92,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return 2
 	}
 
-	cfg, code := loadConfig(cmd, rest, stderr, getenv)
+	cfg, reloadConfig, code := loadConfig(cmd, rest, stderr, getenv)
 	if cfg == nil {
 		return code
 	}
@@ -106,7 +106,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "once":
 		err = once(ctx, cfg, log, stdout)
 	case "run":
-		err = run(ctx, cfg, log)
+		err = run(ctx, cfg, reloadConfig, stderr)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
@@ -121,7 +121,10 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string) string) (*config.Config, int) {
+// loadConfig parses the flags and assembles the configuration. It also
+// returns a function that assembles it again (file and environment re-read,
+// the same flags), for a reload on SIGHUP.
+func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string) string) (*config.Config, func() (*config.Config, error), int) {
 	fs := flag.NewFlagSet("swallowkeeper "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -143,84 +146,88 @@ func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, 0
+			return nil, nil, 0
 		}
-		return nil, 2
+		return nil, nil, 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "swallowkeeper %s: unexpected argument %q\n", cmd, fs.Arg(0))
-		return nil, 2
+		return nil, nil, 2
 	}
 
-	var cfg *config.Config
-	var err error
-	switch {
-	case *path != "":
-		cfg, err = config.Load(*path)
-	default:
-		if _, statErr := os.Stat(DefaultConfigPath); statErr == nil {
-			cfg, err = config.Load(DefaultConfigPath)
-		} else {
-			cfg, err = config.Parse("", nil)
+	assemble := func() (*config.Config, error) {
+		var cfg *config.Config
+		var err error
+		switch {
+		case *path != "":
+			cfg, err = config.Load(*path)
+		default:
+			if _, statErr := os.Stat(DefaultConfigPath); statErr == nil {
+				cfg, err = config.Load(DefaultConfigPath)
+			} else {
+				cfg, err = config.Parse("", nil)
+			}
 		}
+		if err != nil {
+			return nil, err
+		}
+		if err := cfg.ApplyEnv(getenv); err != nil {
+			return nil, err
+		}
+		set := func(field string, apply func()) {
+			apply()
+			cfg.MarkOverridden(field, "flag")
+		}
+		if *consulAddr != "" {
+			set("consul.address", func() { cfg.Consul.Address = *consulAddr })
+		}
+		if *dc != "" {
+			set("consul.datacenter", func() { cfg.Consul.Datacenter = *dc })
+		}
+		if *tokenFile != "" {
+			set("consul.token_file", func() { cfg.Consul.TokenFile = *tokenFile })
+		}
+		if *file != "" {
+			set("file", func() { cfg.File = *file })
+		}
+		if *minServices >= 0 {
+			set("guards.min_services", func() { cfg.Guards.MinServices = *minServices })
+		}
+		if *logLevel != "" {
+			set("log.level", func() { cfg.Log.Level = *logLevel })
+		}
+		if *logFormat != "" {
+			set("log.format", func() { cfg.Log.Format = *logFormat })
+		}
+		if *metrics != "" {
+			set("metrics.listen", func() {
+				cfg.Metrics.Listen = *metrics
+				if *metrics == "off" {
+					cfg.Metrics.Listen = ""
+				}
+			})
+		}
+		if len(targets) > 0 {
+			cfg.Targets = nil
+			for i, t := range targets {
+				cfg.Targets = append(cfg.Targets, config.Target{URL: t})
+				cfg.MarkOverridden(fmt.Sprintf("targets[%d].url", i), "flag -target")
+			}
+		}
+		if err := cfg.Validate(); err != nil {
+			return nil, err
+		}
+		if err := cfg.ResolveToken(); err != nil {
+			return nil, err
+		}
+		return cfg, nil
 	}
+	cfg, err := assemble()
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
-		return nil, 1
+		return nil, nil, 1
 	}
-	if err := cfg.ApplyEnv(getenv); err != nil {
-		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
-		return nil, 1
-	}
-	set := func(field string, apply func()) {
-		apply()
-		cfg.MarkOverridden(field, "flag")
-	}
-	if *consulAddr != "" {
-		set("consul.address", func() { cfg.Consul.Address = *consulAddr })
-	}
-	if *dc != "" {
-		set("consul.datacenter", func() { cfg.Consul.Datacenter = *dc })
-	}
-	if *tokenFile != "" {
-		set("consul.token_file", func() { cfg.Consul.TokenFile = *tokenFile })
-	}
-	if *file != "" {
-		set("file", func() { cfg.File = *file })
-	}
-	if *minServices >= 0 {
-		set("guards.min_services", func() { cfg.Guards.MinServices = *minServices })
-	}
-	if *logLevel != "" {
-		set("log.level", func() { cfg.Log.Level = *logLevel })
-	}
-	if *logFormat != "" {
-		set("log.format", func() { cfg.Log.Format = *logFormat })
-	}
-	if *metrics != "" {
-		set("metrics.listen", func() {
-			cfg.Metrics.Listen = *metrics
-			if *metrics == "off" {
-				cfg.Metrics.Listen = ""
-			}
-		})
-	}
-	if len(targets) > 0 {
-		cfg.Targets = nil
-		for i, t := range targets {
-			cfg.Targets = append(cfg.Targets, config.Target{URL: t})
-			cfg.MarkOverridden(fmt.Sprintf("targets[%d].url", i), "flag -target")
-		}
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
-		return nil, 1
-	}
-	if err := cfg.ResolveToken(); err != nil {
-		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
-		return nil, 1
-	}
-	return cfg, 0
+	return cfg, assemble, 0
 }
 
 func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
@@ -244,48 +251,10 @@ type parts struct {
 const oneShotAttempts = 4
 
 func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*parts, error) {
-	acfg := api.DefaultConfig()
-	addr, scheme, _ := config.SplitConsulAddress(cfg.Consul.Address, cfg.Consul.Scheme) // validated
-	acfg.Address, acfg.Scheme = addr, scheme
-	acfg.Datacenter = cfg.Consul.Datacenter
-	acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
-	acfg.TLSConfig = api.TLSConfig{
-		Address:            cfg.Consul.TLS.ServerName,
-		CAFile:             cfg.Consul.TLS.CAFile,
-		CertFile:           cfg.Consul.TLS.CertFile,
-		KeyFile:            cfg.Consul.TLS.KeyFile,
-		InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
-	}
-	client, err := consul.NewClient(acfg)
+	src, err := newSource(cfg, rulesFor(cfg), log, reg)
 	if err != nil {
-		return nil, fmt.Errorf("consul: %w", err)
+		return nil, err
 	}
-	u := cfg.Upstreams
-	rules := registry.Rules{
-		Include:     cfg.Services.Include,
-		Exclude:     cfg.Services.Exclude,
-		RequireTags: cfg.Services.RequireTags,
-		CanaryTag:   u.CanaryTag,
-		WeightMeta:  u.WeightMeta,
-		Weight:      u.Weight,
-		MaxFails:    u.MaxFails,
-		FailTimeout: time.Duration(u.FailTimeout),
-		MaxConns:    u.MaxConns,
-		Keepalive:   u.Keepalive,
-	}
-	for name, o := range u.Overrides {
-		if o.Keepalive != nil {
-			if rules.KeepaliveFor == nil {
-				rules.KeepaliveFor = map[string]int{}
-			}
-			rules.KeepaliveFor[name] = *o.Keepalive
-		}
-	}
-	src := consul.New(client, rules, consul.Options{
-		WaitTime:    time.Duration(cfg.Consul.WaitTime),
-		Resync:      time.Duration(cfg.Consul.Resync),
-		OnlyPassing: cfg.Consul.OnlyPassing,
-	}, log, reg)
 
 	p := &parts{}
 	dm := dyups.NewMetrics(reg)
@@ -319,7 +288,12 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		sinks = append(sinks, rs)
 	}
 	p.engine = engine.New([]engine.Source{src}, store.New(cfg.File), sinks,
-		engine.Guards{MinServices: cfg.Guards.MinServices},
+		engine.Guards{
+			MinServices:  cfg.Guards.MinServices,
+			MaxDrop:      cfg.Guards.MaxDrop,
+			MaxTotalDrop: cfg.Guards.MaxTotalDrop,
+			ConfirmAfter: time.Duration(cfg.Guards.ConfirmAfter),
+		},
 		engine.Wait{Min: time.Duration(cfg.Wait.Min), Max: time.Duration(cfg.Wait.Max)},
 		log, reg)
 	return p, nil
@@ -330,8 +304,8 @@ func check(cfg *config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "configuration ok: consul %s, %d target(s), persisted file %s (%d upstreams)\n",
-		cfg.Consul.Address, len(cfg.Targets), cfg.File, len(st))
+	fmt.Fprintf(stdout, "configuration ok: %s, %d target(s), persisted file %s (%d upstreams)\n",
+		sourceName(cfg), len(cfg.Targets), cfg.File, len(st))
 	return nil
 }
 
@@ -392,15 +366,68 @@ func once(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.W
 	return nil
 }
 
-func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+// run is the daemon: it runs the pipeline for the configuration, and on
+// SIGHUP assembles the configuration again; a configuration that does not
+// validate is reported and the running one kept, a good one replaces it.
+func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.Config, error), stderr io.Writer) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	log := newLogger(stderr, cfg)
+	log.Info("swallowkeeper started", "version", Version, "source", sourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
+	for {
+		genCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- runPipeline(genCtx, cfg, log) }()
+	wait:
+		select {
+		case err := <-done:
+			cancel()
+			if err == nil && ctx.Err() != nil {
+				log.Info("swallowkeeper stopped")
+			}
+			return err
+		case <-hup:
+			next, err := reloadConfig()
+			if err != nil {
+				log.Error("configuration reload failed; keeping the running configuration", "err", err)
+				goto wait
+			}
+			log.Info("configuration reloaded; restarting the pipeline")
+			cancel()
+			if err := <-done; err != nil {
+				return err
+			}
+			cfg, log = next, newLogger(stderr, next)
+		}
+	}
+}
+
+// shutdownGrace is how long a push in flight may finish after a stop, so
+// that nginx is not left half-updated.
+const shutdownGrace = 5 * time.Second
+
+// runPipeline runs sources, engine and sinks for one configuration until
+// ctx ends.
+func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p, err := build(cfg, log, reg, false)
 	if err != nil {
 		return err
 	}
+	// Everything stops when the engine returns, also when it returns an
+	// error while the caller's ctx is still live.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Sinks stop after the grace period, not at once: a push in flight
+	// finishes.
+	sinkCtx, cancelSinks := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSinks()
+	stopSinks := context.AfterFunc(ctx, func() {
+		time.AfterFunc(shutdownGrace, cancelSinks)
+	})
+	defer stopSinks()
 
 	var wg sync.WaitGroup
 	if cfg.Metrics.Listen != "" {
@@ -411,10 +438,14 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.Handle("/readyz", readyHandler(p))
 		mux.Handle("/status", statusHandler(p.engine, p.targets))
+		page := statuspage.Handler(func() statuspage.Page { return statusPage(buildStatus(p.engine, p.targets), cfg) })
+		mux.Handle("/{$}", page)
+		mux.Handle("/status.html", page)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() { srv.Serve(ln) })
-		wg.Go(func() { // stop serving when the daemon stops, so wg.Wait returns
+		wg.Go(func() { // stop serving when the pipeline stops, so wg.Wait returns
 			<-ctx.Done()
 			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
 			defer c()
@@ -423,18 +454,35 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 	for _, t := range p.targets {
-		wg.Go(func() { t.Run(ctx) })
+		wg.Go(func() { t.Run(ctx, sinkCtx) })
 	}
 	if p.reload != nil {
 		wg.Go(func() { p.reload.Run(ctx) })
 	}
-	log.Info("swallowkeeper started", "version", Version, "consul", cfg.Consul.Address, "file", cfg.File, "targets", len(p.targets))
 	err = p.engine.Run(ctx)
 	cancel()
 	wg.Wait()
-	if err != nil {
-		return err
-	}
-	log.Info("swallowkeeper stopped")
-	return nil
+	return err
+}
+
+// readyHandler: ready once the persisted state is loaded and, when there
+// are dyups targets, at least one of them holds the desired state.
+func readyHandler(p *parts) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if p.engine.Status() == nil {
+			http.Error(w, "not ready: persisted state not loaded yet", http.StatusServiceUnavailable)
+			return
+		}
+		if len(p.targets) > 0 {
+			inSync := false
+			for _, t := range p.targets {
+				inSync = inSync || t.Status().InSync
+			}
+			if !inSync {
+				http.Error(w, "not ready: no nginx target in sync yet", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		io.WriteString(w, "ready\n")
+	})
 }

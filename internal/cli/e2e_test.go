@@ -612,4 +612,21 @@ metrics: {listen: "%s"}
 			t.Errorf("status lacks %q", want)
 		}
 	}
+
+	// The same on the status page the daemon serves: red, because a target
+	// is out of sync, with both targets and the instances.
+	resp, err := http.Get("http://" + metricsAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Fatalf("status page: %s %s", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	for _, want := range []string{"target out of sync", ng.APIURL(), "web-1@sk-test", "web-2@sk-test", "consul " + c.HTTPAddr()} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/statuspage"
 )
 
 // statusDoc is the daemon's /status answer.
@@ -29,8 +30,10 @@ type statusDoc struct {
 }
 
 type holdDoc struct {
-	Upstream string `json:"upstream"` // "" = everything
-	Reason   string `json:"reason"`
+	Upstream string    `json:"upstream"` // "" = everything
+	Guard    string    `json:"guard"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since,omitzero"`
 }
 
 type upstreamDoc struct {
@@ -41,11 +44,13 @@ type upstreamDoc struct {
 }
 
 type serverDoc struct {
-	Addr     string `json:"addr"`
-	Weight   int    `json:"weight"`
-	Instance string `json:"instance,omitempty"`
-	Backup   bool   `json:"backup,omitempty"`
-	Down     bool   `json:"down,omitempty"`
+	Addr        string        `json:"addr"`
+	Weight      int           `json:"weight"`
+	MaxFails    int           `json:"max_fails"`
+	FailTimeout time.Duration `json:"fail_timeout_ns"`
+	Instance    string        `json:"instance,omitempty"`
+	Backup      bool          `json:"backup,omitempty"`
+	Down        bool          `json:"down,omitempty"`
 }
 
 func buildStatus(e *engine.Engine, targets []*dyups.Target) statusDoc {
@@ -59,13 +64,13 @@ func buildStatus(e *engine.Engine, targets []*dyups.Target) statusDoc {
 	}
 	doc.Sources, doc.Answered, doc.LastApply, doc.PersistError = st.Sources, st.Answered, st.LastApply, st.PersistError
 	for _, h := range st.Holds {
-		doc.Holds = append(doc.Holds, holdDoc{h.Upstream, h.Reason})
+		doc.Holds = append(doc.Holds, holdDoc{h.Upstream, h.Guard, h.Reason, h.Since})
 	}
 	for _, name := range st.Applied.Names() {
 		u := st.Applied[name]
 		ud := upstreamDoc{Name: name, Service: u.Service, Keepalive: u.Keepalive, Servers: []serverDoc{}}
 		for _, s := range u.Servers {
-			ud.Servers = append(ud.Servers, serverDoc{Addr: s.Addr.String(), Weight: s.Weight, Instance: s.Instance, Backup: s.Backup, Down: s.Down})
+			ud.Servers = append(ud.Servers, serverDoc{Addr: s.Addr.String(), Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout, Instance: s.Instance, Backup: s.Backup, Down: s.Down})
 		}
 		doc.Upstreams = append(doc.Upstreams, ud)
 	}
@@ -152,6 +157,9 @@ func printStatus(w io.Writer, doc statusDoc) {
 			state = "NOT IN SYNC"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%d upstreams\tdrift repairs %d", t.URL, state, t.Upstreams, t.DriftRepairs)
+		if len(t.Drift) > 0 {
+			fmt.Fprintf(tw, "\tlast drift: %s", strings.Join(t.Drift, ", "))
+		}
 		if t.LastError != "" && !t.InSync {
 			fmt.Fprintf(tw, "\tlast error %s ago: %s", time.Since(t.LastErrorAt).Round(time.Second), t.LastError)
 		}
@@ -165,7 +173,11 @@ func printStatus(w io.Writer, doc statusDoc) {
 			if name == "" {
 				name = "(all)"
 			}
-			fmt.Fprintf(w, "  %s: %s\n", name, h.Reason)
+			since := ""
+			if !h.Since.IsZero() {
+				since = fmt.Sprintf(" (for %s)", time.Since(h.Since).Round(time.Second))
+			}
+			fmt.Fprintf(w, "  %s [%s]%s: %s\n", name, h.Guard, since, h.Reason)
 		}
 	}
 	fmt.Fprintf(w, "\nUpstreams:\n")
@@ -182,4 +194,36 @@ func printStatus(w io.Writer, doc statusDoc) {
 			fmt.Fprintf(w, "    %-24s %-12s %s\n", s.Addr, strings.Join(flags, " "), s.Instance)
 		}
 	}
+}
+
+// statusPage is the status document as the HTML page shows it.
+func statusPage(doc statusDoc, cfg *config.Config) statuspage.Page {
+	p := statuspage.Page{
+		Version:      doc.Version,
+		Refresh:      5 * time.Second,
+		Sources:      []statuspage.Source{{Name: sourceName(cfg), Answered: doc.Sources > 0 && doc.Answered == doc.Sources}},
+		LastApply:    doc.LastApply,
+		PersistError: doc.PersistError,
+		File:         cfg.File,
+	}
+	for _, h := range doc.Holds {
+		p.Holds = append(p.Holds, statuspage.Hold{Upstream: h.Upstream, Reason: h.Reason, Since: h.Since})
+	}
+	for _, t := range doc.Targets {
+		p.Targets = append(p.Targets, statuspage.Target{
+			URL: t.URL, InSync: t.InSync, LastSync: t.LastSync, LastError: t.LastError, LastErrorAt: t.LastErrorAt,
+			Upstreams: t.Upstreams, DriftRepairs: t.DriftRepairs, Drift: t.Drift,
+		})
+	}
+	for _, u := range doc.Upstreams {
+		pu := statuspage.Upstream{Name: u.Name, Service: u.Service, Keepalive: u.Keepalive}
+		for _, s := range u.Servers {
+			pu.Servers = append(pu.Servers, statuspage.Server{
+				Addr: s.Addr, Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout,
+				Backup: s.Backup, Down: s.Down, Instance: s.Instance,
+			})
+		}
+		p.Upstreams = append(p.Upstreams, pu)
+	}
+	return p
 }

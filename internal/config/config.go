@@ -25,7 +25,12 @@ import (
 
 // Config is the whole configuration. The yaml tags are the file's keys.
 type Config struct {
+	// Source is the registry to follow: consul (default), etcd or
+	// zookeeper; its section says how to reach it.
+	Source    string    `yaml:"source"`
 	Consul    Consul    `yaml:"consul"`
+	Etcd      Etcd      `yaml:"etcd"`
+	ZooKeeper ZooKeeper `yaml:"zookeeper"`
 	Services  Services  `yaml:"services"`
 	Upstreams Upstreams `yaml:"upstreams"`
 	// File is the upstream file that nginx includes; it is written first,
@@ -68,6 +73,41 @@ type TLS struct {
 	KeyFile            string `yaml:"key_file"`
 	ServerName         string `yaml:"server_name"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// Registries SwallowKeeper can follow.
+const (
+	SourceConsul    = "consul"
+	SourceEtcd      = "etcd"
+	SourceZooKeeper = "zookeeper"
+)
+
+// Etcd is how to reach an etcd cluster (v3 API) and how registrations are
+// laid out in it.
+type Etcd struct {
+	Endpoints []string `yaml:"endpoints"` // host:port or http(s)://host:port
+	// Layout: upsync (nginx-upsync-module's /upstreams/<upstream>/<ip>:<port>)
+	// or service (<prefix>/<service>/<instance-id> with a JSON value).
+	Layout string `yaml:"layout"`
+	// Prefix defaults to /upstreams (upsync) or /services (service).
+	Prefix       string   `yaml:"prefix"`
+	Username     string   `yaml:"username"`
+	PasswordFile string   `yaml:"password_file"` // the password never sits in this file
+	TLS          TLS      `yaml:"tls"`
+	DialTimeout  Duration `yaml:"dial_timeout"`
+	Resync       Duration `yaml:"resync"`
+}
+
+// ZooKeeper is how to reach a ZooKeeper ensemble and how registrations are
+// laid out in it.
+type ZooKeeper struct {
+	Servers []string `yaml:"servers"` // host:port
+	// Layout: curator (Apache Curator / Spring Cloud Zookeeper JSON) or
+	// plain (<root>/<service>/<ip>:<port>).
+	Layout         string   `yaml:"layout"`
+	Root           string   `yaml:"root"`
+	SessionTimeout Duration `yaml:"session_timeout"`
+	Resync         Duration `yaml:"resync"`
 }
 
 // Services selects what to follow.
@@ -123,6 +163,14 @@ type Reload struct {
 // Guards are the safety rules.
 type Guards struct {
 	MinServices int `yaml:"min_services"`
+	// MaxDrop is the share of an upstream's servers that may go in one
+	// step; a bigger drop (or the upstream's removal) is applied only if
+	// the registry still shows it ConfirmAfter later.
+	MaxDrop float64 `yaml:"max_drop"`
+	// MaxTotalDrop is the same for all servers together; a bigger fall
+	// holds every change until confirmed.
+	MaxTotalDrop float64  `yaml:"max_total_drop"`
+	ConfirmAfter Duration `yaml:"confirm_after"` // 0s turns the drop guards off
 }
 
 // Wait is the quiescence window before applying a change.
@@ -148,6 +196,20 @@ const DefaultTarget = "http://127.0.0.1:8081"
 // Default returns the configuration used when a field is not set.
 func Default() Config {
 	return Config{
+		Source: SourceConsul,
+		Etcd: Etcd{
+			Endpoints:   []string{"127.0.0.1:2379"},
+			Layout:      "upsync",
+			DialTimeout: Duration(5 * time.Second),
+			Resync:      Duration(10 * time.Minute),
+		},
+		ZooKeeper: ZooKeeper{
+			Servers:        []string{"127.0.0.1:2181"},
+			Layout:         "curator",
+			Root:           "/services",
+			SessionTimeout: Duration(10 * time.Second),
+			Resync:         Duration(10 * time.Minute),
+		},
 		Consul: Consul{
 			Address:  "127.0.0.1:8500",
 			Scheme:   "http",
@@ -172,7 +234,7 @@ func Default() Config {
 			MinWait: Duration(time.Second),
 			MaxWait: Duration(5 * time.Second),
 		},
-		Guards:  Guards{MinServices: 1},
+		Guards:  Guards{MinServices: 1, MaxDrop: 0.5, MaxTotalDrop: 0.5, ConfirmAfter: Duration(5 * time.Second)},
 		Log:     Log{Level: "info", Format: "text"},
 		Metrics: Metrics{Listen: "127.0.0.1:9145"},
 	}
@@ -196,9 +258,23 @@ func Parse(path string, data []byte) (*Config, error) {
 	// empty so that entries are not merged into the default one.
 	var probe struct {
 		Targets *[]Target `yaml:"targets"`
+		Etcd    struct {
+			Endpoints *[]string `yaml:"endpoints"`
+		} `yaml:"etcd"`
+		ZooKeeper struct {
+			Servers *[]string `yaml:"servers"`
+		} `yaml:"zookeeper"`
 	}
-	if err := yaml.Unmarshal(data, &probe); err == nil && probe.Targets != nil {
-		c.Targets = nil
+	if err := yaml.Unmarshal(data, &probe); err == nil {
+		if probe.Targets != nil {
+			c.Targets = nil
+		}
+		if probe.Etcd.Endpoints != nil {
+			c.Etcd.Endpoints = nil
+		}
+		if probe.ZooKeeper.Servers != nil {
+			c.ZooKeeper.Servers = nil
+		}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -361,6 +437,17 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%s: %s", where, fmt.Sprintf(format, args...)))
 	}
 
+	switch c.Source {
+	case SourceConsul, SourceEtcd, SourceZooKeeper:
+	default:
+		bad("source", "%q: want consul, etcd or zookeeper", c.Source)
+	}
+	if c.Source == SourceEtcd {
+		c.validateEtcd(bad)
+	}
+	if c.Source == SourceZooKeeper {
+		c.validateZooKeeper(bad)
+	}
 	if _, _, err := SplitConsulAddress(c.Consul.Address, c.Consul.Scheme); err != nil {
 		bad("consul.address", "%v", err)
 	}
@@ -459,6 +546,15 @@ func (c *Config) Validate() error {
 	if c.Guards.MinServices < 0 {
 		bad("guards.min_services", "%d: must not be negative", c.Guards.MinServices)
 	}
+	if d := c.Guards.MaxDrop; !(d > 0 && d <= 1) {
+		bad("guards.max_drop", "%v: want a share above 0 and at most 1 (0.5 = half of an upstream's servers)", d)
+	}
+	if d := c.Guards.MaxTotalDrop; !(d > 0 && d <= 1) {
+		bad("guards.max_total_drop", "%v: want a share above 0 and at most 1", d)
+	}
+	if c.Guards.ConfirmAfter < 0 || c.Guards.ConfirmAfter > Duration(time.Hour) {
+		bad("guards.confirm_after", "%v: want 0s (off) to 1h", c.Guards.ConfirmAfter)
+	}
 	if c.Wait.Min < 0 || c.Wait.Max < 0 {
 		bad("wait", "durations must not be negative")
 	}
@@ -480,6 +576,101 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+func (c *Config) validateEtcd(bad func(field, format string, args ...any)) {
+	e := c.Etcd
+	if len(e.Endpoints) == 0 {
+		bad("etcd.endpoints", "at least one endpoint is required, e.g. [127.0.0.1:2379]")
+	}
+	for i, ep := range e.Endpoints {
+		if _, _, err := SplitEtcdEndpoint(ep); err != nil {
+			bad(fmt.Sprintf("etcd.endpoints[%d]", i), "%v", err)
+		}
+	}
+	if e.Layout != "upsync" && e.Layout != "service" {
+		bad("etcd.layout", "%q: want upsync or service", e.Layout)
+	}
+	if e.Prefix != "" && !strings.HasPrefix(e.Prefix, "/") {
+		bad("etcd.prefix", "%q: want an absolute key prefix like /upstreams", e.Prefix)
+	}
+	for field, path := range map[string]string{
+		"etcd.tls.ca_file":   e.TLS.CAFile,
+		"etcd.tls.cert_file": e.TLS.CertFile,
+		"etcd.tls.key_file":  e.TLS.KeyFile,
+		"etcd.password_file": e.PasswordFile,
+	} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			bad(field, "%v", err)
+		}
+	}
+	if (e.TLS.CertFile == "") != (e.TLS.KeyFile == "") {
+		bad("etcd.tls", "cert_file and key_file go together")
+	}
+	if (e.Username == "") != (e.PasswordFile == "") {
+		bad("etcd.username", "username and password_file go together")
+	}
+	if e.DialTimeout <= 0 {
+		bad("etcd.dial_timeout", "%v: must be positive", e.DialTimeout)
+	}
+	if e.Resync < 0 {
+		bad("etcd.resync", "%v: must not be negative (0 disables)", e.Resync)
+	}
+}
+
+func (c *Config) validateZooKeeper(bad func(field, format string, args ...any)) {
+	z := c.ZooKeeper
+	if len(z.Servers) == 0 {
+		bad("zookeeper.servers", "at least one server is required, e.g. [127.0.0.1:2181]")
+	}
+	for i, s := range z.Servers {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			bad(fmt.Sprintf("zookeeper.servers[%d]", i), "%q: want host:port", s)
+		}
+	}
+	if z.Layout != "curator" && z.Layout != "plain" {
+		bad("zookeeper.layout", "%q: want curator or plain", z.Layout)
+	}
+	if !strings.HasPrefix(z.Root, "/") {
+		bad("zookeeper.root", "%q: want an absolute znode path like /services", z.Root)
+	}
+	if z.SessionTimeout < Duration(time.Second) || z.SessionTimeout > Duration(time.Minute) {
+		bad("zookeeper.session_timeout", "%v: want 1s to 1m", z.SessionTimeout)
+	}
+	if z.Resync < 0 {
+		bad("zookeeper.resync", "%v: must not be negative (0 disables)", z.Resync)
+	}
+}
+
+// SplitEtcdEndpoint accepts "host:port" or "scheme://host:port" and
+// returns host:port and the scheme.
+func SplitEtcdEndpoint(ep string) (string, string, error) {
+	scheme := "http"
+	if s, rest, ok := strings.Cut(ep, "://"); ok {
+		if s != "http" && s != "https" {
+			return "", "", fmt.Errorf("%q: scheme must be http or https", ep)
+		}
+		scheme, ep = s, strings.TrimSuffix(rest, "/")
+	}
+	if _, _, err := net.SplitHostPort(ep); err != nil {
+		return "", "", fmt.Errorf("%q: want host:port: %v", ep, err)
+	}
+	return ep, scheme, nil
+}
+
+// ReadPassword reads the etcd password file; "" without one.
+func (c *Config) ReadPassword() (Secret, error) {
+	if c.Etcd.PasswordFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(c.Etcd.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("config: %s: password file: %w", c.Where("etcd.password_file"), err)
+	}
+	return Secret(strings.TrimSpace(string(b))), nil
 }
 
 // SplitConsulAddress accepts "host:port" or "scheme://host:port" (as

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,9 @@ func TestBadConfigs(t *testing.T) {
 		{"no-targets.bad.yml", []string{"no-targets.bad.yml:1: targets: at least one nginx target"}},
 		{"wait.bad.yml", []string{"wait.bad.yml:3: wait.max: 1s is shorter than wait.min 2s"}},
 		{"log.bad.yml", []string{"log.bad.yml:2: log.level:", "log.bad.yml:3: log.format:"}},
+		{"etcd.bad.yml", []string{`etcd.bad.yml:3: etcd.endpoints[1]: "ftp://x:1": scheme must be http or https`, `etcd.bad.yml:3: etcd.endpoints[2]: "nohost": want host:port`, `etcd.bad.yml:4: etcd.layout: "upsnyc": want upsync or service`, `etcd.bad.yml:5: etcd.prefix:`}},
+		{"zookeeper.bad.yml", []string{"zookeeper.bad.yml:3: zookeeper.servers: at least one server", `zookeeper.bad.yml:4: zookeeper.layout: "spring"`, "zookeeper.bad.yml:5: zookeeper.session_timeout: 500ms: want 1s to 1m"}},
+		{"source.bad.yml", []string{`source.bad.yml:1: source: "eureka": want consul, etcd or zookeeper`}},
 		{"fail-timeout.bad.yml", []string{"fail-timeout.bad.yml:2: upstreams.fail_timeout: 1.5s: want whole seconds"}},
 	}
 	for _, tt := range tests {
@@ -164,4 +168,30 @@ func TestSplitConsulAddress(t *testing.T) {
 		}
 	}
 	_ = time.Second
+}
+
+func TestSourceSections(t *testing.T) {
+	tests := []struct {
+		yaml      string
+		source    string
+		endpoints []string
+		servers   []string
+	}{
+		{"", SourceConsul, []string{"127.0.0.1:2379"}, []string{"127.0.0.1:2181"}},
+		{"source: etcd\netcd:\n  endpoints: [10.0.0.1:2379, https://10.0.0.2:2379]\n", SourceEtcd, []string{"10.0.0.1:2379", "https://10.0.0.2:2379"}, []string{"127.0.0.1:2181"}},
+		{"source: zookeeper\nzookeeper:\n  servers: [10.0.0.3:2181]\n  layout: plain\n", SourceZooKeeper, []string{"127.0.0.1:2379"}, []string{"10.0.0.3:2181"}},
+	}
+	for _, tt := range tests {
+		c, err := Parse("t.yml", []byte(tt.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.yaml, err)
+		}
+		c.File = filepath.Join(t.TempDir(), "u.conf")
+		if err := c.Validate(); err != nil {
+			t.Fatalf("%q: %v", tt.yaml, err)
+		}
+		if c.Source != tt.source || !slices.Equal(c.Etcd.Endpoints, tt.endpoints) || !slices.Equal(c.ZooKeeper.Servers, tt.servers) {
+			t.Errorf("%q: source %q endpoints %v servers %v; want %q %v %v", tt.yaml, c.Source, c.Etcd.Endpoints, c.ZooKeeper.Servers, tt.source, tt.endpoints, tt.servers)
+		}
+	}
 }

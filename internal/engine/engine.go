@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -41,8 +42,24 @@ type Store interface {
 // Sink brings one data plane (an nginx target) to the desired state.
 type Sink interface {
 	// Update hands over the newest desired state. It never blocks: a sink
-	// still busy with an older state keeps only the newest one.
-	Update(upstream.State)
+	// still busy with an older change keeps only the newest one.
+	Update(Change)
+}
+
+// Change is a desired state handed to the sinks.
+type Change struct {
+	State upstream.State
+	// Done is called by a sink once its data plane holds State; not for a
+	// change superseded by a newer one. Safe from any goroutine; nil-safe
+	// callers use Ack.
+	Done func()
+}
+
+// Ack calls Done if set.
+func (c Change) Ack() {
+	if c.Done != nil {
+		c.Done()
+	}
 }
 
 // Wait is the quiescence window, as in consul-template: after a change the
@@ -62,8 +79,11 @@ type Engine struct {
 	log     *slog.Logger
 	m       *metrics
 
-	status atomic.Pointer[Status] // published by Run for readers elsewhere
+	status    atomic.Pointer[Status] // published by Run for readers elsewhere
+	holdSince map[string]time.Time   // hold key → since; Run's goroutine only
 }
+
+func holdKey(h Hold) string { return h.Guard + "\x00" + h.Upstream }
 
 // Status is what the engine has applied and what it holds back, published
 // after every change for the status page and command.
@@ -88,7 +108,12 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 			answered++
 		}
 	}
-	st := &Status{Applied: applied, Holds: holds, Sources: len(latest), Answered: answered, LastApply: last}
+	shown := make([]Hold, len(holds))
+	for i, h := range holds {
+		h.Since = e.holdSince[holdKey(h)]
+		shown[i] = h
+	}
+	st := &Status{Applied: applied, Holds: shown, Sources: len(latest), Answered: answered, LastApply: last}
 	if persistErr != nil {
 		st.PersistError = persistErr.Error()
 	}
@@ -141,24 +166,35 @@ func (e *Engine) Run(ctx context.Context) error {
 	e.log.Info("loaded persisted state", "upstreams", len(prev))
 	e.m.upstreams.Set(float64(len(prev)))
 	if len(prev) > 0 {
-		e.push(prev)
+		e.push(prev, time.Now())
 	}
 
 	in := e.fanIn(ctx)
 	latest := make([]*Snapshot, len(e.sources))
-	var lastApply time.Time
+	var lastApply, seen time.Time // seen: when the newest snapshot arrived
 	e.publish(prev, nil, latest, lastApply, nil)
 	var (
 		lastHolds []Hold
 		settle    *time.Timer // fires when the quiescence window closes
 		settleC   <-chan time.Time
+		drops     = Drops{}
+		recheck   *time.Timer // fires when a held drop can be confirmed
+		recheckC  <-chan time.Time
 		firstSeen time.Time
 		retry     = backoff.New(200*time.Millisecond, 10*time.Second)
 		retryC    <-chan time.Time
 	)
 	apply := func() {
 		settleC = nil
-		next, holds := Plan(prev, deref(latest), e.guards)
+		next, holds, at := Plan(prev, deref(latest), e.guards, drops, time.Now())
+		if recheck != nil {
+			recheck.Stop()
+			recheckC = nil
+		}
+		if !at.IsZero() {
+			recheck = time.NewTimer(max(time.Until(at), 0))
+			recheckC = recheck.C
+		}
 		e.reportHolds(lastHolds, holds)
 		lastHolds = holds
 		if next.Equal(prev) {
@@ -181,7 +217,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.m.applies.Inc()
 		e.m.upstreams.Set(float64(len(next)))
 		e.m.lastApply.SetToCurrentTime()
-		e.push(next)
+		e.push(next, seen)
 		prev = next
 		lastApply = time.Now()
 		e.publish(prev, holds, latest, lastApply, nil)
@@ -197,6 +233,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		case t := <-in:
 			snap := t.snap
 			latest[t.source] = &snap
+			seen = time.Now()
 			if slices.Contains(latest, nil) {
 				continue // apply nothing until every source has answered once
 			}
@@ -221,6 +258,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			apply()
 		case <-retryC:
 			retryC = nil
+			apply()
+		case <-recheckC:
+			recheckC = nil
 			apply()
 		}
 	}
@@ -247,25 +287,55 @@ func (e *Engine) Desired(ctx context.Context) (prev, next upstream.State, holds 
 			latest[t.source] = &snap
 		}
 	}
-	next, holds = Plan(prev, deref(latest), e.guards)
+	// A one-shot run is an operator's decision taken now: there is no
+	// later read to confirm a big drop with, so the drop guards are off;
+	// every other guard holds.
+	g := e.guards
+	g.ConfirmAfter = 0
+	next, holds, _ = Plan(prev, deref(latest), g, Drops{}, time.Now())
 	return prev, next, holds, nil
 }
 
 // Save persists a state through the engine's store (for the once command).
 func (e *Engine) Save(s upstream.State) error { return e.store.Save(s) }
 
-func (e *Engine) push(s upstream.State) {
+// push hands the state to every sink, and observes the propagation time
+// (registry change seen → every sink acknowledged) when the last one acks.
+func (e *Engine) push(s upstream.State, seen time.Time) {
+	remaining := atomic.Int64{}
+	remaining.Store(int64(len(e.sinks)))
+	done := func() {
+		if remaining.Add(-1) == 0 {
+			e.m.propagation.Observe(time.Since(seen).Seconds())
+		}
+	}
 	for _, sink := range e.sinks {
-		sink.Update(s)
+		var once sync.Once
+		sink.Update(Change{State: s, Done: func() { once.Do(done) }})
 	}
 }
 
 func (e *Engine) reportHolds(before, now []Hold) {
 	e.m.holds.Set(float64(len(now)))
+	if e.holdSince == nil {
+		e.holdSince = map[string]time.Time{}
+	}
+	held := map[string]bool{}
+	for _, h := range now {
+		held[holdKey(h)] = true
+		if _, ok := e.holdSince[holdKey(h)]; !ok {
+			e.holdSince[holdKey(h)] = time.Now()
+		}
+	}
+	for k := range e.holdSince {
+		if !held[k] {
+			delete(e.holdSince, k)
+		}
+	}
 	for _, h := range now {
 		if !slices.Contains(before, h) {
-			e.m.holdsStarted.Inc()
-			e.log.Warn("guard holds a change", "upstream", h.Upstream, "reason", h.Reason)
+			e.m.holdsStarted.WithLabelValues(h.Guard).Inc()
+			e.log.Warn("guard holds a change", "upstream", h.Upstream, "guard", h.Guard, "reason", h.Reason)
 		}
 	}
 	for _, h := range before {
@@ -307,8 +377,10 @@ func deref(snaps []*Snapshot) []Snapshot {
 }
 
 type metrics struct {
-	applies, storeErrors, holdsStarted prometheus.Counter
-	upstreams, holds, lastApply        prometheus.Gauge
+	applies, storeErrors        prometheus.Counter
+	holdsStarted                *prometheus.CounterVec
+	upstreams, holds, lastApply prometheus.Gauge
+	propagation                 prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -321,10 +393,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "swallowkeeper_engine_persist_errors_total",
 			Help: "Failed attempts to persist the upstream file; nginx is left unchanged until one succeeds.",
 		}),
-		holdsStarted: prometheus.NewCounter(prometheus.CounterOpts{
+		holdsStarted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "swallowkeeper_guard_holds_total",
-			Help: "Times a guard started holding back part of the registry's answer.",
-		}),
+			Help: "Times a guard started holding back part of the registry's answer, by guard.",
+		}, []string{"guard"}),
 		upstreams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "swallowkeeper_upstreams",
 			Help: "Upstreams in the applied state.",
@@ -337,9 +409,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "swallowkeeper_engine_last_apply_timestamp_seconds",
 			Help: "When a changed state was last persisted and handed to the sinks.",
 		}),
+		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "swallowkeeper_propagation_seconds",
+			Help:    "From a registry snapshot's arrival to every data plane acknowledging the resulting state (superseded states are not counted).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.applies, m.storeErrors, m.holdsStarted, m.upstreams, m.holds, m.lastApply)
+		reg.MustRegister(m.applies, m.storeErrors, m.holdsStarted, m.upstreams, m.holds, m.lastApply, m.propagation)
 	}
 	return m
 }

@@ -72,7 +72,7 @@ func (m memStore) Save(s upstream.State) error {
 
 type recSink struct{ j *journal }
 
-func (r recSink) Update(s upstream.State) { r.j.record("push", s) }
+func (r recSink) Update(c Change) { r.j.record("push", c.State); c.Ack() }
 
 func (j *journal) wait(t *testing.T, n int) []string {
 	t.Helper()
@@ -107,9 +107,13 @@ func (j *journal) quiet(t *testing.T, d time.Duration) {
 	}
 }
 
-func startEngine(t *testing.T, srcs []Source, j *journal, w Wait) {
+func startEngine(t *testing.T, srcs []Source, j *journal, w Wait) *Engine {
+	return startEngineGuarded(t, srcs, j, w, Guards{MinServices: 1})
+}
+
+func startEngineGuarded(t *testing.T, srcs []Source, j *journal, w Wait, g Guards) *Engine {
 	t.Helper()
-	e := New(srcs, memStore{j}, []Sink{recSink{j}}, Guards{MinServices: 1}, w, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	e := New(srcs, memStore{j}, []Sink{recSink{j}}, g, w, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()
@@ -119,6 +123,35 @@ func startEngine(t *testing.T, srcs []Source, j *journal, w Wait) {
 			t.Errorf("Run: %v", err)
 		}
 	})
+	return e
+}
+
+// TestEngineConfirmsABigDropOnItsOwn: with no further answer from the
+// registry, the engine plans again when the confirmation time is up, and
+// the status shows the hold meanwhile.
+func TestEngineConfirmsABigDropOnItsOwn(t *testing.T) {
+	four := up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
+	j := newJournal(state(four))
+	src := make(chanSource)
+	e := startEngineGuarded(t, []Source{src}, j, Wait{}, Guards{MinServices: 1, ConfirmAfter: 300 * time.Millisecond})
+	j.wait(t, 1) // the start push
+	sent := time.Now()
+	src <- snap(1, up("web", "10.0.0.1:80"))
+	j.quiet(t, 150*time.Millisecond)
+	st := e.Status()
+	if len(st.Holds) == 0 || st.Holds[0].Guard != GuardDrop || st.Holds[0].Since.IsZero() {
+		t.Fatalf("status holds %+v, want a drop hold with its start time", st.Holds)
+	}
+	ev := j.wait(t, 3)
+	if took := time.Since(sent); took < 300*time.Millisecond || took > 2*time.Second {
+		t.Errorf("the drop was applied after %v, want after the 300ms confirmation", took)
+	}
+	if ev[1] != "save" || ev[2] != "push" || !j.states[2].Equal(state(up("web", "10.0.0.1:80"))) {
+		t.Fatalf("events %v, last state %v", ev, j.states[len(j.states)-1])
+	}
+	if st := e.Status(); len(st.Holds) != 0 {
+		t.Fatalf("hold not released: %+v", st.Holds)
+	}
 }
 
 func TestEnginePushesPersistedStateAtStart(t *testing.T) {

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -16,6 +17,10 @@ type Snapshot struct {
 	// Services counts the registry services seen after filtering; the
 	// min_services guard compares against it.
 	Services int
+	// Doubt, when set, is the source's own reason to distrust this answer
+	// (Consul without a known leader, results filtered by ACLs): the engine
+	// changes nothing while any source doubts, and shows the reason.
+	Doubt string
 }
 
 // Guards are the safety rules that keep a bogus registry answer from
@@ -25,13 +30,51 @@ type Guards struct {
 	// services than this. A registry answer with zero services is always
 	// held.
 	MinServices int
+	// MaxDrop is the share of an upstream's servers (0-1) that may go in
+	// one step; a bigger drop, or the upstream's removal, is applied only
+	// when the registry still shows it ConfirmAfter later. 0 takes the
+	// default (DefaultMaxDrop); 1 allows any drop.
+	MaxDrop float64
+	// MaxTotalDrop is the same for the number of servers of all upstreams
+	// together: a bigger fall holds every change until confirmed.
+	MaxTotalDrop float64
+	// ConfirmAfter is how long a big drop must persist before it is
+	// applied. 0 confirms at once: the drop guards are off.
+	ConfirmAfter time.Duration
 }
+
+// Defaults of the drop guards.
+const (
+	DefaultMaxDrop      = 0.5
+	DefaultMaxTotalDrop = 0.5
+)
+
+// Guard names, for metrics and status.
+const (
+	GuardNoServices  = "no_services"
+	GuardMinServices = "min_services"
+	GuardDoubt       = "source_doubt"
+	GuardTotalDrop   = "total_drop"
+	GuardDrop        = "drop"
+	GuardEmpty       = "empty"
+	GuardCollision   = "case_collision"
+	GuardContested   = "contested_name"
+)
 
 // Hold says that part of the desired state was not applied, and why.
 type Hold struct {
 	Upstream string // "" for a hold of the whole state
+	Guard    string // which guard holds it (Guard* constants)
 	Reason   string
+	// Since is when this guard started holding this upstream; the engine
+	// sets it in its published status, Plan leaves it zero.
+	Since time.Time
 }
+
+// Drops remembers big drops seen and not yet confirmed: the upstream's name
+// ("" for the total) → when the drop was first seen. Plan keeps it; the
+// engine only carries it from one plan to the next.
+type Drops map[string]time.Time
 
 func (h Hold) String() string {
 	if h.Upstream == "" {
@@ -44,31 +87,41 @@ func (h Hold) String() string {
 // the state nginx has now. It is pure: the engine loop calls it and does
 // the I/O. Snapshots are merged in order; the first source to claim a name
 // keeps it.
-func Plan(prev upstream.State, snaps []Snapshot, g Guards) (upstream.State, []Hold) {
-	var holds []Hold
+//
+// drops carries the big drops awaiting confirmation from one call to the
+// next (Plan updates it); now is the time of the call. recheck, when not
+// zero, is when a held drop can be confirmed: the caller plans again then.
+func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time.Time) (next upstream.State, holds []Hold, recheck time.Time) {
 	merged := upstream.State{}
 	services := 0
+	var doubts []string
 	for i, s := range snaps {
 		services += s.Services
+		if s.Doubt != "" {
+			doubts = append(doubts, s.Doubt)
+		}
 		for _, name := range s.Upstreams.Names() {
 			if _, taken := merged[name]; taken {
-				holds = append(holds, Hold{name, fmt.Sprintf("also reported by source %d; the first source keeps it", i+1)})
+				holds = append(holds, Hold{Upstream: name, Guard: GuardContested, Reason: fmt.Sprintf("also reported by source %d; the first source keeps it", i+1)})
 				continue
 			}
 			merged[name] = s.Upstreams[name]
 		}
 	}
 
+	if len(doubts) > 0 {
+		return prev, []Hold{{Upstream: "", Guard: GuardDoubt, Reason: fmt.Sprintf("%s; keeping the last known state", doubts[0])}}, time.Time{}
+	}
 	if services == 0 {
-		return prev, []Hold{{"", "the registry reports no services; keeping the last known state"}}
+		return prev, []Hold{{Upstream: "", Guard: GuardNoServices, Reason: "the registry reports no services; keeping the last known state"}}, time.Time{}
 	}
 	if services < g.MinServices {
-		return prev, []Hold{{"", fmt.Sprintf("the registry reports %d services, fewer than min_services %d; keeping the last known state", services, g.MinServices)}}
+		return prev, []Hold{{Upstream: "", Guard: GuardMinServices, Reason: fmt.Sprintf("the registry reports %d services, fewer than min_services %d; keeping the last known state", services, g.MinServices)}}, time.Time{}
 	}
 
 	holds = append(holds, dropCollisions(prev, merged)...)
 
-	next := make(upstream.State, len(merged))
+	next = make(upstream.State, len(merged))
 	for _, name := range merged.Names() {
 		u := merged[name]
 		if len(u.Servers) > 0 {
@@ -77,12 +130,96 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards) (upstream.State, []Ho
 		}
 		if old, ok := prev[name]; ok {
 			next[name] = old
-			holds = append(holds, Hold{name, fmt.Sprintf("no healthy instances; keeping %d last known servers", len(old.Servers))})
+			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: fmt.Sprintf("no healthy instances; keeping %d last known servers", len(old.Servers))})
 		} else {
-			holds = append(holds, Hold{name, "no healthy instances yet; not created"})
+			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: "no healthy instances yet; not created"})
 		}
 	}
-	return next, holds
+
+	if g.ConfirmAfter <= 0 {
+		clear(drops)
+		return next, holds, time.Time{}
+	}
+	maxDrop, maxTotal := g.MaxDrop, g.MaxTotalDrop
+	if maxDrop <= 0 {
+		maxDrop = DefaultMaxDrop
+	}
+	if maxTotal <= 0 {
+		maxTotal = DefaultMaxTotalDrop
+	}
+	// confirmed says whether the drop under key, seen now, has lasted
+	// ConfirmAfter; a first sighting starts the clock.
+	confirmed := func(key string) bool {
+		first, ok := drops[key]
+		if !ok {
+			drops[key] = now
+			first = now
+		}
+		if !now.Before(first.Add(g.ConfirmAfter)) {
+			delete(drops, key)
+			return true
+		}
+		if at := first.Add(g.ConfirmAfter); recheck.IsZero() || at.Before(recheck) {
+			recheck = at
+		}
+		return false
+	}
+	seen := map[string]bool{}
+
+	before, after := prev.ServerCount(), next.ServerCount()
+	for _, name := range prev.Names() {
+		old := prev[name]
+		cur, ok := next[name]
+		n := len(cur.Servers)
+		if !ok {
+			n = 0
+		}
+		share := dropShare(len(old.Servers), n)
+		if share <= maxDrop {
+			continue
+		}
+		seen[name] = true
+		if confirmed(name) {
+			continue
+		}
+		next[name] = old
+		what := fmt.Sprintf("would fall from %d to %d servers (%.0f%% > max_drop %.0f%%)", len(old.Servers), n, share*100, maxDrop*100)
+		if !ok {
+			what = fmt.Sprintf("would be removed with its %d servers", len(old.Servers))
+		}
+		holds = append(holds, Hold{Upstream: name, Guard: GuardDrop, Reason: fmt.Sprintf("%s; applied only if the registry still says so %v after it was first seen", what, g.ConfirmAfter)})
+	}
+	// The total: a registry losing most servers at once is more likely
+	// broken than right. The upstreams' clocks above run meanwhile.
+	if share := dropShare(before, after); share > maxTotal {
+		seen[""] = true
+		if !confirmed("") {
+			forget(drops, seen)
+			return prev, append(holds, Hold{Upstream: "", Guard: GuardTotalDrop, Reason: fmt.Sprintf("servers would fall from %d to %d (%.0f%% > max_total_drop %.0f%%); applied only if the registry still says so %v after it was first seen", before, after, share*100, maxTotal*100, g.ConfirmAfter)}), recheck
+		}
+	}
+
+	forget(drops, seen)
+	return next, holds, recheck
+}
+
+// dropShare is the share of before that is gone in after (0 when nothing
+// fell).
+func dropShare(before, after int) float64 {
+	if before == 0 || after >= before {
+		return 0
+	}
+	return float64(before-after) / float64(before)
+}
+
+// forget drops the pending drops that the newest answer no longer shows:
+// the registry recovered, the clock starts again next time.
+func forget(drops Drops, seen map[string]bool) {
+	for k := range drops {
+		if !seen[k] {
+			delete(drops, k)
+		}
+	}
 }
 
 // dropCollisions removes upstreams whose names differ only in case: dyups
@@ -118,7 +255,7 @@ func dropCollisions(prev, merged upstream.State) []Hold {
 			}
 			delete(merged, n)
 			reason := fmt.Sprintf("name collides case-insensitively with %v (dyups treats names case-insensitively); not applied", without(names, n))
-			holds = append(holds, Hold{n, reason})
+			holds = append(holds, Hold{Upstream: n, Guard: GuardCollision, Reason: reason})
 		}
 	}
 	return holds

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -109,6 +110,13 @@ func TestPlan(t *testing.T) {
 			holds: []string{"Web: name collides", "web: name collides"},
 		},
 		{
+			name:  "a source that doubts its answer changes nothing",
+			prev:  state(web1),
+			snaps: []Snapshot{{Upstreams: state(web12), Services: 1, Doubt: "consul: no known leader"}},
+			want:  state(web1),
+			holds: []string{"all upstreams: consul: no known leader; keeping the last known state"},
+		},
+		{
 			name:  "sources merge, and the first source keeps a contested name",
 			prev:  state(),
 			snaps: []Snapshot{snap(1, web1), snap(2, up("web", "10.7.7.7:80"), api)},
@@ -118,7 +126,7 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, holds := Plan(tt.prev, tt.snaps, tt.g)
+			got, holds, _ := Plan(tt.prev, tt.snaps, tt.g, Drops{}, time.Now())
 			if !got.Equal(tt.want) {
 				t.Errorf("state:\n%s\nwant:\n%s", upstream.RenderFile(got), upstream.RenderFile(tt.want))
 			}
@@ -129,6 +137,142 @@ func TestPlan(t *testing.T) {
 				if !strings.Contains(h.String(), tt.holds[i]) {
 					t.Errorf("hold %d = %q, want it to contain %q", i, h, tt.holds[i])
 				}
+			}
+		})
+	}
+}
+
+// TestPlanDropGuards plays answers in time order and checks what each plan
+// applies: a big drop waits for ConfirmAfter, a recovery cancels it.
+func TestPlanDropGuards(t *testing.T) {
+	four := up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
+	three := up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
+	two := up("web", "10.0.0.1:80", "10.0.0.2:80")
+	one := up("web", "10.0.0.1:80")
+	api := up("api", "10.0.1.1:80")
+	apis := func(n int) upstream.Upstream {
+		u := upstream.Upstream{Name: "api"}
+		for i := range n {
+			u.Servers = append(u.Servers, server(fmt.Sprintf("10.0.1.%d:80", i+1)))
+		}
+		u.Sort()
+		return u
+	}
+	g := Guards{ConfirmAfter: 10 * time.Second}
+	type step struct {
+		at      time.Duration // since the start
+		snap    Snapshot
+		want    upstream.State
+		hold    string        // substring of the holds, "" for none
+		recheck time.Duration // when to plan again, 0 for never
+	}
+	tests := []struct {
+		name  string
+		g     Guards
+		prev  upstream.State
+		steps []step
+	}{
+		{
+			name: "half of the servers going is applied at once",
+			g:    g,
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(2, two, api), state(two, api), "", 0},
+			},
+		},
+		{
+			name: "more than half going waits, then applies when confirmed",
+			g:    g,
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(2, one, api), state(four, api), "web: would fall from 4 to 1 servers (75% > max_drop 50%)", 10 * time.Second},
+				{4 * time.Second, snap(2, one, api), state(four, api), "web: would fall from 4 to 1", 10 * time.Second},
+				{10 * time.Second, snap(2, one, api), state(one, api), "", 0},
+			},
+		},
+		{
+			name: "a drop the registry takes back is never applied, and the clock starts again",
+			g:    g,
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(2, one, api), state(four, api), "web: would fall", 10 * time.Second},
+				{3 * time.Second, snap(2, three, api), state(three, api), "", 0},
+				{4 * time.Second, snap(2, one, api), state(three, api), "web: would fall from 3 to 1", 14 * time.Second},
+				{12 * time.Second, snap(2, one, api), state(three, api), "web: would fall", 14 * time.Second},
+				{14 * time.Second, snap(2, one, api), state(one, api), "", 0},
+			},
+		},
+		{
+			name: "a removed upstream waits for confirmation",
+			g:    g,
+			prev: state(two, api),
+			steps: []step{
+				{0, snap(1, api), state(two, api), "web: would be removed with its 2 servers", 10 * time.Second},
+				{10 * time.Second, snap(1, api), state(api), "", 0},
+			},
+		},
+		{
+			name: "a total fall holds every change, even the small ones",
+			g:    Guards{ConfirmAfter: 10 * time.Second, MaxDrop: 1, MaxTotalDrop: 0.5},
+			prev: state(four, apis(4)),
+			steps: []step{
+				{0, snap(2, two, apis(1)), state(four, apis(4)), "all upstreams: servers would fall from 8 to 3 (62% > max_total_drop 50%)", 0},
+				{10 * time.Second, snap(2, two, apis(1)), state(two, apis(1)), "", 0},
+			},
+		},
+		{
+			name: "max_drop 1 lets any drop through",
+			g:    Guards{ConfirmAfter: 10 * time.Second, MaxDrop: 1, MaxTotalDrop: 1},
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(1, api), state(api), "", 0},
+			},
+		},
+		{
+			name: "confirm_after 0 turns the drop guards off",
+			g:    Guards{},
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(2, one, api), state(one, api), "", 0},
+			},
+		},
+		{
+			name: "a server replaced by another is no drop",
+			g:    g,
+			prev: state(one, api),
+			steps: []step{
+				{0, snap(2, up("web", "10.0.0.9:80"), api), state(up("web", "10.0.0.9:80"), api), "", 0},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			prev, drops := tt.prev, Drops{}
+			for i, st := range tt.steps {
+				got, holds, recheck := Plan(prev, []Snapshot{st.snap}, tt.g, drops, start.Add(st.at))
+				if !got.Equal(st.want) {
+					t.Fatalf("step %d: state:\n%s\nwant:\n%s", i, upstream.RenderFile(got), upstream.RenderFile(st.want))
+				}
+				var texts []string
+				for _, h := range holds {
+					texts = append(texts, h.String())
+				}
+				all := strings.Join(texts, "\n")
+				if st.hold == "" && len(holds) > 0 || !strings.Contains(all, st.hold) {
+					t.Fatalf("step %d: holds %q, want %q", i, all, st.hold)
+				}
+				wantRecheck := time.Time{}
+				if st.recheck > 0 {
+					wantRecheck = start.Add(st.recheck)
+				}
+				if st.hold != "" && strings.HasPrefix(st.hold, "all upstreams") {
+					wantRecheck = start.Add(tt.g.ConfirmAfter) // the total's clock
+				}
+				if !recheck.Equal(wantRecheck) {
+					t.Fatalf("step %d: recheck at %v, want %v", i, recheck.Sub(start), wantRecheck.Sub(start))
+				}
+				prev = got
 			}
 		})
 	}

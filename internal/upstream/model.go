@@ -93,6 +93,15 @@ func (s State) Equal(o State) bool {
 	return true
 }
 
+// ServerCount is the number of servers of all upstreams together.
+func (s State) ServerCount() int {
+	n := 0
+	for _, u := range s {
+		n += len(u.Servers)
+	}
+	return n
+}
+
 // Clone returns a copy that shares no slices with s.
 func (s State) Clone() State {
 	c := make(State, len(s))

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -230,11 +231,11 @@ func TestRunAppliesOnlyTheNewestStateWhileRetrying(t *testing.T) {
 	tg.opt.MaxAttempts = 0 // Run retries until superseded
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { tg.Run(ctx); close(done) }()
+	go func() { tg.Run(ctx, ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	tg.Update(upstream.State{"a": named("a", "10.0.0.1:80")})
+	tg.Update(engine.Change{State: upstream.State{"a": named("a", "10.0.0.1:80")}})
 	time.Sleep(30 * time.Millisecond) // a is being retried against the lock
-	tg.Update(upstream.State{"b": named("b", "10.0.0.2:80")})
+	tg.Update(engine.Change{State: upstream.State{"b": named("b", "10.0.0.2:80")}})
 	f.mu.Lock()
 	f.locked = 0
 	f.mu.Unlock()

@@ -30,7 +30,7 @@ type Target struct {
 	opt    Options
 
 	mu         sync.Mutex
-	pending    upstream.State
+	pending    engine.Change
 	hasPending bool
 	wake       chan struct{} // one slot: "pending changed"
 
@@ -99,6 +99,10 @@ type Status struct {
 	LastErrorAt  time.Time
 	Upstreams    int // upstreams the target acknowledged
 	DriftRepairs int // upstreams pushed again after a drift check
+	// Drift names the upstreams the last drift check found wrong in nginx
+	// (then repaired); empty when it found none.
+	Drift     []string
+	LastCheck time.Time // end of the last drift check's reads
 }
 
 // Status returns the target's current status.
@@ -129,9 +133,9 @@ func (t *Target) record(err error, repairs int) {
 func (t *Target) URL() string { return t.url }
 
 // Update hands over the newest desired state without blocking.
-func (t *Target) Update(s upstream.State) {
+func (t *Target) Update(c engine.Change) {
 	t.mu.Lock()
-	t.pending, t.hasPending = s, true
+	t.pending, t.hasPending = c, true
 	t.mu.Unlock()
 	select {
 	case t.wake <- struct{}{}:
@@ -139,12 +143,12 @@ func (t *Target) Update(s upstream.State) {
 	}
 }
 
-func (t *Target) take() (upstream.State, bool) {
+func (t *Target) take() (engine.Change, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s, ok := t.pending, t.hasPending
-	t.pending, t.hasPending = nil, false
-	return s, ok
+	c, ok := t.pending, t.hasPending
+	t.pending, t.hasPending = engine.Change{}, false
+	return c, ok
 }
 
 // Own records that the target may hold these upstreams already (the
@@ -156,9 +160,11 @@ func (t *Target) Own(s upstream.State) {
 	}
 }
 
-// Run applies states handed over by Update until ctx ends, and checks for
-// drift every Resync.
-func (t *Target) Run(ctx context.Context) {
+// Run applies states handed over by Update until stop ends, and checks for
+// drift every Resync. Requests run under work, which the caller ends some
+// time after stop, so that a sync in flight at shutdown can finish instead
+// of leaving nginx half-updated.
+func (t *Target) Run(stop, work context.Context) {
 	var tick <-chan time.Time
 	if t.opt.Resync > 0 {
 		ticker := time.NewTicker(t.opt.Resync)
@@ -166,18 +172,21 @@ func (t *Target) Run(ctx context.Context) {
 		tick = ticker.C
 	}
 	var current upstream.State // the newest desired state
+	ctx := work
 	for {
 		var err error
 		select {
-		case <-ctx.Done():
+		case <-stop.Done():
 			return
 		case <-t.wake:
-			s, ok := t.take()
+			c, ok := t.take()
 			if !ok {
 				continue
 			}
-			current = s
-			err = t.Sync(ctx, s)
+			current = c.State
+			if err = t.Sync(ctx, c.State); err == nil {
+				c.Ack()
+			}
 		case <-tick:
 			if current == nil {
 				continue
@@ -220,11 +229,15 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 			}
 		}
 	}
-	for _, name := range sortedKeys(drift) {
+	names := sortedKeys(drift)
+	for _, name := range names {
 		t.m.drift.WithLabelValues(t.url).Inc()
 		t.log.Warn("drift: nginx does not hold what it should; repairing", "upstream", name)
 		delete(t.acked, name)
 	}
+	t.smu.Lock()
+	t.status.Drift, t.status.LastCheck = names, time.Now()
+	t.smu.Unlock()
 	t.record(nil, len(drift))
 	return t.Sync(ctx, desired)
 }

@@ -48,7 +48,7 @@ type Sink struct {
 	m   *metrics
 
 	mu      sync.Mutex
-	pending upstream.State
+	pending engine.Change
 	wake    chan struct{}
 
 	lastGood []byte // file content that last passed the test
@@ -75,9 +75,9 @@ func New(opt Options, log *slog.Logger, reg prometheus.Registerer) (*Sink, error
 }
 
 // Update hands over the newest state without blocking.
-func (s *Sink) Update(st upstream.State) {
+func (s *Sink) Update(c engine.Change) {
 	s.mu.Lock()
-	s.pending = st
+	s.pending = c
 	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
@@ -116,10 +116,12 @@ func (s *Sink) Run(ctx context.Context) {
 		case <-fire:
 			fire = nil
 			s.mu.Lock()
-			st := s.pending
+			c := s.pending
 			s.mu.Unlock()
-			if err := s.Apply(ctx, st); err != nil {
+			if err := s.Apply(ctx, c.State); err != nil {
 				s.log.Error("nginx not reloaded", "err", err)
+			} else {
+				c.Ack()
 			}
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -123,7 +124,7 @@ func TestReloadCoalescesBursts(t *testing.T) {
 		if err := store.New(file).Save(last); err != nil {
 			t.Fatal(err)
 		}
-		s.Update(last)
+		s.Update(engine.Change{State: last})
 		time.Sleep(20 * time.Millisecond)
 	}
 	waitServes(t, url, "web", "b")

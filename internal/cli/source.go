@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
+)
+
+// rulesFor turns the services and upstreams sections into the rules every
+// source builds its snapshot with.
+func rulesFor(cfg *config.Config) registry.Rules {
+	u := cfg.Upstreams
+	rules := registry.Rules{
+		Include:     cfg.Services.Include,
+		Exclude:     cfg.Services.Exclude,
+		RequireTags: cfg.Services.RequireTags,
+		CanaryTag:   u.CanaryTag,
+		WeightMeta:  u.WeightMeta,
+		Weight:      u.Weight,
+		MaxFails:    u.MaxFails,
+		FailTimeout: time.Duration(u.FailTimeout),
+		MaxConns:    u.MaxConns,
+		Keepalive:   u.Keepalive,
+	}
+	for name, o := range u.Overrides {
+		if o.Keepalive != nil {
+			if rules.KeepaliveFor == nil {
+				rules.KeepaliveFor = map[string]int{}
+			}
+			rules.KeepaliveFor[name] = *o.Keepalive
+		}
+	}
+	return rules
+}
+
+// newSource builds the registry source the configuration selects.
+func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) (engine.Source, error) {
+	switch cfg.Source {
+	case config.SourceZooKeeper:
+		z := cfg.ZooKeeper
+		layout, err := zookeeper.ParseLayout(z.Layout)
+		if err != nil {
+			return nil, err
+		}
+		return zookeeper.New(z.Servers, zookeeper.Options{
+			Root:           z.Root,
+			Layout:         layout,
+			SessionTimeout: time.Duration(z.SessionTimeout),
+			Resync:         time.Duration(z.Resync),
+		}, rules, log, reg), nil
+	case config.SourceEtcd:
+		return newEtcdSource(cfg, rules, log, reg)
+	}
+	acfg := api.DefaultConfig()
+	addr, scheme, _ := config.SplitConsulAddress(cfg.Consul.Address, cfg.Consul.Scheme) // validated
+	acfg.Address, acfg.Scheme = addr, scheme
+	acfg.Datacenter = cfg.Consul.Datacenter
+	acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
+	acfg.TLSConfig = api.TLSConfig{
+		Address:            cfg.Consul.TLS.ServerName,
+		CAFile:             cfg.Consul.TLS.CAFile,
+		CertFile:           cfg.Consul.TLS.CertFile,
+		KeyFile:            cfg.Consul.TLS.KeyFile,
+		InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
+	}
+	client, err := consul.NewClient(acfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul: %w", err)
+	}
+	return consul.New(client, rules, consul.Options{
+		WaitTime:    time.Duration(cfg.Consul.WaitTime),
+		Resync:      time.Duration(cfg.Consul.Resync),
+		OnlyPassing: cfg.Consul.OnlyPassing,
+	}, log, reg), nil
+}
+
+// sourceName says which registry the daemon follows, for logs and status.
+func sourceName(cfg *config.Config) string {
+	switch cfg.Source {
+	case config.SourceEtcd:
+		return fmt.Sprintf("etcd %v (%s layout)", cfg.Etcd.Endpoints, cfg.Etcd.Layout)
+	case config.SourceZooKeeper:
+		return fmt.Sprintf("zookeeper %v (%s layout, root %s)", cfg.ZooKeeper.Servers, cfg.ZooKeeper.Layout, cfg.ZooKeeper.Root)
+	}
+	return "consul " + cfg.Consul.Address
+}

@@ -1,0 +1,489 @@
+package zookeeper
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// Layout is how services and their instances are stored under the root:
+// always <root>/<service>/<instance>, one znode per instance; the layout
+// says what the instance znode's name and data mean.
+type Layout string
+
+const (
+	// Curator is Apache Curator service discovery, which Spring Cloud
+	// Zookeeper uses: the znode is named by the instance id and holds
+	// Curator's ServiceInstance JSON.
+	Curator Layout = "curator"
+	// Plain names the znode "<ip>:<port>" ("[<ipv6>]:<port>"); its data is
+	// empty or a JSON object of server parameters in nginx-upsync-module's
+	// format: weight, max_fails, fail_timeout (seconds), max_conns, backup,
+	// down.
+	Plain Layout = "plain"
+)
+
+// ParseLayout checks a layout name from the configuration.
+func ParseLayout(s string) (Layout, error) {
+	switch l := Layout(s); l {
+	case Curator, Plain:
+		return l, nil
+	}
+	return "", fmt.Errorf("zookeeper: unknown layout %q (want %q or %q)", s, Curator, Plain)
+}
+
+// Znode is one instance znode as read.
+type Znode struct {
+	Name string
+	Data []byte
+	// Err is set when the znode exists but cannot be read (no read
+	// permission); such a znode is reported invalid.
+	Err error
+}
+
+// Invalid is a znode left out of a snapshot, and why.
+type Invalid struct {
+	Path   string
+	Reason string
+}
+
+// Snapshot converts one complete read of the tree into the engine's
+// snapshot. tree maps every service directory under root to its instance
+// znodes. Services not selected by the rules are left out; Services counts
+// the selected ones.
+//
+// Every znode the layout cannot read, and every instance registry.Build
+// refuses, is left out and returned as Invalid, naming its path. A selected
+// service that has no usable instance at all (an empty directory, as after
+// a mass expiry of ephemeral znodes, or only invalid znodes) still yields
+// its upstream, with no servers, so that the engine keeps its last servers
+// instead of deleting it. A service whose valid instances all lack the
+// required tags yields nothing, as in every source.
+func (l Layout) Snapshot(root string, tree map[string][]Znode, r registry.Rules) (engine.Snapshot, []Invalid) {
+	var invalid []Invalid
+	services := map[string][]registry.Instance{}
+	paths := map[string]string{} // service + "\x00" + instance label → znode path
+	tagged := map[string]bool{}  // services with an instance carrying every required tag
+	for _, svc := range slices.Sorted(maps.Keys(tree)) {
+		if !r.WantService(svc) {
+			continue
+		}
+		list := make([]registry.Instance, 0, len(tree[svc]))
+		for _, z := range tree[svc] {
+			path := Join(root, svc, z.Name)
+			if z.Err != nil {
+				invalid = append(invalid, Invalid{path, "unreadable: " + z.Err.Error()})
+				continue
+			}
+			in, err := l.Instance(svc, z.Name, z.Data)
+			if err != nil {
+				invalid = append(invalid, Invalid{path, err.Error()})
+				continue
+			}
+			if hasAll(in.Tags, r.RequireTags) {
+				tagged[svc] = true
+			}
+			paths[svc+"\x00"+in.Label()] = path
+			list = append(list, in)
+		}
+		services[svc] = list
+	}
+
+	st, dropped := registry.Build(services, r)
+	for _, d := range dropped {
+		path, ok := paths[d.Service+"\x00"+d.Instance]
+		if !ok {
+			path = Join(root, d.Service, d.Instance)
+		}
+		invalid = append(invalid, Invalid{path, d.Reason})
+	}
+
+	built := map[string]bool{}
+	for _, u := range st {
+		built[u.Service] = true
+	}
+	for svc, list := range services {
+		withoutTags := len(list) > 0 && !tagged[svc]
+		if built[svc] || withoutTags || upstream.ValidName(svc) != nil {
+			continue
+		}
+		u := upstream.Upstream{Name: svc, Service: svc, Keepalive: r.Keepalive}
+		if k, ok := r.KeepaliveFor[svc]; ok {
+			u.Keepalive = k
+		}
+		st[svc] = u
+	}
+	return engine.Snapshot{Upstreams: st, Services: len(services)}, invalid
+}
+
+// Instance converts one instance znode, <root>/<service>/<node> holding
+// data, to a registry instance, or says why the layout cannot read it.
+// What it returns is still untrusted: registry.Build validates the address,
+// the port and every parameter.
+func (l Layout) Instance(service, node string, data []byte) (registry.Instance, error) {
+	switch l {
+	case Curator:
+		return curatorInstance(service, node, data)
+	case Plain:
+		return plainInstance(service, node, data)
+	}
+	return registry.Instance{}, fmt.Errorf("unknown layout %q", string(l))
+}
+
+// curatorInstance reads Curator's ServiceInstance JSON:
+//
+//	{"name":"web","id":"…","address":"10.0.0.1","port":8080,"sslPort":null,
+//	 "payload":{"@class":"…ZookeeperInstance","id":"…","name":"web",
+//	            "metadata":{"instance_status":"UP"}},
+//	 "registrationTimeUTC":1658569595889,"serviceType":"DYNAMIC","uriSpec":{…}}
+//
+// The service is the directory and the instance id the znode's name (as in
+// Curator, which finds instances by path, not by the JSON's name and id).
+// The upstream gets address:port. An instance with only an sslPort is
+// dropped: an nginx upstream here carries plain ports, and sending plain
+// traffic to a TLS port would fail every request. The string values of
+// payload.metadata (Spring Cloud Zookeeper's metadata map) become Meta, and
+// tags "key=value" so that RequireTags and the canary rule (metadata
+// gray=canary) work; other values are ignored. The instance is unhealthy
+// when metadata.instance_status is set and is not "UP" (Spring Cloud's
+// OUT_OF_SERVICE) or when Curator's "enabled" is false.
+func curatorInstance(service, node string, data []byte) (registry.Instance, error) {
+	in := registry.Instance{Service: service, ID: node, Healthy: true}
+	f, err := jsonObject(data)
+	if err != nil {
+		return in, err
+	}
+	addr, err := stringField(f, "address")
+	if err != nil {
+		return in, err
+	}
+	if addr == "" {
+		return in, errors.New("no address")
+	}
+	in.Address = addr
+	port, hasPort, err := intField(f, "port")
+	if err != nil {
+		return in, err
+	}
+	ssl, hasSSL, err := intField(f, "sslPort")
+	if err != nil {
+		return in, err
+	}
+	switch {
+	case hasPort:
+		in.Port = port
+	case hasSSL:
+		return in, fmt.Errorf("only an sslPort (%d) and no port: TLS-only instances are not supported", ssl)
+	default:
+		return in, errors.New("no port")
+	}
+	if enabled, ok, err := boolField(f, "enabled"); err != nil {
+		return in, err
+	} else if ok && !enabled {
+		in.Healthy = false
+	}
+
+	meta, err := metadata(f["payload"])
+	if err != nil {
+		return in, err
+	}
+	if len(meta) > 0 {
+		in.Meta = meta
+		for _, k := range slices.Sorted(maps.Keys(meta)) {
+			in.Tags = append(in.Tags, k+"="+meta[k])
+		}
+		if st, ok := meta["instance_status"]; ok && st != "UP" {
+			in.Healthy = false
+		}
+	}
+	return in, nil
+}
+
+// metadata reads payload.metadata when the payload is an object (Spring
+// Cloud's ZookeeperInstance). A payload of another type is some other
+// application's own Curator payload and is ignored; a metadata that is not
+// an object is malformed.
+func metadata(payload json.RawMessage) (map[string]string, error) {
+	if kindOf(payload) != "object" {
+		return nil, nil
+	}
+	p, err := jsonObject(payload)
+	if err != nil {
+		return nil, fmt.Errorf("payload: %w", err)
+	}
+	raw, ok := p["metadata"]
+	if !ok || kindOf(raw) == "null" {
+		return nil, nil
+	}
+	if k := kindOf(raw); k != "object" {
+		return nil, fmt.Errorf("payload.metadata is %s, want an object", article(k))
+	}
+	m, err := jsonObject(raw)
+	if err != nil {
+		return nil, fmt.Errorf("payload.metadata: %w", err)
+	}
+	meta := map[string]string{}
+	for k, v := range m {
+		if kindOf(v) != "string" {
+			continue // numbers, lists, objects: not ours to interpret
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return nil, fmt.Errorf("payload.metadata.%s: %w", clip(k), err)
+		}
+		meta[k] = s
+	}
+	return meta, nil
+}
+
+// plainInstance reads a "<ip>:<port>" znode name and its optional JSON
+// parameters.
+func plainInstance(service, node string, data []byte) (registry.Instance, error) {
+	in := registry.Instance{Service: service, ID: node, Healthy: true}
+	host, port, err := splitHostPort(node)
+	if err != nil {
+		return in, err
+	}
+	in.Address, in.Port = host, port
+	if len(bytes.TrimSpace(data)) == 0 {
+		return in, nil
+	}
+	f, err := jsonObject(data)
+	if err != nil {
+		return in, err
+	}
+	p := &in.Params
+	for _, c := range []struct {
+		key    string
+		lo, hi int
+		dst    **int
+	}{
+		{"weight", 1, upstream.MaxWeight, &p.Weight},
+		{"max_fails", 0, upstream.MaxMaxFails, &p.MaxFails},
+		{"max_conns", 0, upstream.MaxMaxConns, &p.MaxConns},
+	} {
+		v, ok, err := intField(f, c.key)
+		if err != nil {
+			return in, err
+		}
+		if ok {
+			if v < c.lo || v > c.hi {
+				return in, fmt.Errorf("%s %d out of range %d-%d", c.key, v, c.lo, c.hi)
+			}
+			*c.dst = &v
+		}
+	}
+	if v, ok, err := intField(f, "fail_timeout"); err != nil {
+		return in, err
+	} else if ok {
+		// Bound before multiplying: a huge count of seconds must not wrap
+		// around into a plausible duration.
+		if v < 0 || time.Duration(v) > upstream.MaxFailTimeout/time.Second {
+			return in, fmt.Errorf("fail_timeout %d out of range 0-%d seconds", v, int(upstream.MaxFailTimeout/time.Second))
+		}
+		d := time.Duration(v) * time.Second
+		p.FailTimeout = &d
+	}
+	for _, c := range []struct {
+		key string
+		dst **bool
+	}{{"backup", &p.Backup}, {"down", &p.Down}} {
+		v, ok, err := flagField(f, c.key)
+		if err != nil {
+			return in, err
+		}
+		if ok {
+			*c.dst = &v
+		}
+	}
+	return in, nil
+}
+
+// splitHostPort splits "<ip>:<port>" or "[<ipv6>]:<port>". The host is
+// validated later, by registry.Build; here only the shape and the port's
+// digits are checked.
+func splitHostPort(node string) (string, int, error) {
+	i := strings.LastIndexByte(node, ':')
+	if i < 0 {
+		return "", 0, fmt.Errorf("znode name %s is not <ip>:<port>", clip(node))
+	}
+	host, digits := node[:i], node[i+1:]
+	if len(digits) == 0 || len(digits) > 5 || strings.Trim(digits, "0123456789") != "" {
+		return "", 0, fmt.Errorf("znode name %s: port %s is not 1 to 5 ASCII digits", clip(node), clip(digits))
+	}
+	port, _ := strconv.Atoi(digits)
+	if inner, ok := strings.CutPrefix(host, "["); ok {
+		inner, ok = strings.CutSuffix(inner, "]")
+		if !ok || !strings.Contains(inner, ":") {
+			return "", 0, fmt.Errorf("znode name %s: brackets hold only an IPv6 address", clip(node))
+		}
+		return inner, port, nil
+	}
+	if strings.Contains(host, ":") {
+		return "", 0, fmt.Errorf("znode name %s: an IPv6 address needs brackets, [addr]:port", clip(node))
+	}
+	return host, port, nil
+}
+
+// jsonObject splits a JSON object into its members. Keys are matched
+// exactly (encoding/json would fold case) and a repeated key is an error:
+// two readers of the same bytes must not see two different instances.
+func jsonObject(data []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("not JSON: %w", err)
+	}
+	if tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	m := map[string]json.RawMessage{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("bad JSON: %w", err)
+		}
+		key, _ := tok.(string) // inside an object, a key is always a string
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("bad JSON: %w", err)
+		}
+		if _, dup := m[key]; dup {
+			return nil, fmt.Errorf("key %s appears twice", clip(key))
+		}
+		m[key] = v
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, fmt.Errorf("bad JSON: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	return m, nil
+}
+
+// kindOf names the type of a JSON value ("" when absent).
+func kindOf(v json.RawMessage) string {
+	if len(v) == 0 {
+		return ""
+	}
+	switch v[0] {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
+func article(kind string) string {
+	if kind == "object" || kind == "array" {
+		return "an " + kind
+	}
+	return "a " + kind
+}
+
+// stringField returns a string member; absent and null give "".
+func stringField(f map[string]json.RawMessage, key string) (string, error) {
+	v := f[key]
+	switch kindOf(v) {
+	case "", "null":
+		return "", nil
+	case "string":
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return "", fmt.Errorf("%s: %w", key, err)
+		}
+		return s, nil
+	default:
+		return "", fmt.Errorf("%s is %s, want a string", key, article(kindOf(v)))
+	}
+}
+
+// intField returns an integer member and whether it is set (null is unset).
+// Only a plain JSON integer that fits in 32 bits is accepted: no strings,
+// fractions or exponents.
+func intField(f map[string]json.RawMessage, key string) (int, bool, error) {
+	v := f[key]
+	switch k := kindOf(v); k {
+	case "", "null":
+		return 0, false, nil
+	case "number":
+		n, err := strconv.ParseInt(string(v), 10, 32)
+		if err != nil {
+			return 0, false, fmt.Errorf("%s %s is not a 32-bit integer", key, clip(string(v)))
+		}
+		return int(n), true, nil
+	default:
+		return 0, false, fmt.Errorf("%s is %s, want a number", key, article(k))
+	}
+}
+
+// boolField returns a JSON boolean member and whether it is set.
+func boolField(f map[string]json.RawMessage, key string) (bool, bool, error) {
+	v := f[key]
+	switch k := kindOf(v); k {
+	case "", "null":
+		return false, false, nil
+	case "boolean":
+		return string(v) == "true", true, nil
+	default:
+		return false, false, fmt.Errorf("%s is %s, want a boolean", key, article(k))
+	}
+}
+
+// flagField accepts nginx-upsync's 0 and 1 as well as JSON booleans.
+func flagField(f map[string]json.RawMessage, key string) (bool, bool, error) {
+	if kindOf(f[key]) == "number" {
+		n, _, err := intField(f, key)
+		if err != nil || n < 0 || n > 1 {
+			return false, false, fmt.Errorf("%s %s: want 0, 1, true or false", key, clip(string(f[key])))
+		}
+		return n == 1, true, nil
+	}
+	return boolField(f, key)
+}
+
+func hasAll(tags, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(tags, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// clip quotes an untrusted string for an error message, cut to a length
+// that keeps log lines readable.
+func clip(s string) string {
+	const max = 64
+	if len(s) > max {
+		return strconv.Quote(s[:max]) + "…"
+	}
+	return strconv.Quote(s)
+}
+
+// Join builds a znode path under root ("/" or "/a/b", no trailing slash).
+func Join(root string, names ...string) string {
+	if root == "/" {
+		root = ""
+	}
+	return root + "/" + strings.Join(names, "/")
+}

@@ -1,0 +1,831 @@
+// Package zookeeper is the ZooKeeper source: it follows the service
+// directories under one root (<root>/<service>/<instance>) and sends
+// complete snapshots. Layout says how an instance znode is read: Curator
+// service discovery (Spring Cloud Zookeeper) or plain "<ip>:<port>" names.
+//
+// ZooKeeper watches are one-shot and go-zookeeper v1.0.4 has no persistent
+// recursive watches (AddWatch), so the source keeps a child watch on the
+// root and on every service directory and a data watch on every instance
+// znode, and re-arms each one when it fires. A watch event is only a cue:
+// the source marks what it touches dirty, re-reads just that, and sends the
+// whole state once nothing is dirty any more. A read error leaves the marks
+// in place and sends nothing (stale beats partial).
+//
+// Session handling: while the connection is down nothing is read and
+// nothing is sent; the engine keeps the last state. When a session is
+// (re)established the source re-reads everything before it sends again;
+// after a session expiry every watch is gone, so that re-read re-arms them
+// all. A snapshot is only sent when its reads all ran in one session that is
+// still up. See README.md.
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+)
+
+// Options configure the source. The zero value takes every default.
+type Options struct {
+	// Root is the znode whose children are the service directories
+	// (default /services, where Curator and Spring Cloud Zookeeper
+	// register). "/" is allowed; its "zookeeper" child is skipped.
+	Root string
+	// Layout says how instance znodes are read (default Curator).
+	Layout Layout
+	// SessionTimeout is the session timeout asked of ZooKeeper (default
+	// 10s); the server clamps it to 2-20 ticks. Losing the connection is
+	// noticed after about two thirds of it.
+	SessionTimeout time.Duration
+	// Resync is the period of a full re-read, a safety net behind the
+	// watches; 0 disables it.
+	Resync time.Duration
+	// RetryBase and RetryCap bound the jittered backoff after errors
+	// (default 250ms and 30s).
+	RetryBase, RetryCap time.Duration
+}
+
+// Defaults.
+const (
+	DefaultRoot           = "/services"
+	DefaultSessionTimeout = 10 * time.Second
+)
+
+func (o Options) withDefaults() Options {
+	if o.Root == "" {
+		o.Root = DefaultRoot
+	}
+	if len(o.Root) > 1 {
+		o.Root = strings.TrimRight(o.Root, "/")
+		if o.Root == "" {
+			o.Root = "/"
+		}
+	}
+	if o.Layout == "" {
+		o.Layout = Curator
+	}
+	if o.SessionTimeout <= 0 {
+		o.SessionTimeout = DefaultSessionTimeout
+	}
+	if o.RetryBase <= 0 {
+		o.RetryBase = 250 * time.Millisecond
+	}
+	if o.RetryCap <= 0 {
+		o.RetryCap = 30 * time.Second
+	}
+	return o
+}
+
+// Validate reports options the source cannot run with, after defaults are
+// applied, so that the configuration can refuse them at start.
+func (o Options) Validate() error {
+	o = o.withDefaults()
+	if _, err := ParseLayout(string(o.Layout)); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(o.Root, "/") {
+		return fmt.Errorf("zookeeper: root %q: want an absolute znode path", o.Root)
+	}
+	if o.Root != "/" {
+		for _, part := range strings.Split(o.Root[1:], "/") {
+			if part == "" || part == "." || part == ".." {
+				return fmt.Errorf("zookeeper: root %q: empty, \".\" or \"..\" path element", o.Root)
+			}
+		}
+	}
+	for _, c := range o.Root {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("zookeeper: root %q: control character", o.Root)
+		}
+	}
+	return nil
+}
+
+// Source watches one ZooKeeper ensemble.
+type Source struct {
+	servers []string
+	opt     Options
+	rules   registry.Rules
+	log     *slog.Logger
+	m       *metrics
+}
+
+var _ engine.Source = (*Source)(nil)
+
+// New returns a source for the ensemble's servers ("host:port"; the port
+// defaults to 2181). reg may be nil when no metrics are wanted.
+func New(servers []string, opt Options, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) *Source {
+	return &Source{
+		servers: slices.Clone(servers),
+		opt:     opt.withDefaults(),
+		rules:   rules,
+		log:     log.With("source", "zookeeper"),
+		m:       newMetrics(reg),
+	}
+}
+
+// Run implements engine.Source.
+func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
+	err := s.opt.Validate()
+	if err == nil && len(s.servers) == 0 {
+		err = errors.New("zookeeper: no servers")
+	}
+	if err != nil {
+		s.log.Error("unusable options; sending nothing", "err", err)
+		<-ctx.Done()
+		return
+	}
+	ev := &events{wake: make(chan struct{}, 1)}
+	conn := s.connect(ctx, ev)
+	if conn == nil {
+		return
+	}
+	// Close unblocks a read in flight when ctx ends; Close is idempotent.
+	stop := context.AfterFunc(ctx, conn.Close)
+	defer func() {
+		stop()
+		conn.Close()
+		s.m.sessionUp.Set(0)
+	}()
+
+	t := newTracker(s)
+	var (
+		retry   = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		retryC  <-chan time.Time
+		resyncC <-chan time.Time
+	)
+	if s.opt.Resync > 0 {
+		tick := time.NewTicker(s.opt.Resync)
+		defer tick.Stop()
+		resyncC = tick.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ev.wake:
+		case <-retryC:
+			retryC = nil
+		case <-resyncC:
+			t.markAll()
+		}
+		if t.apply(ev.take()) {
+			retry.Reset() // a new session is a reason to try at once
+			retryC = nil
+		}
+		s.m.watches.Set(float64(len(t.armed)))
+		if !t.session || retryC != nil || t.clean() {
+			continue // safe mode, backing off, or nothing to read
+		}
+
+		sid := conn.SessionID()
+		err := t.refresh(conn)
+		s.m.watches.Set(float64(len(t.armed)))
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := retry.Next()
+			s.log.Warn("read failed; keeping the last complete state, will retry",
+				"err", err, "retry_in", d, "attempt", retry.Attempts())
+			retryC = time.After(d)
+			continue
+		}
+		if retry.Attempts() > 0 {
+			s.log.Info("read recovered", "after_attempts", retry.Attempts())
+		}
+		retry.Reset()
+		if conn.SessionID() != sid || ev.sessionMoved() {
+			// The session changed while we read: what we read may mix two
+			// sessions. The pending session event wakes the loop, which
+			// re-reads everything first.
+			continue
+		}
+		snap, changed := t.snapshot()
+		if !changed {
+			continue
+		}
+		select {
+		case out <- snap:
+			t.sent, t.last = true, snap
+			s.m.snapshots.Inc()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// connect opens the client. zk.Connect only fails when no server name
+// resolves; the client then connects, reconnects and renews expired
+// sessions by itself, reporting each step to ev.
+func (s *Source) connect(ctx context.Context, ev *events) *zk.Conn {
+	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+	for {
+		conn, _, err := zk.Connect(s.servers, s.opt.SessionTimeout,
+			zk.WithDialer(boundedDialer(s.opt.SessionTimeout)),
+			zk.WithLogger(zkLogger{s.log}), zk.WithLogInfo(false), zk.WithEventCallback(ev.callback))
+		if err == nil {
+			return conn
+		}
+		s.m.errors.WithLabelValues("connect").Inc()
+		d := b.Next()
+		s.log.Warn("cannot set up the ZooKeeper client; retrying", "servers", s.servers, "err", err, "retry_in", d)
+		if backoff.Sleep(ctx, d) != nil {
+			return nil
+		}
+	}
+}
+
+// boundedDialer dials like the zk client does, but bounds the session
+// handshake by limit. go-zookeeper waits ten receive timeouts (about 6.7
+// session timeouts) for a server to answer the handshake, and a server that
+// is still starting after a restart can accept a connection and never
+// answer: the source would stay blind for a minute. The Java client bounds
+// the handshake by the session timeout; so does this. Only the first read
+// and write deadlines, the handshake's, are bounded: later ones follow the
+// negotiated timeout, which the server may have raised.
+func boundedDialer(limit time.Duration) zk.Dialer {
+	return func(network, addr string, timeout time.Duration) (net.Conn, error) {
+		c, err := net.DialTimeout(network, addr, timeout)
+		if err != nil {
+			return nil, err
+		}
+		return &handshakeConn{Conn: c, limit: limit}, nil
+	}
+}
+
+type handshakeConn struct {
+	net.Conn
+	limit             time.Duration
+	readSet, writeSet atomic.Bool
+}
+
+func (c *handshakeConn) bound(t time.Time, done *atomic.Bool) time.Time {
+	if t.IsZero() || done.Swap(true) {
+		return t
+	}
+	if lim := time.Now().Add(c.limit); t.After(lim) {
+		return lim
+	}
+	return t
+}
+
+func (c *handshakeConn) SetReadDeadline(t time.Time) error {
+	return c.Conn.SetReadDeadline(c.bound(t, &c.readSet))
+}
+
+func (c *handshakeConn) SetWriteDeadline(t time.Time) error {
+	return c.Conn.SetWriteDeadline(c.bound(t, &c.writeSet))
+}
+
+// events hands what the zk client reports, from its receive goroutine (the
+// callback must not block), to the Run goroutine, in order.
+type events struct {
+	mu     sync.Mutex
+	fired  []zk.Event // watch events
+	states []zk.State // session transitions
+	wake   chan struct{}
+}
+
+func (e *events) callback(ev zk.Event) {
+	e.mu.Lock()
+	if ev.Type == zk.EventSession {
+		e.states = append(e.states, ev.State)
+	} else {
+		e.fired = append(e.fired, ev)
+	}
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (e *events) take() ([]zk.Event, []zk.State) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f, s := e.fired, e.states
+	e.fired, e.states = nil, nil
+	return f, s
+}
+
+// sessionMoved reports whether a session was lost, expired or replaced
+// since the last take.
+func (e *events) sessionMoved() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, s := range e.states {
+		if s == zk.StateDisconnected || s == zk.StateExpired || s == zk.StateHasSession {
+			return true
+		}
+	}
+	return false
+}
+
+type watchKind uint8
+
+const (
+	childWatch watchKind = iota
+	dataWatch
+	existWatch
+)
+
+type watchKey struct {
+	path string
+	kind watchKind
+}
+
+// firedKinds mirrors which of the client's watches an event consumes.
+func firedKinds(t zk.EventType) []watchKind {
+	switch t {
+	case zk.EventNodeCreated:
+		return []watchKind{existWatch}
+	case zk.EventNodeDataChanged:
+		return []watchKind{existWatch, dataWatch}
+	case zk.EventNodeChildrenChanged:
+		return []watchKind{childWatch}
+	case zk.EventNodeDeleted:
+		return []watchKind{existWatch, dataWatch, childWatch}
+	}
+	return nil
+}
+
+type nodeKey struct{ service, node string }
+
+// tracker is what the source knows, in the Run goroutine only: the last
+// read of every selected service directory and instance znode, which of
+// them must be read again, and which watches are armed.
+type tracker struct {
+	src     *Source
+	root    string
+	armed   map[watchKey]bool
+	session bool
+
+	rootDirty bool
+	services  map[string]map[string]Znode // service → znode name → last read
+	dirtySvc  map[string]bool
+	dirtyNode map[nodeKey]bool
+	svcErr    map[string]error // directories that cannot be listed
+
+	invalid map[string]bool // "path\x00reason" already logged
+	sent    bool
+	last    engine.Snapshot
+}
+
+func newTracker(s *Source) *tracker {
+	return &tracker{
+		src:       s,
+		root:      s.opt.Root,
+		armed:     map[watchKey]bool{},
+		rootDirty: true,
+		services:  map[string]map[string]Znode{},
+		dirtySvc:  map[string]bool{},
+		dirtyNode: map[nodeKey]bool{},
+		svcErr:    map[string]error{},
+		invalid:   map[string]bool{},
+	}
+}
+
+func (t *tracker) clean() bool {
+	return !t.rootDirty && len(t.dirtySvc) == 0 && len(t.dirtyNode) == 0
+}
+
+// markAll asks for a full re-read. Armed watches stay armed: a full
+// re-read through them uses plain reads.
+func (t *tracker) markAll() {
+	t.rootDirty = true
+	for svc, nodes := range t.services {
+		t.dirtySvc[svc] = true
+		for n := range nodes {
+			t.dirtyNode[nodeKey{svc, n}] = true
+		}
+	}
+}
+
+// apply takes in what the client reported since the last call, in order.
+// It reports whether a session was (re)established.
+func (t *tracker) apply(fired []zk.Event, states []zk.State) bool {
+	up := false
+	for _, st := range states {
+		up = t.onState(st) || up
+	}
+	lost := false
+	for _, e := range fired {
+		t.src.m.watchEvents.Inc()
+		if e.Type == zk.EventNotWatching {
+			// The client dropped every watch at once (session expired, or
+			// closing); it reports each one.
+			lost = true
+			continue
+		}
+		t.onWatch(e)
+	}
+	if lost {
+		clear(t.armed)
+		t.markAll()
+	}
+	return up
+}
+
+// onState follows the session. It reports whether a session was just
+// (re)established.
+func (t *tracker) onState(st zk.State) bool {
+	log, m := t.src.log, t.src.m
+	switch st {
+	case zk.StateHasSession:
+		if t.session {
+			return false
+		}
+		t.session = true
+		m.sessionUp.Set(1)
+		if t.sent {
+			log.Info("ZooKeeper session up again; re-reading everything before sending")
+		} else {
+			log.Info("ZooKeeper session up")
+		}
+		t.markAll() // cheap insurance, as Curator's caches do on reconnect
+		return true
+	case zk.StateExpired:
+		m.expirations.Inc()
+		log.Warn("ZooKeeper session expired; every watch is gone, re-reading everything in a new session")
+		clear(t.armed)
+		t.markAll()
+		t.session = false
+		m.sessionUp.Set(0)
+	case zk.StateDisconnected:
+		if t.session {
+			log.Warn("connection to ZooKeeper lost; sending nothing until the session is back")
+		}
+		t.session = false
+		m.sessionUp.Set(0)
+	}
+	return false
+}
+
+// onWatch turns a watch event into dirty marks: the event says only that
+// something changed under a path, so that path is read again.
+func (t *tracker) onWatch(e zk.Event) {
+	for _, k := range firedKinds(e.Type) {
+		delete(t.armed, watchKey{e.Path, k})
+	}
+	if e.Path == t.root {
+		t.rootDirty = true
+		return
+	}
+	rel, ok := strings.CutPrefix(e.Path, strings.TrimSuffix(t.root, "/")+"/")
+	if !ok {
+		return
+	}
+	svc, node, isNode := strings.Cut(rel, "/")
+	nodes, known := t.services[svc]
+	switch {
+	case !known:
+		// The root listing decides about directories we do not follow.
+	case !isNode:
+		t.dirtySvc[svc] = true
+	default:
+		if _, known := nodes[node]; known {
+			t.dirtyNode[nodeKey{svc, node}] = true
+		}
+	}
+}
+
+// refresh reads whatever is dirty: the root listing, then the listings of
+// dirty service directories, then dirty instance znodes. Marks are cleared
+// only by a successful read, so after an error the next call starts where
+// this one stopped.
+func (t *tracker) refresh(conn *zk.Conn) error {
+	// A pass can find more to read (a directory or znode deleted since it
+	// was listed); a few passes settle it, a tree that keeps moving is
+	// retried later.
+	for range 5 {
+		if t.clean() {
+			return nil
+		}
+		if err := t.pass(conn); err != nil {
+			return err
+		}
+	}
+	if !t.clean() {
+		return errors.New("zookeeper: the tree kept changing while being read")
+	}
+	return nil
+}
+
+func (t *tracker) pass(conn *zk.Conn) error {
+	if t.rootDirty {
+		if err := t.readRoot(conn); err != nil {
+			return err
+		}
+	}
+	for _, svc := range slices.Sorted(maps.Keys(t.dirtySvc)) {
+		if err := t.readService(conn, svc); err != nil {
+			return err
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(t.dirtyNode), func(a, b nodeKey) int {
+		return strings.Compare(a.service+"/"+a.node, b.service+"/"+b.node)
+	})
+	for _, k := range keys {
+		if err := t.readNode(conn, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *tracker) readRoot(conn *zk.Conn) error {
+	names, err := t.children(conn, t.root)
+	if errors.Is(err, zk.ErrNoNode) {
+		// No root: no services. Watch for it to appear.
+		exists, err := t.exists(conn, t.root)
+		if err != nil {
+			return fmt.Errorf("zookeeper: watch for root %s: %w", t.root, err)
+		}
+		if exists { // created in between: list it now
+			if names, err = t.children(conn, t.root); err != nil {
+				return fmt.Errorf("zookeeper: list %s: %w", t.root, err)
+			}
+		}
+	} else if err != nil {
+		return fmt.Errorf("zookeeper: list %s: %w", t.root, err)
+	}
+	seen := map[string]bool{}
+	for _, svc := range names {
+		if t.root == "/" && svc == "zookeeper" {
+			continue // ZooKeeper's own subtree
+		}
+		if !t.src.rules.WantService(svc) {
+			continue
+		}
+		seen[svc] = true
+		if _, ok := t.services[svc]; !ok {
+			t.services[svc] = map[string]Znode{}
+			t.dirtySvc[svc] = true
+		}
+	}
+	for svc := range t.services {
+		if !seen[svc] {
+			t.dropService(svc)
+		}
+	}
+	t.rootDirty = false
+	return nil
+}
+
+func (t *tracker) dropService(svc string) {
+	for n := range t.services[svc] {
+		delete(t.dirtyNode, nodeKey{svc, n})
+	}
+	delete(t.services, svc)
+	delete(t.dirtySvc, svc)
+	delete(t.svcErr, svc)
+}
+
+func (t *tracker) readService(conn *zk.Conn, svc string) error {
+	nodes, ok := t.services[svc]
+	if !ok {
+		delete(t.dirtySvc, svc)
+		return nil
+	}
+	path := Join(t.root, svc)
+	names, err := t.children(conn, path)
+	switch {
+	case errors.Is(err, zk.ErrNoNode):
+		// Deleted since the root was listed; the root's watch has fired
+		// too, and the next pass re-lists it.
+		t.dropService(svc)
+		t.rootDirty = true
+		return nil
+	case permanent(err):
+		// Known but unreadable: keep it known with no instances, so the
+		// engine holds its last servers; snapshot says why.
+		t.svcErr[svc] = err
+		names = nil
+	case err != nil:
+		return fmt.Errorf("zookeeper: list %s: %w", path, err)
+	default:
+		delete(t.svcErr, svc)
+	}
+	seen := map[string]bool{}
+	for _, n := range names {
+		seen[n] = true
+		if _, ok := nodes[n]; !ok {
+			nodes[n] = Znode{Name: n}
+			t.dirtyNode[nodeKey{svc, n}] = true
+		}
+	}
+	for n := range nodes {
+		if !seen[n] {
+			delete(nodes, n)
+			delete(t.dirtyNode, nodeKey{svc, n})
+		}
+	}
+	delete(t.dirtySvc, svc)
+	return nil
+}
+
+func (t *tracker) readNode(conn *zk.Conn, k nodeKey) error {
+	nodes, ok := t.services[k.service]
+	if _, known := nodes[k.node]; !ok || !known {
+		delete(t.dirtyNode, k)
+		return nil
+	}
+	path := Join(t.root, k.service, k.node)
+	data, err := t.get(conn, path)
+	switch {
+	case errors.Is(err, zk.ErrNoNode):
+		// Deleted since its directory was listed; that directory's watch
+		// has fired and the next pass re-lists it.
+		delete(nodes, k.node)
+		t.dirtySvc[k.service] = true
+	case permanent(err):
+		nodes[k.node] = Znode{Name: k.node, Err: err}
+	case err != nil:
+		return fmt.Errorf("zookeeper: read %s: %w", path, err)
+	default:
+		nodes[k.node] = Znode{Name: k.node, Data: data}
+	}
+	delete(t.dirtyNode, k)
+	return nil
+}
+
+// permanent errors do not go away by retrying: one znode that cannot be
+// read must not keep every other change from reaching nginx.
+func permanent(err error) bool {
+	return errors.Is(err, zk.ErrNoAuth) || errors.Is(err, zk.ErrInvalidPath)
+}
+
+// children lists path, arming a child watch unless one is armed already
+// (arming twice would leave the client holding duplicate watchers).
+func (t *tracker) children(conn *zk.Conn, path string) ([]string, error) {
+	t.src.m.reads.WithLabelValues("children").Inc()
+	k := watchKey{path, childWatch}
+	var (
+		names []string
+		err   error
+	)
+	if t.armed[k] {
+		names, _, err = conn.Children(path)
+	} else {
+		names, _, _, err = conn.ChildrenW(path)
+		if err == nil {
+			t.armed[k] = true
+		}
+	}
+	if err != nil && !errors.Is(err, zk.ErrNoNode) {
+		t.src.m.errors.WithLabelValues("children").Inc()
+	}
+	return names, err
+}
+
+func (t *tracker) get(conn *zk.Conn, path string) ([]byte, error) {
+	t.src.m.reads.WithLabelValues("get").Inc()
+	k := watchKey{path, dataWatch}
+	var (
+		data []byte
+		err  error
+	)
+	if t.armed[k] {
+		data, _, err = conn.Get(path)
+	} else {
+		data, _, _, err = conn.GetW(path)
+		if err == nil {
+			t.armed[k] = true
+		}
+	}
+	if err != nil && !errors.Is(err, zk.ErrNoNode) {
+		t.src.m.errors.WithLabelValues("get").Inc()
+	}
+	return data, err
+}
+
+// exists arms a watch for a missing root. The client files it as an exist
+// watch when the znode is missing and as a data watch when it exists.
+func (t *tracker) exists(conn *zk.Conn, path string) (bool, error) {
+	t.src.m.reads.WithLabelValues("exists").Inc()
+	if t.armed[watchKey{path, existWatch}] {
+		ok, _, err := conn.Exists(path)
+		return ok, err
+	}
+	ok, _, _, err := conn.ExistsW(path)
+	if err != nil {
+		t.src.m.errors.WithLabelValues("exists").Inc()
+		return false, err
+	}
+	if ok {
+		t.armed[watchKey{path, dataWatch}] = true
+	} else {
+		t.armed[watchKey{path, existWatch}] = true
+	}
+	return ok, nil
+}
+
+// snapshot builds the complete state from the last reads, logging and
+// counting each newly invalid znode once, and reports whether it differs
+// from the last one sent.
+func (t *tracker) snapshot() (engine.Snapshot, bool) {
+	tree := make(map[string][]Znode, len(t.services))
+	for svc, nodes := range t.services {
+		list := make([]Znode, 0, len(nodes))
+		for _, n := range slices.Sorted(maps.Keys(nodes)) {
+			list = append(list, nodes[n])
+		}
+		tree[svc] = list
+	}
+	snap, invalid := t.src.opt.Layout.Snapshot(t.root, tree, t.src.rules)
+	for svc, err := range t.svcErr {
+		invalid = append(invalid, Invalid{Join(t.root, svc), "unreadable service directory: " + err.Error()})
+	}
+	now := map[string]bool{}
+	for _, iv := range invalid {
+		key := iv.Path + "\x00" + iv.Reason
+		now[key] = true
+		if !t.invalid[key] {
+			t.logInvalid(iv.Path, iv.Reason)
+		}
+	}
+	t.invalid = now
+	changed := !t.sent || snap.Services != t.last.Services || !snap.Upstreams.Equal(t.last.Upstreams)
+	return snap, changed
+}
+
+func (t *tracker) logInvalid(path, reason string) {
+	t.src.m.dropped.Inc()
+	t.src.log.Warn("invalid znode dropped", "path", path, "reason", reason)
+}
+
+// zkLogger sends the client's own messages (connection attempts, retries)
+// to the structured log at debug level; the source logs what matters.
+type zkLogger struct{ log *slog.Logger }
+
+func (l zkLogger) Printf(format string, args ...any) {
+	l.log.Debug("zk client", "detail", fmt.Sprintf(format, args...))
+}
+
+type metrics struct {
+	sessionUp   prometheus.Gauge
+	expirations prometheus.Counter
+	errors      *prometheus.CounterVec
+	reads       *prometheus.CounterVec
+	watchEvents prometheus.Counter
+	watches     prometheus.Gauge
+	dropped     prometheus.Counter
+	snapshots   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		sessionUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_zookeeper_session_up",
+			Help: "1 while the source holds a ZooKeeper session, 0 while it waits for one (and sends nothing).",
+		}),
+		expirations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_zookeeper_session_expirations_total",
+			Help: "ZooKeeper sessions of the source that expired; each is followed by a full re-read.",
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_zookeeper_errors_total",
+			Help: "Failed ZooKeeper client set-ups and reads, by operation.",
+		}, []string{"op"}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_zookeeper_reads_total",
+			Help: "ZooKeeper reads, by operation (children, get, exists).",
+		}, []string{"op"}),
+		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_zookeeper_watch_events_total",
+			Help: "Watch events received; each one is a cue to re-read what it names.",
+		}),
+		watches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_zookeeper_watches",
+			Help: "Watches the source holds armed.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_zookeeper_invalid_znodes_dropped_total",
+			Help: "Instance znodes left out because their name or data failed validation (each counted once while it stays invalid).",
+		}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_zookeeper_snapshots_sent_total",
+			Help: "Complete snapshots sent to the engine.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.sessionUp, m.expirations, m.errors, m.reads, m.watchEvents, m.watches, m.dropped, m.snapshots)
+	}
+	return m
+}

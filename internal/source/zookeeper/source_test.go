@@ -1,0 +1,625 @@
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// startSource runs a Source against servers and returns its snapshots. The
+// source must return within 5s of the end of the test.
+func startSource(t *testing.T, servers []string, opt Options, reg prometheus.Registerer) <-chan engine.Snapshot {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if opt.SessionTimeout == 0 {
+		opt.SessionTimeout = 2 * time.Second
+	}
+	opt.RetryBase, opt.RetryCap = 50*time.Millisecond, 500*time.Millisecond
+	src := New(servers, opt, rules, log, reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan engine.Snapshot, 100)
+	done := make(chan struct{})
+	go func() { src.Run(ctx, out); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("source did not return within 5s after its context ended")
+		}
+	})
+	return out
+}
+
+// waitFor reads snapshots until cond holds for one, or fails after 10s.
+func waitFor(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	var last engine.Snapshot
+	for {
+		select {
+		case s := <-snaps:
+			last = s
+			if cond(s) {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("no snapshot where %s within 10s; last (%d services):\n%s", what, last.Services, describe(last))
+		}
+	}
+}
+
+// next returns the next snapshot, failing after 10s.
+func next(t *testing.T, snaps <-chan engine.Snapshot, what string) engine.Snapshot {
+	t.Helper()
+	return waitFor(t, snaps, what, func(engine.Snapshot) bool { return true })
+}
+
+// quiet fails if a snapshot arrives within d.
+func quiet(t *testing.T, snaps <-chan engine.Snapshot, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case s := <-snaps:
+		t.Fatalf("%s, yet a snapshot arrived:\n%s", why, describe(s))
+	case <-time.After(d):
+	}
+}
+
+func describe(s engine.Snapshot) string {
+	var b strings.Builder
+	for _, name := range s.Upstreams.Names() {
+		fmt.Fprintf(&b, "  %s: %v\n", name, servers(s.Upstreams[name]))
+	}
+	return b.String()
+}
+
+func hasServers(name string, want ...string) func(engine.Snapshot) bool {
+	return func(s engine.Snapshot) bool {
+		u, ok := s.Upstreams[name]
+		return ok && slices.Equal(servers(u), want)
+	}
+}
+
+// metric sums every series of a metric family in reg.
+func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
+// watchesHeld checks that every watch is armed and none twice: ZooKeeper
+// holds data watches on exactly the instance znodes (wchs reports data
+// watches only; applications set none), and the source's gauge counts
+// those and the child watches on the root and each directory.
+func watchesHeld(t *testing.T, z *testenv.ZooKeeper, reg *prometheus.Registry, znodes, dirs int) {
+	t.Helper()
+	var out string
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		out = z.FourLetter(t, "wchs")
+		if strings.Contains(out, fmt.Sprintf("Total watches:%d\n", znodes)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ZooKeeper holds other than %d data watches:\n%s%s", znodes, out, z.FourLetter(t, "wchc"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got, want := metric(t, reg, "swallowkeeper_zookeeper_watches"), float64(1+dirs+znodes); got != want {
+		t.Errorf("watches gauge %v, want %v", got, want)
+	}
+}
+
+// app is a separate ZooKeeper client acting as the registering
+// application. Writes are retried for 10s, so that an app can ride out a
+// server restart as Curator does.
+type app struct {
+	t    *testing.T
+	conn *zk.Conn
+}
+
+func newApp(t *testing.T, z *testenv.ZooKeeper) *app {
+	return &app{t, z.Connect(t, 4*time.Second)}
+}
+
+func (a *app) retry(what string, f func() error) {
+	a.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("app: %s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// mkdirs creates path and its parents as persistent znodes.
+func (a *app) mkdirs(path string) {
+	a.t.Helper()
+	p := ""
+	for _, part := range strings.Split(strings.Trim(path, "/"), "/") {
+		p += "/" + part
+		a.retry("create "+p, func() error {
+			_, err := a.conn.Create(p, nil, 0, zk.WorldACL(zk.PermAll))
+			if errors.Is(err, zk.ErrNodeExists) {
+				return nil
+			}
+			return err
+		})
+	}
+}
+
+// register creates an ephemeral instance znode, as Curator does.
+func (a *app) register(path, data string) {
+	a.t.Helper()
+	a.registerACL(path, data, zk.WorldACL(zk.PermAll))
+}
+
+func (a *app) registerACL(path, data string, acl []zk.ACL) {
+	a.t.Helper()
+	a.mkdirs(path[:strings.LastIndexByte(path, '/')])
+	a.retry("register "+path, func() error {
+		_, err := a.conn.Create(path, []byte(data), zk.FlagEphemeral, acl)
+		return err
+	})
+}
+
+func (a *app) set(path, data string) {
+	a.t.Helper()
+	a.retry("set "+path, func() error {
+		_, err := a.conn.Set(path, []byte(data), -1)
+		return err
+	})
+}
+
+func (a *app) remove(path string) {
+	a.t.Helper()
+	a.retry("delete "+path, func() error { return a.conn.Delete(path, -1) })
+}
+
+// instance is a Spring Cloud Zookeeper registration, shaped like
+// springCloudUp.
+func instance(service, id, addr string, port int, metadata string) string {
+	return fmt.Sprintf(`{"name":%q,"id":%q,"address":%q,"port":%d,"sslPort":null,"payload":{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","id":"%s-1","name":%q,"metadata":%s},"registrationTimeUTC":1658569595889,"serviceType":"DYNAMIC","uriSpec":{"parts":[{"value":"scheme","variable":true},{"value":"://","variable":false},{"value":"address","variable":true},{"value":":","variable":false},{"value":"port","variable":true}]}}`,
+		service, id, addr, port, service, service, metadata)
+}
+
+// The Curator layout through a real ZooKeeper: the root appearing late,
+// instances coming, changing, going out of service and going away, the
+// canary rule, an application's session ending, and directories emptied and
+// removed.
+func TestSourceFollowsCuratorRegistrations(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	snaps := startSource(t, []string{z.Addr()}, Options{}, nil)
+
+	first := next(t, snaps, "the first snapshot arrives")
+	if first.Services != 0 || len(first.Upstreams) != 0 {
+		t.Fatalf("no /services yet, but the first snapshot has %d services:\n%s", first.Services, describe(first))
+	}
+
+	a := newApp(t, z)
+	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{"instance_status":"UP"}`))
+	waitFor(t, snaps, "the root appears and web/a is found", hasServers("web", "127.0.0.1:9001"))
+
+	a.register("/services/web/b", instance("web", "b", "127.0.0.1", 9002, `{"weight":"3"}`))
+	s := waitFor(t, snaps, "web/b joins", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
+	if w := s.Upstreams["web"].Servers[1].Weight; w != 3 {
+		t.Errorf("metadata weight not applied: %d", w)
+	}
+
+	a.set("/services/web/a", instance("web", "a", "127.0.0.1", 9011, `{"instance_status":"UP"}`))
+	waitFor(t, snaps, "a's new port replaces the old", hasServers("web", "127.0.0.1:9002", "127.0.0.1:9011"))
+
+	a.set("/services/web/a", instance("web", "a", "127.0.0.1", 9011, `{"instance_status":"OUT_OF_SERVICE"}`))
+	waitFor(t, snaps, "OUT_OF_SERVICE takes a out", hasServers("web", "127.0.0.1:9002"))
+
+	a.register("/services/web/c", instance("web", "c", "127.0.0.1", 9003, `{"gray":"canary"}`))
+	waitFor(t, snaps, "metadata gray=canary gets its own upstream", hasServers("web_canary", "127.0.0.1:9003"))
+
+	// An application whose session ends loses its ephemeral znode.
+	other := newApp(t, z)
+	other.register("/services/api/x", instance("api", "x", "127.0.0.1", 9100, `{}`))
+	waitFor(t, snaps, "api/x is found", hasServers("api", "127.0.0.1:9100"))
+	other.conn.Close()
+	s = waitFor(t, snaps, "api/x is gone with its session; api stays known with no servers", func(s engine.Snapshot) bool {
+		u, ok := s.Upstreams["api"]
+		return ok && len(u.Servers) == 0
+	})
+	if s.Services != 2 {
+		t.Errorf("services = %d, want 2 (web, api)", s.Services)
+	}
+
+	for _, id := range []string{"a", "b", "c"} {
+		a.remove("/services/web/" + id)
+	}
+	waitFor(t, snaps, "an emptied web is known with no servers and its canary is gone", func(s engine.Snapshot) bool {
+		u, ok := s.Upstreams["web"]
+		_, canary := s.Upstreams["web_canary"]
+		return ok && len(u.Servers) == 0 && !canary
+	})
+
+	a.remove("/services/web")
+	a.remove("/services/api")
+	waitFor(t, snaps, "removed directories are no services", func(s engine.Snapshot) bool {
+		return s.Services == 0 && len(s.Upstreams) == 0
+	})
+}
+
+// The plain layout under another root: the znode name is the address and
+// the data holds nginx-upsync parameters.
+func TestSourceFollowsPlainRegistrations(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	a := newApp(t, z)
+	a.mkdirs("/upstreams/web")
+	reg := prometheus.NewRegistry()
+	snaps := startSource(t, []string{z.Addr()}, Options{Root: "/upstreams", Layout: Plain}, reg)
+
+	first := next(t, snaps, "the first snapshot arrives")
+	if u, ok := first.Upstreams["web"]; !ok || len(u.Servers) != 0 || first.Services != 1 {
+		t.Fatalf("an empty web directory should be one service known with no servers; got %d services:\n%s", first.Services, describe(first))
+	}
+
+	a.register("/upstreams/web/127.0.0.1:9001", "")
+	a.register("/upstreams/web/127.0.0.1:9002", `{"weight":3}`)
+	s := waitFor(t, snaps, "both znodes are servers", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
+	if w := s.Upstreams["web"].Servers[1].Weight; w != 3 {
+		t.Errorf("weight from the data not applied: %d", w)
+	}
+
+	a.set("/upstreams/web/127.0.0.1:9002", `{"weight":5,"down":1}`)
+	s = waitFor(t, snaps, "changed parameters arrive", func(s engine.Snapshot) bool {
+		u := s.Upstreams["web"]
+		return len(u.Servers) == 2 && u.Servers[1].Weight == 5 && u.Servers[1].Down
+	})
+
+	a.register("/upstreams/api/[::1]:9100", "")
+	waitFor(t, snaps, "a new service directory is followed", hasServers("api", "[::1]:9100"))
+
+	a.remove("/upstreams/web/127.0.0.1:9001")
+	waitFor(t, snaps, "a deleted znode is gone", hasServers("web", "127.0.0.1:9002"))
+	// The data of 127.0.0.1:9002 and [::1]:9100; the web and api listings.
+	watchesHeld(t, z, reg, 2, 2)
+}
+
+// Hostile registrations, written for real, are dropped, logged and counted
+// once each, while good instances keep flowing: one bad or unreadable znode
+// never stalls the source.
+func TestSourceDropsHostileRegistrations(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	reg := prometheus.NewRegistry()
+	a := newApp(t, z)
+	a.register("/services/web/good", instance("web", "good", "127.0.0.1", 9001, `{}`))
+	hostile := map[string]string{
+		"badjson":   `{"address":"127.0.0.1","port":9002`,
+		"semicolon": instance("web", "x", "127.0.0.1;server 6.6.6.6:80", 9003, `{}`),
+		"newline":   instance("web", "x", "127.0.0.1\nserver 6.6.6.6:80", 9004, `{}`),
+		"brace":     instance("web", "x", "127.0.0.1}", 9005, `{}`),
+		"hostname":  instance("web", "x", "evil.example.com", 9006, `{}`),
+		"port0":     instance("web", "x", "127.0.0.2", 0, `{}`),
+		"port70000": instance("web", "x", "127.0.0.3", 70000, `{}`),
+		"hugeport":  `{"address":"127.0.0.4","port":123456789012345678901234567890}`,
+		"strport":   `{"address":"127.0.0.5","port":"9007"}`,
+		"unicode":   instance("web", "x", "１２７.0.0.1", 9008, `{}`),
+		"duplicate": `{"address":"127.0.0.6","port":9009,"address":"6.6.6.6"}`,
+		"sslonly":   `{"address":"127.0.0.7","port":null,"sslPort":9443}`,
+		"weight":    instance("web", "x", "127.0.0.8", 9010, `{"weight":"1 backup"}`),
+		"gray":      instance("web", "x", "127.0.0.9", 9011, `{"gray":"x;}"}`),
+	}
+	for id, data := range hostile {
+		a.register("/services/web/"+id, data)
+	}
+	// A znode the source may not read, and a service name nginx cannot take.
+	a.registerACL("/services/web/secret", instance("web", "secret", "127.0.0.10", 9012, `{}`), zk.WorldACL(zk.PermAll&^zk.PermRead))
+	a.register("/services/we#b/x", instance("we#b", "x", "127.0.0.11", 9013, `{}`))
+
+	snaps := startSource(t, []string{z.Addr()}, Options{}, reg)
+	want := float64(len(hostile) + 2)
+	s := waitFor(t, snaps, "the good instance flows", hasServers("web", "127.0.0.1:9001"))
+	if got := metric(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
+		t.Errorf("dropped counter %v, want %v", got, want)
+	}
+	file := string(upstream.RenderFile(s.Upstreams))
+	for _, bad := range []string{"6.6.6.6", "evil", "backup", ":0;", "70000", "x;", "we#b", "127.0.0.10"} {
+		if strings.Contains(file, bad) {
+			t.Errorf("rendered file contains %q:\n%s", bad, file)
+		}
+	}
+	if len(s.Upstreams) != 1 || s.Services != 2 {
+		t.Errorf("upstreams %v with %d services, want only web of 2", s.Upstreams.Names(), s.Services)
+	}
+
+	// Good changes still flow, and the invalid ones are not counted again.
+	a.register("/services/web/good2", instance("web", "good2", "127.0.0.1", 9020, `{}`))
+	waitFor(t, snaps, "another good instance flows", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9020"))
+	if got := metric(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
+		t.Errorf("dropped counter %v after an unrelated change, want still %v", got, want)
+	}
+	// A hostile znode fixed in place is picked up.
+	a.set("/services/web/hostname", instance("web", "hostname", "127.0.0.1", 9006, `{}`))
+	waitFor(t, snaps, "a fixed znode flows", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9006", "127.0.0.1:9020"))
+}
+
+// A ZooKeeper crash: while it is down the source sends nothing at all (the
+// engine keeps the last state); once it is back the source recovers on its
+// own and follows changes again.
+func TestSourceSurvivesZooKeeperRestart(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	reg := prometheus.NewRegistry()
+	a := newApp(t, z)
+	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
+	snaps := startSource(t, []string{z.Addr()}, Options{SessionTimeout: 2 * time.Second}, reg)
+	waitFor(t, snaps, "web/a is found", hasServers("web", "127.0.0.1:9001"))
+	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
+		t.Fatalf("session_up = %v with a session", up)
+	}
+
+	z.Stop(t)
+	quiet(t, snaps, 3*time.Second, "ZooKeeper is down for longer than the session timeout")
+	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 0 {
+		t.Errorf("session_up = %v while ZooKeeper is down", up)
+	}
+
+	z.Start(t)
+	a.register("/services/web/b", instance("web", "b", "127.0.0.1", 9002, `{}`))
+	waitFor(t, snaps, "the source recovers and sees web/b", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
+	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
+		t.Errorf("session_up = %v after recovery", up)
+	}
+	// Watches are not persisted: the client set them again on the server.
+	watchesHeld(t, z, reg, 2, 1)
+	t.Logf("source session expirations across the restart: %v", metric(t, reg, "swallowkeeper_zookeeper_session_expirations_total"))
+}
+
+// The source's own session expires (a partition longer than the session
+// timeout, made with a proxy between the source and ZooKeeper) while the
+// registry changes: every watch is gone, so the source must re-list
+// everything, and the first snapshot after the partition must already be
+// the new, complete state. Watches work again afterwards.
+func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	reg := prometheus.NewRegistry()
+	p := startProxy(t, z.Addr())
+	a := newApp(t, z)
+	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
+	a.register("/services/api/x", instance("api", "x", "127.0.0.1", 9100, `{}`))
+	snaps := startSource(t, []string{p.Addr()}, Options{SessionTimeout: time.Second}, reg)
+	waitFor(t, snaps, "web/a and api/x are found", func(s engine.Snapshot) bool {
+		return hasServers("web", "127.0.0.1:9001")(s) && hasServers("api", "127.0.0.1:9100")(s)
+	})
+
+	p.Cut()
+	a.remove("/services/web/a")
+	a.register("/services/web/b", instance("web", "b", "127.0.0.1", 9002, `{}`))
+	a.set("/services/api/x", instance("api", "x", "127.0.0.1", 9101, `{}`))
+	quiet(t, snaps, 3*time.Second, "the source is cut off from ZooKeeper")
+
+	p.Restore()
+	s := next(t, snaps, "a snapshot after the partition")
+	if !hasServers("web", "127.0.0.1:9002")(s) || !hasServers("api", "127.0.0.1:9101")(s) || s.Services != 2 {
+		t.Fatalf("the first snapshot after the expiry is not the complete new state (%d services):\n%s", s.Services, describe(s))
+	}
+	if n := metric(t, reg, "swallowkeeper_zookeeper_session_expirations_total"); n != 1 {
+		t.Errorf("session expirations = %v, want 1", n)
+	}
+
+	a.register("/services/web/c", instance("web", "c", "127.0.0.1", 9003, `{}`))
+	a.set("/services/api/x", instance("api", "x", "127.0.0.1", 9102, `{}`))
+	waitFor(t, snaps, "watches are armed again in the new session", func(s engine.Snapshot) bool {
+		return hasServers("web", "127.0.0.1:9002", "127.0.0.1:9003")(s) && hasServers("api", "127.0.0.1:9102")(s)
+	})
+	// The data of b, c and x; the web and api listings. The dead
+	// session's watches are gone.
+	watchesHeld(t, z, reg, 3, 2)
+}
+
+// With no ZooKeeper at all the source sends nothing, returns promptly when
+// its context ends and leaves no goroutine behind (the zk client's
+// included).
+func TestSourceSendsNothingWithoutZooKeeper(t *testing.T) {
+	before := runtime.NumGoroutine()
+	dead := testenv.Addr(testenv.FreePort(t))
+	src := New([]string{dead}, Options{RetryBase: 50 * time.Millisecond}, rules, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	snaps := make(chan engine.Snapshot, 1)
+	done := make(chan struct{})
+	go func() { src.Run(ctx, snaps); close(done) }()
+	quiet(t, snaps, 1500*time.Millisecond, "nothing listens")
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("Run did not return within 3s after its context ended")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A server that accepts connections and never answers the session
+// handshake, as a starting ZooKeeper can: the source gives up on the
+// connection after the session timeout and tries again, where the client
+// alone would wait ten receive timeouts (6.7s here).
+func TestSourceBoundsTheSessionHandshake(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan time.Time, 10)
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // never answered
+			accepted <- time.Now()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	snaps := startSource(t, []string{l.Addr().String()}, Options{SessionTimeout: time.Second}, nil)
+	var at []time.Time
+	for len(at) < 2 {
+		select {
+		case a := <-accepted:
+			at = append(at, a)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d connection attempts in 10s, want 2", len(at))
+		}
+	}
+	if gap := at[1].Sub(at[0]); gap > 5*time.Second {
+		t.Errorf("second attempt %v after the first, want about 2s (1s handshake bound + the client's 1s pause)", gap)
+	}
+	quiet(t, snaps, 0, "no session was ever established")
+}
+
+func TestSourceMetricNames(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := New([]string{"127.0.0.1:1"}, Options{}, rules, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	s.m.errors.WithLabelValues("children")
+	s.m.reads.WithLabelValues("children")
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+	mfs, _ := reg.Gather()
+	if len(mfs) != 8 {
+		t.Errorf("%d metric families, want 8", len(mfs))
+	}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "swallowkeeper_zookeeper_") {
+			t.Errorf("metric %s lacks the swallowkeeper_zookeeper_ prefix", mf.GetName())
+		}
+	}
+}
+
+// proxy forwards TCP connections to a target. Cut closes every connection
+// and refuses new ones until Restore: a network partition.
+type proxy struct {
+	target string
+	l      net.Listener
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]bool
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{target: target, l: l, conns: map[net.Conn]bool{}}
+	done := make(chan struct{})
+	go func() { p.accept(); close(done) }()
+	t.Cleanup(func() {
+		l.Close()
+		p.Cut()
+		<-done
+	})
+	return p
+}
+
+func (p *proxy) Addr() string { return p.l.Addr().String() }
+
+func (p *proxy) accept() {
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		cut := p.cut
+		p.mu.Unlock()
+		if cut {
+			c.Close()
+			continue
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns[c], p.conns[up] = true, true
+		p.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			io.Copy(dst, src)
+			dst.Close()
+			src.Close()
+			p.mu.Lock()
+			delete(p.conns, dst)
+			delete(p.conns, src)
+			p.mu.Unlock()
+		}
+		go pipe(c, up)
+		go pipe(up, c)
+	}
+}
+
+func (p *proxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+func (p *proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
