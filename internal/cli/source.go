@@ -51,12 +51,16 @@ func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg p
 		if err != nil {
 			return nil, err
 		}
-		return zookeeper.New(z.Servers, zookeeper.Options{
+		opt := zookeeper.Options{
 			Root:           z.Root,
 			Layout:         layout,
 			SessionTimeout: time.Duration(z.SessionTimeout),
 			Resync:         time.Duration(z.Resync),
-		}, rules, log, reg), nil
+		}
+		if err := opt.Validate(); err != nil {
+			return nil, err
+		}
+		return zookeeper.New(z.Servers, opt, rules, log, reg), nil
 	case config.SourceEtcd:
 		return newEtcdSource(cfg, rules, log, reg)
 	}
@@ -77,9 +81,10 @@ func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg p
 		return nil, fmt.Errorf("consul: %w", err)
 	}
 	return consul.New(client, rules, consul.Options{
-		WaitTime:    time.Duration(cfg.Consul.WaitTime),
-		Resync:      time.Duration(cfg.Consul.Resync),
-		OnlyPassing: cfg.Consul.OnlyPassing,
+		WaitTime:         time.Duration(cfg.Consul.WaitTime),
+		Resync:           time.Duration(cfg.Consul.Resync),
+		OnlyPassing:      cfg.Consul.OnlyPassing,
+		AllowACLFiltered: cfg.Consul.AllowACLFiltered,
 	}, log, reg), nil
 }
 

@@ -64,6 +64,9 @@ type Consul struct {
 	WaitTime    Duration `yaml:"wait_time"`
 	Resync      Duration `yaml:"resync"`
 	OnlyPassing bool     `yaml:"only_passing"`
+	// AllowACLFiltered trusts answers Consul filtered by ACLs (a token
+	// scoped on purpose); by default they change nothing.
+	AllowACLFiltered bool `yaml:"allow_acl_filtered"`
 }
 
 // TLS for the Consul connection.
@@ -93,9 +96,17 @@ type Etcd struct {
 	Prefix       string   `yaml:"prefix"`
 	Username     string   `yaml:"username"`
 	PasswordFile string   `yaml:"password_file"` // the password never sits in this file
-	TLS          TLS      `yaml:"tls"`
+	TLS          FileTLS  `yaml:"tls"`
 	DialTimeout  Duration `yaml:"dial_timeout"`
 	Resync       Duration `yaml:"resync"`
+}
+
+// FileTLS is client TLS from files: a CA bundle, and a client certificate
+// with its key.
+type FileTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // ZooKeeper is how to reach a ZooKeeper ensemble and how registrations are

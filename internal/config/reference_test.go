@@ -67,6 +67,28 @@ func TestReferenceMatchesCode(t *testing.T) {
 	}
 }
 
+// TestExampleHasEveryKey: the commented example configuration shows every
+// key, and parses.
+func TestExampleHasEveryKey(t *testing.T) {
+	const example = "../../examples/swallowkeeper.yml"
+	data, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse(example, data); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := Parse(example, data)
+	want := map[string]string{}
+	walkKeys(reflect.ValueOf(Default()), "", want)
+	for k := range want {
+		field := strings.ReplaceAll(strings.ReplaceAll(k, "[]", "[0]"), "<name>", "web")
+		if _, ok := c.lines[field]; !ok {
+			t.Errorf("%s does not show key %s", example, k)
+		}
+	}
+}
+
 // walkKeys records every YAML key under prefix with its default, rendered
 // as the reference writes it.
 func walkKeys(v reflect.Value, prefix string, out map[string]string) {

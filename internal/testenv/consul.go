@@ -23,6 +23,7 @@ type Consul struct {
 	ports                 map[string]int
 	cmd                   *exec.Cmd
 	exited                chan struct{}
+	hcl                   []string // extra agent configuration
 	Client                *api.Client
 }
 
@@ -49,6 +50,17 @@ func ConsulBinary(t testing.TB) string {
 // Stop and Start keep the catalog, as a real server restart does.
 func StartConsul(t testing.TB) *Consul {
 	t.Helper()
+	return startConsul(t, "")
+}
+
+// StartConsulACL starts a Consul whose ACLs deny by default; token is the
+// management token, which c.Client uses.
+func StartConsulACL(t testing.TB, token string) *Consul {
+	t.Helper()
+	return startConsul(t, token)
+}
+
+func startConsul(t testing.TB, aclToken string) *Consul {
 	c := &Consul{
 		bin:     ConsulBinary(t),
 		dataDir: t.TempDir(),
@@ -59,6 +71,10 @@ func StartConsul(t testing.TB) *Consul {
 	c.logPath = filepath.Join(c.dataDir, "consul.log")
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr()
+	if aclToken != "" {
+		cfg.Token = aclToken
+		c.hcl = append(c.hcl, fmt.Sprintf(`acl { enabled = true default_policy = "deny" tokens { initial_management = %q agent = %q } }`, aclToken, aclToken))
+	}
 	cli, err := api.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +108,9 @@ func (c *Consul) Start(t testing.TB) {
 		// Fast failure detection and raft on one loopback node.
 		"-hcl=performance { raft_multiplier = 1 }",
 		"-hcl=check_update_interval = \"0s\"",
+	}
+	for _, h := range c.hcl {
+		args = append(args, "-hcl="+h)
 	}
 	c.cmd = exec.Command(c.bin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf

@@ -44,6 +44,11 @@ type Options struct {
 	// OnlyPassing also takes instances out whose checks are in warning;
 	// by default only critical checks (and maintenance) take them out.
 	OnlyPassing bool
+	// AllowACLFiltered accepts answers that Consul filtered by ACLs. By
+	// default such an answer is doubted (it may lack services the token
+	// cannot see) and changes nothing; set it when the token is scoped on
+	// purpose to the services it should follow.
+	AllowACLFiltered bool
 }
 
 // Source watches one Consul datacenter.
@@ -89,13 +94,15 @@ func NewClient(cfg *api.Config) (*api.Client, error) {
 
 type catalogEvent struct {
 	index    uint64
-	reset    bool // the index went backwards: Consul's state was replaced
+	reset    bool   // the index went backwards: Consul's state was replaced
+	doubt    string // why this answer is not to be trusted, "" if it is
 	services map[string][]string
 }
 
 type checksEvent struct {
 	index  uint64
 	reset  bool
+	doubt  string
 	checks api.HealthChecks
 }
 
@@ -112,14 +119,19 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
 		svcs, meta, err := s.client.Catalog().Services(o)
 		return catalogEvent{services: svcs}, meta, err
-	}, func(e *catalogEvent, idx uint64, reset bool) { e.index, e.reset = idx, reset })
+	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
+		e.index, e.reset, e.doubt = idx, reset, doubt
+	})
 	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
 		checks, meta, err := s.client.Health().State(api.HealthAny, o)
 		return checksEvent{checks: checks}, meta, err
-	}, func(e *checksEvent, idx uint64, reset bool) { e.index, e.reset = idx, reset })
+	}, func(e *checksEvent, idx uint64, reset bool, doubt string) {
+		e.index, e.reset, e.doubt = idx, reset, doubt
+	})
 
 	st := &tracker{
 		src:      s,
+		doubts:   map[string]string{},
 		catalog:  nil,
 		checks:   map[string]api.HealthCheck{},
 		services: map[string]serviceData{},
@@ -183,7 +195,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 // index rules, and hands each changed result to ch, replacing an unread
 // older one.
 func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
-	query func(*api.QueryOptions) (E, *api.QueryMeta, error), stamp func(*E, uint64, bool)) {
+	query func(*api.QueryOptions) (E, *api.QueryMeta, error), stamp func(*E, uint64, bool, string)) {
 	var index uint64
 	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 	for ctx.Err() == nil {
@@ -221,7 +233,7 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 		if index == 0 {
 			index = 1 // never block on 0: it would return at once forever
 		}
-		stamp(&ev, index, reset)
+		stamp(&ev, index, reset, s.doubt(what, meta))
 		select { // one slot: drop an unread older result for the newer one
 		case <-ch:
 		default:
@@ -244,6 +256,7 @@ type tracker struct {
 	dropped    map[string]bool // instances reported as invalid, to log each once
 	removed    bool            // a service left the catalog since the last snapshot
 	sent       bool
+	doubts     map[string]string // what → why its last answer is doubted
 }
 
 func (t *tracker) markAll() {
@@ -253,6 +266,7 @@ func (t *tracker) markAll() {
 }
 
 func (t *tracker) onCatalog(ev catalogEvent) {
+	t.setDoubt("catalog/services", ev.doubt)
 	selected := map[string][]string{}
 	for name, tags := range ev.services {
 		if t.src.rules.WantService(name) {
@@ -272,6 +286,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 		if _, ok := selected[name]; !ok {
 			delete(t.services, name)
 			delete(t.dirty, name)
+			delete(t.doubts, "health/service/"+name)
 			t.removed = true
 			explained = true
 		}
@@ -286,6 +301,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 }
 
 func (t *tracker) onChecks(ev checksEvent) {
+	t.setDoubt("health/state/any", ev.doubt)
 	next := make(map[string]api.HealthCheck, len(ev.checks))
 	for _, c := range ev.checks {
 		if c == nil {
@@ -382,6 +398,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 		if err != nil {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
 		}
+		t.setDoubt("health/service/"+name, t.src.doubt("health/service", meta))
 		old, had := t.services[name]
 		if !had || old.index != meta.LastIndex || !sameEntries(old.entries, entries) {
 			changed = true
@@ -418,7 +435,47 @@ func (t *tracker) snapshot() engine.Snapshot {
 		}
 	}
 	t.dropped = now
-	return engine.Snapshot{Upstreams: st, Services: len(t.services)}
+	snap := engine.Snapshot{Upstreams: st, Services: len(t.services)}
+	if len(t.doubts) > 0 {
+		what := slices.Sorted(maps.Keys(t.doubts))[0]
+		snap.Doubt = fmt.Sprintf("consul: %s answered %s", what, t.doubts[what])
+		if len(t.doubts) > 1 {
+			snap.Doubt += fmt.Sprintf(" (and %d more answers in doubt)", len(t.doubts)-1)
+		}
+	}
+	return snap
+}
+
+// setDoubt records whether the newest answer of what is doubted. A change
+// of doubt is a change of the snapshot: the engine must learn both that
+// it should hold and that it may go on.
+func (t *tracker) setDoubt(what, why string) {
+	if t.doubts[what] == why {
+		return
+	}
+	if why == "" {
+		delete(t.doubts, what)
+	} else {
+		t.doubts[what] = why
+	}
+	t.removed = true // forces a snapshot (see refresh)
+}
+
+// doubt says why an answer is not to be trusted, or "" if it is: without a
+// known leader the data may be stale or partial; filtered by ACLs it may
+// lack services the token cannot see, which would look like removals.
+func (s *Source) doubt(what string, meta *api.QueryMeta) string {
+	var why string
+	switch {
+	case !meta.KnownLeader:
+		why = "without a known leader (X-Consul-KnownLeader: false)"
+	case meta.ResultsFilteredByACLs && !s.opt.AllowACLFiltered:
+		why = "with results filtered by ACLs (X-Consul-Results-Filtered-By-ACLs: true); give the token read access to every service, or set consul.allow_acl_filtered"
+	default:
+		return ""
+	}
+	s.m.doubted.WithLabelValues(what).Inc()
+	return why
 }
 
 // sameEntries compares what Build reads from two reads of a service.
@@ -450,6 +507,7 @@ type metrics struct {
 	reads   prometheus.Counter
 	sweeps  prometheus.Counter
 	dropped prometheus.Counter
+	doubted *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -457,6 +515,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "swallowkeeper_consul_errors_total",
 			Help: "Failed Consul requests, by endpoint.",
+		}, []string{"endpoint"}),
+		doubted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_consul_doubted_answers_total",
+			Help: "Consul answers not trusted (no known leader, or filtered by ACLs), by endpoint; while any is, nothing changes.",
 		}, []string{"endpoint"}),
 		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "swallowkeeper_consul_watch_wakes_total",
@@ -480,7 +542,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.errors, m.wakes, m.up, m.reads, m.sweeps, m.dropped)
+		reg.MustRegister(m.errors, m.wakes, m.up, m.reads, m.sweeps, m.dropped, m.doubted)
 	}
 	return m
 }

@@ -260,3 +260,80 @@ func socketInodes(t *testing.T) map[string]bool {
 	}
 	return m
 }
+
+// TestSourceDoubtsAnswersFilteredByACLs: a token that cannot see every
+// service gets answers Consul marks as filtered; they would look like
+// removals, so the snapshot carries a doubt (the engine then changes
+// nothing) unless the operator said the token is scoped on purpose.
+func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
+	const root = "f0e1d2c3-0000-4000-8000-00000000cafe"
+	c := testenv.StartConsulACL(t, root)
+	c.Register(t, "web", "web-1", "10.1.0.1", 8080, nil, nil)
+	c.Register(t, "api", "api-1", "10.1.0.2", 8080, nil, nil)
+	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{
+		Name:  "web-only",
+		Rules: `service "web" { policy = "read" } node_prefix "" { policy = "read" }`,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(token string, opt Options, reg prometheus.Registerer) <-chan engine.Snapshot {
+		cfg := api.DefaultConfig()
+		cfg.Address, cfg.Token = c.HTTPAddr(), token
+		client, err := NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opt.WaitTime, opt.RetryBase, opt.RetryCap = 30*time.Second, 50*time.Millisecond, 500*time.Millisecond
+		src := New(client, rules, opt, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		out := make(chan engine.Snapshot, 100)
+		go src.Run(ctx, out)
+		return out
+	}
+
+	reg := prometheus.NewRegistry()
+	s := waitFor(t, run(tok.SecretID, Options{}, reg), "the scoped token's answer arrives", func(engine.Snapshot) bool { return true })
+	if !strings.Contains(s.Doubt, "filtered by ACLs") {
+		t.Fatalf("scoped token: doubt %q, want one naming the ACL filtering", s.Doubt)
+	}
+	if _, ok := s.Upstreams["api"]; ok {
+		t.Fatalf("scoped token saw api: %v", s.Upstreams.Names())
+	}
+	if n := testutilCounter(t, reg, "swallowkeeper_consul_doubted_answers_total"); n < 1 {
+		t.Fatalf("doubted answers counted %v", n)
+	}
+
+	s = waitFor(t, run(tok.SecretID, Options{AllowACLFiltered: true}, nil), "web arrives", hasServers("web", "10.1.0.1:8080"))
+	if s.Doubt != "" {
+		t.Fatalf("allow_acl_filtered: doubt %q", s.Doubt)
+	}
+
+	s = waitFor(t, run(root, Options{}, nil), "both arrive", func(s engine.Snapshot) bool { return len(s.Upstreams) == 2 })
+	if s.Doubt != "" {
+		t.Fatalf("management token: doubt %q", s.Doubt)
+	}
+}
+
+// testutilCounter sums a counter family from reg.
+func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}

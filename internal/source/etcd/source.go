@@ -1,0 +1,780 @@
+// Package etcd is the etcd source: it follows every key under one prefix
+// (<prefix>/<service>/<instance>, one key per instance) through the v3 API
+// and sends complete snapshots. Layout says how a key and its value are
+// read: nginx-upsync-module's "<ip>:<port>" keys, or service registrations
+// in JSON.
+//
+// The source mirrors the prefix as etcd's own mirror does: a paginated Get
+// at one revision R, then a watch from R+1 whose events it applies to its
+// copy, so that the copy is always the prefix as it stood at one revision.
+// Revisions are checked to grow. When the watch cannot continue (its start
+// revision was compacted, the server canceled it, the leader is gone, a
+// revision went back or the cluster changed) the source lists again and
+// watches from the new revision. A periodic full re-list (Resync) is a
+// safety net behind all of that.
+//
+// While etcd cannot be reached nothing is sent; the engine keeps the last
+// state. The client resumes a broken watch on its own from the next
+// revision it expects, so a reconnect costs no re-list, unless the
+// revision has meanwhile been compacted. See README.md.
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+)
+
+// Options configure the source. The zero value takes every default.
+type Options struct {
+	// Layout says how keys and values are read (default Upsync).
+	Layout Layout
+	// Prefix is where the service directories live (default the layout's:
+	// /upstreams for Upsync, /services for Service). "/" is allowed.
+	Prefix string
+	// DialTimeout bounds connecting and authenticating (default 5s).
+	DialTimeout time.Duration
+	// RequestTimeout bounds each read (default 10s).
+	RequestTimeout time.Duration
+	// Resync is the period of a full re-list behind the watch (default
+	// 5m); negative disables it.
+	Resync time.Duration
+	// RetryBase and RetryCap bound the jittered backoff after errors, and
+	// the client's reconnection backoff (default 250ms and 30s).
+	RetryBase, RetryCap time.Duration
+	// Username and Password log in when etcd has authentication enabled;
+	// set both or neither. The password never prints.
+	Username, Password string
+	// CAFile verifies the server's certificate (default the system's
+	// roots when an endpoint is https://); CertFile and KeyFile are the
+	// client certificate, both or neither.
+	CAFile, CertFile, KeyFile string
+}
+
+// Defaults.
+const (
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultRequestTimeout = 10 * time.Second
+	DefaultResync         = 5 * time.Minute
+)
+
+// The client pings the server after this long without traffic and gives
+// the connection up when no answer comes in keepAliveTimeout. etcd refuses
+// pings more often than every 5s (--grpc-keepalive-min-time).
+const (
+	keepAliveTime    = 10 * time.Second
+	keepAliveTimeout = 5 * time.Second
+)
+
+// Coalescing: after a watch response with events the source waits until
+// none has come for coalesceQuiet, but at most coalesceMax, so that a burst
+// of writes becomes one snapshot.
+const (
+	coalesceQuiet = 20 * time.Millisecond
+	coalesceMax   = 200 * time.Millisecond
+)
+
+// pageSize is the number of keys a listing reads per request.
+const pageSize = 1000
+
+func (o Options) withDefaults() Options {
+	if o.Layout == "" {
+		o.Layout = Upsync
+	}
+	if o.Prefix == "" {
+		o.Prefix = o.Layout.DefaultPrefix()
+	}
+	if len(o.Prefix) > 1 {
+		o.Prefix = strings.TrimRight(o.Prefix, "/")
+		if o.Prefix == "" {
+			o.Prefix = "/"
+		}
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.Resync == 0 {
+		o.Resync = DefaultResync
+	}
+	if o.RetryBase <= 0 {
+		o.RetryBase = 250 * time.Millisecond
+	}
+	if o.RetryCap <= 0 {
+		o.RetryCap = 30 * time.Second
+	}
+	return o
+}
+
+// Validate reports options the source cannot run with, after defaults are
+// applied, so that the configuration can refuse them at start.
+func (o Options) Validate() error {
+	o = o.withDefaults()
+	if _, err := ParseLayout(string(o.Layout)); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(o.Prefix, "/") {
+		return fmt.Errorf("etcd: prefix %q: want an absolute key path, /name[/name...]", o.Prefix)
+	}
+	if !utf8.ValidString(o.Prefix) {
+		return fmt.Errorf("etcd: prefix %q: not valid UTF-8", o.Prefix)
+	}
+	for _, c := range o.Prefix {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("etcd: prefix %q: control character", o.Prefix)
+		}
+	}
+	if o.Prefix != "/" {
+		for _, part := range strings.Split(o.Prefix[1:], "/") {
+			if part == "" || part == "." || part == ".." {
+				return fmt.Errorf("etcd: prefix %q: empty, \".\" or \"..\" path element", o.Prefix)
+			}
+		}
+	}
+	if (o.Username == "") != (o.Password == "") {
+		return errors.New("etcd: set both username and password, or neither")
+	}
+	if (o.CertFile == "") != (o.KeyFile == "") {
+		return errors.New("etcd: set both cert_file and key_file, or neither")
+	}
+	return nil
+}
+
+// dir is the prefix with its trailing slash: every key read lies under it.
+func (o Options) dir() string {
+	if o.Prefix == "/" {
+		return "/"
+	}
+	return o.Prefix + "/"
+}
+
+// String prints the options without the password.
+func (o Options) String() string {
+	pw := ""
+	if o.Password != "" {
+		pw = "[redacted]"
+	}
+	return fmt.Sprintf("{Layout:%s Prefix:%q DialTimeout:%v RequestTimeout:%v Resync:%v RetryBase:%v RetryCap:%v Username:%q Password:%s CAFile:%q CertFile:%q KeyFile:%q}",
+		o.Layout, o.Prefix, o.DialTimeout, o.RequestTimeout, o.Resync, o.RetryBase, o.RetryCap, o.Username, pw, o.CAFile, o.CertFile, o.KeyFile)
+}
+
+// GoString is String, so that %#v does not print the password either.
+func (o Options) GoString() string { return o.String() }
+
+// LogValue logs the options without the password.
+func (o Options) LogValue() slog.Value { return slog.StringValue(o.String()) }
+
+// tlsConfig reads the certificate files; nil when none is set.
+func (o Options) tlsConfig() (*tls.Config, error) {
+	if o.CAFile == "" && o.CertFile == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CAFile != "" {
+		pem, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd: CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcd: CA file %s: no PEM certificate in it", o.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if o.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd: client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Source follows one prefix of one etcd cluster.
+type Source struct {
+	endpoints []string
+	opt       Options
+	rules     registry.Rules
+	log       *slog.Logger
+	m         *metrics
+	pageSize  int // keys per listing request; tests make it small
+}
+
+var _ engine.Source = (*Source)(nil)
+
+// New returns a source for the cluster's endpoints ("host:port",
+// "http://host:port" or "https://host:port"). reg may be nil when no
+// metrics are wanted.
+func New(endpoints []string, opt Options, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) *Source {
+	return &Source{
+		endpoints: slices.Clone(endpoints),
+		opt:       opt.withDefaults(),
+		rules:     rules,
+		log:       log.With("source", "etcd"),
+		m:         newMetrics(reg),
+		pageSize:  pageSize,
+	}
+}
+
+// Run implements engine.Source.
+func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
+	err := s.opt.Validate()
+	if err == nil && len(s.endpoints) == 0 {
+		err = errors.New("etcd: no endpoints")
+	}
+	if err != nil {
+		s.log.Error("unusable options; sending nothing", "err", err)
+		<-ctx.Done()
+		return
+	}
+	cli := s.connect(ctx)
+	if cli == nil {
+		return
+	}
+	f := &follower{
+		s:       s,
+		cli:     cli,
+		dir:     s.opt.dir(),
+		invalid: map[string]bool{},
+		conn:    &connState{wake: make(chan struct{}, 1)},
+	}
+	mctx, stopMonitor := context.WithCancel(ctx)
+	var monitor sync.WaitGroup
+	monitor.Go(func() { f.conn.follow(mctx, cli.ActiveConnection()) })
+	defer func() {
+		f.stopWatch()
+		stopMonitor()
+		monitor.Wait()
+		cli.Close()
+		s.m.watchUp.Set(0)
+	}()
+	f.run(ctx, out)
+}
+
+// connect sets the client up. clientv3.New does not wait for a connection
+// unless it must log in; it fails on unreadable certificates too, which
+// may appear later, so every failure is retried.
+func (s *Source) connect(ctx context.Context) *clientv3.Client {
+	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+	for {
+		cli, err := s.newClient(ctx)
+		if err == nil {
+			return cli
+		}
+		s.m.errors.WithLabelValues("connect").Inc()
+		d := b.Next()
+		s.log.Warn("cannot set up the etcd client; retrying", "endpoints", s.endpoints, "err", err, "retry_in", d)
+		if backoff.Sleep(ctx, d) != nil {
+			return nil
+		}
+	}
+}
+
+func (s *Source) newClient(ctx context.Context) (*clientv3.Client, error) {
+	tlsCfg, err := s.opt.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	return clientv3.New(clientv3.Config{
+		Endpoints:            s.endpoints,
+		DialTimeout:          s.opt.DialTimeout,
+		DialKeepAliveTime:    keepAliveTime,
+		DialKeepAliveTimeout: keepAliveTimeout,
+		Username:             s.opt.Username,
+		Password:             s.opt.Password,
+		TLS:                  tlsCfg,
+		Context:              ctx,
+		Logger:               zap.NewNop(), // the source logs what matters
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: grpcbackoff.Config{
+				BaseDelay: s.opt.RetryBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: s.opt.RetryCap,
+			},
+			MinConnectTimeout: s.opt.DialTimeout,
+		})},
+	})
+}
+
+// connState follows the client connection's state from its own goroutine
+// and hands the newest one to the Run goroutine, with a count of the times
+// it was lost, so that a short loss is not missed between two looks.
+type connState struct {
+	ready atomic.Bool
+	drops atomic.Uint64
+	wake  chan struct{}
+}
+
+func (c *connState) follow(ctx context.Context, conn *grpc.ClientConn) {
+	for {
+		st := conn.GetState()
+		ready := st == connectivity.Ready
+		if c.ready.Swap(ready) && !ready {
+			c.drops.Add(1)
+		}
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+		if !conn.WaitForStateChange(ctx, st) {
+			return
+		}
+	}
+}
+
+// Reasons to list again, the values of the relists metric's label.
+const (
+	reasonCompacted = "compacted" // the watch's start revision was compacted
+	reasonCanceled  = "canceled"  // the server or the client ended the watch
+	reasonGap       = "gap"       // a revision did not grow, or the cluster changed
+	reasonResync    = "resync"    // the periodic safety net
+)
+
+// follower is the state of one Run, in the Run goroutine only.
+type follower struct {
+	s    *Source
+	cli  *clientv3.Client
+	dir  string
+	conn *connState
+
+	kvs     map[string][]byte // the prefix as it stood at rev
+	rev     int64             // 0 before the first listing
+	cluster uint64
+	// valid is false after a gap: kvs may not be any revision's state, and
+	// nothing is sent until a listing replaces it.
+	valid bool
+
+	wch      clientv3.WatchChan
+	wcancel  context.CancelFunc
+	watching bool   // the server confirmed the watch
+	ready    bool   // the connection is up
+	drops    uint64 // connection losses seen
+	lost     bool   // lost since it was last up: the next up is a reconnect
+
+	invalid map[string]bool // "key\x00reason" already logged
+	sent    bool
+	last    engine.Snapshot
+}
+
+func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
+	s := f.s
+	var (
+		need    = "start" // why a listing is due; "" when none is
+		retry   = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		retryC  <-chan time.Time
+		resyncC <-chan time.Time
+	)
+	if s.opt.Resync > 0 {
+		tick := time.NewTicker(s.opt.Resync)
+		defer tick.Stop()
+		resyncC = tick.C
+	}
+	relist := func(reason string, wait bool) {
+		f.stopWatch()
+		need = reason
+		s.m.relists.WithLabelValues(reason).Inc()
+		if wait && retryC == nil {
+			// A watch that ends before the server confirmed it must not
+			// make a tight list-watch loop.
+			d := retry.Next()
+			retryC = time.After(d)
+		}
+	}
+	for {
+		if need != "" && retryC == nil {
+			if err := f.list(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				s.m.errors.WithLabelValues("list").Inc()
+				d := retry.Next()
+				s.log.Warn("listing failed; keeping the last complete state, will retry",
+					"prefix", f.dir, "err", err, "retry_in", d, "attempt", retry.Attempts())
+				retryC = time.After(d)
+			} else {
+				need = ""
+				f.startWatch(ctx)
+				if !f.send(ctx, out) {
+					return
+				}
+			}
+		}
+		s.m.watchUp.Set(boolf(f.ready && f.watching))
+
+		select {
+		case <-ctx.Done():
+			return
+		case <-retryC:
+			retryC = nil
+		case <-resyncC:
+			if need == "" {
+				// The watch keeps running until the listing succeeds.
+				need = reasonResync
+				s.m.relists.WithLabelValues(reasonResync).Inc()
+			}
+		case <-f.conn.wake:
+			reason, up := f.onConn(ctx, need == "")
+			if up && need != "" {
+				retryC = nil // a connection that comes up is a reason to try at once
+			}
+			if reason != "" {
+				relist(reason, false)
+			}
+		case resp, ok := <-f.wch:
+			reason, events := f.apply(resp, ok)
+			if resp.Created && reason == "" {
+				if retry.Attempts() > 0 {
+					s.log.Info("watching again", "prefix", f.dir, "after_attempts", retry.Attempts())
+				}
+				retry.Reset()
+			}
+			if events && reason == "" {
+				reason = f.coalesce(ctx)
+			}
+			if reason != "" {
+				relist(reason, reason != reasonCompacted)
+				continue
+			}
+			if events && f.valid {
+				if !f.send(ctx, out) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// list reads the whole prefix at one revision, page by page, and replaces
+// the copy with it.
+func (f *follower) list(ctx context.Context) error {
+	s := f.s
+	kvs := map[string][]byte{}
+	var (
+		rev     int64
+		cluster uint64
+		key     = f.dir
+		end     = clientv3.GetPrefixRangeEnd(f.dir)
+	)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(s.pageSize))}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev)) // later pages read the first page's revision
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.opt.RequestTimeout)
+		resp, err := f.cli.Get(rctx, key, opts...)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("etcd: list %s: %w", f.dir, err)
+		}
+		if rev == 0 {
+			rev, cluster = resp.Header.Revision, resp.Header.ClusterId
+		}
+		for _, kv := range resp.Kvs {
+			kvs[string(kv.Key)] = kv.Value
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	switch {
+	case f.cluster != 0 && cluster != 0 && cluster != f.cluster:
+		s.log.Warn("etcd cluster changed; following the new one", "cluster_was", fmt.Sprintf("%x", f.cluster), "cluster", fmt.Sprintf("%x", cluster))
+	case rev < f.rev:
+		s.log.Warn("etcd revision went back (cluster restored or rebuilt?); following the new state", "revision_was", f.rev, "revision", rev)
+	}
+	first := f.rev == 0
+	f.kvs, f.rev, f.cluster, f.valid = kvs, rev, cluster, true
+	s.m.revision.Set(float64(rev))
+	if first {
+		s.log.Info("listed", "prefix", f.dir, "keys", len(kvs), "revision", rev)
+	} else {
+		s.log.Debug("listed again", "prefix", f.dir, "keys", len(kvs), "revision", rev)
+	}
+	return nil
+}
+
+// startWatch watches the prefix from the revision after the copy's; a
+// watch already running is replaced.
+func (f *follower) startWatch(ctx context.Context) {
+	f.stopWatch()
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	f.wcancel = cancel
+	f.wch = f.cli.Watch(wctx, f.dir, clientv3.WithPrefix(), clientv3.WithRev(f.rev+1),
+		clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
+}
+
+func (f *follower) stopWatch() {
+	if f.wcancel != nil {
+		f.wcancel()
+	}
+	f.wch, f.wcancel, f.watching = nil, nil, false
+}
+
+// apply takes one watch response in. It returns why the source must list
+// again ("" if it need not) and whether the copy changed.
+func (f *follower) apply(resp clientv3.WatchResponse, ok bool) (string, bool) {
+	s := f.s
+	switch {
+	case !ok:
+		s.log.Warn("watch closed; listing again", "prefix", f.dir)
+		return reasonCanceled, false
+	case resp.CompactRevision != 0:
+		s.log.Warn("watch start revision compacted; listing again",
+			"prefix", f.dir, "want_revision", f.rev+1, "compacted_to", resp.CompactRevision)
+		f.valid = false
+		return reasonCompacted, false
+	case resp.Canceled || resp.Err() != nil:
+		s.m.errors.WithLabelValues("watch").Inc()
+		s.log.Warn("watch ended; listing again", "prefix", f.dir, "err", resp.Err())
+		f.valid = false
+		return reasonCanceled, false
+	}
+	h := resp.Header
+	if h.ClusterId != 0 && f.cluster != 0 && h.ClusterId != f.cluster {
+		s.log.Warn("watch answered by another etcd cluster; listing again", "cluster_was", fmt.Sprintf("%x", f.cluster), "cluster", fmt.Sprintf("%x", h.ClusterId))
+		f.valid = false
+		return reasonGap, false
+	}
+	if resp.Created {
+		// A member that lags behind the one that served the listing may
+		// confirm the watch at an older revision; it sends the events
+		// from the watch's start revision on all the same.
+		f.watching = true
+		return "", false
+	}
+	if h.Revision < f.rev {
+		s.log.Warn("watch revision went back; listing again", "revision_was", f.rev, "revision", h.Revision)
+		f.valid = false
+		return reasonGap, false
+	}
+	if resp.IsProgressNotify() {
+		// The server sends these only once the watch has caught up: the
+		// copy is the prefix at the header's revision.
+		f.setRev(h.Revision)
+		return "", false
+	}
+	s.m.watchEvents.Add(float64(len(resp.Events)))
+	prev := f.rev
+	for _, ev := range resp.Events {
+		r := ev.Kv.ModRevision
+		// Events of one transaction share a revision; across responses
+		// revisions grow strictly.
+		if r <= f.rev || r < prev {
+			s.log.Warn("watch event out of revision order; listing again", "revision", f.rev, "event_revision", r, "key", string(ev.Kv.Key))
+			f.valid = false
+			return reasonGap, false
+		}
+		prev = r
+		switch ev.Type {
+		case clientv3.EventTypePut:
+			f.kvs[string(ev.Kv.Key)] = ev.Kv.Value
+		case clientv3.EventTypeDelete:
+			delete(f.kvs, string(ev.Kv.Key))
+		}
+	}
+	f.setRev(prev)
+	return "", len(resp.Events) > 0
+}
+
+func (f *follower) setRev(r int64) {
+	if r > f.rev {
+		f.rev = r
+		f.s.m.revision.Set(float64(r))
+	}
+}
+
+// coalesce takes in the responses that follow a first one closely, so that
+// a burst of writes becomes one snapshot.
+func (f *follower) coalesce(ctx context.Context) string {
+	quiet := time.NewTimer(coalesceQuiet)
+	defer quiet.Stop()
+	limit := time.NewTimer(coalesceMax)
+	defer limit.Stop()
+	for {
+		select {
+		case resp, ok := <-f.wch:
+			if reason, _ := f.apply(resp, ok); reason != "" {
+				return reason
+			}
+			quiet.Reset(coalesceQuiet)
+		case <-quiet.C:
+			return ""
+		case <-limit.C:
+			return ""
+		case <-ctx.Done():
+			return ""
+		}
+	}
+}
+
+// onConn follows the connection state; up reports that it just came up.
+// After a loss, when the watch resumes (check), it verifies with a cheap
+// read that the cluster is the same and its revision has not gone back: a
+// resumed watch would otherwise wait, silently, for a revision that a
+// rebuilt cluster reaches only much later. It returns a reason to list
+// again, or "".
+func (f *follower) onConn(ctx context.Context, check bool) (reason string, up bool) {
+	s := f.s
+	ready, drops := f.conn.ready.Load(), f.conn.drops.Load()
+	if drops != f.drops {
+		f.drops, f.lost = drops, true
+	}
+	if !ready {
+		if f.ready {
+			s.log.Warn("connection to etcd lost; sending nothing until it is back", "endpoints", s.endpoints)
+		}
+		f.ready = false
+		return "", false
+	}
+	up = !f.ready || f.lost
+	f.ready = true
+	if !f.lost {
+		return "", up
+	}
+	f.lost = false
+	if !check || f.wch == nil {
+		return "", true
+	}
+	s.log.Info("connection to etcd back; the watch resumes", "revision", f.rev)
+	rctx, cancel := context.WithTimeout(ctx, s.opt.RequestTimeout)
+	defer cancel()
+	resp, err := f.cli.Get(rctx, f.dir, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		s.m.errors.WithLabelValues("probe").Inc()
+		s.log.Debug("revision check after reconnect failed; the watch will tell", "err", err)
+		return "", true
+	}
+	h := resp.Header
+	if h.ClusterId != f.cluster || h.Revision < f.rev {
+		s.log.Warn("etcd is not the cluster it was, or its revision went back; listing again",
+			"revision_was", f.rev, "revision", h.Revision, "cluster_was", fmt.Sprintf("%x", f.cluster), "cluster", fmt.Sprintf("%x", h.ClusterId))
+		f.valid = false
+		return reasonGap, true
+	}
+	return "", true
+}
+
+// send builds the snapshot and sends it if it differs from the last one
+// sent. It reports false when ctx ended.
+func (f *follower) send(ctx context.Context, out chan<- engine.Snapshot) bool {
+	snap, changed := f.snapshot()
+	if !changed {
+		return true
+	}
+	select {
+	case out <- snap:
+		f.sent, f.last = true, snap
+		f.s.m.snapshots.Inc()
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// snapshot builds the complete state from the copy, logging and counting
+// each newly invalid key once, and reports whether it differs from the
+// last one sent.
+func (f *follower) snapshot() (engine.Snapshot, bool) {
+	s := f.s
+	list := make([]KV, 0, len(f.kvs))
+	for _, k := range slices.Sorted(maps.Keys(f.kvs)) {
+		list = append(list, KV{Key: k, Value: f.kvs[k]})
+	}
+	snap, invalid := s.opt.Layout.Snapshot(f.dir, list, s.rules)
+	now := make(map[string]bool, len(invalid))
+	for _, iv := range invalid {
+		k := iv.Key + "\x00" + iv.Reason
+		now[k] = true
+		if !f.invalid[k] {
+			s.m.dropped.Inc()
+			s.log.Warn("invalid key dropped", "key", iv.Key, "reason", iv.Reason)
+		}
+	}
+	f.invalid = now
+	changed := !f.sent || snap.Services != f.last.Services || !snap.Upstreams.Equal(f.last.Upstreams)
+	return snap, changed
+}
+
+func boolf(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+type metrics struct {
+	watchUp     prometheus.Gauge
+	revision    prometheus.Gauge
+	relists     *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	watchEvents prometheus.Counter
+	dropped     prometheus.Counter
+	snapshots   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		watchUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_etcd_watch_up",
+			Help: "1 while the source is connected to etcd and its watch is confirmed, 0 otherwise (and then it sends nothing new).",
+		}),
+		revision: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_etcd_revision",
+			Help: "The etcd revision of the state the source holds.",
+		}),
+		relists: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_etcd_relists_total",
+			Help: "Full listings after the first, by reason: compacted, canceled, gap (revision or cluster), resync.",
+		}, []string{"reason"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_etcd_errors_total",
+			Help: "Failed etcd client set-ups, listings, watches and reconnect checks, by operation.",
+		}, []string{"op"}),
+		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_etcd_watch_events_total",
+			Help: "Watch events (puts and deletes under the prefix) received.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_etcd_invalid_keys_dropped_total",
+			Help: "Keys left out because their name or value failed validation (each counted once while it stays invalid).",
+		}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_etcd_snapshots_sent_total",
+			Help: "Complete snapshots sent to the engine.",
+		}),
+	}
+	for _, r := range []string{reasonCompacted, reasonCanceled, reasonGap, reasonResync} {
+		m.relists.WithLabelValues(r)
+	}
+	for _, op := range []string{"connect", "list", "watch", "probe"} {
+		m.errors.WithLabelValues(op)
+	}
+	if reg != nil {
+		reg.MustRegister(m.watchUp, m.revision, m.relists, m.errors, m.watchEvents, m.dropped, m.snapshots)
+	}
+	return m
+}
