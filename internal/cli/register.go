@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/register"
@@ -27,6 +29,13 @@ that check; on SIGTERM/SIGINT deregisters first, waits until nginx no longer
 routes to it (-drain-url, else -drain), then forwards the signal to the app
 and exits with its exit code. If the app dies, it deregisters at once.
 
+-registry etcd registers a key under a lease of -ttl (service layout
+<prefix>/<service>/<id>, or -etcd-layout upsync); -registry zookeeper an
+ephemeral znode in the Curator / Spring Cloud Zookeeper layout with a
+session of -ttl. Neither registry runs health checks, so the wrapper runs
+-check itself every -check-interval and takes the instance out while it
+fails; a wrapper killed with SIGKILL leaves when its lease or session ends.
+
 Example (systemd ExecStart, or a supervisor program's command):
   swallowkeeper register -service web -port 8080 \
       -check http://127.0.0.1:8080/health -drain-url http://127.0.0.1:8081 \
@@ -39,11 +48,18 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	fs := flag.NewFlagSet("swallowkeeper register", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		o          register.Options
-		tags, meta stringList
-		consulAddr = fs.String("consul-addr", "", "Consul agent HTTP address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
-		stopSig    = fs.String("stop-signal", "TERM", "signal forwarded to the app after draining: TERM, INT, QUIT, HUP, USR1, USR2")
-		logFormat  = fs.String("log-format", "text", "text or json")
+		o            register.Options
+		tags, meta   stringList
+		consulAddr   = fs.String("consul-addr", "", "Consul agent HTTP address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
+		registryName = fs.String("registry", "consul", "where to register: consul, etcd or zookeeper")
+		etcdEPs      = fs.String("etcd-endpoints", "127.0.0.1:2379", "etcd endpoints, comma-separated (-registry etcd)")
+		etcdLayout   = fs.String("etcd-layout", "service", "etcd layout: service or upsync (-registry etcd)")
+		etcdPrefix   = fs.String("etcd-prefix", "", "etcd key prefix (default /services, or /upstreams for upsync)")
+		zkServers    = fs.String("zookeeper-servers", "127.0.0.1:2181", "ZooKeeper servers, comma-separated (-registry zookeeper)")
+		zkRoot       = fs.String("zookeeper-root", "/services", "ZooKeeper root of the service znodes (-registry zookeeper)")
+		ttl          = fs.Duration("ttl", 10*time.Second, "etcd lease TTL / ZooKeeper session timeout: how soon a wrapper killed with SIGKILL leaves")
+		stopSig      = fs.String("stop-signal", "TERM", "signal forwarded to the app after draining: TERM, INT, QUIT, HUP, USR1, USR2")
+		logFormat    = fs.String("log-format", "text", "text or json")
 	)
 	fs.StringVar(&o.Service, "service", "", "service name (required)")
 	fs.StringVar(&o.ID, "id", "", "instance id (default <service>-<hostname>-<port>)")
@@ -100,8 +116,21 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		}
 		o.Meta[k] = v
 	}
+	switch *registryName {
+	case "consul", "etcd", "zookeeper":
+	default:
+		fmt.Fprintf(stderr, "swallowkeeper register: -registry %q: want consul, etcd or zookeeper\n", *registryName)
+		return 2
+	}
 	if o.Address == "" {
-		o.Address = localAddressTowards(addr)
+		towards := addr
+		switch *registryName {
+		case "etcd":
+			towards, _, _ = config.SplitEtcdEndpoint(strings.Split(*etcdEPs, ",")[0])
+		case "zookeeper":
+			towards = strings.Split(*zkServers, ",")[0]
+		}
+		o.Address = localAddressTowards(towards)
 	}
 	if o.Check == "" && o.Port > 0 {
 		o.Check = "tcp://" + net.JoinHostPort(o.Address, fmt.Sprint(o.Port))
@@ -118,20 +147,49 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		return 2
 	}
 
-	acfg := api.DefaultConfig()
-	acfg.Address, acfg.Scheme = addr, scheme
-	acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
-	client, err := api.NewClient(acfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "swallowkeeper register: consul: %v\n", err)
-		return 2
-	}
 	var h slog.Handler = slog.NewTextHandler(stderr, nil)
 	if *logFormat == "json" {
 		h = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(h).With("wrapper", o.ID)
-	return register.Run(ctx, o, argv, register.Consul{Client: client}, log, stdout, stderr)
+
+	var reg register.Registrar
+	switch *registryName {
+	case "etcd":
+		var eps []string
+		for _, ep := range strings.Split(*etcdEPs, ",") {
+			if _, _, err := config.SplitEtcdEndpoint(ep); err != nil {
+				fmt.Fprintf(stderr, "swallowkeeper register: -etcd-endpoints: %v\n", err)
+				return 2
+			}
+			eps = append(eps, ep)
+		}
+		client, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			fmt.Fprintf(stderr, "swallowkeeper register: etcd: %v\n", err)
+			return 2
+		}
+		defer client.Close()
+		e := &register.Etcd{Client: client, Layout: *etcdLayout, Prefix: *etcdPrefix, TTL: *ttl, Log: log}
+		if _, _, err := e.Entry(o); err != nil {
+			fmt.Fprintf(stderr, "swallowkeeper register: %v\n", err)
+			return 2
+		}
+		reg = e
+	case "zookeeper":
+		reg = &register.ZooKeeper{Servers: strings.Split(*zkServers, ","), Root: *zkRoot, SessionTimeout: *ttl, Log: log}
+	default:
+		acfg := api.DefaultConfig()
+		acfg.Address, acfg.Scheme = addr, scheme
+		acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
+		client, err := api.NewClient(acfg)
+		if err != nil {
+			fmt.Fprintf(stderr, "swallowkeeper register: consul: %v\n", err)
+			return 2
+		}
+		reg = register.Consul{Client: client}
+	}
+	return register.Run(ctx, o, argv, reg, log, stdout, stderr)
 }
 
 // localAddressTowards returns this host's address on the route to the

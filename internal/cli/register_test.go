@@ -46,7 +46,14 @@ func testApp(id, port string) int {
 		return 1
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	sick := os.Getenv("SK_APP_SICK_FILE") // while this file exists, /health fails
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
+		if _, err := os.Stat(sick); sick != "" && err == nil {
+			http.Error(w, "sick", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body) // POSTs carry a body
 		io.WriteString(w, id)
@@ -76,15 +83,24 @@ type wrapper struct {
 
 func startWrapper(t *testing.T, consul, drainURL, id string, port int) *wrapper {
 	t.Helper()
+	return startWrapperWith(t, []string{"-consul-addr", consul}, drainURL, id, port)
+}
+
+// startWrapperWith starts a wrapper with registry flags of its own.
+func startWrapperWith(t *testing.T, registryArgs []string, drainURL, id string, port int) *wrapper {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := strconv.Itoa(port)
-	cmd := exec.Command(self, "register", "-service", "web", "-id", id, "-address", "127.0.0.1", "-port", p,
-		"-check", "http://127.0.0.1:"+p+"/health", "-check-interval", "1s",
-		"-drain-url", drainURL, "-drain", "5s", "-consul-addr", consul,
-		"--", "/usr/bin/env", "SK_TEST_ROLE=app", "SK_APP_ID="+id, "SK_APP_PORT="+p, self)
+	args := []string{"register", "-service", "web", "-id", id, "-address", "127.0.0.1", "-port", p,
+		"-check", "http://127.0.0.1:" + p + "/health", "-check-interval", "1s",
+		"-drain-url", drainURL, "-drain", "5s"}
+	args = append(args, registryArgs...)
+	args = append(args, "--", "/usr/bin/env", "SK_TEST_ROLE=app", "SK_APP_ID="+id, "SK_APP_PORT="+p,
+		"SK_APP_SICK_FILE="+filepath.Join(os.TempDir(), fmt.Sprintf("sk-sick-%d", port)), self)
+	cmd := exec.Command(self, args...)
 	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
 	w := &wrapper{cmd: cmd, exited: make(chan struct{}), log: &syncBuffer{}}
 	cmd.Stdout, cmd.Stderr = w.log, w.log
@@ -279,5 +295,68 @@ func TestAppDeathDeregistersAtOnce(t *testing.T) {
 	}
 	if !strings.Contains(w1.log.String(), "app exited; deregistering") {
 		t.Errorf("wrapper log:\n%s", w1.log.String())
+	}
+}
+
+// TestRegisterWithEtcdAndZooKeeper: the wrapper registers in etcd (a key
+// under a lease) and in ZooKeeper (a Curator ephemeral znode) as well; the
+// daemon following that registry routes to the app; SIGTERM leaves nginx
+// before the app stops; a wrapper killed with SIGKILL leaves when its lease
+// or session ends; a killed app leaves at once.
+func TestRegisterWithEtcdAndZooKeeper(t *testing.T) {
+	for _, reg := range []string{"etcd", "zookeeper"} {
+		t.Run(reg, func(t *testing.T) {
+			ng := testenv.StartNginx(t, testenv.NginxOptions{})
+			var section string
+			var args []string
+			switch reg {
+			case "etcd":
+				e := testenv.StartEtcd(t)
+				section = fmt.Sprintf("source: etcd\netcd:\n  endpoints: [%s]\n  layout: service\n", e.Addr())
+				args = []string{"-registry", "etcd", "-etcd-endpoints", e.Addr(), "-ttl", "3s"}
+			case "zookeeper":
+				z := testenv.StartZooKeeper(t)
+				section = fmt.Sprintf("source: zookeeper\nzookeeper:\n  servers: [%s]\n", z.Addr())
+				args = []string{"-registry", "zookeeper", "-zookeeper-servers", z.Addr(), "-ttl", "4s"}
+			}
+			startDaemon(t, "-config", writeSourceConfig(t, section, ng, filepath.Join(t.TempDir(), "upstreams.conf")))
+			p1, p2, p3, p4 := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+			w1 := startWrapperWith(t, args, ng.APIURL(), "web-1", p1)
+			w2 := startWrapperWith(t, args, ng.APIURL(), "web-2", p2)
+			w3 := startWrapperWith(t, args, ng.APIURL(), "web-3", p3)
+			w4 := startWrapperWith(t, args, ng.APIURL(), "web-4", p4) // stays: the last server is never removed
+			for i, p := range []int{p1, p2, p3, p4} {
+				waitListed(t, ng, p, true, []*wrapper{w1, w2, w3, w4}[i])
+			}
+
+			w3.cmd.Process.Signal(syscall.SIGKILL) // the wrapper alone: its lease/session must end
+			took := waitListed(t, ng, p3, false, w3)
+			t.Logf("%s: wrapper killed with SIGKILL: instance left nginx after %v (ttl %s)", reg, took.Round(time.Millisecond), args[len(args)-1])
+
+			w1.stop(t) // exit 0: the app's code after the drain
+			if listed(t, ng, p1) {
+				t.Fatalf("web-1 still in nginx after its wrapper stopped; log:\n%s", w1.log.String())
+			}
+			if !strings.Contains(w1.log.String(), "drained: nginx no longer routes to the instance") {
+				t.Errorf("web-1 stopped without a confirmed drain; log:\n%s", w1.log.String())
+			}
+
+			// Neither registry checks health: the wrapper does, every
+			// -check-interval (1s), and takes a failing app out.
+			sick := filepath.Join(os.TempDir(), fmt.Sprintf("sk-sick-%d", p2))
+			if err := os.WriteFile(sick, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Remove(sick) })
+			took = waitListed(t, ng, p2, false, w2)
+			t.Logf("%s: app failing its check: instance left nginx after %v", reg, took.Round(time.Millisecond))
+			os.Remove(sick)
+			took = waitListed(t, ng, p2, true, w2)
+			t.Logf("%s: app passing again: instance back in nginx after %v", reg, took.Round(time.Millisecond))
+
+			syscall.Kill(w2.appPID(t), syscall.SIGKILL)
+			took = waitListed(t, ng, p2, false, w2)
+			t.Logf("%s: app killed: instance left nginx after %v", reg, took.Round(time.Millisecond))
+		})
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -73,10 +74,20 @@ type Options struct {
 	StopTimeout time.Duration // then SIGKILL
 }
 
-// Registrar is the registry side: Consul's agent API.
+// Registrar is the registry side: Consul's agent API, an etcd key under a
+// lease, or a ZooKeeper ephemeral znode.
 type Registrar interface {
 	Register(ctx context.Context, o Options) error
 	Deregister(ctx context.Context, id string) error
+}
+
+// LocalChecker is a Registrar whose registry runs no health checks (etcd,
+// ZooKeeper): the wrapper runs the instance's check itself every
+// CheckInterval, takes the instance out while it fails and puts it back
+// when it passes again, as Consul's agent does for the Consul registrar.
+type LocalChecker interface {
+	Registrar
+	ChecksLocally()
 }
 
 // Validate checks the options, with the same rules the daemon applies to
@@ -147,7 +158,14 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 	defer cancelReg()
 	go func() { registered <- ready(regCtx, o, reg, log) }()
 
-	stop := stopper(o, reg, log, app, exited, cancelReg)
+	// regMu orders the local health loop's registrations before a stop's
+	// deregistration: once the stop holds it, nothing registers again.
+	var regMu sync.Mutex
+	endReg := func() {
+		cancelReg()
+		regMu.Lock() // held for good: the wrapper is leaving
+	}
+	stop := stopper(o, reg, log, app, exited, endReg)
 	for {
 		select {
 		case ok := <-registered:
@@ -155,9 +173,12 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 			if app == nil && !ok {
 				return 1
 			}
+			if lc, local := reg.(LocalChecker); ok && local && o.Check != "" {
+				go checkLocally(regCtx, &regMu, o, lc, log)
+			}
 		case code := <-exited:
 			// The app died on its own: leave the registry at once.
-			cancelReg()
+			endReg()
 			log.Warn("app exited; deregistering", "code", code)
 			deregister(o, reg, log)
 			return code
@@ -190,6 +211,52 @@ func stopper(o Options, reg Registrar, log *slog.Logger, app *exec.Cmd, exited <
 			app.Process.Kill()
 			return <-exited
 		}
+	}
+}
+
+// checkLocally runs the instance's check every CheckInterval for a
+// registry without checks of its own, deregistering on the first failure
+// and registering again on the next pass.
+func checkLocally(ctx context.Context, mu *sync.Mutex, o Options, reg LocalChecker, log *slog.Logger) {
+	client := &http.Client{Timeout: o.CheckTimeout}
+	tick := time.NewTicker(o.CheckInterval)
+	defer tick.Stop()
+	healthy := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, o.CheckTimeout)
+		err := probe(pctx, client, o.Check)
+		cancel()
+		if (err == nil) == healthy {
+			continue
+		}
+		mu.Lock()
+		if ctx.Err() != nil {
+			mu.Unlock()
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err != nil {
+			log.Warn("health check failing; taking the instance out", "check", o.Check, "err", err)
+			if derr := reg.Deregister(rctx, o.ID); derr == nil {
+				healthy = false
+			} else {
+				log.Error("deregister after a failed check failed; will retry", "err", derr)
+			}
+		} else {
+			if rerr := reg.Register(rctx, o); rerr == nil {
+				healthy = true
+				log.Info("health check passing again; instance registered", "check", o.Check)
+			} else {
+				log.Warn("register after a passing check failed; will retry", "err", rerr)
+			}
+		}
+		cancel()
+		mu.Unlock()
 	}
 }
 
