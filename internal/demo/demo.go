@@ -29,7 +29,10 @@ import (
 
 // Options say where the programs are.
 type Options struct {
+	Registry              string // consul, etcd or zookeeper
 	Consul, Nginx, Daemon string // binaries
+	Etcd, Java            string
+	ZooKeeperClasspath    string
 	RepoRoot              string // for nginx/lua
 	Keep                  bool   // stay up after the script, until interrupted
 	Rate                  int    // requests per second
@@ -40,7 +43,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("swallowkeeper-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o Options
+	fs.StringVar(&o.Registry, "registry", "consul", "registry to run the demo with: consul, etcd or zookeeper")
 	fs.StringVar(&o.Consul, "consul", "consul", "consul binary")
+	fs.StringVar(&o.Etcd, "etcd", "/usr/bin/etcd", "etcd binary (Debian's etcd-server), for -registry etcd")
+	fs.StringVar(&o.Java, "java", "java", "java, for -registry zookeeper")
+	fs.StringVar(&o.ZooKeeperClasspath, "zookeeper-classpath", "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar", "ZooKeeper's classpath (Debian's zookeeper package), for -registry zookeeper")
 	fs.StringVar(&o.Nginx, "nginx", "/usr/sbin/nginx", "nginx binary (Debian's, with libnginx-mod-http-lua)")
 	fs.StringVar(&o.Daemon, "swallowkeeper", "swallowkeeper", "swallowkeeper binary")
 	fs.StringVar(&o.RepoRoot, "repo", ".", "repository root (for nginx/lua)")
@@ -70,6 +77,7 @@ type demo struct {
 	ports map[string]int
 
 	consul   *api.Client
+	registry registryKind
 	backends []*backend
 	load     *loadGen
 }
@@ -84,14 +92,16 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.ports = map[string]int{}
-	for _, name := range []string{"consul_http", "consul_server", "consul_serf_lan", "consul_serf_wan", "nginx_proxy", "nginx_api", "metrics"} {
+	if d.registry, err = newRegistry(d.opt.Registry); err != nil {
+		return err
+	}
+	for _, name := range []string{"registry", "registry_peer", "consul_server", "consul_serf_lan", "consul_serf_wan", "nginx_proxy", "nginx_api", "metrics"} {
 		if d.ports[name], err = freePort(); err != nil {
 			return err
 		}
 	}
 
-	d.say("Starting Consul (dev agent) on 127.0.0.1:%d", d.ports["consul_http"])
-	if err := d.startConsul(ctx); err != nil {
+	if err := d.registry.start(ctx, d); err != nil {
 		return err
 	}
 	d.say("Starting nginx (stock Debian nginx + lua) — proxy on 127.0.0.1:%d, dyups API on 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
@@ -107,12 +117,12 @@ func (d *demo) run(ctx context.Context) error {
 		d.backends = append(d.backends, b)
 		fmt.Fprintf(d.out, "    %s on %s\n", b.id, b.addr)
 	}
-	d.say("Starting swallowkeeper: Consul → %s → nginx memory", filepath.Join(d.dir, "upstreams.conf"))
+	d.say("Starting swallowkeeper: %s → %s → nginx memory", d.opt.Registry, filepath.Join(d.dir, "upstreams.conf"))
 	if err := d.startDaemon(); err != nil {
 		return err
 	}
 
-	d.say("Registering web-1 and web-2 in Consul with HTTP health checks")
+	d.say("Registering web-1 and web-2 in %s with HTTP health checks", d.opt.Registry)
 	d.register(d.backends[0])
 	d.register(d.backends[1])
 	if err := d.waitRouting(ctx, "web-1", "web-2"); err != nil {
@@ -121,7 +131,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.load = startLoad(ctx, fmt.Sprintf("http://127.0.0.1:%d/", d.ports["nginx_proxy"]), "web", d.opt.Rate)
 	d.watch(ctx, 3*time.Second, "traffic through nginx, per backend")
 
-	const checkNote = "(mostly Consul's HTTP check interval, 1s)"
+	checkNote := d.registry.checkNote()
 	steps := []struct {
 		title string
 		do    func()
@@ -130,15 +140,15 @@ func (d *demo) run(ctx context.Context) error {
 		after func()
 	}{
 		{"web-3 starts and registers: it joins without a reload", func() { d.register(d.backends[2]) },
-			[]string{"web-1", "web-2", "web-3"}, checkNote + ": a new instance is critical until its first check passes", nil},
-		{"web-2's health check starts failing: Consul marks it critical, it leaves nginx", func() { d.backends[1].healthy.Store(false) },
+			[]string{"web-1", "web-2", "web-3"}, checkNote + ": a new instance joins once its first check passes", nil},
+		{"web-2's health check starts failing: it leaves nginx", func() { d.backends[1].healthy.Store(false) },
 			[]string{"web-1", "web-3"}, checkNote, nil},
 		{"web-2 recovers: it comes back", func() { d.backends[1].healthy.Store(true) },
 			[]string{"web-1", "web-2", "web-3"}, checkNote, nil},
 		{"web-3 is stopped gracefully: it deregisters first, then stops once nginx no longer sends it traffic",
-			func() { d.consul.Agent().ServiceDeregister("web-3") },
-			[]string{"web-1", "web-2"}, "(Consul write → nginx: the daemon's own latency)", func() { d.backends[2].stop() }},
-		{"web-1 crashes (no deregistration): nginx retries the next server at once, then Consul's check removes it",
+			func() { d.registry.deregister(d.backends[2]) },
+			[]string{"web-1", "web-2"}, "(registry write → nginx: the daemon's own latency)", func() { d.backends[2].stop() }},
+		{"web-1 crashes (no deregistration): nginx retries the next server at once, then the health check removes it",
 			func() { d.backends[0].stop() }, []string{"web-2"}, "(nginx's own retry; no request fails)", nil},
 	}
 	for _, s := range steps {
@@ -169,7 +179,9 @@ func (d *demo) run(ctx context.Context) error {
 		d.say("Still running; press Ctrl-C to stop. Try:")
 		fmt.Fprintf(d.out, "    curl -H 'Host: web' http://127.0.0.1:%d/\n", d.ports["nginx_proxy"])
 		fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/detail\n", d.ports["nginx_api"])
-		fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/v1/health/service/web\n", d.ports["consul_http"])
+		if d.opt.Registry == "consul" {
+			fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/v1/health/service/web\n", d.ports["registry"])
+		}
 		fmt.Fprintf(d.out, "    curl http://127.0.0.1:%d/metrics | grep swallowkeeper_\n", d.ports["metrics"])
 		fmt.Fprintf(d.out, "    logs: %s\n", d.dir)
 		<-ctx.Done()
@@ -185,14 +197,14 @@ func (d *demo) startConsul(ctx context.Context) error {
 	p := d.ports
 	err := d.start("consul", d.opt.Consul, "agent", "-dev", "-node=demo",
 		"-bind=127.0.0.1", "-client=127.0.0.1",
-		"-http-port="+strconv.Itoa(p["consul_http"]), "-server-port="+strconv.Itoa(p["consul_server"]),
+		"-http-port="+strconv.Itoa(p["registry"]), "-server-port="+strconv.Itoa(p["consul_server"]),
 		"-serf-lan-port="+strconv.Itoa(p["consul_serf_lan"]), "-serf-wan-port="+strconv.Itoa(p["consul_serf_wan"]),
 		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1", "-log-level=warn")
 	if err != nil {
 		return err
 	}
 	cfg := api.DefaultConfig()
-	cfg.Address = fmt.Sprintf("127.0.0.1:%d", p["consul_http"])
+	cfg.Address = fmt.Sprintf("127.0.0.1:%d", p["registry"])
 	if d.consul, err = api.NewClient(cfg); err != nil {
 		return err
 	}
@@ -271,9 +283,7 @@ func (d *demo) startNginx() error {
 }
 
 func (d *demo) startDaemon() error {
-	conf := fmt.Sprintf(`consul:
-  address: 127.0.0.1:%d
-file: %s
+	conf := fmt.Sprintf(`%sfile: %s
 targets:
   - url: http://127.0.0.1:%d
 upstreams:
@@ -281,7 +291,7 @@ upstreams:
   fail_timeout: 2s
 metrics:
   listen: 127.0.0.1:%d
-`, d.ports["consul_http"], filepath.Join(d.dir, "upstreams.conf"), d.ports["nginx_api"], d.ports["metrics"])
+`, d.registry.section(d), filepath.Join(d.dir, "upstreams.conf"), d.ports["nginx_api"], d.ports["metrics"])
 	path := filepath.Join(d.dir, "swallowkeeper.yml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
@@ -332,13 +342,7 @@ func (d *demo) cleanup() {
 }
 
 func (d *demo) register(b *backend) {
-	host, port, _ := net.SplitHostPort(b.addr)
-	p, _ := strconv.Atoi(port)
-	err := d.consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: b.id, Name: "web", Address: host, Port: p,
-		Check: &api.AgentServiceCheck{HTTP: "http://" + b.addr + "/health", Interval: "1s", Timeout: "500ms"},
-	})
-	if err != nil {
+	if err := d.registry.register(b); err != nil {
 		fmt.Fprintf(d.out, "    register %s: %v\n", b.id, err)
 	}
 }
