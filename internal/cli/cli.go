@@ -136,7 +136,7 @@ func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string)
 		minServices = fs.Int("min-services", -1, "hold all changes while the registry reports fewer services")
 		logLevel    = fs.String("log-level", "", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "", "text or json")
-		metrics     = fs.String("metrics-listen", "", "address for /metrics and /healthz; \"off\" disables")
+		metrics     = fs.String("metrics-listen", "", "address for /metrics, /healthz, /readyz, /status and the status page; \"off\" disables")
 		targets     stringList
 	)
 	fs.Var(&targets, "target", "dyups base URL, e.g. http://127.0.0.1:8081 (repeatable; replaces the file's targets)")

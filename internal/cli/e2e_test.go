@@ -222,8 +222,10 @@ func TestEndToEnd(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "upstreams.conf")
 	ng := testenv.StartNginx(t, testenv.NginxOptions{})
 	cfg := writeConfig(t, c, ng, file)
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
 	b1, b2, b3 := startBackend(t, "web-1"), startBackend(t, "web-2"), startBackend(t, "web-3")
-	d := startDaemon(t, "-config", cfg)
+	d := startDaemon(t, "-config", cfg, "-metrics-listen", metricsAddr)
+	m0 := scrape(t, metricsAddr)
 
 	var latencies []time.Duration
 	measure := func(what string, do func(), want ...string) {
@@ -253,6 +255,29 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
+	// The metrics moved as the first sync says they must.
+	m1 := scrape(t, metricsAddr)
+	target := `target="` + ng.APIURL() + `"`
+	for _, c := range []struct {
+		what      string
+		got, want float64
+	}{
+		{"applies", m1.sum("swallowkeeper_engine_applies_total") - m0.sum("swallowkeeper_engine_applies_total"), 1},
+		{"POSTs acknowledged", m1.sum("swallowkeeper_dyups_requests_total", target, `op="POST"`, `outcome="ok"`), 1},
+		{"propagations observed", m1.sum("swallowkeeper_propagation_seconds_count"), 1},
+		{"target in sync", m1.sum("swallowkeeper_dyups_in_sync", target), 1},
+		{"last sync time set", m1.sum("swallowkeeper_dyups_last_sync_timestamp_seconds", target), float64(time.Now().Add(-time.Minute).Unix())},
+		{"health watch wakes", m1.sum("swallowkeeper_consul_watch_wakes_total", `watch="health/state/any"`), 1},
+		{"upstreams", m1.sum("swallowkeeper_upstreams"), 1},
+	} {
+		if c.got < c.want {
+			t.Errorf("metric %s = %v, want at least %v", c.what, c.got, c.want)
+		}
+	}
+	if ready := httpStatus(t, "http://"+metricsAddr+"/readyz"); ready != 200 {
+		t.Errorf("/readyz answered %d with the target in sync", ready)
+	}
+
 	measure("web-1's check goes critical", func() { c.SetHealth(t, "web-1", api.HealthCritical) }, "web-2")
 	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.addr()}) {
 		t.Fatalf("persisted file has %v after web-1 failed", got)
@@ -268,6 +293,13 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.addr()}) {
 		t.Fatalf("persisted file has %v after the last instance failed", got)
+	}
+	m2 := scrape(t, metricsAddr)
+	if got := m2.sum("swallowkeeper_guard_holds_total", `guard="empty"`) - m1.sum("swallowkeeper_guard_holds_total", `guard="empty"`); got < 1 {
+		t.Errorf("guard_holds_total{guard=empty} moved by %v, want at least 1", got)
+	}
+	if got := m2.sum("swallowkeeper_guard_holds_active"); got < 1 {
+		t.Errorf("guard_holds_active = %v while the last instance is held", got)
 	}
 	measure("web-1 and web-2 recover", func() {
 		c.SetHealth(t, "web-1", api.HealthPassing)
@@ -294,6 +326,9 @@ func TestEndToEnd(t *testing.T) {
 		if strings.Contains(string(fileText), bad) || strings.Contains(detail, bad) {
 			t.Errorf("%q reached the file or nginx:\nfile:\n%s\ndetail:\n%s", bad, fileText, detail)
 		}
+	}
+	if got := scrape(t, metricsAddr).sum("swallowkeeper_invalid_instances_dropped_total") - m2.sum("swallowkeeper_invalid_instances_dropped_total"); got < 5 {
+		t.Errorf("invalid_instances_dropped_total moved by %v for 6 hostile registrations", got)
 	}
 	for _, id := range []string{"evil-1", "evil-2", "evil-3", "evil-4", "evil-5", "evil-6"} {
 		c.Deregister(t, id)
@@ -629,4 +664,58 @@ metrics: {listen: "%s"}
 			t.Errorf("status page lacks %q", want)
 		}
 	}
+}
+
+// metricsText is one /metrics scrape.
+type metricsText string
+
+func scrape(t *testing.T, addr string) metricsText {
+	t.Helper()
+	var resp *http.Response
+	var err error
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(20 * time.Millisecond) {
+		if resp, err = http.Get("http://" + addr + "/metrics"); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return metricsText(b)
+}
+
+// sum adds the values of every series of the metric whose labels contain
+// all of labels.
+func (m metricsText) sum(name string, labels ...string) float64 {
+	total := 0.0
+	for _, line := range strings.Split(string(m), "\n") {
+		series, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		metric, _, _ := strings.Cut(series, "{")
+		if metric != name {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(series, l)
+		}
+		if v, err := strconv.ParseFloat(value, 64); err == nil && match {
+			total += v
+		}
+	}
+	return total
+}
+
+func httpStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

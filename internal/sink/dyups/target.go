@@ -122,10 +122,13 @@ func (t *Target) record(err error, repairs int) {
 	if err != nil && !errors.Is(err, errSuperseded) {
 		t.status.InSync = false
 		t.status.LastError, t.status.LastErrorAt = err.Error(), time.Now()
+		t.m.inSync.WithLabelValues(t.url).Set(0)
 		return
 	}
 	if err == nil {
 		t.status.InSync, t.status.LastSync = true, time.Now()
+		t.m.inSync.WithLabelValues(t.url).Set(1)
+		t.m.lastSync.WithLabelValues(t.url).SetToCurrentTime()
 	}
 }
 
@@ -346,6 +349,8 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	drift    *prometheus.CounterVec
+	inSync   *prometheus.GaugeVec
+	lastSync *prometheus.GaugeVec
 }
 
 // NewMetrics registers the dyups metrics with reg (nil: unregistered).
@@ -364,9 +369,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "swallowkeeper_dyups_drift_repairs_total",
 			Help: "Upstreams found different in nginx from the desired state by a drift check, and pushed again.",
 		}, []string{"target"}),
+		inSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "swallowkeeper_dyups_in_sync",
+			Help: "1 when the target's last sync or drift check left nothing to do, 0 after a failure.",
+		}, []string{"target"}),
+		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "swallowkeeper_dyups_last_sync_timestamp_seconds",
+			Help: "When the target last held the desired state (end of a successful sync or drift check).",
+		}, []string{"target"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.drift)
+		reg.MustRegister(m.requests, m.latency, m.drift, m.inSync, m.lastSync)
 	}
 	return m
 }
