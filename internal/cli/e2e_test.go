@@ -719,3 +719,50 @@ func httpStatus(t *testing.T, url string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestFlappingInstanceCostsBoundedPushes: an instance whose check flips
+// every 100 ms for 5 s (50 transitions in Consul) costs a bounded number of
+// pushes with the debounce window wait.min/wait.max, and nginx ends on the
+// final state.
+func TestFlappingInstanceCostsBoundedPushes(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	cfg := writeConfig(t, c, ng, file)
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append(b, []byte("wait:\n  min: 500ms\n  max: 2s\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	d := startDaemon(t, "-config", cfg, "-metrics-listen", metricsAddr)
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+	posts := func() float64 {
+		return scrape(t, metricsAddr).sum("swallowkeeper_dyups_requests_total", `op="POST"`)
+	}
+	before := posts()
+	transitions := 0
+	for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(100 * time.Millisecond) {
+		status := api.HealthCritical
+		if transitions%2 == 1 {
+			status = api.HealthPassing
+		}
+		c.SetHealth(t, "web-2", status)
+		transitions++
+	}
+	c.SetHealth(t, "web-2", api.HealthPassing)
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+	time.Sleep(2500 * time.Millisecond) // let a last window close
+	pushes := posts() - before
+	t.Logf("%d health transitions in 5s cost %v POSTs (wait.min 500ms, wait.max 2s)", transitions, pushes)
+	fmt.Printf("FIGURE flapping: %d transitions in 5s -> %v pushes\n", transitions, pushes)
+	if pushes > 6 {
+		t.Errorf("%d transitions cost %v pushes; want at most 6 (one per wait.max window, plus the last)", transitions, pushes)
+	}
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+}
