@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what SwallowKeeper's demo and tests need on Debian 12, and only
 # what is missing: nginx with the Lua module and lua-resty-core, etcd and
-# ZooKeeper servers (for the etcd/ZooKeeper sources), curl; then builds the
+# ZooKeeper servers (for the etcd/ZooKeeper sources), curl, Chromium (the
+# status page test); then builds the
 # pinned Consul into the cache (scripts/build-consul.sh). Never starts or
 # enables a system service.
 set -euo pipefail
 
-pkgs=(nginx libnginx-mod-http-lua lua-resty-core etcd-server zookeeper curl ca-certificates procps)
+# chromium renders the status page in its headless test.
+pkgs=(nginx libnginx-mod-http-lua lua-resty-core etcd-server zookeeper curl ca-certificates procps chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,7 +17,19 @@ if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; 
 go vet ./...
 
 echo "== pure packages, with the race detector"
-go test -race -count=1 ./internal/upstream/ ./internal/engine/ ./internal/config/ ./internal/backoff/ ./internal/store/ ./internal/registry/
+go test -race -count=1 ./internal/upstream/ ./internal/engine/ ./internal/config/ ./internal/backoff/ ./internal/store/ ./internal/registry/ ./internal/statuspage/
+
+echo "== short fuzz runs (seed corpora in testdata/fuzz)"
+fuzz() { # target package: prints the exec count, or everything on a failure
+  local out
+  if out="$(go test -run '^$' -fuzz "^$1\$" -fuzztime "${SK_FUZZTIME:-20s}" "$2" 2>&1)"; then
+    echo "$1: $(grep -E '^fuzz: elapsed' <<<"$out" | tail -1)"
+  else
+    echo "$out"; return 1
+  fi
+}
+fuzz FuzzBuildRender ./internal/registry/
+fuzz FuzzParseDetail ./internal/sink/dyups/
 
 echo "== everything, against real servers"
 go test -count=1 -timeout 40m "$@" ./...
