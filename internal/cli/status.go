@@ -49,6 +49,7 @@ type serverDoc struct {
 	MaxFails    int           `json:"max_fails"`
 	FailTimeout time.Duration `json:"fail_timeout_ns"`
 	Instance    string        `json:"instance,omitempty"`
+	Tags        []string      `json:"tags,omitempty"`
 	Backup      bool          `json:"backup,omitempty"`
 	Down        bool          `json:"down,omitempty"`
 }
@@ -70,7 +71,7 @@ func buildStatus(e *engine.Engine, targets []*dyups.Target) statusDoc {
 		u := st.Applied[name]
 		ud := upstreamDoc{Name: name, Service: u.Service, Keepalive: u.Keepalive, Servers: []serverDoc{}}
 		for _, s := range u.Servers {
-			ud.Servers = append(ud.Servers, serverDoc{Addr: s.Addr.String(), Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout, Instance: s.Instance, Backup: s.Backup, Down: s.Down})
+			ud.Servers = append(ud.Servers, serverDoc{Addr: s.Addr.String(), Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout, Tags: s.Tags, Instance: s.Instance, Backup: s.Backup, Down: s.Down})
 		}
 		doc.Upstreams = append(doc.Upstreams, ud)
 	}
@@ -191,7 +192,11 @@ func printStatus(w io.Writer, doc statusDoc) {
 			if s.Down {
 				flags = append(flags, "down")
 			}
-			fmt.Fprintf(w, "    %-24s %-12s %s\n", s.Addr, strings.Join(flags, " "), s.Instance)
+			tags := ""
+			if len(s.Tags) > 0 {
+				tags = " [" + strings.Join(s.Tags, " ") + "]"
+			}
+			fmt.Fprintf(w, "    %-24s %-12s %s%s\n", s.Addr, strings.Join(flags, " "), s.Instance, tags)
 		}
 	}
 }
@@ -220,7 +225,7 @@ func statusPage(doc statusDoc, cfg *config.Config) statuspage.Page {
 		for _, s := range u.Servers {
 			pu.Servers = append(pu.Servers, statuspage.Server{
 				Addr: s.Addr, Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout,
-				Backup: s.Backup, Down: s.Down, Instance: s.Instance,
+				Backup: s.Backup, Down: s.Down, Instance: s.Instance, Tags: s.Tags,
 			})
 		}
 		p.Upstreams = append(p.Upstreams, pu)

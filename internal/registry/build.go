@@ -168,6 +168,7 @@ func (r Rules) server(svc string, in Instance) (string, upstream.Server, error) 
 		FailTimeout: r.FailTimeout,
 		MaxConns:    r.MaxConns,
 		Instance:    in.Label(),
+		Tags:        slices.Clone(in.Tags),
 	}
 	if v, ok := in.Meta[r.WeightMeta]; ok && r.WeightMeta != "" {
 		w, err := upstream.ParseCount("weight meta "+strconv.Quote(r.WeightMeta), v, 1, upstream.MaxWeight)

@@ -28,6 +28,9 @@ type Server struct {
 	// Instance names where the server came from (e.g. "web-1 on node-a"),
 	// for logs and status. It is never rendered and ignored by Equal.
 	Instance string
+	// Tags are the instance's registry tags, for status only, like
+	// Instance: never rendered, ignored by Equal.
+	Tags []string
 }
 
 // Upstream is one nginx upstream block.
