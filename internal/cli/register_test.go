@@ -360,3 +360,84 @@ func TestRegisterWithEtcdAndZooKeeper(t *testing.T) {
 		})
 	}
 }
+
+// TestSIGHUPReloadsTheConfiguration runs the daemon as its own process:
+// SIGHUP with a changed configuration applies it (a new server weight
+// reaches nginx); SIGHUP with a broken one keeps the running configuration
+// and says why; /readyz is 503 until a target holds the state.
+func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	cfg := writeConfig(t, c, ng, file)
+	good, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
+
+	ng.Stop(t) // not ready while no nginx holds the state
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "run", "-config", cfg, "-metrics-listen", metricsAddr)
+	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	scrape(t, metricsAddr) // waits for the listener
+	if code := httpStatus(t, "http://"+metricsAddr+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d with nginx down, want 503", code)
+	}
+	ng.Start(t)
+	d := &daemon{log: logs}
+	waitRoutes(t, ng, d, "web", "web-1")
+	if code := httpStatus(t, "http://"+metricsAddr+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz = %d with nginx in sync, want 200", code)
+	}
+
+	// A good change: every server's weight becomes 7.
+	changed := strings.Replace(string(good), "upstreams:\n", "upstreams:\n  weight: 7\n", 1)
+	if err := os.WriteFile(cfg, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(apiGet(t, ng, "/detail"), "weight=7") {
+		if time.Now().After(deadline) {
+			t.Fatalf("weight 7 never reached nginx after SIGHUP; log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// A broken change: refused, named, and the daemon goes on.
+	if err := os.WriteFile(cfg, []byte(changed+"upstreams:\n  weight: 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, d, "configuration reload failed; keeping the running configuration")
+	if !strings.Contains(logs.String(), cfg) {
+		t.Errorf("the reload error does not name the file; log:\n%s", logs.String())
+	}
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	waitRoutes(t, ng, d, "web", "web-1", "web-2")
+	if !strings.Contains(apiGet(t, ng, "/detail"), "weight=7") {
+		t.Errorf("the running configuration was not kept:\n%s", apiGet(t, ng, "/detail"))
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Fatalf("daemon exited with %v after SIGTERM; log:\n%s", waitErr, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("daemon did not stop after SIGTERM")
+	}
+}
