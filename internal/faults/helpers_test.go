@@ -294,8 +294,10 @@ type statusDoc struct {
 		Upstream, Guard, Reason string
 	} `json:"holds"`
 	Targets []struct {
-		URL    string
-		InSync bool
+		URL       string    `json:"url"`
+		InSync    bool      `json:"in_sync"`
+		LastSync  time.Time `json:"last_sync"`
+		LastError string    `json:"last_error"`
 	} `json:"targets"`
 }
 

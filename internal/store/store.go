@@ -30,7 +30,12 @@ func New(path string) *File { return &File{Path: path, Mode: 0o644} }
 // Load parses the file. A missing file is an empty state (first start); a
 // file that does not parse is an error naming the file and line, never an
 // empty state.
+//
+// Load also removes temp files a crash left in the middle of a write: at
+// start nothing else writes this file, so they are leftovers, and in a
+// crash loop they would pile up.
 func (f *File) Load() (upstream.State, error) {
+	f.removeLeftovers()
 	data, err := os.ReadFile(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return upstream.State{}, nil
@@ -43,6 +48,13 @@ func (f *File) Load() (upstream.State, error) {
 		return nil, fmt.Errorf("store: %s: %w", f.Path, err)
 	}
 	return st, nil
+}
+
+func (f *File) removeLeftovers() {
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(f.Path), "."+filepath.Base(f.Path)+".tmp-*"))
+	for _, p := range left {
+		os.Remove(p)
+	}
 }
 
 // Save renders the state and writes it only when the bytes differ from what

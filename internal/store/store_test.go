@@ -85,3 +85,24 @@ func TestSaveIntoMissingDirectoryFailsWithoutTouchingAnything(t *testing.T) {
 		t.Fatalf("Save = %v", err)
 	}
 }
+
+func TestLoadRemovesTempFilesACrashLeft(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "upstreams.conf")
+	left := filepath.Join(dir, ".upstreams.conf.tmp-12345")
+	other := filepath.Join(dir, ".other.conf.tmp-1")
+	for _, p := range []string{left, other} {
+		if err := os.WriteFile(p, []byte("upstream half {"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := New(path).Load(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Errorf("leftover %s still there (%v)", left, err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another file's temp was removed: %v", err)
+	}
+}

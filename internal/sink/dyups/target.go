@@ -92,17 +92,17 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 
 // Status is what a target reports about itself.
 type Status struct {
-	URL          string
-	InSync       bool      // the last sync or drift check left nothing to do
-	LastSync     time.Time // end of the last sync that succeeded
-	LastError    string
-	LastErrorAt  time.Time
-	Upstreams    int // upstreams the target acknowledged
-	DriftRepairs int // upstreams pushed again after a drift check
+	URL          string    `json:"url"`
+	InSync       bool      `json:"in_sync"`   // the last sync or drift check left nothing to do
+	LastSync     time.Time `json:"last_sync"` // end of the last sync that succeeded
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	Upstreams    int       `json:"upstreams"`     // upstreams the target acknowledged
+	DriftRepairs int       `json:"drift_repairs"` // upstreams pushed again after a drift check
 	// Drift names the upstreams the last drift check found wrong in nginx
 	// (then repaired); empty when it found none.
-	Drift     []string
-	LastCheck time.Time // end of the last drift check's reads
+	Drift     []string  `json:"drift,omitempty"`
+	LastCheck time.Time `json:"last_check,omitzero"`
 }
 
 // Status returns the target's current status.
@@ -319,6 +319,10 @@ func (t *Target) retry(ctx context.Context, op, name string, call func(context.C
 		}
 		d := b.Next()
 		t.log.Warn("request failed; retrying", "op", op, "upstream", name, "err", err, "retry_in", d)
+		// Out of sync from now on, not only when the whole sync gives up:
+		// status, /readyz and the in_sync gauge must show a target that
+		// is being retried.
+		t.record(fmt.Errorf("%w (retrying)", err), 0)
 		timer := time.NewTimer(d)
 		select {
 		case <-ctx.Done():

@@ -156,8 +156,10 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 			return
 		case ev := <-catalogC:
 			st.onCatalog(ev)
+			retryC = nil // the agent answers again: read now, not after the backoff
 		case ev := <-checksC:
 			st.onChecks(ev)
+			retryC = nil
 		case <-resyncC:
 			st.markAll()
 		case <-retryC:
@@ -209,7 +211,7 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 			s.m.up.WithLabelValues(what).Set(0)
 			d := b.Next()
 			s.log.Warn("watch failed; retrying", "watch", what, "err", err, "retry_in", d, "attempt", b.Attempts())
-			if backoff.Sleep(ctx, d) != nil {
+			if s.waitForAgent(ctx, d) != nil {
 				return
 			}
 			continue
@@ -239,6 +241,37 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 		default:
 		}
 		ch <- ev
+	}
+}
+
+// agentProbeEvery is how often a watch in backoff asks whether the agent
+// answers again: a cheap request, so that the catch-up after an outage
+// takes about a second instead of the rest of a backoff that grew during
+// it. It is not a retry of the watch: a dead agent still sees the watch's
+// jittered, capped backoff.
+const agentProbeEvery = time.Second
+
+// waitForAgent sleeps d, or less if the agent answers a status request
+// before; it returns ctx's error when ctx ends.
+func (s *Source) waitForAgent(ctx context.Context, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		if err := backoff.Sleep(ctx, min(left, agentProbeEvery)); err != nil {
+			return err
+		}
+		if time.Until(deadline) <= 0 {
+			return nil
+		}
+		pctx, cancel := context.WithTimeout(ctx, agentProbeEvery)
+		_, err := s.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
+		cancel()
+		if err == nil {
+			return nil
+		}
 	}
 }
 

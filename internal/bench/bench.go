@@ -1,0 +1,246 @@
+// Package bench is the benchmark behind docs/BENCHMARKS.md: it starts real
+// Consul, real nginx, Go backends and a load generator on loopback, and
+// compares SwallowKeeper with the Lua dyups module (ours-lua), SwallowKeeper
+// in reload mode (ours-reload) and consul-template driving nginx reloads,
+// on five scenarios: propagation latency, rolling restarts, a crashed
+// backend, scale (ours-lua only) and churn under load. It writes
+// results.json, PNG plots and the Markdown report, which is rendered from
+// results.json alone (-render re-renders without measuring).
+//
+// The pure parts — percentiles, convergence of probes, request stats,
+// targets, the Markdown — are tested in this package; the scenarios
+// themselves run only from the command (scripts/bench.sh).
+package bench
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Main is the command line of swallowkeeper-bench.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("swallowkeeper-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: swallowkeeper-bench [flags]\n\nCompares ours-lua, ours-reload and consul-template on loopback and writes\nresults.json, PNG plots and BENCHMARKS.md. scripts/bench.sh builds and runs it.\n\n")
+		fs.PrintDefaults()
+	}
+	var (
+		p                                  Params
+		bin                                Binaries
+		modes, scenarios, jsonPath, mdPath string
+		command                            string
+		render, keep, shared               bool
+		churn                              time.Duration
+	)
+	fs.BoolVar(&p.Quick, "quick", false, "1 run and shorter scenarios (defaults marked quick: below)")
+	fs.IntVar(&p.Runs, "runs", 3, "repetitions of every scenario (quick: 1)")
+	fs.IntVar(&p.Changes, "changes", 100, "propagation: registry changes per run and mode (quick: 20)")
+	fs.IntVar(&p.Cycles, "cycles", 20, "rolling restart cycles of the 3 backends (quick: 5)")
+	fs.IntVar(&p.Rate, "rate", 1000, "offered requests/s for rolling, crash and churn (quick: 300)")
+	fs.IntVar(&p.PostEvery, "post-every", 5, "every n-th request is a POST with a body (0: none)")
+	fs.IntVar(&p.Services, "services", 1000, "scale: services, each with -instances instances (quick: 100)")
+	fs.IntVar(&p.Instances, "instances", 10, "scale: instances per service")
+	fs.IntVar(&p.ScaleChanges, "scale-changes", 100, "scale: single-instance changes measured (quick: 20)")
+	fs.DurationVar(&churn, "churn", 60*time.Second, "churn: duration (quick: 15s)")
+	fs.Float64Var(&p.ChurnPerSecond, "churn-rate", 2, "churn: registry changes per second")
+	fs.Float64Var(&p.BaselineSeconds, "baseline", 5, "seconds of quiet load before rolling, crash and churn (quick: 3)")
+	fs.Float64Var(&p.CheckInterval, "check-interval", 1, "Consul HTTP check interval, seconds (rolling, crash)")
+	fs.IntVar(&p.Probers, "probers", 3, "propagation: concurrent fresh-connection probers")
+	fs.StringVar(&modes, "modes", strings.Join(AllModes, ","), "modes to compare")
+	fs.StringVar(&scenarios, "scenarios", strings.Join(AllScenarios, ","), "scenarios to run")
+	fs.StringVar(&bin.Consul, "consul", "consul", "consul binary")
+	fs.StringVar(&bin.Nginx, "nginx", "/usr/sbin/nginx", "nginx binary (Debian's, with libnginx-mod-http-lua)")
+	fs.StringVar(&bin.ConsulTemplate, "consul-template", "consul-template", "consul-template binary")
+	fs.StringVar(&bin.Daemon, "swallowkeeper", "swallowkeeper", "swallowkeeper binary")
+	fs.StringVar(&bin.RepoRoot, "repo", ".", "repository root (nginx/lua; default output paths)")
+	fs.StringVar(&jsonPath, "json", "", "results file (default <repo>/docs/bench/results.json)")
+	fs.StringVar(&mdPath, "md", "", "report (default <repo>/docs/BENCHMARKS.md); plots go to <dir of -json>")
+	fs.BoolVar(&render, "render", false, "only render the report and plots again from -json")
+	fs.BoolVar(&shared, "shared", false, "say in the report that the machine was shared with other work")
+	fs.BoolVar(&keep, "keep", false, "keep the files of failed scenario runs")
+	fs.StringVar(&command, "command", "", "how the bench was invoked, for the report (default: this command line)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if p.Quick {
+		quick := map[string]func(){
+			"runs": func() { p.Runs = 1 }, "changes": func() { p.Changes = 20 }, "cycles": func() { p.Cycles = 5 },
+			"rate": func() { p.Rate = 300 }, "services": func() { p.Services = 100 }, "scale-changes": func() { p.ScaleChanges = 20 },
+			"churn": func() { churn = 15 * time.Second }, "baseline": func() { p.BaselineSeconds = 3 },
+		}
+		for name, f := range quick {
+			if !set[name] {
+				f()
+			}
+		}
+	}
+	p.ChurnSeconds = churn.Seconds()
+	p.Modes = splitList(modes)
+	p.Scenarios = splitList(scenarios)
+	for _, m := range p.Modes {
+		if !slices.Contains(AllModes, m) {
+			fmt.Fprintf(stderr, "swallowkeeper-bench: unknown mode %q (want %v)\n", m, AllModes)
+			return 2
+		}
+	}
+	for _, s := range p.Scenarios {
+		if !slices.Contains(AllScenarios, s) {
+			fmt.Fprintf(stderr, "swallowkeeper-bench: unknown scenario %q (want %v)\n", s, AllScenarios)
+			return 2
+		}
+	}
+	if jsonPath == "" {
+		jsonPath = filepath.Join(bin.RepoRoot, "docs", "bench", "results.json")
+	}
+	if mdPath == "" {
+		mdPath = filepath.Join(bin.RepoRoot, "docs", "BENCHMARKS.md")
+	}
+	if command == "" {
+		command = strings.Join(append([]string{"swallowkeeper-bench"}, args...), " ")
+	}
+
+	if render {
+		res, err := ReadJSON(jsonPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
+			return 1
+		}
+		if err := writeReport(res, jsonPath, mdPath, false); err != nil {
+			fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "rendered %s and the plots from %s\n", mdPath, jsonPath)
+		return 0
+	}
+
+	start := time.Now()
+	res := &Results{Date: start, Command: command, Params: p}
+	res.Machine = Machine{Cores: runtime.NumCPU(), CPUModel: cpuModel(), Kernel: kernel(), MemoryMB: memTotalMB(),
+		LoadAvgStart: loadAvg(), Shared: shared}
+	res.Versions = Versions{
+		Go:            runtime.Version(),
+		Nginx:         strings.TrimPrefix(version(bin.Nginx, "-v"), "nginx version: "),
+		Consul:        version(bin.Consul, "version"),
+		SwallowKeeper: version(bin.Daemon, "version"),
+	}
+	if rev := version("git", "-C", bin.RepoRoot, "describe", "--always", "--dirty"); !strings.HasPrefix(rev, "unknown") && !strings.Contains(rev, "fatal") {
+		res.Versions.SwallowKeeper += ", commit " + rev
+	}
+	if slices.Contains(p.Modes, ModeConsulTemplate) {
+		res.Versions.ConsulTemplate = version(bin.ConsulTemplate, "-version")
+	}
+	r := &runner{bin: bin, p: p, res: res, keep: keep, logf: func(format string, args ...any) {
+		fmt.Fprintf(stdout, "[%7.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}}
+	r.logf("machine: %d cores, %s; load average %s", res.Machine.Cores, res.Machine.CPUModel, res.Machine.LoadAvgStart)
+	r.logf("versions: %s; nginx %s; %s; %s; swallowkeeper %s", res.Versions.Go, res.Versions.Nginx, res.Versions.Consul, res.Versions.ConsulTemplate, res.Versions.SwallowKeeper)
+
+	type scenarioFunc func(context.Context, string, int) error
+	funcs := map[string]scenarioFunc{
+		ScenarioPropagation: r.propagation, ScenarioRolling: r.rolling, ScenarioCrash: r.crash, ScenarioChurn: r.churn,
+	}
+	for _, scen := range p.Scenarios {
+		for run := 1; run <= p.Runs && ctx.Err() == nil; run++ {
+			if scen == ScenarioScale {
+				if !slices.Contains(p.Modes, ModeLua) {
+					break
+				}
+				r.logf("%s, run %d/%d, %s: %d services × %d instances", scen, run, p.Runs, ModeLua, p.Services, p.Instances)
+				if err := r.scale(ctx, run); err != nil {
+					r.fail(scen, ModeLua, run, err)
+				}
+				continue
+			}
+			for _, mode := range p.Modes {
+				if ctx.Err() != nil {
+					break
+				}
+				r.logf("%s, run %d/%d, %s", scen, run, p.Runs, mode)
+				if err := funcs[scen](ctx, mode, run); err != nil {
+					r.fail(scen, mode, run, err)
+				}
+			}
+		}
+		if scen == ScenarioPropagation {
+			for _, mode := range p.Modes {
+				if pm := res.Propagation[mode]; pm != nil {
+					pm.Summarize()
+					r.logf("    %s: %d changes, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms, %d timeouts",
+						mode, len(pm.Samples), pm.All.P50, pm.All.P90, pm.All.P99, pm.All.Max, pm.Timeouts)
+				}
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		res.Errors = append(res.Errors, "interrupted: the run is incomplete")
+	}
+	res.Machine.LoadAvgEnd = loadAvg()
+	res.DurationS = time.Since(start).Round(time.Second).Seconds()
+	res.Targets = EvaluateTargets(res)
+	if err := writeReport(res, jsonPath, mdPath, true); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
+		return 1
+	}
+	met := 0
+	for _, t := range res.Targets {
+		if t.Met {
+			met++
+		}
+		fmt.Fprintf(stdout, "  %-10s %-40s goal %-35s measured %-35s %s\n", t.Scenario, t.Name, t.Goal, t.Value, mark(t.Met))
+	}
+	r.logf("done in %v: %d of %d targets met; wrote %s, %s and the plots", time.Since(start).Round(time.Second), met, len(res.Targets), jsonPath, mdPath)
+	if len(res.Errors) > 0 {
+		for _, e := range res.Errors {
+			fmt.Fprintf(stderr, "swallowkeeper-bench: %s\n", e)
+		}
+		return 1
+	}
+	return 0
+}
+
+func (r *runner) fail(scen, mode string, run int, err error) {
+	msg := fmt.Sprintf("%s/%s run %d: %v", scen, mode, run, err)
+	r.res.Errors = append(r.res.Errors, msg)
+	r.logf("    FAILED: %s", msg)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func writeReport(res *Results, jsonPath, mdPath string, writeJSON bool) error {
+	dir := filepath.Dir(jsonPath)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if writeJSON {
+		if err := WriteJSON(jsonPath, res); err != nil {
+			return err
+		}
+	}
+	if _, err := WritePlots(res, dir); err != nil {
+		return fmt.Errorf("plots: %w", err)
+	}
+	rel, err := filepath.Rel(filepath.Dir(mdPath), dir)
+	if err != nil {
+		rel = dir
+	}
+	return os.WriteFile(mdPath, []byte(RenderMarkdown(res, filepath.ToSlash(rel))), 0o644)
+}

@@ -1,0 +1,361 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// The modes compared.
+const (
+	ModeLua            = "ours-lua"        // daemon + nginx with the Lua dyups module
+	ModeReload         = "ours-reload"     // daemon in reload mode (nginx -t, nginx -s reload)
+	ModeConsulTemplate = "consul-template" // consul-template renders the file, runs nginx -s reload
+)
+
+// AllModes in report order.
+var AllModes = []string{ModeLua, ModeReload, ModeConsulTemplate}
+
+// The scenarios.
+const (
+	ScenarioPropagation = "propagation"
+	ScenarioRolling     = "rolling"
+	ScenarioCrash       = "crash"
+	ScenarioScale       = "scale"
+	ScenarioChurn       = "churn"
+)
+
+// AllScenarios in run order.
+var AllScenarios = []string{ScenarioPropagation, ScenarioRolling, ScenarioCrash, ScenarioScale, ScenarioChurn}
+
+// Results is everything one run of the command measured; it is written to
+// docs/bench/results.json and BENCHMARKS.md is rendered from it alone.
+type Results struct {
+	Date      time.Time `json:"date"`
+	DurationS float64   `json:"duration_s"`
+	Command   string    `json:"command"`
+	Params    Params    `json:"params"`
+	Machine   Machine   `json:"machine"`
+	Versions  Versions  `json:"versions"`
+
+	Propagation map[string]*PropagationMode `json:"propagation,omitempty"`
+	Rolling     map[string]*LoadMode        `json:"rolling,omitempty"`
+	Crash       map[string]*CrashMode       `json:"crash,omitempty"`
+	Scale       *ScaleResult                `json:"scale,omitempty"`
+	Churn       map[string]*LoadMode        `json:"churn,omitempty"`
+
+	Targets []Target `json:"targets"`
+	Errors  []string `json:"errors,omitempty"` // scenario runs that failed
+}
+
+// Params are the knobs of the run.
+type Params struct {
+	Quick           bool     `json:"quick"`
+	Runs            int      `json:"runs"`
+	Modes           []string `json:"modes"`
+	Scenarios       []string `json:"scenarios"`
+	Changes         int      `json:"changes"`          // propagation changes per run and mode
+	Cycles          int      `json:"cycles"`           // rolling restart cycles (each restarts the 3 backends)
+	Rate            int      `json:"rate"`             // offered requests/s for rolling, crash, churn
+	PostEvery       int      `json:"post_every"`       // every n-th request is a POST with a body
+	Services        int      `json:"services"`         // scale: services
+	Instances       int      `json:"instances"`        // scale: instances per service
+	ScaleChanges    int      `json:"scale_changes"`    // scale: single-instance changes measured
+	ChurnSeconds    float64  `json:"churn_s"`          // churn duration
+	ChurnPerSecond  float64  `json:"churn_per_s"`      // changes per second during churn
+	BaselineSeconds float64  `json:"baseline_s"`       // quiet load before rolling, crash and churn
+	CheckInterval   float64  `json:"check_interval_s"` // Consul HTTP check interval (crash, rolling)
+	Probers         int      `json:"probers"`          // propagation: concurrent fresh-connection probers
+}
+
+// Machine describes where the figures were taken.
+type Machine struct {
+	Cores        int    `json:"cores"`
+	CPUModel     string `json:"cpu_model"`
+	Kernel       string `json:"kernel"`
+	MemoryMB     int    `json:"memory_mb"`
+	LoadAvgStart string `json:"loadavg_start"`
+	LoadAvgEnd   string `json:"loadavg_end"`
+	Shared       bool   `json:"shared"` // other work was running on the machine
+}
+
+// Versions of everything measured.
+type Versions struct {
+	Go             string `json:"go"`
+	Nginx          string `json:"nginx"`
+	Consul         string `json:"consul"`
+	ConsulTemplate string `json:"consul_template"`
+	SwallowKeeper  string `json:"swallowkeeper"`
+}
+
+// PropagationMode holds every propagation sample of one mode.
+type PropagationMode struct {
+	Samples     []PropSample       `json:"samples"`
+	All         Summary            `json:"all"`
+	ByKind      map[string]Summary `json:"by_kind"`
+	Timeouts    int                `json:"timeouts"`
+	ProbeErrors int                `json:"probe_errors"` // probes that failed (should be 0)
+	Probes      int                `json:"probes"`
+}
+
+// PropSample is one registry change.
+type PropSample struct {
+	Run      int     `json:"run"`
+	Kind     string  `json:"kind"` // register, deregister, fail, recover
+	Ms       float64 `json:"ms"`
+	TimedOut bool    `json:"timed_out,omitempty"`
+}
+
+// Summarize fills All and ByKind from the samples; timed-out samples are
+// counted in Timeouts and left out of the percentiles.
+func (p *PropagationMode) Summarize() {
+	var all []float64
+	by := map[string][]float64{}
+	p.Timeouts = 0
+	for _, s := range p.Samples {
+		if s.TimedOut {
+			p.Timeouts++
+			continue
+		}
+		all = append(all, s.Ms)
+		by[s.Kind] = append(by[s.Kind], s.Ms)
+	}
+	p.All = Summarize(all)
+	p.ByKind = map[string]Summary{}
+	for k, v := range by {
+		p.ByKind[k] = Summarize(v)
+	}
+}
+
+// Values returns the latencies of the samples that did not time out.
+func (p *PropagationMode) Values() []float64 {
+	var v []float64
+	for _, s := range p.Samples {
+		if !s.TimedOut {
+			v = append(v, s.Ms)
+		}
+	}
+	return v
+}
+
+// LoadStats describes the requests of one phase of a load run.
+type LoadStats struct {
+	Requests   int      `json:"requests"`
+	Failed     int      `json:"failed"`
+	FailedGET  int      `json:"failed_get"`
+	FailedPOST int      `json:"failed_post"`
+	Seconds    float64  `json:"seconds"`
+	OKPerSec   float64  `json:"ok_per_s"` // successful responses per second
+	Latency    Summary  `json:"latency"`  // from scheduled send time to the end of the response
+	Errors     []string `json:"errors,omitempty"`
+}
+
+// LoadRun is one run of a scenario under load (rolling restart, churn):
+// the quiet baseline and the phase with changes.
+type LoadRun struct {
+	Run      int       `json:"run"`
+	Changes  int       `json:"changes"` // registry changes (restarts, check flips) made
+	Baseline LoadStats `json:"baseline"`
+	During   LoadStats `json:"during"`
+	// Rolling restarts only.
+	SlowestDrainMs  float64 `json:"slowest_drain_ms,omitempty"`
+	SlowestRejoinMs float64 `json:"slowest_rejoin_ms,omitempty"`
+	// Churn only: the whole run, second by second.
+	Series      []Bucket `json:"series,omitempty"`
+	PhaseStartS float64  `json:"phase_start_s,omitempty"`
+	PhaseEndS   float64  `json:"phase_end_s,omitempty"`
+}
+
+// LoadMode gathers the runs of one mode, and the requests of all runs
+// pooled.
+type LoadMode struct {
+	Runs     []LoadRun `json:"runs"`
+	Baseline LoadStats `json:"baseline"`
+	During   LoadStats `json:"during"`
+}
+
+// CrashRun is one abrupt backend death.
+type CrashRun struct {
+	Run        int      `json:"run"`
+	Requests   int      `json:"requests"` // from the crash to the end of the window
+	GETs       int      `json:"gets"`
+	POSTs      int      `json:"posts"`
+	FailedGET  int      `json:"failed_get"`
+	FailedPOST int      `json:"failed_post"`
+	Removed    bool     `json:"removed"`    // nginx stopped trying the dead server within the window
+	RemovedMs  float64  `json:"removed_ms"` // crash → last request that nginx sent to it
+	CriticalMs float64  `json:"consul_critical_ms"`
+	Latency    Summary  `json:"latency"`
+	Errors     []string `json:"errors,omitempty"`
+}
+
+// CrashMode gathers the crash runs of one mode.
+type CrashMode struct {
+	Runs []CrashRun `json:"runs"`
+}
+
+// Totals adds up the runs: failed GETs and POSTs, requests, and the
+// slowest removal (removed is false if any run never removed the server).
+func (c *CrashMode) Totals() (requests, failedGET, failedPOST int, worstMs float64, removed bool) {
+	removed = len(c.Runs) > 0
+	for _, r := range c.Runs {
+		requests += r.Requests
+		failedGET += r.FailedGET
+		failedPOST += r.FailedPOST
+		worstMs = max(worstMs, r.RemovedMs)
+		removed = removed && r.Removed
+	}
+	return
+}
+
+// ScaleRun is one cold start of the daemon in front of many services.
+type ScaleRun struct {
+	Run               int     `json:"run"`
+	Services          int     `json:"services"`
+	Instances         int     `json:"instances"`
+	RegisterS         float64 `json:"register_s"`   // time to fill Consul (not the daemon's)
+	ColdSyncMs        float64 `json:"cold_sync_ms"` // daemon start → nginx holds every upstream
+	Synced            bool    `json:"synced"`
+	MaxConsulConns    int     `json:"max_consul_conns"`
+	RSSMB             float64 `json:"rss_mb"`      // VmRSS after the changes
+	PeakRSSMB         float64 `json:"peak_rss_mb"` // VmHWM
+	Changes           int     `json:"changes"`
+	ChangesSeconds    float64 `json:"changes_s"`
+	CPUChangesMs      float64 `json:"cpu_changes_ms"`    // utime+stime over the changes
+	IdleCPUMsPerS     float64 `json:"idle_cpu_ms_per_s"` // utime+stime per second while idle
+	CPUPerChangeMs    float64 `json:"cpu_per_change_ms"` // (CPUChangesMs − idle share) / Changes
+	CPUPerChangeRawMs float64 `json:"cpu_per_change_raw_ms"`
+	Pushes            int     `json:"pushes"` // POST+DELETE to the dyups API during the changes
+	PushesPerChange   float64 `json:"pushes_per_change"`
+	ChangeLatency     Summary `json:"change_latency"` // Consul write → nginx API shows it
+	// From the daemon's metrics, over the changes: services read from
+	// Consul, and full re-reads of every service.
+	ServiceReadsPerChange float64 `json:"service_reads_per_change"`
+	Sweeps                int     `json:"sweeps"`
+}
+
+// ScaleResult gathers the scale runs.
+type ScaleResult struct {
+	Runs []ScaleRun `json:"runs"`
+}
+
+// Worst returns, over the runs, the figures a target is checked against:
+// the slowest sync, most connections, largest RSS, highest CPU per change
+// and the pushes per change farthest from 1.
+func (s *ScaleResult) Worst() (w ScaleRun) {
+	w.Synced = len(s.Runs) > 0
+	w.PushesPerChange = 1
+	for i, r := range s.Runs {
+		w.Synced = w.Synced && r.Synced
+		w.ColdSyncMs = max(w.ColdSyncMs, r.ColdSyncMs)
+		w.MaxConsulConns = max(w.MaxConsulConns, r.MaxConsulConns)
+		w.RSSMB = max(w.RSSMB, r.RSSMB)
+		w.PeakRSSMB = max(w.PeakRSSMB, r.PeakRSSMB)
+		w.CPUPerChangeMs = max(w.CPUPerChangeMs, r.CPUPerChangeMs)
+		w.CPUPerChangeRawMs = max(w.CPUPerChangeRawMs, r.CPUPerChangeRawMs)
+		if i == 0 || abs(r.PushesPerChange-1) > abs(w.PushesPerChange-1) {
+			w.PushesPerChange = r.PushesPerChange
+		}
+		w.Services, w.Instances = r.Services, r.Instances
+	}
+	return w
+}
+
+func abs(f float64) float64 {
+	if f < 0 {
+		return -f
+	}
+	return f
+}
+
+// Target is one goal of the issue, checked against a figure.
+type Target struct {
+	Scenario string `json:"scenario"`
+	Name     string `json:"name"`
+	Goal     string `json:"goal"`
+	Value    string `json:"value"`
+	Met      bool   `json:"met"`
+}
+
+// The targets of issue 8, for ours-lua.
+const (
+	targetPropP50Ms    = 20
+	targetPropP99Ms    = 50
+	targetRemovalSlack = 300 * time.Millisecond
+	targetColdSync     = 5 * time.Second
+	targetConsulConns  = 20
+	targetRSSMB        = 60
+	targetCPUPerChange = 2.0 // ms
+)
+
+// EvaluateTargets checks the issue's targets against ours-lua's figures.
+// A scenario that was not run (or not for ours-lua) gives no target.
+func EvaluateTargets(r *Results) []Target {
+	var out []Target
+	add := func(scen, name, goal, value string, met bool) {
+		out = append(out, Target{Scenario: scen, Name: name, Goal: goal, Value: value, Met: met})
+	}
+	if p := r.Propagation[ModeLua]; p != nil && p.All.N > 0 {
+		add(ScenarioPropagation, "propagation p50", fmt.Sprintf("≤ %d ms", targetPropP50Ms),
+			fmt.Sprintf("%.1f ms", p.All.P50), p.All.P50 <= targetPropP50Ms && p.Timeouts == 0)
+		add(ScenarioPropagation, "propagation p99", fmt.Sprintf("≤ %d ms", targetPropP99Ms),
+			fmt.Sprintf("%.1f ms", p.All.P99), p.All.P99 <= targetPropP99Ms && p.Timeouts == 0)
+	}
+	if m := r.Rolling[ModeLua]; m != nil && len(m.Runs) > 0 {
+		failed := m.Baseline.Failed + m.During.Failed
+		add(ScenarioRolling, "rolling restart: failed requests", "0",
+			fmt.Sprintf("%d of %d", failed, m.Baseline.Requests+m.During.Requests), failed == 0)
+	}
+	if c := r.Crash[ModeLua]; c != nil && len(c.Runs) > 0 {
+		reqs, fg, _, worst, removed := c.Totals()
+		add(ScenarioCrash, "crash: failed GETs", "0", fmt.Sprintf("%d of %d requests", fg, reqs), fg == 0)
+		limit := time.Duration(r.Params.CheckInterval*float64(time.Second)) + targetRemovalSlack
+		v := fmt.Sprintf("%.0f ms (slowest of %d)", worst, len(c.Runs))
+		if !removed {
+			v = "not removed within the window"
+		}
+		add(ScenarioCrash, "crash: out of nginx", fmt.Sprintf("≤ check interval + 300 ms = %v", limit),
+			v, removed && worst <= ms(limit))
+	}
+	if r.Scale != nil && len(r.Scale.Runs) > 0 {
+		w := r.Scale.Worst()
+		v := fmt.Sprintf("%.2f s", w.ColdSyncMs/1000)
+		if !w.Synced {
+			v = "did not complete"
+		}
+		add(ScenarioScale, fmt.Sprintf("cold sync of %d × %d", w.Services, w.Instances),
+			fmt.Sprintf("≤ %v", targetColdSync), v, w.Synced && w.ColdSyncMs <= ms(targetColdSync))
+		add(ScenarioScale, "connections to Consul", fmt.Sprintf("≤ %d", targetConsulConns),
+			fmt.Sprintf("%d", w.MaxConsulConns), w.MaxConsulConns <= targetConsulConns)
+		add(ScenarioScale, "daemon RSS", fmt.Sprintf("≤ %d MB", targetRSSMB),
+			fmt.Sprintf("%.1f MB (peak %.1f MB)", w.RSSMB, w.PeakRSSMB), w.RSSMB <= targetRSSMB)
+		add(ScenarioScale, "CPU per single-instance change", fmt.Sprintf("≤ %.0f ms", targetCPUPerChange),
+			fmt.Sprintf("%.2f ms (raw %.2f ms)", w.CPUPerChangeMs, w.CPUPerChangeRawMs), w.CPUPerChangeMs <= targetCPUPerChange)
+		add(ScenarioScale, "upstreams pushed per change", "exactly 1",
+			fmt.Sprintf("%.2f", w.PushesPerChange), w.PushesPerChange == 1)
+	}
+	return out
+}
+
+// WriteJSON writes r, indented, to path.
+func WriteJSON(path string, r *Results) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// ReadJSON reads results written by WriteJSON.
+func ReadJSON(path string) (*Results, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &r, nil
+}

@@ -1,0 +1,459 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// the service every traffic scenario routes to
+const service = "web"
+
+// runner runs the scenarios and fills the results.
+type runner struct {
+	bin  Binaries
+	p    Params
+	res  *Results
+	logf func(format string, args ...any)
+	keep bool // keep the directories of failed scenario runs
+
+	// pooled latencies of the load scenarios: scenario → mode → phase
+	pool map[string]map[string]map[string][]float64
+}
+
+func (r *runner) pooled(scen, mode, phase string, lat []float64) {
+	if r.pool == nil {
+		r.pool = map[string]map[string]map[string][]float64{}
+	}
+	if r.pool[scen] == nil {
+		r.pool[scen] = map[string]map[string][]float64{}
+	}
+	if r.pool[scen][mode] == nil {
+		r.pool[scen][mode] = map[string][]float64{}
+	}
+	r.pool[scen][mode][phase] = append(r.pool[scen][mode][phase], lat...)
+}
+
+func backends(n int) ([]*Backend, error) {
+	var bs []*Backend
+	for i := 1; i <= n; i++ {
+		b, err := NewBackend(i)
+		if err != nil {
+			stopAll(bs)
+			return nil, err
+		}
+		bs = append(bs, b)
+	}
+	return bs, nil
+}
+
+func stopAll(bs []*Backend) {
+	for _, b := range bs {
+		b.Crash()
+	}
+}
+
+func ids(bs ...*Backend) []string {
+	var s []string
+	for _, b := range bs {
+		s = append(s, b.ID)
+	}
+	return s
+}
+
+// setup starts a stack for mode with backends, registers them, starts the
+// controller and waits until nginx routes to all of them.
+func (r *runner) setup(ctx context.Context, mode string, opt StackOptions, n int, check time.Duration) (*Stack, []*Backend, error) {
+	st, err := NewStack(ctx, r.bin, mode, opt)
+	if err != nil {
+		return nil, nil, err
+	}
+	bs, err := backends(n)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	fail := func(err error) (*Stack, []*Backend, error) {
+		st.Close()
+		stopAll(bs)
+		return nil, nil, err
+	}
+	for _, b := range bs {
+		if err := st.Register(service, b, check); err != nil {
+			return fail(err)
+		}
+	}
+	t := time.Now()
+	if err := st.StartController(); err != nil {
+		return fail(err)
+	}
+	if err := st.WaitRouting(ctx, service, ids(bs...), 60*time.Second); err != nil {
+		return fail(err)
+	}
+	r.logf("    %s: nginx routes to %d backends %v after the controller started", mode, n, time.Since(t).Round(time.Millisecond))
+	return st, bs, nil
+}
+
+func (r *runner) teardown(st *Stack, bs []*Backend, err error) {
+	st.Close()
+	stopAll(bs)
+	if err != nil && r.keep {
+		r.logf("    files kept in %s", st.Dir)
+		return
+	}
+	st.Cleanup()
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// propagation: one instance (inst-3) registers, fails its check,
+// recovers and deregisters, over and over, beside two steady ones; each
+// change is timed from the Consul write returning to nginx routing to the
+// new set, seen by fresh-connection probes.
+func (r *runner) propagation(ctx context.Context, mode string, run int) (err error) {
+	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 1}, 3, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { r.teardown(st, bs, err) }()
+	c := bs[2]
+	if err := st.Deregister(c.ID); err != nil {
+		return err
+	}
+	if err := st.WaitRouting(ctx, service, ids(bs[0], bs[1]), 30*time.Second); err != nil {
+		return err
+	}
+	if r.res.Propagation == nil {
+		r.res.Propagation = map[string]*PropagationMode{}
+	}
+	pm := r.res.Propagation[mode]
+	if pm == nil {
+		pm = &PropagationMode{}
+		r.res.Propagation[mode] = pm
+	}
+	prober := StartProber(st.ProxyURL, service, r.p.Probers)
+	defer func() {
+		total, errs := prober.Stop()
+		pm.Probes += total
+		pm.ProbeErrors += errs
+	}()
+	if err := sleep(ctx, 200*time.Millisecond); err != nil {
+		return err
+	}
+	kinds := []string{"register", "fail", "recover", "deregister"}
+	const timeout = 15 * time.Second
+	for i := range r.p.Changes {
+		kind := kinds[i%len(kinds)]
+		prober.Reset()
+		var werr error
+		switch kind {
+		case "register":
+			werr = st.Register(service, c, 0)
+		case "fail":
+			werr = st.SetTTL(c.ID, api.HealthCritical)
+		case "recover":
+			werr = st.SetTTL(c.ID, api.HealthPassing)
+		case "deregister":
+			werr = st.Deregister(c.ID)
+		}
+		t0 := time.Now()
+		if werr != nil {
+			return fmt.Errorf("change %d (%s): %w", i, kind, werr)
+		}
+		join := kind == "register" || kind == "recover"
+		var lat time.Duration
+		ok := poll(ctx, timeout, 3*time.Millisecond, func() bool {
+			var done bool
+			lat, done = Convergence(prober.Probes(), t0, c.ID, join, 150*time.Millisecond)
+			return done
+		})
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s := PropSample{Run: run, Kind: kind, Ms: ms(lat)}
+		if !ok {
+			s.TimedOut, s.Ms = true, ms(timeout)
+			r.logf("    %s change %d (%s): no convergence within %v", mode, i, kind, timeout)
+			want := ids(bs[0], bs[1])
+			if join {
+				want = ids(bs...)
+			}
+			if err := st.WaitRouting(ctx, service, want, 30*time.Second); err != nil {
+				return err
+			}
+		}
+		pm.Samples = append(pm.Samples, s)
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rolling: three backends restarted one after the other, cycles times,
+// under steady load: deregister, drain (until the backend has had no
+// request for drainQuiet), stop gracefully, start, register, wait for
+// traffic.
+func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) {
+	check := time.Duration(r.p.CheckInterval * float64(time.Second))
+	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 1}, 3, check)
+	if err != nil {
+		return err
+	}
+	defer func() { r.teardown(st, bs, err) }()
+	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
+	var reqs []Request
+	stopped := false
+	defer func() {
+		if !stopped {
+			load.Stop()
+		}
+	}()
+	if err := sleep(ctx, r.secs(r.p.BaselineSeconds)); err != nil {
+		return err
+	}
+	const drainQuiet = 300 * time.Millisecond
+	var slowestDrain, slowestRejoin time.Duration
+	start := time.Now()
+	restarts := 0
+	for cycle := range r.p.Cycles {
+		for _, b := range bs {
+			if err := st.Deregister(b.ID); err != nil {
+				return err
+			}
+			t := time.Now()
+			if !poll(ctx, 20*time.Second, 5*time.Millisecond, func() bool { return time.Since(b.LastRequest()) >= drainQuiet }) {
+				return fmt.Errorf("cycle %d: %s still receives requests 20s after deregistering", cycle, b.ID)
+			}
+			slowestDrain = max(slowestDrain, time.Since(t)-drainQuiet)
+			b.Stop()
+			if err := b.Start(); err != nil {
+				return fmt.Errorf("cycle %d: restart %s: %w", cycle, b.ID, err)
+			}
+			served := b.Served()
+			t = time.Now()
+			if err := st.Register(service, b, check); err != nil {
+				return err
+			}
+			if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
+				return fmt.Errorf("cycle %d: %s gets no traffic 20s after registering", cycle, b.ID)
+			}
+			slowestRejoin = max(slowestRejoin, time.Since(t))
+			restarts++
+		}
+	}
+	end := time.Now()
+	if err := sleep(ctx, time.Second); err != nil {
+		return err
+	}
+	reqs, stopped = load.Stop(), true
+	lr := LoadRun{Run: run, Changes: 2 * restarts,
+		Baseline: Stats(reqs, load.Start, start), During: Stats(reqs, start, end),
+		SlowestDrainMs: ms(slowestDrain), SlowestRejoinMs: ms(slowestRejoin)}
+	r.pooled(ScenarioRolling, mode, "baseline", Latencies(reqs, load.Start, start))
+	r.pooled(ScenarioRolling, mode, "during", Latencies(reqs, start, end))
+	r.addLoadRun(&r.res.Rolling, ScenarioRolling, mode, lr)
+	r.logf("    %s run %d: %d restarts, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms)",
+		mode, run, restarts, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99)
+	return nil
+}
+
+func (r *runner) secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func (r *runner) addLoadRun(m *map[string]*LoadMode, scen, mode string, lr LoadRun) {
+	if *m == nil {
+		*m = map[string]*LoadMode{}
+	}
+	lm := (*m)[mode]
+	if lm == nil {
+		lm = &LoadMode{}
+		(*m)[mode] = lm
+	}
+	lm.Runs = append(lm.Runs, lr)
+	var base, during []LoadStats
+	for _, run := range lm.Runs {
+		base = append(base, run.Baseline)
+		during = append(during, run.During)
+	}
+	lm.Baseline = Merge(base, r.pool[scen][mode]["baseline"])
+	lm.During = Merge(during, r.pool[scen][mode]["during"])
+}
+
+// crash: one of three backends dies abruptly (listener and connections
+// closed, as by SIGKILL) without deregistering; Consul's HTTP check finds
+// it. nginx gets max_fails=0 here, so that it tries the dead server on
+// every turn until it is removed and its removal shows in $upstream_addr.
+func (r *runner) crash(ctx context.Context, mode string, run int) (err error) {
+	check := time.Duration(r.p.CheckInterval * float64(time.Second))
+	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 0}, 3, check)
+	if err != nil {
+		return err
+	}
+	defer func() { r.teardown(st, bs, err) }()
+	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
+	stopped := false
+	defer func() {
+		if !stopped {
+			load.Stop()
+		}
+	}()
+	if err := sleep(ctx, r.secs(r.p.BaselineSeconds)); err != nil {
+		return err
+	}
+	dead := bs[1]
+	var critical atomic.Int64
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	dead.Crash()
+	wg.Go(func() {
+		poll(watchCtx, time.Minute, 10*time.Millisecond, func() bool {
+			checks, _, err := st.Consul.Health().Checks(service, nil)
+			if err != nil {
+				return false
+			}
+			for _, c := range checks {
+				if c.ServiceID == dead.ID && c.Status == api.HealthCritical {
+					critical.Store(int64(time.Since(t0)))
+					return true
+				}
+			}
+			return false
+		})
+	})
+	window := max(3*check, 4*time.Second)
+	err = sleep(ctx, window)
+	stopWatch()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	reqs := load.Stop()
+	stopped = true
+	cr := CrashRun{Run: run, CriticalMs: ms(time.Duration(critical.Load()))}
+	end := t0.Add(window)
+	var last time.Time
+	var lat []float64
+	errs := map[string]int{}
+	for _, q := range reqs {
+		if q.Sched.Before(t0) || !q.Sched.Before(end) {
+			continue
+		}
+		cr.Requests++
+		lat = append(lat, ms(q.Latency()))
+		if q.Post {
+			cr.POSTs++
+		} else {
+			cr.GETs++
+		}
+		if q.Failed() {
+			errs[q.describe()]++
+			if q.Post {
+				cr.FailedPOST++
+			} else {
+				cr.FailedGET++
+			}
+		}
+		if strings.Contains(q.Upstream, dead.Addr()) && q.End.After(last) {
+			last = q.End
+		}
+	}
+	cr.Latency = Summarize(lat)
+	cr.Errors = topErrors(errs, 5)
+	if !last.IsZero() {
+		cr.RemovedMs = ms(last.Sub(t0))
+	}
+	cr.Removed = last.Before(end.Add(-time.Second))
+	if r.res.Crash == nil {
+		r.res.Crash = map[string]*CrashMode{}
+	}
+	if r.res.Crash[mode] == nil {
+		r.res.Crash[mode] = &CrashMode{}
+	}
+	r.res.Crash[mode].Runs = append(r.res.Crash[mode].Runs, cr)
+	r.logf("    %s run %d: %d failed GETs, %d failed POSTs of %d; last request to the dead server %.0f ms after the crash (Consul critical after %.0f ms)",
+		mode, run, cr.FailedGET, cr.FailedPOST, cr.Requests, cr.RemovedMs, cr.CriticalMs)
+	return nil
+}
+
+// churn: four backends, one check flipped every 1/ChurnPerSecond under
+// steady keep-alive load.
+func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
+	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 1}, 4, 0)
+	if err != nil {
+		return err
+	}
+	defer func() { r.teardown(st, bs, err) }()
+	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
+	stopped := false
+	defer func() {
+		if !stopped {
+			load.Stop()
+		}
+	}()
+	if err := sleep(ctx, r.secs(r.p.BaselineSeconds)); err != nil {
+		return err
+	}
+	every := time.Duration(float64(time.Second) / r.p.ChurnPerSecond)
+	start := time.Now()
+	tick := time.NewTicker(every)
+	changes := 0
+	for time.Since(start) < r.secs(r.p.ChurnSeconds) {
+		select {
+		case <-ctx.Done():
+			tick.Stop()
+			return ctx.Err()
+		case <-tick.C:
+		}
+		b := bs[(changes/2)%len(bs)]
+		status := api.HealthCritical
+		if changes%2 == 1 {
+			status = api.HealthPassing
+		}
+		if err := st.SetTTL(b.ID, status); err != nil {
+			tick.Stop()
+			return err
+		}
+		changes++
+	}
+	tick.Stop()
+	end := time.Now()
+	if err := sleep(ctx, 2*time.Second); err != nil {
+		return err
+	}
+	reqs := load.Stop()
+	stopped = true
+	lr := LoadRun{Run: run, Changes: changes,
+		Baseline: Stats(reqs, load.Start, start), During: Stats(reqs, start, end),
+		PhaseStartS: start.Sub(load.Start).Seconds(), PhaseEndS: end.Sub(load.Start).Seconds()}
+	at := make([]float64, len(reqs))
+	lat := make([]float64, len(reqs))
+	failed := make([]bool, len(reqs))
+	for i, q := range reqs {
+		at[i] = q.Sched.Sub(load.Start).Seconds()
+		lat[i] = ms(q.Latency())
+		failed[i] = q.Failed()
+	}
+	lr.Series = Series(at, lat, failed, 1)
+	r.pooled(ScenarioChurn, mode, "baseline", Latencies(reqs, load.Start, start))
+	r.pooled(ScenarioChurn, mode, "during", Latencies(reqs, start, end))
+	r.addLoadRun(&r.res.Churn, ScenarioChurn, mode, lr)
+	r.logf("    %s run %d: %d changes, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms), %.0f ok/s",
+		mode, run, changes, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99, lr.During.OKPerSec)
+	return nil
+}

@@ -1,0 +1,556 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Binaries says where the programs are.
+type Binaries struct {
+	Consul, Nginx, ConsulTemplate, Daemon string
+	RepoRoot                              string // for nginx/lua
+}
+
+// proc is a program the bench started, in its own process group.
+type proc struct {
+	name string
+	sig  syscall.Signal // asks it to stop; SIGTERM unless set
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  string
+}
+
+func startProc(dir, name, bin string, args ...string) (*proc, error) {
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
+	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM to the process group, then SIGKILL if anything is
+// left after a while.
+func (p *proc) stop() {
+	if p == nil {
+		return
+	}
+	sig := p.sig
+	if sig == 0 {
+		sig = syscall.SIGTERM
+	}
+	syscall.Kill(-p.pid(), sig)
+	select {
+	case <-p.done:
+	case <-time.After(8 * time.Second):
+	}
+	syscall.Kill(-p.pid(), syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.log)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func poll(ctx context.Context, timeout, every time.Duration, ok func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(every)
+	}
+	return true
+}
+
+// StackOptions shape one stack.
+type StackOptions struct {
+	MaxFails    int // nginx max_fails of every server
+	FailTimeout int // seconds
+	DictMB      int // Lua shared dict size
+}
+
+// Stack is one mode's world on loopback: Consul, nginx, and the program
+// that keeps nginx's upstreams in step (the daemon or consul-template).
+type Stack struct {
+	Mode string
+	Dir  string
+	bin  Binaries
+	opt  StackOptions
+
+	Consul     *api.Client
+	ConsulPort int
+	ProxyURL   string
+	APIURL     string // Lua mode: the dyups API
+	MetricsURL string // ours: the daemon's /metrics
+	File       string // the upstream file nginx reads
+
+	ports      map[string]int
+	consul     *proc
+	nginx      *proc
+	controller *proc
+	nginxConf  string
+}
+
+// NewStack starts Consul and nginx for mode; StartController starts the
+// daemon or consul-template once the caller has registered services.
+func NewStack(ctx context.Context, b Binaries, mode string, opt StackOptions) (s *Stack, err error) {
+	dir, err := os.MkdirTemp("", "swallowkeeper-bench-"+mode+"-")
+	if err != nil {
+		return nil, err
+	}
+	if opt.FailTimeout == 0 {
+		opt.FailTimeout = 10
+	}
+	if opt.DictMB == 0 {
+		opt.DictMB = 16
+	}
+	s = &Stack{Mode: mode, Dir: dir, bin: b, opt: opt, File: filepath.Join(dir, "upstreams.conf")}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	p, err := freePorts(7)
+	if err != nil {
+		return nil, err
+	}
+	s.ports = map[string]int{"http": p[0], "server": p[1], "serf_lan": p[2], "serf_wan": p[3],
+		"proxy": p[4], "api": p[5], "metrics": p[6]}
+	s.ConsulPort = p[0]
+	s.ProxyURL = fmt.Sprintf("http://127.0.0.1:%d/", p[4])
+	if mode == ModeLua {
+		s.APIURL = fmt.Sprintf("http://127.0.0.1:%d", p[5])
+	}
+	if mode != ModeConsulTemplate {
+		s.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", p[6])
+	}
+	if err := s.startConsul(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startNginx(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) startConsul(ctx context.Context) error {
+	p := s.ports
+	var err error
+	s.consul, err = startProc(s.Dir, "consul", s.bin.Consul, "agent", "-dev", "-node=bench",
+		"-bind=127.0.0.1", "-client=127.0.0.1",
+		"-http-port="+strconv.Itoa(p["http"]), "-server-port="+strconv.Itoa(p["server"]),
+		"-serf-lan-port="+strconv.Itoa(p["serf_lan"]), "-serf-wan-port="+strconv.Itoa(p["serf_wan"]),
+		"-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1", "-log-level=warn",
+		`-hcl=check_update_interval = "0s"`)
+	if err != nil {
+		return err
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address = fmt.Sprintf("127.0.0.1:%d", p["http"])
+	cfg.Transport.MaxIdleConnsPerHost = 64
+	if s.Consul, err = api.NewClient(cfg); err != nil {
+		return err
+	}
+	ok := poll(ctx, 60*time.Second, 50*time.Millisecond, func() bool {
+		if s.consul.exited() {
+			return false
+		}
+		l, err := s.Consul.Status().Leader()
+		if err != nil || l == "" {
+			return false
+		}
+		checks, _, err := s.Consul.Health().Node("bench", nil)
+		return err == nil && len(checks) > 0 && checks[0].Status == api.HealthPassing
+	})
+	if !ok {
+		return fmt.Errorf("consul not ready; log:\n%s", s.consul.tail())
+	}
+	return nil
+}
+
+const nginxLuaConf = `# Written by swallowkeeper-bench (mode ours-lua).
+{{modules}}
+worker_processes 2;
+{{user}}pid {{dir}}/nginx.pid;
+error_log {{dir}}/nginx-error.log warn;
+worker_rlimit_nofile 32768;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path {{dir}}/tmp; proxy_temp_path {{dir}}/tmp;
+    fastcgi_temp_path {{dir}}/tmp; uwsgi_temp_path {{dir}}/tmp; scgi_temp_path {{dir}}/tmp;
+    lua_package_path "{{repo}}/nginx/lua/?.lua;;";
+    lua_shared_dict swallowkeeper {{dict}}m;
+    init_by_lua_block {
+        require("swallowkeeper.dyups").init({ dict = "swallowkeeper", persisted_file = "{{file}}" })
+    }
+    init_worker_by_lua_block { require("swallowkeeper.dyups").init_worker() }
+    upstream swallowkeeper_backend {
+        server 0.0.0.1;
+        balancer_by_lua_block { require("swallowkeeper.dyups").balance() }
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:{{api}};
+        allow 127.0.0.1; deny all;
+        client_max_body_size 4m; client_body_buffer_size 4m;
+        location / { content_by_lua_block { require("swallowkeeper.dyups").api() } }
+    }
+    server {
+        listen 127.0.0.1:{{proxy}};
+        location / {
+            set $sk_upstream $host;
+            proxy_pass http://swallowkeeper_backend;
+{{proxycommon}}
+            log_by_lua_block { require("swallowkeeper.dyups").log() }
+        }
+    }
+}
+`
+
+const nginxReloadConf = `# Written by swallowkeeper-bench (modes ours-reload and consul-template).
+worker_processes 2;
+{{user}}pid {{dir}}/nginx.pid;
+error_log {{dir}}/nginx-error.log warn;
+worker_rlimit_nofile 32768;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path {{dir}}/tmp; proxy_temp_path {{dir}}/tmp;
+    fastcgi_temp_path {{dir}}/tmp; uwsgi_temp_path {{dir}}/tmp; scgi_temp_path {{dir}}/tmp;
+    include {{file}};
+    server {
+        listen 127.0.0.1:{{proxy}};
+        location / {
+            proxy_pass http://$host;
+{{proxycommon}}
+        }
+    }
+}
+`
+
+// proxyCommon is the same in every mode.
+const proxyCommon = `            proxy_set_header Host $host;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_next_upstream error timeout http_502;
+            proxy_next_upstream_tries 3;
+            add_header X-SK-Upstream-Addr $upstream_addr always;`
+
+func (s *Stack) startNginx(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Join(s.Dir, "tmp"), 0o755); err != nil {
+		return err
+	}
+	repo, err := filepath.Abs(s.bin.RepoRoot)
+	if err != nil {
+		return err
+	}
+	text := nginxReloadConf
+	if s.Mode == ModeLua {
+		text = nginxLuaConf
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;\n" // workers must reach the 0700 temp directory
+	}
+	modules, err := luaModules(s.bin.Nginx)
+	if err != nil && s.Mode == ModeLua {
+		return err
+	}
+	conf := strings.NewReplacer("{{dir}}", s.Dir, "{{repo}}", repo, "{{file}}", s.File, "{{user}}", user,
+		"{{modules}}", modules, "{{dict}}", strconv.Itoa(s.opt.DictMB), "{{proxycommon}}", proxyCommon,
+		"{{api}}", strconv.Itoa(s.ports["api"]), "{{proxy}}", strconv.Itoa(s.ports["proxy"])).Replace(text)
+	s.nginxConf = filepath.Join(s.Dir, "nginx.conf")
+	if err := os.WriteFile(s.nginxConf, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	// nginx includes the file (reload modes) or loads it (Lua): it must
+	// exist, and starts empty.
+	if err := os.WriteFile(s.File, []byte("# Empty until the first sync.\n"), 0o644); err != nil {
+		return err
+	}
+	s.nginx, err = startProc(s.Dir, "nginx", s.bin.Nginx, "-p", s.Dir, "-c", s.nginxConf, "-g", "daemon off;")
+	if err != nil {
+		return err
+	}
+	ok := poll(ctx, 15*time.Second, 20*time.Millisecond, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.ports["proxy"]))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil && !s.nginx.exited()
+	})
+	if !ok {
+		b, _ := os.ReadFile(filepath.Join(s.Dir, "nginx-error.log"))
+		return fmt.Errorf("nginx did not start: %s\n%s", s.nginx.tail(), b)
+	}
+	return nil
+}
+
+// luaModules returns the load_module lines Debian's nginx needs for Lua
+// (none when Lua is built in).
+func luaModules(bin string) (string, error) {
+	out, err := exec.Command(bin, "-V").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("%s -V: %v", bin, err)
+	}
+	v := string(out)
+	if strings.Contains(v, "lua-nginx-module") || strings.Contains(v, "ngx_lua") {
+		return "", nil
+	}
+	dir := "/usr/lib/nginx/modules"
+	if i := strings.Index(v, "--modules-path="); i >= 0 {
+		dir = strings.Fields(v[i+len("--modules-path="):])[0]
+	}
+	var lines string
+	for _, m := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
+		p := filepath.Join(dir, m)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("nginx has no Lua module (%v): apt-get install libnginx-mod-http-lua", err)
+		}
+		lines += "load_module " + p + ";\n"
+	}
+	return lines, nil
+}
+
+// consulTemplateText renders the same upstream blocks as the daemon (same
+// server parameters and keepalive; only the header comment differs).
+const consulTemplateText = `# Rendered by consul-template.
+{{- range services }}{{ if ne .Name "consul" }}
+
+upstream {{ .Name }} {
+{{- range service .Name }}
+    server {{ .Address }}:{{ .Port }} weight=1 max_fails=MAXFAILS fail_timeout=FAILTIMEOUTs;
+{{- end }}
+    keepalive 16;
+}
+{{- end }}{{ end }}
+`
+
+// StartController starts what keeps nginx in step: the daemon (ours-lua,
+// ours-reload) or consul-template.
+func (s *Stack) StartController() error {
+	nginxArgs := func(extra ...string) string {
+		q := []string{strconv.Quote(s.bin.Nginx), `"-p"`, strconv.Quote(s.Dir), `"-c"`, strconv.Quote(s.nginxConf)}
+		for _, e := range extra {
+			q = append(q, strconv.Quote(e))
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	var err error
+	switch s.Mode {
+	case ModeLua, ModeReload:
+		cfg := fmt.Sprintf(`# Written by swallowkeeper-bench (mode %s).
+consul:
+  address: 127.0.0.1:%d
+file: %s
+guards:
+  confirm_after: 0s
+upstreams:
+  max_fails: %d
+  fail_timeout: %ds
+  keepalive: 16
+metrics:
+  listen: 127.0.0.1:%d
+`, s.Mode, s.ConsulPort, s.File, s.opt.MaxFails, s.opt.FailTimeout, s.ports["metrics"])
+		if s.Mode == ModeLua {
+			cfg += fmt.Sprintf("targets:\n  - url: %s\n", s.APIURL)
+		} else {
+			cfg += fmt.Sprintf("targets: []\nreload:\n  enabled: true\n  test: %s\n  command: %s\n  min_wait: 0s\n  max_wait: 1s\n",
+				nginxArgs("-t", "-q"), nginxArgs("-s", "reload"))
+		}
+		path := filepath.Join(s.Dir, "swallowkeeper.yml")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return err
+		}
+		s.controller, err = startProc(s.Dir, "swallowkeeper", s.bin.Daemon, "run", "-config", path)
+	case ModeConsulTemplate:
+		tmpl := strings.NewReplacer("MAXFAILS", strconv.Itoa(s.opt.MaxFails), "FAILTIMEOUT", strconv.Itoa(s.opt.FailTimeout)).Replace(consulTemplateText)
+		tpath := filepath.Join(s.Dir, "upstreams.ctmpl")
+		if err := os.WriteFile(tpath, []byte(tmpl), 0o644); err != nil {
+			return err
+		}
+		cfg := fmt.Sprintf(`# Written by swallowkeeper-bench.
+consul {
+  address = "127.0.0.1:%d"
+}
+log_level = "warn"
+template {
+  source      = %q
+  destination = %q
+  command     = %s
+}
+`, s.ConsulPort, tpath, s.File, nginxArgs("-s", "reload"))
+		path := filepath.Join(s.Dir, "consul-template.hcl")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			return err
+		}
+		s.controller, err = startProc(s.Dir, "consul-template", s.bin.ConsulTemplate, "-config", path)
+		if err == nil {
+			s.controller.sig = syscall.SIGINT // its default kill_signal
+		}
+	default:
+		return fmt.Errorf("unknown mode %q", s.Mode)
+	}
+	return err
+}
+
+// ControllerPID is the daemon's (or consul-template's) pid.
+func (s *Stack) ControllerPID() int { return s.controller.pid() }
+
+// ControllerStarted is when the controller process was started.
+func (s *Stack) ControllerLog() string { return s.controller.tail() }
+
+// Close stops everything, controller first.
+func (s *Stack) Close() {
+	s.controller.stop()
+	s.nginx.stop()
+	s.consul.stop()
+}
+
+// Cleanup removes the stack's directory (kept when a scenario failed).
+func (s *Stack) Cleanup() { os.RemoveAll(s.Dir) }
+
+// Register registers an instance of service with the local agent: an
+// HTTP check of the backend every checkInterval (0: a TTL check), passing
+// from the start.
+func (s *Stack) Register(service string, b *Backend, checkInterval time.Duration) error {
+	check := &api.AgentServiceCheck{TTL: "10m", Status: api.HealthPassing}
+	if checkInterval > 0 {
+		check = &api.AgentServiceCheck{HTTP: "http://" + b.Addr() + "/health", Interval: checkInterval.String(),
+			Timeout: "500ms", Status: api.HealthPassing}
+	}
+	return s.Consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: b.ID, Name: service, Address: "127.0.0.1", Port: b.Port, Check: check,
+	})
+}
+
+// Deregister removes an instance.
+func (s *Stack) Deregister(id string) error { return s.Consul.Agent().ServiceDeregister(id) }
+
+// SetTTL sets an instance's TTL check to passing or critical.
+func (s *Stack) SetTTL(id, status string) error {
+	return s.Consul.Agent().UpdateTTL("service:"+id, "", status)
+}
+
+var freshClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// WaitRouting waits until requests for host through nginx reach exactly
+// the backends want, with no failure.
+func (s *Stack) WaitRouting(ctx context.Context, host string, want []string, timeout time.Duration) error {
+	want = slices.Sorted(slices.Values(want))
+	var got []string
+	ok := poll(ctx, timeout, 20*time.Millisecond, func() bool {
+		seen := map[string]bool{}
+		for range 4*len(want) + 4 {
+			req, _ := http.NewRequest(http.MethodGet, s.ProxyURL, nil)
+			req.Host = host
+			resp, err := freshClient.Do(req)
+			if err != nil {
+				return false
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				got = []string{fmt.Sprintf("status %d", resp.StatusCode)}
+				return false
+			}
+			seen[string(b)] = true
+		}
+		got = slices.Sorted(func(yield func(string) bool) {
+			for k := range seen {
+				if !yield(k) {
+					return
+				}
+			}
+		})
+		return slices.Equal(got, want)
+	})
+	if !ok {
+		return fmt.Errorf("%s: nginx routes %s to %v, want %v after %v; controller log:\n%s",
+			s.Mode, host, got, want, timeout, s.controller.tail())
+	}
+	return nil
+}
+
+// apiGet reads a path of the Lua module's dyups API.
+func (s *Stack) apiGet(path string) (string, error) {
+	resp, err := freshClient.Get(s.APIURL + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), errors.New(resp.Status)
+	}
+	return string(b), err
+}

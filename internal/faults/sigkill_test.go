@@ -1,0 +1,256 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// TestPersistedFileSurvivesSIGKILL kills the daemon with SIGKILL, many
+// times, while it rewrites the persisted file under heavy churn: half the
+// kills land the moment a temp file shows up (a write in progress), half at
+// a random moment. After every kill the file is a complete version (the
+// header, every upstream with every server, every block closed, exactly
+// what the renderer writes), nginx -t accepts a configuration that
+// includes the whole directory, no leftover is something nginx would
+// include, and the next daemon starts from the file.
+func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
+	const services, instances = 20, 8
+	iterations := envInt(t, "SK_KILLS", 50)
+	c := testenv.StartConsul(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "upstreams.conf")
+	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
+	metrics := testenv.Addr(testenv.FreePort(t))
+	cfg := writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics})
+	nginxTest := nginxTestCommand(t, dir)
+
+	name := func(s int) string { return fmt.Sprintf("svc-%02d", s) }
+	register := func(s, i, weight int) error {
+		return c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			ID: fmt.Sprintf("%s-%d", name(s), i), Name: name(s), Address: "127.0.0.1", Port: 20000 + 100*s + i,
+			Meta:  map[string]string{"weight": fmt.Sprint(weight)},
+			Check: &api.AgentServiceCheck{TTL: "10m", Status: api.HealthPassing},
+		})
+	}
+	for s := range services {
+		for i := range instances {
+			if err := register(s, i, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// Churn: three writers change instance weights as fast as Consul takes
+	// it; every change rewrites the file.
+	ctx, cancel := context.WithCancel(context.Background())
+	var churn sync.WaitGroup
+	var changes atomic.Int64
+	for w := range 3 {
+		churn.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
+			for ctx.Err() == nil {
+				if register(rng.IntN(services), rng.IntN(instances), 1+rng.IntN(100)) == nil {
+					changes.Add(1)
+				}
+			}
+		})
+	}
+	defer func() { cancel(); churn.Wait() }()
+
+	// complete checks one version of the file: it must be exactly what the
+	// renderer writes for a full state.
+	complete := func(when string) {
+		t.Helper()
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		if !bytes.HasPrefix(data, []byte(upstream.FileHeader)) {
+			t.Fatalf("%s: the file lacks its header:\n%s", when, data)
+		}
+		st, err := upstream.ParseFile(data)
+		if err != nil {
+			t.Fatalf("%s: the file does not parse: %v\n%s", when, err, data)
+		}
+		if !bytes.Equal(upstream.RenderFile(st), data) {
+			t.Fatalf("%s: the file is not a complete rendering:\n%s", when, data)
+		}
+		if n := bytes.Count(data, []byte("{")); n != services || bytes.Count(data, []byte("}")) != n {
+			t.Fatalf("%s: %d blocks opened, %d closed, want %d", when, n, bytes.Count(data, []byte("}")), services)
+		}
+		for s := range services {
+			if u, ok := st[name(s)]; !ok || len(u.Servers) != instances {
+				t.Fatalf("%s: upstream %s has %d servers, want %d:\n%s", when, name(s), len(u.Servers), instances, data)
+			}
+		}
+		if out, err := exec.Command(nginxTest[0], nginxTest[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: nginx -t refuses the file: %v\n%s\n%s", when, err, out, data)
+		}
+	}
+	temps := func() []string {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range entries {
+			if e.Name() == "upstreams.conf" {
+				continue
+			}
+			if ok, _ := filepath.Match("*.conf", e.Name()); ok || !strings.HasPrefix(e.Name(), ".") {
+				t.Fatalf("%s is in the include directory; nginx would include it", e.Name())
+			}
+			out = append(out, e.Name())
+		}
+		return out
+	}
+
+	// A first daemon writes the full state; measure how often it rewrites
+	// the file under this churn.
+	d := startDaemon(t, cfg, metrics)
+	if _, ok := waitFor(ctx, 30*time.Second, func() bool {
+		st, err := upstream.ParseFile(must(os.ReadFile(file)))
+		return err == nil && len(st) == services && st.ServerCount() == services*instances
+	}); !ok {
+		t.Fatalf("the daemon never wrote the full state; log:\n%s", d.log.String())
+	}
+	m0 := d.scrape(t)
+	time.Sleep(2 * time.Second)
+	m1 := d.scrape(t)
+	writes := (m1.sum("swallowkeeper_engine_applies_total") - m0.sum("swallowkeeper_engine_applies_total")) / 2
+	d.kill()
+	complete("after the first kill")
+
+	midWrite, random, cut := 0, 0, 0
+	start := time.Now()
+	for i := range iterations {
+		leftBefore := len(temps())
+		d := startDaemon(t, cfg, metrics)
+		if i%2 == 0 {
+			// Wait for a write in progress, then kill at once.
+			_, ok := waitForTemp(dir, leftBefore, 10*time.Second)
+			if !ok {
+				t.Fatalf("kill %d: no write within 10s; log:\n%s", i, d.log.String())
+			}
+			midWrite++
+		} else {
+			time.Sleep(time.Duration(rand.N(400)) * time.Millisecond)
+			random++
+		}
+		if !d.running() {
+			t.Fatalf("kill %d: the daemon had exited by itself (%v); log:\n%s", i, d.cmd.ProcessState, d.log.String())
+		}
+		d.kill()
+		if ws, ok := d.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("kill %d: the daemon ended with %v, not by SIGKILL; log:\n%s", i, d.cmd.ProcessState, d.log.String())
+		}
+		complete(fmt.Sprintf("after kill %d", i))
+		if len(temps()) > leftBefore {
+			cut++ // the kill cut a write short: its temp file stayed
+		}
+		if strings.Contains(d.log.String(), "loaded persisted state") &&
+			!strings.Contains(d.log.String(), fmt.Sprintf(`msg="loaded persisted state" upstreams=%d`, services)) {
+			t.Fatalf("kill %d: the daemon did not load the %d upstreams of the file; log:\n%s", i, services, d.log.String())
+		}
+	}
+	elapsed := time.Since(start)
+	left := temps()
+
+	// The last word: a daemon starts from the file, serves it and stops
+	// cleanly.
+	cancel()
+	churn.Wait()
+	d = startDaemon(t, cfg, metrics)
+	waitLogLine(t, d, fmt.Sprintf(`msg="loaded persisted state" upstreams=%d`, services))
+	d.stop(t)
+	complete("after a clean stop")
+
+	figure(t, "%d SIGKILLs in %v (%d the moment a write was in progress, %d at random moments); churn %d registry changes, about %.0f file writes/s",
+		iterations, elapsed.Round(time.Millisecond), midWrite, random, changes.Load(), writes)
+	figure(t, "after every kill: file complete (%d upstreams, %d servers), nginx -t passed; %d kills cut a write short; %d temp files left behind, none includable (%s)",
+		services, services*instances, cut, len(left), strings.Join(left[:min(len(left), 3)], " "))
+	if writes < 2 {
+		t.Errorf("only %.1f file writes/s: the churn did not drive the daemon hard", writes)
+	}
+}
+
+// waitForTemp polls dir until it holds more than have temp files of the
+// persisted file, i.e. a write is in progress.
+func waitForTemp(dir string, have int, timeout time.Duration) (string, bool) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		entries, _ := os.ReadDir(dir)
+		n := 0
+		var newest string
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".upstreams.conf.tmp-") {
+				n++
+				newest = e.Name()
+			}
+		}
+		if n > have {
+			return newest, true
+		}
+	}
+	return "", false
+}
+
+// nginxTestCommand writes an nginx.conf that includes everything in dir,
+// as an operator would (`include dir/*;`), and returns the nginx -t command
+// that tests it.
+func nginxTestCommand(t *testing.T, dir string) []string {
+	t.Helper()
+	bin := testenv.Binary(t, "SWALLOWKEEPER_NGINX", "nginx", "Debian: apt-get install nginx")
+	prefix := t.TempDir()
+	conf := filepath.Join(prefix, "nginx.conf")
+	text := fmt.Sprintf(`pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 64; }
+http {
+    client_body_temp_path %[1]s/client_body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    access_log off;
+    include %[2]s/*;
+    server {
+        listen 127.0.0.1:%[3]d;
+        location / { proxy_pass http://svc-00; }
+    }
+}
+`, prefix, dir, testenv.FreePort(t))
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{bin, "-t", "-q", "-p", prefix, "-e", filepath.Join(prefix, "error.log"), "-c", conf}
+}
+
+func waitLogLine(t *testing.T, d *daemon, substr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.log.String(), substr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon never logged %q; log:\n%s", substr, d.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func must(b []byte, _ error) []byte { return b }
