@@ -1111,3 +1111,71 @@ func TestSampleDyupsConfParses(t *testing.T) {
 		t.Errorf("nginx -t: %v\n%s", err, out)
 	}
 }
+
+// TestSampleOpenRestyConf runs nginx/conf/openresty.conf on Debian's nginx
+// with the Lua module (the load_module lines OpenResty does not need added)
+// and uses it like lua.conf: persisted file at start, POST, Host routing.
+func TestSampleOpenRestyConf(t *testing.T) {
+	t.Parallel()
+	a := startBackend(t, "a")
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	if err := os.WriteFile(file, fmt.Appendf(nil, "upstream api {\n    server %s;\n}\n", a.addr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{Config: func(p testenv.NginxParams) string {
+		user := ""
+		if p.Root {
+			user = "user root;"
+		}
+		return p.LoadModules + "\n" + sample(t, "openresty.conf",
+			"#user nobody nogroup;", user,
+			"worker_processes auto;", "worker_processes 2;",
+			"pid logs/nginx.pid;", "pid "+p.Prefix+"/nginx.pid;",
+			"logs/", p.Prefix+"/",
+			"include mime.types;", "include /etc/nginx/mime.types;",
+			"/usr/share/swallowkeeper/lua", p.LuaPath,
+			"/var/lib/swallowkeeper/upstreams.conf", file,
+			"listen 127.0.0.1:8081;", fmt.Sprintf("listen 127.0.0.1:%d;", p.APIPort),
+			"listen 80;", fmt.Sprintf("listen 127.0.0.1:%d reuseport;", p.ProxyPort),
+			"http {\n", "http {\n"+tempPaths(p.Prefix),
+		)
+	}})
+	expect(t, "GET /list (from the persisted file)", get(t, ngx, "/list"), 200, "api\n")
+	mustPost(t, ngx, "web", "server "+a.addr+";")
+	for _, host := range []string{"web.example.com", "api.example.com"} {
+		if got, _ := spread(t, ngx, host, 4); got["a"] != 4 {
+			t.Errorf("Host %s: %v, want all to a", host, got)
+		}
+	}
+}
+
+// TestSampleReloadModeConfParses checks nginx/conf/reload-mode.conf with
+// `nginx -t`, with a persisted file and without one (first start).
+func TestSampleReloadModeConfParses(t *testing.T) {
+	t.Parallel()
+	bin := testenv.Binary(t, "SWALLOWKEEPER_NGINX", "nginx", "apt-get install nginx")
+	dir := t.TempDir()
+	text := sample(t, "reload-mode.conf",
+		"user www-data;", "",
+		"/run/nginx.pid", dir+"/nginx.pid",
+		"/var/log/nginx/", dir+"/",
+		"/var/lib/swallowkeeper/upstreams*.conf", dir+"/upstreams*.conf",
+		"listen 80;", "listen 127.0.0.1:18080;",
+		"http {\n", "http {\n"+tempPaths(dir),
+	)
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string) {
+		if out, err := exec.Command(bin, "-t", "-q", "-p", dir, "-c", conf).CombinedOutput(); err != nil {
+			t.Errorf("nginx -t %s: %v\n%s", what, err, out)
+		}
+	}
+	check("before the first persisted file")
+	if err := os.WriteFile(filepath.Join(dir, "upstreams.conf"),
+		[]byte("upstream web {\n    server 10.0.0.1:80 weight=1 max_fails=1 fail_timeout=10s;\n    keepalive 16;\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check("with a persisted file")
+}

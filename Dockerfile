@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+#
+# SwallowKeeper daemon image.
+#
+#   docker build -t swallowkeeper --build-arg VERSION=$(git describe --tags --always) .
+#
+#   docker run -d --name swallowkeeper \
+#       -v /etc/swallowkeeper:/etc/swallowkeeper:ro \
+#       -v swallowkeeper-state:/var/lib/swallowkeeper \
+#       -p 127.0.0.1:9145:9145 \
+#       swallowkeeper
+#
+# - The configuration is not in the image: mount it at
+#   /etc/swallowkeeper/swallowkeeper.yml. Inside a container set
+#   `metrics.listen: 0.0.0.0:9145` (the default, 127.0.0.1:9145, is not
+#   reachable through -p), and point `targets[].url` at the nginx dyups/Lua
+#   API as the container sees it, not at 127.0.0.1.
+# - /var/lib/swallowkeeper holds the persisted upstream file (`file`). nginx
+#   must `include` (dyups) or load (Lua: persisted_file) that same file:
+#   mount the volume into the nginx container too, read-only. The file is
+#   0644 in a 0755 directory, so nginx reads it whatever its uid.
+# - `docker stop` sends SIGTERM: a push in flight gets 5 s, within Docker's
+#   default 10 s. `docker kill -s HUP swallowkeeper` re-reads the
+#   configuration.
+# - /healthz (the process answers) and /readyz (persisted state loaded and at
+#   least one nginx target in sync) on port 9145 are for the orchestrator's
+#   probes; `docker exec swallowkeeper swallowkeeper status -addr 127.0.0.1:9145`
+#   shows what it applied.
+# - Reload mode (reload.enabled) runs `nginx -t` and `nginx -s reload`; it
+#   needs nginx in the same container, as root: this image is for the dyups
+#   and Lua modes.
+# - The Lua module (nginx/lua) is copied to /usr/share/swallowkeeper/lua,
+#   the path nginx/conf/lua.conf uses: an nginx image can take it with
+#   `COPY --from=swallowkeeper /usr/share/swallowkeeper/lua /usr/share/swallowkeeper/lua`.
+#   An app image can take the binary the same way and run
+#   `swallowkeeper register ... -- CMD` as its entrypoint.
+
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+# Modules first: this layer stays cached while only the code changes.
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath \
+        -ldflags "-s -w -X github.com/swallowkeeper/swallowkeeper/internal/cli.Version=${VERSION}" \
+        -o /out/swallowkeeper ./cmd/swallowkeeper \
+    && /out/swallowkeeper version
+
+FROM debian:bookworm-slim
+# CA bundle for https to Consul/etcd, from the build stage (no apt here).
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+RUN groupadd --system --gid 10001 swallowkeeper \
+    && useradd --system --uid 10001 --gid swallowkeeper --no-create-home \
+               --home-dir /var/lib/swallowkeeper --shell /usr/sbin/nologin swallowkeeper \
+    && install -d -o swallowkeeper -g swallowkeeper -m 0755 /var/lib/swallowkeeper \
+    && install -d -m 0755 /etc/swallowkeeper
+COPY --from=build /out/swallowkeeper /usr/local/bin/swallowkeeper
+COPY examples/swallowkeeper.yml /usr/share/swallowkeeper/swallowkeeper.example.yml
+COPY nginx/lua/ /usr/share/swallowkeeper/lua/
+
+USER swallowkeeper:swallowkeeper
+WORKDIR /var/lib/swallowkeeper
+VOLUME /var/lib/swallowkeeper
+EXPOSE 9145
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["swallowkeeper"]
+CMD ["run", "-config", "/etc/swallowkeeper/swallowkeeper.yml"]
