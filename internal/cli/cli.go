@@ -241,6 +241,7 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 
 // parts are the wired components of a configuration.
 type parts struct {
+	sources []namedSource
 	engine  *engine.Engine
 	targets []*dyups.Target
 	reload  *reload.Sink
@@ -287,6 +288,7 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		p.reload = rs
 		sinks = append(sinks, rs)
 	}
+	p.sources = []namedSource{{sourceName(cfg), src}}
 	p.engine = engine.New([]engine.Source{src}, store.New(cfg.File), sinks,
 		engine.Guards{
 			MinServices:  cfg.Guards.MinServices,
@@ -439,8 +441,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 		mux.Handle("/readyz", readyHandler(p))
-		mux.Handle("/status", statusHandler(p.engine, p.targets))
-		page := statuspage.Handler(func() statuspage.Page { return statusPage(buildStatus(p.engine, p.targets), cfg) })
+		mux.Handle("/status", statusHandler(p))
+		page := statuspage.Handler(func() statuspage.Page { return statusPage(buildStatus(p), cfg) })
 		mux.Handle("/{$}", page)
 		mux.Handle("/status.html", page)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

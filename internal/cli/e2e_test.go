@@ -356,6 +356,11 @@ func TestEndToEnd(t *testing.T) {
 	if !d.running() {
 		t.Fatalf("daemon exited during the Consul outage; log:\n%s", d.log.String())
 	}
+	// The outage is visible: status says the registry is unreachable.
+	code, out, _ := runCLI(t, nil, "status", "-addr", metricsAddr)
+	if code != 0 || !strings.Contains(out, "REGISTRY UNREACHABLE") || !strings.Contains(out, "consul "+c.HTTPAddr()) {
+		t.Errorf("status during the Consul outage (exit %d):\n%s", code, out)
+	}
 	c.Start(t)
 	// The agent restores its services from its data dir; their TTL checks
 	// come back with their last status. Change something and watch it

@@ -22,6 +22,7 @@ type statusDoc struct {
 	Version      string         `json:"version"`
 	Sources      int            `json:"sources"`
 	Answered     int            `json:"sources_answered"`
+	Registries   []registryDoc  `json:"registries"`
 	LastApply    time.Time      `json:"last_apply,omitzero"`
 	PersistError string         `json:"persist_error,omitempty"`
 	Holds        []holdDoc      `json:"holds"`
@@ -54,12 +55,34 @@ type serverDoc struct {
 	Down        bool          `json:"down,omitempty"`
 }
 
-func buildStatus(e *engine.Engine, targets []*dyups.Target) statusDoc {
-	doc := statusDoc{Version: Version, Holds: []holdDoc{}, Targets: []dyups.Status{}, Upstreams: []upstreamDoc{}}
-	for _, t := range targets {
+// namedSource is a source with the name status shows for it.
+type namedSource struct {
+	name string
+	src  engine.Source
+}
+
+// registryDoc is whether a source reaches its registry.
+type registryDoc struct {
+	Name  string    `json:"name"`
+	Up    bool      `json:"up"`
+	Error string    `json:"error,omitempty"`
+	Since time.Time `json:"since,omitzero"`
+}
+
+func buildStatus(p *parts) statusDoc {
+	doc := statusDoc{Version: Version, Registries: []registryDoc{}, Holds: []holdDoc{}, Targets: []dyups.Status{}, Upstreams: []upstreamDoc{}}
+	for _, s := range p.sources {
+		r := registryDoc{Name: s.name, Up: true}
+		if hr, ok := s.src.(engine.HealthReporter); ok {
+			h := hr.Health()
+			r.Up, r.Error, r.Since = h.Up, h.Error, h.Since
+		}
+		doc.Registries = append(doc.Registries, r)
+	}
+	for _, t := range p.targets {
 		doc.Targets = append(doc.Targets, t.Status())
 	}
-	st := e.Status()
+	st := p.engine.Status()
 	if st == nil {
 		return doc
 	}
@@ -78,12 +101,12 @@ func buildStatus(e *engine.Engine, targets []*dyups.Target) statusDoc {
 	return doc
 }
 
-func statusHandler(e *engine.Engine, targets []*dyups.Target) http.Handler {
+func statusHandler(p *parts) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(buildStatus(e, targets))
+		enc.Encode(buildStatus(p))
 	})
 }
 
@@ -147,6 +170,17 @@ func printStatus(w io.Writer, doc statusDoc) {
 		fmt.Fprintf(w, ", last change applied %s ago", time.Since(doc.LastApply).Round(time.Second))
 	}
 	fmt.Fprintln(w)
+	for _, r := range doc.Registries {
+		if r.Up {
+			fmt.Fprintf(w, "registry %s: reachable\n", r.Name)
+			continue
+		}
+		since := ""
+		if !r.Since.IsZero() {
+			since = fmt.Sprintf(" for %s", time.Since(r.Since).Round(time.Second))
+		}
+		fmt.Fprintf(w, "REGISTRY UNREACHABLE%s (nginx keeps its state): %s: %s\n", since, r.Name, r.Error)
+	}
 	if doc.PersistError != "" {
 		fmt.Fprintf(w, "PERSIST FAILING (nothing is pushed until it works): %s\n", doc.PersistError)
 	}
@@ -206,10 +240,17 @@ func statusPage(doc statusDoc, cfg *config.Config) statuspage.Page {
 	p := statuspage.Page{
 		Version:      doc.Version,
 		Refresh:      5 * time.Second,
-		Sources:      []statuspage.Source{{Name: sourceName(cfg), Answered: doc.Sources > 0 && doc.Answered == doc.Sources}},
+		Sources:      []statuspage.Source{},
 		LastApply:    doc.LastApply,
 		PersistError: doc.PersistError,
 		File:         cfg.File,
+	}
+	for _, r := range doc.Registries {
+		src := statuspage.Source{Name: r.Name, Answered: doc.Sources > 0 && doc.Answered == doc.Sources}
+		if !r.Up {
+			src.Unreachable, src.Since = r.Error, r.Since
+		}
+		p.Sources = append(p.Sources, src)
 	}
 	for _, h := range doc.Holds {
 		p.Holds = append(p.Holds, statuspage.Hold{Upstream: h.Upstream, Reason: h.Reason, Since: h.Since})

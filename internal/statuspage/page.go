@@ -44,6 +44,10 @@ type Page struct {
 type Source struct {
 	Name     string // e.g. "consul 127.0.0.1:8500"
 	Answered bool   // it has sent a full snapshot; nothing is applied until all have
+	// Unreachable, when set, is why the source cannot reach its registry
+	// now (nginx keeps its state meanwhile); Since is when it lost it.
+	Unreachable string
+	Since       time.Time
 }
 
 // Hold is a guard holding changes back.

@@ -125,6 +125,12 @@ func TestStateOf(t *testing.T) {
 			p.Sources[1].Answered = false
 			return p
 		}(), stateHold, "holding changes", []string{"waiting for sources: 1 of 2 answered"}},
+		{"an unreachable registry is amber and says nginx keeps its state", func() Page {
+			p := healthy()
+			p.Sources[0].Unreachable = "consul: watch catalog/services: connection refused"
+			p.Sources[0].Since = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+			return p
+		}(), stateHold, "registry unreachable", []string{"unreachable since 2026-12-01T10:00:00Z (nginx keeps its state): consul: watch catalog/services: connection refused"}},
 		{"a target out of sync is red, even while holding", func() Page {
 			p := broken()
 			p.Holds = holding().Holds

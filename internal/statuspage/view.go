@@ -114,11 +114,20 @@ func stateOf(p Page) summary {
 		hold = append(hold, "held "+scope+": "+h.Reason)
 	}
 	answered := 0
+	var unreachable []string
 	for _, s := range p.Sources {
 		if s.Answered {
 			answered++
 		}
+		if s.Unreachable != "" {
+			when := ""
+			if !s.Since.IsZero() {
+				when = " since " + stamp(s.Since)
+			}
+			unreachable = append(unreachable, fmt.Sprintf("%s unreachable%s (nginx keeps its state): %s", s.Name, when, s.Unreachable))
+		}
 	}
+	hold = append(unreachable, hold...)
 	if answered < len(p.Sources) {
 		hold = append(hold, fmt.Sprintf("waiting for sources: %d of %d answered, nothing is applied until all have", answered, len(p.Sources)))
 	}
@@ -129,6 +138,8 @@ func stateOf(p Page) summary {
 			title = "persist error"
 		}
 		return summary{Class: stateBad, Title: title, Details: append(bad, hold...)}
+	case len(unreachable) > 0:
+		return summary{Class: stateHold, Title: "registry unreachable", Details: hold}
 	case len(hold) > 0:
 		return summary{Class: stateHold, Title: "holding changes", Details: hold}
 	default:

@@ -58,9 +58,14 @@ type Source struct {
 	opt    Options
 	log    *slog.Logger
 	m      *metrics
+	reach  engine.Reachability
 }
 
 var _ engine.Source = (*Source)(nil)
+
+// Health implements engine.HealthReporter: up while both watches' last
+// requests succeeded.
+func (s *Source) Health() engine.Health { return s.reach.Health() }
 
 // New returns a source. The client's transport should allow a handful of
 // connections to the agent (see NewClient).
@@ -209,6 +214,7 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 			}
 			s.m.errors.WithLabelValues(what).Inc()
 			s.m.up.WithLabelValues(what).Set(0)
+			s.reach.Report(what, fmt.Errorf("consul: watch %s: %w", what, err))
 			d := b.Next()
 			s.log.Warn("watch failed; retrying", "watch", what, "err", err, "retry_in", d, "attempt", b.Attempts())
 			if s.waitForAgent(ctx, d) != nil {
@@ -221,6 +227,7 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 		}
 		b.Reset()
 		s.m.up.WithLabelValues(what).Set(1)
+		s.reach.Report(what, nil)
 		s.m.wakes.WithLabelValues(what).Inc()
 		reset := false
 		switch {

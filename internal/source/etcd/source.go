@@ -223,7 +223,11 @@ type Source struct {
 	log       *slog.Logger
 	m         *metrics
 	pageSize  int // keys per listing request; tests make it small
+	reach     engine.Reachability
 }
+
+// Health implements engine.HealthReporter.
+func (s *Source) Health() engine.Health { return s.reach.Health() }
 
 var _ engine.Source = (*Source)(nil)
 
@@ -403,12 +407,14 @@ func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
 			retryC = time.After(d)
 		}
 	}
+	var lastErr error
 	for {
 		if need != "" && retryC == nil {
 			if err := f.list(ctx); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
+				lastErr = err
 				s.m.errors.WithLabelValues("list").Inc()
 				d := retry.Next()
 				s.log.Warn("listing failed; keeping the last complete state, will retry",
@@ -423,6 +429,17 @@ func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
 			}
 		}
 		s.m.watchUp.Set(boolf(f.ready && f.watching))
+		switch {
+		case f.ready && f.watching:
+			s.reach.Report("", nil)
+			lastErr = nil
+		case lastErr != nil:
+			s.reach.Report("", lastErr)
+		case !f.ready:
+			s.reach.Report("", errors.New("etcd: no connection to "+strings.Join(s.endpoints, ",")))
+		default:
+			s.reach.Report("", errors.New("etcd: watch not confirmed yet"))
+		}
 
 		select {
 		case <-ctx.Done():

@@ -123,9 +123,13 @@ type Source struct {
 	rules   registry.Rules
 	log     *slog.Logger
 	m       *metrics
+	reach   engine.Reachability
 }
 
 var _ engine.Source = (*Source)(nil)
+
+// Health implements engine.HealthReporter.
+func (s *Source) Health() engine.Health { return s.reach.Health() }
 
 // New returns a source for the ensemble's servers ("host:port"; the port
 // defaults to 2181). reg may be nil when no metrics are wanted.
@@ -453,6 +457,7 @@ func (t *tracker) onState(st zk.State) bool {
 		}
 		t.session = true
 		m.sessionUp.Set(1)
+		t.src.reach.Report("", nil)
 		if t.sent {
 			log.Info("ZooKeeper session up again; re-reading everything before sending")
 		} else {
@@ -467,12 +472,14 @@ func (t *tracker) onState(st zk.State) bool {
 		t.markAll()
 		t.session = false
 		m.sessionUp.Set(0)
+		t.src.reach.Report("", errors.New("zookeeper: session expired"))
 	case zk.StateDisconnected:
 		if t.session {
 			log.Warn("connection to ZooKeeper lost; sending nothing until the session is back")
 		}
 		t.session = false
 		m.sessionUp.Set(0)
+		t.src.reach.Report("", fmt.Errorf("zookeeper: no session with %s", strings.Join(t.src.servers, ",")))
 	}
 	return false
 }

@@ -1,0 +1,72 @@
+package engine
+
+import (
+	"sync"
+	"time"
+)
+
+// Health is whether a source reaches its registry. While it does not,
+// nothing changes in nginx (the source sends nothing), which is the point;
+// Health makes the outage visible on the status page and in `status`.
+type Health struct {
+	Up    bool
+	Error string    // the last error while down
+	Since time.Time // when Up last changed
+}
+
+// HealthReporter is a Source that can tell its Health.
+type HealthReporter interface {
+	Health() Health
+}
+
+// Reachability keeps a source's Health from the outcomes of its
+// connections (keyed, e.g. one per watch): up when every connection's last
+// outcome succeeded. Safe for concurrent use; the zero value is "not
+// connected yet".
+type Reachability struct {
+	mu    sync.Mutex
+	state map[string]string // key → last error, "" when up
+	since time.Time
+	up    bool
+}
+
+// Report records the outcome of the connection named key.
+func (r *Reachability) Report(key string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state == nil {
+		r.state = map[string]string{}
+	}
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+		if msg == "" {
+			msg = "error"
+		}
+	}
+	r.state[key] = msg
+	up := true
+	for _, e := range r.state {
+		up = up && e == ""
+	}
+	if up != r.up || r.since.IsZero() {
+		r.up, r.since = up, time.Now()
+	}
+}
+
+// Health implements HealthReporter.
+func (r *Reachability) Health() Health {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.state == nil {
+		return Health{Error: "not connected yet"}
+	}
+	h := Health{Up: r.up, Since: r.since}
+	for _, e := range r.state {
+		if e != "" {
+			h.Error = e
+			break
+		}
+	}
+	return h
+}
