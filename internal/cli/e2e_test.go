@@ -330,6 +330,10 @@ func TestEndToEnd(t *testing.T) {
 	if got := scrape(t, metricsAddr).sum("swallowkeeper_invalid_instances_dropped_total") - m2.sum("swallowkeeper_invalid_instances_dropped_total"); got < 5 {
 		t.Errorf("invalid_instances_dropped_total moved by %v for 6 hostile registrations", got)
 	}
+	// The status names what was dropped and why.
+	if code, out, _ := runCLI(t, nil, "status", "-addr", metricsAddr); code != 0 || !strings.Contains(out, "Registry entries dropped as invalid") || !strings.Contains(out, "evil-2") {
+		t.Errorf("status does not list the dropped instances (exit %d):\n%s", code, out)
+	}
 	for _, id := range []string{"evil-1", "evil-2", "evil-3", "evil-4", "evil-5", "evil-6"} {
 		c.Deregister(t, id)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +29,14 @@ type statusDoc struct {
 	Holds        []holdDoc      `json:"holds"`
 	Targets      []dyups.Status `json:"targets"`
 	Upstreams    []upstreamDoc  `json:"upstreams"`
+	Dropped      []droppedDoc   `json:"dropped"`
+}
+
+// droppedDoc is a registry entry left out as invalid.
+type droppedDoc struct {
+	Service  string `json:"service,omitempty"`
+	Instance string `json:"instance"`
+	Reason   string `json:"reason"`
 }
 
 type holdDoc struct {
@@ -70,7 +79,7 @@ type registryDoc struct {
 }
 
 func buildStatus(p *parts) statusDoc {
-	doc := statusDoc{Version: Version, Registries: []registryDoc{}, Holds: []holdDoc{}, Targets: []dyups.Status{}, Upstreams: []upstreamDoc{}}
+	doc := statusDoc{Version: Version, Registries: []registryDoc{}, Holds: []holdDoc{}, Targets: []dyups.Status{}, Upstreams: []upstreamDoc{}, Dropped: []droppedDoc{}}
 	for _, s := range p.sources {
 		r := registryDoc{Name: s.name, Up: true}
 		if hr, ok := s.src.(engine.HealthReporter); ok {
@@ -87,6 +96,9 @@ func buildStatus(p *parts) statusDoc {
 		return doc
 	}
 	doc.Sources, doc.Answered, doc.LastApply, doc.PersistError = st.Sources, st.Answered, st.LastApply, st.PersistError
+	for _, d := range st.Dropped {
+		doc.Dropped = append(doc.Dropped, droppedDoc{d.Service, d.Instance, d.Reason})
+	}
 	for _, h := range st.Holds {
 		doc.Holds = append(doc.Holds, holdDoc{h.Upstream, h.Guard, h.Reason, h.Since})
 	}
@@ -215,6 +227,20 @@ func printStatus(w io.Writer, doc statusDoc) {
 			fmt.Fprintf(w, "  %s [%s]%s: %s\n", name, h.Guard, since, h.Reason)
 		}
 	}
+	if len(doc.Dropped) > 0 {
+		fmt.Fprintf(w, "\nRegistry entries dropped as invalid (never rendered):\n")
+		for i, d := range doc.Dropped {
+			if i == 10 {
+				fmt.Fprintf(w, "  ... and %d more (see /status)\n", len(doc.Dropped)-10)
+				break
+			}
+			name := d.Instance
+			if d.Service != "" {
+				name = d.Service + "/" + d.Instance
+			}
+			fmt.Fprintf(w, "  %s: %s\n", printable(name), printable(d.Reason))
+		}
+	}
 	fmt.Fprintf(w, "\nUpstreams:\n")
 	for _, u := range doc.Upstreams {
 		fmt.Fprintf(w, "  %s (service %s, keepalive %d)\n", u.Name, u.Service, u.Keepalive)
@@ -245,6 +271,9 @@ func statusPage(doc statusDoc, cfg *config.Config) statuspage.Page {
 		PersistError: doc.PersistError,
 		File:         cfg.File,
 	}
+	for _, d := range doc.Dropped {
+		p.Dropped = append(p.Dropped, statuspage.Dropped{Service: d.Service, Instance: d.Instance, Reason: d.Reason})
+	}
 	for _, r := range doc.Registries {
 		src := statuspage.Source{Name: r.Name, Answered: doc.Sources > 0 && doc.Answered == doc.Sources}
 		if !r.Up {
@@ -272,4 +301,15 @@ func statusPage(doc statusDoc, cfg *config.Config) statuspage.Page {
 		p.Upstreams = append(p.Upstreams, pu)
 	}
 	return p
+}
+
+// printable quotes registry text that holds control characters, so that a
+// hostile key cannot forge lines on an operator's terminal.
+func printable(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == 0x9b {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -96,6 +97,8 @@ type Status struct {
 	// PersistError is the last failure to write the file, until a write
 	// succeeds; nothing is pushed meanwhile.
 	PersistError string
+	// Dropped lists the registry entries the sources left out as invalid.
+	Dropped []registry.Dropped
 }
 
 // Status returns the latest published status; nil before Run started.
@@ -114,6 +117,11 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 		shown[i] = h
 	}
 	st := &Status{Applied: applied, Holds: shown, Sources: len(latest), Answered: answered, LastApply: last}
+	for _, snap := range latest {
+		if snap != nil {
+			st.Dropped = append(st.Dropped, snap.Dropped...)
+		}
+	}
 	if persistErr != nil {
 		st.PersistError = persistErr.Error()
 	}

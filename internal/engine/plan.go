@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -17,6 +18,9 @@ type Snapshot struct {
 	// Services counts the registry services seen after filtering; the
 	// min_services guard compares against it.
 	Services int
+	// Dropped lists the registry entries the source left out as invalid,
+	// for the status page; they never reach Upstreams.
+	Dropped []registry.Dropped
 	// Doubt, when set, is the source's own reason to distrust this answer
 	// (Consul without a known leader, results filtered by ACLs): the engine
 	// changes nothing while any source doubts, and shows the reason.

@@ -475,7 +475,7 @@ func (t *tracker) snapshot() engine.Snapshot {
 		}
 	}
 	t.dropped = now
-	snap := engine.Snapshot{Upstreams: st, Services: len(t.services)}
+	snap := engine.Snapshot{Upstreams: st, Services: len(t.services), Dropped: dropped}
 	if len(t.doubts) > 0 {
 		what := slices.Sorted(maps.Keys(t.doubts))[0]
 		snap.Doubt = fmt.Sprintf("consul: %s answered %s", what, t.doubts[what])

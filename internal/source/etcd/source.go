@@ -732,7 +732,11 @@ func (f *follower) snapshot() (engine.Snapshot, bool) {
 		}
 	}
 	f.invalid = now
-	changed := !f.sent || snap.Services != f.last.Services || !snap.Upstreams.Equal(f.last.Upstreams)
+	for _, iv := range invalid {
+		snap.Dropped = append(snap.Dropped, registry.Dropped{Instance: iv.Key, Reason: iv.Reason})
+	}
+	changed := !f.sent || snap.Services != f.last.Services || !snap.Upstreams.Equal(f.last.Upstreams) ||
+		!slices.Equal(snap.Dropped, f.last.Dropped)
 	return snap, changed
 }
 

@@ -768,7 +768,12 @@ func (t *tracker) snapshot() (engine.Snapshot, bool) {
 		}
 	}
 	t.invalid = now
-	changed := !t.sent || snap.Services != t.last.Services || !snap.Upstreams.Equal(t.last.Upstreams)
+	slices.SortFunc(invalid, func(a, b Invalid) int { return strings.Compare(a.Path+a.Reason, b.Path+b.Reason) })
+	for _, iv := range invalid {
+		snap.Dropped = append(snap.Dropped, registry.Dropped{Instance: iv.Path, Reason: iv.Reason})
+	}
+	changed := !t.sent || snap.Services != t.last.Services || !snap.Upstreams.Equal(t.last.Upstreams) ||
+		!slices.Equal(snap.Dropped, t.last.Dropped)
 	return snap, changed
 }
 
