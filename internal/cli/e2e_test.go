@@ -465,10 +465,9 @@ func TestDriftRepair(t *testing.T) {
 		}},
 		{"nginx restarts and forgets everything", func() {
 			ng.Stop(t)
-			ng.Start(t) // this nginx has no persisted_file: its memory starts empty
-			if list := apiGet(t, ng, "/list"); list != "" {
-				t.Fatalf("restarted nginx still lists %q", list)
-			}
+			// This nginx has no persisted_file: its memory starts empty
+			// (the daemon may already have repaired it when Start returns).
+			ng.Start(t)
 		}},
 	}
 	want := apiGet(t, ng, "/detail")
