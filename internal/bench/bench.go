@@ -64,7 +64,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&bin.RepoRoot, "repo", ".", "repository root (nginx/lua; default output paths)")
 	fs.StringVar(&jsonPath, "json", "", "results file (default <repo>/docs/bench/results.json)")
 	fs.StringVar(&mdPath, "md", "", "report (default <repo>/docs/BENCHMARKS.md); plots go to <dir of -json>")
-	fs.BoolVar(&render, "render", false, "only render the report and plots again from -json")
+	fs.BoolVar(&render, "render", false, "only render the report and plots again from -json (rewriting it in the current format)")
 	fs.BoolVar(&shared, "shared", false, "say in the report that the machine was shared with other work")
 	fs.BoolVar(&keep, "keep", false, "keep the files of failed scenario runs")
 	fs.StringVar(&command, "command", "", "how the bench was invoked, for the report (default: this command line)")
@@ -116,7 +116,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
 			return 1
 		}
-		if err := writeReport(res, jsonPath, mdPath, false); err != nil {
+		for _, m := range []map[string]*LoadMode{res.Rolling, res.Churn} {
+			for _, lm := range m {
+				lm.RecountErrors()
+			}
+		}
+		res.Targets = EvaluateTargets(res)
+		if err := writeReport(res, jsonPath, mdPath, true); err != nil {
 			fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
 			return 1
 		}

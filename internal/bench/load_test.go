@@ -86,3 +86,15 @@ func TestShortErrDropsTheURL(t *testing.T) {
 type testErr struct{ s string }
 
 func (e *testErr) Error() string { return e.s }
+
+func TestRecountErrors(t *testing.T) {
+	m := LoadMode{Runs: []LoadRun{
+		{During: LoadStats{Errors: []string{"POST: EOF (×27)"}}},
+		{During: LoadStats{Errors: []string{"POST: EOF (×3)", "GET: status 502 (×1)"}}},
+	}}
+	m.During.Errors = []string{"POST: EOF (×27) (×1)"} // as an older version pooled them
+	m.RecountErrors()
+	if got := strings.Join(m.During.Errors, "; "); got != "POST: EOF (×30); GET: status 502 (×1)" {
+		t.Errorf("errors %q", got)
+	}
+}

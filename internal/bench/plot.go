@@ -206,11 +206,11 @@ func plotChurnMode(r *Results, mode, path string) error {
 				l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
 			}
 			p.Add(l)
-			name := s.name
-			if len(runs) > 1 {
-				name = fmt.Sprintf("%s, run %d", s.name, i+1)
-			}
-			if i == 0 || len(runs) <= 2 {
+			if i == 0 {
+				name := s.name
+				if len(runs) > 1 {
+					name = fmt.Sprintf("%s (one line per run, %d runs)", s.name, len(runs))
+				}
 				p.Legend.Add(name, l)
 			}
 		}

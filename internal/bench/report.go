@@ -94,6 +94,10 @@ func RenderMarkdown(r *Results, plotDir string) string {
 	renderCrash(w, r)
 	renderScale(w, r)
 	renderChurn(w, img, r)
+	if len(r.Rolling) > 0 || len(r.Churn) > 0 {
+		w("### Why the reload modes lose POSTs\n\n")
+		renderReloadNote(w, r)
+	}
 
 	w("## Reproduce\n\n```sh\nscripts/bench.sh           # full run: -runs 3, default sizes (%s)\nscripts/bench.sh -quick    # 1 run, shorter scenarios (%s)\nscripts/bench.sh -h        # every flag\n```\n\n",
 		fullRunTime, quickRunTime)
@@ -104,7 +108,7 @@ func RenderMarkdown(r *Results, plotDir string) string {
 // How long the runs took on the 2-core development machine (measured with
 // time(1) around scripts/bench.sh, builds included).
 const (
-	fullRunTime  = "about 35 minutes on 2 cores"
+	fullRunTime  = "about 30 minutes on 2 cores"
 	quickRunTime = "about 3 minutes"
 )
 
@@ -202,7 +206,7 @@ func renderRolling(w writer, r *Results) {
 	w("## 2. Rolling restart\n\n")
 	w("Three backends, each registered with an HTTP check every %g s; %d cycles per run (%d run(s)), each restarting the three in turn: deregister → drain (until the backend has had no request for 300 ms) → graceful stop → start → register (check passing) → wait until it gets traffic again. Load: %d req/s offered over keep-alive connections; the baseline is the same load for %g s before the first restart.\n\n",
 		p.CheckInterval, p.Cycles, p.Runs, p.Rate, p.BaselineSeconds)
-	w("| mode | requests during restarts | failed (GET / POST) | p50 ms baseline → restarts | p99 ms baseline → restarts | p99 ratio | slowest drain | slowest rejoin | errors |\n|---|---|---|---|---|---|---|---|---|\n")
+	w("| mode | requests during restarts | failed (GET / POST) | p50 ms baseline → restarts | p99 ms baseline → restarts | p99 ratio | p99 ms of each run | slowest drain | slowest rejoin | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Rolling) {
 		m := r.Rolling[mode]
 		var drain, rejoin float64
@@ -214,11 +218,28 @@ func renderRolling(w writer, r *Results) {
 		if mode == ModeLua {
 			fcell += " (target 0: " + mark(failed == 0) + ")"
 		}
-		w("| %s | %d | %s | %s → %s | %s → %s | %s | %.0f ms | %.0f ms | %s |\n", mode, m.During.Requests, fcell,
+		w("| %s | %d | %s | %s → %s | %s → %s | %s | %s | %.0f ms | %.0f ms | %s |\n", modeCell(mode, len(m.Runs), p.Runs), m.During.Requests, fcell,
 			f1(m.Baseline.Latency.P50), f1(m.During.Latency.P50), f1(m.Baseline.Latency.P99), f1(m.During.Latency.P99),
-			ratio(m.During.Latency.P99, m.Baseline.Latency.P99), drain, rejoin, errorsCell(m.During.Errors))
+			ratio(m.During.Latency.P99, m.Baseline.Latency.P99), perRunP99(m.Runs), drain, rejoin, errorsCell(m.During.Errors))
 	}
 	w("\n")
+}
+
+// modeCell names the mode, and says so when some of its runs failed.
+func modeCell(mode string, runs, want int) string {
+	if runs < want {
+		return fmt.Sprintf("%s (%d of %d runs)", mode, runs, want)
+	}
+	return mode
+}
+
+// perRunP99 lists the p99 of the phase with changes, run by run.
+func perRunP99(runs []LoadRun) string {
+	var parts []string
+	for _, r := range runs {
+		parts = append(parts, f1(r.During.Latency.P99))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func errorsCell(errs []string) string {
@@ -226,6 +247,10 @@ func errorsCell(errs []string) string {
 		return "none"
 	}
 	return strings.ReplaceAll(strings.Join(errs, "; "), "|", "\\|")
+}
+
+func renderReloadNote(w writer, r *Results) {
+	w("Every failure in the reload modes above is a POST: a reload makes the old nginx workers close their idle keep-alive connections, and a POST the client had just sent on one fails (`EOF`, `connection reset by peer`, `server closed idle connection`; the Go client resends only idempotent requests). A 502 is nginx's answer when the backend connection of a POST it had already sent failed: nginx does not resend a POST either. The Lua mode never reloads, so its client connections are never closed under it.\n\n")
 }
 
 func renderCrash(w writer, r *Results) {
@@ -256,7 +281,7 @@ func renderCrash(w writer, r *Results) {
 			gcell += " (target 0: " + mark(fg == 0) + ")"
 			out += fmt.Sprintf(" (≤ %v: %s)", limit, mark(removed && worst <= ms(limit)))
 		}
-		w("| %s | %d | %s | %d | %s | %.0f ms | %s |\n", mode, reqs, gcell, fp, out, crit, errorsCell(errs))
+		w("| %s | %d | %s | %d | %s | %.0f ms | %s |\n", modeCell(mode, len(m.Runs), p.Runs), reqs, gcell, fp, out, crit, errorsCell(errs))
 	}
 	w("\nFailed POSTs are the requests in flight on the dead backend's connections when it died: nginx does not resend a POST once sent.\n\n")
 }
@@ -328,17 +353,17 @@ func renderChurn(w writer, img func(string, string), r *Results) {
 	w("## 5. Churn under load\n\n")
 	w("Four backends; one check flips (critical, then passing again, one backend after the other) %g times a second for %g s, under %d req/s over keep-alive connections; baseline: the same load for %g s before. %d run(s).\n\n",
 		p.ChurnPerSecond, p.ChurnSeconds, p.Rate, p.BaselineSeconds, p.Runs)
-	w("| mode | changes | requests during churn | failed (GET / POST) | p50 ms baseline → churn | p99 ms baseline → churn | p99 ratio | max ms churn | ok/s churn | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	w("| mode | changes | requests during churn | failed (GET / POST) | p50 ms baseline → churn | p99 ms baseline → churn | p99 ratio | p99 ms of each run | max ms churn | ok/s churn | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Churn) {
 		m := r.Churn[mode]
 		changes := 0
 		for _, run := range m.Runs {
 			changes += run.Changes
 		}
-		w("| %s | %d | %d | %d (%d / %d) | %s → %s | %s → %s | %s | %s | %.0f | %s |\n", mode, changes, m.During.Requests,
+		w("| %s | %d | %d | %d (%d / %d) | %s → %s | %s → %s | %s | %s | %s | %.0f | %s |\n", modeCell(mode, len(m.Runs), p.Runs), changes, m.During.Requests,
 			m.During.Failed, m.During.FailedGET, m.During.FailedPOST,
 			f1(m.Baseline.Latency.P50), f1(m.During.Latency.P50), f1(m.Baseline.Latency.P99), f1(m.During.Latency.P99),
-			ratio(m.During.Latency.P99, m.Baseline.Latency.P99), f1(m.During.Latency.Max), m.During.OKPerSec, errorsCell(m.During.Errors))
+			ratio(m.During.Latency.P99, m.Baseline.Latency.P99), perRunP99(m.Runs), f1(m.During.Latency.Max), m.During.OKPerSec, errorsCell(m.During.Errors))
 	}
 	w("\n")
 	img("p99 latency per second during churn, every mode", PlotChurnP99)

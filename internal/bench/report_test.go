@@ -29,7 +29,7 @@ func TestRenderMarkdown(t *testing.T) {
 		"| consul-template | 4 | 250.0 | 300.0 | 300.0 | 300.0 | 1 | — | — |",
 		"![Propagation latency CDF per mode](bench/propagation_cdf.png)",
 		// rolling: failures and the p99 ratio
-		"| ours-lua | 5000 | 0 (0 / 0) (target 0: ✅ met) | 1.0 → 1.2 | 3.0 → 6.0 | 2.00× |",
+		"| ours-lua | 5000 | 0 (0 / 0) (target 0: ✅ met) | 1.0 → 1.2 | 3.0 → 6.0 | 2.00× | 0.0 |",
 		"| ours-reload | 5000 | 3 (0 / 3) |",
 		"POST: EOF (×3)",
 		// crash

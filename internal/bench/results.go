@@ -175,6 +175,18 @@ type LoadMode struct {
 	During   LoadStats `json:"during"`
 }
 
+// RecountErrors recomputes the pooled error lists from the runs' (the
+// pooled latencies are not kept in results.json, the errors can be).
+func (m *LoadMode) RecountErrors() {
+	var base, during []LoadStats
+	for _, run := range m.Runs {
+		base = append(base, run.Baseline)
+		during = append(during, run.During)
+	}
+	m.Baseline.Errors = Merge(base, nil).Errors
+	m.During.Errors = Merge(during, nil).Errors
+}
+
 // CrashRun is one abrupt backend death.
 type CrashRun struct {
 	Run        int      `json:"run"`

@@ -251,7 +251,7 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 				return err
 			}
 			if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
-				return fmt.Errorf("cycle %d: %s gets no traffic 20s after registering", cycle, b.ID)
+				return fmt.Errorf("cycle %d: %s gets no traffic 20s after registering; %s", cycle, b.ID, st.diagnose(b))
 			}
 			slowestRejoin = max(slowestRejoin, time.Since(t))
 			restarts++

@@ -554,3 +554,26 @@ func (s *Stack) apiGet(path string) (string, error) {
 	}
 	return string(b), err
 }
+
+// diagnose says where an instance that gets no traffic is stuck: Consul's
+// view of its checks, and whether the upstream file lists it.
+func (s *Stack) diagnose(b *Backend) string {
+	var parts []string
+	checks, _, err := s.Consul.Health().Checks(service, nil)
+	if err != nil {
+		parts = append(parts, "consul: "+err.Error())
+	}
+	for _, c := range checks {
+		if c.ServiceID == b.ID {
+			parts = append(parts, fmt.Sprintf("consul check %s %s", c.CheckID, c.Status))
+		}
+	}
+	if len(checks) == 0 {
+		parts = append(parts, "consul lists no check of "+service)
+	}
+	file, err := os.ReadFile(s.File)
+	listed := err == nil && strings.Contains(string(file), b.Addr())
+	parts = append(parts, fmt.Sprintf("%s lists it: %v", filepath.Base(s.File), listed))
+	parts = append(parts, "controller log: "+strings.TrimSpace(s.controller.tail()))
+	return strings.Join(parts, "; ")
+}
