@@ -11,7 +11,9 @@ version="${CONSUL_VERSION:-1.20.1}"
 cache="${SWALLOWKEEPER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/swallowkeeper}"
 bin="$cache/consul-$version/consul"
 
-if [ -x "$bin" ] && "$bin" version 2>/dev/null | grep -q "Consul v$version"; then
+# Capture first: `grep -q` closing the pipe early could fail the pipeline
+# under pipefail and force a needless rebuild.
+if [ -x "$bin" ] && have="$("$bin" version 2>/dev/null)" && grep -q "Consul v$version" <<<"$have"; then
   echo "$bin"
   exit 0
 fi
