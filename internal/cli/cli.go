@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -445,6 +446,11 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 		page := statuspage.Handler(func() statuspage.Page { return statusPage(buildStatus(p), cfg) })
 		mux.Handle("/{$}", page)
 		mux.Handle("/status.html", page)
+		// Profiles, on the same loopback listener: how an operator finds
+		// where a daemon spends its CPU or memory.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/heap", pprof.Index)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() { srv.Serve(ln) })
 		wg.Go(func() { // stop serving when the pipeline stops, so wg.Wait returns

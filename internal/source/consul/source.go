@@ -108,7 +108,28 @@ type checksEvent struct {
 	index  uint64
 	reset  bool
 	doubt  string
-	checks api.HealthChecks
+	checks []checkLite
+}
+
+// checkLite is the part of a health check the source uses. The checks
+// watch returns every check of the datacenter on each change; decoding
+// only these fields (not Output, Notes, Definition, which an HTTP check
+// fills with response bodies) is what keeps a change cheap at thousands of
+// instances.
+type checkLite struct {
+	Node        string
+	CheckID     string
+	Status      string
+	ServiceID   string
+	ServiceName string
+	ModifyIndex uint64
+}
+
+// readChecks reads /v1/health/state/any into checkLite.
+func (s *Source) readChecks(o *api.QueryOptions) ([]checkLite, *api.QueryMeta, error) {
+	var out []checkLite
+	meta, err := s.client.Raw().Query("/v1/health/state/any", &out, o)
+	return out, meta, err
 }
 
 // serviceData is the last complete read of one service.
@@ -128,7 +149,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
 	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
-		checks, meta, err := s.client.Health().State(api.HealthAny, o)
+		checks, meta, err := s.readChecks(o)
 		return checksEvent{checks: checks}, meta, err
 	}, func(e *checksEvent, idx uint64, reset bool, doubt string) {
 		e.index, e.reset, e.doubt = idx, reset, doubt
@@ -138,7 +159,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		src:      s,
 		doubts:   map[string]string{},
 		catalog:  nil,
-		checks:   map[string]api.HealthCheck{},
+		checks:   map[string]checkLite{},
 		services: map[string]serviceData{},
 		dirty:    map[string]bool{},
 		dropped:  map[string]bool{},
@@ -162,6 +183,20 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		case ev := <-catalogC:
 			st.onCatalog(ev)
 			retryC = nil // the agent answers again: read now, not after the backoff
+			if st.probe {
+				// A change the catalog list does not explain nearly always
+				// moves a check too (a registration with its check, a
+				// deregistration), and the checks watch answers within
+				// milliseconds: wait briefly for it rather than read every
+				// check of the datacenter once more.
+				select {
+				case cev := <-checksC:
+					st.onChecks(cev)
+				case <-time.After(probeGrace):
+				case <-ctx.Done():
+					return
+				}
+			}
 		case ev := <-checksC:
 			st.onChecks(ev)
 			retryC = nil
@@ -251,6 +286,13 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 	}
 }
 
+// probeGrace is how long an unexplained catalog change waits for the
+// checks watch before the source reads the checks itself. The watch's
+// answer holds every check of the datacenter, and decoding it takes tens of
+// milliseconds at thousands of instances, so the wait must cover that;
+// only an instance registered or removed without any check pays it.
+const probeGrace = 250 * time.Millisecond
+
 // agentProbeEvery is how often a watch in backoff asks whether the agent
 // answers again: a cheap request, so that the catch-up after an outage
 // takes about a second instead of the rest of a backoff that grew during
@@ -287,7 +329,7 @@ type tracker struct {
 	src        *Source
 	catalog    map[string][]string // selected services and their tags
 	catalogIdx uint64
-	checks     map[string]api.HealthCheck // by node/checkID
+	checks     map[string]checkLite // by node/checkID
 	haveChecks bool
 	services   map[string]serviceData
 	dirty      map[string]bool
@@ -342,12 +384,9 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 
 func (t *tracker) onChecks(ev checksEvent) {
 	t.setDoubt("health/state/any", ev.doubt)
-	next := make(map[string]api.HealthCheck, len(ev.checks))
+	next := make(map[string]checkLite, len(ev.checks))
 	for _, c := range ev.checks {
-		if c == nil {
-			continue
-		}
-		next[c.Node+"/"+c.CheckID] = *c
+		next[c.Node+"/"+c.CheckID] = c
 	}
 	if ev.reset {
 		t.markAll()
@@ -368,7 +407,7 @@ func (t *tracker) onChecks(ev checksEvent) {
 
 // touch marks what a changed check can affect: its service, or for a node
 // check every service with an instance on that node.
-func (t *tracker) touch(c api.HealthCheck) {
+func (t *tracker) touch(c checkLite) {
 	if c.ServiceName != "" {
 		t.dirty[c.ServiceName] = true // readDirty skips unselected names
 		return
@@ -398,7 +437,7 @@ func (t *tracker) refresh(ctx context.Context) (bool, error) {
 	if t.probe && t.maxIndex() < t.catalogIdx {
 		// Not yet explained: the checks may tell which service moved.
 		o := (&api.QueryOptions{}).WithContext(ctx)
-		checks, meta, err := t.src.client.Health().State(api.HealthAny, o)
+		checks, meta, err := t.src.readChecks(o)
 		if err != nil {
 			return false, fmt.Errorf("consul: read health/state/any: %w", err)
 		}
@@ -439,6 +478,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
 		}
 		t.setDoubt("health/service/"+name, t.src.doubt("health/service", meta))
+		slim(entries)
 		old, had := t.services[name]
 		if !had || old.index != meta.LastIndex || !sameEntries(old.entries, entries) {
 			changed = true
@@ -447,6 +487,19 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 		delete(t.dirty, name)
 	}
 	return changed, nil
+}
+
+// slim drops what the source never reads from a service's entries (check
+// output and definitions, which HTTP checks fill with response bodies), so
+// that thousands of instances stay cheap to hold.
+func slim(entries []*api.ServiceEntry) {
+	for _, e := range entries {
+		for _, c := range e.Checks {
+			if c != nil {
+				c.Output, c.Notes, c.Definition = "", "", api.HealthCheckDefinition{}
+			}
+		}
+	}
 }
 
 func (t *tracker) maxIndex() uint64 {
