@@ -32,4 +32,15 @@ fuzz FuzzBuildRender ./internal/registry/
 fuzz FuzzParseDetail ./internal/sink/dyups/
 
 echo "== everything, against real servers"
-go test -count=1 -timeout 40m "$@" ./...
+# -v so that the figures the tests measure (lines starting "FIGURE ") reach
+# the CI log; the full output stays in a file, and a failure prints its part.
+log="$(mktemp -t swallowkeeper-test.XXXXXX)"
+rc=0
+go test -count=1 -timeout 40m -v "$@" ./... >"$log" 2>&1 || rc=$?
+grep -E '^(FIGURE |ok |FAIL|--- FAIL|panic:)' "$log" || true
+if [ "$rc" -ne 0 ]; then
+  echo "== failures (full log: $log)"
+  grep -E -B2 -A40 -- '^(--- FAIL|panic:|FAIL	)' "$log" | head -400
+  exit "$rc"
+fi
+rm -f "$log"
