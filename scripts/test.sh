@@ -37,7 +37,7 @@ echo "== everything, against real servers"
 log="$(mktemp -t swallowkeeper-test.XXXXXX)"
 rc=0
 go test -count=1 -timeout 40m -v "$@" ./... >"$log" 2>&1 || rc=$?
-grep -E '^(FIGURE |ok |FAIL|--- FAIL|panic:)' "$log" || true
+grep -E '^(FIGURE |ok |FAIL|--- FAIL|panic:)|^ +[A-Za-z0-9_]+_test\.go:[0-9]+: ' "$log" || true
 if [ "$rc" -ne 0 ]; then
   echo "== failures (full log: $log)"
   grep -E -B2 -A40 -- '^(--- FAIL|panic:|FAIL	)' "$log" | head -400
