@@ -17,7 +17,7 @@ if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; 
 go vet ./...
 
 echo "== pure packages, with the race detector"
-go test -race -count=1 ./internal/upstream/ ./internal/engine/ ./internal/config/ ./internal/backoff/ ./internal/store/ ./internal/registry/ ./internal/statuspage/
+go test -race -count=1 ./internal/upstream/ ./internal/engine/ ./internal/config/ ./internal/backoff/ ./internal/store/ ./internal/registry/ ./internal/statuspage/ ./internal/jsonobj/
 
 echo "== short fuzz runs (seed corpora in testdata/fuzz)"
 fuzz() { # target package: prints the exec count, or everything on a failure

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-zookeeper/zk"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/zkdial"
 )
 
 // ZooKeeper registers the instance as an ephemeral znode in the layout of
@@ -89,7 +91,7 @@ func (z *ZooKeeper) Register(ctx context.Context, o Options) error {
 		if timeout <= 0 {
 			timeout = 10 * time.Second
 		}
-		conn, events, err := zk.Connect(z.Servers, timeout, zk.WithLogger(quietZK{}))
+		conn, events, err := zk.Connect(z.Servers, timeout, zk.WithLogger(quietZK{}), zk.WithDialer(zkdial.Bounded(timeout)))
 		if err != nil {
 			return fmt.Errorf("zookeeper: connect %v: %w", z.Servers, err)
 		}

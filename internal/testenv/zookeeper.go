@@ -9,12 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/go-zookeeper/zk"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/zkdial"
 )
 
 // ZooKeeperTick is the tickTime of test servers: sessions may time out after
@@ -209,7 +210,7 @@ func (z *ZooKeeper) Connect(t testing.TB, sessionTimeout time.Duration) *zk.Conn
 // server that accepted the connection while starting and never answers.
 func dial(ctx context.Context, addr string, sessionTimeout time.Duration) (*zk.Conn, error) {
 	conn, events, err := zk.Connect([]string{addr}, sessionTimeout,
-		zk.WithDialer(handshakeDialer(sessionTimeout)), zk.WithLogger(discard{}), zk.WithLogInfo(false))
+		zk.WithDialer(zkdial.Bounded(sessionTimeout)), zk.WithLogger(discard{}), zk.WithLogInfo(false))
 	if err != nil {
 		return nil, err
 	}
@@ -224,41 +225,6 @@ func dial(ctx context.Context, addr string, sessionTimeout time.Duration) (*zk.C
 			return nil, fmt.Errorf("no session: %w", ctx.Err())
 		}
 	}
-}
-
-func handshakeDialer(limit time.Duration) zk.Dialer {
-	return func(network, addr string, timeout time.Duration) (net.Conn, error) {
-		c, err := net.DialTimeout(network, addr, timeout)
-		if err != nil {
-			return nil, err
-		}
-		return &handshakeConn{Conn: c, limit: limit}, nil
-	}
-}
-
-// handshakeConn bounds the first read and write deadlines, the handshake's.
-type handshakeConn struct {
-	net.Conn
-	limit             time.Duration
-	readSet, writeSet atomic.Bool
-}
-
-func (c *handshakeConn) bound(t time.Time, done *atomic.Bool) time.Time {
-	if t.IsZero() || done.Swap(true) {
-		return t
-	}
-	if lim := time.Now().Add(c.limit); t.After(lim) {
-		return lim
-	}
-	return t
-}
-
-func (c *handshakeConn) SetReadDeadline(t time.Time) error {
-	return c.Conn.SetReadDeadline(c.bound(t, &c.readSet))
-}
-
-func (c *handshakeConn) SetWriteDeadline(t time.Time) error {
-	return c.Conn.SetWriteDeadline(c.bound(t, &c.writeSet))
 }
 
 type discard struct{}

@@ -5,15 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/jsonobj"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -147,7 +146,7 @@ func (l Layout) Snapshot(dir string, kvs []KV, r registry.Rules) (engine.Snapsho
 func splitKey(dir, key string) (service, name string, err error) {
 	rest, ok := strings.CutPrefix(key, dir)
 	if !ok {
-		return "", "", fmt.Errorf("key outside the prefix %s", clip(dir))
+		return "", "", fmt.Errorf("key outside the prefix %s", jsonobj.Clip(dir))
 	}
 	service, name, ok = strings.Cut(rest, "/")
 	switch {
@@ -196,11 +195,11 @@ func upsyncInstance(service, name string, value []byte) (registry.Instance, erro
 	if len(bytes.TrimSpace(value)) == 0 {
 		return in, nil // nginx-upsync: an empty value is all defaults
 	}
-	f, err := jsonObject(value)
+	f, err := jsonobj.Object(value)
 	if err != nil {
 		return in, err
 	}
-	get := func(key string) (json.RawMessage, error) { return foldField(f, key) }
+	get := func(key string) (json.RawMessage, error) { return jsonobj.FoldField(f, key) }
 	p := &in.Params
 	for _, c := range []struct {
 		key    string
@@ -260,11 +259,11 @@ func upsyncInstance(service, name string, value []byte) (registry.Instance, erro
 // every known key must have its documented type.
 func serviceInstance(service, id string, value []byte) (registry.Instance, error) {
 	in := registry.Instance{Service: service, ID: id, Healthy: true}
-	f, err := jsonObject(value)
+	f, err := jsonobj.Object(value)
 	if err != nil {
 		return in, err
 	}
-	addr, ok, err := stringField(f, "address")
+	addr, ok, err := jsonobj.String(f, "address")
 	if err != nil {
 		return in, err
 	}
@@ -272,7 +271,7 @@ func serviceInstance(service, id string, value []byte) (registry.Instance, error
 		return in, errors.New("no address")
 	}
 	in.Address = addr
-	port, ok, err := intField(f, "port")
+	port, ok, err := jsonobj.Int(f, "port")
 	if err != nil {
 		return in, err
 	}
@@ -280,13 +279,13 @@ func serviceInstance(service, id string, value []byte) (registry.Instance, error
 		return in, errors.New("no port")
 	}
 	in.Port = port
-	if in.Tags, err = stringList(f, "tags"); err != nil {
+	if in.Tags, err = jsonobj.StringList(f, "tags"); err != nil {
 		return in, err
 	}
-	if in.Meta, err = stringMap(f, "meta"); err != nil {
+	if in.Meta, err = jsonobj.StringMap(f, "meta"); err != nil {
 		return in, err
 	}
-	if healthy, ok, err := boolField(f, "healthy"); err != nil {
+	if healthy, ok, err := jsonobj.Bool(f, "healthy"); err != nil {
 		return in, err
 	} else if ok {
 		in.Healthy = healthy
@@ -300,22 +299,22 @@ func serviceInstance(service, id string, value []byte) (registry.Instance, error
 func splitHostPort(name string) (string, int, error) {
 	i := strings.LastIndexByte(name, ':')
 	if i < 0 {
-		return "", 0, fmt.Errorf("instance name %s is not <ip>:<port>", clip(name))
+		return "", 0, fmt.Errorf("instance name %s is not <ip>:<port>", jsonobj.Clip(name))
 	}
 	host, digits := name[:i], name[i+1:]
 	if !asciiDigits(digits, 5) {
-		return "", 0, fmt.Errorf("instance name %s: port %s is not 1 to 5 ASCII digits", clip(name), clip(digits))
+		return "", 0, fmt.Errorf("instance name %s: port %s is not 1 to 5 ASCII digits", jsonobj.Clip(name), jsonobj.Clip(digits))
 	}
 	port, _ := strconv.Atoi(digits)
 	if inner, ok := strings.CutPrefix(host, "["); ok {
 		inner, ok = strings.CutSuffix(inner, "]")
 		if !ok || !strings.Contains(inner, ":") {
-			return "", 0, fmt.Errorf("instance name %s: brackets hold only an IPv6 address", clip(name))
+			return "", 0, fmt.Errorf("instance name %s: brackets hold only an IPv6 address", jsonobj.Clip(name))
 		}
 		return inner, port, nil
 	}
 	if strings.ContainsAny(host, ":[]") {
-		return "", 0, fmt.Errorf("instance name %s: an IPv6 address needs brackets, [addr]:port", clip(name))
+		return "", 0, fmt.Errorf("instance name %s: an IPv6 address needs brackets, [addr]:port", jsonobj.Clip(name))
 	}
 	return host, port, nil
 }
@@ -337,24 +336,24 @@ func asciiDigits(s string, max int) bool {
 // upsyncInt reads a parameter as nginx-upsync does: a JSON number that is
 // a whole number, or a string of ASCII decimal digits. null is unset.
 func upsyncInt(key string, v json.RawMessage) (int, bool, error) {
-	switch k := kindOf(v); k {
+	switch k := jsonobj.Kind(v); k {
 	case "", "null":
 		return 0, false, nil
 	case "number":
 		n, err := wholeNumber(v)
 		if err != nil {
-			return 0, false, fmt.Errorf("%s %s: %w", key, clip(string(v)), err)
+			return 0, false, fmt.Errorf("%s %s: %w", key, jsonobj.Clip(string(v)), err)
 		}
 		return n, true, nil
 	case "string":
-		s, err := decodeString(v)
+		s, err := jsonobj.DecodeString(v)
 		if err != nil || !asciiDigits(s, 9) {
-			return 0, false, fmt.Errorf("%s %s is not a whole number", key, clip(string(v)))
+			return 0, false, fmt.Errorf("%s %s is not a whole number", key, jsonobj.Clip(string(v)))
 		}
 		n, _ := strconv.Atoi(s)
 		return n, true, nil
 	default:
-		return 0, false, fmt.Errorf("%s is %s, want a number", key, article(k))
+		return 0, false, fmt.Errorf("%s is %s, want a number", key, jsonobj.Article(k))
 	}
 }
 
@@ -379,10 +378,10 @@ func failTimeout(v json.RawMessage) (time.Duration, bool, error) {
 	const key = "fail_timeout"
 	maxSec := int(upstream.MaxFailTimeout / time.Second)
 	unit := time.Second
-	if kindOf(v) == "string" {
-		s, err := decodeString(v)
+	if jsonobj.Kind(v) == "string" {
+		s, err := jsonobj.DecodeString(v)
 		if err != nil {
-			return 0, false, fmt.Errorf("%s %s: %w", key, clip(string(v)), err)
+			return 0, false, fmt.Errorf("%s %s: %w", key, jsonobj.Clip(string(v)), err)
 		}
 		for suffix, u := range map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour} {
 			if d, ok := strings.CutSuffix(s, suffix); ok {
@@ -391,11 +390,11 @@ func failTimeout(v json.RawMessage) (time.Duration, bool, error) {
 			}
 		}
 		if !asciiDigits(s, 9) {
-			return 0, false, fmt.Errorf("%s %s: want whole seconds, or digits with one unit s, m or h", key, clip(string(v)))
+			return 0, false, fmt.Errorf("%s %s: want whole seconds, or digits with one unit s, m or h", key, jsonobj.Clip(string(v)))
 		}
 		n, _ := strconv.Atoi(s)
 		if n > maxSec/int(unit/time.Second) {
-			return 0, false, fmt.Errorf("%s %s out of range 0-%ds", key, clip(string(v)), maxSec)
+			return 0, false, fmt.Errorf("%s %s out of range 0-%ds", key, jsonobj.Clip(string(v)), maxSec)
 		}
 		return time.Duration(n) * unit, true, nil
 	}
@@ -411,238 +410,17 @@ func failTimeout(v json.RawMessage) (time.Duration, bool, error) {
 
 // upsyncFlag reads down or backup: 0, 1, "0", "1", true or false.
 func upsyncFlag(key string, v json.RawMessage) (bool, bool, error) {
-	if kindOf(v) == "boolean" {
+	if jsonobj.Kind(v) == "boolean" {
 		return string(v) == "true", true, nil
 	}
 	n, ok, err := upsyncInt(key, v)
-	if err != nil && kindOf(v) != "number" && kindOf(v) != "string" {
-		return false, false, fmt.Errorf("%s is %s, want 0, 1, true or false", key, article(kindOf(v)))
+	if err != nil && jsonobj.Kind(v) != "number" && jsonobj.Kind(v) != "string" {
+		return false, false, fmt.Errorf("%s is %s, want 0, 1, true or false", key, jsonobj.Article(jsonobj.Kind(v)))
 	}
 	if err != nil || ok && n != 0 && n != 1 {
-		return false, false, fmt.Errorf("%s %s: want 0, 1, true or false", key, clip(string(v)))
+		return false, false, fmt.Errorf("%s %s: want 0, 1, true or false", key, jsonobj.Clip(string(v)))
 	}
 	return n == 1, ok, nil
-}
-
-// jsonObject splits a JSON object into its members. A repeated key is an
-// error: two readers of the same bytes must not see two different
-// instances. Invalid UTF-8 anywhere is refused (encoding/json would
-// silently replace it).
-func jsonObject(data []byte) (map[string]json.RawMessage, error) {
-	if !utf8.Valid(data) {
-		return nil, errors.New("not valid UTF-8")
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, fmt.Errorf("not JSON: %w", err)
-	}
-	if tok != json.Delim('{') {
-		return nil, errors.New("not a JSON object")
-	}
-	m := map[string]json.RawMessage{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, fmt.Errorf("bad JSON: %w", err)
-		}
-		key, _ := tok.(string) // inside an object, a key is always a string
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fmt.Errorf("bad JSON: %w", err)
-		}
-		if _, dup := m[key]; dup {
-			return nil, fmt.Errorf("key %s appears twice", clip(key))
-		}
-		m[key] = v
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, fmt.Errorf("bad JSON: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the JSON object")
-	}
-	return m, nil
-}
-
-// foldField returns the member whose key equals name in any ASCII case, as
-// cJSON finds it; two such members are ambiguous and an error.
-func foldField(f map[string]json.RawMessage, name string) (json.RawMessage, error) {
-	var found json.RawMessage
-	n := 0
-	for k, v := range f {
-		if asciiEqualFold(k, name) {
-			found = v
-			n++
-		}
-	}
-	if n > 1 {
-		return nil, fmt.Errorf("key %s appears twice (keys are matched in any case)", clip(name))
-	}
-	return found, nil
-}
-
-// asciiEqualFold is strings.EqualFold restricted to ASCII letters: "K"
-// (Kelvin sign) must not match "k".
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
-// kindOf names the type of a JSON value ("" when absent).
-func kindOf(v json.RawMessage) string {
-	if len(v) == 0 {
-		return ""
-	}
-	switch v[0] {
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case '"':
-		return "string"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
-}
-
-func article(kind string) string {
-	if kind == "object" || kind == "array" {
-		return "an " + kind
-	}
-	return "a " + kind
-}
-
-func decodeString(v json.RawMessage) (string, error) {
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
-		return "", err
-	}
-	return s, nil
-}
-
-// stringField returns a string member and whether it is set (null is
-// unset).
-func stringField(f map[string]json.RawMessage, key string) (string, bool, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return "", false, nil
-	case "string":
-		s, err := decodeString(v)
-		if err != nil {
-			return "", false, fmt.Errorf("%s: %w", key, err)
-		}
-		return s, true, nil
-	default:
-		return "", false, fmt.Errorf("%s is %s, want a string", key, article(k))
-	}
-}
-
-// intField returns an integer member and whether it is set. Only a plain
-// JSON integer that fits in 32 bits is accepted: no strings, fractions or
-// exponents.
-func intField(f map[string]json.RawMessage, key string) (int, bool, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return 0, false, nil
-	case "number":
-		n, err := strconv.ParseInt(string(v), 10, 32)
-		if err != nil {
-			return 0, false, fmt.Errorf("%s %s is not a 32-bit integer", key, clip(string(v)))
-		}
-		return int(n), true, nil
-	default:
-		return 0, false, fmt.Errorf("%s is %s, want a number", key, article(k))
-	}
-}
-
-// boolField returns a JSON boolean member and whether it is set.
-func boolField(f map[string]json.RawMessage, key string) (bool, bool, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return false, false, nil
-	case "boolean":
-		return string(v) == "true", true, nil
-	default:
-		return false, false, fmt.Errorf("%s is %s, want true or false", key, article(k))
-	}
-}
-
-// stringList returns a member that must be a list of strings (or null).
-func stringList(f map[string]json.RawMessage, key string) ([]string, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return nil, nil
-	case "array":
-		var raw []json.RawMessage
-		if err := json.Unmarshal(v, &raw); err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		out := make([]string, 0, len(raw))
-		for i, e := range raw {
-			if k := kindOf(e); k != "string" {
-				return nil, fmt.Errorf("%s[%d] is %s, want a string", key, i, article(k))
-			}
-			s, err := decodeString(e)
-			if err != nil {
-				return nil, fmt.Errorf("%s[%d]: %w", key, i, err)
-			}
-			out = append(out, s)
-		}
-		return out, nil
-	default:
-		return nil, fmt.Errorf("%s is %s, want a list of strings", key, article(k))
-	}
-}
-
-// stringMap returns a member that must be an object of strings (or null).
-func stringMap(f map[string]json.RawMessage, key string) (map[string]string, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return nil, nil
-	case "object":
-		m, err := jsonObject(v)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		out := make(map[string]string, len(m))
-		for mk, mv := range m {
-			if k := kindOf(mv); k != "string" {
-				return nil, fmt.Errorf("%s.%s is %s, want a string", key, clip(mk), article(k))
-			}
-			s, err := decodeString(mv)
-			if err != nil {
-				return nil, fmt.Errorf("%s.%s: %w", key, clip(mk), err)
-			}
-			out[mk] = s
-		}
-		return out, nil
-	default:
-		return nil, fmt.Errorf("%s is %s, want an object of strings", key, article(k))
-	}
 }
 
 func hasAll(tags, want []string) bool {
@@ -652,14 +430,4 @@ func hasAll(tags, want []string) bool {
 		}
 	}
 	return true
-}
-
-// clip quotes an untrusted string for an error or log message, cut to a
-// length that keeps log lines readable.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return strconv.Quote(s[:max]) + "…"
-	}
-	return strconv.Quote(s)
 }

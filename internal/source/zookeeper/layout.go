@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/jsonobj"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -160,7 +160,7 @@ func (l Layout) Instance(service, node string, data []byte) (registry.Instance, 
 // OUT_OF_SERVICE) or when Curator's "enabled" is false.
 func curatorInstance(service, node string, data []byte) (registry.Instance, error) {
 	in := registry.Instance{Service: service, ID: node, Healthy: true}
-	f, err := jsonObject(data)
+	f, err := jsonobj.Object(data)
 	if err != nil {
 		return in, err
 	}
@@ -172,11 +172,11 @@ func curatorInstance(service, node string, data []byte) (registry.Instance, erro
 		return in, errors.New("no address")
 	}
 	in.Address = addr
-	port, hasPort, err := intField(f, "port")
+	port, hasPort, err := jsonobj.Int(f, "port")
 	if err != nil {
 		return in, err
 	}
-	ssl, hasSSL, err := intField(f, "sslPort")
+	ssl, hasSSL, err := jsonobj.Int(f, "sslPort")
 	if err != nil {
 		return in, err
 	}
@@ -188,7 +188,7 @@ func curatorInstance(service, node string, data []byte) (registry.Instance, erro
 	default:
 		return in, errors.New("no port")
 	}
-	if enabled, ok, err := boolField(f, "enabled"); err != nil {
+	if enabled, ok, err := jsonobj.Bool(f, "enabled"); err != nil {
 		return in, err
 	} else if ok && !enabled {
 		in.Healthy = false
@@ -215,32 +215,32 @@ func curatorInstance(service, node string, data []byte) (registry.Instance, erro
 // application's own Curator payload and is ignored; a metadata that is not
 // an object is malformed.
 func metadata(payload json.RawMessage) (map[string]string, error) {
-	if kindOf(payload) != "object" {
+	if jsonobj.Kind(payload) != "object" {
 		return nil, nil
 	}
-	p, err := jsonObject(payload)
+	p, err := jsonobj.Object(payload)
 	if err != nil {
 		return nil, fmt.Errorf("payload: %w", err)
 	}
 	raw, ok := p["metadata"]
-	if !ok || kindOf(raw) == "null" {
+	if !ok || jsonobj.Kind(raw) == "null" {
 		return nil, nil
 	}
-	if k := kindOf(raw); k != "object" {
-		return nil, fmt.Errorf("payload.metadata is %s, want an object", article(k))
+	if k := jsonobj.Kind(raw); k != "object" {
+		return nil, fmt.Errorf("payload.metadata is %s, want an object", jsonobj.Article(k))
 	}
-	m, err := jsonObject(raw)
+	m, err := jsonobj.Object(raw)
 	if err != nil {
 		return nil, fmt.Errorf("payload.metadata: %w", err)
 	}
 	meta := map[string]string{}
 	for k, v := range m {
-		if kindOf(v) != "string" {
+		if jsonobj.Kind(v) != "string" {
 			continue // numbers, lists, objects: not ours to interpret
 		}
 		var s string
 		if err := json.Unmarshal(v, &s); err != nil {
-			return nil, fmt.Errorf("payload.metadata.%s: %w", clip(k), err)
+			return nil, fmt.Errorf("payload.metadata.%s: %w", jsonobj.Clip(k), err)
 		}
 		meta[k] = s
 	}
@@ -259,7 +259,7 @@ func plainInstance(service, node string, data []byte) (registry.Instance, error)
 	if len(bytes.TrimSpace(data)) == 0 {
 		return in, nil
 	}
-	f, err := jsonObject(data)
+	f, err := jsonobj.Object(data)
 	if err != nil {
 		return in, err
 	}
@@ -273,7 +273,7 @@ func plainInstance(service, node string, data []byte) (registry.Instance, error)
 		{"max_fails", 0, upstream.MaxMaxFails, &p.MaxFails},
 		{"max_conns", 0, upstream.MaxMaxConns, &p.MaxConns},
 	} {
-		v, ok, err := intField(f, c.key)
+		v, ok, err := jsonobj.Int(f, c.key)
 		if err != nil {
 			return in, err
 		}
@@ -284,7 +284,7 @@ func plainInstance(service, node string, data []byte) (registry.Instance, error)
 			*c.dst = &v
 		}
 	}
-	if v, ok, err := intField(f, "fail_timeout"); err != nil {
+	if v, ok, err := jsonobj.Int(f, "fail_timeout"); err != nil {
 		return in, err
 	} else if ok {
 		// Bound before multiplying: a huge count of seconds must not wrap
@@ -316,149 +316,42 @@ func plainInstance(service, node string, data []byte) (registry.Instance, error)
 func splitHostPort(node string) (string, int, error) {
 	i := strings.LastIndexByte(node, ':')
 	if i < 0 {
-		return "", 0, fmt.Errorf("znode name %s is not <ip>:<port>", clip(node))
+		return "", 0, fmt.Errorf("znode name %s is not <ip>:<port>", jsonobj.Clip(node))
 	}
 	host, digits := node[:i], node[i+1:]
 	if len(digits) == 0 || len(digits) > 5 || strings.Trim(digits, "0123456789") != "" {
-		return "", 0, fmt.Errorf("znode name %s: port %s is not 1 to 5 ASCII digits", clip(node), clip(digits))
+		return "", 0, fmt.Errorf("znode name %s: port %s is not 1 to 5 ASCII digits", jsonobj.Clip(node), jsonobj.Clip(digits))
 	}
 	port, _ := strconv.Atoi(digits)
 	if inner, ok := strings.CutPrefix(host, "["); ok {
 		inner, ok = strings.CutSuffix(inner, "]")
 		if !ok || !strings.Contains(inner, ":") {
-			return "", 0, fmt.Errorf("znode name %s: brackets hold only an IPv6 address", clip(node))
+			return "", 0, fmt.Errorf("znode name %s: brackets hold only an IPv6 address", jsonobj.Clip(node))
 		}
 		return inner, port, nil
 	}
 	if strings.Contains(host, ":") {
-		return "", 0, fmt.Errorf("znode name %s: an IPv6 address needs brackets, [addr]:port", clip(node))
+		return "", 0, fmt.Errorf("znode name %s: an IPv6 address needs brackets, [addr]:port", jsonobj.Clip(node))
 	}
 	return host, port, nil
 }
 
-// jsonObject splits a JSON object into its members. Keys are matched
-// exactly (encoding/json would fold case) and a repeated key is an error:
-// two readers of the same bytes must not see two different instances.
-func jsonObject(data []byte) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, fmt.Errorf("not JSON: %w", err)
-	}
-	if tok != json.Delim('{') {
-		return nil, errors.New("not a JSON object")
-	}
-	m := map[string]json.RawMessage{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, fmt.Errorf("bad JSON: %w", err)
-		}
-		key, _ := tok.(string) // inside an object, a key is always a string
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fmt.Errorf("bad JSON: %w", err)
-		}
-		if _, dup := m[key]; dup {
-			return nil, fmt.Errorf("key %s appears twice", clip(key))
-		}
-		m[key] = v
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, fmt.Errorf("bad JSON: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the JSON object")
-	}
-	return m, nil
-}
-
-// kindOf names the type of a JSON value ("" when absent).
-func kindOf(v json.RawMessage) string {
-	if len(v) == 0 {
-		return ""
-	}
-	switch v[0] {
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case '"':
-		return "string"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
-}
-
-func article(kind string) string {
-	if kind == "object" || kind == "array" {
-		return "an " + kind
-	}
-	return "a " + kind
-}
-
 // stringField returns a string member; absent and null give "".
 func stringField(f map[string]json.RawMessage, key string) (string, error) {
-	v := f[key]
-	switch kindOf(v) {
-	case "", "null":
-		return "", nil
-	case "string":
-		var s string
-		if err := json.Unmarshal(v, &s); err != nil {
-			return "", fmt.Errorf("%s: %w", key, err)
-		}
-		return s, nil
-	default:
-		return "", fmt.Errorf("%s is %s, want a string", key, article(kindOf(v)))
-	}
-}
-
-// intField returns an integer member and whether it is set (null is unset).
-// Only a plain JSON integer that fits in 32 bits is accepted: no strings,
-// fractions or exponents.
-func intField(f map[string]json.RawMessage, key string) (int, bool, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return 0, false, nil
-	case "number":
-		n, err := strconv.ParseInt(string(v), 10, 32)
-		if err != nil {
-			return 0, false, fmt.Errorf("%s %s is not a 32-bit integer", key, clip(string(v)))
-		}
-		return int(n), true, nil
-	default:
-		return 0, false, fmt.Errorf("%s is %s, want a number", key, article(k))
-	}
-}
-
-// boolField returns a JSON boolean member and whether it is set.
-func boolField(f map[string]json.RawMessage, key string) (bool, bool, error) {
-	v := f[key]
-	switch k := kindOf(v); k {
-	case "", "null":
-		return false, false, nil
-	case "boolean":
-		return string(v) == "true", true, nil
-	default:
-		return false, false, fmt.Errorf("%s is %s, want a boolean", key, article(k))
-	}
+	s, _, err := jsonobj.String(f, key)
+	return s, err
 }
 
 // flagField accepts nginx-upsync's 0 and 1 as well as JSON booleans.
 func flagField(f map[string]json.RawMessage, key string) (bool, bool, error) {
-	if kindOf(f[key]) == "number" {
-		n, _, err := intField(f, key)
+	if jsonobj.Kind(f[key]) == "number" {
+		n, _, err := jsonobj.Int(f, key)
 		if err != nil || n < 0 || n > 1 {
-			return false, false, fmt.Errorf("%s %s: want 0, 1, true or false", key, clip(string(f[key])))
+			return false, false, fmt.Errorf("%s %s: want 0, 1, true or false", key, jsonobj.Clip(string(f[key])))
 		}
 		return n == 1, true, nil
 	}
-	return boolField(f, key)
+	return jsonobj.Bool(f, key)
 }
 
 func hasAll(tags, want []string) bool {
@@ -468,16 +361,6 @@ func hasAll(tags, want []string) bool {
 		}
 	}
 	return true
-}
-
-// clip quotes an untrusted string for an error message, cut to a length
-// that keeps log lines readable.
-func clip(s string) string {
-	const max = 64
-	if len(s) > max {
-		return strconv.Quote(s[:max]) + "…"
-	}
-	return strconv.Quote(s)
 }
 
 // Join builds a znode path under root ("/" or "/a/b", no trailing slash).

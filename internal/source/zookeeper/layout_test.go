@@ -151,7 +151,8 @@ func TestLayoutCuratorInstance(t *testing.T) {
 		{name: "a JSON list is refused", data: `[` + springCloudUp + `]`, err: "not a JSON object"},
 		{name: "a JSON string is refused", data: `"10.0.0.1:8080"`, err: "not a JSON object"},
 		{name: "data after the object is refused", data: springCloudUp + `{"address":"6.6.6.6"}`, err: "data after"},
-		{name: "garbage is refused", data: "\x00\xff;server 6.6.6.6:80;", err: "not JSON"},
+		{name: "garbage is refused", data: "\x00;server 6.6.6.6:80;", err: "not JSON"},
+		{name: "invalid UTF-8 is refused", data: "\x00\xff;server 6.6.6.6:80;", err: "not valid UTF-8"},
 		{name: "a JavaScript comment is refused", data: `{"address":"10.0.0.1",/*x*/"port":8080}`, err: "bad JSON"},
 	}
 	for _, tt := range tests {

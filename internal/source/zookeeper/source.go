@@ -25,11 +25,9 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -38,6 +36,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/zkdial"
 )
 
 // Options configure the source. The zero value takes every default.
@@ -241,7 +240,7 @@ func (s *Source) connect(ctx context.Context, ev *events) *zk.Conn {
 	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 	for {
 		conn, _, err := zk.Connect(s.servers, s.opt.SessionTimeout,
-			zk.WithDialer(boundedDialer(s.opt.SessionTimeout)),
+			zk.WithDialer(zkdial.Bounded(s.opt.SessionTimeout)),
 			zk.WithLogger(zkLogger{s.log}), zk.WithLogInfo(false), zk.WithEventCallback(ev.callback))
 		if err == nil {
 			return conn
@@ -253,48 +252,6 @@ func (s *Source) connect(ctx context.Context, ev *events) *zk.Conn {
 			return nil
 		}
 	}
-}
-
-// boundedDialer dials like the zk client does, but bounds the session
-// handshake by limit. go-zookeeper waits ten receive timeouts (about 6.7
-// session timeouts) for a server to answer the handshake, and a server that
-// is still starting after a restart can accept a connection and never
-// answer: the source would stay blind for a minute. The Java client bounds
-// the handshake by the session timeout; so does this. Only the first read
-// and write deadlines, the handshake's, are bounded: later ones follow the
-// negotiated timeout, which the server may have raised.
-func boundedDialer(limit time.Duration) zk.Dialer {
-	return func(network, addr string, timeout time.Duration) (net.Conn, error) {
-		c, err := net.DialTimeout(network, addr, timeout)
-		if err != nil {
-			return nil, err
-		}
-		return &handshakeConn{Conn: c, limit: limit}, nil
-	}
-}
-
-type handshakeConn struct {
-	net.Conn
-	limit             time.Duration
-	readSet, writeSet atomic.Bool
-}
-
-func (c *handshakeConn) bound(t time.Time, done *atomic.Bool) time.Time {
-	if t.IsZero() || done.Swap(true) {
-		return t
-	}
-	if lim := time.Now().Add(c.limit); t.After(lim) {
-		return lim
-	}
-	return t
-}
-
-func (c *handshakeConn) SetReadDeadline(t time.Time) error {
-	return c.Conn.SetReadDeadline(c.bound(t, &c.readSet))
-}
-
-func (c *handshakeConn) SetWriteDeadline(t time.Time) error {
-	return c.Conn.SetWriteDeadline(c.bound(t, &c.writeSet))
 }
 
 // events hands what the zk client reports, from its receive goroutine (the
