@@ -33,54 +33,18 @@ func startSource(t *testing.T, c *testenv.Consul, reg prometheus.Registerer) <-c
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	src := New(client, rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond}, log, reg)
-	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan engine.Snapshot, 100)
-	done := make(chan struct{})
-	go func() { src.Run(ctx, out); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("source did not return after its context ended")
-		}
-	})
-	return out
+	return testenv.RunSource(t, New(client, rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond}, log, reg))
 }
 
 // waitFor reads snapshots until cond holds for one, or fails after 10s.
 func waitFor(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	var last engine.Snapshot
-	for {
-		select {
-		case s := <-snaps:
-			last = s
-			if cond(s) {
-				return s
-			}
-		case <-deadline:
-			t.Fatalf("no snapshot where %s within 10s; last:\n%s", what, upstream.RenderFile(last.Upstreams))
-		}
-	}
+	return testenv.WaitSnapshot(t, snaps, what, cond)
 }
 
-func servers(s engine.Snapshot, name string) []string {
-	var out []string
-	for _, srv := range s.Upstreams[name].Servers {
-		out = append(out, srv.Addr.String())
-	}
-	return out
-}
+func servers(s engine.Snapshot, name string) []string { return testenv.Servers(s, name) }
 
-func hasServers(name string, want ...string) func(engine.Snapshot) bool {
-	return func(s engine.Snapshot) bool {
-		_, ok := s.Upstreams[name]
-		return ok && strings.Join(servers(s, name), ",") == strings.Join(want, ",")
-	}
-}
+var hasServers = testenv.HasServers
 
 func TestSourceFollowsRealConsul(t *testing.T) {
 	c := testenv.StartConsul(t)

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,38 +35,13 @@ func startSource(t *testing.T, servers []string, opt Options, reg prometheus.Reg
 		opt.SessionTimeout = 2 * time.Second
 	}
 	opt.RetryBase, opt.RetryCap = 50*time.Millisecond, 500*time.Millisecond
-	src := New(servers, opt, rules, log, reg)
-	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan engine.Snapshot, 100)
-	done := make(chan struct{})
-	go func() { src.Run(ctx, out); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("source did not return within 5s after its context ended")
-		}
-	})
-	return out
+	return testenv.RunSource(t, New(servers, opt, rules, log, reg))
 }
 
 // waitFor reads snapshots until cond holds for one, or fails after 10s.
 func waitFor(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	var last engine.Snapshot
-	for {
-		select {
-		case s := <-snaps:
-			last = s
-			if cond(s) {
-				return s
-			}
-		case <-deadline:
-			t.Fatalf("no snapshot where %s within 10s; last (%d services):\n%s", what, last.Services, describe(last))
-		}
-	}
+	return testenv.WaitSnapshot(t, snaps, what, cond)
 }
 
 // next returns the next snapshot, failing after 10s.
@@ -79,27 +53,12 @@ func next(t *testing.T, snaps <-chan engine.Snapshot, what string) engine.Snapsh
 // quiet fails if a snapshot arrives within d.
 func quiet(t *testing.T, snaps <-chan engine.Snapshot, d time.Duration, why string) {
 	t.Helper()
-	select {
-	case s := <-snaps:
-		t.Fatalf("%s, yet a snapshot arrived:\n%s", why, describe(s))
-	case <-time.After(d):
-	}
+	testenv.NoSnapshot(t, snaps, d, why)
 }
 
-func describe(s engine.Snapshot) string {
-	var b strings.Builder
-	for _, name := range s.Upstreams.Names() {
-		fmt.Fprintf(&b, "  %s: %v\n", name, servers(s.Upstreams[name]))
-	}
-	return b.String()
-}
+func describe(s engine.Snapshot) string { return testenv.DescribeSnapshot(s) }
 
-func hasServers(name string, want ...string) func(engine.Snapshot) bool {
-	return func(s engine.Snapshot) bool {
-		u, ok := s.Upstreams[name]
-		return ok && slices.Equal(servers(u), want)
-	}
-}
+var hasServers = testenv.HasServers
 
 // metric sums every series of a metric family in reg.
 func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
