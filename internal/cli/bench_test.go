@@ -25,8 +25,8 @@ func BenchmarkPropagation(b *testing.B) {
 	ng := testenv.StartNginx(b, testenv.NginxOptions{})
 	file := filepath.Join(b.TempDir(), "upstreams.conf")
 	b1, b2 := startBackend(b, "web-1"), startBackend(b, "web-2")
-	c.Register(b, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
-	c.Register(b, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	c.Register(b, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
+	c.Register(b, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	d := startDaemon(b, "-config", writeConfig(b, c, ng, file))
 	defer d.stop(b)
 

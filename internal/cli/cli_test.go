@@ -90,13 +90,13 @@ func TestRenderAndOnce(t *testing.T) {
 	c := testenv.StartConsul(t)
 	ng := testenv.StartNginx(t, testenv.NginxOptions{})
 	b := startBackend(t, "api-1")
-	c.Register(t, "api", "api-1", "127.0.0.1", b.port, []string{"gray=canary"}, map[string]string{"weight": "7"})
+	c.Register(t, "api", "api-1", "127.0.0.1", b.Port, []string{"gray=canary"}, map[string]string{"weight": "7"})
 	dir := t.TempDir()
 	file := filepath.Join(dir, "u.conf")
 	args := []string{"-consul-addr", c.HTTPAddr(), "-file", file, "-target", ng.APIURL()}
 
 	code, out, errs := runCLI(t, nil, append([]string{"render"}, args...)...)
-	want := "upstream api_canary {\n    server " + b.addr() + " weight=7 max_fails=1 fail_timeout=10s;\n    keepalive 16;\n}\n"
+	want := "upstream api_canary {\n    server " + b.Addr() + " weight=7 max_fails=1 fail_timeout=10s;\n    keepalive 16;\n}\n"
 	if code != 0 || !strings.Contains(out, want) {
 		t.Fatalf("render: %d\n%s\nwant:\n%s\nstderr: %s", code, out, want, errs)
 	}
@@ -111,7 +111,7 @@ func TestRenderAndOnce(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "synced 1 upstreams") {
 		t.Fatalf("once: %d %q %q", code, out, errs)
 	}
-	if got := fileServers(t, file, "api_canary"); len(got) != 1 || got[0] != b.addr() {
+	if got := fileServers(t, file, "api_canary"); len(got) != 1 || got[0] != b.Addr() {
 		t.Fatalf("file after once: %v", got)
 	}
 	if seen, failed := route(t, ng, "api_canary", 5); failed > 0 || seen["api-1"] != 5 {

@@ -62,24 +62,24 @@ func TestEndToEndEtcdUpsyncTree(t *testing.T) {
 		}
 	}
 	const upsync = `{"weight":1,"max_fails":2,"fail_timeout":10,"down":0}`
-	put("/upstreams/web/"+b1.addr(), upsync)
-	put("/upstreams/web/"+b2.addr(), upsync)
+	put("/upstreams/web/"+b1.Addr(), upsync)
+	put("/upstreams/web/"+b2.Addr(), upsync)
 	put("/upstreams/web/10.0.0.1;evil", upsync) // hostile: dropped, never rendered
 	d := startDaemon(t, "-config", cfg)
 	t.Logf("initial sync: %v", waitRoutes(t, ng, d, "web", "web-1", "web-2"))
 
 	took := time.Now()
-	put("/upstreams/web/"+b3.addr(), upsync)
+	put("/upstreams/web/"+b3.Addr(), upsync)
 	waitRoutes(t, ng, d, "web", "web-1", "web-2", "web-3")
 	t.Logf("add reached traffic in %v", time.Since(took))
 
 	took = time.Now()
-	put("/upstreams/web/"+b1.addr(), `{"weight":1,"max_fails":2,"fail_timeout":10,"down":1}`)
+	put("/upstreams/web/"+b1.Addr(), `{"weight":1,"max_fails":2,"fail_timeout":10,"down":1}`)
 	waitRoutes(t, ng, d, "web", "web-2", "web-3")
 	t.Logf("down=1 reached traffic in %v", time.Since(took))
 
 	took = time.Now()
-	del("/upstreams/web/" + b3.addr())
+	del("/upstreams/web/" + b3.Addr())
 	waitRoutes(t, ng, d, "web", "web-2")
 	t.Logf("delete reached traffic in %v", time.Since(took))
 
@@ -90,7 +90,7 @@ func TestEndToEndEtcdUpsyncTree(t *testing.T) {
 	}
 	e.Start(t)
 	cli = e.Client(t)
-	put("/upstreams/web/"+b3.addr(), upsync)
+	put("/upstreams/web/"+b3.Addr(), upsync)
 	waitRoutes(t, ng, d, "web", "web-2", "web-3")
 
 	b, err := os.ReadFile(file)
@@ -126,7 +126,7 @@ func TestEndToEndZooKeeperSpringCloud(t *testing.T) {
 	register := func(id string, b *backend) *zk.Conn {
 		t.Helper()
 		conn := z.Connect(t, 4*time.Second)
-		data := fmt.Sprintf(`{"name":"web","id":%q,"address":"127.0.0.1","port":%d,"sslPort":null,"payload":{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","id":"web","name":"web","metadata":{"instance_status":"UP"}},"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":{"parts":[]}}`, id, b.port)
+		data := fmt.Sprintf(`{"name":"web","id":%q,"address":"127.0.0.1","port":%d,"sslPort":null,"payload":{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","id":"web","name":"web","metadata":{"instance_status":"UP"}},"registrationTimeUTC":1700000000000,"serviceType":"DYNAMIC","uriSpec":{"parts":[]}}`, id, b.Port)
 		if _, err := conn.Create("/services/web/"+id, []byte(data), zk.FlagEphemeral, zk.WorldACL(zk.PermAll)); err != nil {
 			t.Fatal(err)
 		}

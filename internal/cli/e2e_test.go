@@ -26,26 +26,9 @@ import (
 )
 
 // backend is a real HTTP server that answers its id.
-type backend struct {
-	id   string
-	port int
-	srv  *http.Server
-}
+type backend = testenv.Backend
 
-func startBackend(t testing.TB, id string) *backend {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &backend{id: id, port: ln.Addr().(*net.TCPAddr).Port}
-	b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, id) })}
-	go b.srv.Serve(ln)
-	t.Cleanup(func() { b.srv.Close() })
-	return b
-}
-
-func (b *backend) addr() string { return "127.0.0.1:" + strconv.Itoa(b.port) }
+func startBackend(t testing.TB, id string) *backend { return testenv.StartBackend(t, id) }
 
 // syncBuffer collects the daemon's log.
 type syncBuffer struct {
@@ -109,31 +92,11 @@ func (d *daemon) running() bool {
 	}
 }
 
-// route sends n requests with a fresh connection each (so they spread over
-// nginx workers) and returns the set of backends that answered and the
-// number of failures.
+// route sends n requests for host through nginx, each on a fresh
+// connection (so they spread over nginx workers), and returns the ids that
+// answered and the number of failures.
 func route(t *testing.T, ng *testenv.Nginx, host string, n int) (map[string]int, int) {
-	t.Helper()
-	seen := map[string]int{}
-	failed := 0
-	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	for range n {
-		req, _ := http.NewRequest(http.MethodGet, ng.ProxyURL()+"/", nil)
-		req.Host = host
-		resp, err := client.Do(req)
-		if err != nil {
-			failed++
-			continue
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			failed++
-			continue
-		}
-		seen[string(body)]++
-	}
-	return seen, failed
+	return testenv.Route(ng.ProxyURL(), host, n)
 }
 
 func ids(seen map[string]int) []string {
@@ -239,17 +202,17 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	measure("register web-1, web-2", func() {
-		c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
-		c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+		c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
+		c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	}, "web-1", "web-2")
-	if got := fileServers(t, file, "web"); !slices.Equal(got, sorted(b1.addr(), b2.addr())) {
+	if got := fileServers(t, file, "web"); !slices.Equal(got, sorted(b1.Addr(), b2.Addr())) {
 		t.Fatalf("persisted file has %v", got)
 	}
 	// Memory and file agree to the parameter: nginx holds exactly the body
 	// the file has.
 	detail := apiGet(t, ng, "/detail")
 	for _, b := range []*backend{b1, b2} {
-		want := "server " + b.addr() + " weight=1 max_conns=0 max_fails=2 fail_timeout=3 backup=0 down=0"
+		want := "server " + b.Addr() + " weight=1 max_conns=0 max_fails=2 fail_timeout=3 backup=0 down=0"
 		if !strings.Contains(detail, want) {
 			t.Errorf("/detail lacks %q:\n%s", want, detail)
 		}
@@ -279,10 +242,10 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	measure("web-1's check goes critical", func() { c.SetHealth(t, "web-1", api.HealthCritical) }, "web-2")
-	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.addr()}) {
+	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.Addr()}) {
 		t.Fatalf("persisted file has %v after web-1 failed", got)
 	}
-	measure("register web-3", func() { c.Register(t, "web", "web-3", "127.0.0.1", b3.port, nil, nil) }, "web-2", "web-3")
+	measure("register web-3", func() { c.Register(t, "web", "web-3", "127.0.0.1", b3.Port, nil, nil) }, "web-2", "web-3")
 	measure("deregister web-3", func() { c.Deregister(t, "web-3") }, "web-2")
 
 	// The last healthy instance fails: nginx keeps it rather than empty.
@@ -291,7 +254,7 @@ func TestEndToEnd(t *testing.T) {
 	if seen, failed := route(t, ng, "web", 20); failed > 0 || !slices.Equal(ids(seen), []string{"web-2"}) {
 		t.Fatalf("after the last instance failed, traffic went to %v with %d failures", seen, failed)
 	}
-	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.addr()}) {
+	if got := fileServers(t, file, "web"); !slices.Equal(got, []string{b2.Addr()}) {
 		t.Fatalf("persisted file has %v after the last instance failed", got)
 	}
 	m2 := scrape(t, metricsAddr)
@@ -438,8 +401,8 @@ func TestDriftRepair(t *testing.T) {
 	cfgText, _ := os.ReadFile(cfg)
 	os.WriteFile(cfg, append(cfgText, []byte("reconcile:\n  interval: 300ms\n  reads: 3\n")...), 0o644)
 	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
-	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
-	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	d := startDaemon(t, "-config", cfg)
 	waitRoutes(t, ng, d, "web", "web-1", "web-2")
 
@@ -453,12 +416,12 @@ func TestDriftRepair(t *testing.T) {
 			}
 		}},
 		{"someone posts another server set", func() {
-			if code, _ := apiDo(t, ng, "POST", "/upstream/web", "server "+b1.addr()+";"); code != 200 {
+			if code, _ := apiDo(t, ng, "POST", "/upstream/web", "server "+b1.Addr()+";"); code != 200 {
 				t.Fatalf("manual POST: %d", code)
 			}
 		}},
 		{"someone changes a weight", func() {
-			body := "server " + b1.addr() + " weight=5 max_fails=2 fail_timeout=3s;server " + b2.addr() + " max_fails=2 fail_timeout=3s;keepalive 8;"
+			body := "server " + b1.Addr() + " weight=5 max_fails=2 fail_timeout=3s;server " + b2.Addr() + " max_fails=2 fail_timeout=3s;keepalive 8;"
 			if code, _ := apiDo(t, ng, "POST", "/upstream/web", body); code != 200 {
 				t.Fatalf("manual POST: %d", code)
 			}
@@ -553,8 +516,8 @@ metrics: {listen: ""}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
-	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	waitStatic("web-1", "web-2")
 	c.SetHealth(t, "web-1", api.HealthCritical)
 	waitStatic("web-2")
@@ -615,9 +578,9 @@ metrics: {listen: "%s"}
 	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
 	d := startDaemon(t, "-config", path)
 
-	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
 	took := waitRoutes(t, ng, d, "web", "web-1")
-	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	took = max(took, waitRoutes(t, ng, d, "web", "web-1", "web-2"))
 	c.SetHealth(t, "web-1", api.HealthCritical)
 	took = max(took, waitRoutes(t, ng, d, "web", "web-2"))
@@ -746,8 +709,8 @@ func TestFlappingInstanceCostsBoundedPushes(t *testing.T) {
 	}
 	metricsAddr := testenv.Addr(testenv.FreePort(t))
 	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
-	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
-	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	d := startDaemon(t, "-config", cfg, "-metrics-listen", metricsAddr)
 	waitRoutes(t, ng, d, "web", "web-1", "web-2")
 	posts := func() float64 {

@@ -375,7 +375,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 		t.Fatal(err)
 	}
 	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
-	c.Register(t, "web", "web-1", "127.0.0.1", b1.port, nil, nil)
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
 	metricsAddr := testenv.Addr(testenv.FreePort(t))
 
 	ng.Stop(t) // not ready while no nginx holds the state
@@ -425,7 +425,7 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 	if !strings.Contains(logs.String(), cfg) {
 		t.Errorf("the reload error does not name the file; log:\n%s", logs.String())
 	}
-	c.Register(t, "web", "web-2", "127.0.0.1", b2.port, nil, nil)
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
 	waitRoutes(t, ng, d, "web", "web-1", "web-2")
 	if !strings.Contains(apiGet(t, ng, "/detail"), "weight=7") {
 		t.Errorf("the running configuration was not kept:\n%s", apiGet(t, ng, "/detail"))

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -316,54 +315,15 @@ func (d *daemon) status(t testing.TB) statusDoc {
 }
 
 // backend is a real HTTP server that answers its id.
-type backend struct {
-	id   string
-	port int
-}
+type backend = testenv.Backend
 
-func startBackend(t testing.TB, id string) *backend {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, id)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return &backend{id: id, port: ln.Addr().(*net.TCPAddr).Port}
-}
+func startBackend(t testing.TB, id string) *backend { return testenv.StartBackend(t, id) }
 
-func (b *backend) addr() string { return "127.0.0.1:" + strconv.Itoa(b.port) }
-
-// fresh is a client that opens a new connection per request, so that
-// requests spread over nginx workers.
-var fresh = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// route sends n requests for host through nginx and returns the ids that
+// route sends n requests for host through nginx, each on a fresh
+// connection (so they spread over nginx workers), and returns the ids that
 // answered and the number of failures.
 func route(ng *testenv.Nginx, host string, n int) (map[string]int, int) {
-	seen := map[string]int{}
-	failed := 0
-	for range n {
-		req, _ := http.NewRequest(http.MethodGet, ng.ProxyURL()+"/", nil)
-		req.Host = host
-		resp, err := fresh.Do(req)
-		if err != nil {
-			failed++
-			continue
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			failed++
-			continue
-		}
-		seen[string(body)]++
-	}
-	return seen, failed
+	return testenv.Route(ng.ProxyURL(), host, n)
 }
 
 func keys(m map[string]int) []string {
@@ -395,6 +355,10 @@ func waitRoutes(t testing.TB, ng *testenv.Nginx, d *daemon, host string, timeout
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// fresh is a client that opens a new connection per request, so that
+// reads reach different nginx workers.
+var fresh = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // detail reads nginx's GET /detail.
 func detail(ng *testenv.Nginx) (string, error) {

@@ -36,10 +36,10 @@ func (w *catalogWriter) set(ctx context.Context, b *backend, present bool) error
 		if present {
 			_, err = w.client.Catalog().Register(&api.CatalogRegistration{
 				Node: appsNode, Address: "127.0.0.1", SkipNodeUpdate: true,
-				Service: &api.AgentService{ID: b.id, Service: "web", Address: "127.0.0.1", Port: b.port},
+				Service: &api.AgentService{ID: b.ID, Service: "web", Address: "127.0.0.1", Port: b.Port},
 			}, o)
 		} else {
-			_, err = w.client.Catalog().Deregister(&api.CatalogDeregistration{Node: appsNode, ServiceID: b.id}, o)
+			_, err = w.client.Catalog().Deregister(&api.CatalogDeregistration{Node: appsNode, ServiceID: b.ID}, o)
 		}
 		cancel()
 		if err == nil {
@@ -48,7 +48,7 @@ func (w *catalogWriter) set(ctx context.Context, b *backend, present bool) error
 		w.retries.Add(1)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s present=%v: %w (last error: %v)", b.id, present, ctx.Err(), err)
+			return fmt.Errorf("%s present=%v: %w (last error: %v)", b.ID, present, ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -77,7 +77,7 @@ func TestLeaderKillLosesNoChange(t *testing.T) {
 		if err := w.set(ctx, b, true); err != nil {
 			t.Fatal(err)
 		}
-		registered[b.id] = true
+		registered[b.ID] = true
 	}
 	file := filepath.Join(t.TempDir(), "upstreams.conf")
 	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
@@ -97,8 +97,8 @@ func TestLeaderKillLosesNoChange(t *testing.T) {
 	wantAddrs := func() []string {
 		var out []string
 		for _, b := range bs {
-			if registered[b.id] {
-				out = append(out, b.addr())
+			if registered[b.ID] {
+				out = append(out, b.Addr())
 			}
 		}
 		slices.Sort(out)
@@ -112,10 +112,10 @@ func TestLeaderKillLosesNoChange(t *testing.T) {
 	step := func() {
 		t.Helper()
 		b := bs[rng.IntN(len(bs))]
-		present := !registered[b.id]
+		present := !registered[b.ID]
 		if !present && len(want()) <= 3 {
 			for _, o := range bs {
-				if !registered[o.id] {
+				if !registered[o.ID] {
 					b, present = o, true
 					break
 				}
@@ -124,7 +124,7 @@ func TestLeaderKillLosesNoChange(t *testing.T) {
 		if err := w.set(ctx, b, present); err != nil {
 			t.Fatalf("write to Consul: %v", err)
 		}
-		registered[b.id] = present
+		registered[b.ID] = present
 	}
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
@@ -206,7 +206,7 @@ func TestLeaderKillLosesNoChange(t *testing.T) {
 	cl.Start(t, leader)
 	var add *backend
 	for _, b := range bs {
-		if !registered[b.id] {
+		if !registered[b.ID] {
 			add = b
 			break
 		}
@@ -216,12 +216,12 @@ func TestLeaderKillLosesNoChange(t *testing.T) {
 		if err := w.set(ctx, add, false); err != nil {
 			t.Fatal(err)
 		}
-		registered[add.id] = false
+		registered[add.ID] = false
 	} else {
 		if err := w.set(ctx, add, true); err != nil {
 			t.Fatal(err)
 		}
-		registered[add.id] = true
+		registered[add.ID] = true
 	}
 	took := waitRoutes(t, ng, d, "web", 15*time.Second, want()...)
 	figure(t, "after %s rejoined, a change reached nginx traffic in %v", cl.Name(leader), took.Round(time.Millisecond))

@@ -30,7 +30,7 @@ func TestNginxRestartUnderLoad(t *testing.T) {
 	cfg := writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics, Reconcile: reconcile})
 	bs := []*backend{startBackend(t, "web-1"), startBackend(t, "web-2"), startBackend(t, "web-3")}
 	for _, b := range bs {
-		c.Register(t, "web", b.id, "127.0.0.1", b.port, nil, nil)
+		c.Register(t, "web", b.ID, "127.0.0.1", b.Port, nil, nil)
 	}
 	d := startDaemon(t, cfg, metrics)
 	waitRoutes(t, ng, d, "web", 20*time.Second, "web-1", "web-2", "web-3")
@@ -46,7 +46,7 @@ func TestNginxRestartUnderLoad(t *testing.T) {
 	downStart := time.Now()
 	ng.Stop(t)
 	c.Deregister(t, "web-3")
-	want := []string{bs[0].addr(), bs[1].addr()}
+	want := []string{bs[0].Addr(), bs[1].Addr()}
 	slices.Sort(want)
 	persisted, ok := waitFor(ctx, 10*time.Second, func() bool {
 		st, err := upstream.ParseFile(must(os.ReadFile(file)))
@@ -135,7 +135,7 @@ func TestNginxRestartUnderLoad(t *testing.T) {
 	// The shared dict outlives the workers: the desired set is still
 	// routed, and a new change still arrives.
 	waitRoutes(t, ng, d, "web", reconcile+time.Second, "web-1", "web-2")
-	c.Register(t, "web", "web-3", "127.0.0.1", bs[2].port, nil, nil)
+	c.Register(t, "web", "web-3", "127.0.0.1", bs[2].Port, nil, nil)
 	joined := waitRoutes(t, ng, d, "web", 5*time.Second, "web-1", "web-2", "web-3")
 	time.Sleep(time.Second)
 

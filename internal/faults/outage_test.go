@@ -67,7 +67,7 @@ func TestConsulOutageChangesNothing(t *testing.T) {
 	cfg := writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics})
 	bs := []*backend{startBackend(t, "web-1"), startBackend(t, "web-2"), startBackend(t, "web-3")}
 	for _, b := range bs {
-		c.Register(t, "web", b.id, "127.0.0.1", b.port, nil, nil)
+		c.Register(t, "web", b.ID, "127.0.0.1", b.Port, nil, nil)
 	}
 	d := startDaemon(t, cfg, metrics)
 	waitRoutes(t, ng, d, "web", 20*time.Second, "web-1", "web-2", "web-3")
