@@ -481,7 +481,8 @@ metrics: {listen: ""}
 	path := filepath.Join(t.TempDir(), "sk.yml")
 	os.WriteFile(path, []byte(cfg), 0o644)
 	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
-	d := startDaemon(t, "-config", path)
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
+	d := startDaemon(t, "-config", path, "-metrics-listen", metricsAddr)
 
 	proxy := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	waitStatic := func(want ...string) {
@@ -522,6 +523,10 @@ metrics: {listen: ""}
 	c.SetHealth(t, "web-1", api.HealthCritical)
 	waitStatic("web-2")
 	waitLog(t, d, "nginx reloaded")
+	// The reload shows in status like a target, in sync.
+	if code, out, _ := runCLI(t, nil, "status", "-addr", metricsAddr); code != 0 || !strings.Contains(out, "reload: ") || strings.Contains(out, "NOT IN SYNC") {
+		t.Errorf("status in reload mode (exit %d):\n%s", code, out)
+	}
 }
 
 // hangingTarget accepts connections and never answers.

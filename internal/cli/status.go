@@ -91,6 +91,15 @@ func buildStatus(p *parts) statusDoc {
 	for _, t := range p.targets {
 		doc.Targets = append(doc.Targets, t.Status())
 	}
+	if p.reload != nil {
+		// Reload mode shows as a target: whether nginx was last reloaded
+		// with the desired state, and why not.
+		r := p.reload.Status()
+		doc.Targets = append(doc.Targets, dyups.Status{
+			URL: "reload: " + strings.Join(p.reloadCommand, " "), InSync: r.InSync, LastSync: r.LastReload,
+			LastError: r.LastError, LastErrorAt: r.LastErrorAt,
+		})
+	}
 	st := p.engine.Status()
 	if st == nil {
 		return doc

@@ -52,6 +52,34 @@ type Sink struct {
 	wake    chan struct{}
 
 	lastGood []byte // file content that last passed the test
+
+	smu    sync.Mutex
+	status Status
+}
+
+// Status is the outcome of the reload sink's last attempt, for status.
+type Status struct {
+	InSync      bool      // the last reload succeeded
+	LastReload  time.Time // end of the last successful reload
+	LastError   string
+	LastErrorAt time.Time
+}
+
+// Status returns the sink's current status.
+func (s *Sink) Status() Status {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	return s.status
+}
+
+func (s *Sink) record(err error) {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	if err != nil {
+		s.status.InSync, s.status.LastError, s.status.LastErrorAt = false, err.Error(), time.Now()
+		return
+	}
+	s.status.InSync, s.status.LastReload = true, time.Now()
 }
 
 var _ engine.Sink = (*Sink)(nil)
@@ -118,7 +146,9 @@ func (s *Sink) Run(ctx context.Context) {
 			s.mu.Lock()
 			c := s.pending
 			s.mu.Unlock()
-			if err := s.Apply(ctx, c.State); err != nil {
+			err := s.Apply(ctx, c.State)
+			s.record(err)
+			if err != nil {
 				s.log.Error("nginx not reloaded", "err", err)
 			} else {
 				c.Ack()
