@@ -44,3 +44,12 @@ if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 rm -f "$log"
+
+echo "== benchmark harness smoke test (scripts/bench.sh -quick; figures to a temp dir)"
+# Fails only when the harness breaks; a missed target is reported, not an
+# error. The committed docs/BENCHMARKS.md comes from a full run.
+benchdir="$(mktemp -d -t swallowkeeper-bench.XXXXXX)"
+scripts/bench.sh -quick -shared -json "$benchdir/results.json" -md "$benchdir/BENCHMARKS.md" >"$benchdir/bench.log" 2>&1 || {
+  tail -60 "$benchdir/bench.log"; exit 1; }
+grep -E 'targets met|met$' "$benchdir/bench.log" | tail -12
+rm -rf "$benchdir"
