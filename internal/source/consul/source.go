@@ -31,6 +31,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 // Options configure the source.
@@ -333,10 +334,11 @@ type tracker struct {
 	haveChecks bool
 	services   map[string]serviceData
 	dirty      map[string]bool
-	sweep      bool            // re-read every service
-	probe      bool            // read the checks once, then maybe sweep
-	dropped    map[string]bool // instances reported as invalid, to log each once
-	removed    bool            // a service left the catalog since the last snapshot
+	sweep      bool              // re-read every service
+	probe      bool              // read the checks once, then maybe sweep
+	dropped    map[string]bool   // instances reported as invalid, to log each once
+	badNames   map[string]string // services whose name cannot be an upstream name → why
+	removed    bool              // a service left the catalog since the last snapshot
 	sent       bool
 	doubts     map[string]string // what → why its last answer is doubted
 }
@@ -350,10 +352,24 @@ func (t *tracker) markAll() {
 func (t *tracker) onCatalog(ev catalogEvent) {
 	t.setDoubt("catalog/services", ev.doubt)
 	selected := map[string][]string{}
+	badNames := map[string]string{}
 	for name, tags := range ev.services {
-		if t.src.rules.WantService(name) {
-			selected[name] = tags
+		if !t.src.rules.WantService(name) {
+			continue
 		}
+		// A service name that cannot be an upstream name is never read:
+		// nothing of it could be rendered, and a name holding '#', '?' or
+		// a line break would not even make a valid request path; one such
+		// registration must not stop the others from flowing.
+		if err := upstream.ValidName(name); err != nil {
+			badNames[name] = err.Error()
+			continue
+		}
+		selected[name] = tags
+	}
+	if !maps.Equal(badNames, t.badNames) {
+		t.badNames = badNames
+		t.removed = true // the snapshot's dropped list changed
 	}
 	first := t.catalog == nil
 	explained := false
@@ -518,6 +534,9 @@ func (t *tracker) snapshot() engine.Snapshot {
 		services[name] = Instances(d.entries, t.src.opt.OnlyPassing)
 	}
 	st, dropped := registry.Build(services, t.src.rules)
+	for _, name := range slices.Sorted(maps.Keys(t.badNames)) {
+		dropped = append(dropped, registry.Dropped{Service: name, Instance: "(every instance)", Reason: "service name: " + t.badNames[name]})
+	}
 	now := map[string]bool{}
 	for _, d := range dropped {
 		key := d.String()
