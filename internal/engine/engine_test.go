@@ -149,8 +149,11 @@ func TestEngineConfirmsABigDropOnItsOwn(t *testing.T) {
 	if ev[1] != "save" || ev[2] != "push" || !j.states[2].Equal(state(up("web", "10.0.0.1:80"))) {
 		t.Fatalf("events %v, last state %v", ev, j.states[len(j.states)-1])
 	}
-	if st := e.Status(); len(st.Holds) != 0 {
-		t.Fatalf("hold not released: %+v", st.Holds)
+	// The status is published right after the push.
+	for deadline := time.Now().Add(time.Second); len(e.Status().Holds) != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("hold not released: %+v", e.Status().Holds)
+		}
 	}
 }
 
