@@ -242,11 +242,10 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 
 // parts are the wired components of a configuration.
 type parts struct {
-	sources       []namedSource
-	reloadCommand []string
-	engine        *engine.Engine
-	targets       []*dyups.Target
-	reload        *reload.Sink
+	sources []namedSource
+	engine  *engine.Engine
+	targets []*dyups.Target
+	reload  *reload.Sink
 }
 
 // oneShotAttempts bounds the retries of each request in once: a one-shot
@@ -287,7 +286,7 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		if err != nil {
 			return nil, err
 		}
-		p.reload, p.reloadCommand = rs, cfg.Reload.Command
+		p.reload = rs
 		sinks = append(sinks, rs)
 	}
 	p.sources = []namedSource{{sourceName(cfg), src}}

@@ -96,7 +96,7 @@ func buildStatus(p *parts) statusDoc {
 		// with the desired state, and why not.
 		r := p.reload.Status()
 		doc.Targets = append(doc.Targets, dyups.Status{
-			URL: "reload: " + strings.Join(p.reloadCommand, " "), InSync: r.InSync, LastSync: r.LastReload,
+			URL: "reload: " + strings.Join(r.Command, " "), InSync: r.InSync, LastSync: r.LastReload,
 			LastError: r.LastError, LastErrorAt: r.LastErrorAt,
 		})
 	}

@@ -59,6 +59,7 @@ type Sink struct {
 
 // Status is the outcome of the reload sink's last attempt, for status.
 type Status struct {
+	Command     []string  // the reload command, to name the sink
 	InSync      bool      // the last reload succeeded
 	LastReload  time.Time // end of the last successful reload
 	LastError   string
@@ -69,7 +70,9 @@ type Status struct {
 func (s *Sink) Status() Status {
 	s.smu.Lock()
 	defer s.smu.Unlock()
-	return s.status
+	st := s.status
+	st.Command = s.opt.Command
+	return st
 }
 
 func (s *Sink) record(err error) {

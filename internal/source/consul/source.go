@@ -137,6 +137,10 @@ func (s *Source) readChecks(o *api.QueryOptions) ([]checkLite, *api.QueryMeta, e
 type serviceData struct {
 	index   uint64
 	entries []*api.ServiceEntry
+	// instances is entries converted once, at read time: a snapshot is
+	// built from every service, so converting there would redo thousands
+	// of unchanged services on each change.
+	instances []registry.Instance
 }
 
 // Run implements engine.Source.
@@ -499,7 +503,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 		if !had || old.index != meta.LastIndex || !sameEntries(old.entries, entries) {
 			changed = true
 		}
-		t.services[name] = serviceData{index: meta.LastIndex, entries: entries}
+		t.services[name] = serviceData{index: meta.LastIndex, entries: entries, instances: Instances(entries, t.src.opt.OnlyPassing)}
 		delete(t.dirty, name)
 	}
 	return changed, nil
@@ -531,7 +535,7 @@ func (t *tracker) maxIndex() uint64 {
 func (t *tracker) snapshot() engine.Snapshot {
 	services := make(map[string][]registry.Instance, len(t.services))
 	for name, d := range t.services {
-		services[name] = Instances(d.entries, t.src.opt.OnlyPassing)
+		services[name] = d.instances
 	}
 	st, dropped := registry.Build(services, t.src.rules)
 	for _, name := range slices.Sorted(maps.Keys(t.badNames)) {

@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -410,7 +408,7 @@ func TestSourceRelistsAfterCompaction(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	a := newApp(t, e)
 	reg := prometheus.NewRegistry()
-	p := startProxy(t, e.Addr())
+	p := testenv.StartProxy(t, e.Addr())
 	a.put("/upstreams/web/127.0.0.1:9001", "")
 	a.put("/upstreams/web/127.0.0.1:9002", "")
 	a.put("/upstreams/api/127.0.0.1:9100", "")
@@ -690,82 +688,4 @@ func TestSourceMetricNames(t *testing.T) {
 			t.Errorf("metric %s lacks the swallowkeeper_etcd_ prefix", mf.GetName())
 		}
 	}
-}
-
-// proxy forwards TCP connections to a target. Cut closes every connection
-// and refuses new ones until Restore: a network partition.
-type proxy struct {
-	target string
-	l      net.Listener
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{target: target, l: l, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.accept)
-	t.Cleanup(func() {
-		l.Close()
-		p.Cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) Addr() string { return p.l.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			c.Close()
-			up.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = true, true
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		p.wg.Go(func() { pipe(c, up) })
-		p.wg.Go(func() { pipe(up, c) })
-	}
-}
-
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *proxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
 }

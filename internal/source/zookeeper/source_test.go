@@ -10,7 +10,6 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -383,7 +382,7 @@ func TestSourceSurvivesZooKeeperRestart(t *testing.T) {
 func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
 	z := testenv.StartZooKeeper(t)
 	reg := prometheus.NewRegistry()
-	p := startProxy(t, z.Addr())
+	p := testenv.StartProxy(t, z.Addr())
 	a := newApp(t, z)
 	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
 	a.register("/services/api/x", instance("api", "x", "127.0.0.1", 9100, `{}`))
@@ -512,83 +511,4 @@ func TestSourceMetricNames(t *testing.T) {
 			t.Errorf("metric %s lacks the swallowkeeper_zookeeper_ prefix", mf.GetName())
 		}
 	}
-}
-
-// proxy forwards TCP connections to a target. Cut closes every connection
-// and refuses new ones until Restore: a network partition.
-type proxy struct {
-	target string
-	l      net.Listener
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]bool
-}
-
-func startProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{target: target, l: l, conns: map[net.Conn]bool{}}
-	done := make(chan struct{})
-	go func() { p.accept(); close(done) }()
-	t.Cleanup(func() {
-		l.Close()
-		p.Cut()
-		<-done
-	})
-	return p
-}
-
-func (p *proxy) Addr() string { return p.l.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		cut := p.cut
-		p.mu.Unlock()
-		if cut {
-			c.Close()
-			continue
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns[c], p.conns[up] = true, true
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		go pipe(c, up)
-		go pipe(up, c)
-	}
-}
-
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *proxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
 }
