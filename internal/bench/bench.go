@@ -37,6 +37,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		p                                  Params
 		bin                                Binaries
 		modes, scenarios, jsonPath, mdPath string
+		profileDir                         string
 		command                            string
 		render, keep, shared               bool
 		churn                              time.Duration
@@ -67,6 +68,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&render, "render", false, "only render the report and plots again from -json (rewriting it in the current format)")
 	fs.BoolVar(&shared, "shared", false, "say in the report that the machine was shared with other work")
 	fs.BoolVar(&keep, "keep", false, "keep the files of failed scenario runs")
+	fs.StringVar(&profileDir, "profile", "", "save the daemon's CPU profile of the scale changes and its heap profile after them in this directory")
 	fs.StringVar(&command, "command", "", "how the bench was invoked, for the report (default: this command line)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -146,7 +148,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if slices.Contains(p.Modes, ModeConsulTemplate) {
 		res.Versions.ConsulTemplate = version(bin.ConsulTemplate, "-version")
 	}
-	r := &runner{bin: bin, p: p, res: res, keep: keep, logf: func(format string, args ...any) {
+	r := &runner{bin: bin, p: p, res: res, keep: keep, profileDir: profileDir, logf: func(format string, args ...any) {
 		fmt.Fprintf(stdout, "[%7.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}}
 	r.logf("machine: %d cores, %s; load average %s", res.Machine.Cores, res.Machine.CPUModel, res.Machine.LoadAvgStart)

@@ -147,6 +147,13 @@ func renderTargets(w writer, r *Results) {
 		w("| %s | %s | %s | %s | %s |\n", t.Scenario, t.Name, t.Goal, t.Value, mark(t.Met))
 	}
 	w("\n")
+	for _, t := range r.Targets {
+		if t.Name == "bench run time" && !t.Met {
+			p := r.Params
+			w("**Run time.** %.0f s of the %.0f s are load that the parameters fix, whatever the code does: %.0f s of churn and %.0f s of quiet baseline (before rolling, crash and churn), for each of %d runs × %d modes; the rest is the propagation changes, the restart cycles, filling Consul for the scale runs, and starting and stopping Consul and nginx for every run. With 3 runs of every scenario in 3 modes, the target is out of reach; `-runs 1` (same sizes, one run) takes about a third.\n\n",
+				p.FixedLoadSeconds(), r.DurationS, p.ChurnSeconds, p.BaselineSeconds, p.Runs, len(p.Modes))
+		}
+	}
 }
 
 func modesOf[T any](m map[string]T) []string {
@@ -295,7 +302,7 @@ func renderScale(w writer, r *Results) {
 	w("## 4. Scale (ours-lua)\n\n")
 	w("%d services × %d instances in Consul's catalog before the daemon starts. Cold sync: from starting the daemon process to nginx's `/detail` listing every server. Connections to Consul: the daemon's established TCP connections to the agent's HTTP port (its socket inodes matched in `/proc/net/tcp`), sampled every 20 ms for the whole run, maximum. RSS: `VmRSS` of `/proc/PID/status` after the changes (peak: `VmHWM`). Then %d single-instance changes (an 11th instance added to a service, then removed), each waited for in nginx's API: CPU per change is `utime+stime` of `/proc/PID/stat` over the changes, less the idle rate measured just before (the drift check reads `/detail` every 5 s; \"raw\" keeps it in), divided by the number of changes; pushes per change are the POST and DELETE requests counted by `swallowkeeper_dyups_requests_total`. utime and stime tick in 10 ms steps.\n\n",
 		wst.Services, wst.Instances, runs[0].Changes)
-	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d), so the CPU a change costs grows with the size of the catalog even though only one service is re-read and one upstream pushed.\n\n",
+	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d; about 4.5 MB, as `consul agent -dev` indents its JSON). The daemon compares each answer byte for byte with the previous one and decodes only the checks that differ, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves a CPU profile of the changes).\n\n",
 		wst.Services*wst.Instances+1)
 	w("| figure |")
 	for _, run := range runs {

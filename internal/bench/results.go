@@ -298,6 +298,7 @@ const (
 	targetColdSync     = 5 * time.Second
 	targetConsulConns  = 20
 	targetRSSMB        = 60
+	targetRunTime      = 15 * time.Minute
 	targetCPUPerChange = 2.0 // ms
 )
 
@@ -347,7 +348,27 @@ func EvaluateTargets(r *Results) []Target {
 		add(ScenarioScale, "upstreams pushed per change", "exactly 1",
 			fmt.Sprintf("%.2f", w.PushesPerChange), w.PushesPerChange == 1)
 	}
+	if !r.Params.Quick && r.DurationS > 0 {
+		add("whole run", "bench run time", fmt.Sprintf("≤ %v", targetRunTime),
+			(time.Duration(r.DurationS) * time.Second).String(), r.DurationS <= targetRunTime.Seconds())
+	}
 	return out
+}
+
+// FixedLoadSeconds is the part of a run's wall-clock time that its
+// parameters fix whatever the code does: the churn scenario and the quiet
+// baselines before rolling, crash and churn, for every run and mode.
+func (p Params) FixedLoadSeconds() float64 {
+	per := 0.0
+	for _, s := range p.Scenarios {
+		switch s {
+		case ScenarioChurn:
+			per += p.ChurnSeconds + p.BaselineSeconds
+		case ScenarioRolling, ScenarioCrash:
+			per += p.BaselineSeconds
+		}
+	}
+	return per * float64(p.Runs*len(p.Modes))
 }
 
 // WriteJSON writes r, indented, to path.

@@ -161,3 +161,33 @@ func TestScaleWorst(t *testing.T) {
 		t.Errorf("worst = %+v", w)
 	}
 }
+
+func TestFixedLoadSecondsAndRunTimeTarget(t *testing.T) {
+	p := Params{Runs: 3, Modes: AllModes, Scenarios: AllScenarios, ChurnSeconds: 60, BaselineSeconds: 5}
+	if got := p.FixedLoadSeconds(); got != 3*3*(60+5+5+5) {
+		t.Fatalf("FixedLoadSeconds = %v, want 675", got)
+	}
+	p.Scenarios = []string{ScenarioScale, ScenarioPropagation}
+	if got := p.FixedLoadSeconds(); got != 0 {
+		t.Fatalf("scale and propagation fix no load time, got %v", got)
+	}
+	for _, tc := range []struct {
+		quick bool
+		secs  float64
+		want  string // "" for no target
+	}{{false, 1602, "❌"}, {false, 840, "✅"}, {true, 200, ""}} {
+		r := &Results{Params: Params{Quick: tc.quick}, DurationS: tc.secs}
+		var got *Target
+		for _, tg := range EvaluateTargets(r) {
+			if tg.Name == "bench run time" {
+				got = &tg
+			}
+		}
+		switch {
+		case tc.want == "" && got != nil:
+			t.Errorf("quick run got a run-time target: %+v", got)
+		case tc.want != "" && (got == nil || strings.HasPrefix(mark(got.Met), tc.want) == false):
+			t.Errorf("%v s: target %+v, want %s", tc.secs, got, tc.want)
+		}
+	}
+}

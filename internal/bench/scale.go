@@ -3,6 +3,10 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,10 +100,9 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	if err != nil {
 		return err
 	}
-	cpuA, _ := procCPU(pid)
-	tA := time.Now()
-	var lat []float64
-	for k := range r.p.ScaleChanges {
+	// change k adds an 11th instance to a service (k even) or removes it
+	// again, and returns how long nginx's API took to show it.
+	change := func(k int) (time.Duration, error) {
 		svc := scaleService((k / 2 * 37) % n)
 		id := fmt.Sprintf("%s-extra-%d", svc, k/2)
 		port := 40000 + k/2
@@ -113,15 +116,25 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		}
 		w := time.Now()
 		if werr != nil {
-			return werr
+			return 0, werr
 		}
 		if !poll(ctx, 30*time.Second, 2*time.Millisecond, func() bool {
 			u, err := st.apiGet("/upstream/" + svc)
 			return err == nil && strings.Contains(u, addr) == add
 		}) {
-			return fmt.Errorf("change %d (%s %s) not in nginx after 30s", k, svc, id)
+			return 0, fmt.Errorf("change %d (%s %s) not in nginx after 30s", k, svc, id)
 		}
-		lat = append(lat, ms(time.Since(w)))
+		return time.Since(w), nil
+	}
+	cpuA, _ := procCPU(pid)
+	tA := time.Now()
+	var lat []float64
+	for k := range r.p.ScaleChanges {
+		d, err := change(k)
+		if err != nil {
+			return err
+		}
+		lat = append(lat, ms(d))
 	}
 	tB := time.Now()
 	cpuB, _ := procCPU(pid)
@@ -142,6 +155,13 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	stopSampling()
 	wg.Wait()
 	sr.MaxConsulConns = int(maxConns.Load())
+	if r.profileDir != "" {
+		// After the measured changes, so that profiling does not weigh on
+		// them: 10 s of the same changes under the CPU profiler.
+		if err := r.profileScale(ctx, st.MetricsURL, run, func(k int) error { _, err := change(r.p.ScaleChanges + k); return err }); err != nil {
+			return err
+		}
+	}
 	rss, hwm, err := procRSS(pid)
 	if err != nil {
 		return err
@@ -156,6 +176,58 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	return nil
 }
 
+// profileScale saves a 10 s CPU profile of the daemon while change runs
+// (k = 0, 1, ...), then a heap profile, in r.profileDir; both are served on
+// the daemon's metrics listener.
+func (r *runner) profileScale(ctx context.Context, metricsURL string, run int, change func(k int) error) error {
+	if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
+		return err
+	}
+	base := strings.TrimSuffix(metricsURL, "/metrics")
+	cpuFile := filepath.Join(r.profileDir, fmt.Sprintf("scale-cpu-run%d.pprof", run))
+	done := make(chan error, 1)
+	go func() { done <- fetchTo(ctx, base+"/debug/pprof/profile?seconds=10", cpuFile) }()
+	for k := 0; ; k++ {
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("CPU profile: %w", err)
+			}
+			heapFile := filepath.Join(r.profileDir, fmt.Sprintf("scale-heap-run%d.pprof", run))
+			if err := fetchTo(ctx, base+"/debug/pprof/heap?gc=1", heapFile); err != nil {
+				return fmt.Errorf("heap profile: %w", err)
+			}
+			r.logf("    profiles of %d changes: %s, %s", k, cpuFile, heapFile)
+			return nil
+		default:
+		}
+		if err := change(k); err != nil {
+			return err
+		}
+	}
+}
+
+// fetchTo saves the body of a GET of url in file.
+func fetchTo(ctx context.Context, url, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o644)
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1
@@ -164,32 +236,54 @@ func boolInt(b bool) int {
 }
 
 // registerMany puts n services × per instances into the catalog on one
-// external node, 16 registrations at a time.
+// external node, through the transaction API: 64 instances (a service and
+// a check each; Consul allows 128 operations) per request, 4 requests at a
+// time. One registration per request took about a minute for 10,000.
 func registerMany(ctx context.Context, c *api.Client, n, per int) error {
-	type job struct{ svc, inst int }
-	jobs := make(chan job)
-	var firstErr error
-	var once sync.Once
-	var wg sync.WaitGroup
-	for range 16 {
+	if _, err := c.Catalog().Register(&api.CatalogRegistration{Node: extNode, Address: "127.0.0.1"}, nil); err != nil {
+		return fmt.Errorf("register node %s: %w", extNode, err)
+	}
+	const batch = 64
+	batches := make(chan api.TxnOps)
+	var (
+		firstErr error
+		failed   atomic.Bool
+		once     sync.Once
+		wg       sync.WaitGroup
+	)
+	for range 4 {
 		wg.Go(func() {
-			for j := range jobs {
-				svc := scaleService(j.svc)
-				port := 10000 + j.inst
-				_, err := c.Catalog().Register(catalogInstance(svc, fmt.Sprintf("%s-%d", svc, j.inst),
-					fmt.Sprintf("127.0.%d.%d", 1+j.svc/250, 1+j.svc%250), port), nil)
+			for ops := range batches {
+				ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+				if err == nil && !ok {
+					err = fmt.Errorf("transaction refused: %v", resp.Errors)
+				}
 				if err != nil {
 					once.Do(func() { firstErr = err })
+					failed.Store(true)
 				}
 			}
 		})
 	}
-	for s := 0; s < n && ctx.Err() == nil && firstErr == nil; s++ {
+	var ops api.TxnOps
+	for s := 0; s < n && ctx.Err() == nil && !failed.Load(); s++ {
 		for i := range per {
-			jobs <- job{s, i}
+			reg := catalogInstance(scaleService(s), fmt.Sprintf("%s-%d", scaleService(s), i),
+				fmt.Sprintf("127.0.%d.%d", 1+s/250, 1+s%250), 10000+i)
+			ops = append(ops,
+				&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: extNode, Service: *reg.Service}},
+				&api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: extNode, CheckID: reg.Check.CheckID,
+					Name: reg.Check.Name, Status: reg.Check.Status, ServiceID: reg.Check.ServiceID, ServiceName: reg.Check.ServiceName}}})
+			if len(ops) == 2*batch {
+				batches <- ops
+				ops = nil
+			}
 		}
 	}
-	close(jobs)
+	if len(ops) > 0 && !failed.Load() {
+		batches <- ops
+	}
+	close(batches)
 	wg.Wait()
 	if firstErr != nil {
 		return fmt.Errorf("register: %w", firstErr)

@@ -21,6 +21,10 @@ type runner struct {
 	res  *Results
 	logf func(format string, args ...any)
 	keep bool // keep the directories of failed scenario runs
+	// profileDir, when set, receives the daemon's CPU profile of the scale
+	// changes and its heap profile after them (scale-cpu-runN.pprof,
+	// scale-heap-runN.pprof), for `go tool pprof`.
+	profileDir string
 
 	// pooled latencies of the load scenarios: scenario → mode → phase
 	pool map[string]map[string]map[string][]float64

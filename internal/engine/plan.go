@@ -231,6 +231,21 @@ func forget(drops Drops, seen map[string]bool) {
 // one nginx already has keeps its place; newcomers are dropped and
 // reported.
 func dropCollisions(prev, merged upstream.State) []Hold {
+	// Collisions are rare: find out cheaply whether there is one before
+	// grouping and sorting thousands of names on every change.
+	seen := make(map[string]struct{}, len(merged))
+	collide := false
+	for name := range merged {
+		k := upstream.FoldKey(name)
+		if _, ok := seen[k]; ok {
+			collide = true
+			break
+		}
+		seen[k] = struct{}{}
+	}
+	if !collide {
+		return nil
+	}
 	groups := map[string][]string{}
 	for _, name := range merged.Names() {
 		k := upstream.FoldKey(name)

@@ -98,54 +98,109 @@ func (d Dropped) String() string {
 // is still returned, with no servers, so that the engine knows it exists
 // and keeps its last servers. Services not selected by the Rules, and
 // instances without the required tags, are left out silently.
+//
+// Build is Merge of every service's BuildService; a source that keeps
+// each service's Part rebuilds only the services that changed.
 func Build(services map[string][]Instance, r Rules) (upstream.State, []Dropped) {
-	st := upstream.State{}
-	var dropped []Dropped
-	names := make([]string, 0, len(services))
-	for name := range services {
-		names = append(names, name)
+	parts := make([]Part, 0, len(services))
+	for svc, list := range services {
+		parts = append(parts, BuildService(svc, list, r))
 	}
-	slices.Sort(names)
-	for _, svc := range names {
-		if !r.WantService(svc) {
+	return Merge(parts)
+}
+
+// Part is what one service contributes to the state: its upstreams, in
+// name order, and its instances dropped as invalid.
+type Part struct {
+	Service   string
+	Upstreams []upstream.Upstream
+	Dropped   []Dropped
+}
+
+// BuildService builds the Part of one service; it is empty when the Rules
+// do not select the service.
+func BuildService(svc string, instances []Instance, r Rules) Part {
+	p := Part{Service: svc}
+	if !r.WantService(svc) {
+		return p
+	}
+	list := slices.Clone(instances)
+	// Deterministic order, so that of two instances on one address the
+	// same one always wins.
+	slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Label(), b.Label()) })
+	byName := map[string]int{} // upstream name → index in p.Upstreams
+	for _, in := range list {
+		if !hasAll(in.Tags, r.RequireTags) {
 			continue
 		}
-		list := slices.Clone(services[svc])
-		// Deterministic order, so that of two instances on one address the
-		// same one always wins.
-		slices.SortFunc(list, func(a, b Instance) int { return strings.Compare(a.Label(), b.Label()) })
-		for _, in := range list {
-			if !hasAll(in.Tags, r.RequireTags) {
-				continue
+		name, s, err := r.server(svc, in)
+		if err != nil {
+			p.Dropped = append(p.Dropped, Dropped{Service: svc, Instance: in.Label(), Reason: err.Error()})
+			continue
+		}
+		k, ok := byName[name]
+		if !ok {
+			u := upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive}
+			if ka, ok := r.KeepaliveFor[name]; ok {
+				u.Keepalive = ka
 			}
-			name, s, err := r.server(svc, in)
-			if err != nil {
-				dropped = append(dropped, Dropped{Service: svc, Instance: in.Label(), Reason: err.Error()})
-				continue
-			}
-			u, ok := st[name]
+			k = len(p.Upstreams)
+			byName[name] = k
+			p.Upstreams = append(p.Upstreams, u)
+		}
+		if !in.Healthy {
+			continue // the upstream exists; the instance serves nothing
+		}
+		u := &p.Upstreams[k]
+		if d := u.ServerAt(s.Addr); d >= 0 {
+			p.Dropped = append(p.Dropped, duplicate(svc, in.Label(), s, u.Servers[d], name))
+			continue
+		}
+		u.Servers = append(u.Servers, s)
+	}
+	for k := range p.Upstreams {
+		p.Upstreams[k].Sort()
+	}
+	slices.SortFunc(p.Upstreams, func(a, b upstream.Upstream) int { return strings.Compare(a.Name, b.Name) })
+	return p
+}
+
+// Merge assembles the state from the parts, in service name order. Two
+// services that make the same upstream name share it: it keeps the first
+// service's settings, gains the other's servers, and an address already
+// in it is dropped. The state shares server lists with the parts; neither
+// may be changed in place.
+func Merge(parts []Part) (upstream.State, []Dropped) {
+	parts = slices.Clone(parts)
+	slices.SortFunc(parts, func(a, b Part) int { return strings.Compare(a.Service, b.Service) })
+	st := make(upstream.State, len(parts))
+	var dropped []Dropped
+	for _, p := range parts {
+		dropped = append(dropped, p.Dropped...)
+		for _, u := range p.Upstreams {
+			have, ok := st[u.Name]
 			if !ok {
-				u = upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive}
-				if k, ok := r.KeepaliveFor[name]; ok {
-					u.Keepalive = k
-				}
+				st[u.Name] = u
+				continue
 			}
-			if in.Healthy {
-				if i := slices.IndexFunc(u.Servers, func(o upstream.Server) bool { return o.Addr == s.Addr }); i >= 0 {
-					dropped = append(dropped, Dropped{Service: svc, Instance: in.Label(),
-						Reason: fmt.Sprintf("address %v already used by instance %s in upstream %s", s.Addr, u.Servers[i].Instance, name)})
-				} else {
-					u.Servers = append(u.Servers, s)
+			have.Servers = slices.Clone(have.Servers)
+			for _, s := range u.Servers {
+				if d := have.ServerAt(s.Addr); d >= 0 {
+					dropped = append(dropped, duplicate(p.Service, s.Instance, s, have.Servers[d], u.Name))
+					continue
 				}
+				have.Servers = append(have.Servers, s)
 			}
-			st[name] = u
+			have.Sort()
+			st[u.Name] = have
 		}
 	}
-	for name, u := range st {
-		u.Sort()
-		st[name] = u
-	}
 	return st, dropped
+}
+
+func duplicate(svc, instance string, s, holder upstream.Server, name string) Dropped {
+	return Dropped{Service: svc, Instance: instance,
+		Reason: fmt.Sprintf("address %v already used by instance %s in upstream %s", s.Addr, holder.Instance, name)}
 }
 
 // server validates one instance and returns its upstream name and server.

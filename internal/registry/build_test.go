@@ -123,3 +123,84 @@ func TestLabel(t *testing.T) {
 		t.Errorf("hostile label %q", got)
 	}
 }
+
+// Two services that make the same upstream name share one upstream: the
+// first service's settings, both sets of servers, a shared address
+// dropped once with a reason. Merging cached parts must not change them.
+func TestMergeSharesAnUpstreamNameAcrossServices(t *testing.T) {
+	services := map[string][]Instance{
+		"a":   {{ID: "a1", Address: "10.0.0.1", Port: 80, Healthy: true, Tags: []string{"gray=b"}}},
+		"a_b": {{ID: "x1", Address: "10.0.0.2", Port: 80, Healthy: true}, {ID: "x2", Address: "10.0.0.1", Port: 80, Healthy: true}},
+		"web": {{ID: "w1", Address: "10.0.0.3", Port: 80, Healthy: true}, {ID: "w2", Address: "10.0.0.3", Port: 80, Healthy: true}},
+	}
+	parts := map[string]Part{}
+	var list []Part
+	for svc, in := range services {
+		parts[svc] = BuildService(svc, in, rules)
+		list = append(list, parts[svc])
+	}
+	before := render(upstream.State{"x": parts["a_b"].Upstreams[0]})
+	st, dropped := Merge(list)
+	got := render(st)
+	want := `upstream a_b {
+    server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;
+    server 10.0.0.2:80 weight=1 max_fails=3 fail_timeout=10s;
+}
+
+upstream web {
+    server 10.0.0.3:80 weight=1 max_fails=3 fail_timeout=10s;
+}
+`
+	if got != want {
+		t.Fatalf("merged state:\n%s\nwant:\n%s", got, want)
+	}
+	if st["a_b"].Service != "a" {
+		t.Errorf("shared upstream belongs to %q, want the first service a", st["a_b"].Service)
+	}
+	var reasons []string
+	for _, d := range dropped {
+		reasons = append(reasons, d.String())
+	}
+	wantDropped := []string{
+		`service "a_b" instance x2: address 10.0.0.1:80 already used by instance a1 in upstream a_b`,
+		`service "web" instance w2: address 10.0.0.3:80 already used by instance w1 in upstream web`,
+	}
+	if strings.Join(reasons, "\n") != strings.Join(wantDropped, "\n") {
+		t.Errorf("dropped:\n%s\nwant:\n%s", strings.Join(reasons, "\n"), strings.Join(wantDropped, "\n"))
+	}
+	if after := render(upstream.State{"x": parts["a_b"].Upstreams[0]}); after != before {
+		t.Errorf("Merge changed a part:\n%s\nwas:\n%s", after, before)
+	}
+	// Build is the same as merging every service's part.
+	if st2, d2 := Build(services, rules); render(st2) != got || len(d2) != len(dropped) {
+		t.Errorf("Build differs from Merge: %s %v", render(st2), d2)
+	}
+}
+
+// Rebuilding one service's part and merging it with the others' cached
+// parts gives what building everything again gives.
+func TestMergeOfCachedPartsEqualsFullBuild(t *testing.T) {
+	services := map[string][]Instance{}
+	parts := map[string]Part{}
+	for s := range 20 {
+		svc := "svc" + strings.Repeat("x", s%3) + string(rune('a'+s))
+		for i := range 3 {
+			services[svc] = append(services[svc], Instance{ID: svc + "-" + string(rune('0'+i)), Address: "10.0." + string(rune('0'+s%10)) + ".1", Port: 8000 + i, Healthy: i != 2})
+		}
+		parts[svc] = BuildService(svc, services[svc], rules)
+	}
+	for step := range 10 {
+		svc := "svc" + strings.Repeat("x", step%3) + string(rune('a'+step))
+		services[svc] = append(services[svc][1:], Instance{ID: "new", Address: "10.1.0.1", Port: 9000 + step, Healthy: true, Tags: []string{"gray=c"}})
+		parts[svc] = BuildService(svc, services[svc], rules)
+		var list []Part
+		for _, p := range parts {
+			list = append(list, p)
+		}
+		got, gd := Merge(list)
+		want, wd := Build(services, rules)
+		if render(got) != render(want) || len(gd) != len(wd) {
+			t.Fatalf("step %d: merged cached parts:\n%s\nfull build:\n%s", step, render(got), render(want))
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -20,6 +22,24 @@ type File struct {
 	Path string
 	// Mode of the file; nginx workers only need to read it.
 	Mode fs.FileMode
+
+	mu       sync.Mutex
+	renderer upstream.FileRenderer
+	written  []byte    // what the last Save wrote or found on disk
+	stamp    fileStamp // the file's size and time right after
+}
+
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+}
+
+func stampOf(path string) fileStamp {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{fi.Size(), fi.ModTime()}
 }
 
 var _ engine.Store = (*File)(nil)
@@ -58,15 +78,26 @@ func (f *File) removeLeftovers() {
 }
 
 // Save renders the state and writes it only when the bytes differ from what
-// is on disk.
+// is on disk. What it wrote last is remembered with the file's size and
+// time, so that an unchanged file is not read back each time, while a file
+// someone else changed is still rewritten.
 func (f *File) Save(s upstream.State) error {
-	data := upstream.RenderFile(s)
-	if old, err := os.ReadFile(f.Path); err == nil && bytes.Equal(old, data) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	data := f.renderer.Render(s)
+	ours := f.stamp != (fileStamp{}) && stampOf(f.Path) == f.stamp // the file holds f.written
+	if ours && bytes.Equal(f.written, data) {
+		return nil
+	}
+	if old, err := os.ReadFile(f.Path); !ours && err == nil && bytes.Equal(old, data) {
+		f.written, f.stamp = data, stampOf(f.Path)
 		return nil
 	}
 	if err := WriteAtomic(f.Path, data, f.Mode); err != nil {
+		f.written = nil
 		return fmt.Errorf("store: %w", err)
 	}
+	f.written, f.stamp = data, stampOf(f.Path)
 	return nil
 }
 

@@ -67,6 +67,32 @@ func TestSaveSkipsIdenticalContent(t *testing.T) {
 	}
 }
 
+// Save remembers what it wrote, but a file someone changed or removed
+// behind its back is written again, even when the state did not change.
+func TestSaveRewritesAFileChangedBehindItsBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "upstreams.conf")
+	f := New(path)
+	if err := f.Save(sample()); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(path)
+	for _, damage := range []func() error{
+		func() error { return os.WriteFile(path, []byte("upstream web { server 6.6.6.6:80; }\n"), 0o644) },
+		func() error { return os.WriteFile(path, append([]byte(nil), want[:len(want)-2]...), 0o644) },
+		func() error { return os.Remove(path) },
+	} {
+		if err := damage(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Save(sample()); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(path); string(got) != string(want) {
+			t.Fatalf("after the file was changed, Save left:\n%s\nwant:\n%s", got, want)
+		}
+	}
+}
+
 func TestLoadCorruptFileIsAnErrorNamingFileAndLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "upstreams.conf")
 	os.WriteFile(path, []byte("upstream web {\n  server 10.0.0.1:80;\n  server 10.0\n"), 0o644)

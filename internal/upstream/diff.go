@@ -1,6 +1,9 @@
 package upstream
 
-import "net/netip"
+import (
+	"net/netip"
+	"slices"
+)
 
 // Changes lists what differs between two states, by upstream name, in sorted
 // order.
@@ -15,16 +18,18 @@ func (c Changes) Empty() bool { return len(c.Set) == 0 && len(c.Removed) == 0 }
 // Diff compares two states.
 func Diff(old, next State) Changes {
 	var c Changes
-	for _, name := range next.Names() {
-		if o, ok := old[name]; !ok || !o.Equal(next[name]) {
+	for name, u := range next {
+		if o, ok := old[name]; !ok || !o.Equal(u) {
 			c.Set = append(c.Set, name)
 		}
 	}
-	for _, name := range old.Names() {
+	for name := range old {
 		if _, ok := next[name]; !ok {
 			c.Removed = append(c.Removed, name)
 		}
 	}
+	slices.Sort(c.Set)
+	slices.Sort(c.Removed)
 	return c
 }
 

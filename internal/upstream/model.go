@@ -58,6 +58,11 @@ func (u *Upstream) Sort() {
 	})
 }
 
+// ServerAt returns the index of the server on addr, or -1.
+func (u Upstream) ServerAt(addr netip.AddrPort) int {
+	return slices.IndexFunc(u.Servers, func(s Server) bool { return s.Addr == addr })
+}
+
 // sameConfig reports whether two servers render the same way.
 func (s Server) sameConfig(o Server) bool {
 	return s.Addr == o.Addr && s.Weight == o.Weight && s.MaxFails == o.MaxFails &&
@@ -68,8 +73,16 @@ func (s Server) sameConfig(o Server) bool {
 // Equal reports whether two upstreams configure nginx identically. Both must
 // be sorted.
 func (u Upstream) Equal(o Upstream) bool {
-	return u.Name == o.Name && u.Keepalive == o.Keepalive &&
-		slices.EqualFunc(u.Servers, o.Servers, Server.sameConfig)
+	if u.Name != o.Name || u.Keepalive != o.Keepalive || len(u.Servers) != len(o.Servers) {
+		return false
+	}
+	// Sources hand on the server list of an unchanged upstream itself, and
+	// lists are never changed in place: the same list is equal without a
+	// look at its thousands of servers.
+	if len(u.Servers) == 0 || &u.Servers[0] == &o.Servers[0] {
+		return true
+	}
+	return slices.EqualFunc(u.Servers, o.Servers, Server.sameConfig)
 }
 
 // Names returns the upstream names in sorted order.

@@ -26,14 +26,54 @@ func RenderFile(s State) []byte {
 	var b strings.Builder
 	b.WriteString(FileHeader)
 	for _, name := range s.Names() {
-		u := s[name]
-		b.WriteString("\nupstream ")
-		b.WriteString(u.Name)
-		b.WriteString(" {\n")
-		u.writeBody(&b, "    ")
-		b.WriteString("}\n")
+		s[name].writeBlock(&b)
 	}
 	return []byte(b.String())
+}
+
+// writeBlock writes the upstream's block as the file holds it, with the
+// blank line before it.
+func (u Upstream) writeBlock(b *strings.Builder) {
+	b.WriteString("\nupstream ")
+	b.WriteString(u.Name)
+	b.WriteString(" {\n")
+	u.writeBody(b, "    ")
+	b.WriteString("}\n")
+}
+
+// FileRenderer renders the same bytes as RenderFile, but keeps each
+// upstream's block from the previous call and renders again only the
+// upstreams that changed: with thousands of servers, rendering every one
+// of them on each single-instance change was most of a change's CPU.
+// It is not safe for concurrent use.
+type FileRenderer struct {
+	blocks map[string]renderedBlock
+	size   int // of the last file, to size the next
+}
+
+type renderedBlock struct {
+	u    Upstream
+	text string
+}
+
+// Render renders s as RenderFile does.
+func (r *FileRenderer) Render(s State) []byte {
+	next := make(map[string]renderedBlock, len(s))
+	out := make([]byte, 0, r.size+r.size/8+len(FileHeader))
+	out = append(out, FileHeader...)
+	for _, name := range s.Names() {
+		u := s[name]
+		blk, ok := r.blocks[name]
+		if !ok || !blk.u.Equal(u) {
+			var b strings.Builder
+			u.writeBlock(&b)
+			blk = renderedBlock{u: u, text: b.String()}
+		}
+		next[name] = blk
+		out = append(out, blk.text...)
+	}
+	r.blocks, r.size = next, len(out)
+	return out
 }
 
 func (u Upstream) writeBody(b *strings.Builder, indent string) {

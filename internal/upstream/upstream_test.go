@@ -2,10 +2,12 @@ package upstream
 
 import (
 	"flag"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -309,4 +311,71 @@ func TestServerDelta(t *testing.T) {
 	if got := addrs(removed); !slices.Equal(got, []string{"10.0.0.1:80", "10.0.0.2:80"}) {
 		t.Errorf("removed %v", got)
 	}
+}
+
+// FileRenderer must give RenderFile's bytes whatever changed since its
+// last call: servers added, removed or re-weighted, keepalive, upstreams
+// appearing and leaving, provenance-only changes, an empty state.
+func TestFileRendererMatchesRenderFile(t *testing.T) {
+	steps := []State{
+		sampleState(),
+		{},
+		sampleState(),
+	}
+	st := sampleState()
+	st["api"] = ups("api", 0, srv("10.0.1.1:80", 1))
+	steps = append(steps, st)
+	st = maps.Clone(st)
+	st["api"] = ups("api", 0, srv("10.0.1.1:80", 2)) // weight only
+	steps = append(steps, st)
+	st = maps.Clone(st)
+	st["api"] = ups("api", 8, srv("10.0.1.1:80", 2)) // keepalive only
+	steps = append(steps, st)
+	st = maps.Clone(st)
+	u := st["api"]
+	u.Service, u.Servers = "other", []Server{srv("10.0.1.1:80", 2)}
+	u.Servers[0].Instance, u.Servers[0].Tags = "i@n", []string{"t"} // provenance only: same bytes
+	st["api"] = u
+	steps = append(steps, st)
+	st = maps.Clone(st)
+	st["api"] = ups("api", 8, srv("10.0.1.1:80", 2), srv("10.0.1.2:80", 1))
+	delete(st, "web")
+	steps = append(steps, st)
+	st = maps.Clone(st)
+	st["api"] = ups("api", 8)
+	steps = append(steps, st, State{"zz": ups("zz", 0, srv("[::1]:1", 1))})
+
+	var r FileRenderer
+	for i, s := range steps {
+		if got, want := string(r.Render(s)), string(RenderFile(s)); got != want {
+			t.Fatalf("step %d: FileRenderer gave\n%s\nRenderFile gives\n%s", i, got, want)
+		}
+	}
+}
+
+// BenchmarkRenderFile: 1,000 upstreams of 10 servers, one server changed.
+func BenchmarkRenderFile(b *testing.B) {
+	st := State{}
+	for i := range 1000 {
+		name := "svc-" + strconv.Itoa(i)
+		var ss []Server
+		for j := range 10 {
+			ss = append(ss, srv(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), byte(j)}), 80).String(), 1))
+		}
+		st[name] = ups(name, 0, ss...)
+	}
+	other := maps.Clone(st)
+	other["svc-500"] = ups("svc-500", 0, srv("10.9.9.9:80", 1))
+	states := []State{st, other}
+	b.Run("whole", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			RenderFile(states[i%2])
+		}
+	})
+	b.Run("renderer", func(b *testing.B) {
+		var r FileRenderer
+		for i := 0; b.Loop(); i++ {
+			r.Render(states[i%2])
+		}
+	})
 }

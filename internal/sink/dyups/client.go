@@ -73,31 +73,41 @@ func NewClient(base *url.URL, timeout time.Duration) *Client {
 // Detail reads GET /detail over a new connection, so that successive calls
 // can land on different workers.
 func (c *Client) Detail(ctx context.Context) (Detail, error) {
+	body, err := c.DetailBody(ctx)
+	if err != nil || body == "" {
+		return Detail{}, err
+	}
+	d, err := ParseDetail(body)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath("detail"), err)
+	}
+	return d, nil
+}
+
+// DetailBody reads GET /detail unparsed; "" when nginx has no upstreams
+// (204).
+func (c *Client) DetailBody(ctx context.Context) (string, error) {
 	u := c.base.JoinPath("detail")
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	resp, err := c.probe.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", u, err)
+		return "", fmt.Errorf("GET %s: %w", u, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return nil, fmt.Errorf("GET %s: read answer: %w", u, err)
+		return "", fmt.Errorf("GET %s: read answer: %w", u, err)
 	}
 	switch resp.StatusCode {
 	case http.StatusNoContent:
-		return Detail{}, nil
+		return "", nil
 	case http.StatusOK:
-		d, err := ParseDetail(string(b))
-		if err != nil {
-			return nil, fmt.Errorf("GET %s: %w", u, err)
-		}
-		return d, nil
+		return string(b), nil
 	default:
-		return nil, &APIError{Op: "GET", Name: "/detail", Status: resp.StatusCode, Body: string(b), Retry: transient(resp.StatusCode)}
+		return "", &APIError{Op: "GET", Name: "/detail", Status: resp.StatusCode, Body: string(b), Retry: transient(resp.StatusCode)}
 	}
 }
 

@@ -18,7 +18,9 @@
 package consul
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -54,12 +56,15 @@ type Options struct {
 
 // Source watches one Consul datacenter.
 type Source struct {
-	client *api.Client
+	client *Client
 	rules  registry.Rules
 	opt    Options
 	log    *slog.Logger
 	m      *metrics
 	reach  engine.Reachability
+	// spare holds a checks answer no longer needed, for the next read to
+	// reuse (see Client.getRaw).
+	spare chan []byte
 }
 
 var _ engine.Source = (*Source)(nil)
@@ -68,9 +73,8 @@ var _ engine.Source = (*Source)(nil)
 // requests succeeded.
 func (s *Source) Health() engine.Health { return s.reach.Health() }
 
-// New returns a source. The client's transport should allow a handful of
-// connections to the agent (see NewClient).
-func New(client *api.Client, rules registry.Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
+// New returns a source reading through client (see NewClient).
+func New(client *Client, rules registry.Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
 	if opt.WaitTime <= 0 {
 		opt.WaitTime = 5 * time.Minute
 	}
@@ -80,43 +84,25 @@ func New(client *api.Client, rules registry.Rules, opt Options, log *slog.Logger
 	if opt.RetryCap <= 0 {
 		opt.RetryCap = 30 * time.Second
 	}
-	return &Source{client: client, rules: rules, opt: opt, log: log.With("source", "consul"), m: newMetrics(reg)}
-}
-
-// MaxConns is the most connections the source opens to the agent: two long
-// polls, and reads beside them.
-const MaxConns = 4
-
-// NewClient returns a Consul API client whose transport opens at most
-// MaxConns connections to the agent.
-func NewClient(cfg *api.Config) (*api.Client, error) {
-	if cfg.Transport == nil {
-		cfg.Transport = api.DefaultConfig().Transport
-	}
-	cfg.Transport.MaxConnsPerHost = MaxConns
-	cfg.Transport.MaxIdleConnsPerHost = MaxConns
-	return api.NewClient(cfg)
+	return &Source{client: client, rules: rules, opt: opt, log: log.With("source", "consul"), m: newMetrics(reg), spare: make(chan []byte, 1)}
 }
 
 type catalogEvent struct {
-	index    uint64
-	reset    bool   // the index went backwards: Consul's state was replaced
-	doubt    string // why this answer is not to be trusted, "" if it is
-	services map[string][]string
+	index uint64
+	reset bool   // the index went backwards: Consul's state was replaced
+	doubt string // why this answer is not to be trusted, "" if it is
+	body  []byte // the raw answer: service names and their tags
 }
 
 type checksEvent struct {
-	index  uint64
-	reset  bool
-	doubt  string
-	checks []checkLite
+	index uint64
+	reset bool
+	doubt string
+	body  []byte // the raw answer, for checkList.apply
 }
 
-// checkLite is the part of a health check the source uses. The checks
-// watch returns every check of the datacenter on each change; decoding
-// only these fields (not Output, Notes, Definition, which an HTTP check
-// fills with response bodies) is what keeps a change cheap at thousands of
-// instances.
+// checkLite is the part of a health check the source uses: not Output,
+// Notes or Definition, which an HTTP check fills with response bodies.
 type checkLite struct {
 	Node        string
 	CheckID     string
@@ -126,21 +112,78 @@ type checkLite struct {
 	ModifyIndex uint64
 }
 
-// readChecks reads /v1/health/state/any into checkLite.
-func (s *Source) readChecks(o *api.QueryOptions) ([]checkLite, *api.QueryMeta, error) {
-	var out []checkLite
-	meta, err := s.client.Raw().Query("/v1/health/state/any", &out, o)
-	return out, meta, err
+// readChecks reads /v1/health/state/any, unparsed.
+func (s *Source) readChecks(ctx context.Context, o *api.QueryOptions) ([]byte, *api.QueryMeta, error) {
+	var buf []byte
+	select {
+	case buf = <-s.spare:
+	default:
+	}
+	body, meta, err := s.client.getRaw(ctx, "/v1/health/state/any", o, buf)
+	if err != nil {
+		s.release(buf)
+	}
+	return body, meta, err
 }
 
-// serviceData is the last complete read of one service.
+// release hands a checks answer that nothing refers to any more back for
+// reuse.
+func (s *Source) release(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	select {
+	case s.spare <- b[:0]:
+	default:
+	}
+}
+
+// serviceData is what the source keeps of the last read of one service:
+// not the decoded entries (kilobytes each, with every node and service
+// field), but what tells whether a re-read changed anything, and the
+// service's part of the state, built once at read time, since a snapshot
+// merges every service and rebuilding thousands of unchanged ones on each
+// change would cost more than the change.
 type serviceData struct {
-	index   uint64
-	entries []*api.ServiceEntry
-	// instances is entries converted once, at read time: a snapshot is
-	// built from every service, so converting there would redo thousands
-	// of unchanged services on each change.
-	instances []registry.Instance
+	index    uint64
+	versions []entryVersion
+	part     registry.Part
+}
+
+// entryVersion is what changes in an entry when the instance, its node or
+// one of its checks does.
+type entryVersion struct {
+	node             string
+	service, nodeIdx uint64
+	checks           []checkVersion
+}
+
+type checkVersion struct {
+	status string
+	index  uint64
+}
+
+func versionsOf(entries []*api.ServiceEntry) []entryVersion {
+	out := make([]entryVersion, 0, len(entries))
+	for _, e := range entries {
+		if e == nil || e.Service == nil || e.Node == nil {
+			continue
+		}
+		v := entryVersion{node: e.Node.Node, service: e.Service.ModifyIndex, nodeIdx: e.Node.ModifyIndex}
+		for _, c := range e.Checks {
+			if c != nil {
+				v.checks = append(v.checks, checkVersion{c.Status, c.ModifyIndex})
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func sameVersions(a, b []entryVersion) bool {
+	return slices.EqualFunc(a, b, func(x, y entryVersion) bool {
+		return x.node == y.node && x.service == y.service && x.nodeIdx == y.nodeIdx && slices.Equal(x.checks, y.checks)
+	})
 }
 
 // Run implements engine.Source.
@@ -148,14 +191,14 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 	catalogC := make(chan catalogEvent, 1)
 	checksC := make(chan checksEvent, 1)
 	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
-		svcs, meta, err := s.client.Catalog().Services(o)
-		return catalogEvent{services: svcs}, meta, err
+		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
+		return catalogEvent{body: body}, meta, err
 	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
 	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
-		checks, meta, err := s.readChecks(o)
-		return checksEvent{checks: checks}, meta, err
+		body, meta, err := s.readChecks(ctx, o)
+		return checksEvent{body: body}, meta, err
 	}, func(e *checksEvent, idx uint64, reset bool, doubt string) {
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
@@ -164,7 +207,6 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		src:      s,
 		doubts:   map[string]string{},
 		catalog:  nil,
-		checks:   map[string]checkLite{},
 		services: map[string]serviceData{},
 		dirty:    map[string]bool{},
 		dropped:  map[string]bool{},
@@ -331,20 +373,23 @@ func (s *Source) waitForAgent(ctx context.Context, d time.Duration) error {
 
 // tracker holds what the source knows, in the Run goroutine only.
 type tracker struct {
-	src        *Source
-	catalog    map[string][]string // selected services and their tags
-	catalogIdx uint64
-	checks     map[string]checkLite // by node/checkID
-	haveChecks bool
-	services   map[string]serviceData
-	dirty      map[string]bool
-	sweep      bool              // re-read every service
-	probe      bool              // read the checks once, then maybe sweep
-	dropped    map[string]bool   // instances reported as invalid, to log each once
-	badNames   map[string]string // services whose name cannot be an upstream name → why
-	removed    bool              // a service left the catalog since the last snapshot
-	sent       bool
-	doubts     map[string]string // what → why its last answer is doubted
+	src         *Source
+	catalog     map[string][]string // selected services and their tags
+	catalogIdx  uint64
+	catalogBody []byte // the last catalog answer decoded
+	catalogSize int    // services in it, selected or not
+	checks      checkList
+	lastBody    []byte // the answer checks holds
+	haveChecks  bool
+	services    map[string]serviceData
+	dirty       map[string]bool
+	sweep       bool              // re-read every service
+	probe       bool              // read the checks once, then maybe sweep
+	dropped     map[string]bool   // instances reported as invalid, to log each once
+	badNames    map[string]string // services whose name cannot be an upstream name → why
+	removed     bool              // a service left the catalog since the last snapshot
+	sent        bool
+	doubts      map[string]string // what → why its last answer is doubted
 }
 
 func (t *tracker) markAll() {
@@ -354,10 +399,30 @@ func (t *tracker) markAll() {
 }
 
 func (t *tracker) onCatalog(ev catalogEvent) {
+	if t.catalog != nil && !ev.reset && bytes.Equal(ev.body, t.catalogBody) {
+		// The same names and tags, so nothing to decode, yet the index
+		// moved: an instance came, went or changed (the usual change at
+		// scale, where decoding thousands of names each time would cost
+		// more than the rest of the change).
+		t.setDoubt("catalog/services", ev.doubt)
+		t.catalogIdx = ev.index
+		if t.catalogSize > 0 {
+			t.probe = true
+		}
+		return
+	}
+	var services map[string][]string
+	if err := json.Unmarshal(ev.body, &services); err != nil {
+		t.src.m.errors.WithLabelValues("catalog/services").Inc()
+		t.src.log.Warn("catalog answer is not a map of services; holding changes", "endpoint", "/v1/catalog/services", "err", err)
+		t.setDoubt("catalog/services", "an answer that is not a map of services ("+err.Error()+")")
+		return
+	}
 	t.setDoubt("catalog/services", ev.doubt)
+	t.catalogBody, t.catalogSize = ev.body, len(services)
 	selected := map[string][]string{}
 	badNames := map[string]string{}
-	for name, tags := range ev.services {
+	for name, tags := range services {
 		if !t.src.rules.WantService(name) {
 			continue
 		}
@@ -395,7 +460,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 	}
 	t.catalog = selected
 	t.catalogIdx = ev.index
-	if !explained && len(ev.services) > 0 {
+	if !explained && len(services) > 0 {
 		// An instance came, went or changed without touching the name or
 		// tag lists; refresh decides whether the checks explain it.
 		t.probe = true
@@ -403,25 +468,40 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 }
 
 func (t *tracker) onChecks(ev checksEvent) {
-	t.setDoubt("health/state/any", ev.doubt)
-	next := make(map[string]checkLite, len(ev.checks))
-	for _, c := range ev.checks {
-		next[c.Node+"/"+c.CheckID] = c
+	gone, came, full, err := t.checks.apply(ev.body)
+	if err != nil {
+		// A broken answer is a doubted one: nothing changes until a good
+		// answer comes, which is then compared with the last good one.
+		t.src.release(ev.body)
+		t.src.m.errors.WithLabelValues("health/state/any").Inc()
+		t.src.log.Warn("checks answer is not a list of checks; holding changes", "endpoint", "/v1/health/state/any", "err", err)
+		t.setDoubt("health/state/any", "an answer that is not a list of checks ("+err.Error()+")")
+		return
 	}
+	if full {
+		t.src.m.fullChecksReads.Inc()
+	}
+	t.setDoubt("health/state/any", ev.doubt)
 	if ev.reset {
 		t.markAll()
 	}
-	for key, c := range next {
-		if old, ok := t.checks[key]; !ok || old.Status != c.Status || old.ModifyIndex != c.ModifyIndex || old.ServiceID != c.ServiceID {
+	was := make(map[string]checkLite, len(gone))
+	for _, c := range gone {
+		was[c.Node+"/"+c.CheckID] = c
+	}
+	for _, c := range came {
+		key := c.Node + "/" + c.CheckID
+		old, ok := was[key]
+		delete(was, key)
+		if !ok || old.Status != c.Status || old.ModifyIndex != c.ModifyIndex || old.ServiceID != c.ServiceID {
 			t.touch(c)
 		}
 	}
-	for key, c := range t.checks {
-		if _, ok := next[key]; !ok {
-			t.touch(c)
-		}
+	for _, c := range was {
+		t.touch(c) // the check left
 	}
-	t.checks = next
+	t.src.release(t.lastBody)
+	t.lastBody = ev.body // checks keeps it; recycled when the next answer replaces it
 	t.haveChecks = true
 }
 
@@ -433,8 +513,8 @@ func (t *tracker) touch(c checkLite) {
 		return
 	}
 	for name, d := range t.services {
-		for _, e := range d.entries {
-			if e.Node != nil && e.Node.Node == c.Node {
+		for _, e := range d.versions {
+			if e.node == c.Node {
 				t.dirty[name] = true
 				break
 			}
@@ -456,12 +536,11 @@ func (t *tracker) refresh(ctx context.Context) (bool, error) {
 	}
 	if t.probe && t.maxIndex() < t.catalogIdx {
 		// Not yet explained: the checks may tell which service moved.
-		o := (&api.QueryOptions{}).WithContext(ctx)
-		checks, meta, err := t.src.readChecks(o)
+		body, meta, err := t.src.readChecks(ctx, &api.QueryOptions{})
 		if err != nil {
 			return false, fmt.Errorf("consul: read health/state/any: %w", err)
 		}
-		t.onChecks(checksEvent{index: meta.LastIndex, checks: checks})
+		t.onChecks(checksEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("health/state/any", meta)})
 		c, err := t.readDirty(ctx)
 		if err != nil {
 			return false, err
@@ -498,28 +577,18 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
 		}
 		t.setDoubt("health/service/"+name, t.src.doubt("health/service", meta))
-		slim(entries)
+		versions := versionsOf(entries)
 		old, had := t.services[name]
-		if !had || old.index != meta.LastIndex || !sameEntries(old.entries, entries) {
-			changed = true
+		if had && old.index == meta.LastIndex && sameVersions(old.versions, versions) {
+			delete(t.dirty, name)
+			continue
 		}
-		t.services[name] = serviceData{index: meta.LastIndex, entries: entries, instances: Instances(entries, t.src.opt.OnlyPassing)}
+		changed = true
+		t.services[name] = serviceData{index: meta.LastIndex, versions: versions,
+			part: registry.BuildService(name, Instances(entries, t.src.opt.OnlyPassing), t.src.rules)}
 		delete(t.dirty, name)
 	}
 	return changed, nil
-}
-
-// slim drops what the source never reads from a service's entries (check
-// output and definitions, which HTTP checks fill with response bodies), so
-// that thousands of instances stay cheap to hold.
-func slim(entries []*api.ServiceEntry) {
-	for _, e := range entries {
-		for _, c := range e.Checks {
-			if c != nil {
-				c.Output, c.Notes, c.Definition = "", "", api.HealthCheckDefinition{}
-			}
-		}
-	}
 }
 
 func (t *tracker) maxIndex() uint64 {
@@ -533,11 +602,11 @@ func (t *tracker) maxIndex() uint64 {
 // snapshot builds the complete state from the last read of every selected
 // service, logging and counting each newly invalid instance once.
 func (t *tracker) snapshot() engine.Snapshot {
-	services := make(map[string][]registry.Instance, len(t.services))
-	for name, d := range t.services {
-		services[name] = d.instances
+	parts := make([]registry.Part, 0, len(t.services))
+	for _, d := range t.services {
+		parts = append(parts, d.part)
 	}
-	st, dropped := registry.Build(services, t.src.rules)
+	st, dropped := registry.Merge(parts)
 	for _, name := range slices.Sorted(maps.Keys(t.badNames)) {
 		dropped = append(dropped, registry.Dropped{Service: name, Instance: "(every instance)", Reason: "service name: " + t.badNames[name]})
 	}
@@ -594,36 +663,15 @@ func (s *Source) doubt(what string, meta *api.QueryMeta) string {
 	return why
 }
 
-// sameEntries compares what Build reads from two reads of a service.
-func sameEntries(a, b []*api.ServiceEntry) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		x, y := a[i], b[i]
-		if x.Service == nil || y.Service == nil || x.Node == nil || y.Node == nil {
-			return false
-		}
-		if x.Service.ModifyIndex != y.Service.ModifyIndex || x.Node.ModifyIndex != y.Node.ModifyIndex || len(x.Checks) != len(y.Checks) {
-			return false
-		}
-		for j := range x.Checks {
-			if x.Checks[j].Status != y.Checks[j].Status || x.Checks[j].ModifyIndex != y.Checks[j].ModifyIndex {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 type metrics struct {
-	errors  *prometheus.CounterVec
-	wakes   *prometheus.CounterVec
-	up      *prometheus.GaugeVec
-	reads   prometheus.Counter
-	sweeps  prometheus.Counter
-	dropped prometheus.Counter
-	doubted *prometheus.CounterVec
+	errors          *prometheus.CounterVec
+	wakes           *prometheus.CounterVec
+	up              *prometheus.GaugeVec
+	reads           prometheus.Counter
+	sweeps          prometheus.Counter
+	fullChecksReads prometheus.Counter
+	dropped         prometheus.Counter
+	doubted         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -648,6 +696,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "swallowkeeper_consul_service_reads_total",
 			Help: "Reads of /v1/health/service/<name>.",
 		}),
+		fullChecksReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_consul_full_checks_decodes_total",
+			Help: "Answers of /v1/health/state/any decoded whole; the others were compared with the previous answer and only the checks that differ decoded.",
+		}),
 		sweeps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "swallowkeeper_consul_sweeps_total",
 			Help: "Re-reads of every service after a catalog change nothing else explained.",
@@ -658,7 +710,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.errors, m.wakes, m.up, m.reads, m.sweeps, m.dropped, m.doubted)
+		reg.MustRegister(m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
 	}
 	return m
 }
