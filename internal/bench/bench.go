@@ -51,6 +51,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&p.Services, "services", 1000, "scale: services, each with -instances instances (quick: 100)")
 	fs.IntVar(&p.Instances, "instances", 10, "scale: instances per service")
 	fs.IntVar(&p.ScaleChanges, "scale-changes", 100, "scale: single-instance changes measured (quick: 20)")
+	fs.IntVar(&p.NginxUpdates, "nginx-updates", 100000, "scale: upstream updates POSTed to nginx's dyups API to watch its memory (quick: 5000)")
 	fs.DurationVar(&churn, "churn", 60*time.Second, "churn: duration (quick: 15s)")
 	fs.Float64Var(&p.ChurnPerSecond, "churn-rate", 2, "churn: registry changes per second")
 	fs.Float64Var(&p.BaselineSeconds, "baseline", 5, "seconds of quiet load before rolling, crash and churn (quick: 3)")
@@ -78,7 +79,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if p.Quick {
 		quick := map[string]func(){
 			"runs": func() { p.Runs = 1 }, "changes": func() { p.Changes = 20 }, "cycles": func() { p.Cycles = 5 },
-			"rate": func() { p.Rate = 300 }, "services": func() { p.Services = 100 }, "scale-changes": func() { p.ScaleChanges = 20 },
+			"rate": func() { p.Rate = 300 }, "services": func() { p.Services = 100 }, "scale-changes": func() { p.ScaleChanges = 20 }, "nginx-updates": func() { p.NginxUpdates = 5000 },
 			"churn": func() { churn = 15 * time.Second }, "baseline": func() { p.BaselineSeconds = 3 },
 		}
 		for name, f := range quick {

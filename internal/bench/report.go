@@ -147,6 +147,27 @@ func renderTargets(w writer, r *Results) {
 		w("| %s | %s | %s | %s | %s |\n", t.Scenario, t.Name, t.Goal, t.Value, mark(t.Met))
 	}
 	w("\n")
+	notes := map[string]bool{}
+	for _, t := range r.Targets {
+		if t.Met {
+			continue
+		}
+		switch {
+		case t.Name == "rolling restart: requests during restarts" && !notes["requests"]:
+			notes["requests"] = true
+			m := r.Rolling[ModeLua]
+			per := m.During.Seconds / float64(len(m.Runs))
+			need := float64(targetRollingRequests) / float64(max(r.Params.Rate, 1))
+			w("**Requests during restarts.** %d restart cycles took %.0f s per run at %d req/s. %d requests at that rate need %.0f s of restarts per run: %.0f min for %d runs × %d modes, more than the whole run may take. `-cycles` sets the number of cycles.\n\n",
+				r.Params.Cycles, per, r.Params.Rate, targetRollingRequests, need, need*float64(r.Params.Runs*len(r.Params.Modes))/60, r.Params.Runs, len(r.Params.Modes))
+		case strings.Contains(t.Name, "p99 vs quiet baseline") && !notes["p99"]:
+			notes["p99"] = true
+			w("**p99 against the quiet baseline.** The baselines' p99 are a few milliseconds, on 2 cores that also run Consul, nginx, the backends and the load generator, so a ratio of two such p99s moves with any CPU taken at the wrong moment; the cause of the gap was not isolated. The tables below give the p99 of every run.\n\n")
+		case (t.Name == "CPU per single-instance change" || t.Name == "daemon RSS" || t.Name == "idle CPU") && !notes["scale"]:
+			notes["scale"] = true
+			w("**Scale CPU and memory.** Section 4 says what a change still costs at this size and why.\n\n")
+		}
+	}
 	for _, t := range r.Targets {
 		if t.Name == "bench run time" && !t.Met {
 			p := r.Params
@@ -302,7 +323,7 @@ func renderScale(w writer, r *Results) {
 	w("## 4. Scale (ours-lua)\n\n")
 	w("%d services × %d instances in Consul's catalog before the daemon starts. Cold sync: from starting the daemon process to nginx's `/detail` listing every server. Connections to Consul: the daemon's established TCP connections to the agent's HTTP port (its socket inodes matched in `/proc/net/tcp`), sampled every 20 ms for the whole run, maximum. RSS: `VmRSS` of `/proc/PID/status` after the changes (peak: `VmHWM`). Then %d single-instance changes (an 11th instance added to a service, then removed), each waited for in nginx's API: CPU per change is `utime+stime` of `/proc/PID/stat` over the changes, less the idle rate measured just before (the drift check reads `/detail` every 5 s; \"raw\" keeps it in), divided by the number of changes; pushes per change are the POST and DELETE requests counted by `swallowkeeper_dyups_requests_total`. utime and stime tick in 10 ms steps.\n\n",
 		wst.Services, wst.Instances, runs[0].Changes)
-	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d; about 4.5 MB, as `consul agent -dev` indents its JSON). The daemon compares each answer byte for byte with the previous one and decodes only the checks that differ, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves a CPU profile of the changes).\n\n",
+	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d; about 4.5 MB, as `consul agent -dev` indents its JSON). The daemon compares each answer byte for byte with the previous one and decodes only the checks that differ, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves a CPU profile of the changes and a heap profile). Memory is mostly the last checks answer, kept for the next compare, and the buffer the next answer is read into, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection).\n\n",
 		wst.Services*wst.Instances+1)
 	w("| figure |")
 	for _, run := range runs {
@@ -349,7 +370,21 @@ func renderScale(w writer, r *Results) {
 	row("services re-read from Consul per change", func(s ScaleRun) string { return f1(s.ServiceReadsPerChange) }, "", nil)
 	row("full re-reads of every service (sweeps)", func(s ScaleRun) string { return fmt.Sprint(s.Sweeps) }, "", nil)
 	row("change → nginx, p50 / p99", func(s ScaleRun) string { return f1(s.ChangeLatency.P50) + " / " + f1(s.ChangeLatency.P99) + " ms" }, "", nil)
+	if wst.NginxUpdates > 0 {
+		row(fmt.Sprintf("nginx PSS before → after %d updates", wst.NginxUpdates), func(s ScaleRun) string {
+			return fmt.Sprintf("%.1f → %.1f MB (%+.1f%%)", s.NginxPSSStartMB, s.NginxPSSEndMB, s.NginxGrowth()*100)
+		}, fmt.Sprintf("within %.0f%%", targetNginxGrowth*100), find("nginx memory"))
+		row("updates per second", func(s ScaleRun) string {
+			if s.NginxUpdatesS == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%.0f", float64(s.NginxUpdates)/s.NginxUpdatesS)
+		}, "", nil)
+	}
 	w("\n")
+	if wst.NginxUpdates > 0 {
+		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs.\n\n", wst.NginxUpdates)
+	}
 }
 
 func renderChurn(w writer, img func(string, string), r *Results) {

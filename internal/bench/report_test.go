@@ -21,7 +21,7 @@ func TestRenderMarkdown(t *testing.T) {
 		"| consul-template | consul-template v0.41.1 |",
 		"| date | 2026-12-02T04:00:00Z |",
 		"`guards.confirm_after: 0s`",
-		"9 of 10 met.",
+		"11 of 15 met.",
 		"| scale | CPU per single-instance change | ≤ 2 ms | 35.00 ms (raw 36.00 ms) | ❌ not met |",
 		// propagation: ours-lua p50 9.0, with its target; ratio to consul-template's 250 ms
 		"| ours-lua | 4 | 9.0 (≤ 20: ✅ met) |",

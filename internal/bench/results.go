@@ -62,6 +62,7 @@ type Params struct {
 	Services        int      `json:"services"`         // scale: services
 	Instances       int      `json:"instances"`        // scale: instances per service
 	ScaleChanges    int      `json:"scale_changes"`    // scale: single-instance changes measured
+	NginxUpdates    int      `json:"nginx_updates"`    // scale: updates POSTed to nginx to watch its memory
 	ChurnSeconds    float64  `json:"churn_s"`          // churn duration
 	ChurnPerSecond  float64  `json:"churn_per_s"`      // changes per second during churn
 	BaselineSeconds float64  `json:"baseline_s"`       // quiet load before rolling, crash and churn
@@ -245,6 +246,22 @@ type ScaleRun struct {
 	// Consul, and full re-reads of every service.
 	ServiceReadsPerChange float64 `json:"service_reads_per_change"`
 	Sweeps                int     `json:"sweeps"`
+	// nginx's memory (PSS of the master and workers: the shared dict
+	// counted once) before and after NginxUpdates POSTs and the DELETEs
+	// that end them.
+	NginxUpdates    int     `json:"nginx_updates,omitempty"`
+	NginxUpdatesS   float64 `json:"nginx_updates_s,omitempty"`
+	NginxPSSStartMB float64 `json:"nginx_pss_start_mb,omitempty"`
+	NginxPSSEndMB   float64 `json:"nginx_pss_end_mb,omitempty"`
+}
+
+// NginxGrowth is the change of nginx's memory over the updates, as a
+// fraction of where it started.
+func (s ScaleRun) NginxGrowth() float64 {
+	if s.NginxPSSStartMB == 0 {
+		return 0
+	}
+	return (s.NginxPSSEndMB - s.NginxPSSStartMB) / s.NginxPSSStartMB
 }
 
 // ScaleResult gathers the scale runs.
@@ -266,8 +283,12 @@ func (s *ScaleResult) Worst() (w ScaleRun) {
 		w.PeakRSSMB = max(w.PeakRSSMB, r.PeakRSSMB)
 		w.CPUPerChangeMs = max(w.CPUPerChangeMs, r.CPUPerChangeMs)
 		w.CPUPerChangeRawMs = max(w.CPUPerChangeRawMs, r.CPUPerChangeRawMs)
+		w.IdleCPUMsPerS = max(w.IdleCPUMsPerS, r.IdleCPUMsPerS)
 		if i == 0 || abs(r.PushesPerChange-1) > abs(w.PushesPerChange-1) {
 			w.PushesPerChange = r.PushesPerChange
+		}
+		if r.NginxUpdates > 0 && (w.NginxUpdates == 0 || r.NginxGrowth() > w.NginxGrowth()) {
+			w.NginxUpdates, w.NginxUpdatesS, w.NginxPSSStartMB, w.NginxPSSEndMB = r.NginxUpdates, r.NginxUpdatesS, r.NginxPSSStartMB, r.NginxPSSEndMB
 		}
 		w.Services, w.Instances = r.Services, r.Instances
 	}
@@ -299,7 +320,13 @@ const (
 	targetConsulConns  = 20
 	targetRSSMB        = 60
 	targetRunTime      = 15 * time.Minute
-	targetCPUPerChange = 2.0 // ms
+	targetNginxGrowth  = 0.05
+	targetIdleCPU      = 10.0 // ms of CPU per second
+	// rolling restarts and churn
+	targetP99Ratio        = 1.2
+	targetRollingRequests = 500000
+	targetChurnThroughput = 0.03
+	targetCPUPerChange    = 2.0 // ms
 )
 
 // EvaluateTargets checks the issue's targets against ours-lua's figures.
@@ -315,10 +342,21 @@ func EvaluateTargets(r *Results) []Target {
 		add(ScenarioPropagation, "propagation p99", fmt.Sprintf("≤ %d ms", targetPropP99Ms),
 			fmt.Sprintf("%.1f ms", p.All.P99), p.All.P99 <= targetPropP99Ms && p.Timeouts == 0)
 	}
+	p99Ratio := func(m *LoadMode) (string, bool) {
+		if m.Baseline.Latency.P99 == 0 {
+			return "—", false
+		}
+		q := m.During.Latency.P99 / m.Baseline.Latency.P99
+		return fmt.Sprintf("%.2f× (%.1f → %.1f ms)", q, m.Baseline.Latency.P99, m.During.Latency.P99), q <= targetP99Ratio
+	}
 	if m := r.Rolling[ModeLua]; m != nil && len(m.Runs) > 0 {
 		failed := m.Baseline.Failed + m.During.Failed
 		add(ScenarioRolling, "rolling restart: failed requests", "0",
 			fmt.Sprintf("%d of %d", failed, m.Baseline.Requests+m.During.Requests), failed == 0)
+		add(ScenarioRolling, "rolling restart: requests during restarts", fmt.Sprintf("≥ %d", targetRollingRequests),
+			fmt.Sprintf("%d", m.During.Requests), m.During.Requests >= targetRollingRequests)
+		v, ok := p99Ratio(m)
+		add(ScenarioRolling, "rolling restart: p99 vs quiet baseline", fmt.Sprintf("≤ %.1f×", targetP99Ratio), v, ok)
 	}
 	if c := r.Crash[ModeLua]; c != nil && len(c.Runs) > 0 {
 		reqs, fg, _, worst, removed := c.Totals()
@@ -343,10 +381,26 @@ func EvaluateTargets(r *Results) []Target {
 			fmt.Sprintf("%d", w.MaxConsulConns), w.MaxConsulConns <= targetConsulConns)
 		add(ScenarioScale, "daemon RSS", fmt.Sprintf("≤ %d MB", targetRSSMB),
 			fmt.Sprintf("%.1f MB (peak %.1f MB)", w.RSSMB, w.PeakRSSMB), w.RSSMB <= targetRSSMB)
+		add(ScenarioScale, "idle CPU", fmt.Sprintf("≈ 0 (≤ %.0f ms/s, 1%% of a core)", targetIdleCPU),
+			fmt.Sprintf("%.1f ms/s", w.IdleCPUMsPerS), w.IdleCPUMsPerS <= targetIdleCPU)
 		add(ScenarioScale, "CPU per single-instance change", fmt.Sprintf("≤ %.0f ms", targetCPUPerChange),
 			fmt.Sprintf("%.2f ms (raw %.2f ms)", w.CPUPerChangeMs, w.CPUPerChangeRawMs), w.CPUPerChangeMs <= targetCPUPerChange)
 		add(ScenarioScale, "upstreams pushed per change", "exactly 1",
 			fmt.Sprintf("%.2f", w.PushesPerChange), w.PushesPerChange == 1)
+		if w.NginxUpdates > 0 {
+			add(ScenarioScale, fmt.Sprintf("nginx memory after %d updates", w.NginxUpdates), fmt.Sprintf("within %.0f%% of its start", targetNginxGrowth*100),
+				fmt.Sprintf("%+.1f%% (%.1f → %.1f MB)", w.NginxGrowth()*100, w.NginxPSSStartMB, w.NginxPSSEndMB), w.NginxGrowth() <= targetNginxGrowth)
+		}
+	}
+	if m := r.Churn[ModeLua]; m != nil && len(m.Runs) > 0 {
+		v, ok := p99Ratio(m)
+		add(ScenarioChurn, "churn: p99 vs quiet baseline", fmt.Sprintf("≤ %.1f×", targetP99Ratio), v, ok)
+		if m.Baseline.OKPerSec > 0 {
+			loss := 1 - m.During.OKPerSec/m.Baseline.OKPerSec
+			add(ScenarioChurn, "churn: throughput vs quiet baseline", fmt.Sprintf("within %.0f%%", targetChurnThroughput*100),
+				fmt.Sprintf("%.0f → %.0f ok/s (%+.1f%%)", m.Baseline.OKPerSec, m.During.OKPerSec, -loss*100), loss <= targetChurnThroughput)
+		}
+		add(ScenarioChurn, "churn: failed requests", "0", fmt.Sprintf("%d of %d", m.During.Failed, m.During.Requests), m.During.Failed == 0)
 	}
 	if !r.Params.Quick && r.DurationS > 0 {
 		add("whole run", "bench run time", fmt.Sprintf("≤ %v", targetRunTime),

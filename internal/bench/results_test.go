@@ -67,16 +67,21 @@ func TestEvaluateTargets(t *testing.T) {
 		got[tg.Name] = tg.Met
 	}
 	want := map[string]bool{
-		"propagation p50":                  true,  // 9 ms
-		"propagation p99":                  true,  // 30 ms
-		"rolling restart: failed requests": true,  // ours-lua had none; ours-reload's do not count
-		"crash: failed GETs":               true,  // one POST failed, no GET
-		"crash: out of nginx":              true,  // 900 ms ≤ 1.3 s
-		"cold sync of 100 × 10":            true,  // 0.4 s
-		"connections to Consul":            true,  // 3
-		"daemon RSS":                       true,  // 30 MB
-		"CPU per single-instance change":   false, // 35 ms
-		"upstreams pushed per change":      true,  // 1.00
+		"propagation p50":                           true,  // 9 ms
+		"propagation p99":                           true,  // 30 ms
+		"rolling restart: failed requests":          true,  // ours-lua had none; ours-reload's do not count
+		"crash: failed GETs":                        true,  // one POST failed, no GET
+		"crash: out of nginx":                       true,  // 900 ms ≤ 1.3 s
+		"cold sync of 100 × 10":                     true,  // 0.4 s
+		"connections to Consul":                     true,  // 3
+		"daemon RSS":                                true,  // 30 MB
+		"CPU per single-instance change":            false, // 35 ms
+		"upstreams pushed per change":               true,  // 1.00
+		"idle CPU":                                  true,  // below 10 ms/s
+		"rolling restart: requests during restarts": false, // far below 500,000
+		"rolling restart: p99 vs quiet baseline":    false,
+		"churn: p99 vs quiet baseline":              false, // 3.0 → 5.0 ms
+		"churn: failed requests":                    true,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("targets met:\n got %v\nwant %v", got, want)
@@ -110,6 +115,7 @@ func TestEvaluateTargetsNeedsOursLua(t *testing.T) {
 	delete(r.Propagation, ModeLua)
 	delete(r.Rolling, ModeLua)
 	delete(r.Crash, ModeLua)
+	delete(r.Churn, ModeLua)
 	r.Scale = nil
 	if tg := EvaluateTargets(r); len(tg) != 0 {
 		t.Errorf("targets without ours-lua figures: %+v", tg)

@@ -155,6 +155,11 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	stopSampling()
 	wg.Wait()
 	sr.MaxConsulConns = int(maxConns.Load())
+	if r.p.NginxUpdates > 0 {
+		if err := r.nginxMemory(ctx, st, &sr); err != nil {
+			return err
+		}
+	}
 	if r.profileDir != "" {
 		// After the measured changes, so that profiling does not weigh on
 		// them: 10 s of the same changes under the CPU profiler.
@@ -173,6 +178,82 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	r.res.Scale.Runs = append(r.res.Scale.Runs, sr)
 	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 %.1f ms, service reads/change %.1f, sweeps %d",
 		run, sr.ColdSyncMs, sr.MaxConsulConns, sr.RSSMB, sr.PeakRSSMB, sr.CPUPerChangeMs, sr.CPUPerChangeRawMs, sr.IdleCPUMsPerS, sr.PushesPerChange, sr.ChangeLatency.P50, sr.ServiceReadsPerChange, sr.Sweeps)
+	return nil
+}
+
+// nginxMemory POSTs r.p.NginxUpdates upstream updates straight to nginx's
+// dyups API, over 100 upstreams the daemon does not own (1–3 servers each,
+// changing every time), then DELETEs them, and records nginx's memory
+// before and after: a leak in the Lua module or nginx would show as growth.
+func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error {
+	master := st.nginx.cmd.Process.Pid
+	before, err := treePSS(master)
+	if err != nil {
+		return err
+	}
+	const names = 100
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	do := func(method, path, body string) error {
+		req, err := http.NewRequestWithContext(ctx, method, st.APIURL+path, strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s %s: %s %s", method, path, resp.Status, msg)
+		}
+		return nil
+	}
+	t := time.Now()
+	var (
+		next    atomic.Int64
+		failed  atomic.Bool
+		errOnce sync.Once
+		first   error
+		wg      sync.WaitGroup
+	)
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil && !failed.Load() {
+				i := int(next.Add(1)) - 1
+				if i >= r.p.NginxUpdates {
+					return
+				}
+				var body strings.Builder
+				for k := range 1 + i%3 {
+					fmt.Fprintf(&body, "server 127.0.%d.%d:%d weight=%d max_fails=1 fail_timeout=10s;\n", 1+k, 1+i%250, 20000+i%1000, 1+i%5)
+				}
+				if err := do(http.MethodPost, fmt.Sprintf("/upstream/bench-mem-%d", i%names), body.String()); err != nil {
+					errOnce.Do(func() { first = err })
+					failed.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return fmt.Errorf("nginx updates: %w", first)
+	}
+	for k := range names {
+		if err := do(http.MethodDelete, fmt.Sprintf("/upstream/bench-mem-%d", k), ""); err != nil {
+			return fmt.Errorf("nginx updates: %w", err)
+		}
+	}
+	sr.NginxUpdatesS = time.Since(t).Seconds()
+	if err := sleep(ctx, time.Second); err != nil {
+		return err
+	}
+	after, err := treePSS(master)
+	if err != nil {
+		return err
+	}
+	sr.NginxUpdates, sr.NginxPSSStartMB, sr.NginxPSSEndMB = r.p.NginxUpdates, before, after
+	r.logf("    nginx: %d updates in %.1f s; PSS %.1f → %.1f MB (%+.1f%%)", r.p.NginxUpdates, sr.NginxUpdatesS, before, after, sr.NginxGrowth()*100)
 	return nil
 }
 

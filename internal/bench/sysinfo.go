@@ -79,6 +79,68 @@ func procRSS(pid int) (rss, hwm float64, err error) {
 	return rss, hwm, nil
 }
 
+// treePSS returns the proportional set size, in MB, of a process and its
+// children (nginx: the master and its workers); shared memory, such as a
+// shared dict, is split between them rather than counted in each.
+func treePSS(pid int) (float64, error) {
+	pids := []int{pid}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child)); err == nil && parentOf(b) == pid {
+			pids = append(pids, child)
+		}
+	}
+	total := 0.0
+	for _, p := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p))
+		if err != nil {
+			return 0, err
+		}
+		kb, ok := field(string(b), "Pss:")
+		if !ok {
+			return 0, fmt.Errorf("/proc/%d/smaps_rollup: no Pss", p)
+		}
+		total += kb / 1024
+	}
+	return total, nil
+}
+
+// parentOf reads the parent pid (field 4) of a /proc/PID/stat line.
+func parentOf(b []byte) int {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
+}
+
+// field returns the number after name in a "Name:   123 kB" listing.
+func field(text, name string) (float64, bool) {
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}
+
 // procCPU returns utime+stime of a process.
 func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -74,3 +74,19 @@ func TestMetricSum(t *testing.T) {
 		t.Errorf("a prefix is not a metric name: %v", got)
 	}
 }
+
+func TestParentOfAndField(t *testing.T) {
+	if got := parentOf([]byte("4242 (nginx: worker (x)) S 4240 4240 4240 0 -1")); got != 4240 {
+		t.Errorf("parentOf = %d, want 4240", got)
+	}
+	if got := parentOf([]byte("garbage")); got != -1 {
+		t.Errorf("parentOf(garbage) = %d, want -1", got)
+	}
+	rollup := "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:               10240 kB\nPss:                5120 kB\nPss_Anon:           1024 kB\n"
+	if v, ok := field(rollup, "Pss:"); !ok || v != 5120 {
+		t.Errorf("field Pss = %v, %v", v, ok)
+	}
+	if _, ok := field(rollup, "Swap:"); ok {
+		t.Error("a missing field was found")
+	}
+}

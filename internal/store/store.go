@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
@@ -29,7 +30,11 @@ type File struct {
 	stamp    fileStamp // the file's size and time right after
 }
 
+// fileStamp tells whether the file is still the one Save wrote: every
+// write renames a new file in, so the inode changes with any replacement;
+// size and time catch a rewrite in place.
 type fileStamp struct {
+	inode uint64
 	size  int64
 	mtime time.Time
 }
@@ -39,7 +44,11 @@ func stampOf(path string) fileStamp {
 	if err != nil {
 		return fileStamp{}
 	}
-	return fileStamp{fi.Size(), fi.ModTime()}
+	st := fileStamp{size: fi.Size(), mtime: fi.ModTime()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.inode = uint64(sys.Ino)
+	}
+	return st
 }
 
 var _ engine.Store = (*File)(nil)

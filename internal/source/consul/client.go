@@ -101,7 +101,7 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 			return nil, nil, fmt.Errorf("bad X-Consul-Index %q: %w", s, err)
 		}
 	}
-	if n := int(resp.ContentLength); n > cap(buf) {
+	if n := resp.ContentLength; n > int64(cap(buf)) && n <= maxPresize {
 		buf = make([]byte, 0, n)
 	}
 	body, err := readInto(resp.Body, buf[:0])
@@ -111,11 +111,30 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 	return body, meta, nil
 }
 
+// maxPresize bounds the buffer a Content-Length header alone can make the
+// source allocate; a longer answer still reads, growing as it comes.
+const maxPresize = 256 << 20
+
 // readInto appends all of r to buf, growing it by half when full.
 func readInto(r io.Reader, buf []byte) ([]byte, error) {
 	for {
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, max(cap(buf)/2, 64<<10))
+			// Full: the answer may also be complete, as when a reused
+			// buffer is exactly its size; look before growing (and
+			// copying) megabytes.
+			var probe [512]byte
+			n, err := r.Read(probe[:])
+			if n == 0 && err == io.EOF {
+				return buf, nil
+			}
+			buf = append(slices.Grow(buf, max(cap(buf)/2, 64<<10)), probe[:n]...)
+			if err == io.EOF {
+				return buf, nil
+			}
+			if err != nil {
+				return buf, err
+			}
+			continue
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]

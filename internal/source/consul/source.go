@@ -214,6 +214,8 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 	var (
 		retry    = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 		retryC   <-chan time.Time
+		reread   = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		rereadC  <-chan time.Time
 		resync   *time.Ticker
 		resyncC  <-chan time.Time
 		haveBoth = func() bool { return st.catalog != nil && st.haveChecks }
@@ -251,6 +253,23 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 			st.markAll()
 		case <-retryC:
 			retryC = nil
+		case <-rereadC:
+			rereadC = nil
+			if err := st.reread(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("re-read after a broken answer failed; will retry", "err", err)
+			}
+		}
+		// A broken answer (one that does not decode) moved its watch's
+		// index like any answer, and that watch may not wake again for a
+		// long time: read the endpoint again, with backoff, until it
+		// answers well. Until then the answer is doubted and nothing
+		// changes.
+		if st.rereadCatalog || st.rereadChecks {
+			if rereadC == nil {
+				rereadC = time.After(reread.Next())
+			}
+		} else {
+			reread.Reset()
 		}
 		if !haveBoth() || retryC != nil {
 			continue
@@ -378,18 +397,21 @@ type tracker struct {
 	catalogIdx  uint64
 	catalogBody []byte // the last catalog answer decoded
 	catalogSize int    // services in it, selected or not
-	checks      checkList
-	lastBody    []byte // the answer checks holds
-	haveChecks  bool
-	services    map[string]serviceData
-	dirty       map[string]bool
-	sweep       bool              // re-read every service
-	probe       bool              // read the checks once, then maybe sweep
-	dropped     map[string]bool   // instances reported as invalid, to log each once
-	badNames    map[string]string // services whose name cannot be an upstream name → why
-	removed     bool              // a service left the catalog since the last snapshot
-	sent        bool
-	doubts      map[string]string // what → why its last answer is doubted
+	// rereadCatalog and rereadChecks: the watch's last answer did not
+	// decode; Run reads the endpoint again until one does.
+	rereadCatalog, rereadChecks bool
+	checks                      checkList
+	lastBody                    []byte // the answer checks holds
+	haveChecks                  bool
+	services                    map[string]serviceData
+	dirty                       map[string]bool
+	sweep                       bool              // re-read every service
+	probe                       bool              // read the checks once, then maybe sweep
+	dropped                     map[string]bool   // instances reported as invalid, to log each once
+	badNames                    map[string]string // services whose name cannot be an upstream name → why
+	removed                     bool              // a service left the catalog since the last snapshot
+	sent                        bool
+	doubts                      map[string]string // what → why its last answer is doubted
 }
 
 func (t *tracker) markAll() {
@@ -400,6 +422,7 @@ func (t *tracker) markAll() {
 
 func (t *tracker) onCatalog(ev catalogEvent) {
 	if t.catalog != nil && !ev.reset && bytes.Equal(ev.body, t.catalogBody) {
+		t.rereadCatalog = false
 		// The same names and tags, so nothing to decode, yet the index
 		// moved: an instance came, went or changed (the usual change at
 		// scale, where decoding thousands of names each time would cost
@@ -416,8 +439,10 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 		t.src.m.errors.WithLabelValues("catalog/services").Inc()
 		t.src.log.Warn("catalog answer is not a map of services; holding changes", "endpoint", "/v1/catalog/services", "err", err)
 		t.setDoubt("catalog/services", "an answer that is not a map of services ("+err.Error()+")")
+		t.rereadCatalog = true
 		return
 	}
+	t.rereadCatalog = false
 	t.setDoubt("catalog/services", ev.doubt)
 	t.catalogBody, t.catalogSize = ev.body, len(services)
 	selected := map[string][]string{}
@@ -476,8 +501,10 @@ func (t *tracker) onChecks(ev checksEvent) {
 		t.src.m.errors.WithLabelValues("health/state/any").Inc()
 		t.src.log.Warn("checks answer is not a list of checks; holding changes", "endpoint", "/v1/health/state/any", "err", err)
 		t.setDoubt("health/state/any", "an answer that is not a list of checks ("+err.Error()+")")
+		t.rereadChecks = true
 		return
 	}
+	t.rereadChecks = false
 	if full {
 		t.src.m.fullChecksReads.Inc()
 	}
@@ -520,6 +547,26 @@ func (t *tracker) touch(c checkLite) {
 			}
 		}
 	}
+}
+
+// reread reads again, without blocking, the endpoints whose last answer
+// did not decode.
+func (t *tracker) reread(ctx context.Context) error {
+	if t.rereadCatalog {
+		body, meta, err := t.src.client.getRaw(ctx, "/v1/catalog/services", &api.QueryOptions{}, nil)
+		if err != nil {
+			return fmt.Errorf("consul: read catalog/services: %w", err)
+		}
+		t.onCatalog(catalogEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("catalog/services", meta)})
+	}
+	if t.rereadChecks {
+		body, meta, err := t.src.readChecks(ctx, &api.QueryOptions{})
+		if err != nil {
+			return fmt.Errorf("consul: read health/state/any: %w", err)
+		}
+		t.onChecks(checksEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("health/state/any", meta)})
+	}
+	return nil
 }
 
 // refresh re-reads the dirty services; it reports whether any data changed.

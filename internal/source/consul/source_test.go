@@ -301,3 +301,37 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 	}
 	return sum
 }
+
+// A watch answer that does not decode moves the watch's index like any
+// other, and that watch may then sleep until the next registration: the
+// tracker must read the endpoint again by itself. Here the broken answers
+// are handed to the tracker directly, and the re-read goes to a real
+// Consul.
+func TestBrokenAnswersAreReadAgain(t *testing.T) {
+	c := testenv.StartConsul(t)
+	c.Register(t, "web", "web-1", "127.0.0.1", 9001, nil, nil)
+	cfg := api.DefaultConfig()
+	cfg.Address = c.HTTPAddr()
+	client, err := NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := newTracker()
+	tr.src.client = client
+	tr.onCatalog(catalogEvent{index: 9, body: []byte(`{"web":[`)})
+	tr.onChecks(checksEvent{index: 9, body: []byte(`[{"Node":`)})
+	if !tr.rereadCatalog || !tr.rereadChecks || len(tr.doubts) != 2 {
+		t.Fatalf("broken answers: reread catalog %v checks %v, doubts %v", tr.rereadCatalog, tr.rereadChecks, tr.doubts)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.reread(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tr.rereadCatalog || tr.rereadChecks || len(tr.doubts) != 0 {
+		t.Fatalf("after the re-read: reread catalog %v checks %v, doubts %v", tr.rereadCatalog, tr.rereadChecks, tr.doubts)
+	}
+	if _, ok := tr.catalog["web"]; !ok || !tr.dirty["web"] {
+		t.Fatalf("the re-read catalog lacks web: %v (dirty %v)", tr.catalog, tr.dirty)
+	}
+}
