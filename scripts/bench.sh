@@ -6,7 +6,7 @@
 # Needs: Go, Debian nginx + libnginx-mod-http-lua (scripts/install-deps.sh),
 # Consul (scripts/build-consul.sh builds and caches it), consul-template
 # (installed here from the Go module proxy into the cache when missing).
-# A full run takes about an hour on 2 cores; -quick about 10 minutes.
+# A full run takes about 25 minutes on 2 cores; -quick about 3 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
