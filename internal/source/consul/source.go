@@ -436,9 +436,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 	}
 	var services map[string][]string
 	if err := json.Unmarshal(ev.body, &services); err != nil {
-		t.src.m.errors.WithLabelValues("catalog/services").Inc()
-		t.src.log.Warn("catalog answer is not a map of services; holding changes", "endpoint", "/v1/catalog/services", "err", err)
-		t.setDoubt("catalog/services", "an answer that is not a map of services ("+err.Error()+")")
+		t.broken("catalog/services", "a map of services", err)
 		t.rereadCatalog = true
 		return
 	}
@@ -492,15 +490,20 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 	}
 }
 
+// broken records an answer of the endpoint what that does not decode as
+// the expected kind: counted, logged and doubted, so that nothing changes
+// until a good answer comes.
+func (t *tracker) broken(what, kind string, err error) {
+	t.src.m.errors.WithLabelValues(what).Inc()
+	t.src.log.Warn("answer is not "+kind+"; holding changes", "endpoint", "/v1/"+what, "err", err)
+	t.setDoubt(what, "an answer that is not "+kind+" ("+err.Error()+")")
+}
+
 func (t *tracker) onChecks(ev checksEvent) {
 	gone, came, full, err := t.checks.apply(ev.body)
 	if err != nil {
-		// A broken answer is a doubted one: nothing changes until a good
-		// answer comes, which is then compared with the last good one.
 		t.src.release(ev.body)
-		t.src.m.errors.WithLabelValues("health/state/any").Inc()
-		t.src.log.Warn("checks answer is not a list of checks; holding changes", "endpoint", "/v1/health/state/any", "err", err)
-		t.setDoubt("health/state/any", "an answer that is not a list of checks ("+err.Error()+")")
+		t.broken("health/state/any", "a list of checks", err) // compared with the last good one when a good one comes
 		t.rereadChecks = true
 		return
 	}
