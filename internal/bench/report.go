@@ -168,7 +168,7 @@ func renderTargets(w writer, r *Results) {
 			for _, run := range r.Scale.Runs {
 				each = append(each, fmt.Sprintf("%+.1f%%", run.NginxGrowth()*100))
 			}
-			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s. nginx's memory here includes LuaJIT garbage not yet collected, which one sample catches at any point of the collector's cycle, so a single before/after pair moves by several percent either way; a leak would show as growth in every run. The bench does not force a collection in the workers.\n\n",
+			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS, each sample after a full Lua collection in every worker; section 4 gives the Lua heaps too).\n\n",
 				strings.Join(each, ", "))
 		case (t.Name == "CPU per single-instance change" || t.Name == "daemon RSS" || t.Name == "idle CPU") && !notes["scale"]:
 			notes["scale"] = true
@@ -381,6 +381,12 @@ func renderScale(w writer, r *Results) {
 		row(fmt.Sprintf("nginx PSS before → after %d updates", wst.NginxUpdates), func(s ScaleRun) string {
 			return fmt.Sprintf("%.1f → %.1f MB (%+.1f%%)", s.NginxPSSStartMB, s.NginxPSSEndMB, s.NginxGrowth()*100)
 		}, fmt.Sprintf("within %.0f%%", targetNginxGrowth*100), find("nginx memory"))
+		row("Lua heaps of the workers, before → after (after a full collection)", func(s ScaleRun) string {
+			if s.NginxLuaStartKB == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%.0f → %.0f KB", s.NginxLuaStartKB, s.NginxLuaEndKB)
+		}, "", nil)
 		row("updates per second", func(s ScaleRun) string {
 			if s.NginxUpdatesS == 0 {
 				return "—"
@@ -390,7 +396,7 @@ func renderScale(w writer, r *Results) {
 	}
 	w("\n")
 	if wst.NginxUpdates > 0 {
-		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs.\n\n", wst.NginxUpdates)
+		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs, each time right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count.\n\n", wst.NginxUpdates)
 	}
 }
 

@@ -253,6 +253,10 @@ type ScaleRun struct {
 	NginxUpdatesS   float64 `json:"nginx_updates_s,omitempty"`
 	NginxPSSStartMB float64 `json:"nginx_pss_start_mb,omitempty"`
 	NginxPSSEndMB   float64 `json:"nginx_pss_end_mb,omitempty"`
+	// The workers' Lua heaps, summed, each right after a full collection
+	// (which also comes before each PSS sample).
+	NginxLuaStartKB float64 `json:"nginx_lua_start_kb,omitempty"`
+	NginxLuaEndKB   float64 `json:"nginx_lua_end_kb,omitempty"`
 }
 
 // NginxGrowth is the change of nginx's memory over the updates, as a
@@ -289,6 +293,7 @@ func (s *ScaleResult) Worst() (w ScaleRun) {
 		}
 		if r.NginxUpdates > 0 && (w.NginxUpdates == 0 || r.NginxGrowth() > w.NginxGrowth()) {
 			w.NginxUpdates, w.NginxUpdatesS, w.NginxPSSStartMB, w.NginxPSSEndMB = r.NginxUpdates, r.NginxUpdatesS, r.NginxPSSStartMB, r.NginxPSSEndMB
+			w.NginxLuaStartKB, w.NginxLuaEndKB = r.NginxLuaStartKB, r.NginxLuaEndKB
 		}
 		w.Services, w.Instances = r.Services, r.Instances
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,6 +188,10 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 // before and after: a leak in the Lua module or nginx would show as growth.
 func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error {
 	master := st.nginx.cmd.Process.Pid
+	luaBefore, err := collectLua(ctx, st, master)
+	if err != nil {
+		return err
+	}
 	before, err := treePSS(master)
 	if err != nil {
 		return err
@@ -248,13 +253,58 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 	if err := sleep(ctx, time.Second); err != nil {
 		return err
 	}
+	luaAfter, err := collectLua(ctx, st, master)
+	if err != nil {
+		return err
+	}
 	after, err := treePSS(master)
 	if err != nil {
 		return err
 	}
 	sr.NginxUpdates, sr.NginxPSSStartMB, sr.NginxPSSEndMB = r.p.NginxUpdates, before, after
-	r.logf("    nginx: %d updates in %.1f s; PSS %.1f → %.1f MB (%+.1f%%)", r.p.NginxUpdates, sr.NginxUpdatesS, before, after, sr.NginxGrowth()*100)
+	sr.NginxLuaStartKB, sr.NginxLuaEndKB = luaBefore, luaAfter
+	r.logf("    nginx: %d updates in %.1f s; PSS %.1f → %.1f MB (%+.1f%%); Lua heaps %.0f → %.0f KB", r.p.NginxUpdates, sr.NginxUpdatesS, before, after, sr.NginxGrowth()*100, luaBefore, luaAfter)
 	return nil
+}
+
+// collectLua runs a full Lua collection in every nginx worker (through the
+// bench's /_bench/lua-gc location, over fresh connections until each
+// worker has answered) and returns the sum of their Lua heaps in KB.
+func collectLua(ctx context.Context, st *Stack, master int) (float64, error) {
+	workers := 0
+	if entries, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range entries {
+			if pid, err := strconv.Atoi(e.Name()); err == nil {
+				if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && parentOf(b) == master {
+					workers++
+				}
+			}
+		}
+	}
+	heaps := map[string]float64{}
+	for try := 0; try < 200 && (len(heaps) < workers || workers == 0) && ctx.Err() == nil; try++ {
+		body, err := st.apiGet("/_bench/lua-gc")
+		if err != nil {
+			return 0, fmt.Errorf("lua gc: %w", err)
+		}
+		f := strings.Fields(body)
+		if len(f) != 2 {
+			return 0, fmt.Errorf("lua gc: answer %q", body)
+		}
+		kb, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("lua gc: answer %q", body)
+		}
+		heaps[f[0]] = kb
+	}
+	if len(heaps) < workers {
+		return 0, fmt.Errorf("lua gc: %d of %d workers answered", len(heaps), workers)
+	}
+	total := 0.0
+	for _, kb := range heaps {
+		total += kb
+	}
+	return total, nil
 }
 
 // profileScale saves a 10 s CPU profile of the daemon while change runs

@@ -262,6 +262,16 @@ http {
         allow 127.0.0.1; deny all;
         client_max_body_size 4m; client_body_buffer_size 4m;
         location / { content_by_lua_block { require("swallowkeeper.dyups").api() } }
+        # Bench only: a full LuaJIT collection in the worker that answers,
+        # then its pid and Lua heap in KB, so that nginx's memory is taken
+        # without garbage in it (scale: nginx memory across updates).
+        location = /_bench/lua-gc {
+            content_by_lua_block {
+                collectgarbage("collect")
+                collectgarbage("collect")
+                ngx.say(ngx.worker.pid(), " ", math.floor(collectgarbage("count")))
+            }
+        }
     }
     server {
         listen 127.0.0.1:{{proxy}};
