@@ -199,20 +199,8 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 	const names = 100
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	do := func(method, path, body string) error {
-		req, err := http.NewRequestWithContext(ctx, method, st.APIURL+path, strings.NewReader(body))
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		msg, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s %s: %s %s", method, path, resp.Status, msg)
-		}
-		return nil
+		_, err := httpDo(ctx, client, method, st.APIURL+path, body)
+		return err
 	}
 	t := time.Now()
 	var (
@@ -271,16 +259,11 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 // bench's /_bench/lua-gc location, over fresh connections until each
 // worker has answered) and returns the sum of their Lua heaps in KB.
 func collectLua(ctx context.Context, st *Stack, master int) (float64, error) {
-	workers := 0
-	if entries, err := os.ReadDir("/proc"); err == nil {
-		for _, e := range entries {
-			if pid, err := strconv.Atoi(e.Name()); err == nil {
-				if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && parentOf(b) == master {
-					workers++
-				}
-			}
-		}
+	kids, err := children(master)
+	if err != nil {
+		return 0, err
 	}
+	workers := len(kids)
 	heaps := map[string]float64{}
 	for try := 0; try < 200 && (len(heaps) < workers || workers == 0) && ctx.Err() == nil; try++ {
 		body, err := st.apiGet("/_bench/lua-gc")
@@ -340,23 +323,33 @@ func (r *runner) profileScale(ctx context.Context, metricsURL string, run int, c
 
 // fetchTo saves the body of a GET of url in file.
 func fetchTo(ctx context.Context, url, file string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	b, err := io.ReadAll(resp.Body)
+	b, err := httpDo(ctx, http.DefaultClient, http.MethodGet, url, "")
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(file, b, 0o644)
+}
+
+// httpDo sends one request and returns the answer's body, or an error
+// naming the request unless the status is 200.
+func httpDo(ctx context.Context, client *http.Client, method, url, body string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s %s: %s %s", method, url, resp.Status, b)
+	}
+	return b, nil
 }
 
 func boolInt(b bool) int {

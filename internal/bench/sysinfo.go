@@ -83,21 +83,12 @@ func procRSS(pid int) (rss, hwm float64, err error) {
 // children (nginx: the master and its workers); shared memory, such as a
 // shared dict, is split between them rather than counted in each.
 func treePSS(pid int) (float64, error) {
-	pids := []int{pid}
-	entries, err := os.ReadDir("/proc")
+	kids, err := children(pid)
 	if err != nil {
 		return 0, err
 	}
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child)); err == nil && parentOf(b) == pid {
-			pids = append(pids, child)
-		}
-	}
 	total := 0.0
+	pids := append([]int{pid}, kids...)
 	for _, p := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p))
 		if err != nil {
@@ -110,6 +101,25 @@ func treePSS(pid int) (float64, error) {
 		total += kb / 1024
 	}
 	return total, nil
+}
+
+// children lists the processes whose parent is pid (nginx: its workers).
+func children(pid int) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child)); err == nil && parentOf(b) == pid {
+			out = append(out, child)
+		}
+	}
+	return out, nil
 }
 
 // parentOf reads the parent pid (field 4) of a /proc/PID/stat line.

@@ -98,9 +98,11 @@ func (f *File) Save(s upstream.State) error {
 	if ours && bytes.Equal(f.written, data) {
 		return nil
 	}
-	if old, err := os.ReadFile(f.Path); !ours && err == nil && bytes.Equal(old, data) {
-		f.written, f.stamp = data, stampOf(f.Path)
-		return nil
+	if !ours { // someone else's file, or none: read it only then
+		if old, err := os.ReadFile(f.Path); err == nil && bytes.Equal(old, data) {
+			f.written, f.stamp = data, stampOf(f.Path)
+			return nil
+		}
 	}
 	if err := WriteAtomic(f.Path, data, f.Mode); err != nil {
 		f.written = nil

@@ -70,22 +70,9 @@ func NewClient(base *url.URL, timeout time.Duration) *Client {
 	}
 }
 
-// Detail reads GET /detail over a new connection, so that successive calls
-// can land on different workers.
-func (c *Client) Detail(ctx context.Context) (Detail, error) {
-	body, err := c.DetailBody(ctx)
-	if err != nil || body == "" {
-		return Detail{}, err
-	}
-	d, err := ParseDetail(body)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath("detail"), err)
-	}
-	return d, nil
-}
-
-// DetailBody reads GET /detail unparsed; "" when nginx has no upstreams
-// (204).
+// DetailBody reads GET /detail unparsed ("" when nginx has no upstreams:
+// 204), over a new connection, so that successive calls can land on
+// different workers. ParseDetail reads it.
 func (c *Client) DetailBody(ctx context.Context) (string, error) {
 	u := c.base.JoinPath("detail")
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)

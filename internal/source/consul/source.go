@@ -400,12 +400,10 @@ type tracker struct {
 	// rereadCatalog and rereadChecks: the watch's last answer did not
 	// decode; Run reads the endpoint again until one does.
 	rereadCatalog, rereadChecks bool
-	checks                      checkList
-	lastBody                    []byte // the answer checks holds
+	checks                      checkList // holds the last good checks answer
 	haveChecks                  bool
 	services                    map[string]serviceData
 	dirty                       map[string]bool
-	sweep                       bool              // re-read every service
 	probe                       bool              // read the checks once, then maybe sweep
 	dropped                     map[string]bool   // instances reported as invalid, to log each once
 	badNames                    map[string]string // services whose name cannot be an upstream name → why
@@ -500,6 +498,7 @@ func (t *tracker) broken(what, kind string, err error) {
 }
 
 func (t *tracker) onChecks(ev checksEvent) {
+	previous := t.checks.body
 	gone, came, full, err := t.checks.apply(ev.body)
 	if err != nil {
 		t.src.release(ev.body)
@@ -530,8 +529,7 @@ func (t *tracker) onChecks(ev checksEvent) {
 	for _, c := range was {
 		t.touch(c) // the check left
 	}
-	t.src.release(t.lastBody)
-	t.lastBody = ev.body // checks keeps it; recycled when the next answer replaces it
+	t.src.release(previous) // checks now holds ev.body
 	t.haveChecks = true
 }
 
@@ -563,12 +561,19 @@ func (t *tracker) reread(ctx context.Context) error {
 		t.onCatalog(catalogEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("catalog/services", meta)})
 	}
 	if t.rereadChecks {
-		body, meta, err := t.src.readChecks(ctx, &api.QueryOptions{})
-		if err != nil {
-			return fmt.Errorf("consul: read health/state/any: %w", err)
-		}
-		t.onChecks(checksEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("health/state/any", meta)})
+		return t.readChecksNow(ctx)
 	}
+	return nil
+}
+
+// readChecksNow reads the checks without blocking and takes the answer in
+// as the watch's would be.
+func (t *tracker) readChecksNow(ctx context.Context) error {
+	body, meta, err := t.src.readChecks(ctx, &api.QueryOptions{})
+	if err != nil {
+		return fmt.Errorf("consul: read health/state/any: %w", err)
+	}
+	t.onChecks(checksEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("health/state/any", meta)})
 	return nil
 }
 
@@ -586,11 +591,9 @@ func (t *tracker) refresh(ctx context.Context) (bool, error) {
 	}
 	if t.probe && t.maxIndex() < t.catalogIdx {
 		// Not yet explained: the checks may tell which service moved.
-		body, meta, err := t.src.readChecks(ctx, &api.QueryOptions{})
-		if err != nil {
-			return false, fmt.Errorf("consul: read health/state/any: %w", err)
+		if err := t.readChecksNow(ctx); err != nil {
+			return false, err
 		}
-		t.onChecks(checksEvent{index: meta.LastIndex, body: body, doubt: t.src.doubt("health/state/any", meta)})
 		c, err := t.readDirty(ctx)
 		if err != nil {
 			return false, err
