@@ -74,7 +74,9 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		return fmt.Errorf("nginx holds %d of %d servers 5 min after the daemon started; log:\n%s", got, want, st.ControllerLog())
 	}
 	r.logf("    cold sync of %d servers into nginx: %.0f ms", want, sr.ColdSyncMs)
-	if err := sleep(ctx, 2*time.Second); err != nil {
+	// The first drift check after the sync (5 s on) parses every upstream
+	// of /detail once: it belongs to the sync, not to idling.
+	if err := sleep(ctx, 6*time.Second); err != nil {
 		return err
 	}
 
@@ -290,14 +292,20 @@ func collectLua(ctx context.Context, st *Stack, master int) (float64, error) {
 	return total, nil
 }
 
-// profileScale saves a 10 s CPU profile of the daemon while change runs
-// (k = 0, 1, ...), then a heap profile, in r.profileDir; both are served on
-// the daemon's metrics listener.
+// profileScale saves a 20 s CPU profile of the daemon at idle (four drift
+// checks), a 10 s CPU profile while change runs (k = 0, 1, ...), then a
+// heap profile, in r.profileDir; all are served on the daemon's metrics
+// listener.
 func (r *runner) profileScale(ctx context.Context, metricsURL string, run int, change func(k int) error) error {
 	if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
 		return err
 	}
 	base := strings.TrimSuffix(metricsURL, "/metrics")
+	idleFile := filepath.Join(r.profileDir, fmt.Sprintf("scale-idle-run%d.pprof", run))
+	if err := fetchTo(ctx, base+"/debug/pprof/profile?seconds=20", idleFile); err != nil {
+		return fmt.Errorf("idle CPU profile: %w", err)
+	}
+	r.logf("    idle CPU profile: %s", idleFile)
 	cpuFile := filepath.Join(r.profileDir, fmt.Sprintf("scale-cpu-run%d.pprof", run))
 	done := make(chan error, 1)
 	go func() { done <- fetchTo(ctx, base+"/debug/pprof/profile?seconds=10", cpuFile) }()

@@ -38,9 +38,10 @@ type Target struct {
 	status Status
 
 	// Owned by the Run goroutine (or the caller of Sync).
-	acked   upstream.State  // what the target acknowledged, per upstream
-	owned   map[string]bool // names the target may hold because we put them there
-	matched matchedDetails  // /detail answers that matched the desired state
+	acked     upstream.State  // what the target acknowledged, per upstream
+	owned     map[string]bool // names the target may hold because we put them there
+	details   detailMemory    // /detail sections that showed their desired upstream
+	detailBuf []byte          // the last /detail answer's buffer, for the next read
 }
 
 var _ engine.Sink = (*Target)(nil)
@@ -213,41 +214,22 @@ func (t *Target) Run(stop, work context.Context) {
 // the reads and nothing else.
 func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 	drift := map[string]bool{}
+	t.details.begin()
 	for range t.opt.DetailReads {
-		body, err := t.client.DetailBody(ctx)
+		body, err := t.client.DetailBody(ctx, t.detailBuf)
+		t.detailBuf = body
 		if err != nil {
 			err = fmt.Errorf("dyups %s: drift check: %w", t.url, err)
 			t.record(err, 0)
 			return err
 		}
-		if t.matched.has(body, desired) {
-			continue // an answer already found to match this very state
-		}
-		d := Detail{}
-		if body != "" {
-			if d, err = ParseDetail(body); err != nil {
-				err = fmt.Errorf("dyups %s: drift check: GET /detail: %w", t.url, err)
-				t.record(err, 0)
-				return err
-			}
-		}
-		matches := true
-		for name, u := range desired {
-			if !d.Matches(u) {
-				drift[name], matches = true, false
-			}
-		}
-		for name := range t.owned {
-			if _, wanted := desired[name]; !wanted {
-				if _, present := d.Lookup(name); present {
-					drift[name], matches = true, false
-				}
-			}
-		}
-		if matches {
-			t.matched.add(body, desired)
+		if err := t.details.compare(body, desired, t.owned, drift); err != nil {
+			err = fmt.Errorf("dyups %s: drift check: GET /detail: %w", t.url, err)
+			t.record(err, 0)
+			return err
 		}
 	}
+	t.details.end()
 	names := sortedKeys(drift)
 	for _, name := range names {
 		t.m.drift.WithLabelValues(t.url).Inc()
@@ -259,34 +241,6 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 	t.smu.Unlock()
 	t.record(nil, len(drift))
 	return t.Sync(ctx, desired)
-}
-
-// matchedDetails remembers the /detail answers found to match one desired
-// state, byte for byte, so that drift checks of an nginx that did not
-// change parse nothing: at 10,000 servers parsing every answer was most of
-// the daemon's idle CPU. Each worker may answer differently (one that
-// restarted lacks state), so a few answers are kept; any change of the
-// desired state forgets them.
-type matchedDetails struct {
-	state  upstream.State
-	bodies map[string]bool
-}
-
-func (m *matchedDetails) has(body string, desired upstream.State) bool {
-	if m.bodies == nil || !m.state.Equal(desired) {
-		m.state, m.bodies = nil, nil
-		return false
-	}
-	return m.bodies[body]
-}
-
-func (m *matchedDetails) add(body string, desired upstream.State) {
-	if m.bodies == nil || !m.state.Equal(desired) {
-		m.state, m.bodies = desired, map[string]bool{}
-	}
-	if len(m.bodies) < 8 {
-		m.bodies[body] = true
-	}
 }
 
 // errSuperseded ends a sync whose state is no longer the newest.

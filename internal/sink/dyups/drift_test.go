@@ -1,0 +1,244 @@
+package dyups
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+// detailText is /detail as dyups writes it for the upstreams of s, in
+// the given order.
+func detailText(s upstream.State, order []string) string {
+	var b strings.Builder
+	for _, name := range order {
+		u := s[name]
+		b.WriteString(u.Name + "\n")
+		for _, srv := range u.Servers {
+			d := detailOf(srv)
+			fmt.Fprintf(&b, "server %s weight=%d max_conns=%d max_fails=%d fail_timeout=%d backup=%d down=%d\n",
+				d.Addr, d.Weight, d.MaxConns, d.MaxFails, d.FailTimeout, boolInt(d.Backup), boolInt(d.Down))
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// wholeDrift is the drift check without memory: parse the whole answer,
+// match every desired upstream and look up every owned one.
+func wholeDrift(body string, desired upstream.State, owned map[string]bool) ([]string, error) {
+	d, err := ParseDetail(body)
+	if err != nil {
+		return nil, err
+	}
+	var drift []string
+	for name, u := range desired {
+		if !d.Matches(u) {
+			drift = append(drift, name)
+		}
+	}
+	for name := range owned {
+		if _, wanted := desired[name]; !wanted {
+			if _, present := d.Lookup(name); present {
+				drift = append(drift, name)
+			}
+		}
+	}
+	slices.Sort(drift)
+	return drift, nil
+}
+
+func randomState(r *rand.Rand, n int) upstream.State {
+	s := upstream.State{}
+	for i := range n {
+		u := upstream.Upstream{Name: fmt.Sprintf("svc-%d", i), Keepalive: 8}
+		for k := range 1 + r.IntN(4) {
+			u.Servers = append(u.Servers, upstream.Server{
+				Addr:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), byte(k + 1)}), uint16(8000+r.IntN(3))),
+				Weight: 1 + r.IntN(3), MaxFails: 1, FailTimeout: 10 * time.Second,
+			})
+		}
+		s[u.Name] = u
+	}
+	return s
+}
+
+func sortedNames(s upstream.State) []string {
+	var names []string
+	for n := range s {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// TestDriftMemoryAgreesWithWholeParse: over random states, answers and
+// changes, a drift check that remembers matched sections finds exactly
+// what parsing the whole answer finds, on the first check and on every
+// later one, whatever the memory holds.
+func TestDriftMemoryAgreesWithWholeParse(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	mutations := []struct {
+		name string
+		do   func(body string, s upstream.State, order []string) string
+	}{
+		{"nothing changed", func(b string, _ upstream.State, _ []string) string { return b }},
+		{"a weight changed in nginx", func(b string, _ upstream.State, _ []string) string {
+			return strings.Replace(b, "weight=1 ", "weight=7 ", 1)
+		}},
+		{"a server lost", func(b string, _ upstream.State, _ []string) string {
+			i := strings.Index(b, "\nserver ")
+			j := strings.Index(b[i+1:], "\n")
+			return b[:i] + b[i+1+j:]
+		}},
+		{"an upstream lost", func(b string, s upstream.State, order []string) string {
+			sec := detailText(s, order[:1])
+			return strings.Replace(b, sec, "", 1)
+		}},
+		{"another upstream added", func(b string, _ upstream.State, _ []string) string {
+			return b + "stranger\nserver 10.9.9.9:80 weight=1 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0\n\n"
+		}},
+		{"an owned upstream no longer wanted is still there, in another case", func(b string, _ upstream.State, _ []string) string {
+			return b + "OLD\n\n"
+		}},
+		{"servers in another order", func(b string, s upstream.State, order []string) string {
+			u := s[order[0]]
+			rev := u
+			rev.Servers = slices.Clone(u.Servers)
+			slices.Reverse(rev.Servers)
+			return strings.Replace(b, detailText(s, order[:1]), detailText(upstream.State{u.Name: rev}, order[:1]), 1)
+		}},
+		{"a worker with nothing", func(string, upstream.State, []string) string { return "" }},
+	}
+	for round := range 200 {
+		state := randomState(r, 1+r.IntN(12))
+		order := sortedNames(state)
+		r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		owned := map[string]bool{"old": true}
+		for n := range state {
+			owned[n] = true
+		}
+		m := &detailMemory{}
+		// A few checks in a row: the memory of one serves the next, and
+		// the desired state moves in between.
+		for check := range 4 {
+			if check == 2 {
+				name := order[r.IntN(len(order))]
+				u := state[name]
+				u.Servers = slices.Clone(u.Servers)
+				u.Servers[0].Weight++
+				state = state.Clone()
+				state[name] = u
+			}
+			m.begin()
+			for read := range 3 {
+				mut := mutations[(round+check+read)%len(mutations)]
+				body := mut.do(detailText(state, order), state, order)
+				want, werr := wholeDrift(body, state, owned)
+				drift := map[string]bool{}
+				gerr := m.compare([]byte(body), state, owned, drift)
+				var got []string
+				for n := range drift {
+					got = append(got, n)
+				}
+				slices.Sort(got)
+				if (werr != nil) != (gerr != nil) || !slices.Equal(got, want) {
+					t.Fatalf("round %d check %d read %d (%s): drift %v (err %v), whole parse finds %v (err %v)\nbody:\n%s",
+						round, check, read, mut.name, got, gerr, want, werr, body)
+				}
+			}
+			m.end()
+		}
+	}
+}
+
+func TestDriftMemoryErrorsNameTheLine(t *testing.T) {
+	state := upstream.State{"a": named("a", "10.0.0.1:80")}
+	m := &detailMemory{}
+	for _, tt := range []struct{ body, errHas string }{
+		{"a\nserver 10.0.0.1:80 weight=2 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0\n\nb\nserver x\n\n", "detail line 5: server line \"server x\": want 8 fields, got 2"},
+		{"a\n\na\n\n", "detail line 3: upstream a listed twice"},
+	} {
+		err := m.compare([]byte(tt.body), state, nil, map[string]bool{})
+		if err == nil || err.Error() != tt.errHas {
+			t.Errorf("body %q: err %v, want %q", tt.body, err, tt.errHas)
+		}
+	}
+	// Listed twice, both times a section the memory knows.
+	body := detailText(state, []string{"a"})
+	m.begin()
+	if err := m.compare([]byte(body), state, nil, map[string]bool{}); err != nil {
+		t.Fatal(err)
+	}
+	m.end()
+	m.begin()
+	if err := m.compare([]byte(body+body), state, nil, map[string]bool{}); err == nil || !strings.Contains(err.Error(), "listed twice") {
+		t.Errorf("a known section listed twice: err %v", err)
+	}
+}
+
+// BenchmarkDriftCheck: one /detail answer of 1,000 upstreams × 10 servers
+// compared with the desired state, parsed whole (cold) and against the
+// memory of the last check (warm: nothing changed; one changed: one
+// upstream differs from the memory).
+func BenchmarkDriftCheck(b *testing.B) {
+	state := upstream.State{}
+	for i := range 1000 {
+		u := upstream.Upstream{Name: fmt.Sprintf("svc-%04d", i)}
+		for k := range 10 {
+			u.Servers = append(u.Servers, upstream.Server{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(1 + i/250), byte(1 + i%250)}), uint16(10000+k)),
+				Weight: 1, MaxFails: 1, FailTimeout: 10 * time.Second})
+		}
+		state[u.Name] = u
+	}
+	body := detailText(state, sortedNames(state))
+	warm := func() *detailMemory {
+		m := &detailMemory{}
+		m.begin()
+		if err := m.compare([]byte(body), state, nil, map[string]bool{}); err != nil {
+			b.Fatal(err)
+		}
+		m.end()
+		return m
+	}
+	// run compares body with desired b.N times; forget, if set, is a
+	// section taken out of the memory before each compare, so that every
+	// one parses it; a nil m is a new, empty memory every time.
+	run := func(b *testing.B, mem *detailMemory, desired upstream.State, body, forget string) {
+		b.SetBytes(int64(len(body)))
+		raw := []byte(body)
+		for b.Loop() {
+			m := mem
+			if m == nil {
+				m = &detailMemory{}
+			}
+			delete(m.sections, forget)
+			drift := map[string]bool{}
+			if err := m.compare(raw, desired, nil, drift); err != nil || len(drift) != 0 {
+				b.Fatalf("drift %v, err %v", drift, err)
+			}
+		}
+	}
+	b.Run("cold", func(b *testing.B) { run(b, nil, state, body, "") })
+	b.Run("warm", func(b *testing.B) { run(b, warm(), state, body, "") })
+	b.Run("one-changed", func(b *testing.B) {
+		m := warm()
+		next := state.Clone()
+		u := next["svc-0500"]
+		u.Servers = append(slices.Clone(u.Servers), upstream.Server{Addr: netip.MustParseAddrPort("127.0.9.9:10000"), Weight: 1, MaxFails: 1, FailTimeout: 10 * time.Second})
+		next[u.Name] = u
+		run(b, m, next, detailText(next, sortedNames(next)), detailText(next, []string{u.Name})[:len(detailText(next, []string{u.Name}))-1])
+	})
+}
