@@ -227,8 +227,9 @@ type ScaleRun struct {
 	Run               int     `json:"run"`
 	Services          int     `json:"services"`
 	Instances         int     `json:"instances"`
-	RegisterS         float64 `json:"register_s"`   // time to fill Consul (not the daemon's)
-	ColdSyncMs        float64 `json:"cold_sync_ms"` // daemon start → nginx holds every upstream
+	RegisterS         float64 `json:"register_s"`                 // time to fill Consul (not the daemon's)
+	ChecksAnswerKB    float64 `json:"checks_answer_kb,omitempty"` // what /v1/health/state/any answers then
+	ColdSyncMs        float64 `json:"cold_sync_ms"`               // daemon start → nginx holds every upstream
 	Synced            bool    `json:"synced"`
 	MaxConsulConns    int     `json:"max_consul_conns"`
 	RSSMB             float64 `json:"rss_mb"`      // VmRSS after the changes

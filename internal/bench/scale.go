@@ -26,7 +26,7 @@ func scaleService(i int) string { return fmt.Sprintf("svc-%04d", i) }
 // single-instance changes.
 func (r *runner) scale(ctx context.Context, run int) (err error) {
 	n, per := r.p.Services, r.p.Instances
-	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256})
+	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256, ConsulServer: true})
 	if err != nil {
 		return err
 	}
@@ -39,7 +39,12 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		return err
 	}
 	sr.RegisterS = time.Since(t).Seconds()
-	r.logf("    %d × %d instances registered in %.1f s", n, per, sr.RegisterS)
+	checks, err := httpDo(ctx, http.DefaultClient, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/v1/health/state/any", st.ConsulPort), "")
+	if err != nil {
+		return err
+	}
+	sr.ChecksAnswerKB = float64(len(checks)) / 1024
+	r.logf("    %d × %d instances registered in %.1f s; /v1/health/state/any answers %.0f KB", n, per, sr.RegisterS, sr.ChecksAnswerKB)
 
 	// Cold start.
 	t0 := time.Now()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -256,12 +257,25 @@ func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 	for name := range desired {
 		t.owned[name] = true
 	}
-	var errs []error
-	for _, name := range desired.Names() {
-		u := desired[name]
-		if old, ok := t.acked[name]; ok && old.Equal(u) {
-			continue
+	// Only what differs is sorted (for a stable order of requests and
+	// logs): at thousands of upstreams, sorting every name on each change
+	// cost more than finding the few that changed.
+	var post, del []string
+	for name, u := range desired {
+		if old, ok := t.acked[name]; !ok || !old.Equal(u) {
+			post = append(post, name)
 		}
+	}
+	for name := range t.owned {
+		if _, ok := desired[name]; !ok {
+			del = append(del, name)
+		}
+	}
+	slices.Sort(post)
+	slices.Sort(del)
+	var errs []error
+	for _, name := range post {
+		u := desired[name]
 		err := t.retry(ctx, "POST", name, func(ctx context.Context) error { return t.client.Set(ctx, u) })
 		if errors.Is(err, errSuperseded) || ctx.Err() != nil {
 			return err
@@ -277,10 +291,7 @@ func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 		}
 		t.acked[name] = u
 	}
-	for _, name := range sortedKeys(t.owned) {
-		if _, ok := desired[name]; ok {
-			continue
-		}
+	for _, name := range del {
 		err := t.retry(ctx, "DELETE", name, func(ctx context.Context) error { return t.client.Delete(ctx, name) })
 		if errors.Is(err, errSuperseded) || ctx.Err() != nil {
 			return err

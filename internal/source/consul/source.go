@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -65,6 +66,10 @@ type Source struct {
 	// spare holds a checks answer no longer needed, for the next read to
 	// reuse (see Client.getRaw).
 	spare chan []byte
+	// checksLen is the length of the last checks answer: a new buffer is
+	// made that size (and a bit), not grown by halves through copies,
+	// which left up to half of it unused for the life of the daemon.
+	checksLen atomic.Int64
 }
 
 var _ engine.Source = (*Source)(nil)
@@ -118,19 +123,24 @@ func (s *Source) readChecks(ctx context.Context, o *api.QueryOptions) ([]byte, *
 	select {
 	case buf = <-s.spare:
 	default:
+		if n := s.checksLen.Load(); n > 0 {
+			buf = make([]byte, 0, n+n/64+4096) // room for a few more checks
+		}
 	}
 	body, meta, err := s.client.getRaw(ctx, "/v1/health/state/any", o, buf)
 	if err != nil {
 		s.release(buf)
+		return nil, nil, err
 	}
-	return body, meta, err
+	s.checksLen.Store(int64(len(body)))
+	return body, meta, nil
 }
 
 // release hands a checks answer that nothing refers to any more back for
 // reuse.
 func (s *Source) release(b []byte) {
-	if cap(b) == 0 {
-		return
+	if n := s.checksLen.Load(); cap(b) == 0 || int64(cap(b)) > n+n/8+64<<10 {
+		return // one much larger than answers now are: let it go
 	}
 	select {
 	case s.spare <- b[:0]:
