@@ -168,7 +168,7 @@ func renderTargets(w writer, r *Results) {
 			for _, run := range r.Scale.Runs {
 				each = append(each, fmt.Sprintf("%+.1f%%", run.NginxGrowth()*100))
 			}
-			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS, each sample after a full Lua collection in every worker; section 4 gives the Lua heaps too).\n\n",
+			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS at rest: the smallest of several samples, each after a full Lua collection in every worker; section 4 says how, and gives the Lua heaps too).\n\n",
 				strings.Join(each, ", "))
 		case (t.Name == "CPU per single-instance change" || t.Name == "daemon RSS" || t.Name == "idle CPU") && !notes["scale"]:
 			notes["scale"] = true
@@ -400,7 +400,7 @@ func renderScale(w writer, r *Results) {
 	}
 	w("\n")
 	if wst.NginxUpdates > 0 {
-		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs, each time right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count.\n\n", wst.NginxUpdates)
+		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs. Before the first sample a warm-up of a tenth as many updates and 8 reads of `/detail` bring every worker to the plateau its allocators reach once it has built large answers (in a run without it, one worker went from 7.1 to 8.9 MB of anonymous memory over the updates while the other, already there, stayed at 9.0 MB); what grows with the updates after that is what a leak would be. Each figure is the smallest of %d samples taken a second apart, each right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count: the samples span one drift check of the daemon, which makes every worker build its `/detail` answer, and a single sample taken just after one read a few percent high or low. Memory nginx keeps raises every sample.\n\n", wst.NginxUpdates, pssSamples)
 	}
 }
 

@@ -12,11 +12,12 @@ import (
 // sections of /detail answers (an upstream's name line and its server
 // lines) that were found to show their desired upstream, and a later
 // answer is compared section by section: a section remembered for the same
-// desired upstream is not parsed again. At 10,000 servers, parsing whole
-// answers was most of the daemon's idle CPU, and the first check after any
-// change parsed all of them again; now an nginx that did not change costs a
-// split and a map lookup per upstream, and a change the parse of its own
-// sections.
+// desired upstream is not parsed again. At 1,000 upstreams × 10 servers a
+// whole answer takes about 12 ms to parse, a check reads three, and any
+// change of the desired state made the next check parse them all again;
+// now an nginx that did not change costs a split and a map lookup per
+// upstream (about 0.3 ms per answer), and a change the parse of its own
+// sections (BenchmarkDriftCheck).
 //
 // What compare finds is what parsing the whole answer and matching every
 // upstream would find (drift_test.go checks the two against each other).
