@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -168,8 +170,14 @@ func renderTargets(w writer, r *Results) {
 			for _, run := range r.Scale.Runs {
 				each = append(each, fmt.Sprintf("%+.1f%%", run.NginxGrowth()*100))
 			}
-			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS at rest: the smallest of several samples, each after a full Lua collection in every worker; section 4 says how, and gives the Lua heaps too).\n\n",
-				strings.Join(each, ", "))
+			var starts []string
+			luaGrowth := math.Inf(-1)
+			for _, run := range r.Scale.Runs {
+				starts = append(starts, fmt.Sprintf("%.1f", run.NginxPSSStartMB))
+				luaGrowth = max(luaGrowth, run.NginxLuaEndKB-run.NginxLuaStartKB)
+			}
+			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS at rest: the smallest of several samples, each after a full Lua collection in every worker; section 4 says how, and gives the Lua heaps too). Runs that shrink are noise, not freed leaks: nginx's memory at rest moves by a few percent either way between samples of the same code (here it started at %s MB in the %d runs), as much as the threshold; a leak would grow with the number of updates, run after run. The workers' Lua heaps after a full collection grew by at most %+.0f KB over the updates.\n\n",
+				strings.Join(each, ", "), strings.Join(starts, ", "), len(r.Scale.Runs), luaGrowth)
 		case (t.Name == "CPU per single-instance change" || t.Name == "daemon RSS" || t.Name == "idle CPU") && !notes["scale"]:
 			notes["scale"] = true
 			w("**Scale CPU and memory.** Section 4 says what a change still costs at this size and why.\n\n")
@@ -331,8 +339,8 @@ func renderScale(w writer, r *Results) {
 	w("%d services × %d instances in Consul's catalog before the daemon starts. Consul runs here as a single production server (`-server -bootstrap-expect=1`, data on disk): `-dev` indents every JSON answer, which nearly doubles the bytes the daemon reads on each change at this size. Cold sync: from starting the daemon process to nginx's `/detail` listing every server. Connections to Consul: the daemon's established TCP connections to the agent's HTTP port (its socket inodes matched in `/proc/net/tcp`), sampled every 20 ms for the whole run, maximum. Idle CPU: `utime+stime` of `/proc/PID/stat` over 10 s without changes, from 6 s after the cold sync (so that the first drift check after the sync, which parses every upstream of `/detail` once, counts with the sync; later checks parse only what changed). RSS: `VmRSS` of `/proc/PID/status` after the changes (peak: `VmHWM`). Then %d single-instance changes (an 11th instance added to a service, then removed), each waited for in nginx's API: CPU per change is `utime+stime` over the changes, less the idle rate (the drift check reads `/detail` every 5 s; \"raw\" keeps it in), divided by the number of changes; pushes per change are the POST and DELETE requests counted by `swallowkeeper_dyups_requests_total`. utime and stime tick in 10 ms steps.\n\n",
 		wst.Services, wst.Instances, runs[0].Changes)
 	answer := "its size was not recorded"
-	if wst.ChecksAnswerKB > 0 {
-		answer = fmt.Sprintf("%.1f MB", wst.ChecksAnswerKB/1024)
+	if kb := slices.MaxFunc(runs, func(a, b ScaleRun) int { return cmp.Compare(a.ChecksAnswerKB, b.ChecksAnswerKB) }).ChecksAnswerKB; kb > 0 {
+		answer = fmt.Sprintf("%.1f MB", kb/1024)
 	}
 	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d checks, %s). The daemon compares each answer byte for byte with the previous one and decodes only the checks that differ, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile). Memory is mostly the last checks answer, kept for the next compare, and the buffer the next answer is read into, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection).\n\n",
 		wst.Services*wst.Instances+1, answer)
