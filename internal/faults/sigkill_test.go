@@ -144,9 +144,13 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 		d := startDaemon(t, cfg, metrics)
 		if i%2 == 0 {
 			// Wait for a write in progress, then kill at once.
+			c0 := changes.Load()
 			_, ok := waitForTemp(dir, leftBefore, 10*time.Second)
 			if !ok {
-				t.Fatalf("kill %d: no write within 10s; log:\n%s", i, d.log.String())
+				m := d.scrape(t)
+				t.Fatalf("kill %d: no write within 10s; registry changes meanwhile: %d; daemon: %.0f applies, %.0f persist errors, %.0f Consul watch wakes, %.0f sweeps, %.0f service reads; log:\n%s",
+					i, changes.Load()-c0, m.sum("swallowkeeper_engine_applies_total"), m.sum("swallowkeeper_engine_persist_errors_total"),
+					m.sum("swallowkeeper_consul_watch_wakes_total"), m.sum("swallowkeeper_consul_sweeps_total"), m.sum("swallowkeeper_consul_service_reads_total"), d.log.String())
 			}
 			midWrite++
 		} else {
