@@ -3,7 +3,6 @@ package bench
 import (
 	"cmp"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 	"time"
@@ -170,14 +169,19 @@ func renderTargets(w writer, r *Results) {
 			for _, run := range r.Scale.Runs {
 				each = append(each, fmt.Sprintf("%+.1f%%", run.NginxGrowth()*100))
 			}
-			var starts []string
-			luaGrowth := math.Inf(-1)
+			var starts, lua []string
 			for _, run := range r.Scale.Runs {
 				starts = append(starts, fmt.Sprintf("%.1f", run.NginxPSSStartMB))
-				luaGrowth = max(luaGrowth, run.NginxLuaEndKB-run.NginxLuaStartKB)
+				if run.NginxLuaStartKB > 0 {
+					lua = append(lua, fmt.Sprintf("%+.0f", run.NginxLuaEndKB-run.NginxLuaStartKB))
+				}
 			}
-			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS at rest: the smallest of several samples, each after a full Lua collection in every worker; section 4 says how, and gives the Lua heaps too). Runs that shrink are noise, not freed leaks: nginx's memory at rest moves by a few percent either way between samples of the same code (here it started at %s MB in the %d runs), as much as the threshold; a leak would grow with the number of updates, run after run. The workers' Lua heaps after a full collection grew by at most %+.0f KB over the updates.\n\n",
-				strings.Join(each, ", "), strings.Join(starts, ", "), len(r.Scale.Runs), luaGrowth)
+			w("**nginx memory.** The target is checked against the run that grew most; the runs went %s (PSS at rest: the smallest of several samples, each after a full Lua collection in every worker; section 4 says how). Runs that shrink are noise, not freed leaks: nginx's memory at rest moves by a few percent either way between samples of the same code (here it started at %s MB in the %d runs), as much as the threshold; a leak would grow with the number of updates, run after run.",
+				strings.Join(each, ", "), strings.Join(starts, ", "), len(r.Scale.Runs))
+			if len(lua) > 0 {
+				w(" The workers' Lua heaps after a full collection moved by %s KB over the updates.", strings.Join(lua, ", "))
+			}
+			w("\n\n")
 		case (t.Name == "CPU per single-instance change" || t.Name == "daemon RSS" || t.Name == "idle CPU") && !notes["scale"]:
 			notes["scale"] = true
 			w("**Scale CPU and memory.** Section 4 says what a change still costs at this size and why.\n\n")
@@ -408,7 +412,7 @@ func renderScale(w writer, r *Results) {
 	}
 	w("\n")
 	if wst.NginxUpdates > 0 {
-		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs. Before the first sample a warm-up of a tenth as many updates and 8 reads of `/detail` bring every worker to the plateau its allocators reach once it has built large answers (in a run without it, one worker went from 7.1 to 8.9 MB of anonymous memory over the updates while the other, already there, stayed at 9.0 MB); what grows with the updates after that is what a leak would be. Each figure is the smallest of %d samples taken a second apart, each right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count: the samples span one drift check of the daemon, which makes every worker build its `/detail` answer, and a single sample taken just after one read a few percent high or low. Memory nginx keeps raises every sample.\n\n", wst.NginxUpdates, pssSamples)
+		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs. Before the first sample a warm-up of a tenth as many updates and 8 reads of `/detail` bring every worker to the plateau its allocators reach once it has built large answers; what grows with the updates after that is what a leak would be. Each figure is the smallest of %d samples taken a second apart, each right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count: the samples span one drift check of the daemon, which makes every worker build its `/detail` answer, and a single sample taken just after one read a few percent high or low. Memory nginx keeps raises every sample.\n\n", wst.NginxUpdates, pssSamples)
 	}
 }
 
