@@ -159,8 +159,8 @@ func renderTargets(w writer, r *Results) {
 			m := r.Rolling[ModeLua]
 			per := m.During.Seconds / float64(len(m.Runs))
 			need := float64(targetRollingRequests) / float64(max(r.Params.Rate, 1))
-			w("**Requests during restarts.** %d restart cycles took %.0f s per run at %d req/s. %d requests at that rate need %.0f s of restarts per run: %.0f min for %d runs × %d modes, more than the whole run may take. `-cycles` sets the number of cycles.\n\n",
-				r.Params.Cycles, per, r.Params.Rate, targetRollingRequests, need, need*float64(r.Params.Runs*len(r.Params.Modes))/60, r.Params.Runs, len(r.Params.Modes))
+			w("**Requests during restarts.** %d restart cycles took %.0f s per run at %d req/s. %d requests at that rate need %.0f s of restarts per mode, and every mode runs the same restarts: %.0f min for %d modes, more than the whole run may take (15 minutes). `-cycles` sets the number of cycles per run.\n\n",
+				r.Params.Cycles, per, r.Params.Rate, targetRollingRequests, need, need*float64(len(r.Params.Modes))/60, len(r.Params.Modes))
 		case strings.Contains(t.Name, "p99 vs quiet baseline") && !notes["p99"]:
 			notes["p99"] = true
 			w("**p99 against the quiet baseline.** The baselines' p99 are a few milliseconds, on 2 cores that also run Consul, nginx, the backends and the load generator, so a ratio of two such p99s moves with any CPU taken at the wrong moment; the cause of the gap was not isolated. The tables below give the p99 of every run.\n\n")
@@ -190,7 +190,7 @@ func renderTargets(w writer, r *Results) {
 	for _, t := range r.Targets {
 		if t.Name == "bench run time" && !t.Met {
 			p := r.Params
-			w("**Run time.** %.0f s of the %.0f s are load that the parameters fix, whatever the code does: %.0f s of churn and %.0f s of quiet baseline (before rolling, crash and churn), for each of %d runs × %d modes; the rest is the propagation changes, the restart cycles, filling Consul for the scale runs, and starting and stopping Consul and nginx for every run. With 3 runs of every scenario in 3 modes, the target is out of reach; `-runs 1` runs every scenario once at the same sizes.\n\n",
+			w("**Run time.** %.0f s of the %.0f s are load that the parameters fix, whatever the code does: %.0f s of churn and %.0f s of quiet baseline (before rolling, crash and churn), for each of %d runs × %d modes; the rest is the propagation changes, the restart cycles, filling Consul for the scale runs, and starting and stopping Consul and nginx for every run. `-runs`, `-changes`, `-cycles` and `-churn` set these sizes.\n\n",
 				p.FixedLoadSeconds(), r.DurationS, p.ChurnSeconds, p.BaselineSeconds, p.Runs, len(p.Modes))
 		}
 	}
@@ -212,8 +212,8 @@ func renderPropagation(w writer, img func(string, string), r *Results) {
 	}
 	p := r.Params
 	w("## 1. Propagation\n\n")
-	w("Two steady instances and a third that, in turn, registers, fails its check (TTL set critical), recovers and deregisters: %d changes per run and mode, %d run(s). Each change is timed from the Consul write returning (agent API) to the moment traffic through nginx routes to the new set, seen by %d goroutines probing in a tight loop, each request on a fresh connection (so every worker is probed): a join counts at the first answer from the new instance, a leave at the first probe after the last answer from the leaving one (then 150 ms without it).\n\n",
-		p.Changes, p.Runs, p.Probers)
+	w("Two steady instances and a third that, in turn, registers, fails its check (TTL set critical), recovers and deregisters: %d changes per run and mode, %d run(s): %d changes per mode. Each change is timed from the Consul write returning (agent API) to the moment traffic through nginx routes to the new set, seen by %d goroutines probing in a tight loop, each request on a fresh connection (so every worker is probed): a join counts at the first answer from the new instance, a leave at the first probe after the last answer from the leaving one (then 150 ms without it).\n\n",
+		p.Changes, p.Runs, p.Changes*p.Runs, p.Probers)
 	peer := r.Propagation[ModeConsulTemplate]
 	w("| mode | changes | p50 ms | p90 ms | p99 ms | max ms | timeouts | p50 vs consul-template | p99 vs consul-template |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Propagation) {
@@ -251,8 +251,8 @@ func renderRolling(w writer, r *Results) {
 	}
 	p := r.Params
 	w("## 2. Rolling restart\n\n")
-	w("Three backends, each registered with an HTTP check every %g s; %d cycles per run (%d run(s)), each restarting the three in turn: deregister → drain (until the backend has had no request for 300 ms) → graceful stop → start → register (check passing) → wait until it gets traffic again. Load: %d req/s offered over keep-alive connections; the baseline is the same load for %g s before the first restart.\n\n",
-		p.CheckInterval, p.Cycles, p.Runs, p.Rate, p.BaselineSeconds)
+	w("Three backends, each registered with an HTTP check every %g s; %d cycles per run (%d run(s): %d cycles per mode), each restarting the three in turn: deregister → drain (until the backend has had no request for 300 ms) → graceful stop → start → register (check passing) → wait until it gets traffic again. Load: %d req/s offered over keep-alive connections; the baseline is the same load for %g s before the first restart.\n\n",
+		p.CheckInterval, p.Cycles, p.Runs, p.Cycles*p.Runs, p.Rate, p.BaselineSeconds)
 	w("| mode | requests during restarts | failed (GET / POST) | p50 ms baseline → restarts | p99 ms baseline → restarts | p99 ratio | p99 ms of each run | slowest drain | slowest rejoin | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Rolling) {
 		m := r.Rolling[mode]
@@ -422,8 +422,8 @@ func renderChurn(w writer, img func(string, string), r *Results) {
 	}
 	p := r.Params
 	w("## 5. Churn under load\n\n")
-	w("Four backends; one check flips (critical, then passing again, one backend after the other) %g times a second for %g s, under %d req/s over keep-alive connections; baseline: the same load for %g s before. %d run(s).\n\n",
-		p.ChurnPerSecond, p.ChurnSeconds, p.Rate, p.BaselineSeconds, p.Runs)
+	w("Four backends; one check flips (critical, then passing again, one backend after the other) %g times a second for %g s per run, under %d req/s over keep-alive connections; baseline: the same load for %g s before. %d run(s): %g s of churn per mode.\n\n",
+		p.ChurnPerSecond, p.ChurnSeconds, p.Rate, p.BaselineSeconds, p.Runs, p.ChurnSeconds*float64(p.Runs))
 	w("| mode | changes | requests during churn | failed (GET / POST) | p50 ms baseline → churn | p99 ms baseline → churn | p99 ratio | p99 ms of each run | max ms churn | ok/s churn | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Churn) {
 		m := r.Churn[mode]

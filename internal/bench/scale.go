@@ -16,7 +16,12 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-const extNode = "bench-ext" // catalog node holding the scale instances
+const (
+	extNode    = "bench-ext" // catalog node of the instances the scale changes add and remove
+	scaleNodes = 100         // catalog nodes holding the scale instances
+)
+
+func scaleNode(k int) string { return fmt.Sprintf("bench-ext-%d", k) }
 
 func scaleService(i int) string { return fmt.Sprintf("svc-%04d", i) }
 
@@ -421,8 +426,18 @@ func boolInt(b bool) int {
 // a check each; Consul allows 128 operations) per request, 4 requests at a
 // time. One registration per request took about a minute for 10,000.
 func registerMany(ctx context.Context, c *api.Client, n, per int) error {
-	if _, err := c.Catalog().Register(&api.CatalogRegistration{Node: extNode, Address: "127.0.0.1"}, nil); err != nil {
-		return fmt.Errorf("register node %s: %w", extNode, err)
+	// The instances are spread over scaleNodes nodes, as over a fleet of
+	// hosts: Consul's catalog writes slow down with the number of services
+	// on one node (29 s to fill the catalog with all 10,000 on one node).
+	nodes := api.TxnOps{&api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: extNode, Address: "127.0.0.1"}}}}
+	for k := range scaleNodes {
+		nodes = append(nodes, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: scaleNode(k), Address: "127.0.0.1"}}})
+	}
+	if ok, resp, _, err := c.Txn().Txn(nodes, (&api.QueryOptions{}).WithContext(ctx)); err != nil || !ok {
+		if err == nil {
+			err = fmt.Errorf("transaction refused: %v", resp.Errors)
+		}
+		return fmt.Errorf("register %d nodes: %w", len(nodes), err)
 	}
 	const batch = 64
 	batches := make(chan api.TxnOps)
@@ -451,9 +466,10 @@ func registerMany(ctx context.Context, c *api.Client, n, per int) error {
 		for i := range per {
 			reg := catalogInstance(scaleService(s), fmt.Sprintf("%s-%d", scaleService(s), i),
 				fmt.Sprintf("127.0.%d.%d", 1+s/250, 1+s%250), 10000+i)
+			node := scaleNode((s*per + i) % scaleNodes)
 			ops = append(ops,
-				&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: extNode, Service: *reg.Service}},
-				&api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: extNode, CheckID: reg.Check.CheckID,
+				&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: node, Service: *reg.Service}},
+				&api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: node, CheckID: reg.Check.CheckID,
 					Name: reg.Check.Name, Status: reg.Check.Status, ServiceID: reg.Check.ServiceID, ServiceName: reg.Check.ServiceName}}})
 			if len(ops) == 2*batch {
 				batches <- ops
