@@ -346,7 +346,7 @@ func renderScale(w writer, r *Results) {
 	if kb := slices.MaxFunc(runs, func(a, b ScaleRun) int { return cmp.Compare(a.ChecksAnswerKB, b.ChecksAnswerKB) }).ChecksAnswerKB; kb > 0 {
 		answer = fmt.Sprintf("%.1f MB", kb/1024)
 	}
-	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d checks, %s). The daemon compares each answer byte for byte with the previous one and decodes only the checks that differ, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile). Memory is mostly the last checks answer, kept for the next compare, and the buffer the next answer is read into, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection).\n\n",
+	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d checks, %s). The daemon compares each answer byte for byte with the previous one and decodes only the checks that differ, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile). Memory is mostly the last checks answer, kept for the next compare, and the buffer the next answer is read into, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); the file-backed part of the RSS is the daemon's own binary (code and data of every registry client it links), whatever the catalog holds.\n\n",
 		wst.Services*wst.Instances+1, answer)
 	w("| figure |")
 	for _, run := range runs {
@@ -386,6 +386,12 @@ func renderScale(w writer, r *Results) {
 	row("max connections to Consul", func(s ScaleRun) string { return fmt.Sprint(s.MaxConsulConns) }, fmt.Sprintf("≤ %d", targetConsulConns), find("connections"))
 	row("daemon RSS", func(s ScaleRun) string { return fmt.Sprintf("%.1f MB", s.RSSMB) }, fmt.Sprintf("≤ %d MB", targetRSSMB), find("daemon RSS"))
 	row("daemon peak RSS (VmHWM)", func(s ScaleRun) string { return fmt.Sprintf("%.1f MB", s.PeakRSSMB) }, "", nil)
+	if r.Scale.Runs[0].RSSAnonMB > 0 {
+		row("RSS: anonymous / file-backed", func(s ScaleRun) string { return fmt.Sprintf("%.1f / %.1f MB", s.RSSAnonMB, s.RSSFileMB) }, "", nil)
+		row("Go heap: live / in use / all the runtime holds", func(s ScaleRun) string {
+			return fmt.Sprintf("%.1f / %.1f / %.1f MB", s.HeapLiveMB, s.HeapInuseMB, s.GoSysMB)
+		}, "", nil)
+	}
 	row("idle CPU", func(s ScaleRun) string { return fmt.Sprintf("%.1f ms/s", s.IdleCPUMsPerS) }, fmt.Sprintf("≤ %.0f ms/s", targetIdleCPU), find("idle CPU"))
 	row("CPU per change", func(s ScaleRun) string { return fmt.Sprintf("%.2f ms", s.CPUPerChangeMs) }, fmt.Sprintf("≤ %.0f ms", targetCPUPerChange), find("CPU"))
 	row("CPU per change, raw", func(s ScaleRun) string { return fmt.Sprintf("%.2f ms", s.CPUPerChangeRawMs) }, "", nil)

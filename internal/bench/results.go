@@ -224,16 +224,24 @@ func (c *CrashMode) Totals() (requests, failedGET, failedPOST int, worstMs float
 
 // ScaleRun is one cold start of the daemon in front of many services.
 type ScaleRun struct {
-	Run               int     `json:"run"`
-	Services          int     `json:"services"`
-	Instances         int     `json:"instances"`
-	RegisterS         float64 `json:"register_s"`                 // time to fill Consul (not the daemon's)
-	ChecksAnswerKB    float64 `json:"checks_answer_kb,omitempty"` // what /v1/health/state/any answers then
-	ColdSyncMs        float64 `json:"cold_sync_ms"`               // daemon start → nginx holds every upstream
-	Synced            bool    `json:"synced"`
-	MaxConsulConns    int     `json:"max_consul_conns"`
-	RSSMB             float64 `json:"rss_mb"`      // VmRSS after the changes
-	PeakRSSMB         float64 `json:"peak_rss_mb"` // VmHWM
+	Run            int     `json:"run"`
+	Services       int     `json:"services"`
+	Instances      int     `json:"instances"`
+	RegisterS      float64 `json:"register_s"`                 // time to fill Consul (not the daemon's)
+	ChecksAnswerKB float64 `json:"checks_answer_kb,omitempty"` // what /v1/health/state/any answers then
+	ColdSyncMs     float64 `json:"cold_sync_ms"`               // daemon start → nginx holds every upstream
+	Synced         bool    `json:"synced"`
+	MaxConsulConns int     `json:"max_consul_conns"`
+	RSSMB          float64 `json:"rss_mb"`      // VmRSS after the changes
+	PeakRSSMB      float64 `json:"peak_rss_mb"` // VmHWM
+	// What the RSS is made of, at the same moment: anonymous memory (the
+	// Go heap, stacks and runtime) and file-backed pages (the binary's
+	// code and data), and the Go heap in use and held from the OS.
+	RSSAnonMB         float64 `json:"rss_anon_mb,omitempty"`
+	RSSFileMB         float64 `json:"rss_file_mb,omitempty"`
+	HeapInuseMB       float64 `json:"heap_inuse_mb,omitempty"` // go_memstats_heap_inuse_bytes
+	HeapLiveMB        float64 `json:"heap_live_mb,omitempty"`  // go_memstats_heap_alloc_bytes
+	GoSysMB           float64 `json:"go_sys_mb,omitempty"`     // go_memstats_sys_bytes: all the runtime took from the OS
 	Changes           int     `json:"changes"`
 	ChangesSeconds    float64 `json:"changes_s"`
 	CPUChangesMs      float64 `json:"cpu_changes_ms"`    // utime+stime over the changes

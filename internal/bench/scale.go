@@ -185,12 +185,21 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		return err
 	}
 	sr.RSSMB, sr.PeakRSSMB = rss, hwm
+	if m, err := procStatusMB(pid, "RssAnon", "RssFile"); err == nil {
+		sr.RSSAnonMB, sr.RSSFileMB = m["RssAnon"], m["RssFile"]
+	}
+	if m, err := scrape(st.MetricsURL); err == nil {
+		const mb = 1 << 20
+		sr.HeapInuseMB = metricSum(m, "go_memstats_heap_inuse_bytes") / mb
+		sr.HeapLiveMB = metricSum(m, "go_memstats_heap_alloc_bytes") / mb
+		sr.GoSysMB = metricSum(m, "go_memstats_sys_bytes") / mb
+	}
 	if r.res.Scale == nil {
 		r.res.Scale = &ScaleResult{}
 	}
 	r.res.Scale.Runs = append(r.res.Scale.Runs, sr)
-	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 %.1f ms, service reads/change %.1f, sweeps %d",
-		run, sr.ColdSyncMs, sr.MaxConsulConns, sr.RSSMB, sr.PeakRSSMB, sr.CPUPerChangeMs, sr.CPUPerChangeRawMs, sr.IdleCPUMsPerS, sr.PushesPerChange, sr.ChangeLatency.P50, sr.ServiceReadsPerChange, sr.Sweeps)
+	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f; anonymous %.1f, file %.1f; Go heap in use %.1f, live %.1f, runtime total %.1f), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 %.1f ms, service reads/change %.1f, sweeps %d",
+		run, sr.ColdSyncMs, sr.MaxConsulConns, sr.RSSMB, sr.PeakRSSMB, sr.RSSAnonMB, sr.RSSFileMB, sr.HeapInuseMB, sr.HeapLiveMB, sr.GoSysMB, sr.CPUPerChangeMs, sr.CPUPerChangeRawMs, sr.IdleCPUMsPerS, sr.PushesPerChange, sr.ChangeLatency.P50, sr.ServiceReadsPerChange, sr.Sweeps)
 	return nil
 }
 

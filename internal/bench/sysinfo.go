@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -59,24 +60,31 @@ func loadAvg() string {
 
 // procRSS returns VmRSS and VmHWM of a process in MB.
 func procRSS(pid int) (rss, hwm float64, err error) {
+	m, err := procStatusMB(pid, "VmRSS", "VmHWM")
+	return m["VmRSS"], m["VmHWM"], err
+}
+
+// procStatusMB returns the named kB fields of /proc/PID/status in MB.
+func procStatusMB(pid int, names ...string) (map[string]float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
+	out := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || !slices.Contains(names, name) {
 			continue
 		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = kb / 1024
-		case "VmHWM:":
-			hwm = kb / 1024
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			continue
+		}
+		if kb, err := strconv.ParseFloat(f[0], 64); err == nil {
+			out[name] = kb / 1024
 		}
 	}
-	return rss, hwm, nil
+	return out, nil
 }
 
 // treePSS returns the proportional set size, in MB, of a process and its

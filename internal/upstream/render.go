@@ -67,7 +67,11 @@ func (r *FileRenderer) Render(s State) []byte {
 		if !ok || !blk.u.Equal(u) {
 			var b strings.Builder
 			u.writeBlock(&b)
-			blk = renderedBlock{u: u, text: b.String()}
+			// A copy of exactly the block's length: the builder's buffer
+			// grows by doubling, and kept for the life of the block it
+			// would hold up to twice the text (megabytes at thousands of
+			// servers).
+			blk = renderedBlock{u: u, text: strings.Clone(b.String())}
 		}
 		next[name] = blk
 		out = append(out, blk.text...)

@@ -46,7 +46,7 @@ func NewClient(cfg *api.Config) (*Client, error) {
 // returns the body unparsed, read into buf (grown when too small; pass the
 // buffer of an answer no longer needed, so that megabytes are not
 // allocated and cleared on every change).
-func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, buf []byte) ([]byte, *api.QueryMeta, error) {
+func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, buffer func() []byte) ([]byte, *api.QueryMeta, error) {
 	params := url.Values{}
 	if c.cfg.Datacenter != "" {
 		params.Set("dc", c.cfg.Datacenter)
@@ -100,6 +100,13 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 		if meta.LastIndex, err = strconv.ParseUint(s, 10, 64); err != nil {
 			return nil, nil, fmt.Errorf("bad X-Consul-Index %q: %w", s, err)
 		}
+	}
+	// The buffer is taken only now that an answer has come: a blocking
+	// query waits minutes for one, and a buffer taken before it would sit
+	// idle all that time, beside the answer the caller still holds.
+	var buf []byte
+	if buffer != nil {
+		buf = buffer()
 	}
 	if n := resp.ContentLength; n > int64(cap(buf)) && n <= maxPresize {
 		buf = make([]byte, 0, n)

@@ -120,14 +120,16 @@ type checkLite struct {
 // readChecks reads /v1/health/state/any, unparsed.
 func (s *Source) readChecks(ctx context.Context, o *api.QueryOptions) ([]byte, *api.QueryMeta, error) {
 	var buf []byte
-	select {
-	case buf = <-s.spare:
-	default:
-		if n := s.checksLen.Load(); n > 0 {
-			buf = make([]byte, 0, n+n/64+4096) // room for a few more checks
+	body, meta, err := s.client.getRaw(ctx, "/v1/health/state/any", o, func() []byte {
+		select {
+		case buf = <-s.spare:
+		default:
+			if n := s.checksLen.Load(); n > 0 {
+				buf = make([]byte, 0, n+n/64+4096) // room for a few more checks
+			}
 		}
-	}
-	body, meta, err := s.client.getRaw(ctx, "/v1/health/state/any", o, buf)
+		return buf
+	})
 	if err != nil {
 		s.release(buf)
 		return nil, nil, err
