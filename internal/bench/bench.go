@@ -48,7 +48,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// restart cycles, 60 s of churn); the defaults spread those sizes over
 	// the 3 runs, which is what lets a full run finish within 15 minutes.
 	// -changes 100 -cycles 20 -churn 60s runs each size in every run (about
-	// 25 minutes).
+	// 25 minutes; see fullRunTime).
 	fs.IntVar(&p.Changes, "changes", 34, "propagation: registry changes per run and mode; 3 runs give 102 per mode (quick: 20)")
 	fs.IntVar(&p.Cycles, "cycles", 7, "rolling restart cycles of the 3 backends per run; 3 runs give 21 per mode (quick: 5)")
 	fs.IntVar(&p.Rate, "rate", 1000, "offered requests/s for rolling, crash and churn (quick: 300)")

@@ -100,17 +100,20 @@ func RenderMarkdown(r *Results, plotDir string) string {
 		renderReloadNote(w, r)
 	}
 
-	w("## Reproduce\n\n```sh\nscripts/bench.sh           # full run: -runs 3, default sizes (%s)\nscripts/bench.sh -quick    # 1 run, shorter scenarios (%s)\nscripts/bench.sh -h        # every flag\n```\n\n",
-		fullRunTime, quickRunTime)
-	w("`scripts/bench.sh` builds the daemon and the bench, installs consul-template into `~/.cache/swallowkeeper/bin` from the Go module proxy when missing, uses the Consul that `scripts/build-consul.sh` caches, and writes `docs/BENCHMARKS.md`, `docs/bench/results.json` and the plots.\n")
+	w("## Reproduce\n\n```sh\nscripts/bench.sh           # full run: -runs 3, default sizes (%s)\nscripts/bench.sh -quick    # 1 run, shorter scenarios (%s)\nscripts/bench.sh -changes 100 -cycles 20 -churn 60s   # every size in every run (%s)\nscripts/bench.sh -h        # every flag\n```\n\n",
+		fullRunTime, quickRunTime, bigRunTime)
+	w("The default sizes are the issue's per-mode sizes spread over the 3 runs: %d propagation changes, %d restart cycles and %g s of churn per mode in all. `scripts/bench.sh` builds the daemon and the bench, installs consul-template into `~/.cache/swallowkeeper/bin` from the Go module proxy when missing, uses the Consul that `scripts/build-consul.sh` caches, and writes `docs/BENCHMARKS.md`, `docs/bench/results.json` and the plots. On a fresh machine it first runs `scripts/install-deps.sh` (%s: Debian packages, and Consul built from the Go module proxy), once.\n",
+		p.Changes*p.Runs, p.Cycles*p.Runs, p.ChurnSeconds*float64(p.Runs), installTime)
 	return b.String()
 }
 
 // How long the runs took on the 2-core development machine (measured with
 // time(1) around scripts/bench.sh, builds included).
 const (
-	fullRunTime  = "about 25 minutes on 2 cores"
+	fullRunTime  = "about 12 minutes on 2 cores"
 	quickRunTime = "about 3 minutes"
+	bigRunTime   = "about 25 minutes"
+	installTime  = "about 11 minutes"
 )
 
 func firstLine(s string) string {
@@ -418,7 +421,7 @@ func renderScale(w writer, r *Results) {
 	}
 	w("\n")
 	if wst.NginxUpdates > 0 {
-		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs. Before the first sample a warm-up of a tenth as many updates and 8 reads of `/detail` bring every worker to the plateau its allocators reach once it has built large answers; what grows with the updates after that is what a leak would be. Each figure is the smallest of %d samples taken a second apart, each right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count: the samples span one drift check of the daemon, which makes every worker build its `/detail` answer, and a single sample taken just after one read a few percent high or low. Memory nginx keeps raises every sample.\n\n", wst.NginxUpdates, pssSamples)
+		w("nginx memory: after the changes, %d upstream updates are POSTed straight to the Lua dyups API (4 at a time, over 100 upstreams the daemon does not own, 1–3 servers each, different every time), then the 100 upstreams are DELETEd; nginx's memory is the PSS (`/proc/PID/smaps_rollup`) of the master and its workers, so the shared dict counts once, taken before the updates and 1 s after the DELETEs. Before the first sample, warm-up rounds of a tenth as many updates and 8 reads of `/detail` each bring every worker to the plateau its allocators reach once it has built large answers: the rounds repeat (at most %d) until one leaves memory at rest no more than %.0f%% above the round before, and the last one is the start (the rounds' figures are in results.json). What grows with the updates after that is what a leak would be. Each figure is the smallest of %d samples taken a second apart, each right after a full LuaJIT collection in every worker (a bench-only location in nginx.conf runs `collectgarbage(\"collect\")` and reports the worker's Lua heap), so that garbage not yet collected does not count: the samples span one drift check of the daemon, which makes every worker build its `/detail` answer, and a single sample taken just after one read a few percent high or low. Memory nginx keeps raises every sample.\n\n", wst.NginxUpdates, warmupRounds, warmupSettled*100, pssSamples)
 	}
 }
 

@@ -264,8 +264,9 @@ type ScaleRun struct {
 	NginxPSSEndMB   float64 `json:"nginx_pss_end_mb,omitempty"`
 	// The workers' Lua heaps, summed, each right after a full collection
 	// (which also comes before each PSS sample).
-	NginxLuaStartKB float64 `json:"nginx_lua_start_kb,omitempty"`
-	NginxLuaEndKB   float64 `json:"nginx_lua_end_kb,omitempty"`
+	NginxLuaStartKB float64   `json:"nginx_lua_start_kb,omitempty"`
+	NginxLuaEndKB   float64   `json:"nginx_lua_end_kb,omitempty"`
+	NginxWarmupMB   []float64 `json:"nginx_warmup_mb,omitempty"` // PSS at rest after each warm-up round
 }
 
 // NginxGrowth is the change of nginx's memory over the updates, as a
