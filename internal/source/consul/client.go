@@ -43,9 +43,10 @@ func NewClient(cfg *api.Config) (*Client, error) {
 }
 
 // getRaw runs a (blocking) GET of path as the api package would, and
-// returns the body unparsed, read into buf (grown when too small; pass the
-// buffer of an answer no longer needed, so that megabytes are not
-// allocated and cleared on every change).
+// returns the body unparsed, read into the buffer that buffer returns
+// (grown when too small; nil buffer: a new one). buffer is called once the
+// answer has come; it should hand out the buffer of an answer no longer
+// needed, so that megabytes are not allocated and cleared on every change.
 func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, buffer func() []byte) ([]byte, *api.QueryMeta, error) {
 	params := url.Values{}
 	if c.cfg.Datacenter != "" {
