@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,6 +99,26 @@ func Latencies(reqs []Request, from, to time.Time) []float64 {
 		}
 	}
 	return lat
+}
+
+// SplitByEvents returns the latencies of the requests due in [from, to),
+// split by whether each was due within window after one of events (sorted,
+// oldest first): where a phase's tail sits relative to the registry
+// changes made during it.
+func SplitByEvents(reqs []Request, from, to time.Time, events []time.Time, window time.Duration) (near, away []float64) {
+	for _, r := range reqs {
+		if r.Sched.Before(from) || !r.Sched.Before(to) {
+			continue
+		}
+		// The last event at or before the request was due.
+		k := sort.Search(len(events), func(i int) bool { return events[i].After(r.Sched) }) - 1
+		if k >= 0 && r.Sched.Sub(events[k]) < window {
+			near = append(near, ms(r.Latency()))
+		} else {
+			away = append(away, ms(r.Latency()))
+		}
+	}
+	return near, away
 }
 
 // splitCount undoes topErrors' "what (×n)".

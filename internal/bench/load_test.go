@@ -2,6 +2,7 @@ package bench
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +97,35 @@ func TestRecountErrors(t *testing.T) {
 	m.RecountErrors()
 	if got := strings.Join(m.During.Errors, "; "); got != "POST: EOF (×30); GET: status 502 (×1)" {
 		t.Errorf("errors %q", got)
+	}
+}
+
+func TestSplitByEventsPutsRequestsJustAfterAnEventApart(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	req := func(ms int, lat time.Duration) Request { return Request{Sched: at(ms), End: at(ms).Add(lat)} }
+	events := []time.Time{at(100), at(500)}
+	reqs := []Request{
+		req(-10, 50*time.Millisecond), // before the phase
+		req(50, 1*time.Millisecond),   // before the first event
+		req(100, 2*time.Millisecond),  // at an event: near
+		req(199, 3*time.Millisecond),  // 99 ms after: near
+		req(200, 4*time.Millisecond),  // 100 ms after: away
+		req(499, 5*time.Millisecond),  // just before the second: away
+		req(550, 6*time.Millisecond),  // near the second
+		req(1000, 7*time.Millisecond), // at the end: outside
+	}
+	for _, tc := range []struct {
+		name       string
+		events     []time.Time
+		near, away []float64
+	}{
+		{"two events", events, []float64{2, 3, 6}, []float64{1, 4, 5}},
+		{"no events", nil, nil, []float64{1, 2, 3, 4, 5, 6}},
+	} {
+		near, away := SplitByEvents(reqs, t0, at(1000), tc.events, 100*time.Millisecond)
+		if !slices.Equal(near, tc.near) || !slices.Equal(away, tc.away) {
+			t.Errorf("%s: near %v away %v, want %v and %v", tc.name, near, away, tc.near, tc.away)
+		}
 	}
 }

@@ -166,7 +166,16 @@ func renderTargets(w writer, r *Results) {
 				r.Params.Cycles, per, r.Params.Rate, targetRollingRequests, need, need*float64(len(r.Params.Modes))/60, len(r.Params.Modes))
 		case strings.Contains(t.Name, "p99 vs quiet baseline") && !notes["p99"]:
 			notes["p99"] = true
-			w("**p99 against the quiet baseline.** The baselines' p99 are a few milliseconds, on 2 cores that also run Consul, nginx, the backends and the load generator, so a ratio of two such p99s moves with any CPU taken at the wrong moment; the cause of the gap was not isolated. The tables below give the p99 of every run.\n\n")
+			w("**p99 against the quiet baseline.** The baselines' p99 are a few milliseconds, on 2 cores that also run Consul, nginx, the backends and the load generator, so a ratio of two such p99s moves with any CPU taken at the wrong moment.")
+			for _, sc := range []struct {
+				name, event string
+				m           map[string]*LoadMode
+			}{{"Rolling restarts", "a restarted backend's first request back", r.Rolling}, {"Churn", "a check flip", r.Churn}} {
+				if m := sc.m[ModeLua]; m != nil {
+					w(" %s", eventSplit(sc.name, sc.event, m))
+				}
+			}
+			w(" The baseline is %g s of load at the start of each run, the phase after it longer; a control, churn with no change until the phase's last moment (`-scenarios churn -modes ours-lua -churn-rate 0.05`), shows how far the two p99s move apart without any registry change. The tables below give the p99 of every run.\n\n", r.Params.BaselineSeconds)
 		case strings.HasPrefix(t.Name, "nginx memory") && r.Scale != nil:
 			var each []string
 			for _, run := range r.Scale.Runs {
@@ -197,6 +206,27 @@ func renderTargets(w writer, r *Results) {
 				p.FixedLoadSeconds(), r.DurationS, p.ChurnSeconds, p.BaselineSeconds, p.Runs, len(p.Modes))
 		}
 	}
+}
+
+// eventSplit says where a load phase's tail sat relative to its registry
+// events, run by run, from LoadRun.NearEvent and AwayFromEvent.
+func eventSplit(name, event string, m *LoadMode) string {
+	var near, away, base []string
+	window := 0.0
+	for _, run := range m.Runs {
+		if run.NearEvent == nil || run.AwayFromEvent == nil {
+			return fmt.Sprintf("%s: where in the phase the tail sat was not recorded in these results.", name)
+		}
+		window = run.EventWindowMs
+		near = append(near, fmt.Sprintf("%.1f ms (%d requests)", run.NearEvent.P99, run.NearEvent.N))
+		away = append(away, fmt.Sprintf("%.1f ms", run.AwayFromEvent.P99))
+		base = append(base, fmt.Sprintf("%.1f ms", run.Baseline.Latency.P99))
+	}
+	if len(near) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%s, ours-lua, run by run: the requests due within %.0f ms after %s had p99 %s; the other requests of the phase %s; the quiet baseline %s.",
+		name, window, event, strings.Join(near, ", "), strings.Join(away, ", "), strings.Join(base, ", "))
 }
 
 func modesOf[T any](m map[string]T) []string {

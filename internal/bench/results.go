@@ -162,6 +162,12 @@ type LoadRun struct {
 	// Rolling restarts only.
 	SlowestDrainMs  float64 `json:"slowest_drain_ms,omitempty"`
 	SlowestRejoinMs float64 `json:"slowest_rejoin_ms,omitempty"`
+	// The restart or churn phase's requests, split by whether they were
+	// due within EventWindowMs after a registry event (rolling: a
+	// restarted backend's first answer; churn: a check flip).
+	NearEvent     *Summary `json:"near_event,omitempty"`
+	AwayFromEvent *Summary `json:"away_from_event,omitempty"`
+	EventWindowMs float64  `json:"event_window_ms,omitempty"`
 	// Churn only: the whole run, second by second.
 	Series      []Bucket `json:"series,omitempty"`
 	PhaseStartS float64  `json:"phase_start_s,omitempty"`

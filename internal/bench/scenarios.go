@@ -233,6 +233,7 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 	}
 	const drainQuiet = 300 * time.Millisecond
 	var slowestDrain, slowestRejoin time.Duration
+	var rejoins []time.Time // when each restarted backend answered again
 	start := time.Now()
 	restarts := 0
 	for cycle := range r.p.Cycles {
@@ -258,6 +259,7 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 				return fmt.Errorf("cycle %d: %s gets no traffic 20s after registering; %s", cycle, b.ID, st.diagnose(b))
 			}
 			slowestRejoin = max(slowestRejoin, time.Since(t))
+			rejoins = append(rejoins, b.LastRequest()) // its first request back, within the 2 ms poll
 			restarts++
 		}
 	}
@@ -269,12 +271,23 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 	lr := LoadRun{Run: run, Changes: 2 * restarts,
 		Baseline: Stats(reqs, load.Start, start), During: Stats(reqs, start, end),
 		SlowestDrainMs: ms(slowestDrain), SlowestRejoinMs: ms(slowestRejoin)}
+	lr.splitByEvents(reqs, start, end, rejoins)
 	r.pooled(ScenarioRolling, mode, "baseline", Latencies(reqs, load.Start, start))
 	r.pooled(ScenarioRolling, mode, "during", Latencies(reqs, start, end))
 	r.addLoadRun(&r.res.Rolling, ScenarioRolling, mode, lr)
 	r.logf("    %s run %d: %d restarts, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms)",
 		mode, run, restarts, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99)
 	return nil
+}
+
+// eventWindow: requests due this soon after a registry event count as
+// near it (LoadRun.NearEvent).
+const eventWindow = 100 * time.Millisecond
+
+func (lr *LoadRun) splitByEvents(reqs []Request, from, to time.Time, events []time.Time) {
+	near, away := SplitByEvents(reqs, from, to, events, eventWindow)
+	n, a := Summarize(near), Summarize(away)
+	lr.NearEvent, lr.AwayFromEvent, lr.EventWindowMs = &n, &a, ms(eventWindow)
 }
 
 func (r *runner) secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
@@ -414,6 +427,7 @@ func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
 		return err
 	}
 	every := time.Duration(float64(time.Second) / r.p.ChurnPerSecond)
+	var flips []time.Time
 	start := time.Now()
 	tick := time.NewTicker(every)
 	changes := 0
@@ -433,6 +447,7 @@ func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
 			tick.Stop()
 			return err
 		}
+		flips = append(flips, time.Now())
 		changes++
 	}
 	tick.Stop()
@@ -445,6 +460,7 @@ func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
 	lr := LoadRun{Run: run, Changes: changes,
 		Baseline: Stats(reqs, load.Start, start), During: Stats(reqs, start, end),
 		PhaseStartS: start.Sub(load.Start).Seconds(), PhaseEndS: end.Sub(load.Start).Seconds()}
+	lr.splitByEvents(reqs, start, end, flips)
 	at := make([]float64, len(reqs))
 	lat := make([]float64, len(reqs))
 	failed := make([]bool, len(reqs))

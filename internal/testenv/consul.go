@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,7 @@ type Consul struct {
 	exited                chan struct{}
 	hcl                   []string // extra agent configuration
 	Client                *api.Client
+	transport             *http.Transport // Client's
 }
 
 // ConsulBinary finds the consul binary: $CONSUL_BIN, the cache that
@@ -79,11 +81,16 @@ func startConsul(t testing.TB, aclToken string) *Consul {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Client = cli
+	c.Client, c.transport = cli, cfg.Transport
 	t.Cleanup(func() { c.kill() })
 	c.Start(t)
 	return c
 }
+
+// CloseIdleConnections closes Client's idle connections to the agent, so
+// that a test counting the connections of the code under test does not
+// count the test's own.
+func (c *Consul) CloseIdleConnections() { c.transport.CloseIdleConnections() }
 
 // HTTPAddr is the agent's HTTP address, host:port.
 func (c *Consul) HTTPAddr() string { return Addr(c.ports["http"]) }
