@@ -260,10 +260,9 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 		}
 		return nil
 	}
-	// Warm-up rounds until nginx's memory at rest stops rising: one round
-	// did not always bring both workers to their plateau (a run started at
-	// 28.0 MB and ended at 31.8, where the other runs of the same code
-	// started at 29.9 and 30.7).
+	// One round did not always suffice: a run started at 28.0 MB and ended
+	// at 31.8, where the other runs of the same code started at 29.9 and
+	// 30.7.
 	var before, luaBefore float64
 	var rounds []float64
 	for round := 1; ; round++ {
@@ -467,10 +466,7 @@ func registerMany(ctx context.Context, c *api.Client, n, per int) error {
 	for k := range scaleNodes {
 		nodes = append(nodes, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: scaleNode(k), Address: "127.0.0.1"}}})
 	}
-	if ok, resp, _, err := c.Txn().Txn(nodes, (&api.QueryOptions{}).WithContext(ctx)); err != nil || !ok {
-		if err == nil {
-			err = fmt.Errorf("transaction refused: %v", resp.Errors)
-		}
+	if err := txn(ctx, c, nodes); err != nil {
 		return fmt.Errorf("register %d nodes: %w", len(nodes), err)
 	}
 	const batch = 64
@@ -484,11 +480,7 @@ func registerMany(ctx context.Context, c *api.Client, n, per int) error {
 	for range 4 {
 		wg.Go(func() {
 			for ops := range batches {
-				ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-				if err == nil && !ok {
-					err = fmt.Errorf("transaction refused: %v", resp.Errors)
-				}
-				if err != nil {
+				if err := txn(ctx, c, ops); err != nil {
 					once.Do(func() { firstErr = err })
 					failed.Store(true)
 				}
@@ -520,6 +512,15 @@ func registerMany(ctx context.Context, c *api.Client, n, per int) error {
 		return fmt.Errorf("register: %w", firstErr)
 	}
 	return ctx.Err()
+}
+
+// txn runs ops as one Consul transaction; a refusal is an error too.
+func txn(ctx context.Context, c *api.Client, ops api.TxnOps) error {
+	ok, resp, _, err := c.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && !ok {
+		err = fmt.Errorf("transaction refused: %v", resp.Errors)
+	}
+	return err
 }
 
 // catalogInstance is an instance on the external node with a passing

@@ -18,12 +18,7 @@ import (
 func TestBlockingReadTakesItsBufferWhenTheAnswerComes(t *testing.T) {
 	c := testenv.StartConsul(t)
 	c.Register(t, "web", "web-1", "127.0.0.1", 8080, nil, nil)
-	cfg := api.DefaultConfig()
-	cfg.Address = c.HTTPAddr()
-	client, err := NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := testClient(t, c)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const path = "/v1/health/state/any"

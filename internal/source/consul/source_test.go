@@ -20,8 +20,8 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-// startSource runs a Source against c and returns its snapshots.
-func startSource(t *testing.T, c *testenv.Consul, reg prometheus.Registerer) <-chan engine.Snapshot {
+// testClient is a source client of the agent c.
+func testClient(t *testing.T, c *testenv.Consul) *Client {
 	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr()
@@ -29,6 +29,13 @@ func startSource(t *testing.T, c *testenv.Consul, reg prometheus.Registerer) <-c
 	if err != nil {
 		t.Fatal(err)
 	}
+	return client
+}
+
+// startSource runs a Source against c and returns its snapshots.
+func startSource(t *testing.T, c *testenv.Consul, reg prometheus.Registerer) <-chan engine.Snapshot {
+	t.Helper()
+	client := testClient(t, c)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -313,14 +320,8 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 func TestBrokenAnswersAreReadAgain(t *testing.T) {
 	c := testenv.StartConsul(t)
 	c.Register(t, "web", "web-1", "127.0.0.1", 9001, nil, nil)
-	cfg := api.DefaultConfig()
-	cfg.Address = c.HTTPAddr()
-	client, err := NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tr := newTracker()
-	tr.src.client = client
+	tr.src.client = testClient(t, c)
 	tr.onCatalog(catalogEvent{index: 9, body: []byte(`{"web":[`)})
 	tr.onChecks(checksEvent{index: 9, body: []byte(`[{"Node":`)})
 	if !tr.rereadCatalog || !tr.rereadChecks || len(tr.doubts) != 2 {
