@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,12 +105,15 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("%s: nginx -t refuses the file: %v\n%s\n%s", when, err, out, data)
 		}
 	}
-	temps := func() []string {
+	// temps lists the temp files in the include directory. A daemon
+	// removes the leftovers of cut writes when it starts, so a write in
+	// progress shows as a name not seen before, not as a higher count.
+	temps := func() map[string]bool {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []string
+		out := map[string]bool{}
 		for _, e := range entries {
 			if e.Name() == "upstreams.conf" {
 				continue
@@ -116,9 +121,17 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 			if ok, _ := filepath.Match("*.conf", e.Name()); ok || !strings.HasPrefix(e.Name(), ".") {
 				t.Fatalf("%s is in the include directory; nginx would include it", e.Name())
 			}
-			out = append(out, e.Name())
+			out[e.Name()] = true
 		}
 		return out
+	}
+	newTemp := func(before map[string]bool) bool {
+		for name := range temps() {
+			if !before[name] {
+				return true
+			}
+		}
+		return false
 	}
 
 	// A first daemon writes the full state; measure how often it rewrites
@@ -137,20 +150,23 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 	d.kill()
 	complete("after the first kill")
 
+	// A temp file as a crash mid-write leaves it: the first kill below
+	// waits for a write in progress with this leftover present, and the
+	// next daemon must remove it.
+	if err := os.WriteFile(filepath.Join(dir, ".upstreams.conf.tmp-left-by-a-crash"), []byte("upstream svc-00 {\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	midWrite, random, cut := 0, 0, 0
 	start := time.Now()
 	for i := range iterations {
-		leftBefore := len(temps())
+		before := temps()
 		d := startDaemon(t, cfg, metrics)
 		if i%2 == 0 {
 			// Wait for a write in progress, then kill at once. Writes come
-			// about twice a second here; the bound is generous because CI
-			// once saw none within 10s on 2 cores shared with other test
-			// packages (cause not found; the message says what the
-			// registry and the daemon did meanwhile).
+			// two or three times a second here (the figure below).
 			c0 := changes.Load()
-			_, ok := waitForTemp(dir, leftBefore, 30*time.Second)
-			if !ok {
+			if !waitForNewTemp(dir, before, 30*time.Second) {
 				m := d.scrape(t)
 				t.Fatalf("kill %d: no write within 30s; registry changes meanwhile: %d; daemon: %.0f applies, %.0f persist errors, %.0f Consul watch wakes, %.0f sweeps, %.0f service reads; log:\n%s",
 					i, changes.Load()-c0, m.sum("swallowkeeper_engine_applies_total"), m.sum("swallowkeeper_engine_persist_errors_total"),
@@ -169,7 +185,7 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("kill %d: the daemon ended with %v, not by SIGKILL; log:\n%s", i, d.cmd.ProcessState, d.log.String())
 		}
 		complete(fmt.Sprintf("after kill %d", i))
-		if len(temps()) > leftBefore {
+		if newTemp(before) {
 			cut++ // the kill cut a write short: its temp file stayed
 		}
 		if strings.Contains(d.log.String(), "loaded persisted state") &&
@@ -179,6 +195,7 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	left := temps()
+	names := slices.Sorted(maps.Keys(left))
 
 	// The last word: a daemon starts from the file, serves it and stops
 	// cleanly.
@@ -188,35 +205,33 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 	waitLogLine(t, d, fmt.Sprintf(`msg="loaded persisted state" upstreams=%d`, services))
 	d.stop(t)
 	complete("after a clean stop")
+	if after := temps(); len(after) != 0 {
+		t.Errorf("temp files left after a daemon started and stopped cleanly: %v", slices.Sorted(maps.Keys(after)))
+	}
 
 	figure(t, "%d SIGKILLs in %v (%d the moment a write was in progress, %d at random moments); churn %d registry changes, about %.0f file writes/s",
 		iterations, elapsed.Round(time.Millisecond), midWrite, random, changes.Load(), writes)
 	figure(t, "after every kill: file complete (%d upstreams, %d servers), nginx -t passed; %d kills cut a write short; %d temp files left behind, none includable (%s)",
-		services, services*instances, cut, len(left), strings.Join(left[:min(len(left), 3)], " "))
+		services, services*instances, cut, len(left), strings.Join(names[:min(len(names), 3)], " "))
 	if writes < 2 {
 		t.Errorf("only %.1f file writes/s: the churn did not drive the daemon hard", writes)
 	}
 }
 
-// waitForTemp polls dir until it holds more than have temp files of the
-// persisted file, i.e. a write is in progress.
-func waitForTemp(dir string, have int, timeout time.Duration) (string, bool) {
+// waitForNewTemp polls dir until it holds a temp file of the persisted
+// file that is not in before, i.e. a write is in progress. The temp file
+// lives only for one write, so the poll does not sleep.
+func waitForNewTemp(dir string, before map[string]bool, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		entries, _ := os.ReadDir(dir)
-		n := 0
-		var newest string
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".upstreams.conf.tmp-") {
-				n++
-				newest = e.Name()
+			if strings.HasPrefix(e.Name(), ".upstreams.conf.tmp-") && !before[e.Name()] {
+				return true
 			}
 		}
-		if n > have {
-			return newest, true
-		}
 	}
-	return "", false
+	return false
 }
 
 // nginxTestCommand writes an nginx.conf that includes everything in dir,
