@@ -19,8 +19,8 @@ const MaxConns = 4
 
 // Client is a Consul API client, plus what the source needs to read one
 // endpoint as raw bytes: /v1/health/state/any, whose answer holds every
-// check of the datacenter and which the source compares byte for byte with
-// the previous answer instead of decoding it (see checkList). Everything
+// check of the datacenter and which the source compares with the previous
+// answer by block hashes instead of decoding it (see checkList). Everything
 // else goes through the api package.
 type Client struct {
 	*api.Client

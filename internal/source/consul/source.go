@@ -510,10 +510,9 @@ func (t *tracker) broken(what, kind string, err error) {
 }
 
 func (t *tracker) onChecks(ev checksEvent) {
-	previous := t.checks.body
 	gone, came, full, err := t.checks.apply(ev.body)
+	t.src.release(ev.body) // the list keeps hashes of it, not the bytes
 	if err != nil {
-		t.src.release(ev.body)
 		t.broken("health/state/any", "a list of checks", err) // compared with the last good one when a good one comes
 		t.rereadChecks = true
 		return
@@ -541,7 +540,6 @@ func (t *tracker) onChecks(ev checksEvent) {
 	for _, c := range was {
 		t.touch(c) // the check left
 	}
-	t.src.release(previous) // checks now holds ev.body
 	t.haveChecks = true
 }
 
