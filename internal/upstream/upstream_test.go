@@ -343,6 +343,12 @@ func TestFileRendererMatchesRenderFile(t *testing.T) {
 	steps = append(steps, st)
 	st = maps.Clone(st)
 	st["api"] = ups("api", 8)
+	steps = append(steps, st)
+	// As many upstreams, one of them another: the names kept in file
+	// order must not be reused.
+	st = maps.Clone(st)
+	delete(st, "api")
+	st["zapi"] = ups("zapi", 0, srv("10.0.1.3:80", 1))
 	steps = append(steps, st, State{"zz": ups("zz", 0, srv("[::1]:1", 1))})
 
 	var r FileRenderer
