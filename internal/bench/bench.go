@@ -60,6 +60,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&churn, "churn", 20*time.Second, "churn: duration per run; 3 runs give 60s per mode (quick: 15s)")
 	fs.Float64Var(&p.ChurnPerSecond, "churn-rate", 2, "churn: registry changes per second")
 	fs.Float64Var(&p.BaselineSeconds, "baseline", 5, "seconds of quiet load before rolling, crash and churn (quick: 3)")
+	fs.Float64Var(&p.WarmupSeconds, "warmup", 1, "seconds of load on the fresh stack before the baseline of rolling and churn, left out of it")
 	fs.Float64Var(&p.CheckInterval, "check-interval", 1, "Consul HTTP check interval, seconds (rolling, crash)")
 	fs.IntVar(&p.Probers, "probers", 3, "propagation: concurrent fresh-connection probers")
 	fs.StringVar(&modes, "modes", strings.Join(AllModes, ","), "modes to compare")

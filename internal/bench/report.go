@@ -175,7 +175,7 @@ func renderTargets(w writer, r *Results) {
 					w(" %s", eventSplit(sc.name, sc.event, m))
 				}
 			}
-			w(" The baseline is %g s of load at the start of each run, the phase after it longer; a control, churn with no change until the phase's last moment (`-scenarios churn -modes ours-lua -churn-rate 0.05`), shows how far the two p99s move apart without any registry change. The tables below give the p99 of every run.\n\n", r.Params.BaselineSeconds)
+			w(" The baseline is %g s of load near the start of each run (after %g s of warm-up on the fresh stack, not counted), the phase after it longer; a control, churn with no change until the phase's last moment (`-scenarios churn -modes ours-lua -churn-rate 0.05`), shows how far the two p99s move apart without any registry change. The tables below give the p99 of every run.\n\n", r.Params.BaselineSeconds, r.Params.WarmupSeconds)
 		case strings.HasPrefix(t.Name, "nginx memory") && r.Scale != nil:
 			var each []string
 			for _, run := range r.Scale.Runs {
@@ -202,8 +202,8 @@ func renderTargets(w writer, r *Results) {
 	for _, t := range r.Targets {
 		if t.Name == "bench run time" && !t.Met {
 			p := r.Params
-			w("**Run time.** %.0f s of the %.0f s are load that the parameters fix, whatever the code does: %.0f s of churn and %.0f s of quiet baseline (before rolling, crash and churn), for each of %d runs × %d modes; the rest is the propagation changes, the restart cycles, filling Consul for the scale runs, and starting and stopping Consul and nginx for every run. `-runs`, `-changes`, `-cycles` and `-churn` set these sizes.\n\n",
-				p.FixedLoadSeconds(), r.DurationS, p.ChurnSeconds, p.BaselineSeconds, p.Runs, len(p.Modes))
+			w("**Run time.** %.0f s of the %.0f s are load that the parameters fix, whatever the code does: %.0f s of churn, %.0f s of quiet baseline (before rolling, crash and churn) and %.0f s of warm-up (before rolling and churn), for each of %d runs × %d modes; the rest is the propagation changes, the restart cycles, filling Consul for the scale runs, and starting and stopping Consul and nginx for every run. `-runs`, `-changes`, `-cycles`, `-churn`, `-baseline` and `-warmup` set these sizes.\n\n",
+				p.FixedLoadSeconds(), r.DurationS, p.ChurnSeconds, p.BaselineSeconds, p.WarmupSeconds, p.Runs, len(p.Modes))
 		}
 	}
 }
@@ -284,8 +284,8 @@ func renderRolling(w writer, r *Results) {
 	}
 	p := r.Params
 	w("## 2. Rolling restart\n\n")
-	w("Three backends, each registered with an HTTP check every %g s; %d cycles per run (%d run(s): %d cycles per mode), each restarting the three in turn: deregister → drain (until the backend has had no request for 300 ms) → graceful stop → start → register (check passing) → wait until it gets traffic again. Load: %d req/s offered over keep-alive connections; the baseline is the same load for %g s before the first restart.\n\n",
-		p.CheckInterval, p.Cycles, p.Runs, p.Cycles*p.Runs, p.Rate, p.BaselineSeconds)
+	w("Three backends, each registered with an HTTP check every %g s; %d cycles per run (%d run(s): %d cycles per mode), each restarting the three in turn: deregister → drain (until the backend has had no request for 300 ms) → graceful stop → start → register (check passing) → wait until it gets traffic again. Load: %d req/s offered over keep-alive connections; the baseline is the same load for %g s before the first restart, after %g s of it on the fresh stack that are not counted.\n\n",
+		p.CheckInterval, p.Cycles, p.Runs, p.Cycles*p.Runs, p.Rate, p.BaselineSeconds, p.WarmupSeconds)
 	w("| mode | requests during restarts | failed (GET / POST) | p50 ms baseline → restarts | p99 ms baseline → restarts | p99 ratio | p99 ms of each run | slowest drain | slowest rejoin | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Rolling) {
 		m := r.Rolling[mode]
@@ -461,8 +461,8 @@ func renderChurn(w writer, img func(string, string), r *Results) {
 	}
 	p := r.Params
 	w("## 5. Churn under load\n\n")
-	w("Four backends; one check flips (critical, then passing again, one backend after the other) %g times a second for %g s per run, under %d req/s over keep-alive connections; baseline: the same load for %g s before. %d run(s): %g s of churn per mode.\n\n",
-		p.ChurnPerSecond, p.ChurnSeconds, p.Rate, p.BaselineSeconds, p.Runs, p.ChurnSeconds*float64(p.Runs))
+	w("Four backends; one check flips (critical, then passing again, one backend after the other) %g times a second for %g s per run, under %d req/s over keep-alive connections; baseline: the same load for %g s before, after %g s of it on the fresh stack that are not counted. %d run(s): %g s of churn per mode.\n\n",
+		p.ChurnPerSecond, p.ChurnSeconds, p.Rate, p.BaselineSeconds, p.WarmupSeconds, p.Runs, p.ChurnSeconds*float64(p.Runs))
 	w("| mode | changes | requests during churn | failed (GET / POST) | p50 ms baseline → churn | p99 ms baseline → churn | p99 ratio | p99 ms of each run | max ms churn | ok/s churn | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, mode := range modesOf(r.Churn) {
 		m := r.Churn[mode]

@@ -66,6 +66,7 @@ type Params struct {
 	ChurnSeconds    float64  `json:"churn_s"`          // churn duration
 	ChurnPerSecond  float64  `json:"churn_per_s"`      // changes per second during churn
 	BaselineSeconds float64  `json:"baseline_s"`       // quiet load before rolling, crash and churn
+	WarmupSeconds   float64  `json:"warmup_s"`         // load before the baseline of rolling and churn, not counted
 	CheckInterval   float64  `json:"check_interval_s"` // Consul HTTP check interval (crash, rolling)
 	Probers         int      `json:"probers"`          // propagation: concurrent fresh-connection probers
 }
@@ -438,8 +439,10 @@ func (p Params) FixedLoadSeconds() float64 {
 	for _, s := range p.Scenarios {
 		switch s {
 		case ScenarioChurn:
-			per += p.ChurnSeconds + p.BaselineSeconds
-		case ScenarioRolling, ScenarioCrash:
+			per += p.ChurnSeconds + p.WarmupSeconds + p.BaselineSeconds
+		case ScenarioRolling:
+			per += p.WarmupSeconds + p.BaselineSeconds
+		case ScenarioCrash:
 			per += p.BaselineSeconds
 		}
 	}

@@ -173,6 +173,10 @@ func TestFixedLoadSecondsAndRunTimeTarget(t *testing.T) {
 	if got := p.FixedLoadSeconds(); got != 3*3*(60+5+5+5) {
 		t.Fatalf("FixedLoadSeconds = %v, want 675", got)
 	}
+	p.WarmupSeconds = 1 // before rolling and churn, not crash
+	if got := p.FixedLoadSeconds(); got != 3*3*(60+5+5+5+2) {
+		t.Fatalf("FixedLoadSeconds with warm-up = %v, want 693", got)
+	}
 	p.Scenarios = []string{ScenarioScale, ScenarioPropagation}
 	if got := p.FixedLoadSeconds(); got != 0 {
 		t.Fatalf("scale and propagation fix no load time, got %v", got)
