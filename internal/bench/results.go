@@ -432,8 +432,9 @@ func EvaluateTargets(r *Results) []Target {
 }
 
 // FixedLoadSeconds is the part of a run's wall-clock time that its
-// parameters fix whatever the code does: the churn scenario and the quiet
-// baselines before rolling, crash and churn, for every run and mode.
+// parameters fix whatever the code does: the churn scenario, the quiet
+// baselines before rolling, crash and churn, and the warm-up before the
+// baselines of rolling and churn, for every run and mode.
 func (p Params) FixedLoadSeconds() float64 {
 	per := 0.0
 	for _, s := range p.Scenarios {

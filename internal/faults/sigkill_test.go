@@ -144,9 +144,10 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("the daemon never wrote the full state; log:\n%s", d.log.String())
 	}
 	m0 := d.scrape(t)
-	time.Sleep(2 * time.Second)
+	const window = 4 * time.Second
+	time.Sleep(window)
 	m1 := d.scrape(t)
-	writes := (m1.sum("swallowkeeper_engine_applies_total") - m0.sum("swallowkeeper_engine_applies_total")) / 2
+	writes := (m1.sum("swallowkeeper_engine_applies_total") - m0.sum("swallowkeeper_engine_applies_total")) / window.Seconds()
 	d.kill()
 	complete("after the first kill")
 
@@ -209,12 +210,15 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 		t.Errorf("temp files left after a daemon started and stopped cleanly: %v", slices.Sorted(maps.Keys(after)))
 	}
 
-	figure(t, "%d SIGKILLs in %v (%d the moment a write was in progress, %d at random moments); churn %d registry changes, about %.0f file writes/s",
+	figure(t, "%d SIGKILLs in %v (%d the moment a write was in progress, %d at random moments); churn %d registry changes, about %.1f file writes/s",
 		iterations, elapsed.Round(time.Millisecond), midWrite, random, changes.Load(), writes)
 	figure(t, "after every kill: file complete (%d upstreams, %d servers), nginx -t passed; %d kills cut a write short; %d temp files left behind, none includable (%s)",
 		services, services*instances, cut, len(left), strings.Join(names[:min(len(names), 3)], " "))
-	if writes < 2 {
-		t.Errorf("only %.1f file writes/s: the churn did not drive the daemon hard", writes)
+	// 2–3 writes/s were measured here (the engine's debounce batches the
+	// churn); fewer than one would make "the moment a write is in
+	// progress" rare.
+	if writes < 1 {
+		t.Errorf("only %.2f file writes/s: the churn did not drive the daemon hard", writes)
 	}
 }
 

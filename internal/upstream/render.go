@@ -64,6 +64,17 @@ type renderedBlock struct {
 func (r *FileRenderer) Render(s State) []byte {
 	if !r.sameNames(s) {
 		r.names = s.Names()
+		if len(r.blocks) > 2*len(s)+64 {
+			// A map never gives back its room: start a smaller one when
+			// most upstreams left.
+			kept := make(map[string]renderedBlock, len(s))
+			for name, blk := range r.blocks {
+				if _, ok := s[name]; ok {
+					kept[name] = blk
+				}
+			}
+			r.blocks = kept
+		}
 		for name := range r.blocks {
 			if _, ok := s[name]; !ok {
 				delete(r.blocks, name)

@@ -359,6 +359,26 @@ func TestFileRendererMatchesRenderFile(t *testing.T) {
 	}
 }
 
+// When most upstreams leave, the renderer keeps only the blocks still
+// wanted, in a map of their size, and still renders what RenderFile does.
+func TestFileRendererDropsTheBlocksOfUpstreamsThatLeft(t *testing.T) {
+	big := State{}
+	for i := range 200 {
+		name := "svc-" + strconv.Itoa(i)
+		big[name] = ups(name, 0, srv(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 1}), 80).String(), 1))
+	}
+	small := State{"svc-7": big["svc-7"], "svc-9": big["svc-9"]}
+	var r FileRenderer
+	for i, s := range []State{big, small, big} {
+		if got, want := string(r.Render(s)), string(RenderFile(s)); got != want {
+			t.Fatalf("step %d: FileRenderer gave\n%s\nRenderFile gives\n%s", i, got, want)
+		}
+		if len(r.blocks) != len(s) {
+			t.Fatalf("step %d: %d blocks kept for %d upstreams", i, len(r.blocks), len(s))
+		}
+	}
+}
+
 // BenchmarkRenderFile: 1,000 upstreams of 10 servers, one server changed.
 func BenchmarkRenderFile(b *testing.B) {
 	st := State{}

@@ -94,22 +94,30 @@ func (l *checkList) apply(body []byte) (gone, came []checkLite, full bool, err e
 			return gone, came, false, nil
 		}
 	}
-	open, closing, spans, err := scanArray(body)
+	open, closing, spans, checks, err := decodeWhole(body)
 	if err != nil {
-		l.scratchHead, l.scratchTail = head, tail
+		l.scratchHead, l.scratchTail = head, tail // the list keeps its answer
 		return nil, nil, true, err
-	}
-	checks := make([]checkLite, len(spans))
-	for k, sp := range spans {
-		if err := json.Unmarshal(body[sp.from:sp.to], &checks[k]); err != nil {
-			l.scratchHead, l.scratchTail = head, tail
-			return nil, nil, true, fmt.Errorf("check %d (byte %d): %w", k, sp.from, err)
-		}
 	}
 	gone = l.checks
 	*l = checkList{have: true, size: len(body), head: head, tail: tail, open: open, close: closing, spans: spans, checks: checks,
 		scratchHead: l.head, scratchTail: l.tail}
 	return gone, checks, true, nil
+}
+
+// decodeWhole decodes every check of body.
+func decodeWhole(body []byte) (open, closing int, spans []span, checks []checkLite, err error) {
+	open, closing, spans, err = scanArray(body)
+	if err != nil {
+		return 0, 0, nil, nil, err
+	}
+	checks = make([]checkLite, len(spans))
+	for k, sp := range spans {
+		if err := json.Unmarshal(body[sp.from:sp.to], &checks[k]); err != nil {
+			return 0, 0, nil, nil, fmt.Errorf("check %d (byte %d): %w", k, sp.from, err)
+		}
+	}
+	return open, closing, spans, checks, nil
 }
 
 // applyWindow decodes only the elements of body that lie in the stretch

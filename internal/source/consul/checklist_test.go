@@ -241,7 +241,17 @@ func TestCheckListSingleChangeDecodesOneCheck(t *testing.T) {
 }
 
 func TestCheckListRejectsMalformedAnswers(t *testing.T) {
-	good := []byte(`[{"Node":"n","CheckID":"a","Status":"passing","ModifyIndex":1},{"Node":"n","CheckID":"b","Status":"passing","ModifyIndex":2}]`)
+	small := []byte(`[{"Node":"n","CheckID":"a","Status":"passing","ModifyIndex":1},{"Node":"n","CheckID":"b","Status":"passing","ModifyIndex":2}]`)
+	// An answer of several blocks, so that a bad answer that disturbed the
+	// list's block hashes would show in the next compare.
+	var checks []string
+	for i := range 40 {
+		checks = append(checks, fmt.Sprintf(`{"Node":"n","CheckID":"c%02d","Status":"passing","Output":"%s","ModifyIndex":%d}`, i, strings.Repeat("o", 60), i+1))
+	}
+	good := []byte("[" + strings.Join(checks, ",") + "]")
+	if len(good) < 3*blockSize {
+		t.Fatalf("the good answer is %d bytes, want several blocks", len(good))
+	}
 	for _, tc := range []struct{ name, body, want string }{
 		{"empty", ``, "not a JSON array"},
 		{"null", `null`, "not a JSON array"},
@@ -269,9 +279,10 @@ func TestCheckListRejectsMalformedAnswers(t *testing.T) {
 			if !slices.Equal(l.checks, before) || l.size != len(good) {
 				t.Fatalf("a malformed answer changed the list: %v", l.checks)
 			}
-			// The next good answer is still read correctly.
-			if _, _, _, err := l.apply(good); err != nil || len(l.checks) != 2 {
-				t.Fatalf("after the bad answer: %v %v", err, l.checks)
+			// The same good answer again is known as such: what the list
+			// compares with was not disturbed.
+			if gone, came, full, err := l.apply(good); err != nil || full || len(gone)+len(came) != 0 || len(l.checks) != 40 {
+				t.Fatalf("after the bad answer: full=%v, %d gone, %d came, %d checks, err=%v", full, len(gone), len(came), len(l.checks), err)
 			}
 		})
 	}
@@ -279,7 +290,7 @@ func TestCheckListRejectsMalformedAnswers(t *testing.T) {
 	if _, came, _, err := l.apply([]byte("[]")); err != nil || len(came) != 0 {
 		t.Fatalf("empty array: %v %v", came, err)
 	}
-	if _, came, full, err := l.apply(good); err != nil || len(came) != 2 || full {
+	if _, came, full, err := l.apply(small); err != nil || len(came) != 2 || full {
 		t.Fatalf("from empty to two checks: came=%v full=%v err=%v", came, full, err)
 	}
 	if gone, came, _, err := l.apply([]byte("[]")); err != nil || len(gone) != 2 || len(came) != 0 {
