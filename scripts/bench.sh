@@ -6,7 +6,7 @@
 # Needs: Go, Debian nginx + libnginx-mod-http-lua (scripts/install-deps.sh),
 # Consul (scripts/build-consul.sh builds and caches it), consul-template
 # (installed here from the Go module proxy into the cache when missing).
-# A full run takes about 12 minutes on 2 cores (the per-mode sizes
+# A full run takes about 13 minutes on 2 cores (the per-mode sizes
 # spread over 3 runs); -quick about 3 minutes; installing what is missing
 # on a fresh machine about 11 minutes more, once.
 set -euo pipefail
