@@ -156,8 +156,11 @@ type LoadStats struct {
 // LoadRun is one run of a scenario under load (rolling restart, churn):
 // the quiet baseline and the phase with changes.
 type LoadRun struct {
-	Run      int       `json:"run"`
-	Changes  int       `json:"changes"` // registry changes (restarts, check flips) made
+	Run     int `json:"run"`
+	Changes int `json:"changes"` // registry changes (restarts, check flips) made
+	// Warmup is the load before the baseline, left out of its latencies;
+	// its failures still count.
+	Warmup   LoadStats `json:"warmup"`
 	Baseline LoadStats `json:"baseline"`
 	During   LoadStats `json:"during"`
 	// Rolling restarts only.
@@ -179,18 +182,30 @@ type LoadRun struct {
 // pooled.
 type LoadMode struct {
 	Runs     []LoadRun `json:"runs"`
+	Warmup   LoadStats `json:"warmup"` // counts only: no latencies pooled
 	Baseline LoadStats `json:"baseline"`
 	During   LoadStats `json:"during"`
+}
+
+// Failed is every failed request of the mode's runs, warm-up included,
+// and every request sent.
+func (m *LoadMode) Failed() (failed, get, post, requests int) {
+	for _, s := range []LoadStats{m.Warmup, m.Baseline, m.During} {
+		failed, get, post, requests = failed+s.Failed, get+s.FailedGET, post+s.FailedPOST, requests+s.Requests
+	}
+	return failed, get, post, requests
 }
 
 // RecountErrors recomputes the pooled error lists from the runs' (the
 // pooled latencies are not kept in results.json, the errors can be).
 func (m *LoadMode) RecountErrors() {
-	var base, during []LoadStats
+	var warm, base, during []LoadStats
 	for _, run := range m.Runs {
+		warm = append(warm, run.Warmup)
 		base = append(base, run.Baseline)
 		during = append(during, run.During)
 	}
+	m.Warmup.Errors = Merge(warm, nil).Errors
 	m.Baseline.Errors = Merge(base, nil).Errors
 	m.During.Errors = Merge(during, nil).Errors
 }
@@ -372,9 +387,9 @@ func EvaluateTargets(r *Results) []Target {
 		return fmt.Sprintf("%.2f× (%.1f → %.1f ms)", q, m.Baseline.Latency.P99, m.During.Latency.P99), q <= targetP99Ratio
 	}
 	if m := r.Rolling[ModeLua]; m != nil && len(m.Runs) > 0 {
-		failed := m.Baseline.Failed + m.During.Failed
+		failed, _, _, sent := m.Failed()
 		add(ScenarioRolling, "rolling restart: failed requests", "0",
-			fmt.Sprintf("%d of %d", failed, m.Baseline.Requests+m.During.Requests), failed == 0)
+			fmt.Sprintf("%d of %d", failed, sent), failed == 0)
 		add(ScenarioRolling, "rolling restart: requests during restarts", fmt.Sprintf("≥ %d", targetRollingRequests),
 			fmt.Sprintf("%d", m.During.Requests), m.During.Requests >= targetRollingRequests)
 		v, ok := p99Ratio(m)

@@ -201,3 +201,20 @@ func TestFixedLoadSecondsAndRunTimeTarget(t *testing.T) {
 		}
 	}
 }
+
+// A request that failed in the warm-up before the baseline is left out of
+// the baseline's latencies, not out of the failed requests.
+func TestRollingFailuresCountTheWarmup(t *testing.T) {
+	r := sampleResults()
+	lua := r.Rolling[ModeLua]
+	lua.Warmup = LoadStats{Requests: 300, Failed: 1, FailedGET: 1}
+	var got *Target
+	for _, tg := range EvaluateTargets(r) {
+		if tg.Name == "rolling restart: failed requests" {
+			got = &tg
+		}
+	}
+	if got == nil || got.Met || got.Value != "1 of 6200" {
+		t.Fatalf("rolling failed requests with one warm-up failure: %+v, want 1 of 6200, not met", got)
+	}
+}

@@ -269,7 +269,7 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 		return err
 	}
 	reqs, stopped = load.Stop(), true
-	lr := LoadRun{Run: run, Changes: 2 * restarts,
+	lr := LoadRun{Run: run, Changes: 2 * restarts, Warmup: Stats(reqs, load.Start, base),
 		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end),
 		SlowestDrainMs: ms(slowestDrain), SlowestRejoinMs: ms(slowestRejoin)}
 	lr.splitByEvents(reqs, start, end, rejoins)
@@ -314,11 +314,13 @@ func (r *runner) addLoadRun(m *map[string]*LoadMode, scen, mode string, lr LoadR
 		(*m)[mode] = lm
 	}
 	lm.Runs = append(lm.Runs, lr)
-	var base, during []LoadStats
+	var warm, base, during []LoadStats
 	for _, run := range lm.Runs {
+		warm = append(warm, run.Warmup)
 		base = append(base, run.Baseline)
 		during = append(during, run.During)
 	}
+	lm.Warmup = Merge(warm, nil)
 	lm.Baseline = Merge(base, r.pool[scen][mode]["baseline"])
 	lm.During = Merge(during, r.pool[scen][mode]["during"])
 }
@@ -470,7 +472,7 @@ func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
 	}
 	reqs := load.Stop()
 	stopped = true
-	lr := LoadRun{Run: run, Changes: changes,
+	lr := LoadRun{Run: run, Changes: changes, Warmup: Stats(reqs, load.Start, base),
 		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end),
 		PhaseStartS: start.Sub(load.Start).Seconds(), PhaseEndS: end.Sub(load.Start).Seconds()}
 	lr.splitByEvents(reqs, start, end, flips)
