@@ -187,6 +187,16 @@ type LoadMode struct {
 	During   LoadStats `json:"during"`
 }
 
+// parts lists the runs' warm-ups, baselines and phases, to merge.
+func (m *LoadMode) parts() (warm, base, during []LoadStats) {
+	for _, run := range m.Runs {
+		warm = append(warm, run.Warmup)
+		base = append(base, run.Baseline)
+		during = append(during, run.During)
+	}
+	return warm, base, during
+}
+
 // Failed is every failed request of the mode's runs, warm-up included,
 // and every request sent.
 func (m *LoadMode) Failed() (failed, get, post, requests int) {
@@ -199,12 +209,7 @@ func (m *LoadMode) Failed() (failed, get, post, requests int) {
 // RecountErrors recomputes the pooled error lists from the runs' (the
 // pooled latencies are not kept in results.json, the errors can be).
 func (m *LoadMode) RecountErrors() {
-	var warm, base, during []LoadStats
-	for _, run := range m.Runs {
-		warm = append(warm, run.Warmup)
-		base = append(base, run.Baseline)
-		during = append(during, run.During)
-	}
+	warm, base, during := m.parts()
 	m.Warmup.Errors = Merge(warm, nil).Errors
 	m.Baseline.Errors = Merge(base, nil).Errors
 	m.During.Errors = Merge(during, nil).Errors

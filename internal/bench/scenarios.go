@@ -314,12 +314,7 @@ func (r *runner) addLoadRun(m *map[string]*LoadMode, scen, mode string, lr LoadR
 		(*m)[mode] = lm
 	}
 	lm.Runs = append(lm.Runs, lr)
-	var warm, base, during []LoadStats
-	for _, run := range lm.Runs {
-		warm = append(warm, run.Warmup)
-		base = append(base, run.Baseline)
-		during = append(during, run.During)
-	}
+	warm, base, during := lm.parts()
 	lm.Warmup = Merge(warm, nil)
 	lm.Baseline = Merge(base, r.pool[scen][mode]["baseline"])
 	lm.During = Merge(during, r.pool[scen][mode]["during"])

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -64,23 +63,16 @@ func procRSS(pid int) (rss, hwm float64, err error) {
 	return m["VmRSS"], m["VmHWM"], err
 }
 
-// procStatusMB returns the named kB fields of /proc/PID/status in MB.
+// procStatusMB returns the named kB fields of /proc/PID/status in MB; a
+// field the kernel does not give is absent.
 func procStatusMB(pid int, names ...string) (map[string]float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]float64{}
-	for _, line := range strings.Split(string(b), "\n") {
-		name, rest, ok := strings.Cut(line, ":")
-		if !ok || !slices.Contains(names, name) {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) == 0 {
-			continue
-		}
-		if kb, err := strconv.ParseFloat(f[0], 64); err == nil {
+	for _, name := range names {
+		if kb, ok := field(string(b), name+":"); ok {
 			out[name] = kb / 1024
 		}
 	}

@@ -90,3 +90,21 @@ func TestParentOfAndField(t *testing.T) {
 		t.Error("a missing field was found")
 	}
 }
+
+// procStatusMB reads this process's own status: its resident set is split
+// into anonymous and file-backed memory, which add up to about the whole.
+func TestProcStatusMBReadsOwnStatus(t *testing.T) {
+	m, err := procStatusMB(os.Getpid(), "VmRSS", "RssAnon", "RssFile", "NoSuchField")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m["NoSuchField"]; ok {
+		t.Errorf("a field the kernel does not give: %v", m)
+	}
+	if m["VmRSS"] <= 0 || m["RssAnon"] <= 0 || m["RssFile"] <= 0 {
+		t.Fatalf("status fields %v, want VmRSS, RssAnon and RssFile above 0", m)
+	}
+	if sum := m["RssAnon"] + m["RssFile"]; sum > m["VmRSS"]*1.1 || sum < m["VmRSS"]*0.9 {
+		t.Errorf("RssAnon + RssFile = %.1f MB, VmRSS %.1f MB", sum, m["VmRSS"])
+	}
+}
