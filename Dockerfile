@@ -15,6 +15,19 @@
 #   `metrics.listen: 0.0.0.0:9145` (the default, 127.0.0.1:9145, is not
 #   reachable through -p), and point `targets[].url` at the nginx dyups/Lua
 #   API as the container sees it, not at 127.0.0.1.
+# - What 0.0.0.0:9145 exposes: the listener has no authentication and no
+#   TLS. Whoever reaches the port reads /metrics, /healthz, /readyz (with
+#   nginx's test output in reload mode), the status page and /status: every
+#   upstream with its servers and registry instance ids, registry errors,
+#   guard reasons; with `metrics.pprof: true` (off by default) also heap and
+#   CPU profiles. Nothing there changes state. The Host check (page, /status
+#   and pprof answer only an IP address, localhost or a name in
+#   `metrics.allowed_hosts`) stops a web page from using a browser against
+#   the port through DNS rebinding; it does not stop a client that reaches
+#   the port itself. Hence `-p 127.0.0.1:9145:9145` above, never
+#   `-p 9145:9145` on a host with a public address; in Kubernetes, no
+#   Service or Ingress for the port beyond the scraper's network (probes
+#   reach the pod IP directly).
 # - /var/lib/swallowkeeper holds the persisted upstream file (`file`). nginx
 #   must `include` (dyups) or load (Lua: persisted_file) that same file:
 #   mount the volume into the nginx container too, read-only. The file is

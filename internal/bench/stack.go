@@ -439,8 +439,10 @@ upstreams:
   max_fails: %d
   fail_timeout: %ds
   keepalive: 16
+  allow_addresses: [127.0.0.0/8]   # the bench backends are on loopback
 metrics:
   listen: 127.0.0.1:%d
+  pprof: true   # the scale scenario fetches CPU and heap profiles
 `, s.Mode, s.ConsulPort, s.File, s.opt.MaxFails, s.opt.FailTimeout, s.ports["metrics"])
 		if s.Mode == ModeLua {
 			cfg += fmt.Sprintf("targets:\n  - url: %s\n", s.APIURL)

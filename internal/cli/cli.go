@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -23,13 +22,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
-	"github.com/swallowkeeper/swallowkeeper/internal/statuspage"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -140,7 +137,7 @@ func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string)
 		metrics     = fs.String("metrics-listen", "", "address for /metrics, /healthz, /readyz, /status and the status page; \"off\" disables")
 		targets     stringList
 	)
-	fs.Var(&targets, "target", "dyups base URL, e.g. http://127.0.0.1:8081 (repeatable; replaces the file's targets)")
+	fs.Var(&targets, "target", "dyups interface: unix:/run/swallowkeeper/dyups.sock or http://host:port (repeatable; replaces the file's targets)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: swallowkeeper %s [flags]\n\nFlags override the configuration file and the environment.\n\n", cmd)
 		fs.PrintDefaults()
@@ -261,8 +258,10 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 	p := &parts{}
 	dm := dyups.NewMetrics(reg)
 	sinks := make([]engine.Sink, 0, len(cfg.Targets))
-	for _, tc := range cfg.Targets {
-		opt := dyups.Options{Timeout: time.Duration(tc.Timeout), DetailReads: cfg.Reconcile.Reads}
+	for i, tc := range cfg.Targets {
+		opt := dyups.Options{Timeout: time.Duration(tc.Timeout), DetailReads: cfg.Reconcile.Reads,
+			DetailMaxReads: cfg.Reconcile.MaxReads,
+			NginxPID:       tc.NginxPID, WorkerReadyDelay: time.Duration(tc.WorkerReadyDelay)}
 		if oneShot {
 			opt.MaxAttempts = oneShotAttempts
 		} else {
@@ -271,6 +270,13 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		t, err := dyups.NewTarget(tc.URL, opt, log, dm)
 		if err != nil {
 			return nil, err
+		}
+		secret, err := cfg.TargetSecret(i) // read at start (and on SIGHUP); never logged
+		if err != nil {
+			return nil, err
+		}
+		if secret != "" {
+			t.UseSecret(secret.Reveal())
 		}
 		p.targets = append(p.targets, t)
 		sinks = append(sinks, t)
@@ -290,7 +296,11 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		sinks = append(sinks, rs)
 	}
 	p.sources = []namedSource{{sourceName(cfg), src}}
-	p.engine = engine.New([]engine.Source{src}, store.New(cfg.File), sinks,
+	file := store.New(cfg.File)
+	if len(cfg.Verify) > 0 { // every version written is tested before the push
+		file.Verifier = store.Command{Argv: cfg.Verify}
+	}
+	p.engine = engine.New([]engine.Source{src}, file, sinks,
 		engine.Guards{
 			MinServices:  cfg.Guards.MinServices,
 			MaxDrop:      cfg.Guards.MaxDrop,
@@ -438,20 +448,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-		mux.Handle("/readyz", readyHandler(p))
-		mux.Handle("/status", statusHandler(p))
-		page := statuspage.Handler(func() statuspage.Page { return statusPage(buildStatus(p), cfg) })
-		mux.Handle("/{$}", page)
-		mux.Handle("/status.html", page)
-		// Profiles, on the same loopback listener: how an operator finds
-		// where a daemon spends its CPU or memory.
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/heap", pprof.Index)
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// Routes, Host check and timeouts: listener.go.
+		srv := newListenerServer(listenerHandler(cfg, p, reg))
 		wg.Go(func() { srv.Serve(ln) })
 		wg.Go(func() { // stop serving when the pipeline stops, so wg.Wait returns
 			<-ctx.Done()
@@ -459,7 +457,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 			defer c()
 			srv.Shutdown(sctx)
 		})
-		log.Info("metrics listening", "addr", ln.Addr().String())
+		log.Info("metrics listening", "addr", ln.Addr().String(), "pprof", cfg.Metrics.Pprof)
 	}
 	for _, t := range p.targets {
 		wg.Go(func() { t.Run(ctx, sinkCtx) })
@@ -473,13 +471,29 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 	return err
 }
 
-// readyHandler: ready once the persisted state is loaded and, when there
-// are dyups targets, at least one of them holds the desired state.
+// readyHandler: ready once the persisted state is loaded, when there are
+// dyups targets at least one of them holds the desired state, and in
+// reload mode the last nginx test and reload did not fail (while they
+// fail, nginx serves an older set and the sink retries).
 func readyHandler(p *parts) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if p.engine.Status() == nil {
+		st := p.engine.Status()
+		if st == nil {
 			http.Error(w, "not ready: persisted state not loaded yet", http.StatusServiceUnavailable)
 			return
+		}
+		// A registry change that cannot be written (a full disk, a verify
+		// command that refuses the file) reaches no nginx: say so.
+		if st.PersistError != "" {
+			http.Error(w, "not ready: the newest state is not persisted (retrying): "+st.PersistError, http.StatusServiceUnavailable)
+			return
+		}
+		if p.reload != nil {
+			if r := p.reload.Status(); r.Failing {
+				http.Error(w, fmt.Sprintf("not ready: reload mode: nginx not reloaded for %s (%d failed attempts, retrying): %s",
+					time.Since(r.FailingSince).Round(time.Second), r.Attempts, r.LastError), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		if len(p.targets) > 0 {
 			inSync := false

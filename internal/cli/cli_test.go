@@ -93,7 +93,13 @@ func TestRenderAndOnce(t *testing.T) {
 	c.Register(t, "api", "api-1", "127.0.0.1", b.Port, []string{"gray=canary"}, map[string]string{"weight": "7"})
 	dir := t.TempDir()
 	file := filepath.Join(dir, "u.conf")
-	args := []string{"-consul-addr", c.HTTPAddr(), "-file", file, "-target", ng.APIURL()}
+	// The backend is on loopback, which the address policy refuses by
+	// default: the test opts in as an operator would.
+	conf := filepath.Join(dir, "sk.yml")
+	if err := os.WriteFile(conf, []byte("upstreams: {allow_addresses: [127.0.0.0/8]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file, "-target", ng.APIURL()}
 
 	code, out, errs := runCLI(t, nil, append([]string{"render"}, args...)...)
 	want := "upstream api_canary {\n    server " + b.Addr() + " weight=7 max_fails=1 fail_timeout=10s;\n    keepalive 16;\n}\n"
@@ -119,7 +125,7 @@ func TestRenderAndOnce(t *testing.T) {
 	}
 
 	// once fails, with a non-zero exit, when nginx cannot be reached.
-	code, _, errs = runCLI(t, nil, "once", "-consul-addr", c.HTTPAddr(), "-file", file, "-target", "http://127.0.0.1:1")
+	code, _, errs = runCLI(t, nil, "once", "-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file, "-target", "http://127.0.0.1:1")
 	if code != 1 || !strings.Contains(errs, "127.0.0.1:1") {
 		t.Fatalf("once against a dead nginx: %d %q", code, errs)
 	}

@@ -24,6 +24,8 @@ targets:
     timeout: 2s
 guards:
   confirm_after: 1s
+upstreams:
+  allow_addresses: [127.0.0.0/8]   # the test backends are on loopback
 metrics:
   listen: ""
 `, section, file, ng.APIURL())
@@ -65,7 +67,8 @@ func TestEndToEndEtcdUpsyncTree(t *testing.T) {
 	put("/upstreams/web/"+b1.Addr(), upsync)
 	put("/upstreams/web/"+b2.Addr(), upsync)
 	put("/upstreams/web/10.0.0.1;evil", upsync) // hostile: dropped, never rendered
-	d := startDaemon(t, "-config", cfg)
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
+	d := startDaemon(t, "-config", cfg, "-metrics-listen", metricsAddr)
 	t.Logf("initial sync: %v", waitRoutes(t, ng, d, "web", "web-1", "web-2"))
 
 	took := time.Now()
@@ -83,11 +86,7 @@ func TestEndToEndEtcdUpsyncTree(t *testing.T) {
 	waitRoutes(t, ng, d, "web", "web-2")
 	t.Logf("delete reached traffic in %v", time.Since(took))
 
-	e.Stop(t)
-	time.Sleep(time.Second)
-	if seen, failed := route(t, ng, "web", 10); failed > 0 || len(seen) != 1 {
-		t.Fatalf("with etcd down traffic changed: %v, %d failed", seen, failed)
-	}
+	registryDown(t, d, ng, metricsAddr, "swallowkeeper_etcd_snapshots_sent_total", "connection to etcd lost", e.Stop)
 	e.Start(t)
 	cli = e.Client(t)
 	put("/upstreams/web/"+b3.Addr(), upsync)
@@ -133,7 +132,8 @@ func TestEndToEndZooKeeperSpringCloud(t *testing.T) {
 		return conn
 	}
 	app1 := register("0b7d1c6e-1111-4a5e-9c1e-000000000001", b1)
-	d := startDaemon(t, "-config", cfg)
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
+	d := startDaemon(t, "-config", cfg, "-metrics-listen", metricsAddr)
 	waitRoutes(t, ng, d, "web", "web-1")
 	took := time.Now()
 	register("0b7d1c6e-2222-4a5e-9c1e-000000000002", b2)
@@ -145,14 +145,35 @@ func TestEndToEndZooKeeperSpringCloud(t *testing.T) {
 	waitRoutes(t, ng, d, "web", "web-2")
 	t.Logf("session close reached traffic in %v", time.Since(took))
 
-	z.Stop(t)
-	time.Sleep(time.Second)
-	if seen, failed := route(t, ng, "web", 10); failed > 0 || len(seen) != 1 {
-		t.Fatalf("with ZooKeeper down traffic changed: %v, %d failed", seen, failed)
-	}
+	registryDown(t, d, ng, metricsAddr, "swallowkeeper_zookeeper_snapshots_sent_total", "connection to ZooKeeper lost", z.Stop)
 	z.Start(t)
 	register("0b7d1c6e-3333-4a5e-9c1e-000000000003", b1)
 	waitRoutes(t, ng, d, "web", "web-1", "web-2")
 }
 
 func bytesContain(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// registryDown stops the registry and checks that nothing changes once
+// the daemon has seen it go: it waits for the source's log line about the
+// lost connection, routes traffic, and then wants the source's snapshot
+// counter and the engine's apply counter where they were before the stop,
+// and every request answered by the one backend that served before.
+func registryDown(t *testing.T, d *daemon, ng *testenv.Nginx, metricsAddr, snapshotsMetric, lostLog string, stop func(testing.TB)) {
+	t.Helper()
+	const applies = "swallowkeeper_engine_applies_total"
+	before := scrape(t, metricsAddr)
+	wantSeen, _ := route(t, ng, "web", 4)
+	stop(t)
+	waitLog(t, d, lostLog)
+	seen, failed := route(t, ng, "web", 10)
+	after := scrape(t, metricsAddr)
+	if failed > 0 || len(seen) != 1 || len(wantSeen) != 1 || seen[ids(wantSeen)[0]] != 10 {
+		t.Fatalf("with the registry down traffic changed: before %v, now %v with %d failed", wantSeen, seen, failed)
+	}
+	sent, applied := after.sum(snapshotsMetric)-before.sum(snapshotsMetric), after.sum(applies)-before.sum(applies)
+	if sent != 0 || applied != 0 || before.sum(snapshotsMetric) == 0 {
+		t.Fatalf("after the daemon logged %q the source sent %v snapshots (of %v before) and the engine applied %v states; want none",
+			lostLog, sent, before.sum(snapshotsMetric), applied)
+	}
+	t.Logf("registry down: the daemon logged %q; then %d requests all reached %v, the source sent 0 snapshots and the engine applied 0 states", lostLog, 10, ids(seen))
+}

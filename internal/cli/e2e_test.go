@@ -168,6 +168,7 @@ upstreams:
   max_fails: 2
   fail_timeout: 3s
   keepalive: 8
+  allow_addresses: [127.0.0.0/8]   # the test backends are on loopback
 metrics:
   listen: ""
 `, c.HTTPAddr(), file, ng.APIURL())
@@ -476,6 +477,7 @@ reload:
   command: %s, -s, reload]
   min_wait: 100ms
   max_wait: 1s
+upstreams: {allow_addresses: [127.0.0.0/8]}   # the test backends are on loopback
 metrics: {listen: ""}
 `, c.HTTPAddr(), file, ngArgs, ngArgs)
 	path := filepath.Join(t.TempDir(), "sk.yml")
@@ -576,6 +578,7 @@ targets:
   - url: %s
     timeout: 3s
 reconcile: {interval: 500ms, reads: 3}
+upstreams: {allow_addresses: [127.0.0.0/8]}   # the test backends are on loopback
 metrics: {listen: "%s"}
 `, c.HTTPAddr(), file, hangingTarget(t), ng.APIURL(), metricsAddr)
 	path := filepath.Join(t.TempDir(), "sk.yml")

@@ -30,6 +30,8 @@ func rulesFor(cfg *config.Config) registry.Rules {
 		FailTimeout: time.Duration(u.FailTimeout),
 		MaxConns:    u.MaxConns,
 		Keepalive:   u.Keepalive,
+		Addresses:   u.AddressPolicy(),
+		Reserved:    u.Reserved,
 	}
 	for name, o := range u.Overrides {
 		if o.Keepalive != nil {

@@ -28,8 +28,24 @@ type statusDoc struct {
 	PersistError string         `json:"persist_error,omitempty"`
 	Holds        []holdDoc      `json:"holds"`
 	Targets      []dyups.Status `json:"targets"`
+	Reload       *reloadDoc     `json:"reload,omitempty"` // reload mode only
 	Upstreams    []upstreamDoc  `json:"upstreams"`
 	Dropped      []droppedDoc   `json:"dropped"`
+}
+
+// reloadDoc is the reload sink's state: whether nginx was last reloaded
+// with the desired state and, while a test or reload fails, since when, how
+// often and when it is tried again.
+type reloadDoc struct {
+	Command        string    `json:"command"`
+	InSync         bool      `json:"in_sync"`
+	LastReload     time.Time `json:"last_reload,omitzero"`
+	Failing        bool      `json:"failing"`
+	FailedAttempts int       `json:"failed_attempts"`
+	FailingSince   time.Time `json:"failing_since,omitzero"`
+	NextRetry      time.Time `json:"next_retry,omitzero"`
+	LastError      string    `json:"last_error,omitempty"`
+	LastErrorAt    time.Time `json:"last_error_at,omitzero"`
 }
 
 // droppedDoc is a registry entry left out as invalid.
@@ -95,9 +111,19 @@ func buildStatus(p *parts) statusDoc {
 		// Reload mode shows as a target: whether nginx was last reloaded
 		// with the desired state, and why not.
 		r := p.reload.Status()
-		doc.Targets = append(doc.Targets, dyups.Status{
-			URL: "reload: " + strings.Join(r.Command, " "), InSync: r.InSync, LastSync: r.LastReload,
+		rd := &reloadDoc{
+			Command: strings.Join(r.Command, " "), InSync: r.InSync, LastReload: r.LastReload,
+			Failing: r.Failing, FailedAttempts: r.Attempts, FailingSince: r.FailingSince, NextRetry: r.NextRetry,
 			LastError: r.LastError, LastErrorAt: r.LastErrorAt,
+		}
+		doc.Reload = rd
+		lastErr := r.LastError
+		if r.Failing {
+			lastErr = reloadFailing(rd, time.Now()) + ": " + r.LastError
+		}
+		doc.Targets = append(doc.Targets, dyups.Status{
+			URL: "reload: " + rd.Command, InSync: r.InSync, LastSync: r.LastReload,
+			LastError: lastErr, LastErrorAt: r.LastErrorAt,
 		})
 	}
 	st := p.engine.Status()
@@ -120,6 +146,16 @@ func buildStatus(p *parts) statusDoc {
 		doc.Upstreams = append(doc.Upstreams, ud)
 	}
 	return doc
+}
+
+// reloadFailing says, for people, how long reload mode has been failing
+// and when it tries again.
+func reloadFailing(r *reloadDoc, now time.Time) string {
+	msg := fmt.Sprintf("nginx not reloaded for %s, %d failed attempts", now.Sub(r.FailingSince).Round(time.Second), r.FailedAttempts)
+	if !r.NextRetry.IsZero() {
+		msg += fmt.Sprintf(", next try in %s", max(r.NextRetry.Sub(now), 0).Round(100*time.Millisecond))
+	}
+	return msg
 }
 
 func statusHandler(p *parts) http.Handler {
@@ -168,6 +204,10 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusForbidden {
+		fmt.Fprintf(stderr, "swallowkeeper status: %s: %s: the daemon answers /status only for an IP address, localhost or a name in metrics.allowed_hosts\n", url, resp.Status)
+		return 1
+	}
 	if resp.StatusCode != http.StatusOK {
 		fmt.Fprintf(stderr, "swallowkeeper status: %s: %s\n", url, resp.Status)
 		return 1
@@ -204,6 +244,9 @@ func printStatus(w io.Writer, doc statusDoc) {
 	}
 	if doc.PersistError != "" {
 		fmt.Fprintf(w, "PERSIST FAILING (nothing is pushed until it works): %s\n", doc.PersistError)
+	}
+	if r := doc.Reload; r != nil && r.Failing {
+		fmt.Fprintf(w, "RELOAD FAILING (nginx serves an older set; retried until it passes, error below): %s\n", reloadFailing(r, time.Now()))
 	}
 	fmt.Fprintf(w, "\nTargets:\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

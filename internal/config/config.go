@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -35,7 +36,12 @@ type Config struct {
 	Upstreams Upstreams `yaml:"upstreams"`
 	// File is the upstream file that nginx includes; it is written first,
 	// atomically, before anything is pushed to nginx.
-	File      string    `yaml:"file"`
+	File string `yaml:"file"`
+	// Verify, when set, is a command (no shell) that tests every version
+	// of File the daemon writes before anything is pushed, e.g.
+	// [nginx, -t, -q]: a refused file is replaced by the previous one and
+	// the change retried. Empty: off.
+	Verify    []string  `yaml:"verify"`
 	Targets   []Target  `yaml:"targets"`
 	Reconcile Reconcile `yaml:"reconcile"`
 	Reload    Reload    `yaml:"reload"`
@@ -138,6 +144,32 @@ type Upstreams struct {
 	MaxConns    int                 `yaml:"max_conns"`
 	Keepalive   int                 `yaml:"keepalive"`
 	Overrides   map[string]Override `yaml:"overrides"`
+	// AllowAddresses and DenyAddresses are CIDR lists (or single
+	// addresses) on top of the built-in refusals of loopback, link-local,
+	// multicast, broadcast and unspecified addresses; the longest prefix
+	// that holds an address decides (upstream.AddressPolicy).
+	AllowAddresses []string `yaml:"allow_addresses"`
+	DenyAddresses  []string `yaml:"deny_addresses"`
+	// Reserved names are never created: nginx.conf's own upstream blocks,
+	// which a service of the same name would duplicate in the file.
+	Reserved []string `yaml:"reserved"`
+}
+
+// AddressPolicy is the validated policy of allow_addresses and
+// deny_addresses (entries that do not parse are reported by Validate).
+func (u Upstreams) AddressPolicy() upstream.AddressPolicy {
+	var p upstream.AddressPolicy
+	for _, s := range u.AllowAddresses {
+		if pr, err := upstream.ParsePrefix(s); err == nil {
+			p.Allow = append(p.Allow, pr)
+		}
+	}
+	for _, s := range u.DenyAddresses {
+		if pr, err := upstream.ParsePrefix(s); err == nil {
+			p.Deny = append(p.Deny, pr)
+		}
+	}
+	return p
 }
 
 // Override sets per-upstream values.
@@ -149,6 +181,17 @@ type Override struct {
 type Target struct {
 	URL     string   `yaml:"url"`
 	Timeout Duration `yaml:"timeout"`
+	// NginxPID is the pid file of that nginx, when it runs on this host:
+	// its workers are then watched, and every upstream is pushed again
+	// WorkerReadyDelay after a new worker or master appears (a worker that
+	// replaces a crashed one under real dyups lacks the dynamic state).
+	NginxPID         string   `yaml:"nginx_pid"`
+	WorkerReadyDelay Duration `yaml:"worker_ready_delay"` // 0 = 2s
+	// SecretFile holds a shared secret sent to this target in the header
+	// X-SwallowKeeper-Secret on every request (the Lua module's init option
+	// secret_file checks it). The secret itself is never in this file and
+	// never printed; read it with TargetSecret.
+	SecretFile string `yaml:"secret_file"`
 }
 
 // Reconcile is the drift check of dyups targets: every Interval, read
@@ -158,6 +201,10 @@ type Target struct {
 type Reconcile struct {
 	Interval Duration `yaml:"interval"` // 0s disables
 	Reads    int      `yaml:"reads"`
+	// MaxReads: while every answer is the same, read on up to MaxReads
+	// reads (or 1s), since a stale worker may hide behind another. 0 =
+	// 4 × Reads, or Reads for a target whose workers are watched.
+	MaxReads int `yaml:"max_reads"`
 }
 
 // Reload is the data plane for plain nginx without dyups or Lua: after the
@@ -196,13 +243,22 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
-// Metrics listener.
+// Metrics is the daemon's own HTTP listener: /metrics, /healthz, /readyz,
+// /status, the status page and, when enabled, /debug/pprof/.
 type Metrics struct {
 	Listen string `yaml:"listen"` // "" disables
+	// Pprof serves /debug/pprof/ (profiles, heap dumps) on the listener;
+	// off by default.
+	Pprof bool `yaml:"pprof"`
+	// AllowedHosts are the host names (no port) the status page, /status
+	// and pprof answer to, besides IP literals and localhost: a defence
+	// against DNS rebinding. /metrics, /healthz and /readyz answer any Host.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
-// DefaultTarget is the dyups interface of the sample nginx configs.
-const DefaultTarget = "http://127.0.0.1:8081"
+// DefaultTarget is the dyups interface of the sample nginx configs: a unix
+// socket, so that no TCP request (and no request nginx proxies) reaches it.
+const DefaultTarget = "unix:/run/swallowkeeper/dyups.sock"
 
 // Default returns the configuration used when a field is not set.
 func Default() Config {
@@ -235,6 +291,8 @@ func Default() Config {
 			MaxFails:    1,
 			FailTimeout: Duration(10 * time.Second),
 			Keepalive:   16,
+			// The placeholder upstream of the sample Lua configs.
+			Reserved: []string{"swallowkeeper_backend"},
 		},
 		File:      "/var/lib/swallowkeeper/upstreams.conf",
 		Targets:   []Target{{URL: DefaultTarget}},
@@ -504,6 +562,21 @@ func (c *Config) Validate() error {
 	if ft := time.Duration(u.FailTimeout); ft < 0 || ft > upstream.MaxFailTimeout || ft%time.Second != 0 {
 		bad("upstreams.fail_timeout", "%v: want whole seconds from 0s to 24h", ft)
 	}
+	for _, l := range []struct {
+		field   string
+		entries []string
+	}{{"upstreams.allow_addresses", u.AllowAddresses}, {"upstreams.deny_addresses", u.DenyAddresses}} {
+		for i, e := range l.entries {
+			if _, err := upstream.ParsePrefix(e); err != nil {
+				bad(fmt.Sprintf("%s[%d]", l.field, i), "%v", err)
+			}
+		}
+	}
+	for i, name := range u.Reserved {
+		if err := upstream.ValidName(name); err != nil {
+			bad(fmt.Sprintf("upstreams.reserved[%d]", i), "%v", err)
+		}
+	}
 	for name, o := range u.Overrides {
 		field := "upstreams.overrides." + name
 		if err := upstream.ValidName(name); err != nil {
@@ -520,6 +593,13 @@ func (c *Config) Validate() error {
 		bad("file", "directory of %s does not exist", c.File)
 	}
 
+	if len(c.Verify) > 0 {
+		if c.Verify[0] == "" {
+			bad("verify", "the command is empty; want e.g. [nginx, -t, -q], or [] for none")
+		} else if _, err := exec.LookPath(c.Verify[0]); err != nil {
+			bad("verify", "%v", err)
+		}
+	}
 	if len(c.Targets) == 0 && !c.Reload.Enabled {
 		bad("targets", "at least one nginx target is required (or reload.enabled for plain nginx)")
 	}
@@ -534,6 +614,10 @@ func (c *Config) Validate() error {
 	seen := map[string]bool{}
 	for i, t := range c.Targets {
 		field := fmt.Sprintf("targets[%d]", i)
+		if strings.Contains(t.URL, "://") && hasUserinfo(t.URL) {
+			bad(field+".url", "%q: credentials in a target URL are not supported", RedactURL(t.URL))
+			continue
+		}
 		base, err := dyups.ParseBaseURL(t.URL)
 		if err != nil {
 			bad(field+".url", "%v", err)
@@ -546,6 +630,20 @@ func (c *Config) Validate() error {
 		if t.Timeout < 0 {
 			bad(field+".timeout", "%v: must not be negative", t.Timeout)
 		}
+		if t.SecretFile != "" {
+			if _, err := readSecretFile(t.SecretFile); err != nil {
+				bad(field+".secret_file", "%v", err)
+			}
+		}
+		if t.NginxPID != "" && !filepath.IsAbs(t.NginxPID) {
+			bad(field+".nginx_pid", "%s: want an absolute path", t.NginxPID)
+		}
+		if t.WorkerReadyDelay < 0 || t.WorkerReadyDelay > Duration(time.Minute) {
+			bad(field+".worker_ready_delay", "%v out of range 0s-1m", t.WorkerReadyDelay)
+		}
+		if t.WorkerReadyDelay != 0 && t.NginxPID == "" {
+			bad(field+".worker_ready_delay", "needs nginx_pid: workers are watched only through it")
+		}
 	}
 
 	if c.Reconcile.Interval < 0 {
@@ -553,6 +651,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Reconcile.Reads < 1 || c.Reconcile.Reads > 100 {
 		bad("reconcile.reads", "%d out of range 1-100", c.Reconcile.Reads)
+	}
+	if m := c.Reconcile.MaxReads; m != 0 && (m < c.Reconcile.Reads || m > 400) {
+		bad("reconcile.max_reads", "%d: want 0 (4 × reads) or reads (%d) to 400", m, c.Reconcile.Reads)
 	}
 	if c.Guards.MinServices < 0 {
 		bad("guards.min_services", "%d: must not be negative", c.Guards.MinServices)
@@ -581,6 +682,11 @@ func (c *Config) Validate() error {
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
 			bad("metrics.listen", "%q: want host:port, or empty to disable", c.Metrics.Listen)
+		}
+	}
+	for i, h := range c.Metrics.AllowedHosts {
+		if err := validAllowedHost(h); err != nil {
+			bad(fmt.Sprintf("metrics.allowed_hosts[%d]", i), "%v", err)
 		}
 	}
 	if len(errs) > 0 {
@@ -657,19 +763,108 @@ func (c *Config) validateZooKeeper(bad func(field, format string, args ...any)) 
 }
 
 // SplitEtcdEndpoint accepts "host:port" or "scheme://host:port" and
-// returns host:port and the scheme.
+// returns host:port and the scheme. Credentials in the endpoint are
+// refused, and never echoed in the error.
 func SplitEtcdEndpoint(ep string) (string, string, error) {
+	if hasUserinfo(ep) {
+		return "", "", fmt.Errorf("%q: credentials in the endpoint are not supported: use etcd.username and etcd.password_file", RedactURL(ep))
+	}
 	scheme := "http"
+	shown := ep
 	if s, rest, ok := strings.Cut(ep, "://"); ok {
 		if s != "http" && s != "https" {
-			return "", "", fmt.Errorf("%q: scheme must be http or https", ep)
+			return "", "", fmt.Errorf("%q: scheme must be http or https", shown)
 		}
 		scheme, ep = s, strings.TrimSuffix(rest, "/")
 	}
 	if _, _, err := net.SplitHostPort(ep); err != nil {
-		return "", "", fmt.Errorf("%q: want host:port: %v", ep, err)
+		return "", "", fmt.Errorf("%q: want host:port: %v", shown, addrErr(err))
 	}
 	return ep, scheme, nil
+}
+
+// hasUserinfo reports whether a URL or host:port carries "user[:pass]@"
+// before its host.
+func hasUserinfo(s string) bool {
+	_, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		rest = s
+	}
+	return strings.Contains(rest, "@")
+}
+
+// RedactURL hides the credentials of a URL or address, for messages:
+// "http://user:pass@host:8500" becomes "http://user:xxxxx@host:8500".
+// Userinfo without a password is hidden whole ("xxxxx@host"), since a lone
+// user part is often a token. Everything up to the last '@' after the
+// scheme counts as userinfo, so a password holding '/', ':' or '@' does
+// not leak either.
+func RedactURL(s string) string {
+	prefix, rest, ok := strings.Cut(s, "://")
+	if ok {
+		prefix += "://"
+	} else {
+		prefix, rest = "", s
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return s
+	}
+	user, _, hasPass := strings.Cut(rest[:at], ":")
+	if !hasPass || user == "" {
+		return prefix + "xxxxx" + rest[at:]
+	}
+	return prefix + user + ":xxxxx" + rest[at:]
+}
+
+// addrErr is net.SplitHostPort's reason without the address it quotes,
+// which the caller shows itself (redacted if need be).
+func addrErr(err error) error {
+	var ae *net.AddrError
+	if errors.As(err, &ae) {
+		return errors.New(ae.Err)
+	}
+	return err
+}
+
+// validAllowedHost checks one metrics.allowed_hosts entry: a host name as
+// it appears in a Host header, without port, scheme or path.
+func validAllowedHost(h string) error {
+	switch {
+	case h == "":
+		return errors.New("empty host name")
+	case strings.ContainsAny(h, "/:@ \t*"):
+		return fmt.Errorf("%q: want a host name without scheme, port, path or wildcard (IP literals and localhost are always allowed)", h)
+	}
+	return nil
+}
+
+// TargetSecret reads the secret of targets[i] (surrounding whitespace
+// trimmed); "" without a secret_file. An unreadable or empty file is an
+// error naming the field.
+func (c *Config) TargetSecret(i int) (Secret, error) {
+	if c.Targets[i].SecretFile == "" {
+		return "", nil
+	}
+	s, err := readSecretFile(c.Targets[i].SecretFile)
+	if err != nil {
+		return "", fmt.Errorf("config: %s: %w", c.Where(fmt.Sprintf("targets[%d].secret_file", i)), err)
+	}
+	return s, nil
+}
+
+// readSecretFile reads a secret, surrounding whitespace trimmed; empty is
+// an error.
+func readSecretFile(file string) (Secret, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("secret file: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("secret file %s is empty", file)
+	}
+	return Secret(s), nil
 }
 
 // ReadPassword reads the etcd password file; "" without one.
@@ -685,16 +880,21 @@ func (c *Config) ReadPassword() (Secret, error) {
 }
 
 // SplitConsulAddress accepts "host:port" or "scheme://host:port" (as
-// CONSUL_HTTP_ADDR does) and returns host:port and the scheme.
+// CONSUL_HTTP_ADDR does) and returns host:port and the scheme. Credentials
+// in the address are refused, and never echoed in the error.
 func SplitConsulAddress(addr, scheme string) (string, string, error) {
+	if hasUserinfo(addr) {
+		return "", "", fmt.Errorf("%q: credentials in the address are not supported: use consul.token_file or CONSUL_HTTP_TOKEN", RedactURL(addr))
+	}
+	shown := addr
 	if s, rest, ok := strings.Cut(addr, "://"); ok {
 		if s != "http" && s != "https" {
-			return "", "", fmt.Errorf("%q: scheme must be http or https", addr)
+			return "", "", fmt.Errorf("%q: scheme must be http or https", shown)
 		}
 		scheme, addr = s, strings.TrimSuffix(rest, "/")
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return "", "", fmt.Errorf("%q: want host:port: %v", addr, err)
+		return "", "", fmt.Errorf("%q: want host:port: %v", shown, addrErr(err))
 	}
 	return addr, scheme, nil
 }

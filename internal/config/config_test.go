@@ -71,6 +71,10 @@ func TestBadConfigs(t *testing.T) {
 		{"zookeeper.bad.yml", []string{"zookeeper.bad.yml:3: zookeeper.servers: at least one server", `zookeeper.bad.yml:4: zookeeper.layout: "spring"`, "zookeeper.bad.yml:5: zookeeper.session_timeout: 500ms: want 1s to 1m"}},
 		{"source.bad.yml", []string{`source.bad.yml:1: source: "eureka": want consul, etcd or zookeeper`}},
 		{"fail-timeout.bad.yml", []string{"fail-timeout.bad.yml:2: upstreams.fail_timeout: 1.5s: want whole seconds"}},
+		{"consul-credentials.bad.yml", []string{`consul-credentials.bad.yml:2: consul.address: "http://admin:xxxxx@127.0.0.1:8500": credentials in the address are not supported`, `consul-credentials.bad.yml:4: targets[0].url: "http://dyups:xxxxx@127.0.0.1:8081": credentials`}},
+		{"etcd-credentials.bad.yml", []string{`etcd-credentials.bad.yml:4: etcd.endpoints[0]: "https://root:xxxxx@10.0.0.1:2379": credentials in the endpoint are not supported`, `etcd-credentials.bad.yml:5: etcd.endpoints[1]: "root:xxxxx@10.0.0.2:2379"`, `etcd-credentials.bad.yml:6: etcd.endpoints[2]: "https://xxxxx@10.0.0.3:2379"`}},
+		{"addresses.bad.yml", []string{`addresses.bad.yml:2: upstreams.allow_addresses[1]: "localhost" is neither an IP address nor a CIDR prefix`, `addresses.bad.yml:3: upstreams.deny_addresses[0]: "10.0.0.0/33" is not a CIDR prefix`, `addresses.bad.yml:4: upstreams.reserved[0]: upstream name "bad name;"`}},
+		{"allowed-hosts.bad.yml", []string{`allowed-hosts.bad.yml:2: metrics.allowed_hosts[1]: "sk.internal:9145": want a host name without scheme, port`, `metrics.allowed_hosts[2]: "http://sk.internal"`, `metrics.allowed_hosts[3]: empty host name`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -100,6 +104,81 @@ func TestBadConfigs(t *testing.T) {
 		if strings.HasSuffix(e.Name(), ".bad.yml") && !found {
 			t.Errorf("fixture %s has no expected message", e.Name())
 		}
+	}
+}
+
+// TestConfigErrorsNeverEchoCredentials: a password in a Consul address,
+// an etcd endpoint, a target URL or $CONSUL_HTTP_ADDR is refused, and the
+// error (which ends up in logs and terminals) shows user:xxxxx@ instead.
+func TestConfigErrorsNeverEchoCredentials(t *testing.T) {
+	const password = "s3cr3t-pass"
+	for _, file := range []string{"consul-credentials.bad.yml", "etcd-credentials.bad.yml"} {
+		c, err := Load(filepath.Join("testdata", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.File = filepath.Join(t.TempDir(), "u.conf")
+		err = c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "xxxxx@") {
+			t.Fatalf("%s: error %v, want a refusal showing the redacted URL", file, err)
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("%s: the password is in the error:\n%v", file, err)
+		}
+	}
+	for _, addr := range []string{
+		"http://admin:" + password + "@127.0.0.1:8500",
+		"admin:" + password + "@127.0.0.1:8500",
+		"https://admin:" + password + "/x@y@127.0.0.1:8500/", // '/', '@' inside the password
+		"ftp://admin:" + password + "@127.0.0.1:8500",        // refused for its scheme too
+	} {
+		c := Default()
+		c.File = filepath.Join(t.TempDir(), "u.conf")
+		if err := c.ApplyEnv(func(k string) string { return map[string]string{"CONSUL_HTTP_ADDR": addr}[k] }); err != nil {
+			t.Fatal(err)
+		}
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), "consul.address (from $CONSUL_HTTP_ADDR)") {
+			t.Fatalf("CONSUL_HTTP_ADDR=%s: error %v", RedactURL(addr), err)
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("CONSUL_HTTP_ADDR: the password is in the error:\n%v", err)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://user:pass@host:8500":        "http://user:xxxxx@host:8500",
+		"user:pass@host:8500":               "user:xxxxx@host:8500",
+		"https://token@host:2379":           "https://xxxxx@host:2379",
+		"https://u:p/a@b@host:2379/path":    "https://u:xxxxx@host:2379/path",
+		"http://:pass@host:1":               "http://xxxxx@host:1",
+		"http://127.0.0.1:8500":             "http://127.0.0.1:8500",
+		"127.0.0.1:8500":                    "127.0.0.1:8500",
+		"https://user:pass@[::1]:8500/v1/x": "https://user:xxxxx@[::1]:8500/v1/x",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestMetricsListenerDefaults(t *testing.T) {
+	d := Default()
+	if d.Metrics.Pprof || len(d.Metrics.AllowedHosts) != 0 || d.Metrics.Listen != "127.0.0.1:9145" {
+		t.Errorf("metrics defaults: %+v; want pprof off, no extra hosts, loopback", d.Metrics)
+	}
+	c, err := Parse("m.yml", []byte("metrics:\n  pprof: true\n  allowed_hosts: [sk.internal, SK.example.com]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.File = filepath.Join(t.TempDir(), "u.conf")
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Metrics.Pprof || !slices.Equal(c.Metrics.AllowedHosts, []string{"sk.internal", "SK.example.com"}) {
+		t.Errorf("metrics: %+v", c.Metrics)
 	}
 }
 

@@ -289,6 +289,10 @@ targets:
 upstreams:
   max_fails: 1
   fail_timeout: 2s
+  # The demo's backends listen on loopback, which SwallowKeeper refuses
+  # by default (a registry entry must not aim nginx at the host itself):
+  # the demo opts in here.
+  allow_addresses: [127.0.0.0/8]
 metrics:
   listen: 127.0.0.1:%d
 `, d.registry.section(d), filepath.Join(d.dir, "upstreams.conf"), d.ports["nginx_api"], d.ports["metrics"])

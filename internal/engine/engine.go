@@ -6,6 +6,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -36,9 +37,15 @@ type Store interface {
 	// Load returns the last saved state; an absent file is an empty state,
 	// a corrupt one an error.
 	Load() (upstream.State, error)
-	// Save writes the state atomically and durably.
+	// Save writes the state atomically and durably. An error means the
+	// state is not persisted; the engine pushes nothing and retries.
 	Save(upstream.State) error
 }
+
+// ErrVerifyFailed is wrapped by a Store's Save error when the file was
+// written but its verify command (nginx -t) refused it, and the previous
+// file was put back.
+var ErrVerifyFailed = errors.New("refused by the verify command")
 
 // Sink brings one data plane (an nginx target) to the desired state.
 type Sink interface {
@@ -95,8 +102,12 @@ type Status struct {
 	Answered  int // sources that have sent a snapshot
 	LastApply time.Time
 	// PersistError is the last failure to write the file, until a write
-	// succeeds; nothing is pushed meanwhile.
+	// succeeds; nothing is pushed meanwhile. A file the verify command
+	// refused shows here, with the command's output.
 	PersistError string
+	// Snapshots counts the registry snapshots the engine has taken in; a
+	// status is published after each one is handled.
+	Snapshots int
 	// Dropped lists the registry entries the sources left out as invalid.
 	Dropped []registry.Dropped
 }
@@ -104,7 +115,7 @@ type Status struct {
 // Status returns the latest published status; nil before Run started.
 func (e *Engine) Status() *Status { return e.status.Load() }
 
-func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapshot, last time.Time, persistErr error) {
+func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapshot, snapshots int, last time.Time, persistErr error) {
 	answered := 0
 	for _, s := range latest {
 		if s != nil {
@@ -116,7 +127,7 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 		h.Since = e.holdSince[holdKey(h)]
 		shown[i] = h
 	}
-	st := &Status{Applied: applied, Holds: shown, Sources: len(latest), Answered: answered, LastApply: last}
+	st := &Status{Applied: applied, Holds: shown, Sources: len(latest), Answered: answered, Snapshots: snapshots, LastApply: last}
 	for _, snap := range latest {
 		if snap != nil {
 			st.Dropped = append(st.Dropped, snap.Dropped...)
@@ -180,9 +191,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	in := e.fanIn(ctx)
 	latest := make([]*Snapshot, len(e.sources))
 	var lastApply, seen time.Time // seen: when the newest snapshot arrived
-	e.publish(prev, nil, latest, lastApply, nil)
 	var (
-		lastHolds []Hold
+		snapshots  int   // taken in so far
+		persistErr error // the last Save's, until one succeeds or nothing needs saving
+		lastHolds  []Hold
+	)
+	publish := func() { e.publish(prev, lastHolds, latest, snapshots, lastApply, persistErr) }
+	publish()
+	var (
 		settle    *time.Timer // fires when the quiescence window closes
 		settleC   <-chan time.Time
 		drops     = Drops{}
@@ -206,19 +222,32 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.reportHolds(lastHolds, holds)
 		lastHolds = holds
 		if next.Equal(prev) {
-			e.publish(prev, holds, latest, lastApply, nil)
+			// Nothing to persist (any more): a pending retry has no work.
+			persistErr, retryC = nil, nil
+			retry.Reset()
+			publish()
 			return
 		}
 		if err := e.store.Save(next); err != nil {
 			// Persist first: nothing reaches nginx that the file would not
-			// bring back after a restart. Retry the newest state later.
+			// bring back after a restart. Retry the newest state later:
+			// a verify command that refused the file may pass once the
+			// operator mends nginx.conf, with no registry change.
 			e.m.storeErrors.Inc()
 			d := retry.Next()
-			e.log.Error("persist failed; nginx left unchanged, will retry", "err", err, "retry_in", d)
+			if errors.Is(err, ErrVerifyFailed) {
+				e.m.verifyFailures.Inc()
+				e.log.Error("verify command refused the new upstream file; previous file kept, nginx left unchanged, will retry",
+					"err", err, "retry_in", d)
+			} else {
+				e.log.Error("persist failed; nginx left unchanged, will retry", "err", err, "retry_in", d)
+			}
 			retryC = time.After(d)
-			e.publish(prev, holds, latest, lastApply, err)
+			persistErr = err
+			publish()
 			return
 		}
+		persistErr = nil
 		retry.Reset()
 		retryC = nil
 		e.logChanges(prev, next)
@@ -228,7 +257,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.push(next, seen)
 		prev = next
 		lastApply = time.Now()
-		e.publish(prev, holds, latest, lastApply, nil)
+		publish()
 	}
 
 	for {
@@ -242,11 +271,13 @@ func (e *Engine) Run(ctx context.Context) error {
 			snap := t.snap
 			latest[t.source] = &snap
 			seen = time.Now()
+			snapshots++
 			if slices.Contains(latest, nil) {
-				continue // apply nothing until every source has answered once
+				publish() // apply nothing until every source has answered once
+				continue
 			}
 			if e.wait.Min <= 0 {
-				apply()
+				apply() // publishes
 				continue
 			}
 			now := time.Now()
@@ -262,6 +293,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 			settle = time.NewTimer(d)
 			settleC = settle.C
+			publish() // settling
 		case <-settleC:
 			apply()
 		case <-retryC:
@@ -386,6 +418,7 @@ func deref(snaps []*Snapshot) []Snapshot {
 
 type metrics struct {
 	applies, storeErrors        prometheus.Counter
+	verifyFailures              prometheus.Counter
 	holdsStarted                *prometheus.CounterVec
 	upstreams, holds, lastApply prometheus.Gauge
 	propagation                 prometheus.Histogram
@@ -400,6 +433,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "swallowkeeper_engine_persist_errors_total",
 			Help: "Failed attempts to persist the upstream file; nginx is left unchanged until one succeeds.",
+		}),
+		verifyFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "swallowkeeper_verify_failures_total",
+			Help: "Written upstream files the verify command refused; the previous file was put back and nothing pushed (also counted in swallowkeeper_engine_persist_errors_total).",
 		}),
 		holdsStarted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "swallowkeeper_guard_holds_total",
@@ -424,7 +461,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.applies, m.storeErrors, m.holdsStarted, m.upstreams, m.holds, m.lastApply, m.propagation)
+		reg.MustRegister(m.applies, m.storeErrors, m.verifyFailures, m.holdsStarted, m.upstreams, m.holds, m.lastApply, m.propagation)
 	}
 	return m
 }

@@ -3,11 +3,15 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -35,7 +39,8 @@ type journal struct {
 	mu      sync.Mutex
 	events  []string
 	states  []upstream.State
-	failing int // saves to fail before succeeding
+	failing int   // saves to fail before succeeding
+	failErr error // what they fail with; nil: "disk full"
 	stored  upstream.State
 	changed chan struct{}
 }
@@ -61,10 +66,14 @@ func (m memStore) Save(s upstream.State) error {
 	if fail {
 		m.j.failing--
 	}
+	err := m.j.failErr
 	m.j.mu.Unlock()
 	if fail {
 		m.j.record("save-failed", s)
-		return errors.New("disk full")
+		if err == nil {
+			err = errors.New("disk full")
+		}
+		return err
 	}
 	m.j.record("save", s)
 	return nil
@@ -93,18 +102,36 @@ func (j *journal) wait(t *testing.T, n int) []string {
 	}
 }
 
-// quiet fails if any event is recorded within d from now.
-func (j *journal) quiet(t *testing.T, d time.Duration) {
-	t.Helper()
-	j.mu.Lock()
-	before := len(j.events)
-	j.mu.Unlock()
-	time.Sleep(d)
+func (j *journal) count() int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if len(j.events) != before {
-		t.Fatalf("unexpected events after %d: %v", before, j.events)
+	return len(j.events)
+}
+
+// handled waits until the engine has taken in n snapshots and published
+// the status that follows the last one, and fails unless the journal then
+// holds exactly want events. With no quiescence window the engine saves
+// and pushes whatever a snapshot brings before it publishes that status,
+// so the count is final for those snapshots: this is how a test observes
+// that a snapshot changed nothing. Only for tests where no timer (retry,
+// drop confirmation) can add events meanwhile. It returns that status.
+func (j *journal) handled(t *testing.T, e *Engine, n, want int) *Status {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	st := e.Status()
+	for st == nil || st.Snapshots < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the engine took in %v of %d snapshots within 5s", st, n)
+		}
+		time.Sleep(time.Millisecond)
+		st = e.Status()
 	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if len(j.events) != want {
+		t.Fatalf("after the engine handled %d snapshots the journal holds %v, want %d events", st.Snapshots, j.events, want)
+	}
+	return st
 }
 
 func startEngine(t *testing.T, srcs []Source, j *journal, w Wait) *Engine {
@@ -133,18 +160,18 @@ func TestEngineConfirmsABigDropOnItsOwn(t *testing.T) {
 	four := up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
 	j := newJournal(state(four))
 	src := make(chanSource)
-	e := startEngineGuarded(t, []Source{src}, j, Wait{}, Guards{MinServices: 1, ConfirmAfter: 300 * time.Millisecond})
+	const confirm = time.Second // far beyond the few ms handled takes to look
+	e := startEngineGuarded(t, []Source{src}, j, Wait{}, Guards{MinServices: 1, ConfirmAfter: confirm})
 	j.wait(t, 1) // the start push
 	sent := time.Now()
 	src <- snap(1, up("web", "10.0.0.1:80"))
-	j.quiet(t, 150*time.Millisecond)
-	st := e.Status()
+	st := j.handled(t, e, 1, 1) // held: no save, no push
 	if len(st.Holds) == 0 || st.Holds[0].Guard != GuardDrop || st.Holds[0].Since.IsZero() {
 		t.Fatalf("status holds %+v, want a drop hold with its start time", st.Holds)
 	}
 	ev := j.wait(t, 3)
-	if took := time.Since(sent); took < 300*time.Millisecond || took > 2*time.Second {
-		t.Errorf("the drop was applied after %v, want after the 300ms confirmation", took)
+	if took := time.Since(sent); took < confirm || took > confirm+2*time.Second {
+		t.Errorf("the drop was applied after %v, want after the %v confirmation", took, confirm)
 	}
 	if ev[1] != "save" || ev[2] != "push" || !j.states[2].Equal(state(up("web", "10.0.0.1:80"))) {
 		t.Fatalf("events %v, last state %v", ev, j.states[len(j.states)-1])
@@ -169,9 +196,11 @@ func TestEnginePushesPersistedStateAtStart(t *testing.T) {
 func TestEngineWaitsForEverySourceAndPersistsBeforePushing(t *testing.T) {
 	j := newJournal(upstream.State{})
 	a, b := make(chanSource), make(chanSource)
-	startEngine(t, []Source{a, b}, j, Wait{})
+	e := startEngine(t, []Source{a, b}, j, Wait{})
 	a <- snap(1, up("web", "10.0.0.1:80"))
-	j.quiet(t, 100*time.Millisecond) // b has not answered: apply nothing
+	if st := j.handled(t, e, 1, 0); st.Answered != 1 || st.Sources != 2 { // b has not answered: apply nothing
+		t.Fatalf("status shows %d of %d sources answered, want 1 of 2", st.Answered, st.Sources)
+	}
 	b <- snap(1, up("api", "10.0.1.1:80"))
 	ev := j.wait(t, 2)
 	if ev[0] != "save" || ev[1] != "push" {
@@ -182,7 +211,7 @@ func TestEngineWaitsForEverySourceAndPersistsBeforePushing(t *testing.T) {
 	}
 	// The same answer again changes nothing: no save, no push.
 	a <- snap(1, up("web", "10.0.0.1:80"))
-	j.quiet(t, 100*time.Millisecond)
+	j.handled(t, e, 3, 2)
 }
 
 func TestEngineRetriesPersistAndNeverPushesUnsavedState(t *testing.T) {
@@ -203,52 +232,148 @@ func TestEngineRetriesPersistAndNeverPushesUnsavedState(t *testing.T) {
 func TestEngineHoldsAnEmptyRegistryAnswer(t *testing.T) {
 	j := newJournal(state(up("web", "10.0.0.1:80")))
 	src := make(chanSource)
-	startEngine(t, []Source{src}, j, Wait{})
+	e := startEngine(t, []Source{src}, j, Wait{})
 	j.wait(t, 1) // the start push
 	src <- snap(0)
-	j.quiet(t, 150*time.Millisecond)
+	st := j.handled(t, e, 1, 1) // only the start push
+	if len(st.Holds) != 1 || st.Holds[0].Guard != GuardNoServices || !st.Applied.Equal(state(up("web", "10.0.0.1:80"))) {
+		t.Fatalf("status holds %+v, applied %v; want a no_services hold over the persisted state", st.Holds, st.Applied.Names())
+	}
 }
 
+// TestEngineWaitCoalescesBursts: five different answers in a burst give
+// one save and one push, of the last. Each answer differs from the others,
+// so the first save shows which one the engine applied first; once the
+// last is applied, later plans equal it and save nothing.
 func TestEngineWaitCoalescesBursts(t *testing.T) {
 	j := newJournal(upstream.State{})
 	src := make(chanSource)
-	startEngine(t, []Source{src}, j, Wait{Min: 80 * time.Millisecond, Max: time.Second})
+	e := startEngine(t, []Source{src}, j, Wait{Min: 500 * time.Millisecond, Max: 10 * time.Second})
+	var last upstream.Upstream
 	for i := range 5 {
-		addrs := []string{"10.0.0.1:80"}
-		if i%2 == 1 {
-			addrs = append(addrs, "10.0.0.2:80")
-		}
-		src <- snap(1, up("web", addrs...))
-		time.Sleep(10 * time.Millisecond)
+		last = up("web", fmt.Sprintf("10.0.0.%d:80", i+1))
+		src <- snap(1, last)
 	}
 	ev := j.wait(t, 2)
-	j.quiet(t, 200*time.Millisecond)
-	if len(ev) != 2 || !j.states[1].Equal(state(up("web", "10.0.0.1:80"))) {
-		t.Fatalf("burst of 5 gave events %v, last state %v; want one save+push of the last", ev, j.states)
+	j.mu.Lock()
+	first := j.states[0]
+	j.mu.Unlock()
+	if ev[0] != "save" || ev[1] != "push" || !first.Equal(state(last)) {
+		t.Fatalf("burst of 5 gave events %v, first saving %v; want one save+push of the last (%v)", ev, first["web"].Servers, last.Servers)
+	}
+	if st := e.Status(); st.Snapshots != 5 {
+		t.Fatalf("the engine applied after taking in %d of the 5 answers", st.Snapshots)
 	}
 }
 
+// TestEngineWaitMaxBoundsTheDelay: under answers that never stop coming,
+// the engine applies wait.max after the first one: not sooner, and not
+// much later. wait.min is longer than the test, so only wait.max can end
+// the wait; a pause in the stream (a loaded machine) cannot let min apply
+// early. The delay is measured from just before the first answer is sent
+// to the engine's own apply time (Status.LastApply), so the lower bound
+// holds exactly (a timer never fires early) and only the upper bound
+// needs slack for a slow machine; the slack is below wait.max, so a wait
+// of twice the bound fails too.
 func TestEngineWaitMaxBoundsTheDelay(t *testing.T) {
+	const maxWait, slack = 600 * time.Millisecond, 550 * time.Millisecond
 	j := newJournal(upstream.State{})
 	src := make(chanSource)
-	startEngine(t, []Source{src}, j, Wait{Min: 100 * time.Millisecond, Max: 250 * time.Millisecond})
-	start := time.Now()
-	stop := time.After(600 * time.Millisecond)
-	i := 0
-loop:
-	for { // a change every 50ms never lets Min pass; Max must force it
+	e := startEngine(t, []Source{src}, j, Wait{Min: time.Hour, Max: maxWait})
+	answer := func(i int) Snapshot {
+		return snap(1, up("web", "10.0.0.1:80"), up("n", fmt.Sprintf("10.9.0.1:%d", 1000+i)))
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	giveUp := time.After(5 * time.Second)
+	first := time.Now()
+	src <- answer(0)
+	sent := 1
+	for j.count() < 2 { // save, push
 		select {
-		case <-stop:
-			break loop
-		case <-time.After(50 * time.Millisecond):
-			i++
-			src <- snap(1, up("web", "10.0.0.1:80"), up("n", "10.9.0.1:"+string(rune('1'+i%9))+"0"))
+		case <-j.changed:
+		case <-tick.C:
+			src <- answer(sent)
+			sent++
+		case <-giveUp:
+			t.Fatalf("no apply within 5s of constant churn (%d answers); wait.max %v is not honoured", sent, maxWait)
 		}
 	}
-	j.mu.Lock()
-	n := len(j.events)
-	j.mu.Unlock()
-	if n == 0 {
-		t.Fatalf("no apply within %v of constant churn; Max is not honoured", time.Since(start))
+	st := e.Status() // published right after the push
+	for deadline := time.Now().Add(5 * time.Second); st.LastApply.IsZero(); st = e.Status() {
+		if time.Now().After(deadline) {
+			t.Fatal("no status published after the push")
+		}
+		time.Sleep(time.Millisecond)
 	}
+	took := st.LastApply.Sub(first)
+	t.Logf("applied %v after the first of %d answers (%d taken in by then)", took, sent, st.Snapshots)
+	if took < maxWait {
+		t.Fatalf("applied %v after the first answer, sooner than wait.max %v under churn", took, maxWait)
+	}
+	if took > maxWait+slack {
+		t.Fatalf("applied %v after the first answer; wait.max is %v (allowing %v for a slow machine)", took, maxWait, slack)
+	}
+}
+
+// TestEngineRetriesAFileTheVerifierRefused: a file the store's verify
+// command refuses is not pushed; the status and a counter say why; the
+// engine retries the same, newest state with its backoff, with no new
+// answer from the registry, and pushes it once the command accepts.
+func TestEngineRetriesAFileTheVerifierRefused(t *testing.T) {
+	j := newJournal(state(up("api", "10.0.1.1:80")))
+	j.failing = 2
+	j.failErr = fmt.Errorf("store: upstreams.conf: %w: nginx: [emerg] duplicate upstream \"web\"; the previous file was put back", ErrVerifyFailed)
+	src := make(chanSource)
+	e := startEngine(t, []Source{src}, j, Wait{})
+	j.wait(t, 1) // the start push
+	want := state(up("api", "10.0.1.1:80"), up("web", "10.0.0.1:80"))
+	src <- snap(2, want["api"], want["web"])
+	st := waitStatus(t, e, func(st *Status) bool { return st.PersistError != "" })
+	if !strings.Contains(st.PersistError, `duplicate upstream "web"`) || !st.Applied.Equal(state(up("api", "10.0.1.1:80"))) {
+		t.Fatalf("after a refusal the status shows persist error %q and applied %v; want the refusal and the old state", st.PersistError, st.Applied.Names())
+	}
+	ev := j.wait(t, 5)
+	if got, w := strings.Join(ev, " "), "push save-failed save-failed save push"; got != w {
+		t.Fatalf("events %q, want %q", got, w)
+	}
+	if !j.states[4].Equal(want) {
+		t.Fatalf("pushed %v after the retries, want %v", j.states[4].Names(), want.Names())
+	}
+	if n := testutil.ToFloat64(e.m.verifyFailures); n != 2 {
+		t.Fatalf("swallowkeeper_verify_failures_total = %v, want 2", n)
+	}
+	waitStatus(t, e, func(st *Status) bool { return st.PersistError == "" && st.Applied.Equal(want) })
+}
+
+// waitStatus polls the engine's published status until ok holds.
+func waitStatus(t *testing.T, e *Engine, ok func(*Status) bool) *Status {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := e.Status()
+		if st != nil && ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never got there; last %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestEngineClearsAPersistErrorWhenNothingIsLeftToPersist: when the
+// registry goes back to the applied state while a save is failing, there
+// is nothing left to write: the status stops showing the error.
+func TestEngineClearsAPersistErrorWhenNothingIsLeftToPersist(t *testing.T) {
+	applied := state(up("api", "10.0.1.1:80"))
+	j := newJournal(applied)
+	j.failing = 1000
+	src := make(chanSource)
+	e := startEngine(t, []Source{src}, j, Wait{})
+	j.wait(t, 1) // the start push
+	src <- snap(2, up("api", "10.0.1.1:80"), up("web", "10.0.0.1:80"))
+	waitStatus(t, e, func(st *Status) bool { return st.PersistError != "" })
+	src <- snap(1, applied["api"])
+	waitStatus(t, e, func(st *Status) bool { return st.Snapshots == 2 && st.PersistError == "" && st.Applied.Equal(applied) })
 }

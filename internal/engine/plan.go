@@ -63,6 +63,7 @@ const (
 	GuardEmpty       = "empty"
 	GuardCollision   = "case_collision"
 	GuardContested   = "contested_name"
+	GuardInvalid     = "invalid_state"
 )
 
 // Hold says that part of the desired state was not applied, and why.
@@ -125,23 +126,53 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 
 	holds = append(holds, dropCollisions(prev, merged)...)
 
+	// nginx and dyups compare upstream names case-insensitively: the
+	// upstream nginx holds under "api" is the one a registry now calls
+	// "Api". prevByKey finds it, so that a case-only rename replaces it
+	// in place (one POST; the file never holds both), and the guards
+	// below weigh the rename as what it is for nginx: a change of one
+	// upstream.
+	prevByKey := make(map[string]string, len(prev))
+	for name := range prev {
+		prevByKey[upstream.FoldKey(name)] = name
+	}
+	invalid := invalidByService(snaps)
+
 	next = make(upstream.State, len(merged))
 	for _, name := range merged.Names() {
 		u := merged[name]
-		if len(u.Servers) > 0 {
+		// An upstream of backup servers only is refused by nginx ("no
+		// servers in upstream"): like one without servers, it keeps the
+		// last servers nginx has.
+		if u.HasPrimary() {
 			next[name] = u
 			continue
 		}
-		if old, ok := prev[name]; ok {
-			next[name] = old
-			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: fmt.Sprintf("no healthy instances; keeping %d last known servers", len(old.Servers))})
-		} else {
-			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: "no healthy instances yet; not created"})
+		why := "no healthy instances"
+		if n := invalid[u.Service]; n > 0 {
+			why = fmt.Sprintf("no healthy valid instances (%d of service %s dropped as invalid)", n, u.Service)
 		}
+		if len(u.Servers) > 0 {
+			why = fmt.Sprintf("only backup servers (%d), which nginx refuses without a primary", len(u.Servers))
+		}
+		if oldName, ok := prevByKey[upstream.FoldKey(name)]; ok && prev[oldName].HasPrimary() {
+			old := prev[oldName]
+			next[oldName] = old
+			holds = append(holds, Hold{Upstream: oldName, Guard: GuardEmpty, Reason: fmt.Sprintf("%s; keeping %d last known servers", why, len(old.Servers))})
+		} else {
+			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: why + " yet; not created"})
+		}
+	}
+	nextByKey := make(map[string]string, len(next))
+	for name := range next {
+		nextByKey[upstream.FoldKey(name)] = name
 	}
 
 	if g.ConfirmAfter <= 0 {
 		clear(drops)
+		if err := next.CheckNames(); err != nil {
+			return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), time.Time{}
+		}
 		return next, holds, time.Time{}
 	}
 	maxDrop, maxTotal := g.MaxDrop, g.MaxTotalDrop
@@ -173,8 +204,11 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 	before, after := prev.ServerCount(), next.ServerCount()
 	for _, name := range prev.Names() {
 		old := prev[name]
-		cur, ok := next[name]
-		n := len(cur.Servers)
+		if !old.HasPrimary() {
+			continue // nginx refuses it: losing it can only mend the file
+		}
+		curName, ok := nextByKey[upstream.FoldKey(name)] // the same upstream for nginx, maybe renamed by case
+		n := len(next[curName].Servers)
 		if !ok {
 			n = 0
 		}
@@ -185,6 +219,9 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 		seen[name] = true
 		if confirmed(name) {
 			continue
+		}
+		if ok && curName != name {
+			delete(next, curName) // the rename waits with the drop
 		}
 		next[name] = old
 		what := fmt.Sprintf("would fall from %d to %d servers (%.0f%% > max_drop %.0f%%)", len(old.Servers), n, share*100, maxDrop*100)
@@ -204,7 +241,27 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 	}
 
 	forget(drops, seen)
+	// The last line of defence for "every file nginx -t accepts": a state
+	// that breaks it is never applied, whatever bug let it through above.
+	if err := next.CheckNames(); err != nil {
+		return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), recheck
+	}
 	return next, holds, recheck
+}
+
+// invalidByService counts, per service, the instances the sources dropped
+// as invalid, so that a hold can say why a service has no servers.
+func invalidByService(snaps []Snapshot) map[string]int {
+	var n map[string]int
+	for _, s := range snaps {
+		for _, d := range s.Dropped {
+			if n == nil {
+				n = map[string]int{}
+			}
+			n[d.Service]++
+		}
+	}
+	return n
 }
 
 // dropShare is the share of before that is gone in after (0 when nothing

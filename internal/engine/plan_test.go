@@ -3,10 +3,12 @@ package engine
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -29,6 +31,28 @@ func state(us ...upstream.Upstream) upstream.State {
 		s[u.Name] = u
 	}
 	return s
+}
+
+func backups(name string, addrs ...string) upstream.Upstream {
+	u := up(name, addrs...)
+	for i := range u.Servers {
+		u.Servers[i].Backup = true
+	}
+	return u
+}
+
+func withBackup(u upstream.Upstream, addr string) upstream.Upstream {
+	b := server(addr)
+	b.Backup = true
+	u.Servers = append(slices.Clone(u.Servers), b)
+	u.Sort()
+	return u
+}
+
+func upService(name, service string, addrs ...string) upstream.Upstream {
+	u := up(name, addrs...)
+	u.Service = service
+	return u
 }
 
 func snap(services int, us ...upstream.Upstream) Snapshot {
@@ -110,6 +134,66 @@ func TestPlan(t *testing.T) {
 			holds: []string{"Web: name collides", "web: name collides"},
 		},
 		{
+			name:  "a case-only rename replaces the upstream nginx holds, and the plan never holds both names",
+			prev:  state(up("rn", "10.0.0.1:80"), api),
+			snaps: []Snapshot{snap(2, up("Rn", "10.0.0.2:80"), api)},
+			want:  state(up("Rn", "10.0.0.2:80"), api),
+		},
+		{
+			name:  "the held name keeps its place while a newcomer in another case waits (reproduction A, step 1)",
+			prev:  state(up("api", "10.0.0.1:80")),
+			snaps: []Snapshot{snap(2, up("api", "10.0.0.1:80"), up("Api", "10.0.0.2:80"))},
+			want:  state(up("api", "10.0.0.1:80")),
+			holds: []string{"Api: name collides case-insensitively with [api]"},
+		},
+		{
+			name:  "when the held name really goes, the newcomer takes its place at once (reproduction A, step 2)",
+			prev:  state(up("api", "10.0.0.1:80")),
+			snaps: []Snapshot{snap(1, up("Api", "10.0.0.2:80"))},
+			want:  state(up("Api", "10.0.0.2:80")),
+		},
+		{
+			name:  "a renamed upstream with no healthy instance keeps the old name and its servers",
+			prev:  state(up("rn", "10.0.0.1:80"), api),
+			snaps: []Snapshot{snap(2, up("Rn"), api)},
+			want:  state(up("rn", "10.0.0.1:80"), api),
+			holds: []string{"rn: no healthy instances; keeping 1 last known servers"},
+		},
+		{
+			name:  "an upstream of backup servers only keeps its last servers",
+			prev:  state(web12, api),
+			snaps: []Snapshot{snap(2, backups("web", "10.0.0.8:80"), api)},
+			want:  state(web12, api),
+			holds: []string{"web: only backup servers (1), which nginx refuses without a primary; keeping 2 last known servers"},
+		},
+		{
+			name:  "a new upstream of backup servers only is not created",
+			prev:  state(api),
+			snaps: []Snapshot{snap(2, backups("web", "10.0.0.8:80"), api)},
+			want:  state(api),
+			holds: []string{"web: only backup servers (1), which nginx refuses without a primary yet; not created"},
+		},
+		{
+			name:  "a backup next to a primary is fine",
+			prev:  state(api),
+			snaps: []Snapshot{snap(2, withBackup(web1, "10.0.0.8:80"), api)},
+			want:  state(withBackup(web1, "10.0.0.8:80"), api),
+		},
+		{
+			name:  "a service whose instances all turned invalid keeps its last servers and says why",
+			prev:  state(web12, api),
+			snaps: []Snapshot{{Upstreams: state(upService("web", "web"), api), Services: 2, Dropped: []registry.Dropped{{Service: "web", Instance: "w1", Reason: "address \"web-1\" is not an IP literal"}, {Service: "web", Instance: "w2", Reason: "weight meta 0"}}}},
+			want:  state(web12, api),
+			holds: []string{"web: no healthy valid instances (2 of service web dropped as invalid); keeping 2 last known servers"},
+		},
+		{
+			name:  "an upstream of backups only that nginx was left with (an older file) is dropped, not kept",
+			prev:  state(backups("web", "10.0.0.8:80"), api),
+			snaps: []Snapshot{snap(2, backups("web", "10.0.0.8:80"), api)},
+			want:  state(api),
+			holds: []string{"web: only backup servers (1), which nginx refuses without a primary yet; not created"},
+		},
+		{
 			name:  "a source that doubts its answer changes nothing",
 			prev:  state(web1),
 			snaps: []Snapshot{{Upstreams: state(web12), Services: 1, Doubt: "consul: no known leader"}},
@@ -156,6 +240,10 @@ func TestPlanDropGuards(t *testing.T) {
 			u.Servers = append(u.Servers, server(fmt.Sprintf("10.0.1.%d:80", i+1)))
 		}
 		u.Sort()
+		return u
+	}
+	renamed := func(u upstream.Upstream, name string) upstream.Upstream {
+		u.Name = name
 		return u
 	}
 	g := Guards{ConfirmAfter: 10 * time.Second}
@@ -234,6 +322,23 @@ func TestPlanDropGuards(t *testing.T) {
 			prev: state(four, api),
 			steps: []step{
 				{0, snap(2, one, api), state(one, api), "", 0},
+			},
+		},
+		{
+			name: "a case-only rename with a big drop waits under the old name, then renames",
+			g:    g,
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(2, up("Web", "10.0.0.1:80"), api), state(four, api), "web: would fall from 4 to 1 servers", 10 * time.Second},
+				{10 * time.Second, snap(2, up("Web", "10.0.0.1:80"), api), state(up("Web", "10.0.0.1:80"), api), "", 0},
+			},
+		},
+		{
+			name: "a case-only rename of the same servers is no drop",
+			g:    g,
+			prev: state(four, api),
+			steps: []step{
+				{0, snap(2, renamed(four, "WEB"), api), state(renamed(four, "WEB"), api), "", 0},
 			},
 		},
 		{

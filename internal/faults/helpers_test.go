@@ -112,6 +112,9 @@ type daemonConfig struct {
 	Metrics   string        // metrics.listen
 	Reconcile time.Duration // reconcile.interval
 	Extra     string        // more YAML, appended
+	// UpstreamsExtra is more YAML inside the upstreams section, each line
+	// indented by two spaces.
+	UpstreamsExtra string
 }
 
 func writeConfig(t testing.TB, c daemonConfig) string {
@@ -131,9 +134,10 @@ reconcile:
 upstreams:
   max_fails: 2
   fail_timeout: 3s
-metrics:
+  allow_addresses: [127.0.0.0/8]   # the test backends are on loopback
+%smetrics:
   listen: "%s"
-%s`, c.Consul, c.File, c.Target, c.Reconcile, c.Metrics, c.Extra)
+%s`, c.Consul, c.File, c.Target, c.Reconcile, c.UpstreamsExtra, c.Metrics, c.Extra)
 	path := filepath.Join(t.TempDir(), "swallowkeeper.yml")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
@@ -297,6 +301,7 @@ type statusDoc struct {
 		InSync    bool      `json:"in_sync"`
 		LastSync  time.Time `json:"last_sync"`
 		LastError string    `json:"last_error"`
+		LastCheck time.Time `json:"last_check"`
 	} `json:"targets"`
 }
 

@@ -239,9 +239,16 @@ func waitForNewTemp(dir string, before map[string]bool, timeout time.Duration) b
 }
 
 // nginxTestCommand writes an nginx.conf that includes everything in dir,
-// as an operator would (`include dir/*;`), and returns the nginx -t command
-// that tests it.
+// as an operator would (`include dir/*;`), with a server that proxies to
+// the upstream svc-00 (so nginx checks that the files define it), and
+// returns the nginx -t command that tests it.
 func nginxTestCommand(t *testing.T, dir string) []string {
+	return nginxTestCommandFor(t, dir, "location / { proxy_pass http://svc-00; }")
+}
+
+// nginxTestCommandFor is nginxTestCommand with the server's location
+// block given ("" for none).
+func nginxTestCommandFor(t *testing.T, dir, location string) []string {
 	t.Helper()
 	bin := testenv.Binary(t, "SWALLOWKEEPER_NGINX", "nginx", "Debian: apt-get install nginx")
 	prefix := t.TempDir()
@@ -259,10 +266,10 @@ http {
     include %[2]s/*;
     server {
         listen 127.0.0.1:%[3]d;
-        location / { proxy_pass http://svc-00; }
+        %[4]s
     }
 }
-`, prefix, dir, testenv.FreePort(t))
+`, prefix, dir, testenv.FreePort(t), location)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}

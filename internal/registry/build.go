@@ -65,6 +65,15 @@ type Rules struct {
 	// WeightMeta is the meta key holding an instance's weight.
 	WeightMeta string
 
+	// Addresses says which server addresses are allowed; its zero value
+	// refuses loopback, link-local, multicast, broadcast and unspecified
+	// addresses (upstream.RefusedByDefault).
+	Addresses upstream.AddressPolicy
+	// Reserved names are never created (compared case-insensitively):
+	// the names of nginx.conf's own upstream blocks, which a registry
+	// service of the same name would duplicate in the persisted file.
+	Reserved []string
+
 	Weight       int
 	MaxFails     int
 	FailTimeout  time.Duration
@@ -133,7 +142,7 @@ func BuildService(svc string, instances []Instance, r Rules) Part {
 		if !hasAll(in.Tags, r.RequireTags) {
 			continue
 		}
-		name, s, err := r.server(svc, in)
+		name, err := r.upstreamName(svc, in.Tags)
 		if err != nil {
 			p.Dropped = append(p.Dropped, Dropped{Service: svc, Instance: in.Label(), Reason: err.Error()})
 			continue
@@ -147,6 +156,15 @@ func BuildService(svc string, instances []Instance, r Rules) Part {
 			k = len(p.Upstreams)
 			byName[name] = k
 			p.Upstreams = append(p.Upstreams, u)
+		}
+		// The upstream is known from here on, even when this instance is
+		// invalid: a service whose instances all turn invalid (agents
+		// switching to hostnames, a weight meta of 0) keeps its last
+		// servers under the empty guard instead of being removed.
+		s, err := r.server(in)
+		if err != nil {
+			p.Dropped = append(p.Dropped, Dropped{Service: svc, Instance: in.Label(), Reason: err.Error()})
+			continue
 		}
 		if !in.Healthy {
 			continue // the upstream exists; the instance serves nothing
@@ -165,37 +183,52 @@ func BuildService(svc string, instances []Instance, r Rules) Part {
 	return p
 }
 
-// Merge assembles the state from the parts, in service name order. Two
-// services that make the same upstream name share it: it keeps the first
-// service's settings, gains the other's servers, and an address already
-// in it is dropped. The state shares server lists with the parts; neither
-// may be changed in place.
+// Merge assembles the state from the parts, in service name order. An
+// upstream name belongs to one service: a canary group's upstream
+// ("<service>_<group>") whose name is also a service's name (compared
+// case-insensitively) is refused, so that registering an instance of one
+// service can never put it into another service's upstream; and of two
+// services whose canary groups make the same name, the first keeps it and
+// the other's instances are refused. The state shares server lists with
+// the parts; neither may be changed in place.
 func Merge(parts []Part) (upstream.State, []Dropped) {
 	parts = slices.Clone(parts)
 	slices.SortFunc(parts, func(a, b Part) int { return strings.Compare(a.Service, b.Service) })
+	services := make(map[string]string, len(parts)) // folded name → service
+	for _, p := range parts {
+		services[upstream.FoldKey(p.Service)] = p.Service
+	}
 	st := make(upstream.State, len(parts))
 	var dropped []Dropped
 	for _, p := range parts {
 		dropped = append(dropped, p.Dropped...)
 		for _, u := range p.Upstreams {
-			have, ok := st[u.Name]
-			if !ok {
-				st[u.Name] = u
+			owner, isService := services[upstream.FoldKey(u.Name)]
+			if u.Name != p.Service && isService {
+				dropped = append(dropped, refused(p.Service, u, fmt.Sprintf("canary group upstream %s is also the name of service %s; refused (one service's instances never serve another's upstream)", u.Name, owner))...)
 				continue
 			}
-			have.Servers = slices.Clone(have.Servers)
-			for _, s := range u.Servers {
-				if d := have.ServerAt(s.Addr); d >= 0 {
-					dropped = append(dropped, duplicate(p.Service, s.Instance, s, have.Servers[d], u.Name))
-					continue
-				}
-				have.Servers = append(have.Servers, s)
+			if have, taken := st[u.Name]; taken {
+				dropped = append(dropped, refused(p.Service, u, fmt.Sprintf("upstream %s already belongs to service %s; refused", u.Name, have.Service))...)
+				continue
 			}
-			have.Sort()
-			st[u.Name] = have
+			st[u.Name] = u
 		}
 	}
 	return st, dropped
+}
+
+// refused reports every server of an upstream that Merge refuses (one
+// entry for the group when it has none).
+func refused(svc string, u upstream.Upstream, reason string) []Dropped {
+	if len(u.Servers) == 0 {
+		return []Dropped{{Service: svc, Instance: "(every instance of " + u.Name + ")", Reason: reason}}
+	}
+	out := make([]Dropped, 0, len(u.Servers))
+	for _, s := range u.Servers {
+		out = append(out, Dropped{Service: svc, Instance: s.Instance, Reason: reason})
+	}
+	return out
 }
 
 func duplicate(svc, instance string, s, holder upstream.Server, name string) Dropped {
@@ -203,18 +236,17 @@ func duplicate(svc, instance string, s, holder upstream.Server, name string) Dro
 		Reason: fmt.Sprintf("address %v already used by instance %s in upstream %s", s.Addr, holder.Instance, name)}
 }
 
-// server validates one instance and returns its upstream name and server.
-func (r Rules) server(svc string, in Instance) (string, upstream.Server, error) {
-	name, err := r.upstreamName(svc, in.Tags)
-	if err != nil {
-		return "", upstream.Server{}, err
-	}
+// server validates one instance and returns its server.
+func (r Rules) server(in Instance) (upstream.Server, error) {
 	ip, err := upstream.ParseIP(in.Address)
 	if err != nil {
-		return "", upstream.Server{}, err
+		return upstream.Server{}, err
+	}
+	if err := r.Addresses.Check(ip); err != nil {
+		return upstream.Server{}, err
 	}
 	if err := upstream.ValidPort(in.Port); err != nil {
-		return "", upstream.Server{}, err
+		return upstream.Server{}, err
 	}
 	s := upstream.Server{
 		Addr:        netip.AddrPortFrom(ip, uint16(in.Port)),
@@ -228,7 +260,7 @@ func (r Rules) server(svc string, in Instance) (string, upstream.Server, error) 
 	if v, ok := in.Meta[r.WeightMeta]; ok && r.WeightMeta != "" {
 		w, err := upstream.ParseCount("weight meta "+strconv.Quote(r.WeightMeta), v, 1, upstream.MaxWeight)
 		if err != nil {
-			return "", upstream.Server{}, err
+			return upstream.Server{}, err
 		}
 		s.Weight = w
 	}
@@ -252,9 +284,9 @@ func (r Rules) server(svc string, in Instance) (string, upstream.Server, error) 
 		s.Down = *p.Down
 	}
 	if err := s.Validate(); err != nil {
-		return "", upstream.Server{}, err
+		return upstream.Server{}, err
 	}
-	return name, s, nil
+	return s, nil
 }
 
 // upstreamName applies the canary rule and validates the result.
@@ -280,7 +312,21 @@ func (r Rules) upstreamName(svc string, tags []string) (string, error) {
 	if err := upstream.ValidName(name); err != nil {
 		return "", err
 	}
+	if r.reserved(name) {
+		return "", fmt.Errorf("upstream name %s is reserved (upstreams.reserved: nginx.conf defines it)", name)
+	}
 	return name, nil
+}
+
+// reserved reports whether name is one of Reserved, case-insensitively
+// (nginx compares upstream names that way).
+func (r Rules) reserved(name string) bool {
+	for _, n := range r.Reserved {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
 }
 
 func hasAll(tags, want []string) bool {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -127,49 +128,63 @@ func TestLabel(t *testing.T) {
 // Two services that make the same upstream name share one upstream: the
 // first service's settings, both sets of servers, a shared address
 // dropped once with a reason. Merging cached parts must not change them.
-func TestMergeSharesAnUpstreamNameAcrossServices(t *testing.T) {
+func TestMergeRefusesCanaryGroupsThatNameAnotherService(t *testing.T) {
+	// Service a's canary group b would make upstream a_b, which is service
+	// a_b's own: whoever can register an instance of a must not put it
+	// into a_b's traffic (issue 14, canary across services). Service
+	// "Web" with group "x" collides with service "web_X" case-insensitively,
+	// and "c" group "d_e" with "c_d" group "e" makes c_d_e twice: the first
+	// service keeps it.
 	services := map[string][]Instance{
-		"a":   {{ID: "a1", Address: "10.0.0.1", Port: 80, Healthy: true, Tags: []string{"gray=b"}}},
-		"a_b": {{ID: "x1", Address: "10.0.0.2", Port: 80, Healthy: true}, {ID: "x2", Address: "10.0.0.1", Port: 80, Healthy: true}},
-		"web": {{ID: "w1", Address: "10.0.0.3", Port: 80, Healthy: true}, {ID: "w2", Address: "10.0.0.3", Port: 80, Healthy: true}},
+		"a":     {{ID: "a1", Address: "10.0.0.1", Port: 80, Healthy: true, Tags: []string{"gray=b"}}},
+		"a_b":   {{ID: "x1", Address: "10.0.0.2", Port: 80, Healthy: true}},
+		"Web":   {{ID: "W1", Address: "10.0.0.5", Port: 80, Healthy: true, Tags: []string{"gray=x"}}},
+		"web_X": {{ID: "wx", Address: "10.0.0.6", Port: 80, Healthy: true}},
+		"c":     {{ID: "c1", Address: "10.0.0.7", Port: 80, Healthy: true, Tags: []string{"gray=d_e"}}},
+		"c_d":   {{ID: "cd1", Address: "10.0.0.8", Port: 80, Healthy: true, Tags: []string{"gray=e"}}},
+		"web":   {{ID: "w1", Address: "10.0.0.3", Port: 80, Healthy: true}, {ID: "w2", Address: "10.0.0.3", Port: 80, Healthy: true}},
 	}
-	parts := map[string]Part{}
 	var list []Part
 	for svc, in := range services {
-		parts[svc] = BuildService(svc, in, rules)
-		list = append(list, parts[svc])
+		list = append(list, BuildService(svc, in, rules))
 	}
-	before := render(upstream.State{"x": parts["a_b"].Upstreams[0]})
+	before := fmt.Sprint(list)
 	st, dropped := Merge(list)
+	if after := fmt.Sprint(list); after != before {
+		t.Errorf("Merge changed a part:\n%s\nwas:\n%s", after, before)
+	}
 	got := render(st)
 	want := `upstream a_b {
-    server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;
     server 10.0.0.2:80 weight=1 max_fails=3 fail_timeout=10s;
+}
+
+upstream c_d_e {
+    server 10.0.0.7:80 weight=1 max_fails=3 fail_timeout=10s;
 }
 
 upstream web {
     server 10.0.0.3:80 weight=1 max_fails=3 fail_timeout=10s;
 }
+
+upstream web_X {
+    server 10.0.0.6:80 weight=1 max_fails=3 fail_timeout=10s;
+}
 `
 	if got != want {
 		t.Fatalf("merged state:\n%s\nwant:\n%s", got, want)
-	}
-	if st["a_b"].Service != "a" {
-		t.Errorf("shared upstream belongs to %q, want the first service a", st["a_b"].Service)
 	}
 	var reasons []string
 	for _, d := range dropped {
 		reasons = append(reasons, d.String())
 	}
 	wantDropped := []string{
-		`service "a_b" instance x2: address 10.0.0.1:80 already used by instance a1 in upstream a_b`,
+		`service "Web" instance W1: canary group upstream Web_x is also the name of service web_X; refused (one service's instances never serve another's upstream)`,
+		`service "a" instance a1: canary group upstream a_b is also the name of service a_b; refused (one service's instances never serve another's upstream)`,
+		`service "c_d" instance cd1: upstream c_d_e already belongs to service c; refused`,
 		`service "web" instance w2: address 10.0.0.3:80 already used by instance w1 in upstream web`,
 	}
 	if strings.Join(reasons, "\n") != strings.Join(wantDropped, "\n") {
 		t.Errorf("dropped:\n%s\nwant:\n%s", strings.Join(reasons, "\n"), strings.Join(wantDropped, "\n"))
-	}
-	if after := render(upstream.State{"x": parts["a_b"].Upstreams[0]}); after != before {
-		t.Errorf("Merge changed a part:\n%s\nwas:\n%s", after, before)
 	}
 	// Build is the same as merging every service's part.
 	if st2, d2 := Build(services, rules); render(st2) != got || len(d2) != len(dropped) {

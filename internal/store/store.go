@@ -5,11 +5,14 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -23,6 +26,10 @@ type File struct {
 	Path string
 	// Mode of the file; nginx workers only need to read it.
 	Mode fs.FileMode
+	// Verifier, when set, tests every file Save writes before Save
+	// succeeds (nginx -t in dyups mode). A refused file is replaced by the
+	// bytes it replaced, so the file on disk is always one nginx accepted.
+	Verifier Verifier
 
 	mu       sync.Mutex
 	renderer upstream.FileRenderer
@@ -90,6 +97,13 @@ func (f *File) removeLeftovers() {
 // is on disk. What it wrote last is remembered with the file's size and
 // time, so that an unchanged file is not read back each time, while a file
 // someone else changed is still rewritten.
+//
+// With a Verifier, the written file is verified before Save returns. A
+// refused file is replaced by the bytes that were there before (or removed
+// when there was none) and Save returns an error that wraps
+// engine.ErrVerifyFailed and the verifier's error. A refusal is never
+// remembered as written: the next Save of the same state writes and
+// verifies again, so a retry goes through once the command accepts.
 func (f *File) Save(s upstream.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -98,18 +112,132 @@ func (f *File) Save(s upstream.State) error {
 	if ours && bytes.Equal(f.written, data) {
 		return nil
 	}
+	// before is what a refused file is replaced with.
+	before, beforeErr := f.written, error(nil)
 	if !ours { // someone else's file, or none: read it only then
-		if old, err := os.ReadFile(f.Path); err == nil && bytes.Equal(old, data) {
-			f.written, f.stamp = data, stampOf(f.Path)
-			return nil
+		before, beforeErr = os.ReadFile(f.Path)
+	}
+	same := beforeErr == nil && bytes.Equal(before, data)
+	if same && f.Verifier == nil {
+		f.written, f.stamp = data, stampOf(f.Path)
+		return nil
+	}
+	// Bytes already on disk that the store did not write are verified
+	// like a write of its own: they were never tested.
+	if !same {
+		if err := WriteAtomic(f.Path, data, f.Mode); err != nil {
+			f.forget()
+			return fmt.Errorf("store: %w", err)
 		}
 	}
-	if err := WriteAtomic(f.Path, data, f.Mode); err != nil {
-		f.written = nil
-		return fmt.Errorf("store: %w", err)
-	}
 	f.written, f.stamp = data, stampOf(f.Path)
+	if f.Verifier == nil {
+		return nil
+	}
+	if err := f.Verifier.Verify(context.Background()); err != nil {
+		return f.putBack(before, beforeErr, same, err)
+	}
 	return nil
+}
+
+// forget drops what Save remembers, so that the next Save reads the disk.
+func (f *File) forget() { f.written, f.stamp = nil, fileStamp{} }
+
+// putBack undoes a write the verifier refused: the previous bytes go back,
+// or the file goes when there was none before. It returns Save's error.
+func (f *File) putBack(before []byte, beforeErr error, same bool, refusal error) error {
+	var done string
+	switch {
+	case same:
+		f.forget()
+		done = "the file already held these bytes, so it stays; nothing older is known"
+	case beforeErr == nil:
+		if err := WriteAtomic(f.Path, before, f.Mode); err != nil {
+			f.forget()
+			done = "putting the previous file back failed, the refused file stays: " + err.Error()
+		} else {
+			f.written, f.stamp = before, stampOf(f.Path)
+			done = "the previous file was put back"
+		}
+	case errors.Is(beforeErr, fs.ErrNotExist):
+		f.forget()
+		if err := os.Remove(f.Path); err != nil {
+			done = "removing it failed, the refused file stays: " + err.Error()
+		} else if err := syncDir(filepath.Dir(f.Path)); err != nil {
+			done = "there was no file before, so it was removed (" + err.Error() + ")"
+		} else {
+			done = "there was no file before, so it was removed"
+		}
+	default:
+		f.forget()
+		done = "the previous file could not be read, the refused file stays: " + beforeErr.Error()
+	}
+	return fmt.Errorf("store: %s: %w: %w; %s", f.Path, engine.ErrVerifyFailed, refusal, done)
+}
+
+// Verifier tests the file Save has just written, before anything is
+// pushed to nginx: an error means nginx would refuse to load it (for
+// example `nginx -t` with an nginx.conf that includes the file). Verify is
+// called with the store locked, so it must not call Save.
+type Verifier interface {
+	Verify(ctx context.Context) error
+}
+
+// DefaultVerifyTimeout bounds a Command without a Timeout.
+const DefaultVerifyTimeout = 30 * time.Second
+
+// maxOutput is how much of a command's output an error carries.
+const maxOutput = 1024
+
+// Command is a Verifier that runs a program directly (no shell) and
+// passes when it exits 0. The error of a failure names the command and
+// carries its output, one line per "; ", cut to about 1 KB. It serves the
+// dyups mode's verify command and suits reload mode's test as well.
+type Command struct {
+	Argv    []string
+	Timeout time.Duration // 0: DefaultVerifyTimeout
+}
+
+// Verify runs the command.
+func (c Command) Verify(ctx context.Context) error {
+	if len(c.Argv) == 0 || c.Argv[0] == "" {
+		return errors.New("verify: no command")
+	}
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = DefaultVerifyTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.Argv[0], c.Argv[1:]...)
+	cmd.WaitDelay = time.Second // a child that keeps the output open cannot hold Save
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		err = fmt.Errorf("timed out after %v", timeout)
+	}
+	return fmt.Errorf("%s: %w: %s", strings.Join(c.Argv, " "), err, trimOutput(out))
+}
+
+// trimOutput makes a command's output one line fit for a log or a status
+// page: lines trimmed and joined with "; ", cut after maxOutput bytes.
+func trimOutput(out []byte) string {
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	s := strings.Join(lines, "; ")
+	if len(s) > maxOutput {
+		s = fmt.Sprintf("%s… (%d more bytes)", strings.ToValidUTF8(s[:maxOutput], ""), len(s)-maxOutput)
+	}
+	if s == "" {
+		s = "no output"
+	}
+	return s
 }
 
 // WriteAtomic replaces path with data so that a reader, or a crash at any
@@ -143,12 +271,18 @@ func WriteAtomic(path string, data []byte, mode fs.FileMode) (err error) {
 	if err = os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
 	}
+	return syncDir(dir)
+}
+
+// syncDir fsyncs a directory, so that a rename or removal in it survives
+// a power cut.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open dir %s: %w", dir, err)
 	}
 	defer d.Close()
-	if err = d.Sync(); err != nil {
+	if err := d.Sync(); err != nil {
 		return fmt.Errorf("fsync dir %s: %w", dir, err)
 	}
 	return nil

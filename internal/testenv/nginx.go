@@ -2,9 +2,12 @@ package testenv
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,11 +34,22 @@ type NginxOptions struct {
 	// workers that configuration runs.
 	Workers int
 	// Config, when set, returns the whole nginx.conf to run instead of the
-	// built-in one (HTTP and PersistedFile are then unused). It must serve
-	// the API on 127.0.0.1:APIPort and a proxy on 127.0.0.1:ProxyPort, keep
-	// error_log and pid inside Prefix, and leave `daemon` unset (nginx runs
-	// with -g "daemon off;").
+	// built-in one (HTTP, PersistedFile, DictSize and Init are then unused).
+	// It must serve the API on 127.0.0.1:APIPort (or, with APISocket, on
+	// unix:APISocket) and a proxy on 127.0.0.1:ProxyPort, keep error_log
+	// and pid inside Prefix, and leave `daemon` unset (nginx runs with
+	// -g "daemon off;").
 	Config func(NginxParams) string
+	// DictSize is the size of the lua_shared_dict (default "16m"); nginx
+	// refuses less than 8k.
+	DictSize string
+	// Init is Lua text added inside the table given to init(), for
+	// example `allow_unix_servers = true, secret_file = "/x",`.
+	Init string
+	// APISocket serves the API on a unix socket (NginxParams.APISocket,
+	// Nginx.APISocket) instead of TCP: APIAddr is then "" and APIURL the
+	// "unix:/path" form that SwallowKeeper's targets[].url takes.
+	APISocket bool
 }
 
 // NginxParams is what a custom NginxOptions.Config needs to know.
@@ -51,6 +65,9 @@ type NginxParams struct {
 	// Root is true when nginx runs as root: workers then need `user root;`
 	// to reach files under a test's 0700 temp directories.
 	Root bool
+	// APISocket is the path of the API's unix socket (inside Prefix) when
+	// NginxOptions.APISocket is set, else "".
+	APISocket string
 }
 
 // Nginx is a real nginx running the SwallowKeeper Lua module from this
@@ -68,6 +85,7 @@ type Nginx struct {
 	prefix    string
 	conf      string
 	apiPort   int
+	apiSocket string // path of the API's unix socket; "" when it listens on apiPort
 	proxyPort int
 	workers   int
 
@@ -98,6 +116,9 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 		n.workers = 2
 	}
 	n.conf = filepath.Join(n.prefix, "nginx.conf")
+	if opt.APISocket {
+		n.apiSocket = filepath.Join(n.prefix, "api.sock")
+	}
 
 	modules, err := luaModules(bin)
 	if err != nil {
@@ -109,6 +130,7 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 		ProxyPort: n.proxyPort,
 		LuaPath:   filepath.Join(root, "nginx", "lua"),
 		Root:      os.Geteuid() == 0,
+		APISocket: n.apiSocket,
 	}
 	for _, m := range modules {
 		p.LoadModules += "load_module " + m + ";\n"
@@ -124,6 +146,8 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 			"Workers":       n.workers,
 			"PersistedFile": opt.PersistedFile,
 			"HTTP":          opt.HTTP,
+			"DictSize":      cmp.Or(opt.DictSize, "16m"),
+			"Init":          opt.Init,
 		})
 		if err != nil {
 			t.Fatalf("testenv: nginx: render config: %v", err)
@@ -140,11 +164,52 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 }
 
 // APIURL is the base URL of the dyups-compatible API, e.g.
-// http://127.0.0.1:41234 (no trailing slash).
-func (n *Nginx) APIURL() string { return "http://" + Addr(n.apiPort) }
+// http://127.0.0.1:41234 (no trailing slash), or with
+// NginxOptions.APISocket the target form unix:/path/api.sock.
+func (n *Nginx) APIURL() string {
+	if n.apiSocket != "" {
+		return "unix:" + n.apiSocket
+	}
+	return "http://" + Addr(n.apiPort)
+}
 
-// APIAddr is the API's host:port, for tests that speak raw HTTP.
-func (n *Nginx) APIAddr() string { return Addr(n.apiPort) }
+// APIAddr is the API's host:port, for tests that speak raw HTTP; "" when
+// the API listens on a unix socket.
+func (n *Nginx) APIAddr() string {
+	if n.apiSocket != "" {
+		return ""
+	}
+	return Addr(n.apiPort)
+}
+
+// APISocket is the path of the API's unix socket, "" when it listens on
+// TCP.
+func (n *Nginx) APISocket() string { return n.apiSocket }
+
+// DialAPI opens a connection to the API, over TCP or its unix socket.
+func (n *Nginx) DialAPI(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	if n.apiSocket != "" {
+		return d.DialContext(ctx, "unix", n.apiSocket)
+	}
+	return d.DialContext(ctx, "tcp", Addr(n.apiPort))
+}
+
+// APIClient is an HTTP client whose every request reaches the API, over
+// TCP or its unix socket, whatever the URL's host (use
+// http://localhost/list and the like with a unix socket).
+func (n *Nginx) APIClient() *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			Proxy:             nil,
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return n.DialAPI(ctx)
+			},
+		},
+	}
+}
 
 // ProxyURL is the base URL of the proxy server (no trailing slash).
 func (n *Nginx) ProxyURL() string { return "http://" + Addr(n.proxyPort) }
@@ -335,10 +400,35 @@ func (n *Nginx) waitServing(old []int, timeout time.Duration) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	ctx := context.Background()
-	if err := WaitHTTP(ctx, n.APIURL()+"/list", time.Until(deadline)); err != nil {
+	if n.apiSocket != "" {
+		if err := n.waitAPISocket(ctx, time.Until(deadline)); err != nil {
+			return err
+		}
+	} else if err := WaitHTTP(ctx, n.APIURL()+"/list", time.Until(deadline)); err != nil {
 		return err
 	}
 	return WaitTCP(ctx, Addr(n.proxyPort), time.Until(deadline))
+}
+
+// waitAPISocket polls GET /list on the API's unix socket until it answers
+// with any HTTP status or the timeout passes.
+func (n *Nginx) waitAPISocket(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := n.APIClient()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/list", nil)
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for unix:%s: %w (last error: %v)", n.apiSocket, ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // kill ends every process of this nginx: SIGTERM to the master, which
@@ -437,12 +527,15 @@ http {
     access_log {{.P.Prefix}}/access.log sk;
 
     lua_package_path "{{.P.LuaPath}}/?.lua;;";
-    lua_shared_dict swallowkeeper 16m;
+    lua_shared_dict swallowkeeper {{.DictSize}};
     init_by_lua_block {
         require("swallowkeeper.dyups").init({
             dict = "swallowkeeper",
 {{- if .PersistedFile}}
             persisted_file = "{{.PersistedFile}}",
+{{- end}}
+{{- if .Init}}
+            {{.Init}}
 {{- end}}
         })
     }
@@ -459,8 +552,13 @@ http {
     }
 
     server {
+{{- if .P.APISocket}}
+        listen unix:{{.P.APISocket}};
+        allow unix:;
+{{- else}}
         listen 127.0.0.1:{{.P.APIPort}};
         allow 127.0.0.1;
+{{- end}}
         deny all;
         location / {
             content_by_lua_block {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -58,6 +60,9 @@ func ParseIP(s string) (netip.Addr, error) {
 	}
 	if a.IsUnspecified() {
 		return netip.Addr{}, fmt.Errorf("address %q is unspecified", s)
+	}
+	if ipv4Compatible(a) {
+		return netip.Addr{}, fmt.Errorf("address %q is an IPv4-compatible IPv6 address (deprecated; write the IPv4 address)", s)
 	}
 	return a.Unmap(), nil
 }
@@ -131,4 +136,56 @@ func ParseCount(what, s string, lo, hi int) (int, error) {
 		return 0, fmt.Errorf("%s %q is not an integer", what, s)
 	}
 	return int(n), inRange(what, int(n), lo, hi)
+}
+
+// HasPrimary reports whether the upstream has a server that is not
+// `backup`: nginx refuses an upstream without one ("no servers in
+// upstream"), and so does dyups' POST.
+func (u Upstream) HasPrimary() bool {
+	for _, s := range u.Servers {
+		if !s.Backup {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate checks what nginx checks of a whole file (`nginx -t`): every
+// upstream valid and with a primary server, and no two names equal
+// case-insensitively. A state that passes renders a file nginx accepts.
+func (s State) Validate() error {
+	for name, u := range s {
+		if err := u.Validate(); err != nil {
+			return err
+		}
+		if u.Name != name {
+			return fmt.Errorf("upstream %s stored under the name %s", u.Name, name)
+		}
+	}
+	return s.CheckNames()
+}
+
+// CheckNames is the part of Validate that looks at the set rather than at
+// each server: names unique case-insensitively and a primary server in
+// every upstream. It costs one pass over the upstreams, so the engine runs
+// it on every plan (servers were validated when they were built).
+func (s State) CheckNames() error {
+	folded := make(map[string]string, len(s))
+	var errs []string
+	for name, u := range s {
+		if !u.HasPrimary() {
+			errs = append(errs, fmt.Sprintf("upstream %s: no primary server (nginx: no servers in upstream)", name))
+		}
+		k := FoldKey(name)
+		if other, dup := folded[k]; dup {
+			a, b := min(name, other), max(name, other)
+			errs = append(errs, fmt.Sprintf("upstreams %s and %s differ only in case (nginx: duplicate upstream)", a, b))
+		}
+		folded[k] = name
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	slices.Sort(errs)
+	return errors.New(strings.Join(errs, "; "))
 }

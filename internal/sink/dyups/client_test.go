@@ -2,11 +2,13 @@ package dyups
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -102,15 +104,45 @@ func TestTransportErrorsAreRetryable(t *testing.T) {
 	}
 }
 
-// fakeDyups stores upstreams like dyups does, and can be told to answer
-// 409 a number of times or to refuse a given upstream.
+// fakeDyups stores upstreams like dyups does (names match
+// case-insensitively; ups keys keep the case of the last POST), and can be
+// told to answer 409 a number of times or to refuse a given upstream.
 type fakeDyups struct {
 	mu      sync.Mutex
 	ups     map[string]string
 	locked  int
 	refuse  string
-	calls   []string
+	calls   []string // every request, answered or not
+	applied []string // the POSTs and DELETEs that changed what f holds, in order
 	blocked chan struct{}
+	// GET /detail: detailReads counts the reads; detail, when set, gives
+	// the answer to the read-th one (from 1) instead of what f holds (now),
+	// as a worker with another state would.
+	detailReads int
+	detail      func(read int, now string) string
+}
+
+// detailNow is /detail for what f holds, in name order.
+func (f *fakeDyups) detailNow() string {
+	s := upstream.State{}
+	for name, body := range f.ups {
+		u, err := upstream.ParseBody(name, body)
+		if err != nil {
+			panic(fmt.Sprintf("fake dyups holds %s { %s }: %v", name, body, err))
+		}
+		s[name] = u
+	}
+	return detailText(s, sortedNames(s))
+}
+
+// stored is the key under which f holds name, case-insensitively.
+func (f *fakeDyups) stored(name string) (string, bool) {
+	for n := range f.ups {
+		if strings.EqualFold(n, name) {
+			return n, true
+		}
+	}
+	return "", false
 }
 
 func (f *fakeDyups) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -118,6 +150,18 @@ func (f *fakeDyups) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimPrefix(r.URL.Path, "/upstream/")
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if r.Method == "GET" && r.URL.Path == "/detail" {
+		f.detailReads++
+		body := f.detailNow()
+		if f.detail != nil {
+			body = f.detail(f.detailReads, body)
+		}
+		if body == "" {
+			w.WriteHeader(204)
+		}
+		io.WriteString(w, body)
+		return
+	}
 	f.calls = append(f.calls, r.Method+" "+name)
 	if f.locked > 0 {
 		f.locked--
@@ -130,23 +174,34 @@ func (f *fakeDyups) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(500)
 		io.WriteString(w, "add server failed")
 	case r.Method == "POST":
+		if old, ok := f.stored(name); ok {
+			delete(f.ups, old)
+		}
 		f.ups[name] = string(b)
+		f.applied = append(f.applied, "POST "+name)
 		io.WriteString(w, "success")
 	case r.Method == "DELETE":
-		if _, ok := f.ups[name]; !ok {
+		old, ok := f.stored(name)
+		if !ok {
 			w.WriteHeader(404)
 			io.WriteString(w, "not found uptream")
 			return
 		}
-		delete(f.ups, name)
+		delete(f.ups, old)
+		f.applied = append(f.applied, "DELETE "+name)
 		io.WriteString(w, "success")
 	}
 }
 
-func newTarget(t *testing.T, f *fakeDyups) *Target {
+// newServer serves f on loopback until the test ends, and returns its URL.
+func newServer(t *testing.T, f *fakeDyups) string {
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	tg, err := NewTarget(srv.URL, Options{RetryBase: time.Millisecond, RetryCap: 5 * time.Millisecond, MaxAttempts: 10},
+	return srv.URL
+}
+
+func newTarget(t *testing.T, f *fakeDyups) *Target {
+	tg, err := NewTarget(newServer(t, f), Options{RetryBase: time.Millisecond, RetryCap: 5 * time.Millisecond, MaxAttempts: 10},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -234,24 +289,114 @@ func TestRunAppliesOnlyTheNewestStateWhileRetrying(t *testing.T) {
 	go func() { tg.Run(ctx, ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	tg.Update(engine.Change{State: upstream.State{"a": named("a", "10.0.0.1:80")}})
-	time.Sleep(30 * time.Millisecond) // a is being retried against the lock
+	// a is being retried against the lock: seen twice by nginx.
+	waitFor(t, "POST a retried against the lock", func() bool { return f.count("POST a") >= 2 })
 	tg.Update(engine.Change{State: upstream.State{"b": named("b", "10.0.0.2:80")}})
 	f.mu.Lock()
 	f.locked = 0
 	f.mu.Unlock()
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
+	waitFor(t, "nginx holding b alone", func() bool {
 		f.mu.Lock()
+		defer f.mu.Unlock()
 		_, hasB := f.ups["b"]
-		_, hasA := f.ups["a"]
-		f.mu.Unlock()
-		if hasB {
-			if hasA {
-				t.Fatal("a superseded state was applied after a newer one")
-			}
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
+		return hasB && len(f.ups) == 1
+	})
+	// a may have got through in the moment the lock went (then it was
+	// deleted for b), but never after b.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i := slices.Index(f.applied, "POST b"); i < 0 || slices.Contains(f.applied[i:], "POST a") {
+		t.Fatalf("nginx applied %v: a superseded state after the newer one", f.applied)
 	}
-	t.Fatal("newest state not applied")
+}
+
+// TestSyncPlansCaseOnlyRenames: dyups matches names case-insensitively, and
+// a POST of Rn replaces rn. So Sync never DELETEs an owned name that folds
+// to a desired one (that DELETE would remove the new name: 502s); the POST
+// of the new name replaces it, and the old name is forgotten.
+func TestSyncPlansCaseOnlyRenames(t *testing.T) {
+	const A, B = "10.0.0.1:80", "10.0.0.2:80"
+	st := func(kv ...string) upstream.State {
+		s := upstream.State{}
+		for i := 0; i < len(kv); i += 2 {
+			s[kv[i]] = named(kv[i], kv[i+1])
+		}
+		return s
+	}
+	tests := []struct {
+		name      string
+		persisted upstream.State // in nginx and owned (Own) before the first sync
+		first     upstream.State // synced first: acknowledged and owned
+		next      upstream.State
+		refuse    string
+		wantCalls string
+		wantErr   bool
+		wantHolds upstream.State // what nginx holds after next, names in nginx's case
+		wantOwned string
+	}{
+		{name: "rn renamed Rn", first: st("rn", A), next: st("Rn", B),
+			wantCalls: "POST Rn", wantHolds: st("Rn", B), wantOwned: "Rn"},
+		{name: "Rn renamed back rn, same servers", first: st("Rn", A), next: st("rn", A),
+			wantCalls: "POST rn", wantHolds: st("rn", A), wantOwned: "rn"},
+		{name: "persisted rn renamed Rn at start", persisted: st("rn", A), next: st("Rn", B),
+			wantCalls: "POST Rn", wantHolds: st("Rn", B), wantOwned: "Rn"},
+		{name: "persisted rn and RN, Rn desired", persisted: st("rn", A, "RN", A), next: st("Rn", B),
+			wantCalls: "POST Rn", wantHolds: st("Rn", B), wantOwned: "Rn"},
+		{name: "rename next to a removal", first: st("rn", A, "x", A), next: st("Rn", A),
+			wantCalls: "POST Rn,DELETE x", wantHolds: st("Rn", A), wantOwned: "Rn"},
+		{name: "a name no desired one folds to is still deleted", first: st("rn", A), next: st("other", B),
+			wantCalls: "POST other,DELETE rn", wantHolds: st("other", B), wantOwned: "other"},
+		{name: "refused rename: nginx keeps rn, nothing deleted", first: st("rn", A), next: st("Rn", B), refuse: "Rn",
+			wantCalls: "POST Rn", wantErr: true, wantHolds: st("rn", A), wantOwned: "Rn"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeDyups{ups: map[string]string{}}
+			for name, u := range tt.persisted { // as POSTs would leave them: one per case-folded name
+				if old, ok := f.stored(name); ok {
+					delete(f.ups, old)
+				}
+				f.ups[name] = u.Body()
+			}
+			tg := newTarget(t, f)
+			tg.Own(tt.persisted)
+			if tt.first != nil {
+				if err := tg.Sync(context.Background(), tt.first); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f.calls, f.refuse = nil, tt.refuse
+			err := tg.Sync(context.Background(), tt.next)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if got := strings.Join(f.calls, ","); got != tt.wantCalls {
+				t.Errorf("calls %q, want %q", got, tt.wantCalls)
+			}
+			want := map[string]string{}
+			for name, u := range tt.wantHolds {
+				want[name] = u.Body()
+			}
+			if fmt.Sprint(f.ups) != fmt.Sprint(want) {
+				t.Errorf("nginx holds %v, want %v", f.ups, want)
+			}
+			if got := strings.Join(sortedKeys(tg.owned), ","); got != tt.wantOwned {
+				t.Errorf("owned %q, want %q", got, tt.wantOwned)
+			}
+			for name := range tg.acked {
+				if _, ok := tt.next[name]; !ok {
+					t.Errorf("acknowledged %s, which is not desired", name)
+				}
+			}
+			// Removing the new name later removes the one upstream nginx
+			// holds under any case.
+			f.calls, f.refuse = nil, ""
+			if err := tg.Sync(context.Background(), upstream.State{}); err != nil {
+				t.Fatal(err)
+			}
+			if len(f.ups) != 0 {
+				t.Errorf("after removing everything nginx holds %v (calls %v)", f.ups, f.calls)
+			}
+		})
+	}
 }

@@ -115,7 +115,13 @@ func (d Detail) Lookup(name string) ([]DetailServer, bool) {
 // in /detail and cannot be compared.)
 func (d Detail) Matches(u upstream.Upstream) bool {
 	have, ok := d.Lookup(u.Name)
-	if !ok || len(have) != len(u.Servers) {
+	return ok && serversMatch(have, u)
+}
+
+// serversMatch reports whether have, a worker's servers of an upstream,
+// are u's servers with u's parameters, in any order.
+func serversMatch(have []DetailServer, u upstream.Upstream) bool {
+	if len(have) != len(u.Servers) {
 		return false
 	}
 	want := make(map[DetailServer]int, len(u.Servers))

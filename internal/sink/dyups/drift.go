@@ -3,7 +3,6 @@ package dyups
 import (
 	"bytes"
 	"fmt"
-	"strings"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -49,8 +48,11 @@ func (m *detailMemory) end() {
 
 // compare adds to drift the names of the desired upstreams that one /detail
 // answer does not show as desired, and the names of owned upstreams no
-// longer desired that it still holds (case-insensitively, as dyups
-// matches names).
+// longer desired that it still holds. Names match case-insensitively, as
+// dyups matches them: nginx shows the case of the last POST (or of the
+// file, after a restart), so a desired upstream shown in another case is
+// held, and an owned name that differs from a desired one only in case is
+// never a leftover.
 func (m *detailMemory) compare(body []byte, desired upstream.State, owned map[string]bool, drift map[string]bool) error {
 	if m.sections == nil {
 		m.sections, m.shown = map[string]*shownAs{}, map[string]bool{}
@@ -94,37 +96,59 @@ func (m *detailMemory) compare(body []byte, desired upstream.State, owned map[st
 			parsed[n], sectionOf[n] = servers, string(sec)
 		}
 	}
+	// A desired name not shown as is may be shown in another case. The
+	// names shown, case-folded, are indexed at the first such name: a
+	// lookup per name, not a scan of the answer per name.
+	var shownFold map[string]string
+	asShown := func(name string) (string, bool) {
+		if _, ok := shown[name]; ok {
+			return name, true
+		}
+		if shownFold == nil {
+			shownFold = make(map[string]string, len(shown))
+			for n := range shown {
+				shownFold[upstream.FoldKey(n)] = n
+			}
+		}
+		n, ok := shownFold[upstream.FoldKey(name)]
+		return n, ok
+	}
 	for name, u := range desired {
 		if shown[name] {
 			continue
 		}
-		if !parsed.Matches(u) {
+		var have []DetailServer
+		n, ok := asShown(name)
+		if ok {
+			have, ok = parsed[n]
+		}
+		if !ok || !serversMatch(have, u) {
 			drift[name] = true
 			continue
 		}
-		if sec, ok := sectionOf[name]; ok {
+		if sec, ok := sectionOf[n]; ok && n == name {
 			m.sections[sec] = &shownAs{up: u, check: m.check}
 		}
 	}
+	var folded map[string]bool // desired names case-folded, built when needed
 	for name := range owned {
-		if _, wanted := desired[name]; !wanted && holds(shown, name) {
+		if _, wanted := desired[name]; wanted {
+			continue
+		}
+		if folded == nil {
+			folded = make(map[string]bool, len(desired))
+			for n := range desired {
+				folded[upstream.FoldKey(n)] = true
+			}
+		}
+		// An owned name that folds to a desired one (a case-only rename
+		// whose sync has not run yet) is the desired upstream in nginx,
+		// not a leftover: deleting it would delete that one.
+		if _, held := asShown(name); held && !folded[upstream.FoldKey(name)] {
 			drift[name] = true
 		}
 	}
 	return nil
-}
-
-// holds reports whether name is among the names shown, case-insensitively.
-func holds(shown map[string]bool, name string) bool {
-	if _, ok := shown[name]; ok {
-		return true
-	}
-	for n := range shown {
-		if strings.EqualFold(n, name) {
-			return true
-		}
-	}
-	return false
 }
 
 // wholeParseError is the error of parsing the whole answer, which names the

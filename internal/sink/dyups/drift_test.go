@@ -1,6 +1,7 @@
 package dyups
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -50,7 +51,7 @@ func wholeDrift(body string, desired upstream.State, owned map[string]bool) ([]s
 		}
 	}
 	for name := range owned {
-		if _, wanted := desired[name]; !wanted {
+		if _, wanted := desired[name]; !wanted && !foldsToDesired(desired, name) {
 			if _, present := d.Lookup(name); present {
 				drift = append(drift, name)
 			}
@@ -58,6 +59,17 @@ func wholeDrift(body string, desired upstream.State, owned map[string]bool) ([]s
 	}
 	slices.Sort(drift)
 	return drift, nil
+}
+
+// foldsToDesired reports whether a desired name differs from name only in
+// case (then nginx's upstream of that name is the desired one's).
+func foldsToDesired(desired upstream.State, name string) bool {
+	for n := range desired {
+		if strings.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
 }
 
 func randomState(r *rand.Rand, n int) upstream.State {
@@ -121,12 +133,17 @@ func TestDriftMemoryAgreesWithWholeParse(t *testing.T) {
 			return strings.Replace(b, detailText(s, order[:1]), detailText(upstream.State{u.Name: rev}, order[:1]), 1)
 		}},
 		{"a worker with nothing", func(string, upstream.State, []string) string { return "" }},
+		{"an upstream shown in another case (the case of a POST before a rename)", func(b string, _ upstream.State, order []string) string {
+			return strings.Replace(b, order[0]+"\n", strings.ToUpper(order[0])+"\n", 1)
+		}},
 	}
 	for round := range 200 {
 		state := randomState(r, 1+r.IntN(12))
 		order := sortedNames(state)
 		r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
-		owned := map[string]bool{"old": true}
+		// "old" is no longer wanted; the upper-case name was renamed to
+		// its lower-case desired one.
+		owned := map[string]bool{"old": true, strings.ToUpper(order[0]): true}
 		for n := range state {
 			owned[n] = true
 		}
@@ -241,4 +258,85 @@ func BenchmarkDriftCheck(b *testing.B) {
 		next[u.Name] = u
 		run(b, m, next, detailText(next, sortedNames(next)), detailText(next, []string{u.Name})[:len(detailText(next, []string{u.Name}))-1])
 	})
+}
+
+// TestDriftMatchesNamesCaseInsensitively: nginx shows the case of the last
+// POST (or of the file after a restart), so a desired upstream shown in
+// another case is held, and an owned name that folds to a desired one is
+// that upstream, not a leftover to delete: after a case-only rename the
+// drift check neither repairs nor deletes anything.
+func TestDriftMatchesNamesCaseInsensitively(t *testing.T) {
+	const A, B = "10.0.0.1:80", "10.0.0.2:80"
+	show := func(name, addr string) string {
+		return detailText(upstream.State{name: named(name, addr)}, []string{name})
+	}
+	tests := []struct {
+		name    string
+		desired upstream.State
+		owned   []string
+		body    string
+		want    string
+	}{
+		{"desired Rn shown as rn", upstream.State{"Rn": named("Rn", A)}, []string{"rn", "Rn"}, show("rn", A), ""},
+		{"desired Rn shown as Rn, rn still owned", upstream.State{"Rn": named("Rn", A)}, []string{"rn", "Rn"}, show("Rn", A), ""},
+		{"desired Rn shown as RN with other servers", upstream.State{"Rn": named("Rn", A)}, []string{"rn"}, show("RN", B), "Rn"},
+		{"desired Rn missing", upstream.State{"Rn": named("Rn", A)}, []string{"rn", "Rn"}, show("other", A), "Rn"},
+		{"a leftover shown in another case", upstream.State{"Rn": named("Rn", A)}, []string{"Rn", "old"}, show("Rn", A) + show("OLD", B), "old"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			owned := map[string]bool{}
+			for _, n := range tt.owned {
+				owned[n] = true
+			}
+			m := &detailMemory{}
+			for check := range 2 { // cold, then with the memory of the first
+				m.begin()
+				drift := map[string]bool{}
+				if err := m.compare([]byte(tt.body), tt.desired, owned, drift); err != nil {
+					t.Fatal(err)
+				}
+				m.end()
+				if got := strings.Join(sortedKeys(drift), ","); got != tt.want {
+					t.Errorf("check %d: drift %q, want %q", check, got, tt.want)
+				}
+			}
+			whole, err := wholeDrift(tt.body, tt.desired, owned)
+			if err != nil || strings.Join(whole, ",") != tt.want {
+				t.Errorf("whole parse: drift %v (%v), want %q", whole, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestReconcileAfterCaseRenameRepairsNothing: after rn → Rn the drift
+// check finds nginx in step, whether it shows Rn or (a worker that has not
+// seen the POST's case) rn: no repair, no DELETE, no flip-flop.
+func TestReconcileAfterCaseRenameRepairsNothing(t *testing.T) {
+	for _, shown := range []string{"Rn", "rn"} {
+		t.Run("nginx shows "+shown, func(t *testing.T) {
+			f := &fakeDyups{ups: map[string]string{"rn": named("rn", "10.0.0.1:80").Body()}}
+			tg := newTarget(t, f)
+			tg.Own(upstream.State{"rn": named("rn", "10.0.0.1:80")})
+			desired := upstream.State{"Rn": named("Rn", "10.0.0.2:80")}
+			if err := tg.Sync(context.Background(), desired); err != nil {
+				t.Fatal(err)
+			}
+			f.detail = func(_ int, now string) string {
+				return strings.Replace(now, "Rn\n", shown+"\n", 1)
+			}
+			f.calls = nil
+			for range 3 {
+				if err := tg.Reconcile(context.Background(), desired); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st := tg.Status(); len(f.calls) != 0 || st.DriftRepairs != 0 || len(st.Drift) != 0 {
+				t.Errorf("after 3 drift checks: calls %v, repairs %d, drift %v; want none", f.calls, st.DriftRepairs, st.Drift)
+			}
+			if _, ok := f.ups["Rn"]; !ok || len(f.ups) != 1 {
+				t.Errorf("nginx holds %v, want Rn", f.ups)
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package dyups
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,10 +40,12 @@ type Target struct {
 	status Status
 
 	// Owned by the Run goroutine (or the caller of Sync).
-	acked     upstream.State  // what the target acknowledged, per upstream
-	owned     map[string]bool // names the target may hold because we put them there
-	details   detailMemory    // /detail sections that showed their desired upstream
-	detailBuf []byte          // the last /detail answer's buffer, for the next read
+	acked       upstream.State  // what the target acknowledged, per upstream
+	owned       map[string]bool // names the target may hold because we put them there
+	details     detailMemory    // /detail sections that showed their desired upstream
+	detailBuf   []byte          // the last /detail answer's buffer, for the next read
+	detailFirst []byte          // a drift check's first answer, to tell the next ones from it
+	procs       Processes       // nginx's processes, when watched (Options.NginxPID)
 }
 
 var _ engine.Sink = (*Target)(nil)
@@ -60,6 +63,28 @@ type Options struct {
 	// DetailReads is how many times each drift check reads /detail, each
 	// over a new connection, since each read shows one worker's state.
 	DetailReads int
+	// DetailMaxReads: while all its answers are the same, a drift check
+	// reads on after DetailReads, up to DetailMaxReads reads or
+	// DetailBudget, since back-to-back connections mostly land on the same
+	// worker and a stale one hides behind it. It stops at the first answer
+	// that differs from the first (it has then seen two workers, or a
+	// change). 0 means 4 × DetailReads, or DetailReads when the workers
+	// are watched (NginxPID), which finds a replaced worker by itself.
+	DetailMaxReads int
+	DetailBudget   time.Duration // 0 = 1s
+	// NginxPID is nginx's pid file, when nginx runs on this host: Run then
+	// watches the master's workers and pushes every upstream again
+	// WorkerReadyDelay after a new worker (or master) appears.
+	NginxPID string
+	// WorkerReadyDelay is how long a new worker needs before a push
+	// reaches it: real dyups makes a worker that replaces a crashed one
+	// wait 2 × dyups_read_msg_timeout. 0 = 2s (the timeout's default, 1s).
+	WorkerReadyDelay time.Duration
+	// WorkerPoll is how often the workers are listed; 0 = 250ms.
+	WorkerPoll time.Duration
+	// Processes, when set, lists nginx's processes instead of NginxPID
+	// and /proc (tests).
+	Processes Processes
 }
 
 // NewTarget returns a target for the dyups interface at rawURL.
@@ -80,6 +105,25 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 	if opt.DetailReads <= 0 {
 		opt.DetailReads = 3
 	}
+	if opt.Processes == nil && opt.NginxPID != "" {
+		opt.Processes = NewProcProcesses(opt.NginxPID)
+	}
+	if opt.DetailMaxReads <= 0 {
+		opt.DetailMaxReads = 4 * opt.DetailReads
+		if opt.Processes != nil {
+			opt.DetailMaxReads = opt.DetailReads
+		}
+	}
+	opt.DetailMaxReads = max(opt.DetailMaxReads, opt.DetailReads)
+	if opt.DetailBudget <= 0 {
+		opt.DetailBudget = time.Second
+	}
+	if opt.WorkerReadyDelay <= 0 {
+		opt.WorkerReadyDelay = 2 * time.Second
+	}
+	if opt.WorkerPoll <= 0 {
+		opt.WorkerPoll = 250 * time.Millisecond
+	}
 	t := &Target{
 		url:    base.String(),
 		client: NewClient(base, opt.Timeout),
@@ -89,6 +133,7 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 		acked:  upstream.State{},
 		owned:  map[string]bool{},
 		opt:    opt,
+		procs:  opt.Processes,
 	}
 	return t, nil
 }
@@ -106,6 +151,13 @@ type Status struct {
 	// (then repaired); empty when it found none.
 	Drift     []string  `json:"drift,omitempty"`
 	LastCheck time.Time `json:"last_check,omitzero"`
+	// WorkerRepushes counts the times every upstream was pushed again
+	// because nginx had a new worker or master (Options.NginxPID).
+	WorkerRepushes int `json:"worker_repushes,omitempty"`
+	// WatchError says why nginx's workers cannot be watched (a pid file
+	// missing or unreadable, a dead master); empty while they are, or
+	// when they are not to be.
+	WatchError string `json:"watch_error,omitempty"`
 }
 
 // Status returns the target's current status.
@@ -167,9 +219,11 @@ func (t *Target) Own(s upstream.State) {
 }
 
 // Run applies states handed over by Update until stop ends, and checks for
-// drift every Resync. Requests run under work, which the caller ends some
-// time after stop, so that a sync in flight at shutdown can finish instead
-// of leaving nginx half-updated.
+// drift every Resync. With NginxPID it also lists nginx's workers every
+// WorkerPoll, and pushes every upstream again WorkerReadyDelay after a new
+// worker or master appeared (workerWatch). Requests run under work, which
+// the caller ends some time after stop, so that a sync in flight at
+// shutdown can finish instead of leaving nginx half-updated.
 func (t *Target) Run(stop, work context.Context) {
 	var tick <-chan time.Time
 	if t.opt.Resync > 0 {
@@ -177,13 +231,41 @@ func (t *Target) Run(stop, work context.Context) {
 		defer ticker.Stop()
 		tick = ticker.C
 	}
+	var (
+		watch *workerWatch // nil: not watched
+		poll  <-chan time.Time
+		due   <-chan time.Time
+	)
+	if t.procs != nil {
+		watch = &workerWatch{procs: t.procs, delay: t.opt.WorkerReadyDelay, log: t.log}
+		defer watch.stop()
+		watch.look(time.Now()) // what is there at start is pushed by the first sync
+		t.watchError(watch.lastErr)
+		ticker := time.NewTicker(t.opt.WorkerPoll)
+		defer ticker.Stop()
+		poll = ticker.C
+	}
 	var current upstream.State // the newest desired state
 	ctx := work
 	for {
+		if watch != nil {
+			due = watch.C()
+		}
 		var err error
 		select {
 		case <-stop.Done():
 			return
+		case now := <-poll:
+			if watch.look(now) {
+				t.watchError(watch.lastErr)
+			}
+			continue
+		case now := <-due:
+			reason := watch.fired(now)
+			if current == nil {
+				continue
+			}
+			err = t.repush(ctx, current, reason)
 		case <-t.wake:
 			c, ok := t.take()
 			if !ok {
@@ -207,22 +289,60 @@ func (t *Target) Run(stop, work context.Context) {
 	}
 }
 
-// Reconcile reads what nginx holds (DetailReads times, each over a new
-// connection, so that different workers answer), forgets what it had
-// acknowledged for every upstream that differs, and syncs: the upstreams
-// nginx lost or that were changed behind our back are posted again, and
-// those we own but no longer want are deleted. When all is well it costs
-// the reads and nothing else.
+// watchError shows in the status why the workers cannot be watched.
+func (t *Target) watchError(msg string) {
+	t.smu.Lock()
+	defer t.smu.Unlock()
+	t.status.WatchError = msg
+}
+
+// repush forgets what the target acknowledged and syncs: every desired
+// upstream is posted again, for a new nginx worker that lacks them.
+func (t *Target) repush(ctx context.Context, desired upstream.State, reason string) error {
+	t.m.repushes.WithLabelValues(t.url, reason).Inc()
+	t.smu.Lock()
+	t.status.WorkerRepushes++
+	t.smu.Unlock()
+	t.log.Info("pushing every upstream again", "reason", reason, "upstreams", len(desired))
+	t.acked = upstream.State{}
+	return t.Sync(ctx, desired)
+}
+
+// Reconcile reads what nginx holds (each read over a new connection, so
+// that different workers answer), forgets what it had acknowledged for
+// every upstream that differs, and syncs: the upstreams nginx lost or that
+// were changed behind our back are posted again, and those we own but no
+// longer want are deleted.
+//
+// It reads DetailReads times; while every answer is the same as the first,
+// it reads on, up to DetailMaxReads reads or DetailBudget: one answer
+// different from the first means two workers (or a change) seen, and
+// enough. When all is well (all workers agree) it costs DetailMaxReads
+// reads, the same answer again costs a byte comparison and no parse, and
+// nothing is sent.
 func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 	drift := map[string]bool{}
 	t.details.begin()
-	for range t.opt.DetailReads {
+	start := time.Now()
+	differs := false // an answer differed from the first
+	for read := 0; ; read++ {
+		if read >= t.opt.DetailReads && (differs || read >= t.opt.DetailMaxReads || time.Since(start) >= t.opt.DetailBudget) {
+			break
+		}
 		body, err := t.client.DetailBody(ctx, t.detailBuf)
 		t.detailBuf = body
 		if err != nil {
 			err = fmt.Errorf("dyups %s: drift check: %w", t.url, err)
 			t.record(err, 0)
 			return err
+		}
+		switch {
+		case read == 0: // keep it; read the next ones into the other buffer
+			t.detailFirst, t.detailBuf = body, t.detailFirst
+		case bytes.Equal(body, t.detailFirst): // the same answer finds the same
+			continue
+		default:
+			differs = true
 		}
 		if err := t.details.compare(body, desired, t.owned, drift); err != nil {
 			err = fmt.Errorf("dyups %s: drift check: GET /detail: %w", t.url, err)
@@ -271,6 +391,7 @@ func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 			del = append(del, name)
 		}
 	}
+	del = t.dropRenamed(desired, del)
 	slices.Sort(post)
 	slices.Sort(del)
 	var errs []error
@@ -283,7 +404,7 @@ func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 		if err != nil {
 			var api *APIError
 			if errors.As(err, &api) && api.Status == 500 {
-				t.log.Error("nginx refused the upstream body; it keeps the old one", "upstream", name, "status", api.Status, "answer", api.Body, "body", u.Body())
+				t.log.Error("nginx refused the upstream body; it keeps the old one", "upstream", name, "status", api.Status, "answer", api.Body, "reason", api.Reason, "body", u.Body())
 			}
 			delete(t.acked, name)
 			errs = append(errs, err)
@@ -307,6 +428,32 @@ func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 		return fmt.Errorf("dyups %s: %w", t.url, errors.Join(errs...))
 	}
 	return nil
+}
+
+// dropRenamed takes out of del the owned names that fold to a desired
+// name (a case-only rename, rn → Rn), and forgets them. dyups matches names
+// case-insensitively: the POST of Rn replaces rn in place, and a DELETE of
+// rn would delete Rn. The desired name, owned from now on, stands for the
+// one upstream nginx holds under either case (a later DELETE of it removes
+// rn too, should the POST have failed).
+func (t *Target) dropRenamed(desired upstream.State, del []string) []string {
+	if len(del) == 0 {
+		return del
+	}
+	folded := make(map[string]bool, len(desired))
+	for name := range desired {
+		folded[upstream.FoldKey(name)] = true
+	}
+	keep := del[:0]
+	for _, name := range del {
+		if !folded[upstream.FoldKey(name)] {
+			keep = append(keep, name)
+			continue
+		}
+		delete(t.owned, name)
+		delete(t.acked, name)
+	}
+	return keep
 }
 
 // retry runs one request until it succeeds, fails for good, runs out of
@@ -364,6 +511,7 @@ type Metrics struct {
 	drift    *prometheus.CounterVec
 	inSync   *prometheus.GaugeVec
 	lastSync *prometheus.GaugeVec
+	repushes *prometheus.CounterVec
 }
 
 // NewMetrics registers the dyups metrics with reg (nil: unregistered).
@@ -390,9 +538,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "swallowkeeper_dyups_last_sync_timestamp_seconds",
 			Help: "When the target last held the desired state (end of a successful sync or drift check).",
 		}, []string{"target"}),
+		repushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_dyups_worker_repushes_total",
+			Help: "Times every upstream was pushed again because the target's nginx had a new worker (reason worker: a crash or a reload) or a new master (reason restart). Only with targets[].nginx_pid.",
+		}, []string{"target", "reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.drift, m.inSync, m.lastSync)
+		reg.MustRegister(m.requests, m.latency, m.drift, m.inSync, m.lastSync, m.repushes)
 	}
 	return m
 }

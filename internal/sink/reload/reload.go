@@ -8,7 +8,8 @@
 // storm), runs the test command (nginx -t) against the real main
 // configuration, and reloads only if it passes. If the test fails it puts
 // back the last file that passed, so that nginx, now or after a restart,
-// keeps serving the old set, and says why.
+// keeps serving the old set, says why, and tries again with backoff until
+// the test passes or a newer state replaces the one that failed (Run).
 package reload
 
 import (
@@ -25,6 +26,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -39,6 +41,9 @@ type Options struct {
 	// MaxWait bounds how long a steady stream of changes can delay one.
 	MinWait, MaxWait time.Duration
 	Timeout          time.Duration // per command
+	// RetryMin and RetryMax bound the backoff between attempts after a
+	// failed test or reload (defaults 1s and 30s).
+	RetryMin, RetryMax time.Duration
 }
 
 // Sink reloads nginx when the desired state changes.
@@ -64,6 +69,14 @@ type Status struct {
 	LastReload  time.Time // end of the last successful reload
 	LastError   string
 	LastErrorAt time.Time
+	// Failing is set from a failed test or reload until an attempt
+	// succeeds: nginx serves an older set meanwhile, and the sink retries
+	// at NextRetry. Attempts counts the failed attempts in a row (the
+	// first and every retry); FailingSince is when the first one failed.
+	Failing      bool
+	Attempts     int
+	FailingSince time.Time
+	NextRetry    time.Time
 }
 
 // Status returns the sink's current status.
@@ -75,17 +88,34 @@ func (s *Sink) Status() Status {
 	return st
 }
 
-func (s *Sink) record(err error) {
+// record notes the outcome of an attempt; next is when the sink retries
+// after a failure.
+func (s *Sink) record(err error, next time.Time) {
 	s.smu.Lock()
 	defer s.smu.Unlock()
+	now := time.Now()
 	if err != nil {
-		s.status.InSync, s.status.LastError, s.status.LastErrorAt = false, err.Error(), time.Now()
+		if !s.status.Failing {
+			s.status.FailingSince = now
+		}
+		s.status.InSync, s.status.Failing = false, true
+		s.status.Attempts++
+		s.status.LastError, s.status.LastErrorAt, s.status.NextRetry = err.Error(), now, next
+		s.m.failing.Set(1)
 		return
 	}
-	s.status.InSync, s.status.LastReload = true, time.Now()
+	s.status.InSync, s.status.LastReload = true, now
+	s.status.Failing, s.status.Attempts, s.status.FailingSince, s.status.NextRetry = false, 0, time.Time{}, time.Time{}
+	s.m.failing.Set(0)
 }
 
 var _ engine.Sink = (*Sink)(nil)
+
+// Retry bounds used when Options leave them zero.
+const (
+	DefaultRetryMin = time.Second
+	DefaultRetryMax = 30 * time.Second
+)
 
 // New returns a reload sink.
 func New(opt Options, log *slog.Logger, reg prometheus.Registerer) (*Sink, error) {
@@ -97,6 +127,12 @@ func New(opt Options, log *slog.Logger, reg prometheus.Registerer) (*Sink, error
 	}
 	if opt.MaxWait < opt.MinWait {
 		opt.MaxWait = opt.MinWait
+	}
+	if opt.RetryMin <= 0 {
+		opt.RetryMin = DefaultRetryMin
+	}
+	if opt.RetryMax < opt.RetryMin {
+		opt.RetryMax = max(opt.RetryMin, DefaultRetryMax)
 	}
 	s := &Sink{opt: opt, log: log.With("sink", "reload"), m: newMetrics(reg), wake: make(chan struct{}, 1)}
 	if b, err := os.ReadFile(opt.File); err == nil {
@@ -117,20 +153,59 @@ func (s *Sink) Update(c engine.Change) {
 }
 
 // Run reloads nginx after each settled burst of changes until ctx ends.
+//
+// A failed test or reload is retried with backoff (RetryMin doubling up to
+// RetryMax, with jitter) until an attempt succeeds: a moment's mistake in
+// nginx.conf, or nginx briefly down, must not strand nginx on an old set
+// until the next registry change. A newer state ends the retries of the
+// older one: it settles as usual and is then tried (and retried) itself.
+// The backoff starts over only after a success, so a registry that keeps
+// changing cannot turn a lasting failure into a test per change.
 func (s *Sink) Run(ctx context.Context) {
 	var (
-		settle *time.Timer
-		fire   <-chan time.Time
-		first  time.Time
+		settle, retry *time.Timer
+		fire, again   <-chan time.Time
+		first         time.Time
 	)
+	bo := backoff.New(s.opt.RetryMin, s.opt.RetryMax)
+	attempt := func() {
+		s.mu.Lock()
+		c := s.pending
+		s.mu.Unlock()
+		err := s.Apply(ctx, c.State)
+		if err == nil {
+			if n := bo.Attempts(); n > 0 {
+				s.log.Info("nginx reloaded after failed attempts", "failed_attempts", n)
+			}
+			bo.Reset()
+			s.record(nil, time.Time{})
+			c.Ack()
+			return
+		}
+		if ctx.Err() != nil {
+			return // stopping: the command was cut short, not a failure of nginx
+		}
+		d := bo.Next()
+		s.record(err, time.Now().Add(d))
+		s.log.Error("nginx not reloaded; retrying", "attempt", bo.Attempts(), "retry_in", d.Round(time.Millisecond), "err", err)
+		retry = time.NewTimer(d)
+		again = retry.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			if settle != nil {
-				settle.Stop()
+			for _, t := range []*time.Timer{settle, retry} {
+				if t != nil {
+					t.Stop()
+				}
 			}
 			return
 		case <-s.wake:
+			// A newer state: retrying the older one is moot.
+			if retry != nil {
+				retry.Stop()
+				retry, again = nil, nil
+			}
 			now := time.Now()
 			if fire == nil {
 				first = now
@@ -146,16 +221,10 @@ func (s *Sink) Run(ctx context.Context) {
 			fire = settle.C
 		case <-fire:
 			fire = nil
-			s.mu.Lock()
-			c := s.pending
-			s.mu.Unlock()
-			err := s.Apply(ctx, c.State)
-			s.record(err)
-			if err != nil {
-				s.log.Error("nginx not reloaded", "err", err)
-			} else {
-				c.Ack()
-			}
+			attempt()
+		case <-again:
+			retry, again = nil, nil
+			attempt()
 		}
 	}
 }
@@ -210,15 +279,22 @@ func (s *Sink) exec(ctx context.Context, argv []string) (string, error) {
 
 type metrics struct {
 	reloads *prometheus.CounterVec
+	failing prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "swallowkeeper_reloads_total",
-		Help: "nginx reloads in reload mode, by outcome (ok, test_failed, reload_failed).",
-	}, []string{"outcome"})}
+	m := &metrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "swallowkeeper_reloads_total",
+			Help: "nginx reloads in reload mode, by outcome (ok, test_failed, reload_failed); retries count too.",
+		}, []string{"outcome"}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "swallowkeeper_reload_failing",
+			Help: "1 while the last nginx test or reload failed and the reload sink is retrying (nginx serves an older set), else 0.",
+		}),
+	}
 	if reg != nil {
-		reg.MustRegister(m.reloads)
+		reg.MustRegister(m.reloads, m.failing)
 	}
 	return m
 }

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -12,9 +13,30 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 )
 
+// watchedTransport tells when a request goes out and when its answer's
+// headers come back.
+type watchedTransport struct {
+	inner    http.RoundTripper
+	sent     chan struct{} // closed when the first request goes out
+	once     atomic.Bool
+	answered atomic.Bool // the answer to a request has come
+}
+
+func (w *watchedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if w.once.CompareAndSwap(false, true) {
+		close(w.sent)
+	}
+	resp, err := w.inner.RoundTrip(r)
+	w.answered.Store(true)
+	return resp, err
+}
+
 // A blocking read takes its buffer only once Consul answers: taken before,
 // it would sit idle for the whole wait beside the answer the caller still
 // holds (a third checks answer's worth of memory at 10,000 checks).
+//
+// What proves the absence: the request was on its way to Consul, the
+// buffer was not taken, and after that look no answer had come yet.
 func TestBlockingReadTakesItsBufferWhenTheAnswerComes(t *testing.T) {
 	c := testenv.StartConsul(t)
 	c.Register(t, "web", "web-1", "127.0.0.1", 8080, nil, nil)
@@ -26,6 +48,12 @@ func TestBlockingReadTakesItsBufferWhenTheAnswerComes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// Only getRaw uses cfg.HttpClient; watch the blocking read's request.
+	watch := &watchedTransport{inner: client.cfg.HttpClient.Transport, sent: make(chan struct{})}
+	hc := *client.cfg.HttpClient
+	hc.Transport = watch
+	client.cfg.HttpClient = &hc
 
 	var taken atomic.Bool
 	type answer struct {
@@ -41,14 +69,18 @@ func TestBlockingReadTakesItsBufferWhenTheAnswerComes(t *testing.T) {
 		})
 		done <- answer{body, err}
 	}()
-	time.Sleep(500 * time.Millisecond)
-	if taken.Load() {
-		t.Fatal("the buffer was taken while the blocking query was still waiting")
-	}
 	select {
-	case a := <-done:
-		t.Fatalf("the blocking query returned without a change: %q, %v", a.body, a.err)
-	default:
+	case <-watch.sent:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the blocking read never sent its request")
+	}
+	wasTaken := taken.Load()
+	if watch.answered.Load() {
+		a := <-done
+		t.Fatalf("Consul answered the blocking query without a change: %.300q, %v", a.body, a.err)
+	}
+	if wasTaken {
+		t.Fatal("the buffer was taken while the request was out and no answer had come")
 	}
 
 	c.SetHealth(t, "web-1", api.HealthCritical)

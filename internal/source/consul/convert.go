@@ -1,6 +1,8 @@
 package consul
 
 import (
+	"slices"
+
 	"github.com/hashicorp/consul/api"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
@@ -32,6 +34,27 @@ func Instances(entries []*api.ServiceEntry, onlyPassing bool) []registry.Instanc
 		})
 	}
 	return out
+}
+
+// OnlyService keeps the entries of exactly the service name. Consul's
+// /v1/health/service/<name> matches the name case-insensitively: the
+// answer for "Api" holds the instances of "api" too, and without this
+// filter they would join the other service's upstream.
+func OnlyService(entries []*api.ServiceEntry, name string) []*api.ServiceEntry {
+	for i, e := range entries {
+		if e != nil && e.Service != nil && e.Service.Service == name {
+			continue
+		}
+		// Rare: copy only when an entry must go.
+		out := slices.Clone(entries[:i])
+		for _, e := range entries[i+1:] {
+			if e != nil && e.Service != nil && e.Service.Service == name {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	return entries
 }
 
 func healthy(checks api.HealthChecks, onlyPassing bool) bool {

@@ -640,6 +640,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
 		}
 		t.setDoubt("health/service/"+name, t.src.doubt("health/service", meta))
+		entries = OnlyService(entries, name)
 		versions := versionsOf(entries)
 		old, had := t.services[name]
 		if had && old.index == meta.LastIndex && sameVersions(old.versions, versions) {

@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"net/netip"
 	"reflect"
 	"slices"
 	"strconv"
@@ -20,6 +21,10 @@ var rules = registry.Rules{
 	MaxFails:    3,
 	FailTimeout: 10 * time.Second,
 	Keepalive:   16,
+	// The test backends listen on loopback, which the address policy
+	// refuses by default: the tests opt in explicitly, as an operator
+	// would with upstreams.allow_addresses.
+	Addresses: upstream.AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 }
 
 // upsyncDefault is the value nginx-upsync-module's README tells users to

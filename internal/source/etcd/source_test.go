@@ -691,3 +691,29 @@ func TestSourceMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// The address policy through a real etcd (issue 14): with the default
+// policy, upsync keys on loopback, metadata, multicast or broadcast
+// addresses are dropped and reported; the good one flows.
+func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a := newApp(t, e)
+	hostile := []string{"127.0.0.1:8081", "[::1]:8081", "169.254.169.254:80", "[fe80::1]:80", "224.0.0.1:80", "255.255.255.255:80"}
+	for _, k := range hostile {
+		a.put("/upstreams/web/"+k, "")
+	}
+	a.put("/upstreams/web/10.1.2.3:8080", "")
+	r := rules
+	r.Addresses = upstream.AddressPolicy{}
+	opt := Options{Resync: -1, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond, DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}
+	snaps := run(t, New(e.Endpoints(), opt, r, testLogger(), nil))
+	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))
+	if len(s.Dropped) != len(hostile) {
+		t.Fatalf("dropped %v, want the %d hostile keys", s.Dropped, len(hostile))
+	}
+	for _, d := range s.Dropped {
+		if !strings.Contains(d.Reason, "refused by default; upstreams.allow_addresses can allow it") {
+			t.Errorf("reason: %v", d)
+		}
+	}
+}

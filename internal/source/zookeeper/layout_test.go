@@ -2,6 +2,7 @@ package zookeeper
 
 import (
 	"errors"
+	"net/netip"
 	"reflect"
 	"strconv"
 	"strings"
@@ -20,6 +21,10 @@ var rules = registry.Rules{
 	MaxFails:    3,
 	FailTimeout: 10 * time.Second,
 	Keepalive:   16,
+	// The test backends listen on loopback, which the address policy
+	// refuses by default: the tests opt in explicitly, as an operator
+	// would with upstreams.allow_addresses.
+	Addresses: upstream.AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
 }
 
 // springCloudUp is what a Spring Cloud Zookeeper application registered,

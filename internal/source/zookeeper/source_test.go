@@ -512,3 +512,30 @@ func TestSourceMetricNames(t *testing.T) {
 		}
 	}
 }
+
+// The address policy through a real ZooKeeper (issue 14): with the default
+// policy, znodes on loopback, metadata, multicast or broadcast addresses
+// are dropped and reported; the good one flows.
+func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	a := newApp(t, z)
+	a.mkdirs("/upstreams/web")
+	hostile := []string{"127.0.0.1:8081", "[::1]:8081", "169.254.169.254:80", "[fe80::1]:80", "224.0.0.1:80", "255.255.255.255:80"}
+	for _, k := range hostile {
+		a.register("/upstreams/web/"+k, "")
+	}
+	a.register("/upstreams/web/10.1.2.3:8080", "")
+	r := rules
+	r.Addresses = upstream.AddressPolicy{}
+	opt := Options{Root: "/upstreams", Layout: Plain, SessionTimeout: 2 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond}
+	snaps := testenv.RunSource(t, New([]string{z.Addr()}, opt, r, slog.New(slog.NewTextHandler(io.Discard, nil)), nil))
+	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))
+	if len(s.Dropped) != len(hostile) {
+		t.Fatalf("dropped %v, want the %d hostile znodes", s.Dropped, len(hostile))
+	}
+	for _, d := range s.Dropped {
+		if !strings.Contains(d.Reason, "refused by default; upstreams.allow_addresses can allow it") {
+			t.Errorf("reason: %v", d)
+		}
+	}
+}

@@ -10,7 +10,7 @@
 --                  the last peer of a request worked (resets failure counts
 --                  the way nginx does on success).
 --   init(opts)     init_by_lua: binds the shared dict; on a fresh dict loads
---                  the file SwallowKeeper persists.
+--                  the file SwallowKeeper persists; reads the API secret.
 --   init_worker()  init_worker_by_lua: per-worker housekeeping.
 --
 -- State lives in a lua_shared_dict, so every worker shares it and it
@@ -22,10 +22,18 @@
 -- Shared dict keys:
 --   sk:format    record format of this module; absent means "never loaded"
 --   sk:version   incremented on every change, the workers' cheap check
---   sk:seq       source of per-upstream revisions (also the /list order)
---   u:<name>     the upstream record (see encode), name lowercased
---   r:<name>     the revision of u:<name>, so a worker can tell whether *its*
---                upstream changed without copying the whole record
+--   sk:seq       source of revisions (also the /list order)
+--   r:<name>     the upstream's current revision, name lowercased: the
+--                pointer to its record, and a worker's cheap way to tell
+--                whether *its* upstream changed
+--   u:<rev>      one upstream record (see encode), holding its display name
+--
+-- A write never touches the record in use: the new record goes in under a
+-- new revision, then the pointer moves to it (a number replaced by a number,
+-- in place: it cannot run out of memory), then the old record is freed. So
+-- a full dict refuses a POST and keeps the old upstream, and a reader that
+-- follows the pointer always finds a whole record (or, if it loses a race
+-- with a write, reads the pointer again).
 
 local parse = require "swallowkeeper.parse"
 local balancer = require "ngx.balancer"
@@ -37,13 +45,16 @@ local byte, sub, find, lower, match, fmt, concat =
     string.format, table.concat
 local sort, tonumber, tostring, ipairs, pairs, type, error, floor, io_open =
     table.sort, tonumber, tostring, ipairs, pairs, type, error, math.floor, io.open
+local gsub = string.gsub
+local bit = require "bit"
+local bor, bxor = bit.bor, bit.bxor
 
 local _M = { _VERSION = "1.0" }
 
 -- Bump when the record layout changes: init() then reloads from the
 -- persisted file instead of misreading records left by an older module
 -- across a reload.
-local FORMAT = "1"
+local FORMAT = "2"
 
 local K_FORMAT, K_VERSION, K_SEQ = "sk:format", "sk:version", "sk:seq"
 local P_UPS, P_REV = "u:", "r:"
@@ -56,7 +67,37 @@ local NGX_BUSY = -3
 
 local CTX_KEY = "swallowkeeper"
 
-local conf -- set by init(): { dict, dict_name, var, persisted_file }
+-- Upstream names: SwallowKeeper's alphabet (internal/upstream ValidName).
+-- dyups takes any bytes, so a name with a newline could add lines to /list
+-- and /detail; these names are refused instead.
+local MAX_NAME = 200
+local NAME_RULE = "[A-Za-z0-9][A-Za-z0-9_.-]* of at most 200 bytes"
+
+-- The header that carries the API secret (init option secret_file).
+local SECRET_HEADER = "x-swallowkeeper-secret"
+-- The header that tells a client why a write failed where dyups' body
+-- cannot ("add server failed" covers every refusal).
+local ERROR_HEADER = "X-SwallowKeeper-Error"
+local FULL = "shared dict full"
+
+local conf -- set by init(): { dict, dict_name, var, persisted_file,
+           --                  allow_unix, secret_hash }
+
+local function valid_name(name)
+    return #name >= 1 and #name <= MAX_NAME
+        and find(name, "^[A-Za-z0-9][A-Za-z0-9_.%-]*$") ~= nil
+end
+
+-- printable makes a string safe for one line of error.log: control bytes,
+-- bytes >= 0x80, quote and backslash become \xNN; long ones are cut.
+local function printable(s)
+    if #s > 256 then
+        s = sub(s, 1, 256) .. "..."
+    end
+    return (gsub(s, '[%c\128-\255"\\]', function(c)
+        return fmt("\\x%02X", byte(c))
+    end))
+end
 
 -- ---------------------------------------------------------------------
 -- Records
@@ -124,11 +165,20 @@ end
 -- Shared dict access
 -- ---------------------------------------------------------------------
 
--- store writes one upstream. The record goes in before its revision, so a
--- worker that sees the new revision always finds the new record; if the
--- revision cannot be written the record is rolled back, so the dict never
--- holds a record its revision does not describe. safe_set refuses to evict
--- other upstreams when the zone is full (plain set would, silently).
+local function dict_error(err, need)
+    if err == "no memory" then
+        return fmt("%s: lua_shared_dict \"%s\" has no room for %d more bytes; "
+                   .. "the old upstream stays (make the zone larger)",
+                   FULL, conf.dict_name, need), true
+    end
+    return fmt("lua_shared_dict \"%s\": %s", conf.dict_name, err)
+end
+
+-- store writes one upstream: new record, then pointer, then free the old
+-- record (see the top of this file). A failure leaves the dict as it was.
+-- safe_add refuses to evict other upstreams when the zone is full (plain
+-- set would, silently). Returns true, or nil, a message and whether the
+-- dict was full.
 local function store(dict, name, ups)
     local key = lower(name)
     local seq, err = dict:incr(K_SEQ, 1, 0)
@@ -136,25 +186,41 @@ local function store(dict, name, ups)
         return nil, "sequence: " .. err
     end
     local rec = render(seq, name, ups)
-    local old = dict:get(P_UPS .. key)
 
     local ok
-    ok, err = dict:safe_set(P_UPS .. key, rec)
+    ok, err = dict:safe_add(P_UPS .. seq, rec)
     if not ok then
-        return nil, fmt("lua_shared_dict \"%s\": %s (%d bytes needed)", conf.dict_name,
-                        err, #rec)
+        return nil, dict_error(err, #rec)
     end
+    local old = dict:get(P_REV .. key)
     ok, err = dict:safe_set(P_REV .. key, seq)
     if not ok then
-        if old then
-            dict:set(P_UPS .. key, old)
-        else
-            dict:delete(P_UPS .. key)
-        end
-        return nil, fmt("lua_shared_dict \"%s\": %s", conf.dict_name, err)
+        -- Only a new name needs memory for its pointer.
+        dict:delete(P_UPS .. seq)
+        return nil, dict_error(err, 64)
+    end
+    if old and old ~= seq then
+        dict:delete(P_UPS .. old)
     end
     dict:incr(K_VERSION, 1, 0)
     return true
+end
+
+-- current returns the record and revision of upstream `key` (lowercased),
+-- or nil. A write may free the record between the two reads; the pointer
+-- then already names the new one, so read it again.
+local function current(dict, key)
+    for _ = 1, 3 do
+        local rev = dict:get(P_REV .. key)
+        if not rev then
+            return nil
+        end
+        local rec = dict:get(P_UPS .. rev)
+        if rec then
+            return rec, rev
+        end
+    end
+    return nil
 end
 
 -- records returns every stored upstream record, decoded up to `fields`
@@ -162,8 +228,8 @@ end
 local function records(dict, fields)
     local out = {}
     for _, k in ipairs(dict:get_keys(0)) do
-        if sub(k, 1, 2) == P_UPS then
-            local rec = dict:get(k)
+        if sub(k, 1, 2) == P_REV then
+            local rec = current(dict, sub(k, 3))
             if rec then
                 local f = decode(rec, fields)
                 f.seq = tonumber(f[1])
@@ -228,6 +294,12 @@ local function load_persisted(dict, path)
     end
 
     for _, u in ipairs(list) do
+        if not valid_name(u.name) then
+            log(ERR, "swallowkeeper: persisted file ", path, ": upstream \"", printable(u.name),
+                "\": name is not ", NAME_RULE, "; loaded no upstream")
+            clear_upstreams(dict)
+            return
+        end
         local ok
         ok, err = store(dict, u.name, u.upstream)
         if not ok then
@@ -240,7 +312,26 @@ local function load_persisted(dict, path)
     log(NOTICE, "swallowkeeper: loaded ", #list, " upstream(s) from ", path)
 end
 
-local OPTIONS = { dict = "string", var = "string", persisted_file = "string" }
+local OPTIONS = { dict = "string", var = "string", persisted_file = "string",
+                  allow_unix_servers = "boolean", secret_file = "string",
+                  sweep_interval = "number" }
+
+-- read_secret reads the API secret (surrounding whitespace trimmed) and
+-- returns its SHA-1: requests are checked against the digest, so the
+-- comparison takes the same time whatever the secret's length. A missing,
+-- unreadable or empty file is an error: nginx then refuses to start rather
+-- than serve an API that was meant to be closed.
+local function read_secret(path)
+    local text, err = read_file(path)
+    if not text then
+        error("swallowkeeper: secret_file \"" .. path .. "\": " .. tostring(err), 3)
+    end
+    local secret = match(text, "^%s*(.-)%s*$")
+    if secret == "" then
+        error("swallowkeeper: secret_file \"" .. path .. "\" is empty", 3)
+    end
+    return ngx.sha1_bin(secret)
+end
 
 -- init(opts) must run in init_by_lua. Options:
 --   dict            lua_shared_dict name (default "swallowkeeper")
@@ -249,6 +340,17 @@ local OPTIONS = { dict = "string", var = "string", persisted_file = "string" }
 --   persisted_file  file to load when the dict is empty (first start, full
 --                   restart); ignored on reload, when the dict already
 --                   holds the live state.
+--   allow_unix_servers  accept `server unix:/path` in POST bodies (default
+--                   false: a unix socket on this host -- the API's own, an
+--                   admin socket -- must not become a backend of public
+--                   traffic). The persisted file is trusted either way.
+--   secret_file     file holding a shared secret (read here, in the master,
+--                   so it may be readable by root only). Every API request
+--                   must then carry it in X-SwallowKeeper-Secret, else 403
+--                   "forbidden\n". Unset: no check.
+--   sweep_interval  seconds between each worker's housekeeping runs
+--                   (default 30): dropping copies of deleted upstreams,
+--                   freeing records left by racing writes.
 function _M.init(opts)
     opts = opts or {}
     for k, v in pairs(opts) do
@@ -270,7 +372,15 @@ function _M.init(opts)
         var = sub(var, 2)
     end
     conf = { dict = dict, dict_name = name, var = var,
-             persisted_file = opts.persisted_file }
+             persisted_file = opts.persisted_file,
+             allow_unix = opts.allow_unix_servers == true,
+             sweep_interval = opts.sweep_interval or 30 }
+    if not (conf.sweep_interval > 0) then
+        error("swallowkeeper: option \"sweep_interval\" must be a positive number of seconds", 2)
+    end
+    if opts.secret_file then
+        conf.secret_hash = read_secret(opts.secret_file)
+    end
 
     -- Shared dicts survive a HUP reload: then the dict already holds the
     -- live state, which is newer than (or equal to) the file. Only a fresh
@@ -367,7 +477,8 @@ local function lookup(name)
         return ups
     end
 
-    local rec = dict:get(P_UPS .. key)
+    local rec
+    rec, rev = current(dict, key)
     if not rec then
         cache[key] = nil
         return nil
@@ -544,8 +655,41 @@ end
 -- init_worker_by_lua
 -- ---------------------------------------------------------------------
 
+-- Records no pointer names: two writes of one upstream racing in two
+-- workers can leave one behind (each frees the record it replaced). A
+-- record is unnamed for a few microseconds while it is written, so only
+-- one found unnamed by two sweeps in a row is freed.
+local orphans = {}
+
+local function collect_orphans(dict)
+    local live, recs = {}, {}
+    for _, k in ipairs(dict:get_keys(0)) do
+        local p = sub(k, 1, 2)
+        if p == P_REV then
+            local rev = dict:get(k)
+            if rev then
+                live[tostring(rev)] = true
+            end
+        elseif p == P_UPS then
+            recs[#recs + 1] = sub(k, 3)
+        end
+    end
+    local seen = {}
+    for _, rev in ipairs(recs) do
+        if not live[rev] then
+            if orphans[rev] then
+                dict:delete(P_UPS .. rev)
+                log(INFO, "swallowkeeper: freed unreferenced record of revision ", rev)
+            else
+                seen[rev] = true
+            end
+        end
+    end
+    orphans = seen
+end
+
 -- Drop cached upstreams that were deleted but are no longer requested
--- (lookup() drops the requested ones itself).
+-- (lookup() drops the requested ones itself), and free orphaned records.
 local function sweep(premature)
     if premature or not conf then
         return
@@ -555,6 +699,7 @@ local function sweep(premature)
             cache[key] = nil
         end
     end
+    collect_orphans(conf.dict)
 end
 
 function _M.init_worker()
@@ -562,7 +707,7 @@ function _M.init_worker()
         not_ready()
         return
     end
-    local ok, err = ngx.timer.every(30, sweep)
+    local ok, err = ngx.timer.every(conf.sweep_interval, sweep)
     if not ok then
         log(ERR, "swallowkeeper: cannot start the cache sweeper: ", err)
     end
@@ -575,9 +720,12 @@ end
 -- respond sends what ngx_http_dyups_send_response sends: the status, a
 -- Content-Length (nginx drops it itself for 204) and the body, with no
 -- Content-Type (dyups never sets one; clearing it stops default_type).
-local function respond(status, body)
+local function respond(status, body, reason)
     ngx.status = status
     ngx.header.content_type = nil
+    if reason then
+        ngx.header[ERROR_HEADER] = reason
+    end
     if status ~= 204 then
         ngx.header["Content-Length"] = #body
     end
@@ -627,7 +775,7 @@ local function do_get(res)
         if #res ~= 2 then
             return respond(404, "")
         end
-        local rec = dict:get(P_UPS .. lower(res[2]))
+        local rec = current(dict, lower(res[2]))
         if not rec then
             return respond(404, "")
         end
@@ -651,14 +799,21 @@ local function do_delete(res)
     end
 
     local dict, name = conf.dict, res[2]
-    local key = lower(name)
-    if not dict:get(P_REV .. key) and not dict:get(P_UPS .. key) then
+    if not valid_name(name) then
+        -- No such upstream can exist.
+        log(ERR, "swallowkeeper: upstream \"", printable(name), "\": name is not ", NAME_RULE,
+            "; delete refused")
         return respond(404, "not found uptream")
     end
-    -- Revision first: a worker that still sees the revision may rebuild from
-    -- the record only until the record is gone, never after.
+    local key = lower(name)
+    local rev = dict:get(P_REV .. key)
+    if not rev then
+        return respond(404, "not found uptream")
+    end
+    -- Pointer first: a worker that still sees it may rebuild from the
+    -- record only until the record is gone, never after.
     dict:delete(P_REV .. key)
-    dict:delete(P_UPS .. key)
+    dict:delete(P_UPS .. rev)
     dict:incr(K_VERSION, 1, 0)
     log(INFO, "swallowkeeper: upstream \"", name, "\" deleted")
     return respond(200, "success")
@@ -678,25 +833,66 @@ local function request_body()
 end
 
 local function do_post(name, body)
+    if not valid_name(name) then
+        log(ERR, "swallowkeeper: upstream \"", printable(name), "\": name is not ", NAME_RULE,
+            "; update refused")
+        return respond(500, "add server failed")
+    end
     local ups, err = parse.parse_body(body)
     if not ups then
         log(ERR, "swallowkeeper: upstream \"", name, "\": ", err, "; update refused")
         return respond(500, "add server failed")
     end
-    local ok
-    ok, err = store(conf.dict, name, ups)
+    if not conf.allow_unix then
+        for _, s in ipairs(ups.servers) do
+            if s.unix then
+                log(ERR, "swallowkeeper: upstream \"", name, "\": unix: server \"",
+                    printable(s.name), "\" refused (init option allow_unix_servers is off)",
+                    "; update refused")
+                return respond(500, "add server failed")
+            end
+        end
+    end
+    local ok, full
+    ok, err, full = store(conf.dict, name, ups)
     if not ok then
         log(ERR, "swallowkeeper: upstream \"", name, "\": ", err, "; update refused")
-        return respond(500, "add server failed")
+        return respond(500, "add server failed", full and FULL or nil)
     end
     log(INFO, "swallowkeeper: upstream \"", name, "\" set to ", #ups.servers, " server(s)")
     return respond(200, "success")
+end
+
+-- authorized checks X-SwallowKeeper-Secret when a secret is configured:
+-- exactly one such header, whose SHA-1 equals the secret's, compared in
+-- time independent of where they differ.
+local function authorized()
+    local want = conf.secret_hash
+    if not want then
+        return true
+    end
+    local given = ngx.req.get_headers()[SECRET_HEADER]
+    if type(given) ~= "string" then
+        return false
+    end
+    local got = ngx.sha1_bin(given)
+    local diff = 0
+    for i = 1, #want do
+        diff = bor(diff, bxor(byte(got, i), byte(want, i)))
+    end
+    return diff == 0
 end
 
 function _M.api()
     if not conf then
         not_ready()
         return ngx.exit(ngx.HTTP_INTERNAL_SERVER_ERROR)
+    end
+
+    if not authorized() then
+        log(WARN, "swallowkeeper: API request refused: X-SwallowKeeper-Secret missing or wrong")
+        ngx.req.discard_body()
+        return respond(403, "forbidden\n")
     end
 
     local method = ngx.req.get_method()
