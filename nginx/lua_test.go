@@ -1,7 +1,7 @@
 // Conformance tests of the Lua dyups module (nginx/lua/swallowkeeper)
 // against a real nginx + lua-nginx-module, started by testenv.StartNginx.
-// The expected answers are those of ngx_http_dyups_module as recorded in
-// docs shared with the team (DYUPS-API.md); where the Lua module differs on
+// The expected answers are those of ngx_http_dyups_module as recorded on a
+// real dyups build, see docs/DYUPS-API.md; where the Lua module differs on
 // purpose, the test says so.
 package nginx_test
 
@@ -231,9 +231,9 @@ func spread(t *testing.T, ngx *testenv.Nginx, name string, n int) (map[string]in
 // The REST API, row by row
 // ---------------------------------------------------------------------
 
-// TestAPIMatchesDyups walks every row of the DYUPS-API.md table (except the
-// trylock 409 and the 413 page, see README) in order, asserting status,
-// exact body bytes and the absence of Content-Type.
+// TestAPIMatchesDyups walks every row of the docs/DYUPS-API.md table
+// (except the trylock 409 and the 413 page, see README) in order,
+// asserting status, exact body bytes and the absence of Content-Type.
 func TestAPIMatchesDyups(t *testing.T) {
 	t.Parallel()
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{})

@@ -36,7 +36,9 @@ fi
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/swallowkeeper" ./cmd/swallowkeeper
-go build -o "$bin/swallowkeeper-bench" ./cmd/swallowkeeper-bench
+# The bench is a module of its own (bench/go.mod), so that its plotting
+# library stays out of the daemon's dependencies.
+go -C bench build -o "$bin/swallowkeeper-bench" ./cmd/swallowkeeper-bench
 
 "$bin/swallowkeeper-bench" -consul "$consul" -nginx "$(command -v nginx)" \
   -consul-template "$ct" -swallowkeeper "$bin/swallowkeeper" -repo "$PWD" \

@@ -51,7 +51,8 @@ if [ "$rc" -ne 0 ]; then
 fi
 rm -f "$log"
 
-echo "== benchmark harness smoke test (scripts/bench.sh -quick; figures to a temp dir)"
+echo "== benchmark harness: its own module (bench/go.mod), then a smoke test (scripts/bench.sh -quick; figures to a temp dir)"
+(cd bench && go vet ./... && go test -count=1 ./...)
 # Fails only when the harness breaks; a missed target is reported, not an
 # error. The committed docs/BENCHMARKS.md comes from a full run.
 benchdir="$(mktemp -d -t swallowkeeper-bench.XXXXXX)"

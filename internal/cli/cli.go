@@ -11,10 +11,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,6 +25,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/httpapi"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
@@ -76,7 +77,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	switch cmd {
 	case "run", "once", "render", "check":
 	case "status":
-		return status(ctx, args[1:], stdout, stderr)
+		return httpapi.StatusCommand(ctx, args[1:], stdout, stderr)
 	case "register":
 		return registerCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "-version", "--version":
@@ -99,10 +100,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	switch cmd {
 	case "check":
 		err = check(cfg, stdout)
-	case "render":
-		err = render(ctx, cfg, log, stdout)
-	case "once":
-		err = once(ctx, cfg, log, stdout)
+	case "render", "once":
+		err = oneShot(ctx, cmd, cfg, log, stdout)
 	case "run":
 		err = run(ctx, cfg, reloadConfig, stderr)
 	}
@@ -119,25 +118,34 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
+// flagValues are the flags that override the configuration.
+type flagValues struct {
+	path, consulAddr, dc, tokenFile, file, logLevel, logFormat, metrics string
+	minServices                                                         int
+	targets                                                             stringList
+}
+
+func (f *flagValues) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.path, "config", "", "YAML configuration file (default "+DefaultConfigPath+" if it exists)")
+	fs.StringVar(&f.consulAddr, "consul-addr", "", "Consul HTTP address, host:port or https://host:port")
+	fs.StringVar(&f.dc, "datacenter", "", "Consul datacenter (default: the agent's)")
+	fs.StringVar(&f.tokenFile, "consul-token-file", "", "file holding the Consul ACL token")
+	fs.StringVar(&f.file, "file", "", "persisted upstream file that nginx includes")
+	fs.IntVar(&f.minServices, "min-services", -1, "hold all changes while the registry reports fewer services")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "", "text or json")
+	fs.StringVar(&f.metrics, "metrics-listen", "", "address for /metrics, /healthz, /readyz, /status and the status page; \"off\" disables")
+	fs.Var(&f.targets, "target", "dyups interface: unix:/run/swallowkeeper/dyups.sock or http://host:port (repeatable; replaces the file's targets)")
+}
+
 // loadConfig parses the flags and assembles the configuration. It also
 // returns a function that assembles it again (file and environment re-read,
 // the same flags), for a reload on SIGHUP.
 func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string) string) (*config.Config, func() (*config.Config, error), int) {
 	fs := flag.NewFlagSet("swallowkeeper "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		path        = fs.String("config", "", "YAML configuration file (default "+DefaultConfigPath+" if it exists)")
-		consulAddr  = fs.String("consul-addr", "", "Consul HTTP address, host:port or https://host:port")
-		dc          = fs.String("datacenter", "", "Consul datacenter (default: the agent's)")
-		tokenFile   = fs.String("consul-token-file", "", "file holding the Consul ACL token")
-		file        = fs.String("file", "", "persisted upstream file that nginx includes")
-		minServices = fs.Int("min-services", -1, "hold all changes while the registry reports fewer services")
-		logLevel    = fs.String("log-level", "", "debug, info, warn or error")
-		logFormat   = fs.String("log-format", "", "text or json")
-		metrics     = fs.String("metrics-listen", "", "address for /metrics, /healthz, /readyz, /status and the status page; \"off\" disables")
-		targets     stringList
-	)
-	fs.Var(&targets, "target", "dyups interface: unix:/run/swallowkeeper/dyups.sock or http://host:port (repeatable; replaces the file's targets)")
+	f := &flagValues{}
+	f.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: swallowkeeper %s [flags]\n\nFlags override the configuration file and the environment.\n\n", cmd)
 		fs.PrintDefaults()
@@ -152,80 +160,74 @@ func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string)
 		fmt.Fprintf(stderr, "swallowkeeper %s: unexpected argument %q\n", cmd, fs.Arg(0))
 		return nil, nil, 2
 	}
-
-	assemble := func() (*config.Config, error) {
-		var cfg *config.Config
-		var err error
-		switch {
-		case *path != "":
-			cfg, err = config.Load(*path)
-		default:
-			if _, statErr := os.Stat(DefaultConfigPath); statErr == nil {
-				cfg, err = config.Load(DefaultConfigPath)
-			} else {
-				cfg, err = config.Parse("", nil)
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-		if err := cfg.ApplyEnv(getenv); err != nil {
-			return nil, err
-		}
-		set := func(field string, apply func()) {
-			apply()
-			cfg.MarkOverridden(field, "flag")
-		}
-		if *consulAddr != "" {
-			set("consul.address", func() { cfg.Consul.Address = *consulAddr })
-		}
-		if *dc != "" {
-			set("consul.datacenter", func() { cfg.Consul.Datacenter = *dc })
-		}
-		if *tokenFile != "" {
-			set("consul.token_file", func() { cfg.Consul.TokenFile = *tokenFile })
-		}
-		if *file != "" {
-			set("file", func() { cfg.File = *file })
-		}
-		if *minServices >= 0 {
-			set("guards.min_services", func() { cfg.Guards.MinServices = *minServices })
-		}
-		if *logLevel != "" {
-			set("log.level", func() { cfg.Log.Level = *logLevel })
-		}
-		if *logFormat != "" {
-			set("log.format", func() { cfg.Log.Format = *logFormat })
-		}
-		if *metrics != "" {
-			set("metrics.listen", func() {
-				cfg.Metrics.Listen = *metrics
-				if *metrics == "off" {
-					cfg.Metrics.Listen = ""
-				}
-			})
-		}
-		if len(targets) > 0 {
-			cfg.Targets = nil
-			for i, t := range targets {
-				cfg.Targets = append(cfg.Targets, config.Target{URL: t})
-				cfg.MarkOverridden(fmt.Sprintf("targets[%d].url", i), "flag -target")
-			}
-		}
-		if err := cfg.Validate(); err != nil {
-			return nil, err
-		}
-		if err := cfg.ResolveToken(); err != nil {
-			return nil, err
-		}
-		return cfg, nil
-	}
+	assemble := func() (*config.Config, error) { return f.assemble(getenv) }
 	cfg, err := assemble()
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
 		return nil, nil, 1
 	}
 	return cfg, assemble, 0
+}
+
+// assemble reads the configuration file (or the defaults), applies the
+// environment and the flags, validates the result and resolves the token.
+func (f *flagValues) assemble(getenv func(string) string) (*config.Config, error) {
+	var cfg *config.Config
+	var err error
+	switch {
+	case f.path != "":
+		cfg, err = config.Load(f.path)
+	default:
+		if _, statErr := os.Stat(DefaultConfigPath); statErr == nil {
+			cfg, err = config.Load(DefaultConfigPath)
+		} else {
+			cfg, err = config.Parse("", nil)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.ApplyEnv(getenv); err != nil {
+		return nil, err
+	}
+	for _, o := range []struct {
+		given bool
+		field string
+		apply func()
+	}{
+		{f.consulAddr != "", "consul.address", func() { cfg.Consul.Address = f.consulAddr }},
+		{f.dc != "", "consul.datacenter", func() { cfg.Consul.Datacenter = f.dc }},
+		{f.tokenFile != "", "consul.token_file", func() { cfg.Consul.TokenFile = f.tokenFile }},
+		{f.file != "", "file", func() { cfg.File = f.file }},
+		{f.minServices >= 0, "guards.min_services", func() { cfg.Guards.MinServices = f.minServices }},
+		{f.logLevel != "", "log.level", func() { cfg.Log.Level = f.logLevel }},
+		{f.logFormat != "", "log.format", func() { cfg.Log.Format = f.logFormat }},
+		{f.metrics != "", "metrics.listen", func() {
+			cfg.Metrics.Listen = f.metrics
+			if f.metrics == "off" {
+				cfg.Metrics.Listen = ""
+			}
+		}},
+	} {
+		if o.given {
+			o.apply()
+			cfg.MarkOverridden(o.field, "flag")
+		}
+	}
+	if len(f.targets) > 0 {
+		cfg.Targets = nil
+		for i, t := range f.targets {
+			cfg.Targets = append(cfg.Targets, config.Target{URL: t})
+			cfg.MarkOverridden(fmt.Sprintf("targets[%d].url", i), "flag -target")
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.ResolveToken(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
@@ -237,27 +239,19 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// parts are the wired components of a configuration.
-type parts struct {
-	sources []namedSource
-	engine  *engine.Engine
-	targets []*dyups.Target
-	reload  *reload.Sink
-}
-
 // oneShotAttempts bounds the retries of each request in once: a one-shot
 // command must fail rather than wait for a dead nginx.
 const oneShotAttempts = 4
 
-func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*parts, error) {
+// build wires a configuration: its source, the store and the sinks, under
+// the engine. It is the one place that knows the kinds of sink.
+func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*engine.Engine, []httpapi.Source, error) {
 	src, err := newSource(cfg, rulesFor(cfg), log, reg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-
-	p := &parts{}
+	var sinks []engine.Sink
 	dm := dyups.NewMetrics(reg)
-	sinks := make([]engine.Sink, 0, len(cfg.Targets))
 	for i, tc := range cfg.Targets {
 		opt := dyups.Options{Timeout: time.Duration(tc.Timeout), DetailReads: cfg.Reconcile.Reads,
 			DetailMaxReads: cfg.Reconcile.MaxReads,
@@ -269,47 +263,50 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 		}
 		t, err := dyups.NewTarget(tc.URL, opt, log, dm)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		secret, err := cfg.TargetSecret(i) // read at start (and on SIGHUP); never logged
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if secret != "" {
 			t.UseSecret(secret.Reveal())
 		}
-		p.targets = append(p.targets, t)
 		sinks = append(sinks, t)
 	}
+	// Every version of the file is verified before anything is pushed: by
+	// the verify command, then in reload mode by reload.test (nginx -t),
+	// which the store runs as it writes the file; the reload sink only
+	// reloads.
+	var verify store.Verifiers
+	if len(cfg.Verify) > 0 {
+		verify = append(verify, store.Command{Argv: cfg.Verify})
+	}
 	if cfg.Reload.Enabled {
-		rs, err := reload.New(reload.Options{
-			File:    cfg.File,
-			Test:    cfg.Reload.Test,
-			Command: cfg.Reload.Command,
-			MinWait: time.Duration(cfg.Reload.MinWait),
-			MaxWait: time.Duration(cfg.Reload.MaxWait),
-		}, log, reg)
+		rs, err := reload.New(reload.Options{Command: cfg.Reload.Command}, log, reg)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		p.reload = rs
 		sinks = append(sinks, rs)
+		if len(cfg.Reload.Test) > 0 && !slices.Equal(cfg.Reload.Test, cfg.Verify) {
+			verify = append(verify, store.Command{Argv: cfg.Reload.Test})
+		}
 	}
-	p.sources = []namedSource{{sourceName(cfg), src}}
 	file := store.New(cfg.File)
-	if len(cfg.Verify) > 0 { // every version written is tested before the push
-		file.Verifier = store.Command{Argv: cfg.Verify}
+	if len(verify) > 0 {
+		file.Verifier = verify
 	}
-	p.engine = engine.New([]engine.Source{src}, file, sinks,
+	w := cfg.SettleWait()
+	e := engine.New([]engine.Source{src}, file, sinks,
 		engine.Guards{
 			MinServices:  cfg.Guards.MinServices,
 			MaxDrop:      cfg.Guards.MaxDrop,
 			MaxTotalDrop: cfg.Guards.MaxTotalDrop,
 			ConfirmAfter: time.Duration(cfg.Guards.ConfirmAfter),
 		},
-		engine.Wait{Min: time.Duration(cfg.Wait.Min), Max: time.Duration(cfg.Wait.Max)},
+		engine.Wait{Min: time.Duration(w.Min), Max: time.Duration(w.Max)},
 		log, reg)
-	return p, nil
+	return e, []httpapi.Source{{Name: sourceName(cfg), Source: src}}, nil
 }
 
 func check(cfg *config.Config, stdout io.Writer) error {
@@ -325,58 +322,27 @@ func check(cfg *config.Config, stdout io.Writer) error {
 // oneShotTimeout bounds how long once and render wait for the registry.
 const oneShotTimeout = 30 * time.Second
 
-func render(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	p, err := build(cfg, log, nil, true)
+// oneShot runs render (print the file the registry gives now) or once
+// (one full sync: registry → file → nginx) through the engine.
+func oneShot(ctx context.Context, cmd string, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	e, _, err := build(cfg, log, nil, true)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, oneShotTimeout, errors.New("no complete answer from the registry within "+oneShotTimeout.String()))
 	defer cancel()
-	_, next, holds, err := p.engine.Desired(ctx)
-	if err != nil {
+	if cmd == "render" {
+		_, next, _, err := e.Desired(ctx)
+		if err == nil {
+			_, err = stdout.Write(upstream.RenderFile(next))
+		}
 		return err
 	}
-	for _, h := range holds {
-		log.Warn("guard holds a change", "upstream", h.Upstream, "reason", h.Reason)
+	next, err := e.Once(ctx)
+	if err == nil {
+		fmt.Fprintf(stdout, "synced %d upstreams to %d target(s); file %s\n", len(next), len(cfg.Targets), cfg.File)
 	}
-	_, err = stdout.Write(upstream.RenderFile(next))
 	return err
-}
-
-func once(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	p, err := build(cfg, log, nil, true)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeoutCause(ctx, oneShotTimeout, errors.New("no complete answer from the registry within "+oneShotTimeout.String()))
-	defer cancel()
-	prev, next, holds, err := p.engine.Desired(ctx)
-	if err != nil {
-		return err
-	}
-	for _, h := range holds {
-		log.Warn("guard holds a change", "upstream", h.Upstream, "reason", h.Reason)
-	}
-	if err := p.engine.Save(next); err != nil {
-		return err
-	}
-	var errs []error
-	for _, t := range p.targets {
-		t.Own(prev) // what the file had, nginx may have: delete what is gone
-		if err := t.Sync(ctx, next); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if p.reload != nil {
-		if err := p.reload.Apply(ctx, next); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	fmt.Fprintf(stdout, "synced %d upstreams to %d target(s); file %s\n", len(next), len(p.targets), cfg.File)
-	return nil
 }
 
 // run is the daemon: it runs the pipeline for the configuration, and on
@@ -416,16 +382,12 @@ func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.C
 	}
 }
 
-// shutdownGrace is how long a push in flight may finish after a stop, so
-// that nginx is not left half-updated.
-const shutdownGrace = 5 * time.Second
-
-// runPipeline runs sources, engine and sinks for one configuration until
-// ctx ends.
+// runPipeline runs sources, engine and sinks for one configuration, and
+// the listener, until ctx ends.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p, err := build(cfg, log, reg, false)
+	e, sources, err := build(cfg, log, reg, false)
 	if err != nil {
 		return err
 	}
@@ -433,78 +395,19 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 	// error while the caller's ctx is still live.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Sinks stop after the grace period, not at once: a push in flight
-	// finishes.
-	sinkCtx, cancelSinks := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelSinks()
-	stopSinks := context.AfterFunc(ctx, func() {
-		time.AfterFunc(shutdownGrace, cancelSinks)
-	})
-	defer stopSinks()
-
 	var wg sync.WaitGroup
 	if cfg.Metrics.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		// Routes, Host check and timeouts: listener.go.
-		srv := newListenerServer(listenerHandler(cfg, p, reg))
-		wg.Go(func() { srv.Serve(ln) })
-		wg.Go(func() { // stop serving when the pipeline stops, so wg.Wait returns
-			<-ctx.Done()
-			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-			defer c()
-			srv.Shutdown(sctx)
-		})
+		h := httpapi.Handler(&httpapi.Daemon{Version: Version, File: cfg.File, Engine: e, Sources: sources, Metrics: reg,
+			Pprof: cfg.Metrics.Pprof, AllowedHosts: cfg.Metrics.AllowedHosts})
+		wg.Go(func() { httpapi.Serve(ctx, ln, h) })
 		log.Info("metrics listening", "addr", ln.Addr().String(), "pprof", cfg.Metrics.Pprof)
 	}
-	for _, t := range p.targets {
-		wg.Go(func() { t.Run(ctx, sinkCtx) })
-	}
-	if p.reload != nil {
-		wg.Go(func() { p.reload.Run(ctx) })
-	}
-	err = p.engine.Run(ctx)
+	err = e.Run(ctx) // returns once the sinks have stopped (a push in flight may finish)
 	cancel()
 	wg.Wait()
 	return err
-}
-
-// readyHandler: ready once the persisted state is loaded, when there are
-// dyups targets at least one of them holds the desired state, and in
-// reload mode the last nginx test and reload did not fail (while they
-// fail, nginx serves an older set and the sink retries).
-func readyHandler(p *parts) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		st := p.engine.Status()
-		if st == nil {
-			http.Error(w, "not ready: persisted state not loaded yet", http.StatusServiceUnavailable)
-			return
-		}
-		// A registry change that cannot be written (a full disk, a verify
-		// command that refuses the file) reaches no nginx: say so.
-		if st.PersistError != "" {
-			http.Error(w, "not ready: the newest state is not persisted (retrying): "+st.PersistError, http.StatusServiceUnavailable)
-			return
-		}
-		if p.reload != nil {
-			if r := p.reload.Status(); r.Failing {
-				http.Error(w, fmt.Sprintf("not ready: reload mode: nginx not reloaded for %s (%d failed attempts, retrying): %s",
-					time.Since(r.FailingSince).Round(time.Second), r.Attempts, r.LastError), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		if len(p.targets) > 0 {
-			inSync := false
-			for _, t := range p.targets {
-				inSync = inSync || t.Status().InSync
-			}
-			if !inSync {
-				http.Error(w, "not ready: no nginx target in sync yet", http.StatusServiceUnavailable)
-				return
-			}
-		}
-		io.WriteString(w, "ready\n")
-	})
 }

@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/go-zookeeper/zk"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/cli"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
@@ -54,8 +57,10 @@ func testApp(id, port string) int {
 		}
 		io.WriteString(w, "ok")
 	})
+	delay, _ := time.ParseDuration(os.Getenv("SK_APP_DELAY")) // how long each request takes
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body) // POSTs carry a body
+		time.Sleep(delay)
 		io.WriteString(w, id)
 	})
 	srv := &http.Server{Handler: mux}
@@ -63,6 +68,9 @@ func testApp(id, port string) int {
 	signal.Notify(sigs, syscall.SIGTERM)
 	go func() {
 		<-sigs
+		if os.Getenv("SK_APP_ABRUPT") == "1" {
+			os.Exit(0) // an app that drops what it is doing on SIGTERM
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx) // finish in-flight requests, then exit
@@ -83,23 +91,35 @@ type wrapper struct {
 
 func startWrapper(t *testing.T, consul, drainURL, id string, port int) *wrapper {
 	t.Helper()
-	return startWrapperWith(t, []string{"-consul-addr", consul}, drainURL, id, port)
+	// The test app finishes its requests in flight on SIGTERM, as the
+	// README asks apps to, so it needs no grace after the drain;
+	// TestDrainGraceKeepsInFlightRequests covers apps that do not.
+	return startWrapperWith(t, []string{"-consul-addr", consul, "-drain-grace", "0s"}, drainURL, id, port)
 }
 
 // startWrapperWith starts a wrapper with registry flags of its own.
 func startWrapperWith(t *testing.T, registryArgs []string, drainURL, id string, port int) *wrapper {
+	t.Helper()
+	p := strconv.Itoa(port)
+	args := []string{"-address", "127.0.0.1", "-check", "http://127.0.0.1:" + p + "/health", "-check-interval", "1s",
+		"-drain-url", drainURL, "-drain", "5s"}
+	return startWrapperArgs(t, append(args, registryArgs...), nil, id, port)
+}
+
+// startWrapperArgs starts `register -service web -id <id> -port <port>`
+// with more flags, wrapping the test app (with appEnv added to its
+// environment).
+func startWrapperArgs(t *testing.T, flags, appEnv []string, id string, port int) *wrapper {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := strconv.Itoa(port)
-	args := []string{"register", "-service", "web", "-id", id, "-address", "127.0.0.1", "-port", p,
-		"-check", "http://127.0.0.1:" + p + "/health", "-check-interval", "1s",
-		"-drain-url", drainURL, "-drain", "5s"}
-	args = append(args, registryArgs...)
+	args := append([]string{"register", "-service", "web", "-id", id, "-port", p}, flags...)
 	args = append(args, "--", "/usr/bin/env", "SK_TEST_ROLE=app", "SK_APP_ID="+id, "SK_APP_PORT="+p,
-		"SK_APP_SICK_FILE="+filepath.Join(os.TempDir(), fmt.Sprintf("sk-sick-%d", port)), self)
+		"SK_APP_SICK_FILE="+filepath.Join(os.TempDir(), fmt.Sprintf("sk-sick-%d", port)))
+	args = append(append(args, appEnv...), self)
 	cmd := exec.Command(self, args...)
 	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
 	w := &wrapper{cmd: cmd, exited: make(chan struct{}), log: &syncBuffer{}}
@@ -221,6 +241,18 @@ func startLoad(ng *testenv.Nginx, clients int, interval time.Duration) *load {
 }
 
 func (l *load) finish() { close(l.stop); l.wg.Wait() }
+
+// waitSent waits until n more requests have been sent.
+func (l *load) waitSent(t *testing.T, n int64) {
+	t.Helper()
+	want, start := l.sent.Load()+n, time.Now()
+	for l.sent.Load() < want {
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("the load sent %d of %d requests in 15s", l.sent.Load()-want+n, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
 
 // TestRollingRestartsLoseNoRequest: 3 instances, each wrapped by
 // `swallowkeeper register`, restarted one after the other 20 times under
@@ -439,5 +471,186 @@ func TestSIGHUPReloadsTheConfiguration(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("daemon did not stop after SIGTERM")
+	}
+}
+
+// TestRegisterWithoutAddressLetsConsulFillItIn: without -address the
+// wrapper registers no address, so Consul hands out the node's (the
+// agent's advertise address) to the daemon instead of the wrapper's guess;
+// nginx routes to it, and the wrapper drains on that address.
+func TestRegisterWithoutAddressLetsConsulFillItIn(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	startDaemon(t, "-config", writeConfig(t, c, ng, t.TempDir()+"/upstreams.conf"))
+	p, p2 := testenv.FreePort(t), testenv.FreePort(t)
+	flags := []string{"-consul-addr", c.HTTPAddr(), "-drain-url", ng.APIURL(), "-drain", "5s"}
+	w := startWrapperArgs(t, flags, nil, "web-1", p)
+	// web-2 stays: the last server is never removed. The test agent
+	// advertises 127.0.0.1, which the test config allows.
+	w2 := startWrapperArgs(t, flags, nil, "web-2", p2)
+	waitListed(t, ng, p, true, w)
+	waitListed(t, ng, p2, true, w2)
+	svc, _, err := c.Client.Agent().Service("web-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.Address != "" {
+		t.Errorf("registered with address %q, want none", svc.Address)
+	}
+	w.stop(t)
+	if listed(t, ng, p) {
+		t.Fatalf("still in nginx after the wrapper stopped; log:\n%s", w.log.String())
+	}
+	for _, want := range []string{"the registry filled in the instance's address", "drained: nginx no longer routes to the instance"} {
+		if !strings.Contains(w.log.String(), want) {
+			t.Errorf("wrapper log lacks %q:\n%s", want, w.log.String())
+		}
+	}
+}
+
+// TestRegisterWantsAnAddressWhenTheRouteIsLoopback: etcd and ZooKeeper
+// have no agent to fill the address in, and next to a local registry the
+// route-based guess is 127.0.0.1, which nginx on another host would take
+// for its own: the wrapper refuses to guess.
+func TestRegisterWantsAnAddressWhenTheRouteIsLoopback(t *testing.T) {
+	for _, args := range [][]string{
+		{"-registry", "etcd", "-etcd-endpoints", "127.0.0.1:2379"},
+		{"-registry", "zookeeper", "-zookeeper-servers", "127.0.0.1:2181"},
+	} {
+		var stdout, stderr strings.Builder
+		code := cli.Run(context.Background(), append(append([]string{"register", "-service", "web", "-port", "8080"}, args...), "--", "true"),
+			&stdout, &stderr, func(string) string { return "" })
+		if code != 2 || !strings.Contains(stderr.String(), "-address is required") || !strings.Contains(stderr.String(), "loopback") {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and -address is required", args, code, stderr.String())
+		}
+	}
+}
+
+// TestRegisterRefusesATakenPort: an orphaned app still serves on the
+// port (and answers the check) under the registration web-1. A new wrapper
+// for web-1 on that port exits 1 before starting its app, and the
+// registration is still there afterwards.
+func TestRegisterRefusesATakenPort(t *testing.T) {
+	c := testenv.StartConsul(t)
+	orphan := startBackend(t, "orphan")
+	c.Register(t, "web", "web-1", "127.0.0.1", orphan.Port, nil, nil)
+	w := startWrapperArgs(t, []string{"-consul-addr", c.HTTPAddr(), "-address", "127.0.0.1", "-check", fmt.Sprintf("http://127.0.0.1:%d/", orphan.Port)}, nil, "web-1", orphan.Port)
+	select {
+	case <-w.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the wrapper did not refuse; log:\n%s", w.log.String())
+	}
+	if ee, ok := w.err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Errorf("wrapper exit %v, want 1", w.err)
+	}
+	if !strings.Contains(w.log.String(), "refusing to start: something already listens on the app's port") {
+		t.Errorf("wrapper log:\n%s", w.log.String())
+	}
+	if strings.Contains(w.log.String(), "app started") {
+		t.Errorf("the app was started; log:\n%s", w.log.String())
+	}
+	if svc, _, err := c.Client.Agent().Service("web-1", nil); err != nil || svc.Port != orphan.Port {
+		t.Errorf("the existing registration was touched: %+v, %v", svc, err)
+	}
+}
+
+// TestRegisterZooKeeperAuth: credentials from $SWALLOWKEEPER_ZOOKEEPER_AUTH
+// or -zookeeper-auth-file protect the znode (digest ACL, world read) and
+// are never printed, not even in the error for a malformed file.
+func TestRegisterZooKeeperAuth(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	file := filepath.Join(t.TempDir(), "zk-auth")
+	if err := os.WriteFile(file, []byte("digest:sk:s3cret-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testenv.FreePort(t)
+	w := startWrapperArgs(t, []string{"-registry", "zookeeper", "-zookeeper-servers", z.Addr(), "-zookeeper-auth-file", file,
+		"-address", "127.0.0.1", "-ttl", "4s", "-drain", "0s"}, nil, "web-1", p)
+	anon := z.Connect(t, 4*time.Second)
+	path := "/services/web/web-1"
+	start := time.Now()
+	for {
+		if ok, _, _ := anon.Exists(path); ok {
+			break
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("%s never created; log:\n%s", path, w.log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	acl, _, err := anon.GetACL(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acl) != 2 || acl[0].Scheme != "digest" || !strings.HasPrefix(acl[0].ID, "sk:") || acl[1].Scheme != "world" || acl[1].Perms != zk.PermRead {
+		t.Errorf("ACL %+v, want digest sk with all permissions and world read", acl)
+	}
+	if err := anon.Delete(path, -1); !errors.Is(err, zk.ErrNoAuth) {
+		t.Errorf("an unauthenticated client deleted the instance: %v", err)
+	}
+	w.stop(t)
+	if strings.Contains(w.log.String(), "s3cret") {
+		t.Errorf("the wrapper printed the secret:\n%s", w.log.String())
+	}
+
+	if err := os.WriteFile(file, []byte("s3cret-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr strings.Builder
+	code := cli.Run(context.Background(), []string{"register", "-service", "web", "-port", "8080", "-address", "10.0.0.1",
+		"-registry", "zookeeper", "-zookeeper-servers", z.Addr(), "-zookeeper-auth-file", file, "--", "true"},
+		&stdout, &stderr, func(string) string { return "" })
+	if code != 2 || !strings.Contains(stderr.String(), "zookeeper auth") || strings.Contains(stderr.String(), "s3cret") {
+		t.Errorf("malformed auth file: exit %d, stderr %q; want 2, an error without the secret", code, stderr.String())
+	}
+}
+
+// TestDrainGraceKeepsInFlightRequests: apps that exit at once on SIGTERM
+// and take 200 ms per request, restarted under POST load with -drain-url.
+// With the default -drain-grace (1s) no request fails; without a grace
+// the requests nginx sent just before the instance left are cut.
+func TestDrainGraceKeepsInFlightRequests(t *testing.T) {
+	c := testenv.StartConsul(t)
+	ng := testenv.StartNginx(t, testenv.NginxOptions{})
+	d := startDaemon(t, "-config", writeConfig(t, c, ng, t.TempDir()+"/upstreams.conf"))
+	appEnv := []string{"SK_APP_ABRUPT=1", "SK_APP_DELAY=200ms"}
+	run := func(grace string) (sent, failed int64, first any) {
+		ports := []int{testenv.FreePort(t), testenv.FreePort(t)}
+		start := func(i int) *wrapper {
+			p := strconv.Itoa(ports[i])
+			flags := []string{"-consul-addr", c.HTTPAddr(), "-address", "127.0.0.1", "-check", "http://127.0.0.1:" + p + "/health",
+				"-check-interval", "1s", "-drain-url", ng.APIURL(), "-drain", "5s"}
+			if grace != "" {
+				flags = append(flags, "-drain-grace", grace)
+			}
+			return startWrapperArgs(t, flags, appEnv, fmt.Sprintf("web-%d", i+1), ports[i])
+		}
+		ws := []*wrapper{start(0), start(1)}
+		for i, p := range ports {
+			waitListed(t, ng, p, true, ws[i])
+		}
+		waitRoutes(t, ng, d, "web", "web-1", "web-2")
+		l := startLoad(ng, 8, 10*time.Millisecond)
+		for range 3 {
+			l.waitSent(t, 40) // both instances busy: requests in flight on web-1
+			ws[0].stop(t)
+			ws[0] = start(0)
+			waitListed(t, ng, ports[0], true, ws[0])
+		}
+		l.finish()
+		for _, w := range ws {
+			w.stop(t)
+		}
+		return l.sent.Load(), l.failed.Load(), l.firstErr.Load()
+	}
+	sent, failed, first := run("0s")
+	t.Logf("-drain-grace 0s: %d of %d requests failed (first: %v)", failed, sent, first)
+	if failed == 0 {
+		t.Errorf("without a grace no request failed: the test does not show what the grace is for")
+	}
+	sent, failed, first = run("")
+	t.Logf("default -drain-grace: %d of %d requests failed", failed, sent)
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed with the default grace; first: %v", failed, sent, first)
 	}
 }

@@ -237,6 +237,19 @@ type Wait struct {
 	Max Duration `yaml:"max"`
 }
 
+// SettleWait is the engine's quiescence window: wait.*, except that in
+// reload mode, where it is the only window before a reload, it is never
+// shorter than reload.min_wait and reload.max_wait (the larger of each
+// pair), so a configuration that sets no wait keeps reloading at most
+// once per burst as before.
+func (c *Config) SettleWait() Wait {
+	w := c.Wait
+	if c.Reload.Enabled {
+		w.Min, w.Max = max(w.Min, c.Reload.MinWait), max(w.Max, c.Reload.MaxWait, w.Min, c.Reload.MinWait)
+	}
+	return w
+}
+
 // Log output.
 type Log struct {
 	Level  string `yaml:"level"`
@@ -517,6 +530,26 @@ func (c *Config) Validate() error {
 	if c.Source == SourceZooKeeper {
 		c.validateZooKeeper(bad)
 	}
+	// Only the chosen source's section is used, so only it is checked:
+	// CONSUL_* variables left in the environment do not stop an etcd or
+	// ZooKeeper daemon.
+	if c.Source == SourceConsul {
+		c.validateConsul(bad)
+	}
+	c.validateUpstreams(bad)
+	c.validateOutputs(bad)
+	c.validateTargets(bad)
+	c.validateRest(bad)
+	if len(errs) > 0 {
+		return fmt.Errorf("config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// badFunc records one problem of a field.
+type badFunc func(field, format string, args ...any)
+
+func (c *Config) validateConsul(bad badFunc) {
 	if _, _, err := SplitConsulAddress(c.Consul.Address, c.Consul.Scheme); err != nil {
 		bad("consul.address", "%v", err)
 	}
@@ -546,6 +579,10 @@ func (c *Config) Validate() error {
 		bad("consul.resync", "%v: must not be negative (0 disables)", c.Consul.Resync)
 	}
 
+}
+
+// validateUpstreams checks what shapes the upstreams.
+func (c *Config) validateUpstreams(bad badFunc) {
 	u := c.Upstreams
 	if strings.ContainsAny(u.CanaryTag, "= \t\n") {
 		bad("upstreams.canary_tag", "%q: a tag key, without '=' or spaces", u.CanaryTag)
@@ -587,6 +624,11 @@ func (c *Config) Validate() error {
 		}
 	}
 
+}
+
+// validateOutputs checks the persisted file, the verify command and the
+// data planes.
+func (c *Config) validateOutputs(bad badFunc) {
 	if c.File == "" {
 		bad("file", "the persisted upstream file is required")
 	} else if fi, err := os.Stat(filepath.Dir(c.File)); err != nil || !fi.IsDir() {
@@ -611,6 +653,9 @@ func (c *Config) Validate() error {
 			bad("reload.max_wait", "%v: want min_wait <= max_wait, both >= 0", c.Reload.MaxWait)
 		}
 	}
+}
+
+func (c *Config) validateTargets(bad badFunc) {
 	seen := map[string]bool{}
 	for i, t := range c.Targets {
 		field := fmt.Sprintf("targets[%d]", i)
@@ -646,6 +691,10 @@ func (c *Config) Validate() error {
 		}
 	}
 
+}
+
+// validateRest checks the drift check, guards, wait, log and listener.
+func (c *Config) validateRest(bad badFunc) {
 	if c.Reconcile.Interval < 0 {
 		bad("reconcile.interval", "%v: must not be negative (0s disables)", c.Reconcile.Interval)
 	}
@@ -689,13 +738,9 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("metrics.allowed_hosts[%d]", i), "%v", err)
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("config: %w", errors.Join(errs...))
-	}
-	return nil
 }
 
-func (c *Config) validateEtcd(bad func(field, format string, args ...any)) {
+func (c *Config) validateEtcd(bad badFunc) {
 	e := c.Etcd
 	if len(e.Endpoints) == 0 {
 		bad("etcd.endpoints", "at least one endpoint is required, e.g. [127.0.0.1:2379]")
@@ -738,7 +783,7 @@ func (c *Config) validateEtcd(bad func(field, format string, args ...any)) {
 	}
 }
 
-func (c *Config) validateZooKeeper(bad func(field, format string, args ...any)) {
+func (c *Config) validateZooKeeper(bad badFunc) {
 	z := c.ZooKeeper
 	if len(z.Servers) == 0 {
 		bad("zookeeper.servers", "at least one server is required, e.g. [127.0.0.1:2181]")

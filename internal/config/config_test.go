@@ -274,3 +274,25 @@ func TestSourceSections(t *testing.T) {
 		}
 	}
 }
+
+// Only the chosen source's section is used, so only it is validated: a
+// CONSUL_HTTP_ADDR left in the environment must not stop an etcd daemon
+// (issue 16), while a Consul daemon still reports it.
+func TestConsulEnvironmentIsCheckedOnlyForConsul(t *testing.T) {
+	env := func(k string) string {
+		return map[string]string{"CONSUL_HTTP_ADDR": "http://[bad", "CONSUL_HTTP_SSL": "true"}[k]
+	}
+	for source, wantErr := range map[string]bool{SourceEtcd: false, SourceZooKeeper: false, SourceConsul: true} {
+		c, err := Parse("", []byte("source: "+source+"\nfile: "+filepath.Join(t.TempDir(), "u.conf")+"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ApplyEnv(env); err != nil {
+			t.Fatal(err)
+		}
+		err = c.Validate()
+		if gotErr := err != nil && strings.Contains(err.Error(), "consul.address"); gotErr != wantErr {
+			t.Errorf("source %s: Validate() = %v, want a consul.address error: %v", source, err, wantErr)
+		}
+	}
+}

@@ -87,38 +87,7 @@ func (d *demo) say(format string, args ...any) {
 }
 
 func (d *demo) run(ctx context.Context) error {
-	var err error
-	if d.dir, err = os.MkdirTemp("", "swallowkeeper-demo-"); err != nil {
-		return err
-	}
-	d.ports = map[string]int{}
-	if d.registry, err = newRegistry(d.opt.Registry); err != nil {
-		return err
-	}
-	for _, name := range []string{"registry", "registry_peer", "consul_server", "consul_serf_lan", "consul_serf_wan", "nginx_proxy", "nginx_api", "metrics"} {
-		if d.ports[name], err = freePort(); err != nil {
-			return err
-		}
-	}
-
-	if err := d.registry.start(ctx, d); err != nil {
-		return err
-	}
-	d.say("Starting nginx (stock Debian nginx + lua) — proxy on 127.0.0.1:%d, dyups API on 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
-	if err := d.startNginx(); err != nil {
-		return err
-	}
-	d.say("Starting three backends (each answers its own name)")
-	for i := 1; i <= 3; i++ {
-		b, err := startBackend(fmt.Sprintf("web-%d", i))
-		if err != nil {
-			return err
-		}
-		d.backends = append(d.backends, b)
-		fmt.Fprintf(d.out, "    %s on %s\n", b.id, b.addr)
-	}
-	d.say("Starting swallowkeeper: %s → %s → nginx memory", d.opt.Registry, filepath.Join(d.dir, "upstreams.conf"))
-	if err := d.startDaemon(); err != nil {
+	if err := d.setUp(ctx); err != nil {
 		return err
 	}
 
@@ -168,6 +137,51 @@ func (d *demo) run(ctx context.Context) error {
 		d.watch(ctx, 3*time.Second, "traffic through nginx, per backend")
 	}
 
+	return d.finish(ctx)
+}
+
+// setUp starts the registry, nginx, the backends and the daemon.
+func (d *demo) setUp(ctx context.Context) error {
+	var err error
+	if d.dir, err = os.MkdirTemp("", "swallowkeeper-demo-"); err != nil {
+		return err
+	}
+	d.ports = map[string]int{}
+	if d.registry, err = newRegistry(d.opt.Registry); err != nil {
+		return err
+	}
+	for _, name := range []string{"registry", "registry_peer", "consul_server", "consul_serf_lan", "consul_serf_wan", "nginx_proxy", "nginx_api", "metrics"} {
+		if d.ports[name], err = freePort(); err != nil {
+			return err
+		}
+	}
+
+	if err := d.registry.start(ctx, d); err != nil {
+		return err
+	}
+	d.say("Starting nginx (stock Debian nginx + lua) — proxy on 127.0.0.1:%d, dyups API on 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
+	if err := d.startNginx(); err != nil {
+		return err
+	}
+	d.say("Starting three backends (each answers its own name)")
+	for i := 1; i <= 3; i++ {
+		b, err := startBackend(fmt.Sprintf("web-%d", i))
+		if err != nil {
+			return err
+		}
+		d.backends = append(d.backends, b)
+		fmt.Fprintf(d.out, "    %s on %s\n", b.id, b.addr)
+	}
+	d.say("Starting swallowkeeper: %s → %s → nginx memory", d.opt.Registry, filepath.Join(d.dir, "upstreams.conf"))
+	if err := d.startDaemon(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// finish reports the totals and the file, keeps everything running with
+// -keep until ctx ends, and fails when a request failed.
+func (d *demo) finish(ctx context.Context) error {
 	total, failed := d.load.totals()
 	d.say("Done: %d requests through nginx, %d failed", total, failed)
 	fmt.Fprintf(d.out, "    The persisted file nginx starts from:\n\n")

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,29 +45,6 @@ type Store interface {
 // written but its verify command (nginx -t) refused it, and the previous
 // file was put back.
 var ErrVerifyFailed = errors.New("refused by the verify command")
-
-// Sink brings one data plane (an nginx target) to the desired state.
-type Sink interface {
-	// Update hands over the newest desired state. It never blocks: a sink
-	// still busy with an older change keeps only the newest one.
-	Update(Change)
-}
-
-// Change is a desired state handed to the sinks.
-type Change struct {
-	State upstream.State
-	// Done is called by a sink once its data plane holds State; not for a
-	// change superseded by a newer one. Safe from any goroutine; nil-safe
-	// callers use Ack.
-	Done func()
-}
-
-// Ack calls Done if set.
-func (c Change) Ack() {
-	if c.Done != nil {
-		c.Done()
-	}
-}
 
 // Wait is the quiescence window, as in consul-template: after a change the
 // engine waits until no new snapshot came for Min, but never longer than Max
@@ -174,9 +150,11 @@ func (e *Engine) fanIn(ctx context.Context) <-chan tagged {
 	return out
 }
 
-// Run loads the persisted state, pushes it to the sinks (nginx may have
-// restarted without it in memory), then follows the sources until ctx ends.
-// It returns an error only when the persisted state cannot be read.
+// Run loads the persisted state, starts the sinks and hands them that
+// state (nginx may have restarted without it in memory; a store with a
+// verify command checks it first), then follows the sources until ctx
+// ends, and returns once the sinks have stopped. It returns an error only
+// when the persisted state cannot be read.
 func (e *Engine) Run(ctx context.Context) error {
 	prev, err := e.store.Load()
 	if err != nil {
@@ -184,131 +162,197 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.log.Info("loaded persisted state", "upstreams", len(prev))
 	e.m.upstreams.Set(float64(len(prev)))
-	if len(prev) > 0 {
-		e.push(prev, time.Now())
-	}
+	defer e.runSinks(ctx)()
 
-	in := e.fanIn(ctx)
-	latest := make([]*Snapshot, len(e.sources))
-	var lastApply, seen time.Time // seen: when the newest snapshot arrived
-	var (
-		snapshots  int   // taken in so far
-		persistErr error // the last Save's, until one succeeds or nothing needs saving
-		lastHolds  []Hold
-	)
-	publish := func() { e.publish(prev, lastHolds, latest, snapshots, lastApply, persistErr) }
-	publish()
-	var (
-		settle    *time.Timer // fires when the quiescence window closes
-		settleC   <-chan time.Time
-		drops     = Drops{}
-		recheck   *time.Timer // fires when a held drop can be confirmed
-		recheckC  <-chan time.Time
-		firstSeen time.Time
-		retry     = backoff.New(200*time.Millisecond, 10*time.Second)
-		retryC    <-chan time.Time
-	)
-	apply := func() {
-		settleC = nil
-		next, holds, at := Plan(prev, deref(latest), e.guards, drops, time.Now())
-		if recheck != nil {
-			recheck.Stop()
-			recheckC = nil
-		}
-		if !at.IsZero() {
-			recheck = time.NewTimer(max(time.Until(at), 0))
-			recheckC = recheck.C
-		}
-		e.reportHolds(lastHolds, holds)
-		lastHolds = holds
-		if next.Equal(prev) {
-			// Nothing to persist (any more): a pending retry has no work.
-			persistErr, retryC = nil, nil
-			retry.Reset()
-			publish()
-			return
-		}
-		if err := e.store.Save(next); err != nil {
-			// Persist first: nothing reaches nginx that the file would not
-			// bring back after a restart. Retry the newest state later:
-			// a verify command that refused the file may pass once the
-			// operator mends nginx.conf, with no registry change.
-			e.m.storeErrors.Inc()
-			d := retry.Next()
-			if errors.Is(err, ErrVerifyFailed) {
-				e.m.verifyFailures.Inc()
-				e.log.Error("verify command refused the new upstream file; previous file kept, nginx left unchanged, will retry",
-					"err", err, "retry_in", d)
-			} else {
-				e.log.Error("persist failed; nginx left unchanged, will retry", "err", err, "retry_in", d)
-			}
-			retryC = time.After(d)
-			persistErr = err
-			publish()
-			return
-		}
-		persistErr = nil
-		retry.Reset()
-		retryC = nil
-		e.logChanges(prev, next)
-		e.m.applies.Inc()
-		e.m.upstreams.Set(float64(len(next)))
-		e.m.lastApply.SetToCurrentTime()
-		e.push(next, seen)
-		prev = next
-		lastApply = time.Now()
-		publish()
+	l := &loop{
+		e:         e,
+		prev:      prev,
+		delivered: len(prev) == 0, // an empty state needs no push
+		latest:    make([]*Snapshot, len(e.sources)),
+		seen:      time.Now(),
+		drops:     Drops{},
+		retry:     backoff.New(200*time.Millisecond, 10*time.Second),
 	}
+	if l.delivered {
+		l.publish()
+	} else {
+		l.apply() // publishes
+	}
+	l.follow(ctx, e.fanIn(ctx))
+	return nil
+}
 
+// loop is Run's state; only Run's goroutine touches it.
+type loop struct {
+	e    *Engine
+	prev upstream.State // the applied state: persisted, and handed to the sinks once delivered
+	// delivered is false until the state loaded at start has been handed
+	// to the sinks.
+	delivered  bool
+	latest     []*Snapshot // each source's newest snapshot; nil until it answers
+	seen       time.Time   // when the newest snapshot arrived
+	snapshots  int         // taken in so far
+	lastApply  time.Time
+	holds      []Hold
+	persistErr error // the last Save's, until one succeeds or nothing needs saving
+	drops      Drops
+	retry      *backoff.Backoff
+
+	settle    *time.Timer // fires when the quiescence window closes
+	settleC   <-chan time.Time
+	firstSeen time.Time   // the first snapshot of the window
+	recheck   *time.Timer // fires when a held drop can be confirmed
+	recheckC  <-chan time.Time
+	retryC    <-chan time.Time // fires when a failed persist is tried again
+}
+
+func (l *loop) publish() {
+	l.e.publish(l.prev, l.holds, l.latest, l.snapshots, l.lastApply, l.persistErr)
+}
+
+// follow takes in snapshots and timers until ctx ends.
+func (l *loop) follow(ctx context.Context, in <-chan tagged) {
 	for {
 		select {
 		case <-ctx.Done():
-			if settle != nil {
-				settle.Stop()
+			if l.settle != nil {
+				l.settle.Stop()
 			}
-			return nil
+			return
 		case t := <-in:
-			snap := t.snap
-			latest[t.source] = &snap
-			seen = time.Now()
-			snapshots++
-			if slices.Contains(latest, nil) {
-				publish() // apply nothing until every source has answered once
-				continue
-			}
-			if e.wait.Min <= 0 {
-				apply() // publishes
-				continue
-			}
-			now := time.Now()
-			if settleC == nil {
-				firstSeen = now
-			}
-			d := e.wait.Min
-			if e.wait.Max > 0 && now.Add(d).After(firstSeen.Add(e.wait.Max)) {
-				d = max(firstSeen.Add(e.wait.Max).Sub(now), 0)
-			}
-			if settle != nil {
-				settle.Stop()
-			}
-			settle = time.NewTimer(d)
-			settleC = settle.C
-			publish() // settling
-		case <-settleC:
-			apply()
-		case <-retryC:
-			retryC = nil
-			apply()
-		case <-recheckC:
-			recheckC = nil
-			apply()
+			l.take(t)
+		case <-l.settleC:
+			l.apply()
+		case <-l.retryC:
+			l.retryC = nil
+			l.apply()
+		case <-l.recheckC:
+			l.recheckC = nil
+			l.apply()
 		}
 	}
 }
 
+// take records a snapshot, and applies at once or (re)starts the
+// quiescence window: it closes Min after the newest snapshot, but never
+// later than Max after the first one.
+func (l *loop) take(t tagged) {
+	snap := t.snap
+	l.latest[t.source] = &snap
+	l.seen = time.Now()
+	l.snapshots++
+	if slices.Contains(l.latest, nil) {
+		l.publish() // apply nothing until every source has answered once
+		return
+	}
+	w := l.e.wait
+	if w.Min <= 0 {
+		l.apply() // publishes
+		return
+	}
+	now := time.Now()
+	if l.settleC == nil {
+		l.firstSeen = now
+	}
+	d := w.Min
+	if w.Max > 0 && now.Add(d).After(l.firstSeen.Add(w.Max)) {
+		d = max(l.firstSeen.Add(w.Max).Sub(now), 0)
+	}
+	if l.settle != nil {
+		l.settle.Stop()
+	}
+	l.settle = time.NewTimer(d)
+	l.settleC = l.settle.C
+	l.publish() // settling
+}
+
+// apply plans the next state (once every source has answered), persists
+// it and hands it to the sinks, then publishes the status. Until then the
+// state loaded at start is the one handed over, after the store's check.
+func (l *loop) apply() {
+	l.settleC = nil
+	defer l.publish()
+	next := l.prev
+	if !slices.Contains(l.latest, nil) {
+		next = l.plan()
+	}
+	changed := !next.Equal(l.prev)
+	if !changed && l.delivered {
+		l.persisted(nil) // nothing (any more) to persist: a pending retry has no work
+		return
+	}
+	// Persist first: nothing reaches nginx that the file would not bring
+	// back after a restart.
+	var err error
+	if changed {
+		err = l.e.store.Save(next)
+	} else if c, ok := l.e.store.(Checker); ok {
+		err = c.Check()
+	}
+	l.persisted(err)
+	if err != nil {
+		return
+	}
+	if changed {
+		l.e.logChanges(l.prev, next)
+		l.e.m.applies.Inc()
+		l.e.m.upstreams.Set(float64(len(next)))
+		l.e.m.lastApply.SetToCurrentTime()
+		l.lastApply = time.Now()
+	}
+	l.e.push(next, l.seen)
+	l.prev, l.delivered = next, true
+}
+
+// plan runs Plan over the newest snapshots and arms the timer that
+// confirms a held drop.
+func (l *loop) plan() upstream.State {
+	next, holds, at := Plan(l.prev, deref(l.latest), l.e.guards, l.drops, time.Now())
+	if l.recheck != nil {
+		l.recheck.Stop()
+		l.recheckC = nil
+	}
+	if !at.IsZero() {
+		l.recheck = time.NewTimer(max(time.Until(at), 0))
+		l.recheckC = l.recheck.C
+	}
+	l.e.reportHolds(l.holds, holds)
+	l.holds = holds
+	return next
+}
+
+// persisted records the outcome of persisting. After a failure the
+// newest state is tried again later with backoff, with no new snapshot: a
+// verify command that refused the file may pass once the operator mends
+// nginx.conf.
+func (l *loop) persisted(err error) {
+	if err == nil {
+		failed := l.persistErr != nil
+		l.persistErr, l.retryC = nil, nil
+		l.retry.Reset()
+		if failed {
+			l.e.tellPersisted(nil, time.Time{})
+		}
+		return
+	}
+	l.e.m.storeErrors.Inc()
+	d := l.retry.Next()
+	if errors.Is(err, ErrVerifyFailed) {
+		l.e.m.verifyFailures.Inc()
+		l.e.log.Error("verify command refused the new upstream file; previous file kept, nginx left unchanged, will retry",
+			"err", err, "retry_in", d)
+	} else {
+		l.e.log.Error("persist failed; nginx left unchanged, will retry", "err", err, "retry_in", d)
+	}
+	l.retryC = time.After(d)
+	l.persistErr = err
+	l.e.tellPersisted(err, time.Now().Add(d))
+}
+
 // Desired loads the persisted state, waits for one snapshot from every
-// source and plans the next state without saving or pushing anything. It
-// serves the one-shot commands (once, render).
+// source and plans the next state without saving or pushing anything; it
+// logs what the guards hold back. It serves the one-shot commands (render,
+// and once through Once).
 func (e *Engine) Desired(ctx context.Context) (prev, next upstream.State, holds []Hold, err error) {
 	prev, err = e.store.Load()
 	if err != nil {
@@ -333,26 +377,10 @@ func (e *Engine) Desired(ctx context.Context) (prev, next upstream.State, holds 
 	g := e.guards
 	g.ConfirmAfter = 0
 	next, holds, _ = Plan(prev, deref(latest), g, Drops{}, time.Now())
+	for _, h := range holds {
+		e.log.Warn("guard holds a change", "upstream", h.Upstream, "guard", h.Guard, "reason", h.Reason)
+	}
 	return prev, next, holds, nil
-}
-
-// Save persists a state through the engine's store (for the once command).
-func (e *Engine) Save(s upstream.State) error { return e.store.Save(s) }
-
-// push hands the state to every sink, and observes the propagation time
-// (registry change seen → every sink acknowledged) when the last one acks.
-func (e *Engine) push(s upstream.State, seen time.Time) {
-	remaining := atomic.Int64{}
-	remaining.Store(int64(len(e.sinks)))
-	done := func() {
-		if remaining.Add(-1) == 0 {
-			e.m.propagation.Observe(time.Since(seen).Seconds())
-		}
-	}
-	for _, sink := range e.sinks {
-		var once sync.Once
-		sink.Update(Change{State: s, Done: func() { once.Do(done) }})
-	}
 }
 
 func (e *Engine) reportHolds(before, now []Hold) {

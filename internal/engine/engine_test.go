@@ -81,7 +81,9 @@ func (m memStore) Save(s upstream.State) error {
 
 type recSink struct{ j *journal }
 
-func (r recSink) Update(c Change) { r.j.record("push", c.State); c.Ack() }
+func (r recSink) Update(c Change)             { r.j.record("push", c.State); c.Ack() }
+func (r recSink) Run(stop, _ context.Context) { <-stop.Done() }
+func (r recSink) SinkStatus() SinkStatus      { return SinkStatus{Kind: "rec", Name: "rec", Ready: true} }
 
 func (j *journal) wait(t *testing.T, n int) []string {
 	t.Helper()

@@ -97,9 +97,42 @@ func (h Hold) String() string {
 // next (Plan updates it); now is the time of the call. recheck, when not
 // zero, is when a held drop can be confirmed: the caller plans again then.
 func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time.Time) (next upstream.State, holds []Hold, recheck time.Time) {
-	merged := upstream.State{}
-	services := 0
-	var doubts []string
+	merged, services, doubts, holds := mergeSnapshots(snaps)
+	switch {
+	case len(doubts) > 0:
+		return prev, []Hold{{Upstream: "", Guard: GuardDoubt, Reason: fmt.Sprintf("%s; keeping the last known state", doubts[0])}}, time.Time{}
+	case services == 0:
+		return prev, []Hold{{Upstream: "", Guard: GuardNoServices, Reason: "the registry reports no services; keeping the last known state"}}, time.Time{}
+	case services < g.MinServices:
+		return prev, []Hold{{Upstream: "", Guard: GuardMinServices, Reason: fmt.Sprintf("the registry reports %d services, fewer than min_services %d; keeping the last known state", services, g.MinServices)}}, time.Time{}
+	}
+
+	holds = append(holds, dropCollisions(prev, merged)...)
+	next, empty := keepLastServers(prev, merged, invalidByService(snaps))
+	holds = append(holds, empty...)
+
+	if g.ConfirmAfter <= 0 {
+		clear(drops)
+		return checked(prev, next, holds, time.Time{})
+	}
+	d := dropGuard{g: g, drops: drops, now: now, seen: map[string]bool{}}
+	// The total: a registry losing most servers at once is more likely
+	// broken than right. It is weighed on the registry's answer, before
+	// the upstreams' guards put servers back; their clocks run meanwhile.
+	before, after := prev.ServerCount(), next.ServerCount()
+	holds = append(holds, d.upstreams(prev, next)...)
+	if hold, ok := d.total(before, after); !ok {
+		forget(drops, d.seen)
+		return prev, append(holds, hold), d.recheck
+	}
+	forget(drops, d.seen)
+	return checked(prev, next, holds, d.recheck)
+}
+
+// mergeSnapshots merges the sources' upstreams in order (the first source
+// to claim a name keeps it) and adds up their services and doubts.
+func mergeSnapshots(snaps []Snapshot) (merged upstream.State, services int, doubts []string, holds []Hold) {
+	merged = upstream.State{}
 	for i, s := range snaps {
 		services += s.Services
 		if s.Doubt != "" {
@@ -113,37 +146,25 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 			merged[name] = s.Upstreams[name]
 		}
 	}
+	return merged, services, doubts, holds
+}
 
-	if len(doubts) > 0 {
-		return prev, []Hold{{Upstream: "", Guard: GuardDoubt, Reason: fmt.Sprintf("%s; keeping the last known state", doubts[0])}}, time.Time{}
-	}
-	if services == 0 {
-		return prev, []Hold{{Upstream: "", Guard: GuardNoServices, Reason: "the registry reports no services; keeping the last known state"}}, time.Time{}
-	}
-	if services < g.MinServices {
-		return prev, []Hold{{Upstream: "", Guard: GuardMinServices, Reason: fmt.Sprintf("the registry reports %d services, fewer than min_services %d; keeping the last known state", services, g.MinServices)}}, time.Time{}
-	}
-
-	holds = append(holds, dropCollisions(prev, merged)...)
-
-	// nginx and dyups compare upstream names case-insensitively: the
-	// upstream nginx holds under "api" is the one a registry now calls
-	// "Api". prevByKey finds it, so that a case-only rename replaces it
-	// in place (one POST; the file never holds both), and the guards
-	// below weigh the rename as what it is for nginx: a change of one
-	// upstream.
-	prevByKey := make(map[string]string, len(prev))
-	for name := range prev {
-		prevByKey[upstream.FoldKey(name)] = name
-	}
-	invalid := invalidByService(snaps)
-
-	next = make(upstream.State, len(merged))
+// keepLastServers builds the next state from the merged one: an upstream
+// without a primary server (no healthy or valid instance, or `backup`
+// servers only, which nginx refuses: "no servers in upstream") keeps the
+// servers nginx has, or is not created.
+//
+// nginx and dyups compare upstream names case-insensitively: the upstream
+// nginx holds under "api" is the one a registry now calls "Api". It is
+// found by its folded name, so that a case-only rename replaces it in
+// place (one POST; the file never holds both), and an empty newcomer keeps
+// the name nginx has.
+func keepLastServers(prev, merged upstream.State, invalid map[string]int) (upstream.State, []Hold) {
+	prevByKey := foldIndex(prev)
+	next := make(upstream.State, len(merged))
+	var holds []Hold
 	for _, name := range merged.Names() {
 		u := merged[name]
-		// An upstream of backup servers only is refused by nginx ("no
-		// servers in upstream"): like one without servers, it keeps the
-		// last servers nginx has.
 		if u.HasPrimary() {
 			next[name] = u
 			continue
@@ -163,45 +184,70 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: why + " yet; not created"})
 		}
 	}
-	nextByKey := make(map[string]string, len(next))
-	for name := range next {
-		nextByKey[upstream.FoldKey(name)] = name
-	}
+	return next, holds
+}
 
-	if g.ConfirmAfter <= 0 {
-		clear(drops)
-		if err := next.CheckNames(); err != nil {
-			return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), time.Time{}
-		}
-		return next, holds, time.Time{}
+// foldIndex maps each name's folded form to the name.
+func foldIndex(s upstream.State) map[string]string {
+	idx := make(map[string]string, len(s))
+	for name := range s {
+		idx[upstream.FoldKey(name)] = name
 	}
-	maxDrop, maxTotal := g.MaxDrop, g.MaxTotalDrop
-	if maxDrop <= 0 {
-		maxDrop = DefaultMaxDrop
-	}
-	if maxTotal <= 0 {
-		maxTotal = DefaultMaxTotalDrop
-	}
-	// confirmed says whether the drop under key, seen now, has lasted
-	// ConfirmAfter; a first sighting starts the clock.
-	confirmed := func(key string) bool {
-		first, ok := drops[key]
-		if !ok {
-			drops[key] = now
-			first = now
-		}
-		if !now.Before(first.Add(g.ConfirmAfter)) {
-			delete(drops, key)
-			return true
-		}
-		if at := first.Add(g.ConfirmAfter); recheck.IsZero() || at.Before(recheck) {
-			recheck = at
-		}
-		return false
-	}
-	seen := map[string]bool{}
+	return idx
+}
 
-	before, after := prev.ServerCount(), next.ServerCount()
+// checked is the last line of defence for "every file nginx -t accepts":
+// a state that breaks it is never applied, whatever bug let it through.
+func checked(prev, next upstream.State, holds []Hold, recheck time.Time) (upstream.State, []Hold, time.Time) {
+	if err := next.CheckNames(); err != nil {
+		return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), recheck
+	}
+	return next, holds, recheck
+}
+
+// dropGuard holds big drops until the registry has said the same for
+// ConfirmAfter.
+type dropGuard struct {
+	g       Guards
+	drops   Drops
+	now     time.Time
+	seen    map[string]bool // the drops this plan saw, by key
+	recheck time.Time       // the earliest time a held drop can be confirmed
+}
+
+// confirmed says whether the drop under key, seen now, has lasted
+// ConfirmAfter; a first sighting starts the clock.
+func (d *dropGuard) confirmed(key string) bool {
+	d.seen[key] = true
+	first, ok := d.drops[key]
+	if !ok {
+		d.drops[key] = d.now
+		first = d.now
+	}
+	at := first.Add(d.g.ConfirmAfter)
+	if !d.now.Before(at) {
+		delete(d.drops, key)
+		return true
+	}
+	if d.recheck.IsZero() || at.Before(d.recheck) {
+		d.recheck = at
+	}
+	return false
+}
+
+func (d *dropGuard) maxDrop() float64 {
+	if d.g.MaxDrop <= 0 {
+		return DefaultMaxDrop
+	}
+	return d.g.MaxDrop
+}
+
+// upstreams puts back, in next, every upstream that would lose more than
+// MaxDrop of its servers and has not been confirmed yet.
+func (d *dropGuard) upstreams(prev, next upstream.State) []Hold {
+	var holds []Hold
+	nextByKey := foldIndex(next)
+	maxDrop := d.maxDrop()
 	for _, name := range prev.Names() {
 		old := prev[name]
 		if !old.HasPrimary() {
@@ -213,11 +259,7 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 			n = 0
 		}
 		share := dropShare(len(old.Servers), n)
-		if share <= maxDrop {
-			continue
-		}
-		seen[name] = true
-		if confirmed(name) {
+		if share <= maxDrop || d.confirmed(name) {
 			continue
 		}
 		if ok && curName != name {
@@ -228,25 +270,23 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 		if !ok {
 			what = fmt.Sprintf("would be removed with its %d servers", len(old.Servers))
 		}
-		holds = append(holds, Hold{Upstream: name, Guard: GuardDrop, Reason: fmt.Sprintf("%s; applied only if the registry still says so %v after it was first seen", what, g.ConfirmAfter)})
+		holds = append(holds, Hold{Upstream: name, Guard: GuardDrop, Reason: fmt.Sprintf("%s; applied only if the registry still says so %v after it was first seen", what, d.g.ConfirmAfter)})
 	}
-	// The total: a registry losing most servers at once is more likely
-	// broken than right. The upstreams' clocks above run meanwhile.
-	if share := dropShare(before, after); share > maxTotal {
-		seen[""] = true
-		if !confirmed("") {
-			forget(drops, seen)
-			return prev, append(holds, Hold{Upstream: "", Guard: GuardTotalDrop, Reason: fmt.Sprintf("servers would fall from %d to %d (%.0f%% > max_total_drop %.0f%%); applied only if the registry still says so %v after it was first seen", before, after, share*100, maxTotal*100, g.ConfirmAfter)}), recheck
-		}
-	}
+	return holds
+}
 
-	forget(drops, seen)
-	// The last line of defence for "every file nginx -t accepts": a state
-	// that breaks it is never applied, whatever bug let it through above.
-	if err := next.CheckNames(); err != nil {
-		return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), recheck
+// total checks the fall of all servers together, from before to after;
+// ok is false when it holds every change.
+func (d *dropGuard) total(before, after int) (Hold, bool) {
+	maxTotal := d.g.MaxTotalDrop
+	if maxTotal <= 0 {
+		maxTotal = DefaultMaxTotalDrop
 	}
-	return next, holds, recheck
+	share := dropShare(before, after)
+	if share <= maxTotal || d.confirmed("") {
+		return Hold{}, true
+	}
+	return Hold{Upstream: "", Guard: GuardTotalDrop, Reason: fmt.Sprintf("servers would fall from %d to %d (%.0f%% > max_total_drop %.0f%%); applied only if the registry still says so %v after it was first seen", before, after, share*100, maxTotal*100, d.g.ConfirmAfter)}, false
 }
 
 // invalidByService counts, per service, the instances the sources dropped

@@ -44,6 +44,9 @@ func (*Etcd) ChecksLocally() {}
 
 // Entry is the key and value the instance is registered under.
 func (e *Etcd) Entry(o Options) (key, value string, err error) {
+	if o.Address == "" {
+		return "", "", fmt.Errorf("etcd: %s: an address is required (etcd has no agent to fill one in)", o.ID)
+	}
 	switch e.Layout {
 	case "", "service":
 		prefix := e.Prefix
@@ -73,82 +76,109 @@ func (e *Etcd) Entry(o Options) (key, value string, err error) {
 			}
 			weight = n
 		}
-		return strings.TrimSuffix(prefix, "/") + "/" + o.Upstream + "/" + addrPort(o).String(),
+		return strings.TrimSuffix(prefix, "/") + "/" + o.Upstream + "/" + addrPort(o.Address, o.Port),
 			fmt.Sprintf(`{"weight":%d,"down":0}`, weight), nil
 	}
 	return "", "", fmt.Errorf("etcd: unknown layout %q (want service or upsync)", e.Layout)
 }
 
 // Register implements Registrar: a new lease, the key under it, and a
-// keepalive that re-registers if the lease is lost (etcd down longer than
-// the TTL).
+// keeper that keeps the lease alive and, if the lease is lost (etcd
+// unreachable longer than the TTL), registers again, retrying until etcd
+// answers or Deregister (or a new Register) ends it.
 func (e *Etcd) Register(ctx context.Context, o Options) error {
+	if _, _, err := e.Entry(o); err != nil {
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.want = true
-	return e.registerLocked(ctx, o)
-}
-
-func (e *Etcd) registerLocked(ctx context.Context, o Options) error {
-	key, val, err := e.Entry(o)
-	if err != nil {
-		return err
-	}
 	e.stopLocked()
-	ttl := max(int64(e.TTL/time.Second), 2)
-	g, err := e.Client.Grant(ctx, ttl)
-	if err != nil {
-		return fmt.Errorf("etcd: lease for %s: %w", key, err)
-	}
-	if _, err := e.Client.Put(ctx, key, val, clientv3.WithLease(g.ID)); err != nil {
-		e.Client.Revoke(context.WithoutCancel(ctx), g.ID)
-		return fmt.Errorf("etcd: put %s: %w", key, err)
-	}
-	kactx, stop := context.WithCancel(context.Background())
-	ka, err := e.Client.KeepAlive(kactx, g.ID)
+	// The keeper's context is its whole life, not one attempt's: only
+	// Deregister or the next Register cancel it.
+	life, stop := context.WithCancel(context.Background())
+	ka, err := e.putLocked(ctx, life, o)
 	if err != nil {
 		stop()
-		return fmt.Errorf("etcd: keepalive of %s: %w", key, err)
+		return err
 	}
-	e.key, e.lease, e.stopKA = key, g.ID, stop
-	go e.keepAlive(kactx, ka, o)
+	e.stopKA = stop
+	go e.keep(life, ka, o)
 	return nil
 }
 
-// keepAlive drains the keepalive answers; when they end while the
-// registration is wanted, the lease is gone: register again.
-func (e *Etcd) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse, o Options) {
-	for range ka {
+// putLocked grants a lease, puts the key under it and starts its
+// keepalive, which runs until life ends. ctx bounds the grant and the put.
+func (e *Etcd) putLocked(ctx, life context.Context, o Options) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	key, val, err := e.Entry(o)
+	if err != nil {
+		return nil, err
 	}
-	if ctx.Err() != nil {
-		return // deregistered or replaced
+	ttl := max(int64(e.TTL/time.Second), 2)
+	g, err := e.Client.Grant(ctx, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("etcd: lease for %s: %w", key, err)
 	}
+	if _, err := e.Client.Put(ctx, key, val, clientv3.WithLease(g.ID)); err != nil {
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		e.Client.Revoke(rctx, g.ID)
+		cancel()
+		return nil, fmt.Errorf("etcd: put %s: %w", key, err)
+	}
+	ka, err := e.Client.KeepAlive(life, g.ID)
+	if err != nil {
+		return nil, fmt.Errorf("etcd: keepalive of %s: %w", key, err)
+	}
+	e.key, e.lease = key, g.ID
+	return ka, nil
+}
+
+// keep drains the keepalive answers. When they end while life goes on, the
+// lease is gone (the client heard nothing for a whole TTL): it registers
+// again under a new lease, retrying with backoff for as long as it takes.
+func (e *Etcd) keep(life context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse, o Options) {
 	log := e.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	log.Warn("etcd: the lease was lost; registering again", "id", o.ID)
-	b := backoff.New(200*time.Millisecond, 5*time.Second)
 	for {
-		e.mu.Lock()
-		if !e.want || ctx.Err() != nil {
+		for range ka {
+		}
+		if life.Err() != nil {
+			return // deregistered or replaced
+		}
+		log.Warn("etcd: the lease was lost; registering again", "id", o.ID)
+		b := backoff.New(200*time.Millisecond, 2*time.Second)
+		for {
+			e.mu.Lock()
+			if !e.want || life.Err() != nil {
+				e.mu.Unlock()
+				return
+			}
+			rctx, cancel := context.WithTimeout(life, 5*time.Second)
+			next, err := e.putLocked(rctx, life, o)
+			cancel()
 			e.mu.Unlock()
-			return
-		}
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := e.registerLocked(rctx, o)
-		cancel()
-		e.mu.Unlock()
-		if err == nil {
-			return
-		}
-		log.Warn("etcd: register again failed", "err", err)
-		if backoff.Sleep(ctx, b.Next()) != nil {
-			return
+			if err == nil {
+				log.Info("etcd: registered again", "id", o.ID, "key", e.keyNow())
+				ka = next
+				break
+			}
+			log.Warn("etcd: register again failed; retrying", "err", err)
+			if backoff.Sleep(life, b.Next()) != nil {
+				return
+			}
 		}
 	}
 }
 
+func (e *Etcd) keyNow() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.key
+}
+
+// stopLocked ends the current keeper and its keepalive.
 func (e *Etcd) stopLocked() {
 	if e.stopKA != nil {
 		e.stopKA()

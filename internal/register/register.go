@@ -4,8 +4,16 @@
 //
 //	start app → wait until it answers its health check → register (passing)
 //	SIGTERM   → deregister → wait until nginx no longer routes to it (drain)
-//	          → forward the signal → wait for the app → exit with its code
+//	          → grace for requests in flight → signal the app's process
+//	          group → wait for the app → exit with its code
+//	SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 → passed on to the app's group
 //	app dies  → deregister at once → exit with its code
+//	wrapper killed (even SIGKILL) → the app is killed too (Pdeathsig)
+//
+// A wrapper that finds the app's port taken before it starts the app (an
+// orphan of an earlier wrapper, another instance) refuses to start and
+// leaves the registry alone: the registration there may be the other
+// process's.
 //
 // Without a command it runs as a sidecar: register once the health check
 // answers, deregister and drain on SIGTERM, exit.
@@ -28,9 +36,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/consul/api"
-
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -38,10 +45,13 @@ import (
 // Options describe the instance and how to wrap it.
 type Options struct {
 	Service, ID string
-	Address     string // IP literal the proxy should use
-	Port        int
-	Tags        []string
-	Meta        map[string]string
+	// Address is the IP literal the proxy should use. Empty lets the
+	// registry fill it in: Consul gives the node's address. Registrars
+	// that cannot (etcd, ZooKeeper) refuse an empty address.
+	Address string
+	Port    int
+	Tags    []string
+	Meta    map[string]string
 
 	// Check is the instance's health check: "http://host:port/path" or
 	// "tcp://host:port". The wrapper waits for it before registering, and
@@ -49,8 +59,10 @@ type Options struct {
 	Check         string
 	CheckInterval time.Duration
 	CheckTimeout  time.Duration
-	// DeregisterAfter has Consul remove the instance once its check has
-	// been critical this long (covers a wrapper killed with SIGKILL).
+	// DeregisterAfter has Consul delete the registration once its check
+	// has been critical this long (the app and its wrapper are gone
+	// without deregistering, e.g. both killed). The failing check alone
+	// already takes the instance out of nginx.
 	DeregisterAfter time.Duration
 
 	ReadyTimeout time.Duration // how long to wait for the app to answer
@@ -60,18 +72,34 @@ type Options struct {
 
 	// Drain is how long to wait after deregistering before stopping the
 	// app, when no DrainURL tells when it is safe; with DrainURL it is the
-	// longest wait.
+	// longest wait for nginx to drop the instance.
 	Drain time.Duration
-	// DrainURL is a dyups API base URL (nginx or the Lua plane): the
-	// wrapper polls GET /upstream/<upstream> until the instance's address
-	// is gone, then stops the app.
+	// DrainURL is a dyups API base URL (nginx or the Lua plane;
+	// http://host:port or unix:/path): the wrapper polls GET
+	// /upstream/<Upstream> until an answer 200 no longer lists the
+	// instance's address; errors and 404s prove nothing and it polls on.
 	DrainURL string
+	// DrainSecret goes in X-SwallowKeeper-Secret on the drain's requests,
+	// for a Lua API configured with secret_file.
+	DrainSecret config.Secret
+	// DrainGrace is the wait after DrainURL shows the instance gone and
+	// before the app gets its stop signal: requests nginx sent before are
+	// still running, and real dyups's other workers lag up to
+	// dyups_read_msg_timeout.
+	DrainGrace time.Duration
 	// Upstream is the upstream name in nginx (default: the service; a
-	// gray=<x> tag makes it <service>_<x>).
+	// <CanaryTag>=<x> tag makes it <service>_<x>).
 	Upstream string
+	// CanaryTag is the daemon's upstreams.canary_tag (default "gray").
+	CanaryTag string
 
 	StopSignal  syscall.Signal
-	StopTimeout time.Duration // then SIGKILL
+	StopTimeout time.Duration // then SIGKILL to the app's group
+
+	// Reap makes the wrapper wait for every child it inherits, not only
+	// the app: set it when the wrapper is PID 1 (a container's init) or
+	// a child subreaper, or orphans of the app stay zombies.
+	Reap bool
 }
 
 // Registrar is the registry side: Consul's agent API, an etcd key under a
@@ -90,24 +118,41 @@ type LocalChecker interface {
 	ChecksLocally()
 }
 
+// AddressResolver is a Registrar that can fill in the address (Consul: the
+// node's) and read back, after Register, the address it gave the
+// instance: the one nginx lists, which draining looks for.
+type AddressResolver interface {
+	Registrar
+	InstanceAddress(ctx context.Context, o Options) (string, error)
+}
+
 // Validate checks the options, with the same rules the daemon applies to
 // registry data: what the wrapper registers must be usable by the daemon.
+// An empty Address is accepted (the registry fills it in).
 func (o *Options) Validate() error {
 	var errs []error
 	if o.Service == "" {
 		errs = append(errs, errors.New("-service is required"))
 	}
-	if _, err := upstream.ParseIP(o.Address); err != nil {
-		errs = append(errs, fmt.Errorf("-address: %w", err))
+	if o.Address != "" {
+		if _, err := upstream.ParseIP(o.Address); err != nil {
+			errs = append(errs, fmt.Errorf("-address: %w", err))
+		}
 	}
 	if err := upstream.ValidPort(o.Port); err != nil {
 		errs = append(errs, fmt.Errorf("-port: %w", err))
+	}
+	if o.CanaryTag == "" {
+		o.CanaryTag = "gray"
+	}
+	if strings.ContainsAny(o.CanaryTag, "= \t\n") {
+		errs = append(errs, fmt.Errorf("-canary-tag %q: a tag key, without '=' or spaces", o.CanaryTag))
 	}
 	if o.ID == "" {
 		host, _ := os.Hostname()
 		o.ID = fmt.Sprintf("%s-%s-%d", o.Service, host, o.Port)
 	}
-	if o.Upstream == "" {
+	if o.Upstream == "" && o.Service != "" {
 		name, err := upstreamName(o)
 		if err != nil {
 			errs = append(errs, err)
@@ -120,14 +165,21 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
+// upstreamName is the upstream the daemon would put the instance in, by
+// the daemon's own rules. The address plays no part in the name, and the
+// daemon's address policy is its own configuration, so a documentation
+// address (192.0.2.1) stands in for it here.
 func upstreamName(o *Options) (string, error) {
 	st, dropped := registry.Build(map[string][]registry.Instance{o.Service: {{
-		Service: o.Service, ID: o.ID, Address: o.Address, Port: o.Port, Tags: o.Tags, Meta: o.Meta, Healthy: true,
-	}}}, registry.Rules{CanaryTag: "gray", WeightMeta: "weight", Weight: 1, FailTimeout: 10 * time.Second})
+		Service: o.Service, ID: o.ID, Address: "192.0.2.1", Port: max(o.Port, 1), Tags: o.Tags, Meta: o.Meta, Healthy: true,
+	}}}, registry.Rules{CanaryTag: o.CanaryTag, WeightMeta: "weight", Weight: 1, FailTimeout: 10 * time.Second})
 	if len(dropped) > 0 {
 		return "", fmt.Errorf("the daemon would drop this instance: %s", dropped[0].Reason)
 	}
-	return st.Names()[0], nil
+	if names := st.Names(); len(names) > 0 {
+		return names[0], nil
+	}
+	return "", errors.New("the daemon would not route to this instance")
 }
 
 // Run wraps argv (or runs as a sidecar when argv is empty) and returns the
@@ -136,19 +188,61 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	fwd := make(chan os.Signal, 4)
+	signal.Notify(fwd, forwarded...)
+	defer signal.Stop(fwd)
+
+	if o.Address != "" {
+		if ip, err := upstream.ParseIP(o.Address); err == nil {
+			if err := (upstream.AddressPolicy{}).Check(ip); err != nil {
+				log.Warn("the daemon refuses this address unless its upstreams.allow_addresses allows it", "reason", err)
+			}
+		}
+	}
 
 	var app *exec.Cmd
-	exited := make(chan int, 1)
+	var exited <-chan int
 	if len(argv) > 0 {
+		// Before anything touches the registry: a port that is already
+		// taken means another process (an orphaned app, a second
+		// instance) serves there, and the registration under this ID may
+		// be its own.
+		if err := portInUse(o.Port); err != nil {
+			log.Error("refusing to start: something already listens on the app's port; the registry is left untouched", "err", err)
+			return 1
+		}
+		if o.Check != "" {
+			pctx, cancel := context.WithTimeout(ctx, max(o.CheckTimeout, time.Second))
+			err := probe(pctx, &http.Client{Timeout: max(o.CheckTimeout, time.Second)}, o.Check)
+			cancel()
+			if err == nil {
+				log.Error("refusing to start: the health check already passes before the app started (another process answers it); the registry is left untouched", "check", o.Check)
+				return 1
+			}
+		}
 		app = exec.Command(argv[0], argv[1:]...)
 		app.Stdin, app.Stdout, app.Stderr = os.Stdin, stdout, stderr
-		if err := app.Start(); err != nil {
+		var err error
+		if exited, err = startApp(app); err != nil {
 			log.Error("cannot start the app", "cmd", argv[0], "err", err)
 			return 127
 		}
 		log.Info("app started", "pid", app.Process.Pid, "cmd", strings.Join(argv, " "))
-		go func() { exited <- exitCode(app.Wait()) }()
+		if o.Reap {
+			rctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go reapOrphans(rctx, app.Process.Pid, log)
+		}
 	}
+
+	// The address nginx lists: the given one, or (Consul without one) the
+	// one the registry gave, read back after registering.
+	var addrMu sync.Mutex
+	drainAddr := ""
+	if o.Address != "" {
+		drainAddr = addrPort(o.Address, o.Port)
+	}
+	nginxAddr := func() string { addrMu.Lock(); defer addrMu.Unlock(); return drainAddr }
 
 	// Ready, then registered: in the background, so a signal or the app's
 	// death is handled at any moment. It does not inherit ctx: the stop
@@ -165,7 +259,7 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 		cancelReg()
 		regMu.Lock() // held for good: the wrapper is leaving
 	}
-	stop := stopper(o, reg, log, app, exited, endReg)
+	stop := stopper(o, reg, log, app, exited, endReg, nginxAddr)
 	for {
 		select {
 		case ok := <-registered:
@@ -176,11 +270,30 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 			if lc, local := reg.(LocalChecker); ok && local && o.Check != "" {
 				go checkLocally(regCtx, &regMu, o, lc, log)
 			}
+			if ar, can := reg.(AddressResolver); ok && can && o.Address == "" {
+				go func() {
+					if a := resolveAddress(regCtx, o, ar, log); a != "" {
+						addrMu.Lock()
+						drainAddr = a
+						addrMu.Unlock()
+					}
+				}()
+			}
+		case sig := <-fwd:
+			if app == nil {
+				log.Info("signal ignored: no app to pass it to", "signal", sig.String())
+				continue
+			}
+			log.Info("passing the signal on to the app's process group", "signal", sig.String())
+			if err := signalGroup(app, sig.(syscall.Signal)); err != nil {
+				log.Warn("passing the signal on failed", "signal", sig.String(), "err", err)
+			}
 		case code := <-exited:
 			// The app died on its own: leave the registry at once.
 			endReg()
 			log.Warn("app exited; deregistering", "code", code)
 			deregister(o, reg, log)
+			endGroup(app, o.StopSignal, min(o.StopTimeout, leftoverGrace), log)
 			return code
 		case sig := <-sigs:
 			return stop(sig.String())
@@ -190,26 +303,63 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 	}
 }
 
-// stopper builds the ordered stop: deregister, drain, then stop the app.
-func stopper(o Options, reg Registrar, log *slog.Logger, app *exec.Cmd, exited <-chan int, cancelReg func()) func(string) int {
+// leftoverGrace bounds the wait for the rest of the app's process group
+// after the app exited (at most StopTimeout).
+const leftoverGrace = 5 * time.Second
+
+// resolveAddress reads back the address the registry gave the instance,
+// retrying until it answers or ctx ends; "" if it never did.
+func resolveAddress(ctx context.Context, o Options, reg AddressResolver, log *slog.Logger) string {
+	b := backoff.New(100*time.Millisecond, 5*time.Second)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		a, err := reg.InstanceAddress(rctx, o)
+		cancel()
+		if err == nil {
+			ip, perr := upstream.ParseIP(a)
+			if perr != nil {
+				log.Warn("the registry gave the instance an address nginx cannot use", "address", a, "err", perr)
+				return ""
+			}
+			addr := addrPort(ip.String(), o.Port)
+			log.Info("the registry filled in the instance's address", "address", addr)
+			return addr
+		}
+		if b.Attempts() == 3 {
+			log.Warn("cannot read back the instance's address yet; retrying (until then a stop drains for the whole -drain)", "err", err)
+		}
+		if backoff.Sleep(ctx, b.Next()) != nil {
+			return ""
+		}
+	}
+}
+
+// stopper builds the ordered stop: deregister, drain, then stop the app's
+// process group.
+func stopper(o Options, reg Registrar, log *slog.Logger, app *exec.Cmd, exited <-chan int, cancelReg func(), nginxAddr func() string) func(string) int {
 	return func(why string) int {
 		cancelReg()
 		log.Info("stop requested; deregistering first", "why", why)
 		deregister(o, reg, log)
-		drain(o, log)
+		drain(o, nginxAddr(), log)
 		if app == nil {
 			return 0
 		}
-		log.Info("forwarding the stop to the app", "signal", o.StopSignal.String())
-		app.Process.Signal(o.StopSignal)
+		log.Info("forwarding the stop to the app's process group", "signal", o.StopSignal.String())
+		if err := signalGroup(app, o.StopSignal); err != nil {
+			log.Warn("signalling the app failed", "err", err)
+		}
 		select {
 		case code := <-exited:
 			log.Info("app stopped", "code", code)
+			endGroup(app, 0, min(o.StopTimeout, leftoverGrace), log)
 			return code
 		case <-time.After(o.StopTimeout):
-			log.Error("app did not stop in time; killing it", "timeout", o.StopTimeout)
-			app.Process.Kill()
-			return <-exited
+			log.Error("app did not stop in time; killing its process group", "timeout", o.StopTimeout)
+			signalGroup(app, syscall.SIGKILL)
+			code := <-exited
+			endGroup(app, syscall.SIGKILL, time.Second, log)
+			return code
 		}
 	}
 }
@@ -284,7 +434,11 @@ func ready(ctx context.Context, o Options, reg Registrar, log *slog.Logger) bool
 	for {
 		err := reg.Register(rctx, o)
 		if err == nil {
-			log.Info("registered", "service", o.Service, "id", o.ID, "address", fmt.Sprintf("%s:%d", o.Address, o.Port), "upstream", o.Upstream)
+			addr := "(the registry's choice):" + fmt.Sprint(o.Port)
+			if o.Address != "" {
+				addr = addrPort(o.Address, o.Port)
+			}
+			log.Info("registered", "service", o.Service, "id", o.ID, "address", addr, "upstream", o.Upstream)
 			return true
 		}
 		d := b.Next()
@@ -314,39 +468,13 @@ func deregister(o Options, reg Registrar, log *slog.Logger) {
 	}
 }
 
-// drain waits until nginx no longer routes to the instance: with DrainURL,
-// until GET /upstream/<name> stops listing its address (or the upstream is
-// gone), at most Drain; without, Drain.
-func drain(o Options, log *slog.Logger) {
-	start := time.Now()
-	if o.DrainURL == "" {
-		time.Sleep(o.Drain)
-		log.Info("drained", "waited", o.Drain)
-		return
+// addrPort is the address as nginx lists it: ip:port, [v6]:port.
+func addrPort(address string, port int) string {
+	ip, err := upstream.ParseIP(address)
+	if err != nil {
+		return net.JoinHostPort(address, fmt.Sprint(port))
 	}
-	addr := addrPort(o).String()
-	url := strings.TrimSuffix(o.DrainURL, "/") + "/upstream/" + o.Upstream
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	for time.Since(start) < o.Drain {
-		resp, err := client.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			listed := resp.StatusCode == http.StatusOK && strings.Contains(string(body), "server "+addr+"\n")
-			if !listed {
-				log.Info("drained: nginx no longer routes to the instance", "waited", time.Since(start).Round(time.Millisecond))
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	log.Warn("drain: nginx still listed the instance when the drain time ran out", "drain", o.Drain)
-}
-
-// addrPort is the address as nginx lists it ([v6]:port for IPv6).
-func addrPort(o Options) netip.AddrPort {
-	ip, _ := upstream.ParseIP(o.Address) // validated
-	return netip.AddrPortFrom(ip, uint16(o.Port))
+	return netip.AddrPortFrom(ip, uint16(port)).String()
 }
 
 // waitHealthy polls the check until it passes.
@@ -386,59 +514,6 @@ func probe(ctx context.Context, client *http.Client, check string) error {
 	resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 399 {
 		return fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return nil
-}
-
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	}
-	return 1
-}
-
-// Consul registers through the local agent, with the health check the
-// agent then runs.
-type Consul struct{ Client *api.Client }
-
-// Register implements Registrar. The check starts passing: the wrapper has
-// just seen the app answer it.
-func (c Consul) Register(ctx context.Context, o Options) error {
-	r := &api.AgentServiceRegistration{
-		ID: o.ID, Name: o.Service, Address: o.Address, Port: o.Port, Tags: o.Tags, Meta: o.Meta,
-	}
-	if o.Check != "" {
-		chk := &api.AgentServiceCheck{
-			Interval: o.CheckInterval.String(), Timeout: o.CheckTimeout.String(), Status: api.HealthPassing,
-		}
-		if o.DeregisterAfter > 0 {
-			chk.DeregisterCriticalServiceAfter = o.DeregisterAfter.String()
-		}
-		if hostport, ok := strings.CutPrefix(o.Check, "tcp://"); ok {
-			chk.TCP = hostport
-		} else {
-			chk.HTTP = o.Check
-		}
-		r.Check = chk
-	}
-	err := c.Client.Agent().ServiceRegisterOpts(r, api.ServiceRegisterOpts{}.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("consul: register %s: %w", o.ID, err)
-	}
-	return nil
-}
-
-// Deregister implements Registrar.
-func (c Consul) Deregister(ctx context.Context, id string) error {
-	if err := c.Client.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		return fmt.Errorf("consul: deregister %s: %w", id, err)
 	}
 	return nil
 }

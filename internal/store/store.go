@@ -27,8 +27,9 @@ type File struct {
 	// Mode of the file; nginx workers only need to read it.
 	Mode fs.FileMode
 	// Verifier, when set, tests every file Save writes before Save
-	// succeeds (nginx -t in dyups mode). A refused file is replaced by the
-	// bytes it replaced, so the file on disk is always one nginx accepted.
+	// succeeds: the verify command, and in reload mode reload.test (nginx
+	// -t). A refused file is replaced by the bytes it replaced, so the
+	// file on disk is always one nginx accepted.
 	Verifier Verifier
 
 	mu       sync.Mutex
@@ -40,6 +41,12 @@ type File struct {
 // fileStamp tells whether the file is still the one Save wrote: every
 // write renames a new file in, so the inode changes with any replacement;
 // size and time catch a rewrite in place.
+//
+// Nothing else in the daemon writes the file (the reload sink only runs
+// the reload command). The stamp is for writers outside it: an operator's
+// edit, a configuration management run, a restore from a backup. Save must
+// then put the state back, and finding out by reading the whole file on
+// every Save would cost a read per change.
 type fileStamp struct {
 	inode uint64
 	size  int64
@@ -58,7 +65,10 @@ func stampOf(path string) fileStamp {
 	return st
 }
 
-var _ engine.Store = (*File)(nil)
+var (
+	_ engine.Store   = (*File)(nil)
+	_ engine.Checker = (*File)(nil)
+)
 
 // New returns a store for path with mode 0644.
 func New(path string) *File { return &File{Path: path, Mode: 0o644} }
@@ -140,6 +150,22 @@ func (f *File) Save(s upstream.State) error {
 	return nil
 }
 
+// Check verifies the file as it is on disk with the Verifier (nil
+// without one). The engine calls it before it pushes the state it loaded
+// at start, which no Save has verified yet. A refusal wraps
+// engine.ErrVerifyFailed; the file stays, since nothing older is known.
+func (f *File) Check() error {
+	if f.Verifier == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.Verifier.Verify(context.Background()); err != nil {
+		return fmt.Errorf("store: %s: %w: %w; the file stays, nothing older is known", f.Path, engine.ErrVerifyFailed, err)
+	}
+	return nil
+}
+
 // forget drops what Save remembers, so that the next Save reads the disk.
 func (f *File) forget() { f.written, f.stamp = nil, fileStamp{} }
 
@@ -189,10 +215,24 @@ const DefaultVerifyTimeout = 30 * time.Second
 // maxOutput is how much of a command's output an error carries.
 const maxOutput = 1024
 
+// Verifiers is a Verifier that runs each of its own in order and fails
+// with the first refusal: the verify command, then reload mode's test.
+type Verifiers []Verifier
+
+// Verify runs every verifier until one refuses.
+func (vs Verifiers) Verify(ctx context.Context) error {
+	for _, v := range vs {
+		if err := v.Verify(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Command is a Verifier that runs a program directly (no shell) and
 // passes when it exits 0. The error of a failure names the command and
 // carries its output, one line per "; ", cut to about 1 KB. It serves the
-// dyups mode's verify command and suits reload mode's test as well.
+// verify command and reload mode's test.
 type Command struct {
 	Argv    []string
 	Timeout time.Duration // 0: DefaultVerifyTimeout

@@ -228,3 +228,51 @@ func TestCommandVerifier(t *testing.T) {
 		t.Fatal("an empty command passed")
 	}
 }
+
+// TestCheckVerifiesTheFileAsItIs: Check runs the verifier on the file on
+// disk and changes nothing, whatever the answer; without a verifier it
+// passes.
+func TestCheckVerifiesTheFileAsItIs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "upstreams.conf")
+	if err := New(path).Save(withWeb()); err != nil {
+		t.Fatal(err)
+	}
+	before := read(t, path)
+	if err := New(path).Check(); err != nil {
+		t.Fatalf("Check without a verifier: %v", err)
+	}
+	v := &refuser{path: path, bad: "upstream web2"}
+	f := New(path)
+	f.Verifier = v
+	err := f.Check()
+	if !errors.Is(err, engine.ErrVerifyFailed) || !strings.Contains(err.Error(), `duplicate upstream "web"`) {
+		t.Fatalf("Check = %v, want the refusal", err)
+	}
+	if v.calls() != 1 || read(t, path) != before {
+		t.Fatalf("Check ran the verifier %d times and left:\n%s", v.calls(), read(t, path))
+	}
+	v.accept()
+	if err := f.Check(); err != nil {
+		t.Fatalf("Check once accepted: %v", err)
+	}
+}
+
+// TestVerifiersRunInOrderUntilOneRefuses: the verify command runs before
+// reload mode's test, and a refusal by the first spares the second.
+func TestVerifiersRunInOrderUntilOneRefuses(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "log")
+	step := func(name string, code int) Command {
+		return Command{Argv: []string{"sh", "-c", "echo " + name + " >> " + log + "; exit " + string(rune('0'+code))}}
+	}
+	if err := (Verifiers{step("verify", 0), step("test", 0)}).Verify(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	err := (Verifiers{step("verify", 1), step("test", 0)}).Verify(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "echo verify") {
+		t.Fatalf("Verify = %v, want the first command's refusal", err)
+	}
+	if got := read(t, log); got != "verify\ntest\nverify\n" {
+		t.Fatalf("commands ran: %q", got)
+	}
+}

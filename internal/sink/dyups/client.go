@@ -1,7 +1,7 @@
 // Package dyups pushes upstreams into nginx memory through the dyups REST
 // API (tengine, nginx with ngx_http_dyups_module, and SwallowKeeper's Lua
 // module for stock nginx). The status codes and bodies it understands are
-// the ones in shared/DYUPS-API.md, observed on a real nginx.
+// the ones docs/DYUPS-API.md records, observed on a real dyups build.
 package dyups
 
 import (
@@ -189,10 +189,10 @@ func (c *Client) transportError(err error) error {
 // DetailBody reads GET /detail unparsed into buf (emptied and grown as
 // needed; an empty body when nginx has no upstreams: 204), over a new
 // connection, so that successive calls can land on different workers.
-// Drift checks pass the buffer of their last read: at 10,000 servers the
-// answer is 0.85 MB, and allocating it afresh on every read (three every
-// few seconds) was the largest part of the daemon's idle CPU, most of it
-// page faults on fresh memory.
+// Drift checks pass the buffer of their last read: the answer is about 85
+// bytes per server and each drift check reads it several times, so that
+// reading it into fresh memory each time would make allocation and page
+// faults most of an idle daemon's CPU.
 func (c *Client) DetailBody(ctx context.Context, buf []byte) ([]byte, error) {
 	req, where, err := c.newRequest(ctx, http.MethodGet, c.base.JoinPath("detail"), nil)
 	if err != nil {

@@ -18,9 +18,10 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-// These tests replay the answers recorded in shared/DYUPS-API.md to check
-// how the client classifies them. They test our client's logic, not nginx:
-// the same client runs against real nginx in the integration tests.
+// These tests replay answers recorded on a real dyups build (see
+// docs/DYUPS-API.md) to check how the client classifies them. They test
+// our client's logic, not nginx: the same client runs against real nginx
+// in the integration tests.
 
 func web() upstream.Upstream {
 	return upstream.Upstream{Name: "web", Keepalive: 8, Servers: []upstream.Server{

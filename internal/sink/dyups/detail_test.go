@@ -9,7 +9,8 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-// The sample /detail from shared/DYUPS-API.md, byte for byte.
+// A /detail answer recorded on a real dyups build, byte for byte (see
+// docs/DYUPS-API.md).
 const sampleDetail = "myups\n" +
 	"server 127.0.0.1:28091 weight=1 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0\n" +
 	"server 127.0.0.1:28092 weight=2 max_conns=0 max_fails=3 fail_timeout=2 backup=0 down=0\n" +

@@ -7,23 +7,27 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-// detailMemory makes drift checks cost what changed. It remembers the
-// sections of /detail answers (an upstream's name line and its server
-// lines) that were found to show their desired upstream, and a later
-// answer is compared section by section: a section remembered for the same
-// desired upstream is not parsed again. At 1,000 upstreams × 10 servers a
-// whole answer takes about 12 ms to parse, a check reads three, and any
-// change of the desired state made the next check parse them all again;
-// now an nginx that did not change costs a split and a map lookup per
-// upstream (about 0.3 ms per answer), and a change the parse of its own
-// sections (BenchmarkDriftCheck).
+// detailMemory reads /detail answers for drift checks at the cost of what
+// changed. An answer is a list of sections, one per upstream: its name line
+// and its server lines. The memory keeps the text of the sections found to
+// show their desired upstream, and read parses only the sections it does
+// not know for the same desired upstream. An nginx that did not change
+// then costs a split and a map lookup per upstream, and a change the parse
+// of its own sections, where parsing the whole answer costs a parse of
+// every server line on every read (BenchmarkDriftCheck measures both). It
+// costs the memory of one copy of the sections that matched.
 //
-// What compare finds is what parsing the whole answer and matching every
-// upstream would find (drift_test.go checks the two against each other).
+// What read returns is what ParseDetail of the whole answer returns, but
+// for the upstreams it confirms from memory
+// (TestDetailMemoryReadsLikeParseDetail), and what compare finds is what
+// parsing the whole answer and matching every upstream would find
+// (TestDriftMemoryAgreesWithWholeParse).
+//
+// A drift check is begin, then compare for each answer read, then end.
 type detailMemory struct {
 	sections map[string]*shownAs // by section text
 	check    uint64              // the drift check in progress
-	shown    map[string]bool     // compare's scratch, kept for its buckets
+	answer   detailAnswer        // read's result, kept for its maps' buckets
 }
 
 // shownAs is the desired upstream a section of /detail was found to show,
@@ -31,6 +35,16 @@ type detailMemory struct {
 type shownAs struct {
 	up    upstream.Upstream
 	check uint64
+}
+
+// detailAnswer is one /detail answer as detailMemory.read returns it: the
+// upstreams it shows, each either confirmed from memory to show its
+// desired upstream, or parsed.
+type detailAnswer struct {
+	shown   map[string]bool   // every name in the answer → confirmed from memory
+	parsed  Detail            // the servers of the names not confirmed
+	section map[string]string // and the text of their sections, by name
+	folded  map[string]string // shown names by upstream.FoldKey, built when first needed
 }
 
 // begin starts a drift check: one or more answers, compared in turn.
@@ -46,23 +60,16 @@ func (m *detailMemory) end() {
 	}
 }
 
-// compare adds to drift the names of the desired upstreams that one /detail
-// answer does not show as desired, and the names of owned upstreams no
-// longer desired that it still holds. Names match case-insensitively, as
-// dyups matches them: nginx shows the case of the last POST (or of the
-// file, after a restart), so a desired upstream shown in another case is
-// held, and an owned name that differs from a desired one only in case is
-// never a leftover.
-func (m *detailMemory) compare(body []byte, desired upstream.State, owned map[string]bool, drift map[string]bool) error {
+// read splits body into sections and parses those the memory does not
+// hold for the desired upstream of the same name. The answer it returns is
+// valid until the next read. Its errors are those of ParseDetail(body).
+func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer, error) {
 	if m.sections == nil {
-		m.sections, m.shown = map[string]*shownAs{}, map[string]bool{}
+		m.sections, m.answer.shown = map[string]*shownAs{}, map[string]bool{}
 	}
-	shown := m.shown // names in the answer → confirmed from memory
-	clear(shown)
-	var (
-		parsed    Detail            // the sections not confirmed from memory
-		sectionOf map[string]string // their text, by name
-	)
+	a := &m.answer
+	clear(a.shown)
+	a.parsed, a.section, a.folded = nil, nil, nil
 	for rest := body; len(rest) > 0; {
 		sec := rest
 		if i := bytes.Index(rest, []byte("\n\n")); i >= 0 {
@@ -74,60 +81,84 @@ func (m *detailMemory) compare(body []byte, desired upstream.State, owned map[st
 		// Map lookups keyed by string(bytes) do not copy the bytes.
 		if u, ok := desired[string(name)]; ok {
 			if s := m.sections[string(sec)]; s != nil && s.up.Equal(u) {
-				if _, dup := shown[u.Name]; dup {
-					return wholeParseError(body, fmt.Errorf("upstream %s listed twice", u.Name))
+				if _, dup := a.shown[u.Name]; dup {
+					return nil, wholeParseError(body, fmt.Errorf("upstream %s listed twice", u.Name))
 				}
-				shown[u.Name], s.check = true, m.check
+				a.shown[u.Name], s.check = true, m.check
 				continue
 			}
 		}
 		d, err := ParseDetail(string(sec))
 		if err != nil {
-			return wholeParseError(body, err)
+			return nil, wholeParseError(body, err)
 		}
 		for n, servers := range d { // at most one
-			if _, dup := shown[n]; dup {
-				return wholeParseError(body, fmt.Errorf("upstream %s listed twice", n))
+			if _, dup := a.shown[n]; dup {
+				return nil, wholeParseError(body, fmt.Errorf("upstream %s listed twice", n))
 			}
-			shown[n] = false
-			if parsed == nil {
-				parsed, sectionOf = Detail{}, map[string]string{}
+			a.shown[n] = false
+			if a.parsed == nil {
+				a.parsed, a.section = Detail{}, map[string]string{}
 			}
-			parsed[n], sectionOf[n] = servers, string(sec)
+			a.parsed[n], a.section[n] = servers, string(sec)
 		}
 	}
-	// A desired name not shown as is may be shown in another case. The
-	// names shown, case-folded, are indexed at the first such name: a
-	// lookup per name, not a scan of the answer per name.
-	var shownFold map[string]string
-	asShown := func(name string) (string, bool) {
-		if _, ok := shown[name]; ok {
-			return name, true
+	return a, nil
+}
+
+// remember records that the section a shows for name was found to show u,
+// the desired upstream of that name: the next reads take it as read.
+func (m *detailMemory) remember(a *detailAnswer, name string, u upstream.Upstream) {
+	if sec, ok := a.section[name]; ok {
+		m.sections[sec] = &shownAs{up: u, check: m.check}
+	}
+}
+
+// find returns the name under which a shows name, as dyups matches names:
+// name itself, or else a name that differs from it only in case.
+func (a *detailAnswer) find(name string) (string, bool) {
+	if _, ok := a.shown[name]; ok {
+		return name, true
+	}
+	// The names shown, case-folded, are indexed at the first such lookup:
+	// a lookup per name, not a scan of the answer per name.
+	if a.folded == nil {
+		a.folded = make(map[string]string, len(a.shown))
+		for n := range a.shown {
+			a.folded[upstream.FoldKey(n)] = n
 		}
-		if shownFold == nil {
-			shownFold = make(map[string]string, len(shown))
-			for n := range shown {
-				shownFold[upstream.FoldKey(n)] = n
-			}
-		}
-		n, ok := shownFold[upstream.FoldKey(name)]
-		return n, ok
+	}
+	n, ok := a.folded[upstream.FoldKey(name)]
+	return n, ok
+}
+
+// compare adds to drift the names of the desired upstreams that one /detail
+// answer does not show as desired, and the names of owned upstreams no
+// longer desired that it still holds. Names match case-insensitively, as
+// dyups matches them: nginx shows the case of the last POST (or of the
+// file, after a restart), so a desired upstream shown in another case is
+// held, and an owned name that differs from a desired one only in case is
+// never a leftover.
+func (m *detailMemory) compare(body []byte, desired upstream.State, owned map[string]bool, drift map[string]bool) error {
+	a, err := m.read(body, desired)
+	if err != nil {
+		return err
 	}
 	for name, u := range desired {
-		if shown[name] {
+		if a.shown[name] { // confirmed from memory
 			continue
 		}
 		var have []DetailServer
-		n, ok := asShown(name)
+		n, ok := a.find(name)
 		if ok {
-			have, ok = parsed[n]
+			have, ok = a.parsed[n]
 		}
 		if !ok || !serversMatch(have, u) {
 			drift[name] = true
 			continue
 		}
-		if sec, ok := sectionOf[n]; ok && n == name {
-			m.sections[sec] = &shownAs{up: u, check: m.check}
+		if n == name {
+			m.remember(a, name, u)
 		}
 	}
 	var folded map[string]bool // desired names case-folded, built when needed
@@ -144,7 +175,7 @@ func (m *detailMemory) compare(body []byte, desired upstream.State, owned map[st
 		// An owned name that folds to a desired one (a case-only rename
 		// whose sync has not run yet) is the desired upstream in nginx,
 		// not a leftover: deleting it would delete that one.
-		if _, held := asShown(name); held && !folded[upstream.FoldKey(name)] {
+		if _, held := a.find(name); held && !folded[upstream.FoldKey(name)] {
 			drift[name] = true
 		}
 	}

@@ -96,47 +96,51 @@ func sortedNames(s upstream.State) []string {
 	return names
 }
 
+// detailMutations are the ways an answer of /detail differs from what was
+// desired, applied to detailText(s, order).
+var detailMutations = []struct {
+	name string
+	do   func(body string, s upstream.State, order []string) string
+}{
+	{"nothing changed", func(b string, _ upstream.State, _ []string) string { return b }},
+	{"a weight changed in nginx", func(b string, _ upstream.State, _ []string) string {
+		return strings.Replace(b, "weight=1 ", "weight=7 ", 1)
+	}},
+	{"a server lost", func(b string, _ upstream.State, _ []string) string {
+		i := strings.Index(b, "\nserver ")
+		j := strings.Index(b[i+1:], "\n")
+		return b[:i] + b[i+1+j:]
+	}},
+	{"an upstream lost", func(b string, s upstream.State, order []string) string {
+		sec := detailText(s, order[:1])
+		return strings.Replace(b, sec, "", 1)
+	}},
+	{"another upstream added", func(b string, _ upstream.State, _ []string) string {
+		return b + "stranger\nserver 10.9.9.9:80 weight=1 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0\n\n"
+	}},
+	{"an owned upstream no longer wanted is still there, in another case", func(b string, _ upstream.State, _ []string) string {
+		return b + "OLD\n\n"
+	}},
+	{"servers in another order", func(b string, s upstream.State, order []string) string {
+		u := s[order[0]]
+		rev := u
+		rev.Servers = slices.Clone(u.Servers)
+		slices.Reverse(rev.Servers)
+		return strings.Replace(b, detailText(s, order[:1]), detailText(upstream.State{u.Name: rev}, order[:1]), 1)
+	}},
+	{"a worker with nothing", func(string, upstream.State, []string) string { return "" }},
+	{"an upstream shown in another case (the case of a POST before a rename)", func(b string, _ upstream.State, order []string) string {
+		return strings.Replace(b, order[0]+"\n", strings.ToUpper(order[0])+"\n", 1)
+	}},
+}
+
 // TestDriftMemoryAgreesWithWholeParse: over random states, answers and
 // changes, a drift check that remembers matched sections finds exactly
 // what parsing the whole answer finds, on the first check and on every
 // later one, whatever the memory holds.
 func TestDriftMemoryAgreesWithWholeParse(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	mutations := []struct {
-		name string
-		do   func(body string, s upstream.State, order []string) string
-	}{
-		{"nothing changed", func(b string, _ upstream.State, _ []string) string { return b }},
-		{"a weight changed in nginx", func(b string, _ upstream.State, _ []string) string {
-			return strings.Replace(b, "weight=1 ", "weight=7 ", 1)
-		}},
-		{"a server lost", func(b string, _ upstream.State, _ []string) string {
-			i := strings.Index(b, "\nserver ")
-			j := strings.Index(b[i+1:], "\n")
-			return b[:i] + b[i+1+j:]
-		}},
-		{"an upstream lost", func(b string, s upstream.State, order []string) string {
-			sec := detailText(s, order[:1])
-			return strings.Replace(b, sec, "", 1)
-		}},
-		{"another upstream added", func(b string, _ upstream.State, _ []string) string {
-			return b + "stranger\nserver 10.9.9.9:80 weight=1 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0\n\n"
-		}},
-		{"an owned upstream no longer wanted is still there, in another case", func(b string, _ upstream.State, _ []string) string {
-			return b + "OLD\n\n"
-		}},
-		{"servers in another order", func(b string, s upstream.State, order []string) string {
-			u := s[order[0]]
-			rev := u
-			rev.Servers = slices.Clone(u.Servers)
-			slices.Reverse(rev.Servers)
-			return strings.Replace(b, detailText(s, order[:1]), detailText(upstream.State{u.Name: rev}, order[:1]), 1)
-		}},
-		{"a worker with nothing", func(string, upstream.State, []string) string { return "" }},
-		{"an upstream shown in another case (the case of a POST before a rename)", func(b string, _ upstream.State, order []string) string {
-			return strings.Replace(b, order[0]+"\n", strings.ToUpper(order[0])+"\n", 1)
-		}},
-	}
+	mutations := detailMutations
 	for round := range 200 {
 		state := randomState(r, 1+r.IntN(12))
 		order := sortedNames(state)
@@ -178,6 +182,92 @@ func TestDriftMemoryAgreesWithWholeParse(t *testing.T) {
 			}
 			m.end()
 		}
+	}
+}
+
+// TestDetailMemoryReadsLikeParseDetail: over random states, answers and
+// changes, what the memory reads of an answer is what ParseDetail of the
+// whole answer returns (the same error, or the same names), except that an
+// upstream confirmed from memory is only named, and then shows exactly its
+// desired servers; whatever the memory holds from the checks before.
+func TestDetailMemoryReadsLikeParseDetail(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	mutations := append(slices.Clone(detailMutations), []struct {
+		name string
+		do   func(body string, s upstream.State, order []string) string
+	}{
+		{"an upstream listed twice", func(b string, s upstream.State, order []string) string {
+			return b + detailText(s, order[:1])
+		}},
+		{"a bad server line", func(b string, _ upstream.State, _ []string) string {
+			return b + "bad\nserver 10.0.0.1:80 weight=x\n\n"
+		}},
+		{"no blank line at the end", func(b string, _ upstream.State, _ []string) string {
+			return strings.TrimSuffix(b, "\n")
+		}},
+	}...)
+	confirmed := 0
+	for round := range 200 {
+		state := randomState(r, 1+r.IntN(12))
+		order := sortedNames(state)
+		r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		m := &detailMemory{}
+		shows := state // what nginx holds: the desired state, or one before it
+		for check := range 4 {
+			if check == 2 { // the desired state moves: what the memory holds is stale
+				name := order[r.IntN(len(order))]
+				u := state[name]
+				u.Servers = slices.Clone(u.Servers)
+				u.Servers[0].Weight++
+				state = state.Clone()
+				state[name] = u
+			}
+			m.begin()
+			for read := range 3 {
+				if r.IntN(3) == 0 { // a worker that has not taken the last change
+					shows = state
+				}
+				mut := mutations[r.IntN(len(mutations))]
+				body := mut.do(detailText(shows, order), shows, order)
+				whole, werr := ParseDetail(body)
+				a, err := m.read([]byte(body), state)
+				where := fmt.Sprintf("round %d check %d read %d (%s)", round, check, read, mut.name)
+				if werr != nil || err != nil {
+					if werr == nil || err == nil || err.Error() != werr.Error() {
+						t.Fatalf("%s: read: %v, ParseDetail: %v\nbody:\n%s", where, err, werr, body)
+					}
+					continue
+				}
+				if len(a.shown) != len(whole) {
+					t.Fatalf("%s: read shows %v, ParseDetail %v", where, a.shown, whole)
+				}
+				for name, servers := range whole {
+					isConfirmed, shown := a.shown[name]
+					switch {
+					case !shown:
+						t.Fatalf("%s: read lacks %s", where, name)
+					case isConfirmed:
+						confirmed++
+						if u, ok := state[name]; !ok || !serversMatch(servers, u) {
+							t.Fatalf("%s: read confirms %s from memory, but the answer shows %v", where, name, servers)
+						}
+						if _, parsed := a.parsed[name]; parsed {
+							t.Fatalf("%s: %s both confirmed and parsed", where, name)
+						}
+					case !slices.Equal(a.parsed[name], servers):
+						t.Fatalf("%s: read parses %s as %v, ParseDetail as %v", where, name, a.parsed[name], servers)
+					}
+				}
+				// The drift check remembers what matched, for the next reads.
+				if err := m.compare([]byte(body), state, nil, map[string]bool{}); err != nil {
+					t.Fatalf("%s: %v", where, err)
+				}
+			}
+			m.end()
+		}
+	}
+	if confirmed < 1000 {
+		t.Errorf("only %d upstreams confirmed from memory: the memory was hardly tested", confirmed)
 	}
 }
 

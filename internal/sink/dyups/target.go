@@ -138,15 +138,22 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 	return t, nil
 }
 
-// Status is what a target reports about itself.
+// Status is what a target reports about itself; in /status it is the
+// target's entry.
 type Status struct {
-	URL          string    `json:"url"`
-	InSync       bool      `json:"in_sync"`   // the last sync or drift check left nothing to do
-	LastSync     time.Time `json:"last_sync"` // end of the last sync that succeeded
-	LastError    string    `json:"last_error,omitempty"`
-	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
-	Upstreams    int       `json:"upstreams"`     // upstreams the target acknowledged
-	DriftRepairs int       `json:"drift_repairs"` // upstreams pushed again after a drift check
+	URL         string    `json:"url"`
+	InSync      bool      `json:"in_sync"`   // the last sync or drift check left nothing to do
+	LastSync    time.Time `json:"last_sync"` // end of the last sync that succeeded
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	Upstreams   int       `json:"upstreams"` // upstreams the target acknowledged
+	StatusDetail
+}
+
+// StatusDetail is the part of a target's status that only dyups targets
+// have: it follows the common fields in the target's /status entry.
+type StatusDetail struct {
+	DriftRepairs int `json:"drift_repairs"` // upstreams pushed again after a drift check
 	// Drift names the upstreams the last drift check found wrong in nginx
 	// (then repaired); empty when it found none.
 	Drift     []string  `json:"drift,omitempty"`
@@ -167,6 +174,16 @@ func (t *Target) Status() Status {
 	s := t.status
 	s.URL = t.url
 	return s
+}
+
+// SinkStatus reports the target for /status, /readyz and the status page.
+// The daemon is ready when at least one target is in sync.
+func (t *Target) SinkStatus() engine.SinkStatus {
+	s := t.Status()
+	return engine.SinkStatus{
+		Kind: "dyups", Name: s.URL, InSync: s.InSync, LastSync: s.LastSync, LastError: s.LastError, LastErrorAt: s.LastErrorAt,
+		Upstreams: s.Upstreams, Ready: s.InSync, NotReady: "no nginx target in sync yet", Detail: s.StatusDetail,
+	}
 }
 
 func (t *Target) record(err error, repairs int) {
@@ -210,8 +227,8 @@ func (t *Target) take() (engine.Change, bool) {
 }
 
 // Own records that the target may hold these upstreams already (the
-// persisted state at start), so that Sync deletes the ones no longer wanted
-// even if it never posted them itself.
+// persisted state at start; a change's Prior), so that Sync deletes the
+// ones no longer wanted even if it never posted them itself.
 func (t *Target) Own(s upstream.State) {
 	for name := range s {
 		t.owned[name] = true
@@ -272,8 +289,11 @@ func (t *Target) Run(stop, work context.Context) {
 				continue
 			}
 			current = c.State
+			t.Own(c.Prior)
 			if err = t.Sync(ctx, c.State); err == nil {
 				c.Ack()
+			} else if !errors.Is(err, errSuperseded) && ctx.Err() == nil {
+				c.Fail(err)
 			}
 		case <-tick:
 			if current == nil {

@@ -1,24 +1,24 @@
 // Package reload is the data plane for plain nginx, with neither dyups nor
 // Lua: nginx reads the persisted upstream file, and every change costs a
-// configuration test and a reload.
+// reload.
 //
-// The engine has already written the file (persist first). This sink waits
-// for the burst to settle (a quiescence window with a maximum, as
-// consul-template's wait does, so a flapping service cannot cause a reload
-// storm), runs the test command (nginx -t) against the real main
-// configuration, and reloads only if it passes. If the test fails it puts
-// back the last file that passed, so that nginx, now or after a restart,
-// keeps serving the old set, says why, and tries again with backoff until
-// the test passes or a newer state replaces the one that failed (Run).
+// The sink does not touch the file. The engine's store writes it and runs
+// the test (nginx -t) as its verify command; a refused file is replaced by
+// the previous one, and the engine retries it with backoff. Bursts of
+// changes are settled by the engine's quiescence window (wait; reload mode
+// keeps it at least reload.min_wait / reload.max_wait), so a flapping
+// service cannot cause a reload storm. This sink runs the reload command
+// (nginx -s reload) for each state handed over, and retries a failed
+// reload with backoff until one succeeds or a newer state replaces it
+// (Run). As a PersistObserver it also hears of the refused tests, so that
+// its status, /readyz and the metrics say nginx was not reloaded, and why.
 package reload
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -28,21 +28,14 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
-	"github.com/swallowkeeper/swallowkeeper/internal/store"
-	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 // Options configure the sink.
 type Options struct {
-	File    string   // the persisted file nginx includes (the engine's store)
-	Test    []string // e.g. nginx -t -q; empty skips the test
-	Command []string // e.g. nginx -s reload
-	// MinWait is the quiet time after the last change before reloading;
-	// MaxWait bounds how long a steady stream of changes can delay one.
-	MinWait, MaxWait time.Duration
-	Timeout          time.Duration // per command
+	Command []string      // e.g. nginx -s reload
+	Timeout time.Duration // per command; 0 = 30s
 	// RetryMin and RetryMax bound the backoff between attempts after a
-	// failed test or reload (defaults 1s and 30s).
+	// failed reload (defaults 1s and 30s).
 	RetryMin, RetryMax time.Duration
 }
 
@@ -56,27 +49,31 @@ type Sink struct {
 	pending engine.Change
 	wake    chan struct{}
 
-	lastGood []byte // file content that last passed the test
-
 	smu    sync.Mutex
 	status Status
+	// persistFailed: the failure shown is the engine's (a refused test),
+	// which ends when the engine says so, not at the next reload.
+	persistFailed bool
+	failed        int // failed attempts since the last reload that succeeded, for the log
 }
 
-// Status is the outcome of the reload sink's last attempt, for status.
+// Status is the outcome of the reload sink's last attempt; in /status it
+// is the "reload" section.
 type Status struct {
-	Command     []string  // the reload command, to name the sink
-	InSync      bool      // the last reload succeeded
-	LastReload  time.Time // end of the last successful reload
-	LastError   string
-	LastErrorAt time.Time
-	// Failing is set from a failed test or reload until an attempt
-	// succeeds: nginx serves an older set meanwhile, and the sink retries
-	// at NextRetry. Attempts counts the failed attempts in a row (the
-	// first and every retry); FailingSince is when the first one failed.
-	Failing      bool
-	Attempts     int
-	FailingSince time.Time
-	NextRetry    time.Time
+	Command    string    `json:"command"`              // the reload command, to name the sink
+	InSync     bool      `json:"in_sync"`              // the last reload succeeded
+	LastReload time.Time `json:"last_reload,omitzero"` // end of the last successful reload
+	// Failing is set from a refused test or a failed reload until an
+	// attempt succeeds: nginx serves an older set meanwhile, and the
+	// engine (a test) or the sink (a reload) retries at NextRetry.
+	// Attempts counts the failed attempts in a row (the first and every
+	// retry); FailingSince is when the first one failed.
+	Failing      bool      `json:"failing"`
+	Attempts     int       `json:"failed_attempts"`
+	FailingSince time.Time `json:"failing_since,omitzero"`
+	NextRetry    time.Time `json:"next_retry,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
 }
 
 // Status returns the sink's current status.
@@ -84,32 +81,78 @@ func (s *Sink) Status() Status {
 	s.smu.Lock()
 	defer s.smu.Unlock()
 	st := s.status
-	st.Command = s.opt.Command
+	st.Command = strings.Join(s.opt.Command, " ")
 	return st
 }
 
-// record notes the outcome of an attempt; next is when the sink retries
-// after a failure.
-func (s *Sink) record(err error, next time.Time) {
+// SinkStatus reports the sink for /status, /readyz and the status page:
+// while failing, its last error says since when and how often, and it
+// holds the daemon not ready.
+func (s *Sink) SinkStatus() engine.SinkStatus {
+	st := s.Status()
+	out := engine.SinkStatus{
+		Kind: "reload", Name: "reload: " + st.Command, InSync: st.InSync, LastSync: st.LastReload,
+		LastError: st.LastError, LastErrorAt: st.LastErrorAt, Ready: !st.Failing,
+		Detail: st, Section: "reload",
+	}
+	if st.Failing {
+		now := time.Now()
+		out.LastError = failingSummary(st, now) + ": " + st.LastError
+		out.NotReady = fmt.Sprintf("reload mode: nginx not reloaded for %s (%d failed attempts, retrying): %s",
+			now.Sub(st.FailingSince).Round(time.Second), st.Attempts, st.LastError)
+	}
+	return out
+}
+
+// failingSummary says, for people, how long the sink has been failing and
+// when it tries again.
+func failingSummary(st Status, now time.Time) string {
+	msg := fmt.Sprintf("nginx not reloaded for %s, %d failed attempts", now.Sub(st.FailingSince).Round(time.Second), st.Attempts)
+	if !st.NextRetry.IsZero() {
+		msg += fmt.Sprintf(", next try in %s", max(st.NextRetry.Sub(now), 0).Round(100*time.Millisecond))
+	}
+	return msg
+}
+
+// fail records a failed attempt, and when the next one is due.
+func (s *Sink) fail(err error, next time.Time, persist bool) {
 	s.smu.Lock()
 	defer s.smu.Unlock()
 	now := time.Now()
-	if err != nil {
-		if !s.status.Failing {
-			s.status.FailingSince = now
-		}
-		s.status.InSync, s.status.Failing = false, true
-		s.status.Attempts++
-		s.status.LastError, s.status.LastErrorAt, s.status.NextRetry = err.Error(), now, next
-		s.m.failing.Set(1)
-		return
+	if !s.status.Failing {
+		s.status.FailingSince = now
 	}
-	s.status.InSync, s.status.LastReload = true, now
-	s.status.Failing, s.status.Attempts, s.status.FailingSince, s.status.NextRetry = false, 0, time.Time{}, time.Time{}
-	s.m.failing.Set(0)
+	s.status.InSync, s.status.Failing, s.persistFailed = false, true, persist
+	s.status.Attempts++
+	s.failed++
+	s.status.LastError, s.status.LastErrorAt, s.status.NextRetry = err.Error(), now, next
+	s.m.failing.Set(1)
+	s.log.Error("nginx not reloaded; retrying", "attempt", s.status.Attempts, "retry_in", time.Until(next).Round(time.Millisecond), "err", err)
 }
 
-var _ engine.Sink = (*Sink)(nil)
+// recover ends the failure shown: after a reload, or when the engine has
+// nothing left to persist (nginx then serves the state it was last
+// reloaded with, which is the desired one). It returns the failed attempts
+// since the last reload that succeeded.
+func (s *Sink) recover(reloaded bool) int {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	failed := s.failed
+	if reloaded {
+		s.status.LastReload = time.Now()
+		s.failed = 0
+	}
+	s.status.InSync = !s.status.LastReload.IsZero()
+	s.status.Failing, s.status.Attempts, s.status.FailingSince, s.status.NextRetry = false, 0, time.Time{}, time.Time{}
+	s.persistFailed = false
+	s.m.failing.Set(0)
+	return failed
+}
+
+var (
+	_ engine.Sink            = (*Sink)(nil)
+	_ engine.PersistObserver = (*Sink)(nil)
+)
 
 // Retry bounds used when Options leave them zero.
 const (
@@ -125,20 +168,13 @@ func New(opt Options, log *slog.Logger, reg prometheus.Registerer) (*Sink, error
 	if opt.Timeout <= 0 {
 		opt.Timeout = 30 * time.Second
 	}
-	if opt.MaxWait < opt.MinWait {
-		opt.MaxWait = opt.MinWait
-	}
 	if opt.RetryMin <= 0 {
 		opt.RetryMin = DefaultRetryMin
 	}
 	if opt.RetryMax < opt.RetryMin {
 		opt.RetryMax = max(opt.RetryMin, DefaultRetryMax)
 	}
-	s := &Sink{opt: opt, log: log.With("sink", "reload"), m: newMetrics(reg), wake: make(chan struct{}, 1)}
-	if b, err := os.ReadFile(opt.File); err == nil {
-		s.lastGood = b // what nginx was started or last reloaded with, we assume
-	}
-	return s, nil
+	return &Sink{opt: opt, log: log.With("sink", "reload"), m: newMetrics(reg), wake: make(chan struct{}, 1)}, nil
 }
 
 // Update hands over the newest state without blocking.
@@ -152,129 +188,92 @@ func (s *Sink) Update(c engine.Change) {
 	}
 }
 
-// Run reloads nginx after each settled burst of changes until ctx ends.
+// Persisted hears from the engine whether the newest state could be
+// persisted. A refused test (engine.ErrVerifyFailed) or a failed write is
+// this sink's failure: nginx is not reloaded with the new state, and the
+// engine tries again at retryAt. A nil error ends that failure.
+func (s *Sink) Persisted(err error, retryAt time.Time) {
+	if err == nil {
+		s.smu.Lock()
+		ours := s.persistFailed
+		s.smu.Unlock()
+		if ours {
+			s.recover(false)
+		}
+		return
+	}
+	if errors.Is(err, engine.ErrVerifyFailed) {
+		s.m.reloads.WithLabelValues("test_failed").Inc()
+	}
+	s.fail(err, retryAt, true)
+}
+
+// Run reloads nginx for each state handed over until stop ends; the
+// commands run under work.
 //
-// A failed test or reload is retried with backoff (RetryMin doubling up to
-// RetryMax, with jitter) until an attempt succeeds: a moment's mistake in
-// nginx.conf, or nginx briefly down, must not strand nginx on an old set
-// until the next registry change. A newer state ends the retries of the
-// older one: it settles as usual and is then tried (and retried) itself.
-// The backoff starts over only after a success, so a registry that keeps
-// changing cannot turn a lasting failure into a test per change.
-func (s *Sink) Run(ctx context.Context) {
+// A failed reload is retried with backoff (RetryMin doubling up to
+// RetryMax, with jitter) until an attempt succeeds: nginx briefly down must
+// not strand it on an old set until the next registry change. A newer
+// state ends the retries of the older one and is reloaded at once (the
+// engine has settled it). The backoff starts over only after a success,
+// so a registry that keeps changing cannot turn a lasting failure into a
+// reload per change.
+func (s *Sink) Run(stop, work context.Context) {
 	var (
-		settle, retry *time.Timer
-		fire, again   <-chan time.Time
-		first         time.Time
+		retry *time.Timer
+		again <-chan time.Time
 	)
 	bo := backoff.New(s.opt.RetryMin, s.opt.RetryMax)
-	attempt := func() {
-		s.mu.Lock()
-		c := s.pending
-		s.mu.Unlock()
-		err := s.Apply(ctx, c.State)
-		if err == nil {
-			if n := bo.Attempts(); n > 0 {
-				s.log.Info("nginx reloaded after failed attempts", "failed_attempts", n)
-			}
-			bo.Reset()
-			s.record(nil, time.Time{})
-			c.Ack()
-			return
-		}
-		if ctx.Err() != nil {
-			return // stopping: the command was cut short, not a failure of nginx
-		}
-		d := bo.Next()
-		s.record(err, time.Now().Add(d))
-		s.log.Error("nginx not reloaded; retrying", "attempt", bo.Attempts(), "retry_in", d.Round(time.Millisecond), "err", err)
-		retry = time.NewTimer(d)
-		again = retry.C
-	}
 	for {
 		select {
-		case <-ctx.Done():
-			for _, t := range []*time.Timer{settle, retry} {
-				if t != nil {
-					t.Stop()
-				}
+		case <-stop.Done():
+			if retry != nil {
+				retry.Stop()
 			}
 			return
 		case <-s.wake:
-			// A newer state: retrying the older one is moot.
-			if retry != nil {
+			if retry != nil { // a newer state: retrying the older one is moot
 				retry.Stop()
-				retry, again = nil, nil
 			}
-			now := time.Now()
-			if fire == nil {
-				first = now
-			}
-			d := s.opt.MinWait
-			if limit := first.Add(s.opt.MaxWait); now.Add(d).After(limit) {
-				d = max(limit.Sub(now), 0)
-			}
-			if settle != nil {
-				settle.Stop()
-			}
-			settle = time.NewTimer(d)
-			fire = settle.C
-		case <-fire:
-			fire = nil
-			attempt()
 		case <-again:
-			retry, again = nil, nil
-			attempt()
 		}
+		retry, again = nil, nil
+		s.mu.Lock()
+		c := s.pending
+		s.mu.Unlock()
+		err := s.reload(work, len(c.State))
+		if err == nil {
+			bo.Reset()
+			c.Ack()
+			continue
+		}
+		if stop.Err() != nil || work.Err() != nil {
+			return // stopping: the command was cut short, not a failure of nginx
+		}
+		d := bo.Next()
+		s.fail(err, time.Now().Add(d), false)
+		c.Fail(err)
+		retry = time.NewTimer(d)
+		again = retry.C
 	}
 }
 
-// Apply tests the file on disk (which holds st: the engine persisted it)
-// and reloads nginx. When the test fails it restores the last file that
-// passed and returns the test's output.
-func (s *Sink) Apply(ctx context.Context, st upstream.State) error {
-	current, err := os.ReadFile(s.opt.File)
-	if err != nil {
-		return fmt.Errorf("reload: %w", err)
-	}
-	if want := upstream.RenderFile(st); !bytes.Equal(current, want) {
-		// The engine writes the file before it hands the state over; a
-		// difference means someone else wrote it. Put ours back.
-		if err := store.WriteAtomic(s.opt.File, want, 0o644); err != nil {
-			return fmt.Errorf("reload: %w", err)
-		}
-		current = want
-	}
-	if len(s.opt.Test) > 0 {
-		if out, err := s.exec(ctx, s.opt.Test); err != nil {
-			s.m.reloads.WithLabelValues("test_failed").Inc()
-			restored := "no earlier file that passed the test is known; the failing file stays"
-			if s.lastGood != nil {
-				if werr := store.WriteAtomic(s.opt.File, s.lastGood, 0o644); werr != nil {
-					restored = "restoring the last good file failed: " + werr.Error()
-				} else {
-					restored = "restored the last file that passed the test"
-				}
-			}
-			return fmt.Errorf("reload: %s failed, nginx keeps serving the old set (%s): %w: %s",
-				strings.Join(s.opt.Test, " "), restored, err, out)
-		}
-	}
-	if out, err := s.exec(ctx, s.opt.Command); err != nil {
-		s.m.reloads.WithLabelValues("reload_failed").Inc()
-		return fmt.Errorf("reload: %s: %w: %s", strings.Join(s.opt.Command, " "), err, out)
-	}
-	s.lastGood = current
-	s.m.reloads.WithLabelValues("ok").Inc()
-	s.log.Info("nginx reloaded", "upstreams", len(st))
-	return nil
-}
-
-func (s *Sink) exec(ctx context.Context, argv []string) (string, error) {
+// reload runs the reload command.
+func (s *Sink) reload(ctx context.Context, upstreams int) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+	out, err := exec.CommandContext(ctx, s.opt.Command[0], s.opt.Command[1:]...).CombinedOutput()
+	if err != nil {
+		s.m.reloads.WithLabelValues("reload_failed").Inc()
+		return fmt.Errorf("reload: %s: %w: %s", strings.Join(s.opt.Command, " "), err, strings.TrimSpace(string(out)))
+	}
+	s.m.reloads.WithLabelValues("ok").Inc()
+	if n := s.recover(true); n > 0 {
+		s.log.Info("nginx reloaded after failed attempts", "upstreams", upstreams, "failed_attempts", n)
+	} else {
+		s.log.Info("nginx reloaded", "upstreams", upstreams)
+	}
+	return nil
 }
 
 type metrics struct {
@@ -286,11 +285,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "swallowkeeper_reloads_total",
-			Help: "nginx reloads in reload mode, by outcome (ok, test_failed, reload_failed); retries count too.",
+			Help: "nginx reloads in reload mode, by outcome (ok; test_failed: the file was refused by reload.test, run by the store; reload_failed); retries count too.",
 		}, []string{"outcome"}),
 		failing: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "swallowkeeper_reload_failing",
-			Help: "1 while the last nginx test or reload failed and the reload sink is retrying (nginx serves an older set), else 0.",
+			Help: "1 while the last nginx test or reload failed and it is being retried (nginx serves an older set), else 0.",
 		}),
 	}
 	if reg != nil {

@@ -10,44 +10,67 @@ import (
 )
 
 // checkList is what the source keeps of the last answer of
-// /v1/health/state/any: the checks, where each lay in the answer's bytes,
-// and hashes of those bytes, not the bytes themselves.
+// /v1/health/state/any: the checks and where each lay in the answer's
+// bytes, plus a blockDiff of the answer, not the answer itself.
 //
 // That watch is how the source learns which services changed without one
 // long poll per service, but every wake returns every check of the
-// datacenter: 10,000 instances make a 2.5–4.5 MB answer, and decoding it
-// whole took about 70 ms of CPU on each single change. Consul encodes the
-// list in a stable order with a deterministic encoder, so one changed check
-// changes one small stretch of bytes. apply finds the blocks that begin and
-// end the new answer unchanged by comparing block hashes from both ends,
-// and decodes only the checks in the stretch between: the bytes outside it
-// are equal, so the checks there are equal too. Keeping hashes rather than
-// the last answer lets the answer's buffer be read into again at once: at
-// 10,000 checks that is 2.8 MB less held for the life of the daemon (the
-// scale bench's RSS went from 60.0–67.1 MB to 54.7–55.1 MB), for about
-// 0.3 ms more CPU per change in the daemon's profile, hashing it (0.12 s
-// over 100 changes, against 0.09 s for comparing the bytes). A hash
-// collision could hide one change until that block changes again or the
-// periodic re-read of every service (consul.resync, 10 minutes by default)
-// runs: hashes are 64-bit and seeded per process, so about 2^-64 per
-// changed block, and not something registry data can aim at. Anything
-// apply cannot place falls back to decoding the whole answer, which is
-// also how the first answer is read.
+// datacenter (some megabytes at 10,000 instances), most of it unchanged.
+// Consul encodes the list in a stable order with a deterministic encoder,
+// so one changed check changes one small stretch of bytes. apply asks the
+// blockDiff for the stretch that may differ from the last answer and
+// decodes only the checks in it: the bytes outside it are equal, so the
+// checks there are equal too. A change then costs hashing the answer and
+// decoding a few checks, not decoding every check (BenchmarkCheckList
+// measures both). Anything apply cannot place on check boundaries falls
+// back to decoding the whole answer, which is also how the first answer
+// is read.
 type checkList struct {
-	have   bool     // an answer was applied
-	size   int      // its length
-	head   []uint64 // hashes of its whole blockSize blocks from the front
-	tail   []uint64 // and from the back
-	open   int      // offset of the array's '['
-	close  int      // offset of the array's ']'
-	spans  []span   // where each element of checks lay
-	checks []checkLite
-	// scratchHead and scratchTail are the arrays the next answer's hashes
-	// are computed into.
-	scratchHead, scratchTail []uint64
+	blocks blockDiff   // the last answer, as hashes of its blocks
+	open   int         // offset of the array's '['
+	close  int         // offset of the array's ']'
+	spans  []span      // where each element of checks lay
+	checks []checkLite // the last answer's checks, in its order
 }
 
 type span struct{ from, to int }
+
+// blockDiff tells where an answer may differ from the one kept before it,
+// keeping of that one only its length and hashes of its whole blocks, not
+// its bytes. Keeping hashes rather than the answer lets the answer's
+// buffer be read into again at once: it saves holding a copy of the
+// answer (megabytes at 10,000 checks) for the life of the daemon, and
+// costs hashing each answer, a little more CPU than comparing its bytes.
+//
+// Blocks are counted from both ends, so that a change shifts neither the
+// blocks before it nor those after it. A hash collision could hide one
+// change until that block changes again or the periodic re-read of every
+// service (consul.resync) runs: hashes are 64-bit and seeded per process,
+// so about 2^-64 per changed block, and not something registry data can
+// aim at.
+//
+// The zero value keeps no answer. TestBlockDiffMatchesByteCompare checks
+// it against comparing the bytes.
+type blockDiff struct {
+	have       bool     // an answer is kept
+	size       int      // its length
+	head, tail []uint64 // hashes of its whole blocks from the front, and from the back
+	// The length and hashes of the answer diff saw last, which keep makes
+	// the kept one; their arrays are reused.
+	nextSize           int
+	nextHead, nextTail []uint64
+}
+
+// changedRange is where an answer may differ from the previous one: their
+// first from bytes are equal, and so are their bytes from oldTo (in the
+// previous answer) and newTo (in the new one) to the end. The two
+// stretches do not overlap: from <= oldTo, from <= newTo.
+type changedRange struct {
+	from, oldTo, newTo int
+}
+
+// equal reports whether nothing may differ: the answers are the same.
+func (r changedRange) equal() bool { return r.oldTo == r.from && r.newTo == r.from }
 
 // blockSize is the unit in which the answer's start and end are found
 // unchanged: the checks in the one or two blocks around a change are
@@ -55,6 +78,28 @@ type span struct{ from, to int }
 const blockSize = 1024
 
 var blockSeed = maphash.MakeSeed()
+
+// diff hashes body and returns where it may differ from the kept answer;
+// ok is false when no answer is kept. It keeps no reference to body, and
+// does not change what is kept: keep does.
+func (d *blockDiff) diff(body []byte) (r changedRange, ok bool) {
+	d.nextSize = len(body)
+	d.nextHead, d.nextTail = blockHashes(body, d.nextHead, d.nextTail)
+	if !d.have {
+		return changedRange{}, false
+	}
+	p := commonBlocks(d.head, d.nextHead) * blockSize
+	// A common suffix, not overlapping the prefix.
+	s := min(commonBlocks(d.tail, d.nextTail)*blockSize, min(d.size, len(body))-p)
+	return changedRange{from: p, oldTo: d.size - s, newTo: len(body) - s}, true
+}
+
+// keep makes the answer diff saw last the one the next diff compares with.
+func (d *blockDiff) keep() {
+	d.have, d.size = true, d.nextSize
+	d.head, d.nextHead = d.nextHead, d.head
+	d.tail, d.nextTail = d.nextTail, d.tail
+}
 
 // blockHashes hashes body's whole blocks from the front and from the back
 // into head and tail, reusing their arrays. tail[0] is the last block.
@@ -84,25 +129,23 @@ func commonBlocks(a, b []uint64) int {
 // apply makes body the list's answer; the list keeps no reference to body.
 // It returns the checks that left the list and the checks that came in; a
 // check that changed is in both, one that did not is in neither. full
-// reports a whole decode (the first answer, or one the windowed compare
-// could not place). On an error the list keeps its previous answer.
+// reports a whole decode (the first answer, or one whose changed range
+// could not be placed). On an error the list keeps its previous answer,
+// and compares the next one with it.
 func (l *checkList) apply(body []byte) (gone, came []checkLite, full bool, err error) {
-	head, tail := blockHashes(body, l.scratchHead, l.scratchTail)
-	if l.have {
-		prevHead, prevTail := l.head, l.tail
-		if gone, came, ok := l.applyWindow(body, head, tail); ok {
-			l.scratchHead, l.scratchTail = prevHead, prevTail
+	if r, ok := l.blocks.diff(body); ok {
+		if gone, came, ok := l.applyRange(body, r); ok {
+			l.blocks.keep()
 			return gone, came, false, nil
 		}
 	}
 	open, closing, spans, checks, err := decodeWhole(body)
 	if err != nil {
-		l.scratchHead, l.scratchTail = head, tail // the list keeps its answer
 		return nil, nil, true, err
 	}
 	gone = l.checks
-	*l = checkList{have: true, size: len(body), head: head, tail: tail, open: open, close: closing, spans: spans, checks: checks,
-		scratchHead: l.head, scratchTail: l.tail}
+	l.open, l.close, l.spans, l.checks = open, closing, spans, checks
+	l.blocks.keep()
 	return gone, checks, true, nil
 }
 
@@ -121,26 +164,20 @@ func decodeWhole(body []byte) (open, closing int, spans []span, checks []checkLi
 	return open, closing, spans, checks, nil
 }
 
-// applyWindow decodes only the elements of body that lie in the stretch
-// where body differs from the last answer, as far as whole blocks tell; ok
-// is false when that stretch cannot be placed on element boundaries (or
-// does not parse), and l is unchanged.
-func (l *checkList) applyWindow(body []byte, head, tail []uint64) (gone, came []checkLite, ok bool) {
-	hp, ht := commonBlocks(l.head, head), commonBlocks(l.tail, tail)
-	if len(body) == l.size && hp == len(head) && ht == len(tail) && len(head) > 0 {
-		// Whole blocks from both ends cover every byte: the same answer.
-		l.head, l.tail = head, tail
+// applyRange decodes only the elements of body that lie in r, the
+// stretch where body may differ from the last answer; ok is false when
+// that stretch cannot be placed on element boundaries (or does not parse),
+// and l is unchanged.
+func (l *checkList) applyRange(body []byte, r changedRange) (gone, came []checkLite, ok bool) {
+	if r.equal() {
 		return nil, nil, true
 	}
-	p := hp * blockSize                                   // a common prefix
-	suffix := min(ht*blockSize, min(l.size, len(body))-p) // a common suffix, not overlapping it
-	cut := l.size - suffix
 	// Elements [0,a) lie wholly in the common prefix, elements [b,n) wholly
 	// in the common suffix; prefix and suffix do not overlap, so a <= b.
 	n := len(l.spans)
-	a := sort.Search(n, func(k int) bool { return l.spans[k].to > p })
-	b := sort.Search(n, func(k int) bool { return l.spans[k].from >= cut })
-	delta := len(body) - l.size
+	a := sort.Search(n, func(k int) bool { return l.spans[k].to > r.from })
+	b := sort.Search(n, func(k int) bool { return l.spans[k].from >= r.oldTo })
+	delta := r.newTo - r.oldTo
 	from := l.open + 1
 	if a > 0 {
 		from = l.spans[a-1].to
@@ -175,7 +212,6 @@ func (l *checkList) applyWindow(body []byte, head, tail []uint64) (gone, came []
 	l.spans = slices.Replace(l.spans, a, b, spans...)
 	l.checks = slices.Replace(l.checks, a, b, came...)
 	l.close += delta
-	l.size, l.head, l.tail = len(body), head, tail
 	gone, came = unequal(gone, came)
 	return gone, came, true
 }

@@ -276,7 +276,7 @@ func TestCheckListRejectsMalformedAnswers(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("apply(%q) = %v, want an error containing %q", tc.body, err, tc.want)
 			}
-			if !slices.Equal(l.checks, before) || l.size != len(good) {
+			if !slices.Equal(l.checks, before) || l.blocks.size != len(good) {
 				t.Fatalf("a malformed answer changed the list: %v", l.checks)
 			}
 			// The same good answer again is known as such: what the list
@@ -295,6 +295,98 @@ func TestCheckListRejectsMalformedAnswers(t *testing.T) {
 	}
 	if gone, came, _, err := l.apply([]byte("[]")); err != nil || len(gone) != 2 || len(came) != 0 {
 		t.Fatalf("back to empty: gone=%v came=%v err=%v", gone, came, err)
+	}
+}
+
+// TestBlockDiffMatchesByteCompare: over random answers and edits, the
+// range blockDiff returns is the one comparing the bytes gives, in whole
+// blocks: the longest common prefix and suffix, each rounded down to a
+// multiple of blockSize, the suffix cut so as not to overlap the prefix.
+// It compares with the answer last kept, whatever diff saw since.
+func TestBlockDiffMatchesByteCompare(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	randomBytes := func(n int) []byte {
+		alphabet := "ab"[:1+r.IntN(2)] // few letters: matches run on past an edit
+		if r.IntN(2) == 0 {
+			alphabet = "abcdefghijklmnopqrstuvwxyz{}[],\"\n "
+		}
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		return b
+	}
+	// size is an answer length, often near a multiple of blockSize.
+	size := func() int {
+		if r.IntN(2) == 0 {
+			return max(0, (r.IntN(6))*blockSize+r.IntN(5)-2)
+		}
+		return r.IntN(6 * blockSize)
+	}
+	edit := func(prev []byte) []byte {
+		b := slices.Clone(prev)
+		switch r.IntN(7) {
+		case 0: // the same answer
+		case 1: // a new answer
+			b = randomBytes(size())
+		default: // one to three edits: a replaced, inserted or removed stretch
+			for range 1 + r.IntN(3) {
+				at := r.IntN(len(b) + 1)
+				if r.IntN(3) == 0 { // near an end
+					at = []int{0, len(b)}[r.IntN(2)]
+				}
+				cut := min(len(b)-at, r.IntN(3)*r.IntN(300))
+				b = slices.Replace(b, at, at+cut, randomBytes(r.IntN(3)*r.IntN(300))...)
+			}
+		}
+		return b
+	}
+	for seed := range 300 {
+		var d blockDiff
+		first := randomBytes(size())
+		if _, ok := d.diff(first); ok {
+			t.Fatalf("seed %d: a blockDiff that keeps nothing returned a range", seed)
+		}
+		d.keep()
+		kept := first // what a byte compare would keep
+		for step := range 40 {
+			body := edit(kept)
+			if r.IntN(4) == 0 {
+				body = edit(body)
+			}
+			got, ok := d.diff(body)
+			if !ok {
+				t.Fatalf("seed %d step %d: no range", seed, step)
+			}
+			n := min(len(kept), len(body))
+			pre, suf := 0, 0
+			for pre < n && kept[pre] == body[pre] {
+				pre++
+			}
+			for suf < n && kept[len(kept)-1-suf] == body[len(body)-1-suf] {
+				suf++
+			}
+			from := pre / blockSize * blockSize
+			s := min(suf/blockSize*blockSize, n-from)
+			want := changedRange{from: from, oldTo: len(kept) - s, newTo: len(body) - s}
+			if got != want {
+				t.Fatalf("seed %d step %d: %d bytes then %d (common prefix %d, suffix %d): range %+v, want %+v",
+					seed, step, len(kept), len(body), pre, suf, got, want)
+			}
+			same := slices.Equal(kept, body)
+			if got.equal() && !same || same && len(body) >= blockSize && !got.equal() {
+				t.Fatalf("seed %d step %d: %d bytes then %d, same %v: range %+v, equal() %v", seed, step, len(kept), len(body), same, got, got.equal())
+			}
+			refused := r.IntN(3) == 0 // an answer the list could not read: not kept
+			next := slices.Clone(body)
+			for i := range body { // the buffer is read into again
+				body[i] = '#'
+			}
+			if !refused {
+				d.keep()
+				kept = next
+			}
+		}
 	}
 }
 

@@ -200,21 +200,7 @@ func sameVersions(a, b []entryVersion) bool {
 
 // Run implements engine.Source.
 func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
-	catalogC := make(chan catalogEvent, 1)
-	checksC := make(chan checksEvent, 1)
-	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
-		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
-		return catalogEvent{body: body}, meta, err
-	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
-		e.index, e.reset, e.doubt = idx, reset, doubt
-	})
-	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
-		body, meta, err := s.readChecks(ctx, o)
-		return checksEvent{body: body}, meta, err
-	}, func(e *checksEvent, idx uint64, reset bool, doubt string) {
-		e.index, e.reset, e.doubt = idx, reset, doubt
-	})
-
+	catalogC, checksC := s.startWatches(ctx)
 	st := &tracker{
 		src:      s,
 		doubts:   map[string]string{},
@@ -400,6 +386,26 @@ func (s *Source) waitForAgent(ctx context.Context, d time.Duration) error {
 			return nil
 		}
 	}
+}
+
+// startWatches starts the two blocking queries, whose answers come on the
+// channels until ctx ends.
+func (s *Source) startWatches(ctx context.Context) (<-chan catalogEvent, <-chan checksEvent) {
+	catalogC := make(chan catalogEvent, 1)
+	checksC := make(chan checksEvent, 1)
+	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
+		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
+		return catalogEvent{body: body}, meta, err
+	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
+		e.index, e.reset, e.doubt = idx, reset, doubt
+	})
+	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
+		body, meta, err := s.readChecks(ctx, o)
+		return checksEvent{body: body}, meta, err
+	}, func(e *checksEvent, idx uint64, reset bool, doubt string) {
+		e.index, e.reset, e.doubt = idx, reset, doubt
+	})
+	return catalogC, checksC
 }
 
 // tracker holds what the source knows, in the Run goroutine only.

@@ -1,6 +1,13 @@
-package cli
+// Package httpapi is the daemon's own HTTP listener (metrics.listen):
+// /metrics, /healthz, /readyz, /status, the status page and pprof, and the
+// client side of /status that `swallowkeeper status` prints. It reports on
+// the engine, its sinks and its sources without knowing any kind of sink:
+// each sink's engine.SinkStatus says how it stands and whether the daemon
+// is ready.
+package httpapi
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -12,13 +19,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/statuspage"
 )
 
-// The daemon's own listener (metrics.listen).
-//
-// What it serves, and to whom:
+// Daemon is what the listener serves and reports on.
+type Daemon struct {
+	Version string
+	File    string // the persisted file, named on the status page
+	Engine  *engine.Engine
+	Sources []Source
+	Metrics *prometheus.Registry // served on /metrics
+	// Pprof serves /debug/pprof/; AllowedHosts are the host names, besides
+	// IP literals and localhost, that the guarded routes answer.
+	Pprof        bool
+	AllowedHosts []string
+}
+
+// Source is a registry source with the name /status shows for it.
+type Source struct {
+	Name   string
+	Source engine.Source
+}
+
+// What the listener serves, and to whom:
 //   - /metrics, /healthz, /readyz answer any Host header: scrapers, probes
 //     and load balancers often address the daemon by a host name, and these
 //     show counters and one line of readiness, nothing an operator's
@@ -45,9 +69,8 @@ const (
 	listenerMaxHeaderBytes    = 64 << 10
 )
 
-// newListenerServer is the http.Server for metrics.listen, with its
-// deadlines.
-func newListenerServer(h http.Handler) *http.Server {
+// NewServer is the http.Server for metrics.listen, with its deadlines.
+func NewServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: listenerReadHeaderTimeout,
@@ -58,19 +81,44 @@ func newListenerServer(h http.Handler) *http.Server {
 	}
 }
 
-// listenerHandler routes the daemon's listener.
-func listenerHandler(cfg *config.Config, p *parts, reg *prometheus.Registry) http.Handler {
+// Serve answers on ln until ctx ends, then shuts the server down, giving
+// requests in flight 2s.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) {
+	srv := NewServer(h)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	srv.Serve(ln)
+	<-stopped
+}
+
+// Handler routes the daemon's listener.
+func Handler(d *Daemon) http.Handler {
 	open := http.NewServeMux() // any Host
-	open.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	open.Handle("/metrics", promhttp.HandlerFor(d.Metrics, promhttp.HandlerOpts{Registry: d.Metrics}))
 	open.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	open.Handle("/readyz", readyHandler(p))
+	open.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if why := d.notReady(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
 
 	guarded := http.NewServeMux() // only allowed Hosts
-	guarded.Handle("/status", statusHandler(p))
-	page := statuspage.Handler(func() statuspage.Page { return statusPage(buildStatus(p), cfg) })
+	guarded.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(d.statusJSON(true))
+	})
+	page := statuspage.Handler(func() statuspage.Page { return d.page() })
 	guarded.Handle("/{$}", page)
 	guarded.Handle("/status.html", page)
-	if cfg.Metrics.Pprof {
+	if d.Pprof {
 		// Profiles: how an operator finds where a daemon spends its CPU or
 		// memory. Off by default: a heap profile holds whatever the
 		// daemon holds, and a CPU profile costs CPU while it runs.
@@ -79,7 +127,7 @@ func listenerHandler(cfg *config.Config, p *parts, reg *prometheus.Registry) htt
 		guarded.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		guarded.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	}
-	allowed := hostAllowList(cfg.Metrics.AllowedHosts)
+	allowed := hostAllowList(d.AllowedHosts)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/metrics", "/healthz", "/readyz":

@@ -30,17 +30,64 @@ func scaleService(i int) string { return fmt.Sprintf("svc-%04d", i) }
 // connections to Consul, its memory, and the CPU time and dyups pushes of
 // single-instance changes.
 func (r *runner) scale(ctx context.Context, run int) (err error) {
-	n, per := r.p.Services, r.p.Instances
 	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256, ConsulServer: true})
 	if err != nil {
 		return err
 	}
 	defer func() { r.teardown(st, nil, err) }()
-	sr := ScaleRun{Run: run, Services: n, Instances: per}
+	sr := ScaleRun{Run: run, Services: r.p.Services, Instances: r.p.Instances}
+	if err := r.fillCatalog(ctx, st, &sr); err != nil {
+		return err
+	}
 
-	// Fill Consul's catalog (external node: no agent anti-entropy).
+	t0 := time.Now()
+	if err := st.StartController(); err != nil {
+		return err
+	}
+	pid := st.ControllerPID()
+	conns := r.sampleConns(ctx, pid, st.ConsulPort)
+	defer conns.stop()
+	if err := r.coldSync(ctx, st, t0, &sr); err != nil {
+		return err
+	}
+	if err := r.idleCPU(ctx, pid, &sr); err != nil {
+		return err
+	}
+	if err := r.scaleChanges(ctx, st, pid, &sr); err != nil {
+		return err
+	}
+	sr.MaxConsulConns = conns.stop()
+
+	if r.p.NginxUpdates > 0 {
+		if err := r.nginxMemory(ctx, st, &sr); err != nil {
+			return err
+		}
+	}
+	if r.profileDir != "" {
+		// After the measured changes, so that profiling does not weigh on
+		// them: 10 s of the same changes under the CPU profiler.
+		if err := r.profileScale(ctx, st.MetricsURL, run, func(k int) error { _, err := r.scaleChange(ctx, st, r.p.ScaleChanges+k); return err }); err != nil {
+			return err
+		}
+	}
+	if err := r.daemonMemory(st, pid, &sr); err != nil {
+		return err
+	}
+	if r.res.Scale == nil {
+		r.res.Scale = &ScaleResult{}
+	}
+	r.res.Scale.Runs = append(r.res.Scale.Runs, sr)
+	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f; anonymous %.1f, file %.1f; Go heap in use %.1f, live %.1f, runtime total %.1f), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 %.1f ms, service reads/change %.1f, sweeps %d",
+		run, sr.ColdSyncMs, sr.MaxConsulConns, sr.RSSMB, sr.PeakRSSMB, sr.RSSAnonMB, sr.RSSFileMB, sr.HeapInuseMB, sr.HeapLiveMB, sr.GoSysMB, sr.CPUPerChangeMs, sr.CPUPerChangeRawMs, sr.IdleCPUMsPerS, sr.PushesPerChange, sr.ChangeLatency.P50, sr.ServiceReadsPerChange, sr.Sweeps)
+	return nil
+}
+
+// fillCatalog registers the scale instances (external nodes: no agent
+// anti-entropy) and records how long that took and how large Consul's
+// checks answer has grown.
+func (r *runner) fillCatalog(ctx context.Context, st *Stack, sr *ScaleRun) error {
 	t := time.Now()
-	if err := registerMany(ctx, st.Consul, n, per); err != nil {
+	if err := registerMany(ctx, st.Consul, sr.Services, sr.Instances); err != nil {
 		return err
 	}
 	sr.RegisterS = time.Since(t).Seconds()
@@ -49,27 +96,43 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		return err
 	}
 	sr.ChecksAnswerKB = float64(len(checks)) / 1024
-	r.logf("    %d × %d instances registered in %.1f s; /v1/health/state/any answers %.0f KB", n, per, sr.RegisterS, sr.ChecksAnswerKB)
+	r.logf("    %d × %d instances registered in %.1f s; /v1/health/state/any answers %.0f KB", sr.Services, sr.Instances, sr.RegisterS, sr.ChecksAnswerKB)
+	return nil
+}
 
-	// Cold start.
-	t0 := time.Now()
-	if err := st.StartController(); err != nil {
-		return err
-	}
-	pid := st.ControllerPID()
-	var maxConns atomic.Int64
-	sampleCtx, stopSampling := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for sampleCtx.Err() == nil {
-			if c, err := socketsTo(pid, st.ConsulPort); err == nil && int64(c) > maxConns.Load() {
-				maxConns.Store(int64(c))
+// connSampler keeps the most established connections a process has had to
+// a port, sampled every 20 ms until stop.
+type connSampler struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	most   atomic.Int64
+}
+
+func (r *runner) sampleConns(ctx context.Context, pid, port int) *connSampler {
+	c := &connSampler{}
+	ctx, c.cancel = context.WithCancel(ctx)
+	c.wg.Go(func() {
+		for ctx.Err() == nil {
+			if n, err := r.proc.socketsTo(pid, port); err == nil && int64(n) > c.most.Load() {
+				c.most.Store(int64(n))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	defer func() { stopSampling(); wg.Wait() }()
-	want := n * per
+	return c
+}
+
+// stop ends the sampling (again: a no-op) and returns the most seen.
+func (c *connSampler) stop() int {
+	c.cancel()
+	c.wg.Wait()
+	return int(c.most.Load())
+}
+
+// coldSync waits until nginx holds every scale instance (the daemon started
+// at t0), then for the daemon's first drift check after it.
+func (r *runner) coldSync(ctx context.Context, st *Stack, t0 time.Time, sr *ScaleRun) error {
+	want := sr.Services * sr.Instances
 	got := 0
 	sr.Synced = poll(ctx, 5*time.Minute, 25*time.Millisecond, func() bool {
 		d, err := st.apiGet("/detail")
@@ -86,17 +149,18 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	r.logf("    cold sync of %d servers into nginx: %.0f ms", want, sr.ColdSyncMs)
 	// The first drift check after the sync (5 s on) parses every upstream
 	// of /detail once: it belongs to the sync, not to idling.
-	if err := sleep(ctx, 6*time.Second); err != nil {
-		return err
-	}
+	return sleep(ctx, 6*time.Second)
+}
 
-	// Idle CPU (the drift check reads /detail every 5 s: part of the
-	// idle cost, not of a change's).
+// idleCPU measures the daemon's CPU time per second while nothing changes
+// (the drift check reads /detail every 5 s: part of the idle cost, not of
+// a change's).
+func (r *runner) idleCPU(ctx context.Context, pid int, sr *ScaleRun) error {
 	idle := 2 * 5 * time.Second
 	if r.p.Quick {
 		idle = 5 * time.Second
 	}
-	c0, err := procCPU(pid)
+	c0, err := r.proc.cpu(pid)
 	if err != nil {
 		return err
 	}
@@ -104,53 +168,31 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	if err := sleep(ctx, idle); err != nil {
 		return err
 	}
-	c1, _ := procCPU(pid)
+	c1, _ := r.proc.cpu(pid)
 	sr.IdleCPUMsPerS = ms(c1-c0) / time.Since(i0).Seconds()
+	return nil
+}
 
-	// Single-instance changes: add an 11th instance to a service, then
-	// remove it, each timed until nginx's API shows it.
+// scaleChanges makes ScaleChanges single-instance changes one after the
+// other and records their latency, the daemon's CPU time for them (raw,
+// and less its idle rate), its dyups pushes and its Consul reads.
+func (r *runner) scaleChanges(ctx context.Context, st *Stack, pid int, sr *ScaleRun) error {
 	m0, err := scrape(st.MetricsURL)
 	if err != nil {
 		return err
 	}
-	// change k adds an 11th instance to a service (k even) or removes it
-	// again, and returns how long nginx's API took to show it.
-	change := func(k int) (time.Duration, error) {
-		svc := scaleService((k / 2 * 37) % n)
-		id := fmt.Sprintf("%s-extra-%d", svc, k/2)
-		port := 40000 + k/2
-		addr := fmt.Sprintf("server 127.0.0.1:%d\n", port)
-		add := k%2 == 0
-		var werr error
-		if add {
-			_, werr = st.Consul.Catalog().Register(catalogInstance(svc, id, "127.0.0.1", port), nil)
-		} else {
-			_, werr = st.Consul.Catalog().Deregister(&api.CatalogDeregistration{Node: extNode, ServiceID: id}, nil)
-		}
-		w := time.Now()
-		if werr != nil {
-			return 0, werr
-		}
-		if !poll(ctx, 30*time.Second, 2*time.Millisecond, func() bool {
-			u, err := st.apiGet("/upstream/" + svc)
-			return err == nil && strings.Contains(u, addr) == add
-		}) {
-			return 0, fmt.Errorf("change %d (%s %s) not in nginx after 30s", k, svc, id)
-		}
-		return time.Since(w), nil
-	}
-	cpuA, _ := procCPU(pid)
+	cpuA, _ := r.proc.cpu(pid)
 	tA := time.Now()
 	var lat []float64
 	for k := range r.p.ScaleChanges {
-		d, err := change(k)
+		d, err := r.scaleChange(ctx, st, k)
 		if err != nil {
 			return err
 		}
 		lat = append(lat, ms(d))
 	}
 	tB := time.Now()
-	cpuB, _ := procCPU(pid)
+	cpuB, _ := r.proc.cpu(pid)
 	m1, err := scrape(st.MetricsURL)
 	if err != nil {
 		return err
@@ -165,41 +207,49 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 	sr.ChangeLatency = Summarize(lat)
 	sr.ServiceReadsPerChange = (metricSum(m1, "swallowkeeper_consul_service_reads_total") - metricSum(m0, "swallowkeeper_consul_service_reads_total")) / float64(sr.Changes)
 	sr.Sweeps = int(metricSum(m1, "swallowkeeper_consul_sweeps_total") - metricSum(m0, "swallowkeeper_consul_sweeps_total"))
-	stopSampling()
-	wg.Wait()
-	sr.MaxConsulConns = int(maxConns.Load())
-	if r.p.NginxUpdates > 0 {
-		if err := r.nginxMemory(ctx, st, &sr); err != nil {
-			return err
-		}
+	return nil
+}
+
+// scaleChange k adds an 11th instance to a service (k even) or removes it
+// again, and returns how long nginx's API took to show it.
+func (r *runner) scaleChange(ctx context.Context, st *Stack, k int) (time.Duration, error) {
+	svc := scaleService((k / 2 * 37) % r.p.Services)
+	id := fmt.Sprintf("%s-extra-%d", svc, k/2)
+	port := 40000 + k/2
+	addr := fmt.Sprintf("server 127.0.0.1:%d\n", port)
+	add := k%2 == 0
+	var werr error
+	if add {
+		_, werr = st.Consul.Catalog().Register(catalogInstance(svc, id, "127.0.0.1", port), nil)
+	} else {
+		_, werr = st.Consul.Catalog().Deregister(&api.CatalogDeregistration{Node: extNode, ServiceID: id}, nil)
 	}
-	if r.profileDir != "" {
-		// After the measured changes, so that profiling does not weigh on
-		// them: 10 s of the same changes under the CPU profiler.
-		if err := r.profileScale(ctx, st.MetricsURL, run, func(k int) error { _, err := change(r.p.ScaleChanges + k); return err }); err != nil {
-			return err
-		}
+	w := time.Now()
+	if werr != nil {
+		return 0, werr
 	}
-	rss, hwm, err := procRSS(pid)
+	if !poll(ctx, 30*time.Second, 2*time.Millisecond, func() bool {
+		u, err := st.apiGet("/upstream/" + svc)
+		return err == nil && strings.Contains(u, addr) == add
+	}) {
+		return 0, fmt.Errorf("change %d (%s %s) not in nginx after 30s", k, svc, id)
+	}
+	return time.Since(w), nil
+}
+
+// daemonMemory records the daemon's resident set (and its peak, anonymous
+// and file-backed parts) and the Go runtime's heap figures.
+func (r *runner) daemonMemory(st *Stack, pid int, sr *ScaleRun) error {
+	mem, err := r.proc.memory(pid)
 	if err != nil {
 		return err
 	}
-	sr.RSSMB, sr.PeakRSSMB = rss, hwm
-	if m, err := procStatusMB(pid, "RssAnon", "RssFile"); err == nil {
-		sr.RSSAnonMB, sr.RSSFileMB = m["RssAnon"], m["RssFile"]
-	}
+	sr.RSSMB, sr.PeakRSSMB, sr.RSSAnonMB, sr.RSSFileMB = mem.RSS, mem.HWM, mem.Anon, mem.File
 	if m, err := scrape(st.MetricsURL); err == nil {
-		const mb = 1 << 20
-		sr.HeapInuseMB = metricSum(m, "go_memstats_heap_inuse_bytes") / mb
-		sr.HeapLiveMB = metricSum(m, "go_memstats_heap_alloc_bytes") / mb
-		sr.GoSysMB = metricSum(m, "go_memstats_sys_bytes") / mb
+		sr.HeapInuseMB = metricSum(m, "go_memstats_heap_inuse_bytes") / mib
+		sr.HeapLiveMB = metricSum(m, "go_memstats_heap_alloc_bytes") / mib
+		sr.GoSysMB = metricSum(m, "go_memstats_sys_bytes") / mib
 	}
-	if r.res.Scale == nil {
-		r.res.Scale = &ScaleResult{}
-	}
-	r.res.Scale.Runs = append(r.res.Scale.Runs, sr)
-	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f; anonymous %.1f, file %.1f; Go heap in use %.1f, live %.1f, runtime total %.1f), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 %.1f ms, service reads/change %.1f, sweeps %d",
-		run, sr.ColdSyncMs, sr.MaxConsulConns, sr.RSSMB, sr.PeakRSSMB, sr.RSSAnonMB, sr.RSSFileMB, sr.HeapInuseMB, sr.HeapLiveMB, sr.GoSysMB, sr.CPUPerChangeMs, sr.CPUPerChangeRawMs, sr.IdleCPUMsPerS, sr.PushesPerChange, sr.ChangeLatency.P50, sr.ServiceReadsPerChange, sr.Sweeps)
 	return nil
 }
 
@@ -274,7 +324,7 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 				return err
 			}
 		}
-		pss, lua, err := settledPSS(ctx, st, master)
+		pss, lua, err := settledPSS(ctx, r.proc, st, master)
 		if err != nil {
 			return err
 		}
@@ -294,7 +344,7 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 	if err := sleep(ctx, time.Second); err != nil {
 		return err
 	}
-	after, luaAfter, err := settledPSS(ctx, st, master)
+	after, luaAfter, err := settledPSS(ctx, r.proc, st, master)
 	if err != nil {
 		return err
 	}
@@ -312,18 +362,18 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 // build its /detail answer (0.85 MB at 10,000 servers): a single sample
 // taken just after one read a few percent high or low (-5.7% to +5.5% over
 // three runs). Memory that nginx keeps raises every sample.
-func settledPSS(ctx context.Context, st *Stack, master int) (pssMB, luaKB float64, err error) {
+func settledPSS(ctx context.Context, pr procs, st *Stack, master int) (pssMB, luaKB float64, err error) {
 	for i := range pssSamples {
 		if i > 0 {
 			if err := sleep(ctx, time.Second); err != nil {
 				return 0, 0, err
 			}
 		}
-		lua, err := collectLua(ctx, st, master)
+		lua, err := collectLua(ctx, pr, st, master)
 		if err != nil {
 			return 0, 0, err
 		}
-		pss, err := treePSS(master)
+		pss, err := pr.treePSS(master)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -346,8 +396,8 @@ const (
 // collectLua runs a full Lua collection in every nginx worker (through the
 // bench's /_bench/lua-gc location, over fresh connections until each
 // worker has answered) and returns the sum of their Lua heaps in KB.
-func collectLua(ctx context.Context, st *Stack, master int) (float64, error) {
-	kids, err := children(master)
+func collectLua(ctx context.Context, pr procs, st *Stack, master int) (float64, error) {
+	kids, err := pr.children(master)
 	if err != nil {
 		return 0, err
 	}

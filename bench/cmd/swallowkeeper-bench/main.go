@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/swallowkeeper/swallowkeeper/internal/bench"
+	"github.com/swallowkeeper/swallowkeeper/bench"
 )
 
 func main() {

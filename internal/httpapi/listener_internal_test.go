@@ -1,4 +1,4 @@
-package cli
+package httpapi
 
 import (
 	"testing"
@@ -39,7 +39,7 @@ func TestHostAllowList(t *testing.T) {
 // short (pprof's profile and trace move their own deadline out by their
 // duration; TestListenerServesPprofWhenEnabled runs one).
 func TestListenerServerDeadlines(t *testing.T) {
-	srv := newListenerServer(nil)
+	srv := NewServer(nil)
 	if srv.ReadHeaderTimeout <= 0 || srv.ReadTimeout <= 0 || srv.WriteTimeout <= 0 || srv.IdleTimeout <= 0 || srv.MaxHeaderBytes <= 0 {
 		t.Fatalf("deadlines: header %v read %v write %v idle %v, max header %d", srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout, srv.IdleTimeout, srv.MaxHeaderBytes)
 	}

@@ -19,6 +19,7 @@ type runner struct {
 	bin  Binaries
 	p    Params
 	res  *Results
+	proc procs // /proc: the CPU time, memory and sockets of what is measured
 	logf func(format string, args ...any)
 	keep bool // keep the directories of failed scenario runs
 	// profileDir, when set, receives the daemon's CPU profile of the scale
