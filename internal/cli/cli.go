@@ -246,7 +246,7 @@ const oneShotAttempts = 4
 // build wires a configuration: its source, the store and the sinks, under
 // the engine. It is the one place that knows the kinds of sink.
 func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*engine.Engine, []httpapi.Source, error) {
-	src, err := newSource(cfg, rulesFor(cfg), log, reg)
+	src, err := newSource(cfg, cfg.Rules(), log, reg)
 	if err != nil {
 		return nil, nil, err
 	}

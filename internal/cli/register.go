@@ -18,7 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
-	"github.com/swallowkeeper/swallowkeeper/internal/register"
+	"github.com/swallowkeeper/swallowkeeper/internal/wrapper"
 )
 
 const registerUsage = `Usage: swallowkeeper register [flags] -- CMD [ARGS...]
@@ -62,7 +62,7 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	fs := flag.NewFlagSet("swallowkeeper register", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		o            register.Options
+		o            wrapper.Options
 		tags, meta   stringList
 		consulAddr   = fs.String("consul-addr", "", "Consul agent HTTP address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
 		registryName = fs.String("registry", "consul", "where to register: consul, etcd or zookeeper")
@@ -193,7 +193,7 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 			zkAuth = config.Secret(strings.TrimSpace(string(b)))
 		}
 		if zkAuth != "" {
-			if _, _, err := register.ParseZooKeeperAuth(zkAuth); err != nil {
+			if _, _, err := wrapper.ParseZooKeeperAuth(zkAuth); err != nil {
 				fmt.Fprintf(stderr, "swallowkeeper register: %v\n", err)
 				return 2
 			}
@@ -210,7 +210,7 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 	}
 	log := slog.New(h).With("wrapper", o.ID)
 
-	var reg register.Registrar
+	var reg wrapper.Registrar
 	switch *registryName {
 	case "etcd":
 		var eps []string
@@ -227,14 +227,14 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 			return 2
 		}
 		defer client.Close()
-		e := &register.Etcd{Client: client, Layout: *etcdLayout, Prefix: *etcdPrefix, TTL: *ttl, Log: log}
+		e := &wrapper.Etcd{Client: client, Layout: *etcdLayout, Prefix: *etcdPrefix, TTL: *ttl, Log: log}
 		if _, _, err := e.Entry(o); err != nil {
 			fmt.Fprintf(stderr, "swallowkeeper register: %v\n", err)
 			return 2
 		}
 		reg = e
 	case "zookeeper":
-		reg = &register.ZooKeeper{Servers: strings.Split(*zkServers, ","), Root: *zkRoot, SessionTimeout: *ttl, Auth: zkAuth, Log: log}
+		reg = &wrapper.ZooKeeper{Servers: strings.Split(*zkServers, ","), Root: *zkRoot, SessionTimeout: *ttl, Auth: zkAuth, Log: log}
 	default:
 		acfg := api.DefaultConfig()
 		acfg.Address, acfg.Scheme = addr, scheme
@@ -244,9 +244,9 @@ func registerCmd(ctx context.Context, args []string, stdout, stderr io.Writer, g
 			fmt.Fprintf(stderr, "swallowkeeper register: consul: %v\n", err)
 			return 2
 		}
-		reg = register.Consul{Client: client}
+		reg = wrapper.Consul{Client: client}
 	}
-	return register.Run(ctx, o, argv, reg, log, stdout, stderr)
+	return wrapper.Run(ctx, o, argv, reg, log, stdout, stderr)
 }
 
 // localAddressTowards returns this host's address on the route to the

@@ -15,35 +15,6 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
 )
 
-// rulesFor turns the services and upstreams sections into the rules every
-// source builds its snapshot with.
-func rulesFor(cfg *config.Config) registry.Rules {
-	u := cfg.Upstreams
-	rules := registry.Rules{
-		Include:     cfg.Services.Include,
-		Exclude:     cfg.Services.Exclude,
-		RequireTags: cfg.Services.RequireTags,
-		CanaryTag:   u.CanaryTag,
-		WeightMeta:  u.WeightMeta,
-		Weight:      u.Weight,
-		MaxFails:    u.MaxFails,
-		FailTimeout: time.Duration(u.FailTimeout),
-		MaxConns:    u.MaxConns,
-		Keepalive:   u.Keepalive,
-		Addresses:   u.AddressPolicy(),
-		Reserved:    u.Reserved,
-	}
-	for name, o := range u.Overrides {
-		if o.Keepalive != nil {
-			if rules.KeepaliveFor == nil {
-				rules.KeepaliveFor = map[string]int{}
-			}
-			rules.KeepaliveFor[name] = *o.Keepalive
-		}
-	}
-	return rules
-}
-
 // newSource builds the registry source the configuration selects.
 func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) (engine.Source, error) {
 	switch cfg.Source {

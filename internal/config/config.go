@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -155,6 +156,35 @@ type Upstreams struct {
 	Reserved []string `yaml:"reserved"`
 }
 
+// Rules turns the services and upstreams sections into the rules every
+// source builds its snapshot with.
+func (cfg *Config) Rules() registry.Rules {
+	u := cfg.Upstreams
+	rules := registry.Rules{
+		Include:     cfg.Services.Include,
+		Exclude:     cfg.Services.Exclude,
+		RequireTags: cfg.Services.RequireTags,
+		CanaryTag:   u.CanaryTag,
+		WeightMeta:  u.WeightMeta,
+		Weight:      u.Weight,
+		MaxFails:    u.MaxFails,
+		FailTimeout: time.Duration(u.FailTimeout),
+		MaxConns:    u.MaxConns,
+		Keepalive:   u.Keepalive,
+		Addresses:   u.AddressPolicy(),
+		Reserved:    u.Reserved,
+	}
+	for name, o := range u.Overrides {
+		if o.Keepalive != nil {
+			if rules.KeepaliveFor == nil {
+				rules.KeepaliveFor = map[string]int{}
+			}
+			rules.KeepaliveFor[name] = *o.Keepalive
+		}
+	}
+	return rules
+}
+
 // AddressPolicy is the validated policy of allow_addresses and
 // deny_addresses (entries that do not parse are reported by Validate).
 func (u Upstreams) AddressPolicy() upstream.AddressPolicy {
@@ -183,10 +213,11 @@ type Target struct {
 	Timeout Duration `yaml:"timeout"`
 	// NginxPID is the pid file of that nginx, when it runs on this host:
 	// its workers are then watched, and every upstream is pushed again
-	// WorkerReadyDelay after a new worker or master appears (a worker that
-	// replaces a crashed one under real dyups lacks the dynamic state).
+	// WorkerReadyDelay after a worker is gone or a new worker or master
+	// appears (a worker that replaces a crashed one under real dyups lacks
+	// the dynamic state).
 	NginxPID         string   `yaml:"nginx_pid"`
-	WorkerReadyDelay Duration `yaml:"worker_ready_delay"` // 0 = 2s
+	WorkerReadyDelay Duration `yaml:"worker_ready_delay"` // 0 = at once
 	// SecretFile holds a shared secret sent to this target in the header
 	// X-SwallowKeeper-Secret on every request (the Lua module's init option
 	// secret_file checks it). The secret itself is never in this file and

@@ -16,7 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/swallowkeeper/swallowkeeper/internal/register"
+	"github.com/swallowkeeper/swallowkeeper/internal/wrapper"
 )
 
 // registryKind is one of the registries the demo can run with. Consul
@@ -84,8 +84,8 @@ type localChecked struct {
 }
 
 type instance struct {
-	reg    register.Registrar
-	opt    register.Options
+	reg    wrapper.Registrar
+	opt    wrapper.Options
 	cancel context.CancelFunc
 }
 
@@ -151,12 +151,12 @@ func (l *localChecked) section(d *demo) string {
 func (l *localChecked) register(b *backend) error {
 	host, port, _ := net.SplitHostPort(b.addr)
 	p, _ := strconv.Atoi(port)
-	o := register.Options{Service: "web", ID: b.id, Address: host, Port: p, Upstream: "web"}
-	var reg register.Registrar
+	o := wrapper.Options{Service: "web", ID: b.id, Address: host, Port: p, Upstream: "web"}
+	var reg wrapper.Registrar
 	if l.kind == "etcd" {
-		reg = &register.Etcd{Client: l.etcd, Layout: "service", TTL: 5 * time.Second}
+		reg = &wrapper.Etcd{Client: l.etcd, Layout: "service", TTL: 5 * time.Second}
 	} else {
-		reg = &register.ZooKeeper{Servers: []string{l.zkAddr}, SessionTimeout: 4 * time.Second}
+		reg = &wrapper.ZooKeeper{Servers: []string{l.zkAddr}, SessionTimeout: 4 * time.Second}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{reg: reg, opt: o, cancel: cancel}

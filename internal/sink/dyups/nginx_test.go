@@ -233,22 +233,23 @@ func TestWorkerWatchPushesAgainOnLuaNginx(t *testing.T) {
 		pids := ngx.WorkerPIDs()
 		return len(pids) == 2 && !slices.Contains(pids, victim)
 	})
-	after := ngx.WorkerPIDs()
 	deadline := killed.Add(2*time.Second + time.Second) // 2 × dyups_read_msg_timeout + 1 s
-	waitFor(t, "every upstream posted again", func() bool { return posts(t, ngx) == 6 })
+	waitFor(t, "every upstream posted again", func() bool { return posts(t, ngx) >= 6 })
 	healed := time.Since(killed)
 	if time.Now().After(deadline) {
 		t.Errorf("pushed again %v after the kill, want within 3s", healed)
 	}
-	if healed < 2*time.Second {
-		t.Errorf("pushed again %v after the kill, before the 2s a new worker needs", healed)
+	// The Lua plane's replacement serves at once, so the watch may see the
+	// crash and the replacement in one look (one push) or in two (two).
+	repushes := testutil.ToFloat64(tg.m.repushes.WithLabelValues(tg.url, repushWorker))
+	if repushes != 1 && repushes != 2 {
+		t.Errorf("swallowkeeper_dyups_worker_repushes_total{reason=worker} = %v, want 1 or 2", repushes)
 	}
-	if n := testutil.ToFloat64(tg.m.repushes.WithLabelValues(tg.url, repushWorker)); n != 1 {
-		t.Errorf("swallowkeeper_dyups_worker_repushes_total{reason=worker} = %v, want 1", n)
-	}
-	want := fmt.Sprintf(`msg="nginx worker replaced; pushing every upstream again" target=%s old="%v" new="%v"`, tg.url, before, after)
-	if !strings.Contains(logs.String(), want) {
-		t.Errorf("log lacks %s:\n%s", want, logs)
+	waitFor(t, "each push posted every upstream", func() bool { return posts(t, ngx) == 3+3*int(repushes) })
+	gone := fmt.Sprintf(`msg="nginx worker gone; pushing every upstream again" target=%s old="%v"`, tg.url, before)
+	replaced := fmt.Sprintf(`msg="nginx worker replaced; pushing every upstream again" target=%s old="%v"`, tg.url, before)
+	if !strings.Contains(logs.String(), gone) && !strings.Contains(logs.String(), replaced) {
+		t.Errorf("log lacks %s or %s:\n%s", gone, replaced, logs)
 	}
 	t.Logf("worker %d killed; every upstream posted again after %v", victim, healed)
 
@@ -263,7 +264,7 @@ func TestWorkerWatchPushesAgainOnLuaNginx(t *testing.T) {
 	if got := apiGet(t, ngx, "/list"); got != "" {
 		t.Fatalf("nginx restarted with %q, want nothing", got)
 	}
-	waitFor(t, "every upstream posted again after the restart", func() bool { return posts(t, ngx) == 9 })
+	waitFor(t, "every upstream posted again after the restart", func() bool { return posts(t, ngx) == 3+3*int(repushes)+3 })
 	if got := apiGet(t, ngx, "/list"); got != "s1\ns2\ns3\n" {
 		t.Errorf("after the restart nginx lists %q, want s1 s2 s3", got)
 	}

@@ -74,11 +74,13 @@ type Options struct {
 	DetailBudget   time.Duration // 0 = 1s
 	// NginxPID is nginx's pid file, when nginx runs on this host: Run then
 	// watches the master's workers and pushes every upstream again
-	// WorkerReadyDelay after a new worker (or master) appears.
+	// WorkerReadyDelay after a worker is gone or a new worker (or master)
+	// appears.
 	NginxPID string
-	// WorkerReadyDelay is how long a new worker needs before a push
-	// reaches it: real dyups makes a worker that replaces a crashed one
-	// wait 2 × dyups_read_msg_timeout. 0 = 2s (the timeout's default, 1s).
+	// WorkerReadyDelay is how long after such a change the push goes out;
+	// 0 pushes at once. Against real dyups at once is best: a replacement
+	// worker applies a POST made during its start-up wait before it serves
+	// (docs/DYUPS-API.md, "Crashed workers").
 	WorkerReadyDelay time.Duration
 	// WorkerPoll is how often the workers are listed; 0 = 250ms.
 	WorkerPoll time.Duration
@@ -117,9 +119,6 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 	opt.DetailMaxReads = max(opt.DetailMaxReads, opt.DetailReads)
 	if opt.DetailBudget <= 0 {
 		opt.DetailBudget = time.Second
-	}
-	if opt.WorkerReadyDelay <= 0 {
-		opt.WorkerReadyDelay = 2 * time.Second
 	}
 	if opt.WorkerPoll <= 0 {
 		opt.WorkerPoll = 250 * time.Millisecond

@@ -193,6 +193,16 @@ func (w *workerWatch) look(now time.Time) (errChanged bool) {
 		w.log.Warn("nginx worker replaced; pushing every upstream again",
 			"old", w.workers, "new", workers, "in", w.delay)
 		w.schedule(now, repushWorker)
+	case hasNew(workers, w.workers):
+		// A worker is gone (a crash): real dyups' replacement is not
+		// listed as a worker until its start-up wait (2 ×
+		// dyups_read_msg_timeout) is over, yet it applies a POST sent
+		// during that wait before it serves its first request. Pushing
+		// now closes the window in which it would serve nginx's
+		// start-time upstreams; the push when it appears follows.
+		w.log.Warn("nginx worker gone; pushing every upstream again",
+			"old", w.workers, "now", workers, "in", w.delay)
+		w.schedule(now, repushWorker)
 	}
 	w.master, w.workers = master, workers
 	return errChanged

@@ -73,8 +73,15 @@ func TestWorkerWatchSchedulesPushes(t *testing.T) {
 	p.set(100, 101, 102)
 	step("first look (at start)", false)
 	step("nothing changed", false)
+	// A crash under real dyups: the worker is gone, and its replacement
+	// is listed only after its start-up wait. The push goes out for the
+	// disappearance (the replacement applies it before it serves), and
+	// again when the replacement appears.
 	p.set(100, 101)
-	step("a worker gone, none new", false)
+	step("a worker gone, none new", true)
+	if r := w.fired(now); r != repushWorker || w.due {
+		t.Fatalf("fired: reason %q, still pending %v", r, w.due)
+	}
 	p.set(100, 101, 103)
 	step("a new worker", true)
 	if r := w.fired(now); r != repushWorker || w.due {

@@ -17,7 +17,7 @@
 //
 // Without a command it runs as a sidecar: register once the health check
 // answers, deregister and drain on SIGTERM, exit.
-package register
+package wrapper
 
 import (
 	"context"
