@@ -239,10 +239,6 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// oneShotAttempts bounds the retries of each request in once: a one-shot
-// command must fail rather than wait for a dead nginx.
-const oneShotAttempts = 4
-
 // build wires a configuration: its source, the store and the sinks, under
 // the engine. It is the one place that knows the kinds of sink.
 func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*engine.Engine, []httpapi.Source, error) {
@@ -253,15 +249,7 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 	var sinks []engine.Sink
 	dm := dyups.NewMetrics(reg)
 	for i, tc := range cfg.Targets {
-		opt := dyups.Options{Timeout: time.Duration(tc.Timeout), DetailReads: cfg.Reconcile.Reads,
-			DetailMaxReads: cfg.Reconcile.MaxReads,
-			NginxPID:       tc.NginxPID, WorkerReadyDelay: time.Duration(tc.WorkerReadyDelay)}
-		if oneShot {
-			opt.MaxAttempts = oneShotAttempts
-		} else {
-			opt.Resync = time.Duration(cfg.Reconcile.Interval)
-		}
-		t, err := dyups.NewTarget(tc.URL, opt, log, dm)
+		t, err := dyups.NewTarget(tc.URL, cfg.TargetOptions(i, oneShot), log, dm)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -19,21 +19,11 @@ import (
 func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) (engine.Source, error) {
 	switch cfg.Source {
 	case config.SourceZooKeeper:
-		z := cfg.ZooKeeper
-		layout, err := zookeeper.ParseLayout(z.Layout)
+		opt, err := cfg.ZooKeeperOptions()
 		if err != nil {
 			return nil, err
 		}
-		opt := zookeeper.Options{
-			Root:           z.Root,
-			Layout:         layout,
-			SessionTimeout: time.Duration(z.SessionTimeout),
-			Resync:         time.Duration(z.Resync),
-		}
-		if err := opt.Validate(); err != nil {
-			return nil, err
-		}
-		return zookeeper.New(z.Servers, opt, rules, log, reg), nil
+		return zookeeper.New(cfg.ZooKeeper.Servers, opt, rules, log, reg), nil
 	case config.SourceEtcd:
 		return newEtcdSource(cfg, rules, log, reg)
 	}

@@ -21,6 +21,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/secret"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -184,6 +185,38 @@ func (cfg *Config) Rules() registry.Rules {
 	}
 	return rules
 }
+
+// TargetOptions are the dyups options of target i, every default
+// resolved: a zero timeout is 5s, a zero reconcile.max_reads is 4 ×
+// reads, or reads when nginx_pid watches the workers. A one-shot run
+// (once) gives up after a few attempts and runs no drift check.
+func (cfg *Config) TargetOptions(i int, oneShot bool) dyups.Options {
+	tc := cfg.Targets[i]
+	opt := dyups.DefaultOptions()
+	if tc.Timeout > 0 {
+		opt.Timeout = time.Duration(tc.Timeout)
+	}
+	opt.DetailReads = cfg.Reconcile.Reads
+	switch {
+	case cfg.Reconcile.MaxReads > 0:
+		opt.DetailMaxReads = cfg.Reconcile.MaxReads
+	case tc.NginxPID != "":
+		opt.DetailMaxReads = cfg.Reconcile.Reads
+	default:
+		opt.DetailMaxReads = 4 * cfg.Reconcile.Reads
+	}
+	opt.NginxPID, opt.WorkerReadyDelay = tc.NginxPID, time.Duration(tc.WorkerReadyDelay)
+	if oneShot {
+		opt.MaxAttempts = OneShotAttempts
+	} else {
+		opt.Resync = time.Duration(cfg.Reconcile.Interval)
+	}
+	return opt
+}
+
+// OneShotAttempts bounds the retries of each request in once: a one-shot
+// command must fail rather than wait for a dead nginx.
+const OneShotAttempts = 4
 
 // AddressPolicy is the validated policy of allow_addresses and
 // deny_addresses (entries that do not parse are reported by Validate).
@@ -984,22 +1017,9 @@ func ParseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// Secret is a value that never prints: not in logs, not in %v, not in
-// YAML or JSON.
-type Secret string
-
-const redacted = "<redacted>"
-
-func (s Secret) String() string                { return redacted }
-func (s Secret) GoString() string              { return redacted }
-func (s Secret) LogValue() slog.Value          { return slog.StringValue(redacted) }
-func (s Secret) MarshalText() ([]byte, error)  { return []byte(redacted), nil }
-func (s Secret) Reveal() string                { return string(s) }
-func (s Secret) Format(f fmt.State, verb rune) { fmt.Fprint(f, redacted) }
-func (s Secret) MarshalYAML() (any, error)     { return redacted, nil }
-func (s *Secret) UnmarshalYAML(*yaml.Node) error {
-	return errors.New("a token is never read from the config file; use CONSUL_HTTP_TOKEN or consul.token_file")
-}
+// Secret is a value that never prints (package secret): the Consul token,
+// the etcd password, the targets' secrets.
+type Secret = secret.Secret
 
 // Duration is a time.Duration written with a unit ("10s", "5m"). A bare
 // number is refused: "fail_timeout: 10" would otherwise mean 10ns.

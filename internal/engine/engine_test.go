@@ -163,7 +163,7 @@ func TestEngineConfirmsABigDropOnItsOwn(t *testing.T) {
 	j := newJournal(state(four))
 	src := make(chanSource)
 	const confirm = time.Second // far beyond the few ms handled takes to look
-	e := startEngineGuarded(t, []Source{src}, j, Wait{}, Guards{MinServices: 1, ConfirmAfter: confirm})
+	e := startEngineGuarded(t, []Source{src}, j, Wait{}, Guards{MinServices: 1, MaxDrop: 0.5, MaxTotalDrop: 0.5, ConfirmAfter: confirm})
 	j.wait(t, 1) // the start push
 	sent := time.Now()
 	src <- snap(1, up("web", "10.0.0.1:80"))

@@ -36,8 +36,8 @@ type Guards struct {
 	MinServices int
 	// MaxDrop is the share of an upstream's servers (0-1) that may go in
 	// one step; a bigger drop, or the upstream's removal, is applied only
-	// when the registry still shows it ConfirmAfter later. 0 takes the
-	// default (DefaultMaxDrop); 1 allows any drop.
+	// when the registry still shows it ConfirmAfter later. 0 holds every
+	// drop, 1 allows any (the configuration resolves the default, 0.5).
 	MaxDrop float64
 	// MaxTotalDrop is the same for the number of servers of all upstreams
 	// together: a bigger fall holds every change until confirmed.
@@ -46,12 +46,6 @@ type Guards struct {
 	// applied. 0 confirms at once: the drop guards are off.
 	ConfirmAfter time.Duration
 }
-
-// Defaults of the drop guards.
-const (
-	DefaultMaxDrop      = 0.5
-	DefaultMaxTotalDrop = 0.5
-)
 
 // Guard names, for metrics and status.
 const (
@@ -235,19 +229,12 @@ func (d *dropGuard) confirmed(key string) bool {
 	return false
 }
 
-func (d *dropGuard) maxDrop() float64 {
-	if d.g.MaxDrop <= 0 {
-		return DefaultMaxDrop
-	}
-	return d.g.MaxDrop
-}
-
 // upstreams puts back, in next, every upstream that would lose more than
 // MaxDrop of its servers and has not been confirmed yet.
 func (d *dropGuard) upstreams(prev, next upstream.State) []Hold {
 	var holds []Hold
 	nextByKey := foldIndex(next)
-	maxDrop := d.maxDrop()
+	maxDrop := d.g.MaxDrop
 	for _, name := range prev.Names() {
 		old := prev[name]
 		if !old.HasPrimary() {
@@ -279,9 +266,6 @@ func (d *dropGuard) upstreams(prev, next upstream.State) []Hold {
 // ok is false when it holds every change.
 func (d *dropGuard) total(before, after int) (Hold, bool) {
 	maxTotal := d.g.MaxTotalDrop
-	if maxTotal <= 0 {
-		maxTotal = DefaultMaxTotalDrop
-	}
 	share := dropShare(before, after)
 	if share <= maxTotal || d.confirmed("") {
 		return Hold{}, true

@@ -246,7 +246,7 @@ func TestPlanDropGuards(t *testing.T) {
 		u.Name = name
 		return u
 	}
-	g := Guards{ConfirmAfter: 10 * time.Second}
+	g := Guards{ConfirmAfter: 10 * time.Second, MaxDrop: 0.5, MaxTotalDrop: 0.5}
 	type step struct {
 		at      time.Duration // since the start
 		snap    Snapshot

@@ -85,7 +85,7 @@ func keys(t *testing.T, raw json.RawMessage) []string {
 // "reload" section.
 func TestStatusJSONKeepsItsKeys(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tg, err := dyups.NewTarget("http://127.0.0.1:1", dyups.Options{}, log, dyups.NewMetrics(nil))
+	tg, err := dyups.NewTarget("http://127.0.0.1:1", dyups.DefaultOptions(), log, dyups.NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,8 +27,7 @@ const EtcdTick = 50 * time.Millisecond
 type Etcd struct {
 	bin, dir, dataDir, logPath string
 	clientPort, peerPort       int
-	cmd                        *exec.Cmd
-	exited                     chan struct{}
+	process
 }
 
 // StartEtcd starts a member with its data under t.TempDir(), so that Stop
@@ -61,16 +59,8 @@ func (e *Etcd) Endpoints() []string { return []string{"http://" + e.Addr()} }
 // leader).
 func (e *Etcd) Start(t testing.TB) {
 	t.Helper()
-	if e.cmd != nil {
-		t.Fatal("testenv: etcd already running")
-	}
-	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	client, peer := "http://"+e.Addr(), "http://"+Addr(e.peerPort)
-	e.cmd = exec.Command(e.bin,
+	cmd := exec.Command(e.bin,
 		"--name", "test",
 		"--data-dir", e.dataDir,
 		"--listen-client-urls", client, "--advertise-client-urls", client,
@@ -80,30 +70,8 @@ func (e *Etcd) Start(t testing.TB) {
 		"--election-timeout", fmt.Sprint(5*EtcdTick.Milliseconds()),
 		"--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
 	)
-	e.cmd.Env = etcdEnv() // only the flags above configure it
-	e.cmd.Stdout, e.cmd.Stderr = logf, logf
-	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := e.cmd.Start(); err != nil {
-		e.cmd = nil
-		t.Fatalf("testenv: start etcd: %v", err)
-	}
-	e.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(e.cmd, e.exited)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ready := make(chan error, 1)
-	go func() { ready <- e.waitServing(ctx) }()
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatalf("testenv: etcd not serving: %v; log %s:\n%s", err, e.logPath, tail(e.logPath))
-		}
-	case <-e.exited:
-		cancel()
-		<-ready
-		t.Fatalf("testenv: etcd exited at start; log %s:\n%s", e.logPath, tail(e.logPath))
-	}
+	cmd.Env = etcdEnv() // only the flags above configure it
+	e.start(t, "etcd", cmd, e.logPath, e.waitServing)
 }
 
 // waitServing polls the member's status, each call bounded, until it
@@ -140,15 +108,6 @@ func (e *Etcd) waitServing(ctx context.Context) error {
 func (e *Etcd) Stop(t testing.TB) {
 	t.Helper()
 	e.kill()
-}
-
-func (e *Etcd) kill() {
-	if e.cmd == nil || e.cmd.Process == nil {
-		return
-	}
-	syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
-	<-e.exited
-	e.cmd = nil
 }
 
 // Wipe deletes the stopped member's data, so that the next Start begins a

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // NginxOptions configures StartNginx.
@@ -352,23 +354,17 @@ func (n *Nginx) WorkerPIDs() []int {
 	return pids
 }
 
-// ppid reads a process's parent pid from /proc/PID/stat, 0 if unknown.
+// ppid is a process's parent pid, 0 if unknown.
 func ppid(pid int) int {
-	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0
 	}
-	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
+	st, err := p.Stat()
+	if err != nil {
 		return 0
 	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 2 {
-		return 0
-	}
-	p, _ := strconv.Atoi(f[1])
-	return p
+	return st.PPID
 }
 
 // waitServing waits until the master runs n.workers workers, none of them

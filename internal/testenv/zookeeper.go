@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,8 +26,7 @@ const ZooKeeperTick = 200 * time.Millisecond
 type ZooKeeper struct {
 	java, classpath, dir, cfgPath, logPath string
 	port                                   int
-	cmd                                    *exec.Cmd
-	exited                                 chan struct{}
+	process
 }
 
 // zooKeeperClasspath is Debian's: the server jar names its dependencies in
@@ -78,36 +76,12 @@ func (z *ZooKeeper) Addr() string { return Addr(z.port) }
 // waits, at most 30s, until it serves a read.
 func (z *ZooKeeper) Start(t testing.TB) {
 	t.Helper()
-	logf, err := os.OpenFile(z.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	z.cmd = exec.Command(z.java,
+	cmd := exec.Command(z.java,
 		"-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
 		"-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
 		"-cp", z.classpath,
 		"org.apache.zookeeper.server.quorum.QuorumPeerMain", z.cfgPath)
-	z.cmd.Stdout, z.cmd.Stderr = logf, logf
-	z.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := z.cmd.Start(); err != nil {
-		t.Fatalf("testenv: start zookeeper: %v", err)
-	}
-	z.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(z.cmd, z.exited)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ready := make(chan error, 1)
-	go func() { ready <- z.waitServing(ctx) }()
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatalf("testenv: zookeeper not serving: %v; log %s:\n%s", err, z.logPath, tail(z.logPath))
-		}
-	case <-z.exited:
-		t.Fatalf("testenv: zookeeper exited at start; log %s:\n%s", z.logPath, tail(z.logPath))
-	}
+	z.start(t, "zookeeper", cmd, z.logPath, z.waitServing)
 }
 
 // waitServing waits until the server answers the srvr command as serving
@@ -179,15 +153,6 @@ func (z *ZooKeeper) command(ctx context.Context, cmd string) (string, error) {
 func (z *ZooKeeper) Stop(t testing.TB) {
 	t.Helper()
 	z.kill()
-}
-
-func (z *ZooKeeper) kill() {
-	if z.cmd == nil || z.cmd.Process == nil {
-		return
-	}
-	syscall.Kill(-z.cmd.Process.Pid, syscall.SIGKILL)
-	<-z.exited
-	z.cmd = nil
 }
 
 // Connect opens a client session to the server, as an application would,

@@ -43,11 +43,10 @@ func (u Upstream) writeBlock(b *strings.Builder) {
 
 // FileRenderer renders the same bytes as RenderFile, but keeps each
 // upstream's block from the previous call and renders again only the
-// upstreams that changed: with thousands of servers, rendering every one
-// of them on each single-instance change was most of a change's CPU. It
-// also keeps the names in file order while the set of names stays the
-// same, since sorting a thousand names on every change cost as much as the
-// rest of the render.
+// upstreams that changed, so that a single-instance change costs the
+// rendering of one upstream, not of every server. It also keeps the names
+// in file order while the set of names stays the same, so that a change
+// sorts no names.
 // It is not safe for concurrent use.
 type FileRenderer struct {
 	blocks map[string]renderedBlock

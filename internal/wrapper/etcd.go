@@ -2,11 +2,9 @@ package wrapper
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 )
 
 // Etcd registers the instance as one key under a lease: if the wrapper dies
@@ -42,44 +41,23 @@ type Etcd struct {
 // ChecksLocally implements LocalChecker.
 func (*Etcd) ChecksLocally() {}
 
-// Entry is the key and value the instance is registered under.
+// Entry is the key and value the instance is registered under, encoded
+// by package layout, which the daemon's etcd source decodes.
 func (e *Etcd) Entry(o Options) (key, value string, err error) {
 	if o.Address == "" {
 		return "", "", fmt.Errorf("etcd: %s: an address is required (etcd has no agent to fill one in)", o.ID)
 	}
-	switch e.Layout {
-	case "", "service":
-		prefix := e.Prefix
-		if prefix == "" {
-			prefix = "/services"
+	l, prefix := layout.Service, e.Prefix
+	if e.Layout != "" {
+		if l, err = layout.Parse(e.Layout, layout.Service, layout.Upsync); err != nil {
+			return "", "", fmt.Errorf("etcd: %w", err)
 		}
-		b, err := json.Marshal(struct {
-			Address string            `json:"address"`
-			Port    int               `json:"port"`
-			Tags    []string          `json:"tags,omitempty"`
-			Meta    map[string]string `json:"meta,omitempty"`
-		}{o.Address, o.Port, o.Tags, o.Meta})
-		if err != nil {
-			return "", "", err
-		}
-		return strings.TrimSuffix(prefix, "/") + "/" + o.Service + "/" + o.ID, string(b), nil
-	case "upsync":
-		prefix := e.Prefix
-		if prefix == "" {
-			prefix = "/upstreams"
-		}
-		weight := 1
-		if w, ok := o.Meta["weight"]; ok {
-			n, err := strconv.Atoi(w)
-			if err != nil {
-				return "", "", fmt.Errorf("meta weight %q: %w", w, err)
-			}
-			weight = n
-		}
-		return strings.TrimSuffix(prefix, "/") + "/" + o.Upstream + "/" + addrPort(o.Address, o.Port),
-			fmt.Sprintf(`{"weight":%d,"down":0}`, weight), nil
 	}
-	return "", "", fmt.Errorf("etcd: unknown layout %q (want service or upsync)", e.Layout)
+	if prefix == "" {
+		prefix = l.DefaultRoot()
+	}
+	path, v, err := l.Encode(prefix, o.registration())
+	return path, string(v), err
 }
 
 // Register implements Registrar: a new lease, the key under it, and a

@@ -1,4 +1,4 @@
-// Package register wraps an application so that it joins the registry only
+// Package wrapper wraps an application so that it joins the registry only
 // once it is ready and leaves it before it stops: the order that gives zero
 // failed requests while instances restart.
 //
@@ -17,6 +17,10 @@
 //
 // Without a command it runs as a sidecar: register once the health check
 // answers, deregister and drain on SIGTERM, exit.
+//
+// Command is the command line (swallowkeeper register), Run the wrapping.
+// The etcd and ZooKeeper registrars write their entries through package
+// layout, through which the daemon's sources read them.
 package wrapper
 
 import (
@@ -27,7 +31,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -38,6 +41,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -100,6 +104,13 @@ type Options struct {
 	// the app: set it when the wrapper is PID 1 (a container's init) or
 	// a child subreaper, or orphans of the app stay zombies.
 	Reap bool
+}
+
+// registration is the instance as the registrars of key-value registries
+// (etcd, ZooKeeper) write it, through package layout.
+func (o Options) registration() layout.Registration {
+	return layout.Registration{Service: o.Service, ID: o.ID, Upstream: o.Upstream,
+		Address: o.Address, Port: o.Port, Tags: o.Tags, Meta: o.Meta}
 }
 
 // Registrar is the registry side: Consul's agent API, an etcd key under a
@@ -191,58 +202,18 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 	fwd := make(chan os.Signal, 4)
 	signal.Notify(fwd, forwarded...)
 	defer signal.Stop(fwd)
+	warnAddress(o, log)
 
-	if o.Address != "" {
-		if ip, err := upstream.ParseIP(o.Address); err == nil {
-			if err := (upstream.AddressPolicy{}).Check(ip); err != nil {
-				log.Warn("the daemon refuses this address unless its upstreams.allow_addresses allows it", "reason", err)
-			}
-		}
-	}
-
-	var app *exec.Cmd
-	var exited <-chan int
+	w := &wrapping{o: o, reg: reg, log: log}
 	if len(argv) > 0 {
-		// Before anything touches the registry: a port that is already
-		// taken means another process (an orphaned app, a second
-		// instance) serves there, and the registration under this ID may
-		// be its own.
-		if err := portInUse(o.Port); err != nil {
-			log.Error("refusing to start: something already listens on the app's port; the registry is left untouched", "err", err)
-			return 1
+		if code, ok := w.launch(ctx, argv, stdout, stderr); !ok {
+			return code
 		}
-		if o.Check != "" {
-			pctx, cancel := context.WithTimeout(ctx, max(o.CheckTimeout, time.Second))
-			err := probe(pctx, &http.Client{Timeout: max(o.CheckTimeout, time.Second)}, o.Check)
-			cancel()
-			if err == nil {
-				log.Error("refusing to start: the health check already passes before the app started (another process answers it); the registry is left untouched", "check", o.Check)
-				return 1
-			}
-		}
-		app = exec.Command(argv[0], argv[1:]...)
-		app.Stdin, app.Stdout, app.Stderr = os.Stdin, stdout, stderr
-		var err error
-		if exited, err = startApp(app); err != nil {
-			log.Error("cannot start the app", "cmd", argv[0], "err", err)
-			return 127
-		}
-		log.Info("app started", "pid", app.Process.Pid, "cmd", strings.Join(argv, " "))
-		if o.Reap {
-			rctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			go reapOrphans(rctx, app.Process.Pid, log)
-		}
+		defer w.stopReaping()
 	}
-
-	// The address nginx lists: the given one, or (Consul without one) the
-	// one the registry gave, read back after registering.
-	var addrMu sync.Mutex
-	drainAddr := ""
 	if o.Address != "" {
-		drainAddr = addrPort(o.Address, o.Port)
+		w.drainAddr = layout.JoinHostPort(o.Address, o.Port)
 	}
-	nginxAddr := func() string { addrMu.Lock(); defer addrMu.Unlock(); return drainAddr }
 
 	// Ready, then registered: in the background, so a signal or the app's
 	// death is handled at any moment. It does not inherit ctx: the stop
@@ -254,52 +225,139 @@ func Run(ctx context.Context, o Options, argv []string, reg Registrar, log *slog
 
 	// regMu orders the local health loop's registrations before a stop's
 	// deregistration: once the stop holds it, nothing registers again.
-	var regMu sync.Mutex
 	endReg := func() {
 		cancelReg()
-		regMu.Lock() // held for good: the wrapper is leaving
+		w.regMu.Lock() // held for good: the wrapper is leaving
 	}
-	stop := stopper(o, reg, log, app, exited, endReg, nginxAddr)
+	stop := stopper(o, reg, log, w.app, w.exited, endReg, w.nginxAddr)
 	for {
 		select {
 		case ok := <-registered:
 			registered = nil
-			if app == nil && !ok {
+			if w.app == nil && !ok {
 				return 1
 			}
-			if lc, local := reg.(LocalChecker); ok && local && o.Check != "" {
-				go checkLocally(regCtx, &regMu, o, lc, log)
-			}
-			if ar, can := reg.(AddressResolver); ok && can && o.Address == "" {
-				go func() {
-					if a := resolveAddress(regCtx, o, ar, log); a != "" {
-						addrMu.Lock()
-						drainAddr = a
-						addrMu.Unlock()
-					}
-				}()
+			if ok {
+				w.follow(regCtx)
 			}
 		case sig := <-fwd:
-			if app == nil {
-				log.Info("signal ignored: no app to pass it to", "signal", sig.String())
-				continue
-			}
-			log.Info("passing the signal on to the app's process group", "signal", sig.String())
-			if err := signalGroup(app, sig.(syscall.Signal)); err != nil {
-				log.Warn("passing the signal on failed", "signal", sig.String(), "err", err)
-			}
-		case code := <-exited:
+			w.forward(sig)
+		case code := <-w.exited:
 			// The app died on its own: leave the registry at once.
 			endReg()
 			log.Warn("app exited; deregistering", "code", code)
 			deregister(o, reg, log)
-			endGroup(app, o.StopSignal, min(o.StopTimeout, leftoverGrace), log)
+			endGroup(w.app, o.StopSignal, min(o.StopTimeout, leftoverGrace), log)
 			return code
 		case sig := <-sigs:
 			return stop(sig.String())
 		case <-ctx.Done(): // the caller's stop (its own signal handling)
 			return stop("context ended")
 		}
+	}
+}
+
+// warnAddress warns when the daemon's default address policy refuses the
+// instance's address.
+func warnAddress(o Options, log *slog.Logger) {
+	if o.Address == "" {
+		return
+	}
+	if ip, err := upstream.ParseIP(o.Address); err == nil {
+		if err := (upstream.AddressPolicy{}).Check(ip); err != nil {
+			log.Warn("the daemon refuses this address unless its upstreams.allow_addresses allows it", "reason", err)
+		}
+	}
+}
+
+// wrapping is the state of one Run.
+type wrapping struct {
+	o   Options
+	reg Registrar
+	log *slog.Logger
+
+	app         *exec.Cmd
+	exited      <-chan int // nil without an app
+	stopReaping func()
+	regMu       sync.Mutex // see Run
+	addrMu      sync.Mutex
+	drainAddr   string // the address nginx lists, "" until known
+}
+
+// launch starts the app, unless another process already serves its port
+// or its check; ok is false with the exit code when it did not start.
+func (w *wrapping) launch(ctx context.Context, argv []string, stdout, stderr io.Writer) (code int, ok bool) {
+	o, log := w.o, w.log
+	// Before anything touches the registry: a port that is already
+	// taken means another process (an orphaned app, a second
+	// instance) serves there, and the registration under this ID may
+	// be its own.
+	if err := portInUse(o.Port); err != nil {
+		log.Error("refusing to start: something already listens on the app's port; the registry is left untouched", "err", err)
+		return 1, false
+	}
+	if o.Check != "" {
+		pctx, cancel := context.WithTimeout(ctx, max(o.CheckTimeout, time.Second))
+		err := probe(pctx, &http.Client{Timeout: max(o.CheckTimeout, time.Second)}, o.Check)
+		cancel()
+		if err == nil {
+			log.Error("refusing to start: the health check already passes before the app started (another process answers it); the registry is left untouched", "check", o.Check)
+			return 1, false
+		}
+	}
+	w.app = exec.Command(argv[0], argv[1:]...)
+	w.app.Stdin, w.app.Stdout, w.app.Stderr = os.Stdin, stdout, stderr
+	var err error
+	if w.exited, err = startApp(w.app); err != nil {
+		log.Error("cannot start the app", "cmd", argv[0], "err", err)
+		return 127, false
+	}
+	log.Info("app started", "pid", w.app.Process.Pid, "cmd", strings.Join(argv, " "))
+	w.stopReaping = func() {}
+	if o.Reap {
+		rctx, cancel := context.WithCancel(context.Background())
+		w.stopReaping = cancel
+		go reapOrphans(rctx, w.app.Process.Pid, log)
+	}
+	return 0, true
+}
+
+// nginxAddr is the address nginx lists: the given one, or (Consul without
+// one) the one the registry gave, read back after registering.
+func (w *wrapping) nginxAddr() string {
+	w.addrMu.Lock()
+	defer w.addrMu.Unlock()
+	return w.drainAddr
+}
+
+// follow starts what runs once the instance is registered: the local
+// health loop for a registry without checks, and reading back the address
+// a registry filled in.
+func (w *wrapping) follow(ctx context.Context) {
+	o := w.o
+	if lc, local := w.reg.(LocalChecker); local && o.Check != "" {
+		go checkLocally(ctx, &w.regMu, o, lc, w.log)
+	}
+	if ar, can := w.reg.(AddressResolver); can && o.Address == "" {
+		go func() {
+			if a := resolveAddress(ctx, o, ar, w.log); a != "" {
+				w.addrMu.Lock()
+				w.drainAddr = a
+				w.addrMu.Unlock()
+			}
+		}()
+	}
+}
+
+// forward passes a signal on to the app's process group.
+func (w *wrapping) forward(sig os.Signal) {
+	if w.app == nil {
+		w.log.Info("signal ignored: no app to pass it to", "signal", sig.String())
+		return
+	}
+	w.log.Info("passing the signal on to the app's process group", "signal", sig.String())
+	if err := signalGroup(w.app, sig.(syscall.Signal)); err != nil {
+		w.log.Warn("passing the signal on failed", "signal", sig.String(), "err", err)
 	}
 }
 
@@ -321,7 +379,7 @@ func resolveAddress(ctx context.Context, o Options, reg AddressResolver, log *sl
 				log.Warn("the registry gave the instance an address nginx cannot use", "address", a, "err", perr)
 				return ""
 			}
-			addr := addrPort(ip.String(), o.Port)
+			addr := layout.JoinHostPort(ip.String(), o.Port)
 			log.Info("the registry filled in the instance's address", "address", addr)
 			return addr
 		}
@@ -436,7 +494,7 @@ func ready(ctx context.Context, o Options, reg Registrar, log *slog.Logger) bool
 		if err == nil {
 			addr := "(the registry's choice):" + fmt.Sprint(o.Port)
 			if o.Address != "" {
-				addr = addrPort(o.Address, o.Port)
+				addr = layout.JoinHostPort(o.Address, o.Port)
 			}
 			log.Info("registered", "service", o.Service, "id", o.ID, "address", addr, "upstream", o.Upstream)
 			return true
@@ -466,15 +524,6 @@ func deregister(o Options, reg Registrar, log *slog.Logger) {
 			return
 		}
 	}
-}
-
-// addrPort is the address as nginx lists it: ip:port, [v6]:port.
-func addrPort(address string, port int) string {
-	ip, err := upstream.ParseIP(address)
-	if err != nil {
-		return net.JoinHostPort(address, fmt.Sprint(port))
-	}
-	return netip.AddrPortFrom(ip, uint16(port)).String()
 }
 
 // waitHealthy polls the check until it passes.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 )
 
@@ -115,7 +116,7 @@ func TestDrainWaitsOnErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := newLogRecorder()
-	drain(o, addrPort(o.Address, o.Port), logs.logger())
+	drain(o, layout.JoinHostPort(o.Address, o.Port), logs.logger())
 	if got := d.n.Load(); got != 6 {
 		t.Errorf("drain ended after %d answers, want 6 (the first 200 without the instance); log:\n%s", got, logs)
 	}
@@ -138,7 +139,7 @@ func TestDrainNeverCountsAMissingUpstreamAsDrained(t *testing.T) {
 		t.Fatalf("upstream %q", o.Upstream)
 	}
 	logs := newLogRecorder()
-	took := drain(o, addrPort(o.Address, o.Port), logs.logger())
+	took := drain(o, layout.JoinHostPort(o.Address, o.Port), logs.logger())
 	if took < o.Drain {
 		t.Errorf("drain ended after %v on 404s, want the whole %v; log:\n%s", took, o.Drain, logs)
 	}
@@ -158,7 +159,7 @@ func TestDrainGraceAfterTheInstanceLeft(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	took := drain(o, addrPort(o.Address, o.Port), newLogRecorder().logger())
+	took := drain(o, layout.JoinHostPort(o.Address, o.Port), newLogRecorder().logger())
 	if took < o.DrainGrace || took > o.DrainGrace+time.Second {
 		t.Errorf("drain took %v, want the grace %v after the first answer", took, o.DrainGrace)
 	}
@@ -179,13 +180,13 @@ func TestDrainSendsTheAPISecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := newLogRecorder()
-	if took := drain(o, addrPort(o.Address, o.Port), logs.logger()); took < o.Drain {
+	if took := drain(o, layout.JoinHostPort(o.Address, o.Port), logs.logger()); took < o.Drain {
 		t.Errorf("drain without the secret ended after %v on 403s; log:\n%s", took, logs)
 	}
 	logs.wait(t, "-drain-secret-file", 0)
 	o.DrainSecret = "s3cret"
 	logs = newLogRecorder()
-	drain(o, addrPort(o.Address, o.Port), logs.logger())
+	drain(o, layout.JoinHostPort(o.Address, o.Port), logs.logger())
 	logs.wait(t, "drained: nginx no longer routes", 0)
 	if strings.Contains(logs.String(), "s3cret") {
 		t.Errorf("the log shows the secret:\n%s", logs)
@@ -209,7 +210,7 @@ func TestDrainOverAUnixSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := newLogRecorder()
-	drain(o, addrPort(o.Address, o.Port), logs.logger())
+	drain(o, layout.JoinHostPort(o.Address, o.Port), logs.logger())
 	if d.n.Load() != 2 {
 		t.Errorf("%d polls, want 2 (listed, then gone); log:\n%s", d.n.Load(), logs)
 	}
@@ -301,7 +302,7 @@ func TestRunDrainsOnTheAddressConsulFilledIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := testenv.FreePort(t)
-	nodeAddr = addrPort(node.Node.Address, port)
+	nodeAddr = layout.JoinHostPort(node.Node.Address, port)
 	o := Options{Service: "web", ID: "web-1", Port: port, DrainURL: srv.URL, Drain: 20 * time.Second,
 		StopSignal: syscall.SIGTERM, StopTimeout: 5 * time.Second}
 	if err := o.Validate(); err != nil {

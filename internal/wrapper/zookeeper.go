@@ -2,7 +2,6 @@ package wrapper
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,13 +12,15 @@ import (
 	"github.com/go-zookeeper/zk"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/zkdial"
 )
 
 // ZooKeeper registers the instance as an ephemeral znode in the layout of
 // Apache Curator's service discovery, as Spring Cloud Zookeeper apps do:
 // <root>/<service>/<id> holding Curator's ServiceInstance JSON, with the
-// tags as payload metadata (gray=canary → "gray":"canary"). The znode lives
+// tags as payload metadata (gray=canary → "gray":"canary"); or, with
+// Layout plain, <root>/<upstream>/<ip>:<port> holding its weight. The znode lives
 // as long as the wrapper's session: a wrapper killed with SIGKILL leaves
 // within the session timeout. After a session expiry (ZooKeeper unreachable
 // too long) the znode is created again on the new session.
@@ -34,7 +35,10 @@ import (
 // already exists with world create/delete still lets anyone delete the
 // instance: the wrapper warns about it.
 type ZooKeeper struct {
-	Servers        []string
+	Servers []string
+	// Layout is "curator" (default) or "plain": <root>/<upstream>/<ip>:<port>
+	// holding the weight, as the source's plain layout reads it.
+	Layout         string
 	Root           string // default /services
 	SessionTimeout time.Duration
 	// Auth is "<scheme>:<credentials>", e.g. "digest:user:password"; empty
@@ -81,47 +85,25 @@ func (z *ZooKeeper) log() *slog.Logger {
 // ChecksLocally implements LocalChecker.
 func (*ZooKeeper) ChecksLocally() {}
 
-// Entry is the znode path and data the instance is registered under.
+// Entry is the znode path and data the instance is registered under,
+// encoded by package layout, which the daemon's ZooKeeper source decodes.
 func (z *ZooKeeper) Entry(o Options) (string, []byte, error) {
 	if o.Address == "" {
 		return "", nil, fmt.Errorf("zookeeper: %s: an address is required (ZooKeeper has no agent to fill one in)", o.ID)
 	}
-	root := z.Root
+	l, root := layout.Curator, z.Root
+	if z.Layout != "" {
+		var err error
+		if l, err = layout.Parse(z.Layout, layout.Curator, layout.Plain); err != nil {
+			return "", nil, fmt.Errorf("zookeeper: %w", err)
+		}
+	}
 	if root == "" {
-		root = "/services"
+		root = l.DefaultRoot()
 	}
-	meta := map[string]string{"instance_status": "UP"}
-	for k, v := range o.Meta {
-		meta[k] = v
-	}
-	for _, t := range o.Tags {
-		k, v, _ := strings.Cut(t, "=")
-		meta[k] = v
-	}
-	type payload struct {
-		Class    string            `json:"@class"`
-		ID       string            `json:"id"`
-		Name     string            `json:"name"`
-		Metadata map[string]string `json:"metadata"`
-	}
-	b, err := json.Marshal(struct {
-		Name        string         `json:"name"`
-		ID          string         `json:"id"`
-		Address     string         `json:"address"`
-		Port        int            `json:"port"`
-		SSLPort     *int           `json:"sslPort"`
-		Payload     payload        `json:"payload"`
-		Registered  int64          `json:"registrationTimeUTC"`
-		ServiceType string         `json:"serviceType"`
-		URISpec     map[string]any `json:"uriSpec"`
-		Enabled     bool           `json:"enabled"`
-	}{o.Service, o.ID, o.Address, o.Port, nil,
-		payload{"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance", o.Service, o.Service, meta},
-		time.Now().UnixMilli(), "DYNAMIC", map[string]any{"parts": []any{}}, true})
-	if err != nil {
-		return "", nil, err
-	}
-	return strings.TrimSuffix(root, "/") + "/" + o.Service + "/" + o.ID, b, nil
+	r := o.registration()
+	r.Registered = time.Now()
+	return l.Encode(root, r)
 }
 
 // Register implements Registrar.

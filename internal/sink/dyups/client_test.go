@@ -202,7 +202,7 @@ func newServer(t *testing.T, f *fakeDyups) string {
 }
 
 func newTarget(t *testing.T, f *fakeDyups) *Target {
-	tg, err := NewTarget(newServer(t, f), Options{RetryBase: time.Millisecond, RetryCap: 5 * time.Millisecond, MaxAttempts: 10},
+	tg, err := NewTarget(newServer(t, f), withDefaults(Options{RetryBase: time.Millisecond, RetryCap: 5 * time.Millisecond, MaxAttempts: 10}),
 		slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -400,4 +400,32 @@ func TestSyncPlansCaseOnlyRenames(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withDefaults fills what a test leaves zero from DefaultOptions, as the
+// configuration does for the daemon (NewTarget itself takes no zero value
+// for a default).
+func withDefaults(o Options) Options {
+	d := DefaultOptions()
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&o.Timeout, &d.Timeout}, {&o.RetryBase, &d.RetryBase}, {&o.RetryCap, &d.RetryCap},
+		{&o.DetailBudget, &d.DetailBudget}, {&o.WorkerPoll, &d.WorkerPoll},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	if o.RetryCap < o.RetryBase {
+		o.RetryCap = o.RetryBase
+	}
+	if o.DetailReads == 0 {
+		o.DetailReads = d.DetailReads
+	}
+	if o.DetailMaxReads == 0 {
+		o.DetailMaxReads = 4 * o.DetailReads
+		if o.NginxPID != "" || o.Processes != nil {
+			o.DetailMaxReads = o.DetailReads
+		}
+	}
+	return o
 }

@@ -124,7 +124,7 @@ func TestCaseOnlyRenameFailsNoRequest(t *testing.T) {
 	t.Parallel()
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{})
 	a, b := testenv.StartBackend(t, "A"), testenv.StartBackend(t, "B")
-	tg, err := NewTarget(ngx.APIURL(), Options{MaxAttempts: 5}, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil))
+	tg, err := NewTarget(ngx.APIURL(), withDefaults(Options{MaxAttempts: 5}), slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestWorkerWatchPushesAgainOnLuaNginx(t *testing.T) {
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{})
 	reg := prometheus.NewRegistry()
 	logs := &syncBuffer{}
-	tg, err := NewTarget(ngx.APIURL(), Options{NginxPID: filepath.Join(ngx.Prefix(), "nginx.pid")},
+	tg, err := NewTarget(ngx.APIURL(), withDefaults(Options{NginxPID: filepath.Join(ngx.Prefix(), "nginx.pid")}),
 		slog.New(slog.NewTextHandler(logs, nil)), NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)

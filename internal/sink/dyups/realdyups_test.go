@@ -466,7 +466,7 @@ func newRealTarget(t *testing.T, n *realNginx, opt Options, logTo io.Writer) (*T
 	if logTo == nil {
 		logTo = io.Discard
 	}
-	tg, err := NewTarget(n.apiURL(), opt, slog.New(slog.NewTextHandler(logTo, nil)), NewMetrics(nil))
+	tg, err := NewTarget(n.apiURL(), withDefaults(opt), slog.New(slog.NewTextHandler(logTo, nil)), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}

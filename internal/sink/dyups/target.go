@@ -68,10 +68,11 @@ type Options struct {
 	// DetailBudget, since back-to-back connections mostly land on the same
 	// worker and a stale one hides behind it. It stops at the first answer
 	// that differs from the first (it has then seen two workers, or a
-	// change). 0 means 4 × DetailReads, or DetailReads when the workers
-	// are watched (NginxPID), which finds a replaced worker by itself.
+	// change). DetailReads itself reads no more (the configuration does
+	// that when the workers are watched: NginxPID finds a replaced worker
+	// by itself).
 	DetailMaxReads int
-	DetailBudget   time.Duration // 0 = 1s
+	DetailBudget   time.Duration
 	// NginxPID is nginx's pid file, when nginx runs on this host: Run then
 	// watches the master's workers and pushes every upstream again
 	// WorkerReadyDelay after a worker is gone or a new worker (or master)
@@ -82,11 +83,45 @@ type Options struct {
 	// worker applies a POST made during its start-up wait before it serves
 	// (docs/DYUPS-API.md, "Crashed workers").
 	WorkerReadyDelay time.Duration
-	// WorkerPoll is how often the workers are listed; 0 = 250ms.
+	// WorkerPoll is how often the workers are listed.
 	WorkerPoll time.Duration
 	// Processes, when set, lists nginx's processes instead of NginxPID
 	// and /proc (tests).
 	Processes Processes
+}
+
+// DefaultOptions are the options of a target that nothing configures:
+// the configuration starts from them (config.Config.TargetOptions), and
+// NewTarget takes no zero value for a default.
+func DefaultOptions() Options {
+	return Options{
+		Timeout:        5 * time.Second,
+		RetryBase:      100 * time.Millisecond,
+		RetryCap:       5 * time.Second,
+		DetailReads:    3,
+		DetailMaxReads: 12,
+		DetailBudget:   time.Second,
+		WorkerPoll:     250 * time.Millisecond,
+	}
+}
+
+// check refuses options that were not resolved: every duration and count
+// that has no "off" must be set.
+func (o Options) check() error {
+	for _, f := range []struct {
+		name string
+		ok   bool
+	}{
+		{"Timeout", o.Timeout > 0}, {"RetryBase", o.RetryBase > 0}, {"RetryCap", o.RetryCap >= o.RetryBase},
+		{"DetailReads", o.DetailReads > 0}, {"DetailMaxReads", o.DetailMaxReads >= o.DetailReads},
+		{"DetailBudget", o.DetailBudget > 0}, {"WorkerPoll", o.WorkerPoll > 0},
+		{"WorkerReadyDelay", o.WorkerReadyDelay >= 0}, {"MaxAttempts", o.MaxAttempts >= 0}, {"Resync", o.Resync >= 0},
+	} {
+		if !f.ok {
+			return fmt.Errorf("options: %s not set (start from DefaultOptions)", f.name)
+		}
+	}
+	return nil
 }
 
 // NewTarget returns a target for the dyups interface at rawURL.
@@ -95,33 +130,11 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 	if err != nil {
 		return nil, err
 	}
-	if opt.Timeout <= 0 {
-		opt.Timeout = 5 * time.Second
-	}
-	if opt.RetryBase <= 0 {
-		opt.RetryBase = 100 * time.Millisecond
-	}
-	if opt.RetryCap <= 0 {
-		opt.RetryCap = 5 * time.Second
-	}
-	if opt.DetailReads <= 0 {
-		opt.DetailReads = 3
+	if err := opt.check(); err != nil {
+		return nil, fmt.Errorf("dyups %s: %w", base, err)
 	}
 	if opt.Processes == nil && opt.NginxPID != "" {
 		opt.Processes = NewProcProcesses(opt.NginxPID)
-	}
-	if opt.DetailMaxReads <= 0 {
-		opt.DetailMaxReads = 4 * opt.DetailReads
-		if opt.Processes != nil {
-			opt.DetailMaxReads = opt.DetailReads
-		}
-	}
-	opt.DetailMaxReads = max(opt.DetailMaxReads, opt.DetailReads)
-	if opt.DetailBudget <= 0 {
-		opt.DetailBudget = time.Second
-	}
-	if opt.WorkerPoll <= 0 {
-		opt.WorkerPoll = 250 * time.Millisecond
 	}
 	t := &Target{
 		url:    base.String(),

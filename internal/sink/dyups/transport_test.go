@@ -104,7 +104,7 @@ func TestTargetOverUnixSocket(t *testing.T) {
 	f := &fakeDyups{ups: map[string]string{}}
 	var s seen
 	sock := unixServer(t, s.wrap(f))
-	tg, err := NewTarget("unix://"+sock, Options{MaxAttempts: 2}, discard(), NewMetrics(nil))
+	tg, err := NewTarget("unix://"+sock, withDefaults(Options{MaxAttempts: 2}), discard(), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestTargetOverUnixSocket(t *testing.T) {
 	}
 
 	// Errors name the socket (the dial error) and the request path.
-	dead, err := NewTarget("unix:"+filepath.Join(t.TempDir(), "none.sock"), Options{MaxAttempts: 1}, discard(), NewMetrics(nil))
+	dead, err := NewTarget("unix:"+filepath.Join(t.TempDir(), "none.sock"), withDefaults(Options{MaxAttempts: 1}), discard(), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestSecretOnEveryRequest(t *testing.T) {
 	base := newServerHandler(t, s.wrap(f))
 	var logBuf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	tg, err := NewTarget(base, Options{MaxAttempts: 2}, log, NewMetrics(nil))
+	tg, err := NewTarget(base, withDefaults(Options{MaxAttempts: 2}), log, NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestSecretOnEveryRequest(t *testing.T) {
 
 	// No secret: no header at all.
 	var s2 seen
-	plain, err := NewTarget(newServerHandler(t, s2.wrap(&fakeDyups{ups: map[string]string{}})), Options{MaxAttempts: 2}, discard(), NewMetrics(nil))
+	plain, err := NewTarget(newServerHandler(t, s2.wrap(&fakeDyups{ups: map[string]string{}})), withDefaults(Options{MaxAttempts: 2}), discard(), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func TestAPIErrorCarriesTheLuaReason(t *testing.T) {
 		w.WriteHeader(500)
 		io.WriteString(w, "add server failed")
 	}))
-	tg, err := NewTarget(base, Options{MaxAttempts: 1}, discard(), NewMetrics(nil))
+	tg, err := NewTarget(base, withDefaults(Options{MaxAttempts: 1}), discard(), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestAPIErrorCarriesTheLuaReason(t *testing.T) {
 func TestTargetSyncsLuaNginxOverUnixSocket(t *testing.T) {
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{APISocket: true})
 	b := testenv.StartBackend(t, "b")
-	tg, err := NewTarget(ngx.APIURL(), Options{MaxAttempts: 3, Timeout: 2 * time.Second}, discard(), NewMetrics(nil))
+	tg, err := NewTarget(ngx.APIURL(), withDefaults(Options{MaxAttempts: 3, Timeout: 2 * time.Second}), discard(), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestTargetSecretAgainstLuaNginx(t *testing.T) {
 	var logBuf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opt := Options{MaxAttempts: 2, Timeout: 2 * time.Second, RetryBase: time.Millisecond}
-	without, err := NewTarget(ngx.APIURL(), opt, log, NewMetrics(nil))
+	without, err := NewTarget(ngx.APIURL(), withDefaults(opt), log, NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +302,7 @@ func TestTargetSecretAgainstLuaNginx(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `POST /upstream/web: 403 "forbidden"`) {
 		t.Errorf("sync without the secret: %v, want 403 forbidden", err)
 	}
-	wrong, _ := NewTarget(ngx.APIURL(), opt, log, NewMetrics(nil))
+	wrong, _ := NewTarget(ngx.APIURL(), withDefaults(opt), log, NewMetrics(nil))
 	wrong.UseSecret("not-the-secret")
 	if err := wrong.Sync(context.Background(), upstream.State{"web": web()}); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("sync with a wrong secret: %v, want 403", err)
@@ -311,7 +311,7 @@ func TestTargetSecretAgainstLuaNginx(t *testing.T) {
 		t.Errorf("after the refused syncs nginx lists %d %q, want nothing (204)", code, list)
 	}
 
-	with, _ := NewTarget(ngx.APIURL(), opt, log, NewMetrics(nil))
+	with, _ := NewTarget(ngx.APIURL(), withDefaults(opt), log, NewMetrics(nil))
 	with.UseSecret(secretText)
 	if err := with.Sync(context.Background(), upstream.State{"web": web()}); err != nil {
 		t.Fatalf("sync with the secret: %v", err)
@@ -352,7 +352,7 @@ func apiGetWithSecret(t *testing.T, ngx *testenv.Nginx, secretText, path string)
 // "add server failed"), and what nginx held stays.
 func TestTargetReportsFullSharedDict(t *testing.T) {
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{DictSize: "64k"})
-	tg, err := NewTarget(ngx.APIURL(), Options{MaxAttempts: 1, Timeout: 2 * time.Second}, discard(), NewMetrics(nil))
+	tg, err := NewTarget(ngx.APIURL(), withDefaults(Options{MaxAttempts: 1, Timeout: 2 * time.Second}), discard(), NewMetrics(nil))
 	if err != nil {
 		t.Fatal(err)
 	}

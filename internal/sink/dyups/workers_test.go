@@ -287,7 +287,7 @@ func TestDriftCheckSamplesUntilAnAnswerDiffers(t *testing.T) {
 				opt.Processes = &fakeProcs{}
 			}
 			srv := newServer(t, f)
-			tg, err := NewTarget(srv, opt, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil))
+			tg, err := NewTarget(srv, withDefaults(opt), slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(nil))
 			if err != nil {
 				t.Fatal(err)
 			}

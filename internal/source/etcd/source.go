@@ -33,7 +33,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -44,40 +43,42 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/secret"
 )
 
-// Options configure the source. The zero value takes every default.
+// Options configure the source. Nothing is defaulted here: the
+// configuration resolves every default (config.Config.EtcdOptions), and a
+// zero value means what it says.
 type Options struct {
-	// Layout says how keys and values are read (default Upsync).
+	// Layout says how keys and values are read.
 	Layout Layout
-	// Prefix is where the service directories live (default the layout's:
-	// /upstreams for Upsync, /services for Service). "/" is allowed.
+	// Prefix is where the service directories live, an absolute key path;
+	// "/" is allowed, a trailing slash is dropped.
 	Prefix string
-	// DialTimeout bounds connecting and authenticating (default 5s).
+	// DialTimeout bounds connecting and authenticating.
 	DialTimeout time.Duration
-	// RequestTimeout bounds each read (default 10s).
-	RequestTimeout time.Duration
-	// Resync is the period of a full re-list behind the watch (default
-	// 5m); negative disables it.
+	// Resync is the period of a full re-list behind the watch; 0 disables
+	// it.
 	Resync time.Duration
-	// RetryBase and RetryCap bound the jittered backoff after errors, and
-	// the client's reconnection backoff (default 250ms and 30s).
-	RetryBase, RetryCap time.Duration
 	// Username and Password log in when etcd has authentication enabled;
-	// set both or neither. The password never prints.
-	Username, Password string
-	// CAFile verifies the server's certificate (default the system's
-	// roots when an endpoint is https://); CertFile and KeyFile are the
-	// client certificate, both or neither.
+	// set both or neither.
+	Username string
+	Password secret.Secret
+	// CAFile verifies the server's certificate (the system's roots when
+	// an endpoint is https:// and CAFile is empty); CertFile and KeyFile
+	// are the client certificate, both or neither.
 	CAFile, CertFile, KeyFile string
 }
 
-// Defaults.
+// The source's own timings, not options: each read is bounded by
+// requestTimeout, and the jittered backoff after errors (and the client's
+// reconnection backoff) runs from retryBase to retryCap.
 const (
-	DefaultDialTimeout    = 5 * time.Second
-	DefaultRequestTimeout = 10 * time.Second
-	DefaultResync         = 5 * time.Minute
+	requestTimeout = 10 * time.Second
+	retryBase      = 250 * time.Millisecond
+	retryCap       = 30 * time.Second
 )
 
 // The client pings the server after this long without traffic and gives
@@ -99,61 +100,20 @@ const (
 // pageSize is the number of keys a listing reads per request.
 const pageSize = 1000
 
-func (o Options) withDefaults() Options {
-	if o.Layout == "" {
-		o.Layout = Upsync
-	}
-	if o.Prefix == "" {
-		o.Prefix = o.Layout.DefaultPrefix()
-	}
-	if len(o.Prefix) > 1 {
-		o.Prefix = strings.TrimRight(o.Prefix, "/")
-		if o.Prefix == "" {
-			o.Prefix = "/"
-		}
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = DefaultDialTimeout
-	}
-	if o.RequestTimeout <= 0 {
-		o.RequestTimeout = DefaultRequestTimeout
-	}
-	if o.Resync == 0 {
-		o.Resync = DefaultResync
-	}
-	if o.RetryBase <= 0 {
-		o.RetryBase = 250 * time.Millisecond
-	}
-	if o.RetryCap <= 0 {
-		o.RetryCap = 30 * time.Second
-	}
-	return o
-}
-
-// Validate reports options the source cannot run with, after defaults are
-// applied, so that the configuration can refuse them at start.
+// Validate reports options the source cannot run with, so that the
+// configuration can refuse them at start.
 func (o Options) Validate() error {
-	o = o.withDefaults()
 	if _, err := ParseLayout(string(o.Layout)); err != nil {
 		return err
 	}
-	if !strings.HasPrefix(o.Prefix, "/") {
-		return fmt.Errorf("etcd: prefix %q: want an absolute key path, /name[/name...]", o.Prefix)
+	if err := layout.CheckRoot(layout.CleanRoot(o.Prefix), "key"); err != nil {
+		return fmt.Errorf("etcd: prefix %q: %w", o.Prefix, err)
 	}
-	if !utf8.ValidString(o.Prefix) {
-		return fmt.Errorf("etcd: prefix %q: not valid UTF-8", o.Prefix)
+	if o.DialTimeout <= 0 {
+		return fmt.Errorf("etcd: dial timeout %v: want a positive duration", o.DialTimeout)
 	}
-	for _, c := range o.Prefix {
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("etcd: prefix %q: control character", o.Prefix)
-		}
-	}
-	if o.Prefix != "/" {
-		for _, part := range strings.Split(o.Prefix[1:], "/") {
-			if part == "" || part == "." || part == ".." {
-				return fmt.Errorf("etcd: prefix %q: empty, \".\" or \"..\" path element", o.Prefix)
-			}
-		}
+	if o.Resync < 0 {
+		return fmt.Errorf("etcd: resync %v: want 0 (off) or a positive period", o.Resync)
 	}
 	if (o.Username == "") != (o.Password == "") {
 		return errors.New("etcd: set both username and password, or neither")
@@ -166,27 +126,8 @@ func (o Options) Validate() error {
 
 // dir is the prefix with its trailing slash: every key read lies under it.
 func (o Options) dir() string {
-	if o.Prefix == "/" {
-		return "/"
-	}
-	return o.Prefix + "/"
+	return layout.Join(layout.CleanRoot(o.Prefix))
 }
-
-// String prints the options without the password.
-func (o Options) String() string {
-	pw := ""
-	if o.Password != "" {
-		pw = "[redacted]"
-	}
-	return fmt.Sprintf("{Layout:%s Prefix:%q DialTimeout:%v RequestTimeout:%v Resync:%v RetryBase:%v RetryCap:%v Username:%q Password:%s CAFile:%q CertFile:%q KeyFile:%q}",
-		o.Layout, o.Prefix, o.DialTimeout, o.RequestTimeout, o.Resync, o.RetryBase, o.RetryCap, o.Username, pw, o.CAFile, o.CertFile, o.KeyFile)
-}
-
-// GoString is String, so that %#v does not print the password either.
-func (o Options) GoString() string { return o.String() }
-
-// LogValue logs the options without the password.
-func (o Options) LogValue() slog.Value { return slog.StringValue(o.String()) }
 
 // tlsConfig reads the certificate files; nil when none is set.
 func (o Options) tlsConfig() (*tls.Config, error) {
@@ -222,8 +163,11 @@ type Source struct {
 	rules     registry.Rules
 	log       *slog.Logger
 	m         *metrics
-	pageSize  int // keys per listing request; tests make it small
 	reach     engine.Reachability
+	// Timings and the page size, which tests make small.
+	requestTimeout      time.Duration
+	retryBase, retryCap time.Duration
+	pageSize            int
 }
 
 // Health implements engine.HealthReporter.
@@ -235,13 +179,17 @@ var _ engine.Source = (*Source)(nil)
 // "http://host:port" or "https://host:port"). reg may be nil when no
 // metrics are wanted.
 func New(endpoints []string, opt Options, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) *Source {
+	opt.Prefix = layout.CleanRoot(opt.Prefix)
 	return &Source{
-		endpoints: slices.Clone(endpoints),
-		opt:       opt.withDefaults(),
-		rules:     rules,
-		log:       log.With("source", "etcd"),
-		m:         newMetrics(reg),
-		pageSize:  pageSize,
+		endpoints:      slices.Clone(endpoints),
+		opt:            opt,
+		rules:          rules,
+		log:            log.With("source", "etcd"),
+		m:              newMetrics(reg),
+		requestTimeout: requestTimeout,
+		retryBase:      retryBase,
+		retryCap:       retryCap,
+		pageSize:       pageSize,
 	}
 }
 
@@ -261,11 +209,17 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		return
 	}
 	f := &follower{
-		s:       s,
-		cli:     cli,
-		dir:     s.opt.dir(),
-		invalid: map[string]bool{},
-		conn:    &connState{wake: make(chan struct{}, 1)},
+		s:    s,
+		cli:  cli,
+		dir:  s.opt.dir(),
+		conn: &connState{wake: make(chan struct{}, 1)},
+		pub: layout.Publisher{
+			Report: func(d registry.Dropped) {
+				s.m.dropped.Inc()
+				s.log.Warn("invalid key dropped", "key", d.Instance, "reason", d.Reason)
+			},
+			Sent: s.m.snapshots.Inc,
+		},
 	}
 	mctx, stopMonitor := context.WithCancel(ctx)
 	var monitor sync.WaitGroup
@@ -284,7 +238,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 // unless it must log in; it fails on unreadable certificates too, which
 // may appear later, so every failure is retried.
 func (s *Source) connect(ctx context.Context) *clientv3.Client {
-	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+	b := backoff.New(s.retryBase, s.retryCap)
 	for {
 		cli, err := s.newClient(ctx)
 		if err == nil {
@@ -310,13 +264,13 @@ func (s *Source) newClient(ctx context.Context) (*clientv3.Client, error) {
 		DialKeepAliveTime:    keepAliveTime,
 		DialKeepAliveTimeout: keepAliveTimeout,
 		Username:             s.opt.Username,
-		Password:             s.opt.Password,
+		Password:             s.opt.Password.Reveal(),
 		TLS:                  tlsCfg,
 		Context:              ctx,
 		Logger:               zap.NewNop(), // the source logs what matters
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: grpcbackoff.Config{
-				BaseDelay: s.opt.RetryBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: s.opt.RetryCap,
+				BaseDelay: s.retryBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: s.retryCap,
 			},
 			MinConnectTimeout: s.opt.DialTimeout,
 		})},
@@ -378,16 +332,14 @@ type follower struct {
 	drops    uint64 // connection losses seen
 	lost     bool   // lost since it was last up: the next up is a reconnect
 
-	invalid map[string]bool // "key\x00reason" already logged
-	sent    bool
-	last    engine.Snapshot
+	pub layout.Publisher
 }
 
 func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
 	s := f.s
 	var (
 		need    = "start" // why a listing is due; "" when none is
-		retry   = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		retry   = backoff.New(s.retryBase, s.retryCap)
 		retryC  <-chan time.Time
 		resyncC <-chan time.Time
 	)
@@ -500,7 +452,7 @@ func (f *follower) list(ctx context.Context) error {
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev)) // later pages read the first page's revision
 		}
-		rctx, cancel := context.WithTimeout(ctx, s.opt.RequestTimeout)
+		rctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
 		resp, err := f.cli.Get(rctx, key, opts...)
 		cancel()
 		if err != nil {
@@ -677,7 +629,7 @@ func (f *follower) onConn(ctx context.Context, check bool) (reason string, up bo
 		return "", true
 	}
 	s.log.Info("connection to etcd back; the watch resumes", "revision", f.rev)
-	rctx, cancel := context.WithTimeout(ctx, s.opt.RequestTimeout)
+	rctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
 	defer cancel()
 	resp, err := f.cli.Get(rctx, f.dir, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
@@ -695,49 +647,16 @@ func (f *follower) onConn(ctx context.Context, check bool) (reason string, up bo
 	return "", true
 }
 
-// send builds the snapshot and sends it if it differs from the last one
-// sent. It reports false when ctx ended.
+// send builds the snapshot from the copy and sends it if it differs from
+// the last one sent, logging and counting each newly invalid key once. It
+// reports false when ctx ended.
 func (f *follower) send(ctx context.Context, out chan<- engine.Snapshot) bool {
-	snap, changed := f.snapshot()
-	if !changed {
-		return true
-	}
-	select {
-	case out <- snap:
-		f.sent, f.last = true, snap
-		f.s.m.snapshots.Inc()
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// snapshot builds the complete state from the copy, logging and counting
-// each newly invalid key once, and reports whether it differs from the
-// last one sent.
-func (f *follower) snapshot() (engine.Snapshot, bool) {
-	s := f.s
 	list := make([]KV, 0, len(f.kvs))
 	for _, k := range slices.Sorted(maps.Keys(f.kvs)) {
 		list = append(list, KV{Key: k, Value: f.kvs[k]})
 	}
-	snap, invalid := s.opt.Layout.Snapshot(f.dir, list, s.rules)
-	now := make(map[string]bool, len(invalid))
-	for _, iv := range invalid {
-		k := iv.Key + "\x00" + iv.Reason
-		now[k] = true
-		if !f.invalid[k] {
-			s.m.dropped.Inc()
-			s.log.Warn("invalid key dropped", "key", iv.Key, "reason", iv.Reason)
-		}
-	}
-	f.invalid = now
-	for _, iv := range invalid {
-		snap.Dropped = append(snap.Dropped, registry.Dropped{Instance: iv.Key, Reason: iv.Reason})
-	}
-	changed := !f.sent || snap.Services != f.last.Services || !snap.Upstreams.Equal(f.last.Upstreams) ||
-		!slices.Equal(snap.Dropped, f.last.Dropped)
-	return snap, changed
+	snap, _ := f.s.opt.Layout.Snapshot(f.dir, list, f.s.rules)
+	return f.pub.Publish(ctx, out, snap)
 }
 
 func boolf(b bool) float64 {

@@ -3,17 +3,14 @@ package etcd
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
@@ -21,26 +18,19 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-func testLogger() *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+// newSource builds a source with short timings; opt says the rest, no
+// periodic resync unless it asks for one, so that every test proves the
+// watch itself.
+func newSource(endpoints []string, opt Options, reg prometheus.Registerer) *Source {
+	src := New(endpoints, opt, rules, testenv.Logger(), reg)
+	src.retryBase, src.retryCap = 50*time.Millisecond, 500*time.Millisecond
+	src.requestTimeout = 2 * time.Second
+	return src
 }
 
-// newSource builds a source with short timeouts and no periodic resync
-// unless opt asks for one, so that every test proves the watch itself.
-func newSource(endpoints []string, opt Options, reg prometheus.Registerer) *Source {
-	if opt.Resync == 0 {
-		opt.Resync = -1
-	}
-	opt.RetryBase, opt.RetryCap = 50*time.Millisecond, 500*time.Millisecond
-	opt.DialTimeout = 2 * time.Second
-	if opt.RequestTimeout == 0 {
-		opt.RequestTimeout = 2 * time.Second
-	}
-	return New(endpoints, opt, rules, testLogger(), reg)
-}
+// upsyncOptions are the options of most tests: nginx-upsync's tree under
+// /upstreams, a 2s dial timeout.
+var upsyncOptions = Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second}
 
 func run(t *testing.T, src *Source) <-chan engine.Snapshot {
 	t.Helper()
@@ -52,27 +42,14 @@ func startSource(t *testing.T, endpoints []string, opt Options, reg prometheus.R
 	return run(t, newSource(endpoints, opt, reg))
 }
 
-// waitFor reads snapshots until cond holds for one, or fails after 10s.
-func waitFor(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
-	t.Helper()
-	return testenv.WaitSnapshot(t, snaps, what, cond)
-}
-
-// next returns the next snapshot, failing after 10s.
-func next(t *testing.T, snaps <-chan engine.Snapshot, what string) engine.Snapshot {
-	t.Helper()
-	return waitFor(t, snaps, what, func(engine.Snapshot) bool { return true })
-}
-
-// quiet fails if a snapshot arrives within d.
-func quiet(t *testing.T, snaps <-chan engine.Snapshot, d time.Duration, why string) {
-	t.Helper()
-	testenv.NoSnapshot(t, snaps, d, why)
-}
-
-func describe(s engine.Snapshot) string { return testenv.DescribeSnapshot(s) }
-
-var hasServers = testenv.HasServers
+var (
+	waitFor    = testenv.WaitSnapshot
+	next       = testenv.NextSnapshot
+	quiet      = testenv.NoSnapshot
+	describe   = testenv.DescribeSnapshot
+	hasServers = testenv.HasServers
+	metric     = testenv.Metric
+)
 
 func all(conds ...func(engine.Snapshot) bool) func(engine.Snapshot) bool {
 	return func(s engine.Snapshot) bool {
@@ -83,36 +60,6 @@ func all(conds ...func(engine.Snapshot) bool) func(engine.Snapshot) bool {
 		}
 		return true
 	}
-}
-
-// metric sums the series of a metric family in reg whose labels include
-// every given name=value pair.
-func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, l := range m.GetLabel() {
-					found = found || l.GetName() == labels[i] && l.GetValue() == labels[i+1]
-				}
-				if !found {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }
 
 // eventually polls cond for up to 10s.
@@ -136,19 +83,7 @@ func newApp(t *testing.T, e *testenv.Etcd) *app { return &app{t, e.Client(t)} }
 
 func (a *app) do(what string, f func(context.Context) error) {
 	a.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := f(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			a.t.Fatalf("app: %s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Retry(a.t, what, f)
 }
 
 func (a *app) put(key, value string, opts ...clientv3.OpOption) {
@@ -194,7 +129,7 @@ func TestSourceFollowsUpsyncTree(t *testing.T) {
 	a.put("/upstreams", "")
 	a.put("/other/test/127.0.0.1:9998", "")
 	reg := prometheus.NewRegistry()
-	src := newSource(e.Endpoints(), Options{}, reg)
+	src := newSource(e.Endpoints(), upsyncOptions, reg)
 	src.pageSize = 2
 	snaps := run(t, src)
 
@@ -299,7 +234,7 @@ func TestSourceFollowsServiceRegistrations(t *testing.T) {
 	a.put("/services/api/y", svc("127.0.0.1", 9101, `,"healthy":false`))
 	a.put("/services/web/a", svc("127.0.0.1", 9001, `,"meta":{"weight":"4"}`))
 
-	snaps := startSource(t, e.Endpoints(), Options{Layout: Service}, nil)
+	snaps := startSource(t, e.Endpoints(), Options{Layout: Service, Prefix: "/services", DialTimeout: 2 * time.Second}, nil)
 	s := waitFor(t, snaps, "api/x and web/a are found", all(hasServers("api", "127.0.0.1:9100"), hasServers("web", "127.0.0.1:9001")))
 	if w := s.Upstreams["web"].Servers[0].Weight; w != 4 {
 		t.Errorf("weight meta not applied: %d", w)
@@ -368,7 +303,7 @@ func TestSourceDropsHostileValues(t *testing.T) {
 	for k, v := range hostile {
 		a.put(k, v)
 	}
-	snaps := startSource(t, e.Endpoints(), Options{}, reg)
+	snaps := startSource(t, e.Endpoints(), upsyncOptions, reg)
 	want := float64(len(hostile))
 	s := waitFor(t, snaps, "the good instance flows", hasServers("web", "127.0.0.1:9001"))
 	if got := metric(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want {
@@ -414,7 +349,7 @@ func TestSourceRelistsAfterCompaction(t *testing.T) {
 	a.put("/upstreams/web/127.0.0.1:9001", "")
 	a.put("/upstreams/web/127.0.0.1:9002", "")
 	a.put("/upstreams/api/127.0.0.1:9100", "")
-	snaps := startSource(t, []string{"http://" + p.Addr()}, Options{}, reg)
+	snaps := startSource(t, []string{"http://" + p.Addr()}, upsyncOptions, reg)
 	waitFor(t, snaps, "the tree is found", all(hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"), hasServers("api", "127.0.0.1:9100")))
 	eventually(t, "watch_up is 1", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 
@@ -459,7 +394,7 @@ func TestSourceSurvivesEtcdRestart(t *testing.T) {
 	a := newApp(t, e)
 	reg := prometheus.NewRegistry()
 	a.put("/upstreams/web/127.0.0.1:9001", "")
-	snaps := startSource(t, e.Endpoints(), Options{}, reg)
+	snaps := startSource(t, e.Endpoints(), upsyncOptions, reg)
 	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 	eventually(t, "watch_up is 1", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 
@@ -492,7 +427,7 @@ func TestSourceFollowsARebuiltCluster(t *testing.T) {
 	for i := range 30 {
 		a.put("/upstreams/web/127.0.0.1:9001", fmt.Sprintf(`{"weight":%d}`, i+1))
 	}
-	snaps := startSource(t, e.Endpoints(), Options{}, reg)
+	snaps := startSource(t, e.Endpoints(), upsyncOptions, reg)
 	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 
 	e.Stop(t)
@@ -517,7 +452,7 @@ func TestSourceResyncSendsOnlyChanges(t *testing.T) {
 	a := newApp(t, e)
 	reg := prometheus.NewRegistry()
 	a.put("/upstreams/web/127.0.0.1:9001", "")
-	snaps := startSource(t, e.Endpoints(), Options{Resync: 150 * time.Millisecond}, reg)
+	snaps := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Resync: 150 * time.Millisecond}, reg)
 	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 	quiet(t, snaps, time.Second, "nothing changed across several resyncs")
 	if n := metric(t, reg, "swallowkeeper_etcd_relists_total", "reason", "resync"); n < 3 {
@@ -556,11 +491,11 @@ func TestSourceLogsIn(t *testing.T) {
 		return nil
 	})
 
-	snaps := startSource(t, e.Endpoints(), Options{Username: "swallowkeeper", Password: "s3cret"}, nil)
+	snaps := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "s3cret"}, nil)
 	waitFor(t, snaps, "web is read with the reader's credentials", hasServers("web", "127.0.0.1:9001"))
 
 	reg := prometheus.NewRegistry()
-	bad := startSource(t, e.Endpoints(), Options{Username: "swallowkeeper", Password: "wrong"}, reg)
+	bad := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "wrong"}, reg)
 	quiet(t, bad, time.Second, "the password is wrong")
 	if n := metric(t, reg, "swallowkeeper_etcd_errors_total", "op", "connect"); n < 1 {
 		t.Errorf("connect errors %v, want at least 1", n)
@@ -571,55 +506,38 @@ func TestSourceLogsIn(t *testing.T) {
 // returns promptly when its context ends and leaves no goroutine behind
 // (the client's included).
 func TestSourceSendsNothingWithoutEtcd(t *testing.T) {
-	before := runtime.NumGoroutine()
 	reg := prometheus.NewRegistry()
-	src := newSource([]string{testenv.Addr(testenv.FreePort(t))}, Options{RequestTimeout: 300 * time.Millisecond}, reg)
-	ctx, cancel := context.WithCancel(context.Background())
-	snaps := make(chan engine.Snapshot, 1)
-	done := make(chan struct{})
-	go func() { src.Run(ctx, snaps); close(done) }()
-	quiet(t, snaps, 1500*time.Millisecond, "nothing listens")
-	if n := metric(t, reg, "swallowkeeper_etcd_errors_total", "op", "list"); n < 1 {
-		t.Errorf("list errors %v, want at least 1", n)
-	}
-	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
-		t.Errorf("watch_up = %v without etcd", up)
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		t.Fatal("Run did not return within 3s after its context ended")
-	}
-	deadline := time.Now().Add(3 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+	src := newSource([]string{testenv.Addr(testenv.FreePort(t))}, upsyncOptions, reg)
+	src.requestTimeout = 300 * time.Millisecond
+	testenv.SourceSendsNothing(t, src, 1500*time.Millisecond, func() {
+		if n := metric(t, reg, "swallowkeeper_etcd_errors_total", "op", "list"); n < 1 {
+			t.Errorf("list errors %v, want at least 1", n)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
+			t.Errorf("watch_up = %v without etcd", up)
+		}
+	})
 }
 
 // Options the source cannot run with are refused at start, with a message
-// that names the problem; Run with them sends nothing.
+// that names the problem; Run with them sends nothing. Nothing is
+// defaulted here (config.EtcdOptions resolves the defaults): the zero
+// Options are refused.
 func TestOptions(t *testing.T) {
-	o := Options{}.withDefaults()
-	if o.Layout != Upsync || o.Prefix != "/upstreams" || o.DialTimeout != 5*time.Second || o.RequestTimeout != 10*time.Second ||
-		o.Resync != 5*time.Minute || o.RetryBase != 250*time.Millisecond || o.RetryCap != 30*time.Second {
-		t.Errorf("defaults %v", o)
+	src := New(nil, Options{Layout: Service, Prefix: "/a/b/", DialTimeout: time.Second}, rules, testenv.Logger(), nil)
+	if src.opt.Prefix != "/a/b" || src.opt.dir() != "/a/b/" || src.opt.Resync != 0 || src.requestTimeout != 10*time.Second ||
+		src.retryBase != 250*time.Millisecond || src.retryCap != 30*time.Second {
+		t.Errorf("prefix %q (dir %q), resync %v (want 0: off), request timeout %v, retry %v to %v", src.opt.Prefix, src.opt.dir(), src.opt.Resync, src.requestTimeout, src.retryBase, src.retryCap)
 	}
-	if got := (Options{Layout: Service}).withDefaults().Prefix; got != "/services" {
-		t.Errorf("service layout's default prefix %q", got)
-	}
-	if got := (Options{Prefix: "/a/b/"}).withDefaults().dir(); got != "/a/b/" {
-		t.Errorf("dir of /a/b/ = %q", got)
-	}
-	if got := (Options{Prefix: "/"}).withDefaults().dir(); got != "/" {
+	if got := (Options{Prefix: "/"}).dir(); got != "/" {
 		t.Errorf("dir of / = %q", got)
 	}
-	for _, p := range []string{"/", "/upstreams", "/v2/keys/upstreams", "/a/b-c/d.e"} {
-		if err := (Options{Prefix: p}).Validate(); err != nil {
+	if Upsync.DefaultPrefix() != "/upstreams" || Service.DefaultPrefix() != "/services" {
+		t.Errorf("default prefixes %q, %q", Upsync.DefaultPrefix(), Service.DefaultPrefix())
+	}
+	with := func(f func(*Options)) Options { o := upsyncOptions; f(&o); return o }
+	for _, p := range []string{"/", "/upstreams", "/v2/keys/upstreams", "/a/b-c/d.e", "/a/b/"} {
+		if err := with(func(o *Options) { o.Prefix = p }).Validate(); err != nil {
 			t.Errorf("prefix %q: %v", p, err)
 		}
 	}
@@ -627,15 +545,19 @@ func TestOptions(t *testing.T) {
 		opt Options
 		err string
 	}{
-		{Options{Layout: "curator"}, `unknown layout "curator"`},
-		{Options{Prefix: "upstreams"}, "want an absolute key path"},
-		{Options{Prefix: "/a//b"}, `empty, "." or ".." path element`},
-		{Options{Prefix: "/a/../b"}, `empty, "." or ".." path element`},
-		{Options{Prefix: "/a\nb"}, "control character"},
-		{Options{Prefix: "/a\xffb"}, "not valid UTF-8"},
-		{Options{Username: "u"}, "both username and password"},
-		{Options{Password: "p"}, "both username and password"},
-		{Options{CertFile: "c.pem"}, "both cert_file and key_file"},
+		{Options{}, `unknown layout ""`},
+		{with(func(o *Options) { o.Layout = "curator" }), `unknown layout "curator"`},
+		{with(func(o *Options) { o.Prefix = "" }), "want an absolute key path"},
+		{with(func(o *Options) { o.Prefix = "upstreams" }), "want an absolute key path"},
+		{with(func(o *Options) { o.Prefix = "/a//b" }), `empty, "." or ".." path element`},
+		{with(func(o *Options) { o.Prefix = "/a/../b" }), `empty, "." or ".." path element`},
+		{with(func(o *Options) { o.Prefix = "/a\nb" }), "control character"},
+		{with(func(o *Options) { o.Prefix = "/a\xffb" }), "not valid UTF-8"},
+		{with(func(o *Options) { o.DialTimeout = 0 }), "dial timeout 0s"},
+		{with(func(o *Options) { o.Resync = -time.Second }), "resync -1s"},
+		{with(func(o *Options) { o.Username = "u" }), "both username and password"},
+		{with(func(o *Options) { o.Password = "p" }), "both username and password"},
+		{with(func(o *Options) { o.CertFile = "c.pem" }), "both cert_file and key_file"},
 	}
 	for _, b := range bad {
 		err := b.opt.Validate()
@@ -652,16 +574,16 @@ func TestOptions(t *testing.T) {
 		t.Errorf("a CA file without a certificate: %v", err)
 	}
 
-	withPassword := Options{Username: "u", Password: "hunter2"}
+	withPassword := with(func(o *Options) { o.Username, o.Password = "u", "hunter2" })
 	var logged strings.Builder
 	slog.New(slog.NewTextHandler(&logged, nil)).Info("x", "opt", withPassword)
 	for _, printed := range []string{fmt.Sprint(withPassword), fmt.Sprintf("%+v", withPassword), fmt.Sprintf("%#v", withPassword), logged.String()} {
-		if strings.Contains(printed, "hunter2") || !strings.Contains(printed, "[redacted]") {
+		if strings.Contains(printed, "hunter2") || !strings.Contains(printed, "<redacted>") {
 			t.Errorf("the password prints: %s", printed)
 		}
 	}
 
-	src := New([]string{"127.0.0.1:1"}, Options{Prefix: "relative"}, rules, testLogger(), nil)
+	src = New([]string{"127.0.0.1:1"}, with(func(o *Options) { o.Prefix = "relative" }), rules, testenv.Logger(), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	out := make(chan engine.Snapshot, 1)
@@ -673,23 +595,8 @@ func TestOptions(t *testing.T) {
 
 func TestSourceMetricNames(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	New([]string{"127.0.0.1:1"}, Options{}, rules, testLogger(), reg)
-	problems, err := testutil.GatherAndLint(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("metric %s: %s", p.Metric, p.Text)
-	}
-	mfs, _ := reg.Gather()
-	if len(mfs) != 7 {
-		t.Errorf("%d metric families, want 7", len(mfs))
-	}
-	for _, mf := range mfs {
-		if !strings.HasPrefix(mf.GetName(), "swallowkeeper_etcd_") {
-			t.Errorf("metric %s lacks the swallowkeeper_etcd_ prefix", mf.GetName())
-		}
-	}
+	New([]string{"127.0.0.1:1"}, upsyncOptions, rules, testenv.Logger(), reg)
+	testenv.CheckMetricNames(t, reg, "swallowkeeper_etcd_", 7)
 }
 
 // The address policy through a real etcd (issue 14): with the default
@@ -698,22 +605,15 @@ func TestSourceMetricNames(t *testing.T) {
 func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	a := newApp(t, e)
-	hostile := []string{"127.0.0.1:8081", "[::1]:8081", "169.254.169.254:80", "[fe80::1]:80", "224.0.0.1:80", "255.255.255.255:80"}
-	for _, k := range hostile {
+	for _, k := range testenv.RefusedAddresses {
 		a.put("/upstreams/web/"+k, "")
 	}
 	a.put("/upstreams/web/10.1.2.3:8080", "")
 	r := rules
 	r.Addresses = upstream.AddressPolicy{}
-	opt := Options{Resync: -1, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond, DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second}
-	snaps := run(t, New(e.Endpoints(), opt, r, testLogger(), nil))
+	src := newSource(e.Endpoints(), upsyncOptions, nil)
+	src.rules = r
+	snaps := run(t, src)
 	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))
-	if len(s.Dropped) != len(hostile) {
-		t.Fatalf("dropped %v, want the %d hostile keys", s.Dropped, len(hostile))
-	}
-	for _, d := range s.Dropped {
-		if !strings.Contains(d.Reason, "refused by default; upstreams.allow_addresses can allow it") {
-			t.Errorf("reason: %v", d)
-		}
-	}
+	testenv.CheckRefusedByDefault(t, s)
 }

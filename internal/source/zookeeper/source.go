@@ -35,82 +35,52 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/zkdial"
 )
 
-// Options configure the source. The zero value takes every default.
+// Options configure the source. Nothing is defaulted here: the
+// configuration resolves every default (config.Config.ZooKeeperOptions),
+// and a zero value means what it says.
 type Options struct {
-	// Root is the znode whose children are the service directories
-	// (default /services, where Curator and Spring Cloud Zookeeper
-	// register). "/" is allowed; its "zookeeper" child is skipped.
+	// Root is the znode whose children are the service directories, an
+	// absolute path ("/services" is where Curator and Spring Cloud
+	// Zookeeper register). "/" is allowed; its "zookeeper" child is
+	// skipped. A trailing slash is dropped.
 	Root string
-	// Layout says how instance znodes are read (default Curator).
+	// Layout says how instance znodes are read.
 	Layout Layout
-	// SessionTimeout is the session timeout asked of ZooKeeper (default
-	// 10s); the server clamps it to 2-20 ticks. Losing the connection is
-	// noticed after about two thirds of it.
+	// SessionTimeout is the session timeout asked of ZooKeeper; the server
+	// clamps it to 2-20 ticks. Losing the connection is noticed after
+	// about two thirds of it.
 	SessionTimeout time.Duration
 	// Resync is the period of a full re-read, a safety net behind the
 	// watches; 0 disables it.
 	Resync time.Duration
-	// RetryBase and RetryCap bound the jittered backoff after errors
-	// (default 250ms and 30s).
-	RetryBase, RetryCap time.Duration
 }
 
-// Defaults.
+// The jittered backoff after errors runs from retryBase to retryCap: the
+// source's own timing, not an option.
 const (
-	DefaultRoot           = "/services"
-	DefaultSessionTimeout = 10 * time.Second
+	retryBase = 250 * time.Millisecond
+	retryCap  = 30 * time.Second
 )
 
-func (o Options) withDefaults() Options {
-	if o.Root == "" {
-		o.Root = DefaultRoot
-	}
-	if len(o.Root) > 1 {
-		o.Root = strings.TrimRight(o.Root, "/")
-		if o.Root == "" {
-			o.Root = "/"
-		}
-	}
-	if o.Layout == "" {
-		o.Layout = Curator
-	}
-	if o.SessionTimeout <= 0 {
-		o.SessionTimeout = DefaultSessionTimeout
-	}
-	if o.RetryBase <= 0 {
-		o.RetryBase = 250 * time.Millisecond
-	}
-	if o.RetryCap <= 0 {
-		o.RetryCap = 30 * time.Second
-	}
-	return o
-}
-
-// Validate reports options the source cannot run with, after defaults are
-// applied, so that the configuration can refuse them at start.
+// Validate reports options the source cannot run with, so that the
+// configuration can refuse them at start.
 func (o Options) Validate() error {
-	o = o.withDefaults()
 	if _, err := ParseLayout(string(o.Layout)); err != nil {
 		return err
 	}
-	if !strings.HasPrefix(o.Root, "/") {
-		return fmt.Errorf("zookeeper: root %q: want an absolute znode path", o.Root)
+	if err := layout.CheckRoot(layout.CleanRoot(o.Root), "znode"); err != nil {
+		return fmt.Errorf("zookeeper: root %q: %w", o.Root, err)
 	}
-	if o.Root != "/" {
-		for _, part := range strings.Split(o.Root[1:], "/") {
-			if part == "" || part == "." || part == ".." {
-				return fmt.Errorf("zookeeper: root %q: empty, \".\" or \"..\" path element", o.Root)
-			}
-		}
+	if o.SessionTimeout <= 0 {
+		return fmt.Errorf("zookeeper: session timeout %v: want a positive duration", o.SessionTimeout)
 	}
-	for _, c := range o.Root {
-		if c < 0x20 || c == 0x7f {
-			return fmt.Errorf("zookeeper: root %q: control character", o.Root)
-		}
+	if o.Resync < 0 {
+		return fmt.Errorf("zookeeper: resync %v: want 0 (off) or a positive period", o.Resync)
 	}
 	return nil
 }
@@ -123,6 +93,8 @@ type Source struct {
 	log     *slog.Logger
 	m       *metrics
 	reach   engine.Reachability
+	// retryBase and retryCap bound the backoff; tests make them small.
+	retryBase, retryCap time.Duration
 }
 
 var _ engine.Source = (*Source)(nil)
@@ -133,12 +105,15 @@ func (s *Source) Health() engine.Health { return s.reach.Health() }
 // New returns a source for the ensemble's servers ("host:port"; the port
 // defaults to 2181). reg may be nil when no metrics are wanted.
 func New(servers []string, opt Options, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) *Source {
+	opt.Root = layout.CleanRoot(opt.Root)
 	return &Source{
-		servers: slices.Clone(servers),
-		opt:     opt.withDefaults(),
-		rules:   rules,
-		log:     log.With("source", "zookeeper"),
-		m:       newMetrics(reg),
+		servers:   slices.Clone(servers),
+		opt:       opt,
+		rules:     rules,
+		log:       log.With("source", "zookeeper"),
+		m:         newMetrics(reg),
+		retryBase: retryBase,
+		retryCap:  retryCap,
 	}
 }
 
@@ -168,7 +143,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 
 	t := newTracker(s)
 	var (
-		retry   = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		retry   = backoff.New(s.retryBase, s.retryCap)
 		retryC  <-chan time.Time
 		resyncC <-chan time.Time
 	)
@@ -219,15 +194,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 			// re-reads everything first.
 			continue
 		}
-		snap, changed := t.snapshot()
-		if !changed {
-			continue
-		}
-		select {
-		case out <- snap:
-			t.sent, t.last = true, snap
-			s.m.snapshots.Inc()
-		case <-ctx.Done():
+		if !t.pub.Publish(ctx, out, t.snapshot()) {
 			return
 		}
 	}
@@ -237,7 +204,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 // resolves; the client then connects, reconnects and renews expired
 // sessions by itself, reporting each step to ev.
 func (s *Source) connect(ctx context.Context, ev *events) *zk.Conn {
-	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+	b := backoff.New(s.retryBase, s.retryCap)
 	for {
 		conn, _, err := zk.Connect(s.servers, s.opt.SessionTimeout,
 			zk.WithDialer(zkdial.Bounded(s.opt.SessionTimeout)),
@@ -343,9 +310,7 @@ type tracker struct {
 	dirtyNode map[nodeKey]bool
 	svcErr    map[string]error // directories that cannot be listed
 
-	invalid map[string]bool // "path\x00reason" already logged
-	sent    bool
-	last    engine.Snapshot
+	pub layout.Publisher
 }
 
 func newTracker(s *Source) *tracker {
@@ -358,7 +323,13 @@ func newTracker(s *Source) *tracker {
 		dirtySvc:  map[string]bool{},
 		dirtyNode: map[nodeKey]bool{},
 		svcErr:    map[string]error{},
-		invalid:   map[string]bool{},
+		pub: layout.Publisher{
+			Report: func(d registry.Dropped) {
+				s.m.dropped.Inc()
+				s.log.Warn("invalid znode dropped", "path", d.Instance, "reason", d.Reason)
+			},
+			Sent: s.m.snapshots.Inc,
+		},
 	}
 }
 
@@ -415,7 +386,7 @@ func (t *tracker) onState(st zk.State) bool {
 		t.session = true
 		m.sessionUp.Set(1)
 		t.src.reach.Report("", nil)
-		if t.sent {
+		if t.pub.HasSent() {
 			log.Info("ZooKeeper session up again; re-reading everything before sending")
 		} else {
 			log.Info("ZooKeeper session up")
@@ -623,7 +594,7 @@ func (t *tracker) readNode(conn *zk.Conn, k nodeKey) error {
 	case err != nil:
 		return fmt.Errorf("zookeeper: read %s: %w", path, err)
 	default:
-		nodes[k.node] = Znode{Name: k.node, Data: data}
+		nodes[k.node] = Znode{Name: k.node, Value: data}
 	}
 	delete(t.dirtyNode, k)
 	return nil
@@ -700,43 +671,22 @@ func (t *tracker) exists(conn *zk.Conn, path string) (bool, error) {
 	return ok, nil
 }
 
-// snapshot builds the complete state from the last reads, logging and
-// counting each newly invalid znode once, and reports whether it differs
-// from the last one sent.
-func (t *tracker) snapshot() (engine.Snapshot, bool) {
-	tree := make(map[string][]Znode, len(t.services))
+// snapshot builds the complete state from the last reads; a directory
+// that cannot be listed is reported invalid.
+func (t *tracker) snapshot() engine.Snapshot {
+	tree := layout.Tree{Root: t.root, Dirs: make(map[string][]Znode, len(t.services))}
 	for svc, nodes := range t.services {
 		list := make([]Znode, 0, len(nodes))
 		for _, n := range slices.Sorted(maps.Keys(nodes)) {
 			list = append(list, nodes[n])
 		}
-		tree[svc] = list
+		tree.Dirs[svc] = list
 	}
-	snap, invalid := t.src.opt.Layout.Snapshot(t.root, tree, t.src.rules)
 	for svc, err := range t.svcErr {
-		invalid = append(invalid, Invalid{Join(t.root, svc), "unreadable service directory: " + err.Error()})
+		tree.Invalid = append(tree.Invalid, Invalid{Path: Join(t.root, svc), Reason: "unreadable service directory: " + err.Error()})
 	}
-	now := map[string]bool{}
-	for _, iv := range invalid {
-		key := iv.Path + "\x00" + iv.Reason
-		now[key] = true
-		if !t.invalid[key] {
-			t.logInvalid(iv.Path, iv.Reason)
-		}
-	}
-	t.invalid = now
-	slices.SortFunc(invalid, func(a, b Invalid) int { return strings.Compare(a.Path+a.Reason, b.Path+b.Reason) })
-	for _, iv := range invalid {
-		snap.Dropped = append(snap.Dropped, registry.Dropped{Instance: iv.Path, Reason: iv.Reason})
-	}
-	changed := !t.sent || snap.Services != t.last.Services || !snap.Upstreams.Equal(t.last.Upstreams) ||
-		!slices.Equal(snap.Dropped, t.last.Dropped)
-	return snap, changed
-}
-
-func (t *tracker) logInvalid(path, reason string) {
-	t.src.m.dropped.Inc()
-	t.src.log.Warn("invalid znode dropped", "path", path, "reason", reason)
+	snap, _ := layout.Layout(t.src.opt.Layout).Snapshot(tree, t.src.rules)
+	return snap
 }
 
 // zkLogger sends the client's own messages (connection attempts, retries)

@@ -4,79 +4,41 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
-// startSource runs a Source against servers and returns its snapshots. The
-// source must return within 5s of the end of the test.
+// startSource runs a Source against servers, with short retries, and
+// returns its snapshots. The source must return within 5s of the end of
+// the test.
 func startSource(t *testing.T, servers []string, opt Options, reg prometheus.Registerer) <-chan engine.Snapshot {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	if opt.SessionTimeout == 0 {
-		opt.SessionTimeout = 2 * time.Second
-	}
-	opt.RetryBase, opt.RetryCap = 50*time.Millisecond, 500*time.Millisecond
-	return testenv.RunSource(t, New(servers, opt, rules, log, reg))
+	src := New(servers, opt, rules, testenv.Logger(), reg)
+	src.retryBase, src.retryCap = 50*time.Millisecond, 500*time.Millisecond
+	return testenv.RunSource(t, src)
 }
 
-// waitFor reads snapshots until cond holds for one, or fails after 10s.
-func waitFor(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
-	t.Helper()
-	return testenv.WaitSnapshot(t, snaps, what, cond)
-}
+// curatorOptions are the options of most tests: Spring Cloud Zookeeper's
+// Curator registrations under /services, a 2s session.
+var curatorOptions = Options{Root: "/services", Layout: Curator, SessionTimeout: 2 * time.Second}
 
-// next returns the next snapshot, failing after 10s.
-func next(t *testing.T, snaps <-chan engine.Snapshot, what string) engine.Snapshot {
-	t.Helper()
-	return waitFor(t, snaps, what, func(engine.Snapshot) bool { return true })
-}
-
-// quiet fails if a snapshot arrives within d.
-func quiet(t *testing.T, snaps <-chan engine.Snapshot, d time.Duration, why string) {
-	t.Helper()
-	testenv.NoSnapshot(t, snaps, d, why)
-}
-
-func describe(s engine.Snapshot) string { return testenv.DescribeSnapshot(s) }
-
-var hasServers = testenv.HasServers
-
-// metric sums every series of a metric family in reg.
-func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return sum
-}
+var (
+	waitFor    = testenv.WaitSnapshot
+	next       = testenv.NextSnapshot
+	quiet      = testenv.NoSnapshot
+	describe   = testenv.DescribeSnapshot
+	hasServers = testenv.HasServers
+	metric     = testenv.Metric
+)
 
 // watchesHeld checks that every watch is armed and none twice: ZooKeeper
 // holds data watches on exactly the instance znodes (wchs reports data
@@ -124,17 +86,7 @@ func newApp(t *testing.T, z *testenv.ZooKeeper) *app {
 
 func (a *app) retry(what string, f func() error) {
 	a.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			a.t.Fatalf("app: %s: %v", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.Retry(a.t, what, func(context.Context) error { return f() })
 }
 
 // mkdirs creates path and its parents as persistent znodes.
@@ -194,7 +146,7 @@ func instance(service, id, addr string, port int, metadata string) string {
 // removed.
 func TestSourceFollowsCuratorRegistrations(t *testing.T) {
 	z := testenv.StartZooKeeper(t)
-	snaps := startSource(t, []string{z.Addr()}, Options{}, nil)
+	snaps := startSource(t, []string{z.Addr()}, curatorOptions, nil)
 
 	first := next(t, snaps, "the first snapshot arrives")
 	if first.Services != 0 || len(first.Upstreams) != 0 {
@@ -256,7 +208,7 @@ func TestSourceFollowsPlainRegistrations(t *testing.T) {
 	a := newApp(t, z)
 	a.mkdirs("/upstreams/web")
 	reg := prometheus.NewRegistry()
-	snaps := startSource(t, []string{z.Addr()}, Options{Root: "/upstreams", Layout: Plain}, reg)
+	snaps := startSource(t, []string{z.Addr()}, Options{Root: "/upstreams", Layout: Plain, SessionTimeout: 2 * time.Second}, reg)
 
 	first := next(t, snaps, "the first snapshot arrives")
 	if u, ok := first.Upstreams["web"]; !ok || len(u.Servers) != 0 || first.Services != 1 {
@@ -316,7 +268,7 @@ func TestSourceDropsHostileRegistrations(t *testing.T) {
 	a.registerACL("/services/web/secret", instance("web", "secret", "127.0.0.10", 9012, `{}`), zk.WorldACL(zk.PermAll&^zk.PermRead))
 	a.register("/services/we#b/x", instance("we#b", "x", "127.0.0.11", 9013, `{}`))
 
-	snaps := startSource(t, []string{z.Addr()}, Options{}, reg)
+	snaps := startSource(t, []string{z.Addr()}, curatorOptions, reg)
 	want := float64(len(hostile) + 2)
 	s := waitFor(t, snaps, "the good instance flows", hasServers("web", "127.0.0.1:9001"))
 	if got := metric(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
@@ -351,7 +303,7 @@ func TestSourceSurvivesZooKeeperRestart(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	a := newApp(t, z)
 	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
-	snaps := startSource(t, []string{z.Addr()}, Options{SessionTimeout: 2 * time.Second}, reg)
+	snaps := startSource(t, []string{z.Addr()}, curatorOptions, reg)
 	waitFor(t, snaps, "web/a is found", hasServers("web", "127.0.0.1:9001"))
 	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
 		t.Fatalf("session_up = %v with a session", up)
@@ -386,7 +338,7 @@ func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
 	a := newApp(t, z)
 	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
 	a.register("/services/api/x", instance("api", "x", "127.0.0.1", 9100, `{}`))
-	snaps := startSource(t, []string{p.Addr()}, Options{SessionTimeout: time.Second}, reg)
+	snaps := startSource(t, []string{p.Addr()}, Options{Root: "/services", Layout: Curator, SessionTimeout: time.Second}, reg)
 	waitFor(t, snaps, "web/a and api/x are found", func(s engine.Snapshot) bool {
 		return hasServers("web", "127.0.0.1:9001")(s) && hasServers("api", "127.0.0.1:9100")(s)
 	})
@@ -420,28 +372,10 @@ func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
 // its context ends and leaves no goroutine behind (the zk client's
 // included).
 func TestSourceSendsNothingWithoutZooKeeper(t *testing.T) {
-	before := runtime.NumGoroutine()
 	dead := testenv.Addr(testenv.FreePort(t))
-	src := New([]string{dead}, Options{RetryBase: 50 * time.Millisecond}, rules, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	snaps := make(chan engine.Snapshot, 1)
-	done := make(chan struct{})
-	go func() { src.Run(ctx, snaps); close(done) }()
-	quiet(t, snaps, 1500*time.Millisecond, "nothing listens")
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		t.Fatal("Run did not return within 3s after its context ended")
-	}
-	deadline := time.Now().Add(3 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	src := New([]string{dead}, Options{Root: "/services", Layout: Curator, SessionTimeout: 10 * time.Second}, rules, testenv.Logger(), nil)
+	src.retryBase = 50 * time.Millisecond
+	testenv.SourceSendsNothing(t, src, 1500*time.Millisecond, nil)
 }
 
 // A server that accepts connections and never answers the session
@@ -474,7 +408,7 @@ func TestSourceBoundsTheSessionHandshake(t *testing.T) {
 			c.Close()
 		}
 	})
-	snaps := startSource(t, []string{l.Addr().String()}, Options{SessionTimeout: time.Second}, nil)
+	snaps := startSource(t, []string{l.Addr().String()}, Options{Root: "/services", Layout: Curator, SessionTimeout: time.Second}, nil)
 	var at []time.Time
 	for len(at) < 2 {
 		select {
@@ -492,25 +426,10 @@ func TestSourceBoundsTheSessionHandshake(t *testing.T) {
 
 func TestSourceMetricNames(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s := New([]string{"127.0.0.1:1"}, Options{}, rules, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	s := New([]string{"127.0.0.1:1"}, curatorOptions, rules, testenv.Logger(), reg)
 	s.m.errors.WithLabelValues("children")
 	s.m.reads.WithLabelValues("children")
-	problems, err := testutil.GatherAndLint(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("metric %s: %s", p.Metric, p.Text)
-	}
-	mfs, _ := reg.Gather()
-	if len(mfs) != 8 {
-		t.Errorf("%d metric families, want 8", len(mfs))
-	}
-	for _, mf := range mfs {
-		if !strings.HasPrefix(mf.GetName(), "swallowkeeper_zookeeper_") {
-			t.Errorf("metric %s lacks the swallowkeeper_zookeeper_ prefix", mf.GetName())
-		}
-	}
+	testenv.CheckMetricNames(t, reg, "swallowkeeper_zookeeper_", 8)
 }
 
 // The address policy through a real ZooKeeper (issue 14): with the default
@@ -520,22 +439,15 @@ func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
 	z := testenv.StartZooKeeper(t)
 	a := newApp(t, z)
 	a.mkdirs("/upstreams/web")
-	hostile := []string{"127.0.0.1:8081", "[::1]:8081", "169.254.169.254:80", "[fe80::1]:80", "224.0.0.1:80", "255.255.255.255:80"}
-	for _, k := range hostile {
+	for _, k := range testenv.RefusedAddresses {
 		a.register("/upstreams/web/"+k, "")
 	}
 	a.register("/upstreams/web/10.1.2.3:8080", "")
 	r := rules
 	r.Addresses = upstream.AddressPolicy{}
-	opt := Options{Root: "/upstreams", Layout: Plain, SessionTimeout: 2 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond}
-	snaps := testenv.RunSource(t, New([]string{z.Addr()}, opt, r, slog.New(slog.NewTextHandler(io.Discard, nil)), nil))
+	src := New([]string{z.Addr()}, Options{Root: "/upstreams", Layout: Plain, SessionTimeout: 2 * time.Second}, r, testenv.Logger(), nil)
+	src.retryBase, src.retryCap = 50*time.Millisecond, 500*time.Millisecond
+	snaps := testenv.RunSource(t, src)
 	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))
-	if len(s.Dropped) != len(hostile) {
-		t.Fatalf("dropped %v, want the %d hostile znodes", s.Dropped, len(hostile))
-	}
-	for _, d := range s.Dropped {
-		if !strings.Contains(d.Reason, "refused by default; upstreams.allow_addresses can allow it") {
-			t.Errorf("reason: %v", d)
-		}
-	}
+	testenv.CheckRefusedByDefault(t, s)
 }

@@ -1,0 +1,57 @@
+package config
+
+import (
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
+)
+
+// EtcdOptions are the etcd source's options, every default resolved: an
+// unset prefix is the layout's (/upstreams for upsync, /services for
+// service), the password comes from password_file, and resync 0 is off,
+// as in every source.
+func (cfg *Config) EtcdOptions() (etcd.Options, error) {
+	e := cfg.Etcd
+	layout, err := etcd.ParseLayout(e.Layout)
+	if err != nil {
+		return etcd.Options{}, err
+	}
+	password, err := cfg.ReadPassword()
+	if err != nil {
+		return etcd.Options{}, err
+	}
+	opt := etcd.Options{
+		Layout:      layout,
+		Prefix:      e.Prefix,
+		DialTimeout: time.Duration(e.DialTimeout),
+		Resync:      time.Duration(e.Resync),
+		Username:    e.Username,
+		Password:    password,
+		CAFile:      e.TLS.CAFile,
+		CertFile:    e.TLS.CertFile,
+		KeyFile:     e.TLS.KeyFile,
+	}
+	if opt.Prefix == "" {
+		opt.Prefix = layout.DefaultPrefix()
+	}
+	return opt, opt.Validate()
+}
+
+// ZooKeeperOptions are the ZooKeeper source's options, every default
+// resolved (the root, the layout and the session timeout come from the
+// defaults of the zookeeper section; resync 0 is off).
+func (cfg *Config) ZooKeeperOptions() (zookeeper.Options, error) {
+	z := cfg.ZooKeeper
+	layout, err := zookeeper.ParseLayout(z.Layout)
+	if err != nil {
+		return zookeeper.Options{}, err
+	}
+	opt := zookeeper.Options{
+		Root:           z.Root,
+		Layout:         layout,
+		SessionTimeout: time.Duration(z.SessionTimeout),
+		Resync:         time.Duration(z.Resync),
+	}
+	return opt, opt.Validate()
+}

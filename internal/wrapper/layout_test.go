@@ -1,0 +1,84 @@
+package wrapper
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
+)
+
+// The wrapper writes what the daemon's sources read: an instance the etcd
+// and ZooKeeper registrars encode, in each of their layouts and under a
+// default or a given prefix, is decoded by the source into the upstream
+// the wrapper predicted (Options.Upstream), on the instance's address,
+// with its weight, and nothing is dropped.
+func TestRegistrarEntriesReadBackThroughTheSources(t *testing.T) {
+	rules := registry.Rules{CanaryTag: "gray", WeightMeta: "weight", Weight: 1, FailTimeout: 10 * time.Second}
+	for _, o := range []Options{
+		{Service: "web", ID: "web-1", Address: "10.0.0.1", Port: 8080},
+		{Service: "web", ID: "web-2", Address: "10.0.0.2", Port: 8081, Tags: []string{"gray=canary"}, Meta: map[string]string{"weight": "3"}},
+		{Service: "api", ID: "api-v6", Address: "2001:db8::7", Port: 443, Tags: []string{"v2"}, Meta: map[string]string{"zone": "b"}},
+	} {
+		if err := o.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		weight := map[string]int{"": 1, "3": 3}[o.Meta["weight"]]
+		check := func(what string, snap engine.Snapshot, invalid []layout.Invalid) {
+			t.Helper()
+			u := snap.Upstreams[o.Upstream]
+			if len(invalid) != 0 || len(snap.Upstreams) != 1 || len(u.Servers) != 1 {
+				t.Fatalf("%s: %s reads back as %v (dropped %v), want one server in %s", what, o.ID, snap.Upstreams.Names(), invalid, o.Upstream)
+			}
+			if s := u.Servers[0]; s.Addr.String() != layout.JoinHostPort(o.Address, o.Port) || s.Weight != weight || s.Down {
+				t.Errorf("%s: %s reads back as %v weight %d down %v, want weight %d", what, o.ID, s.Addr, s.Weight, s.Down, weight)
+			}
+		}
+		for _, c := range []struct{ layout, prefix, dir string }{
+			{"service", "", "/services/"}, {"upsync", "", "/upstreams/"}, {"service", "/sd/", "/sd/"}, {"upsync", "/", "/"},
+		} {
+			key, value, err := (&Etcd{Layout: c.layout, Prefix: c.prefix}).Entry(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := etcd.ParseLayout(c.layout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, invalid := l.Snapshot(c.dir, []etcd.KV{{Key: key, Value: []byte(value)}}, rules)
+			check("etcd "+c.layout+" under "+c.dir, snap, invalid)
+		}
+		for _, c := range []struct{ layout, root string }{{"curator", ""}, {"plain", ""}, {"curator", "/sd"}, {"plain", "/"}} {
+			path, data, err := (&ZooKeeper{Layout: c.layout, Root: c.root}).Entry(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := c.root
+			if root == "" {
+				root = "/services"
+			}
+			dir, name, _ := strings.Cut(strings.TrimPrefix(path, layout.Join(root)), "/")
+			l, err := zookeeper.ParseLayout(c.layout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, invalid := l.Snapshot(root, map[string][]zookeeper.Znode{dir: {{Name: name, Value: data}}}, rules)
+			check("zookeeper "+c.layout+" under "+root, snap, invalid)
+		}
+	}
+}
+
+func TestZooKeeperEntryLayouts(t *testing.T) {
+	o := Options{Service: "web", ID: "web-1", Address: "10.0.0.1", Port: 8080, Meta: map[string]string{"weight": "3"}, Upstream: "web_b"}
+	path, data, err := (&ZooKeeper{Layout: "plain", Root: "/sd/"}).Entry(o)
+	if err != nil || path != "/sd/web_b/10.0.0.1:8080" || string(data) != `{"weight":3,"down":0}` {
+		t.Errorf("plain: %q %s %v", path, data, err)
+	}
+	if _, _, err := (&ZooKeeper{Layout: "upsync"}).Entry(o); err == nil || !strings.Contains(err.Error(), `unknown layout "upsync"`) {
+		t.Errorf("an etcd layout in ZooKeeper: %v", err)
+	}
+}
