@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -30,23 +29,8 @@ type backend = testenv.Backend
 
 func startBackend(t testing.TB, id string) *backend { return testenv.StartBackend(t, id) }
 
-// syncBuffer collects the daemon's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a log that the test reads while it is written.
+type syncBuffer = testenv.LogBuffer
 
 // daemon runs `swallowkeeper run` in-process.
 type daemon struct {

@@ -133,14 +133,9 @@ func upstreamNames(data []byte) []string {
 // Now: traffic moves to Api's instance with no failed request, every file
 // version passes nginx -t, and nginx ends holding Api's instance only.
 func TestCaseCollisionThenOldNameLeaves(t *testing.T) {
-	c := testenv.StartConsul(t)
-	dir := t.TempDir()
-	file := filepath.Join(dir, "upstreams.conf")
-	versions := watchFileVersions(t, file)
-	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
+	e := startEdges(t, daemonConfig{})
+	c, file, versions, ng, d := e.consul, e.file, e.versions, e.nginx, e.daemon
 	a, b := startBackend(t, "web-a"), startBackend(t, "web-b")
-	metrics := testenv.Addr(testenv.FreePort(t))
-	d := startDaemon(t, writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics}), metrics)
 
 	c.Register(t, "api", "lower-api-1", "127.0.0.1", a.Port, nil, nil)
 	waitRoutes(t, ng, d, "api", 15*time.Second, "web-a")
@@ -193,14 +188,9 @@ func TestCaseCollisionThenOldNameLeaves(t *testing.T) {
 // traffic to the new instance, no request fails, no file version holds
 // both names, and no DELETE reaches nginx.
 func TestCaseOnlyRename(t *testing.T) {
-	c := testenv.StartConsul(t)
-	dir := t.TempDir()
-	file := filepath.Join(dir, "upstreams.conf")
-	versions := watchFileVersions(t, file)
-	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
+	e := startEdges(t, daemonConfig{})
+	c, file, versions, ng, d := e.consul, e.file, e.versions, e.nginx, e.daemon
 	a, b := startBackend(t, "web-a"), startBackend(t, "web-b")
-	metrics := testenv.Addr(testenv.FreePort(t))
-	d := startDaemon(t, writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics}), metrics)
 
 	c.Register(t, "rn", "rn-1", "127.0.0.1", a.Port, nil, nil)
 	waitRoutes(t, ng, d, "rn", 15*time.Second, "web-a")
@@ -327,13 +317,9 @@ func TestBackupOnlyUpstreamKeepsItsLastServers(t *testing.T) {
 // agent switching to a hostname) keeps its last servers under the empty
 // guard and says why; before, it was removed after confirm_after.
 func TestServiceWhoseInstancesTurnInvalidKeepsItsServers(t *testing.T) {
-	c := testenv.StartConsul(t)
-	file := filepath.Join(t.TempDir(), "upstreams.conf")
-	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
+	e := startEdges(t, daemonConfig{Extra: "guards:\n  confirm_after: 1s\n"})
+	c, file, ng, d := e.consul, e.file, e.nginx, e.daemon
 	a := startBackend(t, "web-a")
-	metrics := testenv.Addr(testenv.FreePort(t))
-	d := startDaemon(t, writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics,
-		Extra: "guards:\n  confirm_after: 1s\n"}), metrics)
 
 	c.Register(t, "web", "web-1", "127.0.0.1", a.Port, nil, nil)
 	waitRoutes(t, ng, d, "web", 15*time.Second, "web-a")
@@ -356,15 +342,9 @@ func TestServiceWhoseInstancesTurnInvalidKeepsItsServers(t *testing.T) {
 // and the service is reported; every file version passes nginx -t with
 // the static block beside it.
 func TestReservedNamesAreNeverCreated(t *testing.T) {
-	c := testenv.StartConsul(t)
-	dir := t.TempDir()
-	file := filepath.Join(dir, "upstreams.conf")
-	versions := watchFileVersions(t, file)
-	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
+	e := startEdges(t, daemonConfig{UpstreamsExtra: "  reserved: [svc-00]   # nginx.conf has upstream svc-00 {}\n"})
+	c, file, versions, ng, d := e.consul, e.file, e.versions, e.nginx, e.daemon
 	a := startBackend(t, "web-a")
-	metrics := testenv.Addr(testenv.FreePort(t))
-	d := startDaemon(t, writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics,
-		UpstreamsExtra: "  reserved: [svc-00]   # nginx.conf has upstream svc-00 {}\n"}), metrics)
 
 	c.Register(t, "web", "web-1", "127.0.0.1", a.Port, nil, nil)
 	c.Register(t, "SVC-00", "evil-1", "127.0.0.1", a.Port, nil, nil)
@@ -391,4 +371,27 @@ func TestReservedNamesAreNeverCreated(t *testing.T) {
 		}
 	}
 	figure(t, "reserved: %d file versions written, each passed nginx -t beside the static upstream", len(versions.all()))
+}
+
+// edges is the stack of the edge tests: real Consul, a Lua nginx that
+// starts from the persisted file, and the daemon, with every version of
+// the file recorded.
+type edges struct {
+	consul   *testenv.Consul
+	file     string
+	versions *fileVersions
+	nginx    *testenv.Nginx
+	daemon   *daemon
+}
+
+// startEdges starts the stack; cfg adds to the daemon's configuration.
+func startEdges(t *testing.T, cfg daemonConfig) edges {
+	t.Helper()
+	e := edges{consul: testenv.StartConsul(t), file: filepath.Join(t.TempDir(), "upstreams.conf")}
+	e.versions = watchFileVersions(t, e.file)
+	e.nginx = testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: e.file})
+	cfg.Consul, cfg.File, cfg.Target = e.consul.HTTPAddr(), e.file, e.nginx.APIURL()
+	cfg.Metrics = testenv.Addr(testenv.FreePort(t))
+	e.daemon = startDaemon(t, writeConfig(t, cfg), cfg.Metrics)
+	return e
 }

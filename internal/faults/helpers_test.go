@@ -2,7 +2,6 @@ package faults
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -85,23 +84,8 @@ func envDuration(t testing.TB, name string, def time.Duration) time.Duration {
 	return d
 }
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a log that the test reads while it is written.
+type syncBuffer = testenv.LogBuffer
 
 // daemonConfig is what a test sets in the daemon's YAML configuration;
 // everything else keeps its default (docs/CONFIGURATION.md).

@@ -164,23 +164,8 @@ func TestCaseOnlyRenameFailsNoRequest(t *testing.T) {
 	t.Logf("rename rn → Rn under traffic: %v", tr)
 }
 
-// syncBuffer is a log destination that tests read while it is written.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a log that the test reads while it is written.
+type syncBuffer = testenv.LogBuffer
 
 // posts counts the POSTs to /upstream/ that nginx logged in its access log.
 func posts(t *testing.T, ngx *testenv.Nginx) int {

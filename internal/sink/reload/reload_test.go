@@ -247,22 +247,7 @@ func TestReloadCoalescesBurstsToOnePerMaxWait(t *testing.T) {
 }
 
 // syncBuffer collects the sink's log across goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testenv.LogBuffer
 
 // waitFor polls cond until it holds; what names the awaited event.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool, status func() string) {
