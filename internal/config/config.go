@@ -424,7 +424,13 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // an empty file means all defaults
+	err := dec.Decode(&c)
+	// Reload mode with no targets given has none: the default dyups
+	// target would never sync, and readiness would wait for it forever.
+	if c.Reload.Enabled && probe.Targets == nil {
+		c.Targets = nil
+	}
+	if err != nil && !errors.Is(err, io.EOF) { // an empty file means all defaults
 		return nil, yamlError(path, err)
 	}
 	var root yaml.Node

@@ -296,3 +296,22 @@ func TestConsulEnvironmentIsCheckedOnlyForConsul(t *testing.T) {
 		}
 	}
 }
+
+// Reload mode with no targets given has no dyups target (issue 16): the
+// default target would never sync and /readyz would stay 503.
+func TestReloadModeWithoutTargetsHasNone(t *testing.T) {
+	c, err := Parse("", []byte("reload: {enabled: true}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Targets) != 0 {
+		t.Errorf("targets %v, want none", c.Targets)
+	}
+	c, err = Parse("", []byte("reload: {enabled: true}\ntargets: [{url: \"unix:/run/x.sock\"}]\n"))
+	if err != nil || len(c.Targets) != 1 {
+		t.Errorf("targets given with reload mode: %v (%v), want kept", c.Targets, err)
+	}
+	if c, _ := Parse("", nil); len(c.Targets) != 1 || c.Targets[0].URL != DefaultTarget {
+		t.Errorf("without reload mode the default target is %v", c.Targets)
+	}
+}

@@ -129,6 +129,7 @@ func TestSourceDropsHostileRegistrations(t *testing.T) {
 		{"weight", "127.0.0.4", 9006, nil, map[string]string{"weight": "1 backup"}},
 		{"gray", "127.0.0.5", 9007, []string{"gray=x;}"}, nil},
 		{"unicode", "１２７.0.0.1", 9008, nil, nil},
+		{"v4compat", "::1.2.3.4", 9010, nil, nil}, // nginx prints it [::1.2.3.4], Go [::102:304]: refused
 	}
 	for _, h := range hostile {
 		c.Register(t, "web", h.id, h.addr, h.port, h.tags, h.meta)
@@ -150,7 +151,7 @@ func TestSourceDropsHostileRegistrations(t *testing.T) {
 		return dropped() == want && hasServers("web", "127.0.0.1:9001")(s)
 	})
 	file := string(upstream.RenderFile(s.Upstreams))
-	for _, bad := range []string{"6.6.6.6", "evil", "backup", ":0;", "70000", "x;", "we#b"} {
+	for _, bad := range []string{"6.6.6.6", "evil", "backup", ":0;", "70000", "x;", "we#b", "::102:304", "1.2.3.4"} {
 		if strings.Contains(file, bad) {
 			t.Errorf("rendered file contains %q:\n%s", bad, file)
 		}
