@@ -291,6 +291,8 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 			MaxDrop:      cfg.Guards.MaxDrop,
 			MaxTotalDrop: cfg.Guards.MaxTotalDrop,
 			ConfirmAfter: time.Duration(cfg.Guards.ConfirmAfter),
+			Reserved:     cfg.Upstreams.Reserved,
+			Addresses:    cfg.Upstreams.AddressPolicy(),
 		},
 		engine.Wait{Min: time.Duration(w.Min), Max: time.Duration(w.Max)},
 		log, reg)

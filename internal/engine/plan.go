@@ -2,7 +2,9 @@ package engine
 
 import (
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
@@ -45,6 +47,12 @@ type Guards struct {
 	// ConfirmAfter is how long a big drop must persist before it is
 	// applied. 0 confirms at once: the drop guards are off.
 	ConfirmAfter time.Duration
+	// Reserved names and the Addresses policy are the sources' rules
+	// (registry.Rules), applied here to what nginx holds already: a name
+	// reserved, or a server refused, since it was persisted (an upgrade,
+	// a new deny_addresses entry) is never kept by a guard.
+	Reserved  []string
+	Addresses upstream.AddressPolicy
 }
 
 // Guard names, for metrics and status.
@@ -58,6 +66,7 @@ const (
 	GuardCollision   = "case_collision"
 	GuardContested   = "contested_name"
 	GuardInvalid     = "invalid_state"
+	GuardRefused     = "refused"
 )
 
 // Hold says that part of the desired state was not applied, and why.
@@ -101,6 +110,8 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 		return prev, []Hold{{Upstream: "", Guard: GuardMinServices, Reason: fmt.Sprintf("the registry reports %d services, fewer than min_services %d; keeping the last known state", services, g.MinServices)}}, time.Time{}
 	}
 
+	prev, refused := withoutRefused(prev, g)
+	holds = append(holds, refused...)
 	holds = append(holds, dropCollisions(prev, merged)...)
 	next, empty := keepLastServers(prev, merged, invalidByService(snaps))
 	holds = append(holds, empty...)
@@ -121,6 +132,55 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 	}
 	forget(drops, d.seen)
 	return checked(prev, next, holds, d.recheck)
+}
+
+// withoutRefused returns prev without what the rules refuse now: reserved
+// names, and servers on refused addresses (an upstream left without a
+// primary server goes too). Guards then never keep them; the plan's diff
+// against nginx removes them. It copies prev only when something goes.
+func withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
+	var out upstream.State
+	var holds []Hold
+	drop := func(name, why string) {
+		if out == nil {
+			out = maps.Clone(prev)
+		}
+		delete(out, name)
+		holds = append(holds, Hold{Upstream: name, Guard: GuardRefused, Reason: why})
+	}
+	for _, name := range prev.Names() {
+		u := prev[name]
+		if slices.ContainsFunc(g.Reserved, func(r string) bool { return strings.EqualFold(r, name) }) {
+			drop(name, "the name is reserved (upstreams.reserved); removed")
+			continue
+		}
+		var kept []upstream.Server
+		var why error
+		for _, s := range u.Servers {
+			if err := g.Addresses.Check(s.Addr.Addr()); err != nil {
+				why = err
+				continue
+			}
+			kept = append(kept, s)
+		}
+		if why == nil {
+			continue
+		}
+		u.Servers = kept
+		if !u.HasPrimary() {
+			drop(name, fmt.Sprintf("%v; no allowed primary server left, removed", why))
+			continue
+		}
+		if out == nil {
+			out = maps.Clone(prev)
+		}
+		out[name] = u
+		holds = append(holds, Hold{Upstream: name, Guard: GuardRefused, Reason: fmt.Sprintf("%v; that server is removed", why)})
+	}
+	if out == nil {
+		return prev, nil
+	}
+	return out, holds
 }
 
 // mergeSnapshots merges the sources' upstreams in order (the first source
@@ -349,13 +409,30 @@ func dropCollisions(prev, merged upstream.State) []Hold {
 				keep = n
 			}
 		}
+		// None of them is the name nginx holds, but nginx holds one in
+		// another case (its service left while two newcomers collide):
+		// it keeps its servers while they collide, rather than going.
+		held := ""
+		if keep == "" {
+			for name := range prev {
+				if upstream.FoldKey(name) == k {
+					held = name
+				}
+			}
+		}
 		for _, n := range names {
 			if n == keep {
 				continue
 			}
 			delete(merged, n)
 			reason := fmt.Sprintf("name collides case-insensitively with %v (dyups treats names case-insensitively); not applied", without(names, n))
+			if held != "" {
+				reason += fmt.Sprintf("; nginx keeps %s with its last servers", held)
+			}
 			holds = append(holds, Hold{Upstream: n, Guard: GuardCollision, Reason: reason})
+		}
+		if held != "" {
+			merged[held] = prev[held]
 		}
 	}
 	return holds

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -45,7 +46,7 @@ func (f *fakeSink) SinkStatus() engine.SinkStatus { f.mu.Lock(); defer f.mu.Unlo
 func daemon(t *testing.T, sinks ...engine.Sink) http.Handler {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	e := engine.New([]engine.Source{quietSource{}}, memStore{}, sinks, engine.Guards{MinServices: 1}, engine.Wait{}, log, nil)
+	e := engine.New([]engine.Source{quietSource{}}, memStore{}, sinks, engine.Guards{MinServices: 1, Addresses: upstream.AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}}, engine.Wait{}, log, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()

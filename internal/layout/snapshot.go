@@ -35,6 +35,9 @@ type Entry struct {
 type Invalid struct {
 	Path   string
 	Reason string
+	// Service is the service the entry belongs to, when its directory
+	// says ("" for an entry outside any).
+	Service string
 }
 
 // Snapshot converts the tree into the engine's snapshot. Directories not
@@ -61,12 +64,12 @@ func (l Layout) Snapshot(t Tree, r registry.Rules) (engine.Snapshot, []Invalid) 
 		for _, e := range entries {
 			path := Join(t.Root, svc, e.Name)
 			if e.Err != nil {
-				invalid = append(invalid, Invalid{path, "unreadable: " + e.Err.Error()})
+				invalid = append(invalid, Invalid{Path: path, Reason: "unreadable: " + e.Err.Error(), Service: svc})
 				continue
 			}
 			in, err := l.Decode(svc, e.Name, e.Value)
 			if err != nil {
-				invalid = append(invalid, Invalid{path, err.Error()})
+				invalid = append(invalid, Invalid{Path: path, Reason: err.Error(), Service: svc})
 				continue
 			}
 			tagged[svc] = tagged[svc] || r.Tagged(in)
@@ -82,7 +85,7 @@ func (l Layout) Snapshot(t Tree, r registry.Rules) (engine.Snapshot, []Invalid) 
 		if !ok {
 			path = Join(t.Root, d.Service, d.Instance)
 		}
-		invalid = append(invalid, Invalid{path, d.Reason})
+		invalid = append(invalid, Invalid{Path: path, Reason: d.Reason, Service: d.Service})
 	}
 	known(st, services, tagged, r)
 
@@ -91,7 +94,7 @@ func (l Layout) Snapshot(t Tree, r registry.Rules) (engine.Snapshot, []Invalid) 
 	})
 	snap := engine.Snapshot{Upstreams: st, Services: len(services)}
 	for _, iv := range invalid {
-		snap.Dropped = append(snap.Dropped, registry.Dropped{Instance: iv.Path, Reason: iv.Reason})
+		snap.Dropped = append(snap.Dropped, registry.Dropped{Service: iv.Service, Instance: iv.Path, Reason: iv.Reason})
 	}
 	return snap, invalid
 }
@@ -106,7 +109,7 @@ func known(st upstream.State, services map[string][]registry.Instance, tagged ma
 	}
 	for svc, list := range services {
 		withoutTags := len(list) > 0 && !tagged[svc]
-		if built[svc] || withoutTags || upstream.ValidName(svc) != nil {
+		if built[svc] || withoutTags || upstream.ValidName(svc) != nil || r.IsReserved(svc) {
 			continue
 		}
 		u := upstream.Upstream{Name: svc, Service: svc, Keepalive: r.Keepalive}

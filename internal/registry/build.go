@@ -318,8 +318,10 @@ func (r Rules) upstreamName(svc string, tags []string) (string, error) {
 	return name, nil
 }
 
-// reserved reports whether name is one of Reserved, case-insensitively
-// (nginx compares upstream names that way).
+// IsReserved reports whether name is one of Rules.Reserved,
+// case-insensitively (nginx compares upstream names that way).
+func (r Rules) IsReserved(name string) bool { return r.reserved(name) }
+
 func (r Rules) reserved(name string) bool {
 	for _, n := range r.Reserved {
 		if strings.EqualFold(n, name) {

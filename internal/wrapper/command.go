@@ -245,7 +245,7 @@ func (c *registerLine) secrets() error {
 	if c.registry != "zookeeper" {
 		return nil
 	}
-	c.zkAuth = config.Secret(c.getenv("SWALLOWKEEPER_ZOOKEEPER_AUTH"))
+	c.zkAuth = config.Secret(c.getenv(ZooKeeperAuthEnv))
 	if c.zkAuthFile != "" {
 		b, err := os.ReadFile(c.zkAuthFile)
 		if err != nil {
@@ -326,3 +326,7 @@ type flagList []string
 
 func (s *flagList) String() string     { return strings.Join(*s, ",") }
 func (s *flagList) Set(v string) error { *s = append(*s, v); return nil }
+
+// ZooKeeperAuthEnv holds ZooKeeper credentials when no -zookeeper-auth-file
+// is given. The wrapped app does not inherit it.
+const ZooKeeperAuthEnv = "SWALLOWKEEPER_ZOOKEEPER_AUTH"

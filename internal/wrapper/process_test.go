@@ -102,6 +102,9 @@ func roleApp() int {
 		}
 		fmt.Println("orphan started")
 	}
+	if _, ok := os.LookupEnv(ZooKeeperAuthEnv); ok {
+		fmt.Println("app sees the zookeeper credentials")
+	}
 	fmt.Printf("app ready pid=%d\n", os.Getpid())
 	for sig := range sigs {
 		switch sig {
@@ -443,4 +446,15 @@ func TestRefusesToStartOnATakenPort(t *testing.T) {
 		}
 		logs.wait(t, "the health check already passes before the app started", 0)
 	})
+}
+
+// The app does not inherit the ZooKeeper credentials that own its znodes.
+func TestAppDoesNotInheritZooKeeperCredentials(t *testing.T) {
+	w := startWrapperProc(t, ZooKeeperAuthEnv+"=digest:user:secret")
+	w.pid(t, "app ready")
+	if strings.Contains(w.out.String(), "app sees the zookeeper credentials") {
+		t.Fatalf("the app inherited %s; output:\n%s", ZooKeeperAuthEnv, w.out)
+	}
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	w.waitExit(t, 10*time.Second)
 }

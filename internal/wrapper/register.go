@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -307,6 +308,11 @@ func (w *wrapping) launch(ctx context.Context, argv []string, stdout, stderr io.
 	}
 	w.app = exec.Command(argv[0], argv[1:]...)
 	w.app.Stdin, w.app.Stdout, w.app.Stderr = os.Stdin, stdout, stderr
+	// The app gets the wrapper's environment less the ZooKeeper
+	// credentials, which own its znodes: the app has no use for them.
+	w.app.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, ZooKeeperAuthEnv+"=")
+	})
 	var err error
 	if w.exited, err = startApp(w.app); err != nil {
 		log.Error("cannot start the app", "cmd", argv[0], "err", err)

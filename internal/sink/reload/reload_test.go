@@ -162,7 +162,7 @@ func reloadMode(t *testing.T, file string, test []string, s *Sink, w engine.Wait
 	f.Verifier = store.Command{Argv: test}
 	src := make(chanSource)
 	spy := &ackSpy{Sink: s, watch: map[string]*ackWatch{}}
-	e := engine.New([]engine.Source{src}, f, []engine.Sink{spy}, engine.Guards{MinServices: 1}, w, log, nil)
+	e := engine.New([]engine.Source{src}, f, []engine.Sink{spy}, engine.Guards{MinServices: 1, Addresses: loopbackAllowed}, w, log, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()
@@ -484,3 +484,7 @@ func TestReloadFailureFromPersistEndsWithIt(t *testing.T) {
 		t.Fatalf("a failing reload command was cleared by the engine's persist: %+v", st)
 	}
 }
+
+// loopbackAllowed is the address policy of these tests: their backends
+// listen on loopback, which the policy refuses by default.
+var loopbackAllowed = upstream.AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
