@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,9 +40,10 @@ var Version = "dev"
 const DefaultConfigPath = "/etc/swallowkeeper/swallowkeeper.yml"
 
 const usage = `swallowkeeper keeps nginx upstreams in step with a service registry, without
-reloading nginx. It watches Consul, writes every upstream to the file nginx
-includes (atomically, first), then pushes each changed upstream into nginx
-memory through the dyups API (tengine/dyups, or nginx/lua in this repo).
+reloading nginx. It watches Consul, etcd or ZooKeeper, writes every upstream
+to the file nginx includes (atomically, first), then pushes each changed
+upstream into nginx memory through the dyups API (tengine/dyups, or
+nginx/lua in this repo).
 
 Usage:
   swallowkeeper run     [flags]   follow the registry until SIGTERM or SIGINT
@@ -81,7 +83,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "register":
 		return registerCmd(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "-version", "--version":
-		fmt.Fprintf(stdout, "swallowkeeper %s (%s %s/%s)\n", Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		v, _ := buildVersion()
+		fmt.Fprintf(stdout, "swallowkeeper %s (%s %s/%s)\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
@@ -121,7 +124,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 // flagValues are the flags that override the configuration.
 type flagValues struct {
 	path, consulAddr, dc, tokenFile, file, logLevel, logFormat, metrics string
-	minServices                                                         int
+	minServices                                                         optionalInt
 	targets                                                             stringList
 }
 
@@ -131,7 +134,7 @@ func (f *flagValues) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.dc, "datacenter", "", "Consul datacenter (default: the agent's)")
 	fs.StringVar(&f.tokenFile, "consul-token-file", "", "file holding the Consul ACL token")
 	fs.StringVar(&f.file, "file", "", "persisted upstream file that nginx includes")
-	fs.IntVar(&f.minServices, "min-services", -1, "hold all changes while the registry reports fewer services")
+	fs.Var(&f.minServices, "min-services", "hold all changes while the registry reports fewer than `N` services (default: guards.min_services, 1)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "", "text or json")
 	fs.StringVar(&f.metrics, "metrics-listen", "", "address for /metrics, /healthz, /readyz, /status and the status page; \"off\" disables")
@@ -199,7 +202,7 @@ func (f *flagValues) assemble(getenv func(string) string) (*config.Config, error
 		{f.dc != "", "consul.datacenter", func() { cfg.Consul.Datacenter = f.dc }},
 		{f.tokenFile != "", "consul.token_file", func() { cfg.Consul.TokenFile = f.tokenFile }},
 		{f.file != "", "file", func() { cfg.File = f.file }},
-		{f.minServices >= 0, "guards.min_services", func() { cfg.Guards.MinServices = f.minServices }},
+		{f.minServices.set, "guards.min_services", func() { cfg.Guards.MinServices = f.minServices.n }},
 		{f.logLevel != "", "log.level", func() { cfg.Log.Level = f.logLevel }},
 		{f.logFormat != "", "log.format", func() { cfg.Log.Format = f.logFormat }},
 		{f.metrics != "", "metrics.listen", func() {
@@ -343,7 +346,8 @@ func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.C
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	log := newLogger(stderr, cfg)
-	log.Info("swallowkeeper started", "version", Version, "source", sourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
+	version, _ := buildVersion()
+	log.Info("swallowkeeper started", "version", version, "source", sourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
 	for {
 		genCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -376,7 +380,7 @@ func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.C
 // the listener, until ctx ends.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	e, sources, err := build(cfg, log, reg, false)
 	if err != nil {
 		return err
@@ -391,7 +395,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		h := httpapi.Handler(&httpapi.Daemon{Version: Version, File: cfg.File, Engine: e, Sources: sources, Metrics: reg,
+		h := httpapi.Handler(&httpapi.Daemon{Version: func() string { v, _ := buildVersion(); return v }(), File: cfg.File, Engine: e, Sources: sources, Metrics: reg,
 			Pprof: cfg.Metrics.Pprof, AllowedHosts: cfg.Metrics.AllowedHosts})
 		wg.Go(func() { httpapi.Serve(ctx, ln, h) })
 		log.Info("metrics listening", "addr", ln.Addr().String(), "pprof", cfg.Metrics.Pprof)
@@ -400,4 +404,27 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) erro
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// optionalInt is an int flag that knows whether it was given, so that
+// its help shows no made-up default.
+type optionalInt struct {
+	n   int
+	set bool
+}
+
+func (o *optionalInt) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.Itoa(o.n)
+}
+
+func (o *optionalInt) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("want a whole number from 0")
+	}
+	o.n, o.set = n, true
+	return nil
 }

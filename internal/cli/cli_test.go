@@ -130,3 +130,23 @@ func TestRenderAndOnce(t *testing.T) {
 		t.Fatalf("once against a dead nginx: %d %q", code, errs)
 	}
 }
+
+// The help teaches what the daemon watches and shows no made-up default;
+// version says which build runs (issue 16).
+func TestHelpAndVersionSayWhatRuns(t *testing.T) {
+	_, out, _ := runCLI(t, nil, "help")
+	if !strings.Contains(out, "It watches Consul, etcd or ZooKeeper") {
+		t.Errorf("help does not name every registry:\n%s", out)
+	}
+	_, _, errs := runCLI(t, nil, "run", "-h")
+	if strings.Contains(errs, "default -1") || !strings.Contains(errs, "-min-services N") {
+		t.Errorf("run -h shows a made-up default for -min-services:\n%s", errs)
+	}
+	if code, _, errs := runCLI(t, nil, "check", "-min-services", "-2"); code != 2 || !strings.Contains(errs, "want a whole number from 0") {
+		t.Errorf("check -min-services -2: %d %q", code, errs)
+	}
+	code, out, _ := runCLI(t, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "swallowkeeper ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+}

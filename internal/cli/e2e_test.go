@@ -174,6 +174,9 @@ func TestEndToEnd(t *testing.T) {
 	b1, b2, b3 := startBackend(t, "web-1"), startBackend(t, "web-2"), startBackend(t, "web-3")
 	d := startDaemon(t, "-config", cfg, "-metrics-listen", metricsAddr)
 	m0 := scrape(t, metricsAddr)
+	if got := m0.sum("swallowkeeper_build_info", `version="`); got != 1 {
+		t.Errorf("swallowkeeper_build_info with a version label = %v, want 1", got)
+	}
 
 	var latencies []time.Duration
 	measure := func(what string, do func(), want ...string) {
