@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -450,7 +451,7 @@ func yamlError(path string, err error) error {
 	if errors.As(err, &te) {
 		msgs := make([]string, len(te.Errors))
 		for i, m := range te.Errors {
-			msgs[i] = yamlLine.ReplaceAllString(m, path+":$1: ")
+			msgs[i] = yamlLine.ReplaceAllString(m, path+":$1: ") + hintFor(m)
 		}
 		return fmt.Errorf("config: %s", strings.Join(msgs, "\n"))
 	}
@@ -459,6 +460,42 @@ func yamlError(path string, err error) error {
 		return fmt.Errorf("config: %s:%s: %s", path, m[1], yamlLine.ReplaceAllString(msg, ""))
 	}
 	return fmt.Errorf("config: %s: %s", path, msg)
+}
+
+// hintFor says what to write instead, for the mistakes people make most.
+func hintFor(msg string) string {
+	switch {
+	case strings.Contains(msg, "field token not found in type config.Consul"):
+		return " (the token never goes in this file: set $CONSUL_HTTP_TOKEN, or consul.token_file to a file holding it)"
+	case strings.Contains(msg, "field password not found in type config.Etcd"):
+		return " (the password never goes in this file: set etcd.password_file to a file holding it)"
+	}
+	return ""
+}
+
+// UnmarshalYAML takes a target as a mapping ({url: …, timeout: …}) or as
+// its URL alone (targets: [unix:/run/swallowkeeper/dyups.sock]).
+func (t *Target) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*t = Target{URL: n.Value}
+		return nil
+	}
+	// Decoding through a plain type loses the decoder's strictness about
+	// unknown fields: check them here, in the decoder's own words.
+	if n.Kind == yaml.MappingNode {
+		known := map[string]bool{}
+		rt := reflect.TypeOf(Target{})
+		for i := range rt.NumField() {
+			known[strings.Split(rt.Field(i).Tag.Get("yaml"), ",")[0]] = true
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; !known[k.Value] {
+				return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: field %s not found in type config.Target", k.Line, k.Value)}}
+			}
+		}
+	}
+	type plain Target // without this method
+	return n.Decode((*plain)(t))
 }
 
 // indexLines records the line of every mapping value and sequence item

@@ -315,3 +315,26 @@ func TestReloadModeWithoutTargetsHasNone(t *testing.T) {
 		t.Errorf("without reload mode the default target is %v", c.Targets)
 	}
 }
+
+// Operators' most common mistakes get an answer that says what to write
+// (issue 16): a target given as its URL alone is taken, and a token in the
+// file says where it goes instead.
+func TestConfigTakesTargetURLsAndExplainsTokens(t *testing.T) {
+	c, err := Parse("x.yml", []byte("targets: [unix:/run/swallowkeeper/dyups.sock, {url: \"http://10.0.0.1:8081\", timeout: 2s}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Targets) != 2 || c.Targets[0].URL != "unix:/run/swallowkeeper/dyups.sock" || c.Targets[1].URL != "http://10.0.0.1:8081" || c.Targets[1].Timeout != Duration(2*time.Second) {
+		t.Errorf("targets %+v", c.Targets)
+	}
+	if c.lines["targets[0]"] != 1 {
+		t.Errorf("targets[0] line %d, want 1", c.lines["targets[0]"])
+	}
+	_, err = Parse("x.yml", []byte("consul:\n  token: s3cr3t\n"))
+	if err == nil || !strings.Contains(err.Error(), "x.yml:2: field token not found") || !strings.Contains(err.Error(), "$CONSUL_HTTP_TOKEN, or consul.token_file") {
+		t.Errorf("consul.token: %v", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("the error echoes the token: %v", err)
+	}
+}

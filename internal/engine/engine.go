@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -418,11 +419,27 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 	c := upstream.Diff(prev, next)
 	for _, name := range c.Set {
 		added, removed := upstream.ServerDelta(prev[name], next[name])
+		// A server in both lists stayed and changed its parameters: one
+		// "~ server" line says what changed.
+		was := make(map[netip.AddrPort]upstream.Server, len(removed))
 		for _, s := range removed {
-			e.log.Info("- server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance)
+			was[s.Addr] = s
 		}
 		for _, s := range added {
-			e.log.Info("+ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "weight", s.Weight)
+			if o, ok := was[s.Addr]; ok {
+				delete(was, s.Addr)
+				e.log.Info("~ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "change", upstream.ServerChange(o, s))
+			}
+		}
+		for _, s := range removed {
+			if _, ok := was[s.Addr]; ok {
+				e.log.Info("- server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance)
+			}
+		}
+		for _, s := range added {
+			if _, changed := prevServer(prev[name], s); !changed {
+				e.log.Info("+ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "weight", s.Weight)
+			}
 		}
 		if o, ok := prev[name]; ok && o.Keepalive != next[name].Keepalive {
 			e.log.Info("~ keepalive", "upstream", name, "from", o.Keepalive, "to", next[name].Keepalive)
@@ -434,6 +451,15 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 	for _, name := range c.Removed {
 		e.log.Info("- upstream", "upstream", name)
 	}
+}
+
+// prevServer finds s's address in the upstream as it was; changed is true
+// when it was there (with other parameters, since ServerDelta listed it).
+func prevServer(u upstream.Upstream, s upstream.Server) (upstream.Server, bool) {
+	if i := u.ServerAt(s.Addr); i >= 0 {
+		return u.Servers[i], true
+	}
+	return upstream.Server{}, false
 }
 
 func deref(snaps []*Snapshot) []Snapshot {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -409,5 +410,35 @@ func TestPlanDropGuards(t *testing.T) {
 				prev = got
 			}
 		})
+	}
+}
+
+// A server whose parameters change is one "~ server" line saying what
+// changed, not a "- server" and "+ server" pair (issue 16).
+func TestLogChangesSaysWhatChangedOnAServer(t *testing.T) {
+	var buf strings.Builder
+	e := &Engine{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))}
+	before := up("web", "10.0.0.1:80", "10.0.0.2:80")
+	after := up("web", "10.0.0.1:80", "10.0.0.3:80")
+	after.Servers[0].Weight = 5
+	e.logChanges(state(before), state(after))
+	want := []string{
+		`msg="~ server" upstream=web server=10.0.0.1:80 instance="" change="weight 1→5"`,
+		`msg="- server" upstream=web server=10.0.0.2:80`,
+		`msg="+ server" upstream=web server=10.0.0.3:80`,
+	}
+	got := buf.String()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Errorf("log lacks %s:\n%s", w, got)
+		}
+	}
+	if n := strings.Count(got, "\n"); n != 3 {
+		t.Errorf("%d lines, want 3:\n%s", n, got)
 	}
 }

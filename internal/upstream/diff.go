@@ -1,8 +1,10 @@
 package upstream
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // Changes lists what differs between two states, by upstream name, in sorted
@@ -57,4 +59,23 @@ func ServerDelta(old, next Upstream) (added, removed []Server) {
 		}
 	}
 	return added, removed
+}
+
+// ServerChange says what differs between two versions of a server on the
+// same address, e.g. "weight 1→5, max_fails 1→3", for the "~ server" log
+// line.
+func ServerChange(old, next Server) string {
+	var parts []string
+	add := func(what string, a, b any) {
+		if a != b {
+			parts = append(parts, fmt.Sprintf("%s %v→%v", what, a, b))
+		}
+	}
+	add("weight", old.Weight, next.Weight)
+	add("max_fails", old.MaxFails, next.MaxFails)
+	add("fail_timeout", old.FailTimeout, next.FailTimeout)
+	add("max_conns", old.MaxConns, next.MaxConns)
+	add("backup", old.Backup, next.Backup)
+	add("down", old.Down, next.Down)
+	return strings.Join(parts, ", ")
 }

@@ -179,8 +179,11 @@ func (c *Client) newRequest(ctx context.Context, method string, u *url.URL, body
 // would name http://localhost/..., which is not where the request went
 // (the dial error inside names the socket).
 func (c *Client) transportError(err error) error {
+	// The caller names the method and the target already: url.Error would
+	// say both again (`POST …: Post "…": dial …`), and for a unix socket
+	// it names http://localhost.
 	var ue *url.Error
-	if c.unix && errors.As(err, &ue) {
+	if errors.As(err, &ue) {
 		return ue.Err
 	}
 	return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -428,4 +429,27 @@ func withDefaults(o Options) Options {
 		}
 	}
 	return o
+}
+
+// A transport error names the request once: not
+// `POST http://…/upstream/web: Post "http://…/upstream/web": dial …`.
+func TestTransportErrorsAreWrappedOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	base, err := ParseBaseURL("http://" + addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = NewClient(base, time.Second).Set(context.Background(), upstream.Upstream{Name: "web", Servers: []upstream.Server{{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1}}})
+	if err == nil {
+		t.Fatal("POST to a closed port succeeded")
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "POST http://"+addr+"/upstream/web: ") || strings.Contains(msg, `Post "`) || !strings.Contains(msg, "connection refused") {
+		t.Errorf("error %q, want the request named once, then the dial error", msg)
+	}
 }
