@@ -11,13 +11,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +31,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/httpapi"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
@@ -94,7 +99,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return 2
 	}
 
-	cfg, reloadConfig, code := loadConfig(cmd, rest, stderr, getenv)
+	cfg, reloadConfig, opts, code := loadConfig(cmd, rest, stderr, getenv)
 	if cfg == nil {
 		return code
 	}
@@ -104,7 +109,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "check":
 		err = check(cfg, stdout)
 	case "render", "once":
-		err = oneShot(ctx, cmd, cfg, log, stdout)
+		var differs bool
+		differs, err = oneShot(ctx, cmd, cfg, opts, log, stdout)
+		if err == nil && differs {
+			return 2 // render -diff: the registry would change the file
+		}
 	case "run":
 		err = run(ctx, cfg, reloadConfig, stderr)
 	}
@@ -126,6 +135,11 @@ type flagValues struct {
 	path, consulAddr, dc, tokenFile, file, logLevel, logFormat, metrics string
 	minServices                                                         optionalInt
 	targets                                                             stringList
+
+	// One-shot commands only (render, once).
+	timeout time.Duration // how long to wait for the registry
+	diff    bool          // render -diff: compare with the persisted file
+	render  bool          // render writes nothing: the file's directory may be missing
 }
 
 func (f *flagValues) register(fs *flag.FlagSet) {
@@ -144,32 +158,43 @@ func (f *flagValues) register(fs *flag.FlagSet) {
 // loadConfig parses the flags and assembles the configuration. It also
 // returns a function that assembles it again (file and environment re-read,
 // the same flags), for a reload on SIGHUP.
-func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string) string) (*config.Config, func() (*config.Config, error), int) {
+func loadConfig(cmd string, args []string, stderr io.Writer, getenv func(string) string) (*config.Config, func() (*config.Config, error), *flagValues, int) {
 	fs := flag.NewFlagSet("swallowkeeper "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	f := &flagValues{}
+	f := &flagValues{render: cmd == "render"}
 	f.register(fs)
+	switch cmd {
+	case "render":
+		fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up when the registry has not answered within this `duration`")
+		fs.BoolVar(&f.diff, "diff", false, "print what would change against the persisted file instead of the file;\nexit 0 when nothing would change, 2 when something would, 1 on error")
+	case "once":
+		fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up when the registry has not answered within this `duration`")
+	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: swallowkeeper %s [flags]\n\nFlags override the configuration file and the environment.\n\n", cmd)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, nil, 0
+			return nil, nil, nil, 0
 		}
-		return nil, nil, 2
+		return nil, nil, nil, 2
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "swallowkeeper %s: unexpected argument %q\n", cmd, fs.Arg(0))
-		return nil, nil, 2
+		return nil, nil, nil, 2
+	}
+	if (cmd == "render" || cmd == "once") && f.timeout <= 0 {
+		fmt.Fprintf(stderr, "swallowkeeper %s: -timeout must be positive\n", cmd)
+		return nil, nil, nil, 2
 	}
 	assemble := func() (*config.Config, error) { return f.assemble(getenv) }
 	cfg, err := assemble()
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", cmd, err)
-		return nil, nil, 1
+		return nil, nil, nil, 1
 	}
-	return cfg, assemble, 0
+	return cfg, assemble, f, 0
 }
 
 // assemble reads the configuration file (or the defaults), applies the
@@ -224,7 +249,16 @@ func (f *flagValues) assemble(getenv func(string) string) (*config.Config, error
 			cfg.MarkOverridden(fmt.Sprintf("targets[%d].url", i), "flag -target")
 		}
 	}
-	if err := cfg.Validate(); err != nil {
+	// render writes nothing, so the file's directory need not exist yet
+	// (a missing file is an empty previous state): validate the rest with a
+	// stand-in path, then put the real one back.
+	file := cfg.File
+	if fi, err := os.Stat(filepath.Dir(file)); f.render && file != "" && (err != nil || !fi.IsDir()) {
+		cfg.File = filepath.Join(os.TempDir(), filepath.Base(file))
+	}
+	err = cfg.Validate()
+	cfg.File = file
+	if err != nil {
 		return nil, err
 	}
 	if err := cfg.ResolveToken(); err != nil {
@@ -242,39 +276,40 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// generation is the pipeline built for one configuration: run builds a
+// new one on each SIGHUP, keeping what did not change (see build).
+type generation struct {
+	engine  *engine.Engine
+	sources []httpapi.Source
+	src     engine.Source
+	srcKey  any // what src was built from
+	targets []keyedTarget
+	kept    []string // what was taken over from the previous generation
+	staged  *stagedRegisterer
+}
+
 // build wires a configuration: its source, the store and the sinks, under
 // the engine. It is the one place that knows the kinds of sink.
-func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneShot bool) (*engine.Engine, []httpapi.Source, error) {
-	src, err := newSource(cfg, cfg.Rules(), log, reg)
-	if err != nil {
-		return nil, nil, err
-	}
-	var sinks []engine.Sink
-	dm := dyups.NewMetrics(reg)
-	for i, tc := range cfg.Targets {
-		t, err := dyups.NewTarget(tc.URL, cfg.TargetOptions(i, oneShot), log, dm)
-		if err != nil {
-			return nil, nil, err
-		}
-		secret, err := cfg.TargetSecret(i) // read at start (and on SIGHUP); never logged
-		if err != nil {
-			return nil, nil, err
-		}
-		if secret != "" {
-			t.UseSecret(secret.Reveal())
-		}
-		sinks = append(sinks, t)
-	}
-	// Every version of the file is verified before anything is pushed: by
-	// the verify command, then in reload mode by reload.test (nginx -t),
-	// which the store runs as it writes the file; the reload sink only
-	// reloads.
+//
+// srcLog, when not nil, is the source's logger instead of log. dm holds
+// the dyups metrics (kept for the daemon's life). prev, when not nil, is
+// the running generation: its source is kept when the source's
+// configuration did not change, and each of its targets whose URL,
+// options and secret did not change is kept with what it acknowledged, so
+// that the new engine pushes only what differs. Build starts nothing;
+// the new source's and sinks' metrics are registered by commit.
+// withReload builds the store, with its verify commands, and in reload
+// mode adds the reload sink. Every version of the file is verified before
+// anything is pushed: by the verify command, then in reload mode by
+// reload.test (nginx -t), which the store runs as it writes the file; the
+// reload sink only reloads.
+func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Registerer, sinks []engine.Sink) (*store.File, []engine.Sink, error) {
 	var verify store.Verifiers
 	if len(cfg.Verify) > 0 {
 		verify = append(verify, store.Command{Argv: cfg.Verify})
 	}
 	if cfg.Reload.Enabled {
-		rs, err := reload.New(reload.Options{Command: cfg.Reload.Command}, log, reg)
+		rs, err := reload.New(reload.Options{Command: cfg.Reload.Command}, log, staged)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -287,8 +322,81 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 	if len(verify) > 0 {
 		file.Verifier = verify
 	}
+	return file, sinks, nil
+}
+
+func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registry, dm *dyups.Metrics, oneShot bool, prev *generation) (*generation, error) {
+	if srcLog == nil {
+		srcLog = log
+	}
+	g := &generation{staged: &stagedRegisterer{}}
+	var staged prometheus.Registerer // nil: no metrics (one-shot commands)
+	if reg != nil {
+		staged = g.staged
+	}
+	rules := cfg.Rules()
+	g.srcKey = struct {
+		Source    any
+		Consul    config.Consul
+		Etcd      any
+		ZooKeeper any
+		Rules     registry.Rules
+	}{cfg.Source, cfg.Consul, cfg.Etcd, cfg.ZooKeeper, rules}
+	if prev != nil && reflect.DeepEqual(prev.srcKey, g.srcKey) {
+		g.src = prev.src
+		g.kept = append(g.kept, "source")
+	} else {
+		src, err := newSource(cfg, rules, srcLog, staged)
+		if err != nil {
+			return nil, err
+		}
+		g.src = src
+	}
+	var sinks []engine.Sink
+	taken := map[int]bool{} // prev's targets kept
+	for i, tc := range cfg.Targets {
+		opt := cfg.TargetOptions(i, oneShot)
+		secret, err := cfg.TargetSecret(i) // read at start (and on SIGHUP); never logged
+		if err != nil {
+			return nil, err
+		}
+		key := struct {
+			URL    string
+			Opt    dyups.Options
+			Secret config.Secret
+		}{tc.URL, opt, secret}
+		t := (*dyups.Target)(nil)
+		if prev != nil {
+			for j, old := range prev.targets {
+				if !taken[j] && reflect.DeepEqual(old.key, key) {
+					t, taken[j] = old.t, true // a target runs under one engine
+					g.kept = append(g.kept, "target "+t.URL())
+					break
+				}
+			}
+		}
+		if t == nil {
+			t, err = dyups.NewTarget(tc.URL, opt, log, dm)
+			if err != nil {
+				return nil, err
+			}
+			if secret != "" {
+				t.UseSecret(secret.Reveal())
+			}
+		}
+		g.targets = append(g.targets, keyedTarget{key, t})
+		sinks = append(sinks, t)
+	}
+	file, sinks, err := withReload(cfg, log, staged, sinks)
+	if err != nil {
+		return nil, err
+	}
 	w := cfg.SettleWait()
-	e := engine.New([]engine.Source{src}, file, sinks,
+	var ereg prometheus.Registerer // the engine takes over its predecessor's collectors
+	if reg != nil {
+		ereg = reg
+	}
+	g.engine = engine.New([]engine.Source{g.src}, file, sinks,
 		engine.Guards{
 			MinServices:  cfg.Guards.MinServices,
 			MaxDrop:      cfg.Guards.MaxDrop,
@@ -298,8 +406,45 @@ func build(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer, oneS
 			Addresses:    cfg.Upstreams.AddressPolicy(),
 		},
 		engine.Wait{Min: time.Duration(w.Min), Max: time.Duration(w.Max)},
-		log, reg)
-	return e, []httpapi.Source{{Name: sourceName(cfg), Source: src}}, nil
+		log, ereg)
+	g.sources = []httpapi.Source{{Name: sourceName(cfg), Source: g.src}}
+	return g, nil
+}
+
+// keyedTarget is a target with what it was built from.
+type keyedTarget struct {
+	key any
+	t   *dyups.Target
+}
+
+// stagedRegisterer holds a new generation's collectors until commit, so
+// that a build that fails leaves the running generation's metrics alone.
+type stagedRegisterer struct{ cs []prometheus.Collector }
+
+func (s *stagedRegisterer) Register(c prometheus.Collector) error {
+	s.cs = append(s.cs, c)
+	return nil
+}
+func (s *stagedRegisterer) MustRegister(cs ...prometheus.Collector) { s.cs = append(s.cs, cs...) }
+func (s *stagedRegisterer) Unregister(prometheus.Collector) bool    { return false }
+
+// commit registers the generation's new collectors in reg, each in place
+// of its predecessor (a rebuilt source or reload sink starts its counters
+// again; kept components and the engine's go on).
+func (g *generation) commit(reg *prometheus.Registry) error {
+	for _, c := range g.staged.cs {
+		err := reg.Register(c)
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			reg.Unregister(are.ExistingCollector)
+			err = reg.Register(c)
+		}
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	g.staged.cs = nil
+	return nil
 }
 
 func check(cfg *config.Config, stdout io.Writer) error {
@@ -309,49 +454,103 @@ func check(cfg *config.Config, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "configuration ok: %s, %d target(s), persisted file %s (%d upstreams)\n",
 		sourceName(cfg), len(cfg.Targets), cfg.File, len(st))
+	if note := cfg.EtcdWrapperNote(); note != "" {
+		fmt.Fprintln(stdout, note)
+	}
 	return nil
 }
 
-// oneShotTimeout bounds how long once and render wait for the registry.
-const oneShotTimeout = 30 * time.Second
-
-// oneShot runs render (print the file the registry gives now) or once
-// (one full sync: registry → file → nginx) through the engine.
-func oneShot(ctx context.Context, cmd string, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	e, _, err := build(cfg, log, nil, true)
-	if err != nil {
-		return err
+// oneShot runs render (print the file the registry gives now, or with
+// -diff what would change in the persisted file) or once (one full sync:
+// registry → file → nginx) through the engine. differs is true when
+// render -diff found a change.
+//
+// The source's retry warnings are not printed (unless -log-level debug):
+// a one-shot command that cannot reach the registry fails once, within
+// -timeout, with the last error the source saw.
+func oneShot(ctx context.Context, cmd string, cfg *config.Config, opts *flagValues, log *slog.Logger, stdout io.Writer) (differs bool, err error) {
+	var last *lastError
+	srcLog := log
+	if level, _ := config.ParseLevel(cfg.Log.Level); level > slog.LevelDebug {
+		last = &lastError{}
+		srcLog = slog.New(last)
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, oneShotTimeout, errors.New("no complete answer from the registry within "+oneShotTimeout.String()))
+	g, err := build(cfg, log, srcLog, nil, dyups.NewMetrics(nil), true, nil)
+	if err != nil {
+		return false, err
+	}
+	e := g.engine
+	cause := fmt.Errorf("no complete answer from %s within %s", sourceName(cfg), opts.timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, opts.timeout, cause)
 	defer cancel()
 	if cmd == "render" {
-		_, next, _, err := e.Desired(ctx)
-		if err == nil {
-			_, err = stdout.Write(upstream.RenderFile(next))
+		prev, next, _, err := e.Desired(ctx)
+		if err != nil {
+			return false, last.explain(err)
 		}
-		return err
+		if !opts.diff {
+			_, err = stdout.Write(upstream.RenderFile(next))
+			return false, err
+		}
+		d := diffStates(prev, next)
+		if d == "" {
+			fmt.Fprintf(stdout, "no change: %s matches the registry (%d upstreams)\n", cfg.File, len(next))
+			return false, nil
+		}
+		fmt.Fprintf(stdout, "--- %s (persisted)\n+++ %s (rendered)\n%s", cfg.File, sourceName(cfg), d)
+		return true, nil
 	}
 	next, err := e.Once(ctx)
-	if err == nil {
-		fmt.Fprintf(stdout, "synced %d upstreams to %d target(s); file %s\n", len(next), len(cfg.Targets), cfg.File)
+	if err != nil {
+		return false, last.explain(err)
 	}
-	return err
+	fmt.Fprintf(stdout, "synced %d upstreams to %d target(s); file %s\n", len(next), len(cfg.Targets), cfg.File)
+	return false, nil
 }
 
 // run is the daemon: it runs the pipeline for the configuration, and on
 // SIGHUP assembles the configuration again; a configuration that does not
-// validate is reported and the running one kept, a good one replaces it.
+// validate is reported and the running one kept, a good one replaces it in
+// place. The listener and the metrics registry live as long as the daemon
+// (probes keep answering, counters go on; a new metrics.listen address
+// moves the listener), and the new pipeline keeps the source and each
+// target whose configuration did not change: a kept target remembers what
+// nginx acknowledged and pushes only the upstreams whose rendering changed.
 func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.Config, error), stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	log := newLogger(stderr, cfg)
+	level := new(slog.LevelVar)
+	log := newLevelLogger(stderr, cfg, level)
 	version, _ := buildVersion()
 	log.Info("swallowkeeper started", "version", version, "source", sourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
+	dm := dyups.NewMetrics(reg)
+	gen, err := build(cfg, log, nil, reg, dm, false, nil)
+	if err != nil {
+		return err
+	}
+	if err := gen.commit(reg); err != nil {
+		return err
+	}
+	var handler atomic.Pointer[http.Handler]
+	setHandler := func(cfg *config.Config, g *generation) {
+		h := httpapi.Handler(&httpapi.Daemon{Version: version, File: cfg.File, Engine: g.engine, Sources: g.sources, Metrics: reg,
+			Pprof: cfg.Metrics.Pprof, AllowedHosts: cfg.Metrics.AllowedHosts})
+		handler.Store(&h)
+	}
+	setHandler(cfg, gen)
+	lis := &listener{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*handler.Load()).ServeHTTP(w, r) })}
+	defer lis.close()
+	if err := lis.move(ctx, cfg.Metrics.Listen, cfg.Metrics.Pprof, log); err != nil {
+		return err
+	}
 	for {
 		genCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- runPipeline(genCtx, cfg, log) }()
+		go func() { done <- gen.engine.Run(genCtx) }() // returns once the sinks have stopped
 	wait:
 		select {
 		case err := <-done:
@@ -366,44 +565,86 @@ func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.C
 				log.Error("configuration reload failed; keeping the running configuration", "err", err)
 				goto wait
 			}
-			log.Info("configuration reloaded; restarting the pipeline")
+			ngen, err := build(next, log, nil, reg, dm, false, gen)
+			if err != nil {
+				log.Error("configuration reload failed; keeping the running configuration", "err", err)
+				goto wait
+			}
+			if err := lis.move(ctx, next.Metrics.Listen, next.Metrics.Pprof, log); err != nil {
+				log.Error("configuration reload failed; keeping the running configuration", "err", err)
+				goto wait
+			}
+			if next.Log.Format != cfg.Log.Format {
+				log.Warn("log.format changes at the next start only", "running", cfg.Log.Format, "configured", next.Log.Format)
+			}
+			log.Info("configuration reloaded; applying it in place", "kept", ngen.kept)
 			cancel()
 			if err := <-done; err != nil {
 				return err
 			}
-			cfg, log = next, newLogger(stderr, next)
+			if err := ngen.commit(reg); err != nil {
+				return err
+			}
+			l, _ := config.ParseLevel(next.Log.Level) // validated
+			level.Set(l)
+			setHandler(next, ngen)
+			cfg, gen = next, ngen
 		}
 	}
 }
 
-// runPipeline runs sources, engine and sinks for one configuration, and
-// the listener, until ctx ends.
-func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
-	e, sources, err := build(cfg, log, reg, false)
-	if err != nil {
-		return err
+// newLevelLogger is newLogger with a level that a reload can change.
+func newLevelLogger(w io.Writer, cfg *config.Config, level *slog.LevelVar) *slog.Logger {
+	l, _ := config.ParseLevel(cfg.Log.Level) // validated
+	level.Set(l)
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	// Everything stops when the engine returns, also when it returns an
-	// error while the caller's ctx is still live.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	if cfg.Metrics.Listen != "" {
-		ln, err := net.Listen("tcp", cfg.Metrics.Listen)
-		if err != nil {
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// listener is the daemon's HTTP listener: it serves h until closed, and
+// moves only when metrics.listen changes.
+type listener struct {
+	h      http.Handler
+	addr   string // configured; "" when off
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// move makes the listener serve addr ("" stops it). A new address is
+// opened before the old one closes; when it cannot be opened the old one
+// keeps serving and move returns the error.
+func (l *listener) move(ctx context.Context, addr string, pprof bool, log *slog.Logger) error {
+	if addr == l.addr && (addr == "" || l.cancel != nil) {
+		return nil
+	}
+	var ln net.Listener
+	if addr != "" {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		h := httpapi.Handler(&httpapi.Daemon{Version: func() string { v, _ := buildVersion(); return v }(), File: cfg.File, Engine: e, Sources: sources, Metrics: reg,
-			Pprof: cfg.Metrics.Pprof, AllowedHosts: cfg.Metrics.AllowedHosts})
-		wg.Go(func() { httpapi.Serve(ctx, ln, h) })
-		log.Info("metrics listening", "addr", ln.Addr().String(), "pprof", cfg.Metrics.Pprof)
 	}
-	err = e.Run(ctx) // returns once the sinks have stopped (a push in flight may finish)
-	cancel()
-	wg.Wait()
-	return err
+	l.close()
+	l.addr = addr
+	if ln == nil {
+		return nil
+	}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l.cancel = cancel
+	l.wg.Go(func() { httpapi.Serve(sctx, ln, l.h) })
+	log.Info("metrics listening", "addr", ln.Addr().String(), "pprof", pprof)
+	return nil
+}
+
+func (l *listener) close() {
+	if l.cancel != nil {
+		l.cancel()
+		l.wg.Wait()
+		l.cancel = nil
+	}
 }
 
 // optionalInt is an int flag that knows whether it was given, so that

@@ -344,7 +344,9 @@ func TestRegisterWithEtcdAndZooKeeper(t *testing.T) {
 			switch reg {
 			case "etcd":
 				e := testenv.StartEtcd(t)
-				section = fmt.Sprintf("source: etcd\netcd:\n  endpoints: [%s]\n  layout: service\n", e.Addr())
+				// No layout on either side: the wrapper's default is the
+				// daemon's (upsync, issue 16).
+				section = fmt.Sprintf("source: etcd\netcd:\n  endpoints: [%s]\n", e.Addr())
 				args = []string{"-registry", "etcd", "-etcd-endpoints", e.Addr(), "-ttl", "3s"}
 			case "zookeeper":
 				z := testenv.StartZooKeeper(t)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/history"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -66,6 +67,64 @@ type Engine struct {
 
 	status    atomic.Pointer[Status] // published by Run for readers elsewhere
 	holdSince map[string]time.Time   // hold key → since; Run's goroutine only
+
+	// The recent changes and server counts for the status page; Run's
+	// goroutine only, copied into each published Status. cause is why the
+	// apply in progress runs.
+	hist     *history.Ring
+	timeline *history.Timeline
+	cause    string
+	drifts   chan driftNote // repairs the sinks report, for Run's goroutine
+}
+
+// DriftReporter is implemented by a sink that repairs drift (a dyups
+// target). Run hands it, before the sinks start, a function that any
+// goroutine may call with the upstreams a drift check found wrong in
+// nginx and pushed again; they show in Status's History with cause
+// "drift". The function never blocks: when Run lags far behind, a report
+// is dropped (the sink still counts its repairs).
+type DriftReporter interface {
+	ReportDriftTo(func(sink string, upstreams []string))
+}
+
+type driftNote struct {
+	sink      string
+	upstreams []string
+}
+
+// noteDrift queues a drift report for Run's goroutine without blocking.
+func (e *Engine) noteDrift(sink string, upstreams []string) {
+	select {
+	case e.drifts <- driftNote{sink, slices.Clone(upstreams)}:
+	default:
+	}
+}
+
+// HistorySize is how many applied changes Status keeps; HistoryWindow is
+// how far back its per-upstream server counts go.
+const (
+	HistorySize   = 50
+	HistoryWindow = time.Hour
+)
+
+// note records an applied change in the history shown by Status.
+func (e *Engine) note(upstreamName, change, detail string) {
+	if e.hist == nil {
+		e.hist = history.NewRing(HistorySize)
+	}
+	cause := e.cause
+	if cause == "" {
+		cause = history.CauseRegistry
+	}
+	e.hist.Add(history.Event{At: time.Now(), Upstream: upstreamName, Change: change, Detail: detail, Cause: cause})
+}
+
+// count records an upstream's server count for the timeline.
+func (e *Engine) count(name string, n int) {
+	if e.timeline == nil {
+		e.timeline = &history.Timeline{Window: HistoryWindow, MaxPoints: 240}
+	}
+	e.timeline.Record(name, time.Now(), n)
 }
 
 func holdKey(h Hold) string { return h.Guard + "\x00" + h.Upstream }
@@ -87,6 +146,14 @@ type Status struct {
 	Snapshots int
 	// Dropped lists the registry entries the sources left out as invalid.
 	Dropped []registry.Dropped
+	// History is the last HistorySize changes applied (servers, upstreams,
+	// guard holds and releases), oldest first, each with its cause.
+	History []history.Event
+	// Timeline is each upstream's server count over the last
+	// HistoryWindow, by upstream name: the points in the window and the
+	// last one before it. An upstream that did not change in this run has
+	// none; its count is the applied one.
+	Timeline map[string][]history.Point
 }
 
 // Status returns the latest published status; nil before Run started.
@@ -113,12 +180,19 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 	if persistErr != nil {
 		st.PersistError = persistErr.Error()
 	}
+	if e.hist != nil {
+		st.History = e.hist.Events()
+	}
+	if e.timeline != nil {
+		e.timeline.Expire(time.Now())
+		st.Timeline = e.timeline.All(time.Now())
+	}
 	e.status.Store(st)
 }
 
 // New builds an engine. reg may be nil when no metrics are wanted.
 func New(sources []Source, store Store, sinks []Sink, g Guards, w Wait, log *slog.Logger, reg prometheus.Registerer) *Engine {
-	return &Engine{sources: sources, store: store, sinks: sinks, guards: g, wait: w, log: log, m: newMetrics(reg)}
+	return &Engine{sources: sources, store: store, sinks: sinks, guards: g, wait: w, log: log, m: newMetrics(reg), drifts: make(chan driftNote, 64)}
 }
 
 type tagged struct {
@@ -163,6 +237,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	e.log.Info("loaded persisted state", "upstreams", len(prev))
 	e.m.upstreams.Set(float64(len(prev)))
+	for _, s := range e.sinks {
+		if r, ok := s.(DriftReporter); ok {
+			r.ReportDriftTo(e.noteDrift)
+		}
+	}
 	defer e.runSinks(ctx)()
 
 	l := &loop{
@@ -205,6 +284,7 @@ type loop struct {
 	recheck   *time.Timer // fires when a held drop can be confirmed
 	recheckC  <-chan time.Time
 	retryC    <-chan time.Time // fires when a failed persist is tried again
+	cause     string           // why the next apply runs, when not a registry snapshot
 }
 
 func (l *loop) publish() {
@@ -225,11 +305,17 @@ func (l *loop) follow(ctx context.Context, in <-chan tagged) {
 		case <-l.settleC:
 			l.apply()
 		case <-l.retryC:
-			l.retryC = nil
+			l.retryC, l.cause = nil, history.CauseRetry
 			l.apply()
 		case <-l.recheckC:
-			l.recheckC = nil
+			l.recheckC, l.cause = nil, history.CauseConfirm
 			l.apply()
+		case d := <-l.e.drifts:
+			l.e.cause = history.CauseDrift
+			for _, name := range d.upstreams {
+				l.e.note(name, "drift repair", "pushed again to "+d.sink)
+			}
+			l.publish()
 		}
 	}
 }
@@ -273,6 +359,10 @@ func (l *loop) take(t tagged) {
 func (l *loop) apply() {
 	l.settleC = nil
 	defer l.publish()
+	l.e.cause, l.cause = l.cause, ""
+	if !l.delivered {
+		l.e.cause = history.CauseStart
+	}
 	next := l.prev
 	if !slices.Contains(l.latest, nil) {
 		next = l.plan()
@@ -405,11 +495,13 @@ func (e *Engine) reportHolds(before, now []Hold) {
 		if !slices.Contains(before, h) {
 			e.m.holdsStarted.WithLabelValues(h.Guard).Inc()
 			e.log.Warn("guard holds a change", "upstream", h.Upstream, "guard", h.Guard, "reason", h.Reason)
+			e.note(h.Upstream, "hold", h.Guard+": "+h.Reason)
 		}
 	}
 	for _, h := range before {
 		if !slices.Contains(now, h) {
 			e.log.Info("guard released", "upstream", h.Upstream, "reason_was", h.Reason)
+			e.note(h.Upstream, "release", h.Guard+": "+h.Reason)
 		}
 	}
 }
@@ -429,27 +521,43 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 			if o, ok := was[s.Addr]; ok {
 				delete(was, s.Addr)
 				e.log.Info("~ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "change", upstream.ServerChange(o, s))
+				e.note(name, "~ server", s.Addr.String()+" "+upstream.ServerChange(o, s))
 			}
 		}
 		for _, s := range removed {
 			if _, ok := was[s.Addr]; ok {
 				e.log.Info("- server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance)
+				e.note(name, "- server", s.Addr.String())
 			}
 		}
 		for _, s := range added {
 			if _, changed := prevServer(prev[name], s); !changed {
 				e.log.Info("+ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "weight", s.Weight)
+				e.note(name, "+ server", fmt.Sprintf("%s weight=%d", s.Addr, s.Weight))
 			}
 		}
 		if o, ok := prev[name]; ok && o.Keepalive != next[name].Keepalive {
 			e.log.Info("~ keepalive", "upstream", name, "from", o.Keepalive, "to", next[name].Keepalive)
+			e.note(name, "~ keepalive", fmt.Sprintf("from=%d to=%d", o.Keepalive, next[name].Keepalive))
 		}
 		if _, ok := prev[name]; !ok {
 			e.log.Info("+ upstream", "upstream", name, "servers", len(next[name].Servers))
+			e.note(name, "+ upstream", fmt.Sprintf("%d servers", len(next[name].Servers)))
+		}
+		if o, ok := prev[name]; !ok || len(o.Servers) != len(next[name].Servers) {
+			if e.timeline.Series(name, time.Now()) == nil {
+				e.count(name, len(o.Servers)) // the count before this run's first change (0: new)
+			}
+			e.count(name, len(next[name].Servers))
 		}
 	}
 	for _, name := range c.Removed {
 		e.log.Info("- upstream", "upstream", name)
+		e.note(name, "- upstream", "")
+		if e.timeline.Series(name, time.Now()) == nil {
+			e.count(name, len(prev[name].Servers))
+		}
+		e.count(name, 0)
 	}
 }
 
@@ -515,7 +623,33 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.applies, m.storeErrors, m.verifyFailures, m.holdsStarted, m.upstreams, m.holds, m.lastApply, m.propagation)
+		// A configuration reload (SIGHUP) builds a new engine on the same
+		// registry: it takes over the collectors already there, so that
+		// counters go on instead of starting again from zero.
+		m.applies = reuse(reg, m.applies)
+		m.storeErrors = reuse(reg, m.storeErrors)
+		m.verifyFailures = reuse(reg, m.verifyFailures)
+		m.holdsStarted = reuse(reg, m.holdsStarted)
+		m.upstreams = reuse(reg, m.upstreams)
+		m.holds = reuse(reg, m.holds)
+		m.lastApply = reuse(reg, m.lastApply)
+		m.propagation = reuse(reg, m.propagation)
 	}
 	return m
+}
+
+// reuse registers c, or returns the collector of the same kind registered
+// before it.
+func reuse[T prometheus.Collector](reg prometheus.Registerer, c T) T {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if old, ok := are.ExistingCollector.(T); ok {
+			return old
+		}
+	}
+	panic(fmt.Errorf("engine metrics: %w", err))
 }

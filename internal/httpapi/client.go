@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/history"
 	"github.com/swallowkeeper/swallowkeeper/internal/statuspage"
 )
 
@@ -164,6 +165,7 @@ func Print(w io.Writer, body []byte) error {
 	tw.Flush()
 	printHolds(w, doc.Holds)
 	printDropped(w, doc.Dropped)
+	printHistory(w, doc.History)
 	fmt.Fprintf(w, "\nUpstreams:\n")
 	for _, u := range doc.Upstreams {
 		fmt.Fprintf(w, "  %s (service %s, keepalive %d)\n", u.Name, u.Service, u.Keepalive)
@@ -221,6 +223,24 @@ func printDropped(w io.Writer, dropped []Dropped) {
 	}
 }
 
+// printHistory lists the recent changes, oldest first, each with its
+// time, upstream and cause.
+func printHistory(w io.Writer, changes []history.Event) {
+	if len(changes) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nRecent changes (oldest first):\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range changes {
+		name := c.Upstream
+		if name == "" {
+			name = "(all)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t(%s)\n", c.At.Local().Format("2006-01-02 15:04:05"), printable(name), c.Change, printable(c.Detail), c.Cause)
+	}
+	tw.Flush()
+}
+
 // page is the status document as the HTML page shows it.
 func (d *Daemon) page() statuspage.Page {
 	var doc Doc
@@ -256,11 +276,21 @@ func (d *Daemon) page() statuspage.Page {
 		pu := statuspage.Upstream{Name: u.Name, Service: u.Service, Keepalive: u.Keepalive}
 		for _, s := range u.Servers {
 			pu.Servers = append(pu.Servers, statuspage.Server{
-				Addr: s.Addr, Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout,
+				Addr: s.Addr, Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: time.Duration(s.FailTimeout),
 				Backup: s.Backup, Down: s.Down, Instance: s.Instance, Tags: s.Tags,
 			})
 		}
+		for _, series := range doc.Timeline {
+			if series.Upstream == u.Name {
+				for _, pt := range series.Points {
+					pu.Counts = append(pu.Counts, statuspage.Count{At: pt.At, Servers: pt.Servers})
+				}
+			}
+		}
 		p.Upstreams = append(p.Upstreams, pu)
+	}
+	for _, c := range doc.History {
+		p.History = append(p.History, statuspage.Change{At: c.At, Upstream: c.Upstream, Change: c.Change, Detail: c.Detail, Cause: c.Cause})
 	}
 	return p
 }

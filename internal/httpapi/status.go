@@ -3,9 +3,13 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/history"
 )
 
 // document is the /status answer. The daemon writes it with Targets as
@@ -21,6 +25,38 @@ type document[T any] struct {
 	Targets      []T        `json:"targets"`
 	Upstreams    []Upstream `json:"upstreams"`
 	Dropped      []Dropped  `json:"dropped"`
+	// History is the last changes applied, oldest first; Timeline each
+	// changed upstream's server counts over the last hour.
+	History  []history.Event `json:"history"`
+	Timeline []Series        `json:"timeline"`
+}
+
+// Series is an upstream's server counts over the last hour, oldest first:
+// each count holds from its time on (the first may be older than the
+// hour: the count the hour starts with).
+type Series struct {
+	Upstream string          `json:"upstream"`
+	Points   []history.Point `json:"points"`
+}
+
+// Duration is a duration in JSON as Go and nginx write it: "10s".
+type Duration time.Duration
+
+// MarshalJSON writes d as a string, "10s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a string such as "10s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: want a string such as \"10s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration: %w", err)
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // Registry is whether a source reaches its registry.
@@ -49,14 +85,14 @@ type Upstream struct {
 
 // Server is one server of an applied upstream.
 type Server struct {
-	Addr        string        `json:"addr"`
-	Weight      int           `json:"weight"`
-	MaxFails    int           `json:"max_fails"`
-	FailTimeout time.Duration `json:"fail_timeout_ns"`
-	Instance    string        `json:"instance,omitempty"`
-	Tags        []string      `json:"tags,omitempty"`
-	Backup      bool          `json:"backup,omitempty"`
-	Down        bool          `json:"down,omitempty"`
+	Addr        string   `json:"addr"`
+	Weight      int      `json:"weight"`
+	MaxFails    int      `json:"max_fails"`
+	FailTimeout Duration `json:"fail_timeout"`
+	Instance    string   `json:"instance,omitempty"`
+	Tags        []string `json:"tags,omitempty"`
+	Backup      bool     `json:"backup,omitempty"`
+	Down        bool     `json:"down,omitempty"`
 }
 
 // Dropped is a registry entry left out as invalid.
@@ -71,7 +107,7 @@ type Dropped struct {
 type sinkEntry struct {
 	URL         string    `json:"url"`
 	InSync      bool      `json:"in_sync"`
-	LastSync    time.Time `json:"last_sync"`
+	LastSync    time.Time `json:"last_sync,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	Upstreams   int       `json:"upstreams"`
@@ -82,7 +118,7 @@ type sinkEntry struct {
 // Section key at the top level) and the sources' reachability.
 func (d *Daemon) statusJSON(indent bool) []byte {
 	doc := document[json.RawMessage]{Version: d.Version, Registries: []Registry{}, Holds: []Hold{}, Targets: []json.RawMessage{},
-		Upstreams: []Upstream{}, Dropped: []Dropped{}}
+		Upstreams: []Upstream{}, Dropped: []Dropped{}, History: []history.Event{}, Timeline: []Series{}}
 	for _, s := range d.Sources {
 		r := Registry{Name: s.Name, Up: true}
 		if hr, ok := s.Source.(engine.HealthReporter); ok {
@@ -131,10 +167,14 @@ func fill(doc *document[json.RawMessage], st *engine.Status) {
 		u := st.Applied[name]
 		ud := Upstream{Name: name, Service: u.Service, Keepalive: u.Keepalive, Servers: []Server{}}
 		for _, s := range u.Servers {
-			ud.Servers = append(ud.Servers, Server{Addr: s.Addr.String(), Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: s.FailTimeout,
+			ud.Servers = append(ud.Servers, Server{Addr: s.Addr.String(), Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: Duration(s.FailTimeout),
 				Tags: s.Tags, Instance: s.Instance, Backup: s.Backup, Down: s.Down})
 		}
 		doc.Upstreams = append(doc.Upstreams, ud)
+	}
+	doc.History = append(doc.History, st.History...)
+	for _, name := range slices.Sorted(maps.Keys(st.Timeline)) {
+		doc.Timeline = append(doc.Timeline, Series{name, st.Timeline[name]})
 	}
 }
 

@@ -104,7 +104,7 @@ func TestStatusJSONKeepsItsKeys(t *testing.T) {
 		t.Fatalf("/status: %v\n%s", err, body)
 	}
 	top := keys(t, json.RawMessage(body))
-	if want := []string{"dropped", "holds", "registries", "reload", "sources", "sources_answered", "targets", "upstreams", "version"}; !slices.Equal(top, want) {
+	if want := []string{"dropped", "history", "holds", "registries", "reload", "sources", "sources_answered", "targets", "timeline", "upstreams", "version"}; !slices.Equal(top, want) {
 		t.Errorf("top-level keys %v, want %v", top, want)
 	}
 	var targets []json.RawMessage
@@ -112,10 +112,14 @@ func TestStatusJSONKeepsItsKeys(t *testing.T) {
 	if len(targets) != 2 {
 		t.Fatalf("targets %s", doc["targets"])
 	}
-	if got, want := keys(t, targets[0]), []string{"drift_repairs", "in_sync", "last_sync", "upstreams", "url"}; !slices.Equal(got, want) {
+	// Neither has synced: no last_sync (not "0001-01-01T00:00:00Z").
+	if strings.Contains(body, "0001-01-01") {
+		t.Errorf("/status shows a zero time:\n%s", body)
+	}
+	if got, want := keys(t, targets[0]), []string{"drift_repairs", "in_sync", "upstreams", "url"}; !slices.Equal(got, want) {
 		t.Errorf("dyups entry keys %v, want %v", got, want)
 	}
-	if got, want := keys(t, targets[1]), []string{"in_sync", "last_error", "last_error_at", "last_sync", "upstreams", "url"}; !slices.Equal(got, want) {
+	if got, want := keys(t, targets[1]), []string{"in_sync", "last_error", "last_error_at", "upstreams", "url"}; !slices.Equal(got, want) {
 		t.Errorf("reload entry keys %v, want %v", got, want)
 	}
 	want := []string{"command", "failed_attempts", "failing", "failing_since", "in_sync", "last_error", "last_error_at", "next_retry"}

@@ -38,6 +38,26 @@ type Page struct {
 	Targets   []Target
 	Upstreams []Upstream // as applied
 	Dropped   []Dropped  // registry entries left out as invalid
+
+	// History is the last changes applied, oldest first; the page lists
+	// the newest first.
+	History []Change
+}
+
+// Change is one applied change: a server added, removed or changed, an
+// upstream added or removed, a guard's hold or release.
+type Change struct {
+	At       time.Time
+	Upstream string // "" = every upstream
+	Change   string // "+ server", "- server", "~ server", "hold", "release", ...
+	Detail   string
+	Cause    string // "registry", "start", "guard confirm", ...
+}
+
+// Count is an upstream's server count from At on.
+type Count struct {
+	At      time.Time
+	Servers int
 }
 
 // Source is one configured registry watch.
@@ -76,7 +96,14 @@ type Upstream struct {
 	Keepalive int
 	Held      bool // a guard holds changes to it back (also shown when a Hold names it)
 	Servers   []Server
+	// Counts is its server count over the last TimelineWindow, oldest
+	// first (the first may be older: the count the window starts with);
+	// empty when it did not change, and the page draws len(Servers).
+	Counts []Count
 }
+
+// TimelineWindow is how far back an upstream's timeline reaches.
+const TimelineWindow = time.Hour
 
 // Server is one server line of an upstream, with where it came from.
 type Server struct {

@@ -30,6 +30,7 @@ type view struct {
 	Answered   int
 	Holds      []holdView
 	Upstreams  []upstreamView
+	Changes    []Change // History, newest first
 }
 
 type holdView struct {
@@ -39,9 +40,10 @@ type holdView struct {
 
 type upstreamView struct {
 	Upstream
-	Held    bool
-	Reasons []string // of the holds that apply to it
-	Drift   []string // targets that differed on it at their last check
+	Held     bool
+	Reasons  []string // of the holds that apply to it
+	Drift    []string // targets that differed on it at their last check
+	Timeline timeline
 }
 
 // build derives the view from p. It does not modify p.
@@ -63,7 +65,7 @@ func build(p Page) view {
 		v.Holds = append(v.Holds, holdView{Hold: h, Scope: scope})
 	}
 	for _, u := range p.Upstreams {
-		uv := upstreamView{Upstream: u, Held: u.Held}
+		uv := upstreamView{Upstream: u, Held: u.Held, Timeline: drawTimeline(u.Name, u.Counts, len(u.Servers), p.GeneratedAt)}
 		for _, h := range p.Holds {
 			if h.Upstream == "" || h.Upstream == u.Name {
 				uv.Held = true
@@ -77,6 +79,8 @@ func build(p Page) view {
 		}
 		v.Upstreams = append(v.Upstreams, uv)
 	}
+	v.Changes = slices.Clone(p.History)
+	slices.Reverse(v.Changes)
 	return v
 }
 

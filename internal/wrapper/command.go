@@ -39,8 +39,11 @@ gives readers the node's (the agent's advertise address). etcd and
 ZooKeeper have no agent: the wrapper uses this host's address on the route
 to the registry, and wants -address when that route is loopback.
 
--registry etcd registers a key under a lease of -ttl (service layout
-<prefix>/<service>/<id>, or -etcd-layout upsync); -registry zookeeper an
+-registry etcd registers a key under a lease of -ttl, by default in the
+upsync layout the daemon reads by default (<prefix>/<upstream>/<ip>:<port>
+under /upstreams; the daemon's etcd.layout: upsync), or with -etcd-layout
+service as <prefix>/<service>/<id> under /services (then set the daemon's
+etcd.layout: service); -registry zookeeper an
 ephemeral znode in the Curator / Spring Cloud Zookeeper layout (or
 -zookeeper-layout plain, <root>/<upstream>/<ip>:<port>) with a session of
 -ttl. Neither registry runs health checks, so the wrapper runs
@@ -120,8 +123,8 @@ func (c *registerLine) flags(stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.consulAddr, "consul-addr", "", "Consul agent HTTP address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
 	fs.StringVar(&c.registry, "registry", "consul", "where to register: consul, etcd or zookeeper")
 	fs.StringVar(&c.etcdEPs, "etcd-endpoints", "127.0.0.1:2379", "etcd endpoints, comma-separated (-registry etcd)")
-	fs.StringVar(&c.etcdLayout, "etcd-layout", "service", "etcd layout: service or upsync (-registry etcd)")
-	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "", "etcd key prefix (default /services, or /upstreams for upsync)")
+	fs.StringVar(&c.etcdLayout, "etcd-layout", "upsync", "etcd layout: upsync (the daemon's default etcd.layout) or service; the daemon's etcd.layout must match (-registry etcd)")
+	fs.StringVar(&c.etcdPrefix, "etcd-prefix", "", "etcd key prefix (default /upstreams for upsync, /services for service: the daemon's defaults)")
 	fs.StringVar(&c.zkServers, "zookeeper-servers", "127.0.0.1:2181", "ZooKeeper servers, comma-separated (-registry zookeeper)")
 	fs.StringVar(&c.zkRoot, "zookeeper-root", "/services", "ZooKeeper root of the service znodes (-registry zookeeper)")
 	fs.StringVar(&c.zkLayout, "zookeeper-layout", "curator", "ZooKeeper layout: curator, or plain (<root>/<upstream>/<ip>:<port>) (-registry zookeeper)")

@@ -1,10 +1,12 @@
 package wrapper
 
 import (
+	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
@@ -80,5 +82,44 @@ func TestZooKeeperEntryLayouts(t *testing.T) {
 	}
 	if _, _, err := (&ZooKeeper{Layout: "upsync"}).Entry(o); err == nil || !strings.Contains(err.Error(), `unknown layout "upsync"`) {
 		t.Errorf("an etcd layout in ZooKeeper: %v", err)
+	}
+}
+
+// One etcd default for both sides (issue 16): `register -registry etcd`
+// with no layout or prefix flag writes what a daemon with the default
+// configuration (no etcd.layout, no etcd.prefix) reads.
+func TestDefaultEtcdRegistrationIsReadByTheDefaultDaemon(t *testing.T) {
+	c := &registerLine{getenv: func(string) string { return "" }}
+	fs := c.flags(io.Discard)
+	if err := fs.Parse([]string{"-registry", "etcd", "-service", "web", "-port", "8080", "-address", "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() error{c.consul, c.instance, c.stop, c.secrets} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	key, value, err := (&Etcd{Layout: c.etcdLayout, Prefix: c.etcdPrefix}).Entry(c.o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	opt, err := cfg.EtcdOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.etcdLayout != string(opt.Layout) {
+		t.Errorf("wrapper's default -etcd-layout %q, daemon's default etcd.layout %q", c.etcdLayout, opt.Layout)
+	}
+	dir := layout.Join(layout.CleanRoot(opt.Prefix))
+	rules := registry.Rules{Weight: 1, FailTimeout: 10 * time.Second}
+	snap, invalid := opt.Layout.Snapshot(dir, []etcd.KV{{Key: key, Value: []byte(value)}}, rules)
+	u := snap.Upstreams[c.o.Upstream]
+	if len(invalid) != 0 || len(u.Servers) != 1 || u.Servers[0].Addr.String() != "10.0.0.1:8080" {
+		t.Fatalf("the default registration %s = %q reads back, under the daemon's default %s layout at %s, as %v (dropped %v), want 10.0.0.1:8080 in %s",
+			key, value, opt.Layout, dir, snap.Upstreams, invalid, c.o.Upstream)
 	}
 }

@@ -430,3 +430,31 @@ func TestReconcileAfterCaseRenameRepairsNothing(t *testing.T) {
 		})
 	}
 }
+
+// A drift check reports what it repairs to the engine's change history,
+// and reports nothing when all is well.
+func TestReconcileReportsRepairsToTheHistory(t *testing.T) {
+	f := &fakeDyups{ups: map[string]string{}}
+	tg := newTarget(t, f)
+	var got [][]string
+	tg.ReportDriftTo(func(target string, ups []string) {
+		if target != tg.URL() {
+			t.Errorf("reported for %q, want %q", target, tg.URL())
+		}
+		got = append(got, ups)
+	})
+	desired := upstream.State{"api": named("api", "10.0.0.1:80"), "web": named("web", "10.0.0.2:80")}
+	if err := tg.Sync(context.Background(), desired); err != nil {
+		t.Fatal(err)
+	}
+	if err := tg.Reconcile(context.Background(), desired); err != nil || len(got) != 0 {
+		t.Fatalf("a check with nothing wrong reported %v (%v)", got, err)
+	}
+	delete(f.ups, "web") // nginx lost it
+	if err := tg.Reconcile(context.Background(), desired); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || strings.Join(got[0], ",") != "web" {
+		t.Fatalf("reports %v, want one of [web]", got)
+	}
+}

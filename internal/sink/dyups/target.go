@@ -40,15 +40,23 @@ type Target struct {
 	status Status
 
 	// Owned by the Run goroutine (or the caller of Sync).
-	acked       upstream.State  // what the target acknowledged, per upstream
-	owned       map[string]bool // names the target may hold because we put them there
-	details     detailMemory    // /detail sections that showed their desired upstream
-	detailBuf   []byte          // the last /detail answer's buffer, for the next read
-	detailFirst []byte          // a drift check's first answer, to tell the next ones from it
-	procs       Processes       // nginx's processes, when watched (Options.NginxPID)
+	acked       upstream.State                          // what the target acknowledged, per upstream
+	owned       map[string]bool                         // names the target may hold because we put them there
+	onDrift     func(target string, upstreams []string) // set before Run; the engine's history
+	details     detailMemory                            // /detail sections that showed their desired upstream
+	detailBuf   []byte                                  // the last /detail answer's buffer, for the next read
+	detailFirst []byte                                  // a drift check's first answer, to tell the next ones from it
+	procs       Processes                               // nginx's processes, when watched (Options.NginxPID)
 }
 
-var _ engine.Sink = (*Target)(nil)
+var (
+	_ engine.Sink          = (*Target)(nil)
+	_ engine.DriftReporter = (*Target)(nil)
+)
+
+// ReportDriftTo makes the drift check report the upstreams it repairs to
+// f (the engine's change history). Call it before Run.
+func (t *Target) ReportDriftTo(f func(target string, upstreams []string)) { t.onDrift = f }
 
 // Options tune a target.
 type Options struct {
@@ -147,6 +155,12 @@ func NewTarget(rawURL string, opt Options, log *slog.Logger, m *Metrics) (*Targe
 		opt:    opt,
 		procs:  opt.Processes,
 	}
+	// The series alerts depend on exist from the start: a target that
+	// never synced reads in_sync 0 and last_sync_timestamp_seconds 0
+	// ("never"). WithLabelValues keeps a value already there, so a target
+	// made again for the same URL (a reload) does not reset them.
+	m.inSync.WithLabelValues(t.url)
+	m.lastSync.WithLabelValues(t.url)
 	return t, nil
 }
 
@@ -388,6 +402,9 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 		t.m.drift.WithLabelValues(t.url).Inc()
 		t.log.Warn("drift: nginx does not hold what it should; repairing", "upstream", name)
 		delete(t.acked, name)
+	}
+	if len(names) > 0 && t.onDrift != nil {
+		t.onDrift(t.url, names)
 	}
 	t.smu.Lock()
 	t.status.Drift, t.status.LastCheck = names, time.Now()

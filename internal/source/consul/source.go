@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -305,14 +306,23 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 	var index uint64
 	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 	for ctx.Err() == nil {
-		o := (&api.QueryOptions{WaitIndex: index, WaitTime: s.opt.WaitTime}).WithContext(ctx)
+		wait := index
+		if b.Attempts() > 0 {
+			// After a failure, ask without blocking: an agent that is back
+			// with nothing new would otherwise hold the query for the
+			// whole wait time, and the watch would read as down (and
+			// registry_up stay 0) that long. An unchanged index is then
+			// "nothing changed", as below.
+			wait = 0
+		}
+		o := (&api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}).WithContext(ctx)
 		ev, meta, err := query(o)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			s.m.errors.WithLabelValues(what).Inc()
-			s.m.up.WithLabelValues(what).Set(0)
+			s.m.setWatch(what, false)
 			s.reach.Report(what, fmt.Errorf("consul: watch %s: %w", what, err))
 			d := b.Next()
 			s.log.Warn("watch failed; retrying", "watch", what, "err", err, "retry_in", d, "attempt", b.Attempts())
@@ -325,7 +335,7 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 			s.log.Info("watch recovered", "watch", what, "after_attempts", b.Attempts())
 		}
 		b.Reset()
-		s.m.up.WithLabelValues(what).Set(1)
+		s.m.setWatch(what, true)
 		s.reach.Report(what, nil)
 		s.m.wakes.WithLabelValues(what).Inc()
 		reset := false
@@ -734,6 +744,9 @@ func (s *Source) doubt(what string, meta *api.QueryMeta) string {
 }
 
 type metrics struct {
+	registryUp      prometheus.Gauge
+	watchMu         sync.Mutex
+	watchUp         map[string]bool // the watches of startWatches → last request succeeded
 	errors          *prometheus.CounterVec
 	wakes           *prometheus.CounterVec
 	up              *prometheus.GaugeVec
@@ -746,6 +759,12 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
+		registryUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "swallowkeeper_registry_up",
+			Help:        RegistryUpHelp,
+			ConstLabels: prometheus.Labels{"source": "consul"},
+		}),
+		watchUp: map[string]bool{"catalog/services": false, "health/state/any": false},
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "swallowkeeper_consul_errors_total",
 			Help: "Failed Consul requests, by endpoint.",
@@ -780,7 +799,33 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
+		reg.MustRegister(m.registryUp, m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
 	}
 	return m
+}
+
+// RegistryUpHelp is the help of swallowkeeper_registry_up, the one
+// watch-health gauge every source exports with its own source label; the
+// sources' texts must be the same for one registry to hold them all.
+const RegistryUpHelp = "1 while the source's watch of its registry is healthy (connected, watching), 0 while it is not and nothing new is sent; by source (consul, etcd, zookeeper)."
+
+// setWatch records the outcome of the watch what's last request in
+// swallowkeeper_consul_watch_up and sets registry_up: 1 only while every
+// watch's last request succeeded.
+func (m *metrics) setWatch(what string, up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.up.WithLabelValues(what).Set(v)
+	m.watchMu.Lock()
+	defer m.watchMu.Unlock()
+	m.watchUp[what] = up
+	all := 1.0
+	for _, ok := range m.watchUp {
+		if !ok {
+			all = 0
+		}
+	}
+	m.registryUp.Set(all)
 }

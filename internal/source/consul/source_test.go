@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -338,5 +340,89 @@ func TestBrokenAnswersAreReadAgain(t *testing.T) {
 	}
 	if _, ok := tr.catalog["web"]; !ok || !tr.dirty["web"] {
 		t.Fatalf("the re-read catalog lacks web: %v (dirty %v)", tr.catalog, tr.dirty)
+	}
+}
+
+// An outage is visible (issue 16), as for etcd and ZooKeeper: losing the
+// agent logs a warning and sets swallowkeeper_registry_up{source="consul"}
+// to 0; its return logs at info and sets it to 1 again. The series exists,
+// at 0, before the first answer, and is 1 only while both watches are.
+func TestSourceReportsOutage(t *testing.T) {
+	c := testenv.StartConsul(t)
+	reg := prometheus.NewRegistry()
+	var logs testenv.LogBuffer
+	src := New(testClient(t, c), rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond},
+		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})), reg)
+	up := func() float64 { return testenv.Metric(t, reg, "swallowkeeper_registry_up", "source", "consul") }
+	if n := len(gatherFamily(t, reg, "swallowkeeper_registry_up")); n != 1 {
+		t.Fatalf("%d registry_up series before Run, want 1", n)
+	}
+	if v := up(); v != 0 {
+		t.Fatalf("registry_up = %v before any answer", v)
+	}
+	snaps := testenv.RunSource(t, src)
+	waitFor(t, snaps, "the first snapshot arrives", func(engine.Snapshot) bool { return true })
+	eventuallyTrue(t, "registry_up is 1", func() bool { return up() == 1 })
+
+	c.Stop(t)
+	eventuallyTrue(t, "a warning says a watch failed", func() bool {
+		return strings.Contains(logs.String(), `level=WARN msg="watch failed`)
+	})
+	eventuallyTrue(t, "registry_up is 0", func() bool { return up() == 0 })
+
+	c.Start(t)
+	defer func() {
+		if t.Failed() {
+			t.Logf("source log:\n%s", logs.String())
+		}
+	}()
+	eventuallyTrue(t, "an info line says the watch recovered", func() bool {
+		return strings.Contains(logs.String(), `level=INFO msg="watch recovered`)
+	})
+	eventuallyTrue(t, "registry_up is 1 again", func() bool { return up() == 1 })
+}
+
+func eventuallyTrue(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 20s: %s", what)
+		}
+	}
+}
+
+func gatherFamily(t *testing.T, reg *prometheus.Registry, name string) []string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				out = append(out, m.String())
+			}
+		}
+	}
+	return out
+}
+
+// One registry holds every source's swallowkeeper_registry_up, each with
+// its source label (their help texts must agree, or registering panics),
+// each 0 from the start: an alert on it fires for any source.
+func TestRegistryUpIsOneMetricForAllSources(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	New(nil, rules, Options{}, log, reg)
+	etcd.New([]string{"127.0.0.1:1"}, etcd.Options{}, rules, log, reg)
+	zookeeper.New([]string{"127.0.0.1:1"}, zookeeper.Options{}, rules, log, reg)
+	if n := len(gatherFamily(t, reg, "swallowkeeper_registry_up")); n != 3 {
+		t.Fatalf("%d registry_up series, want 3", n)
+	}
+	for _, src := range []string{"consul", "etcd", "zookeeper"} {
+		if v := testenv.Metric(t, reg, "swallowkeeper_registry_up", "source", src); v != 0 {
+			t.Errorf("registry_up{source=%q} = %v before Run, want 0", src, v)
+		}
 	}
 }

@@ -229,7 +229,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		stopMonitor()
 		monitor.Wait()
 		cli.Close()
-		s.m.watchUp.Set(0)
+		s.m.setUp(false)
 	}()
 	f.run(ctx, out)
 }
@@ -380,7 +380,7 @@ func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
 				}
 			}
 		}
-		s.m.watchUp.Set(boolf(f.ready && f.watching))
+		s.m.setUp(f.ready && f.watching)
 		switch {
 		case f.ready && f.watching:
 			s.reach.Report("", nil)
@@ -626,9 +626,10 @@ func (f *follower) onConn(ctx context.Context, check bool) (reason string, up bo
 	}
 	f.lost = false
 	if !check || f.wch == nil {
+		s.log.Info("connection to etcd back; listing again", "endpoints", s.endpoints)
 		return "", true
 	}
-	s.log.Info("connection to etcd back; the watch resumes", "revision", f.rev)
+	s.log.Info("connection to etcd back; the watch resumes", "endpoints", s.endpoints, "revision", f.rev)
 	rctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
 	defer cancel()
 	resp, err := f.cli.Get(rctx, f.dir, clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -668,6 +669,7 @@ func boolf(b bool) float64 {
 
 type metrics struct {
 	watchUp     prometheus.Gauge
+	registryUp  prometheus.Gauge
 	revision    prometheus.Gauge
 	relists     *prometheus.CounterVec
 	errors      *prometheus.CounterVec
@@ -681,6 +683,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		watchUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "swallowkeeper_etcd_watch_up",
 			Help: "1 while the source is connected to etcd and its watch is confirmed, 0 otherwise (and then it sends nothing new).",
+		}),
+		registryUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "swallowkeeper_registry_up",
+			Help:        RegistryUpHelp,
+			ConstLabels: prometheus.Labels{"source": "etcd"},
 		}),
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "swallowkeeper_etcd_revision",
@@ -714,7 +721,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.errors.WithLabelValues(op)
 	}
 	if reg != nil {
-		reg.MustRegister(m.watchUp, m.revision, m.relists, m.errors, m.watchEvents, m.dropped, m.snapshots)
+		reg.MustRegister(m.watchUp, m.registryUp, m.revision, m.relists, m.errors, m.watchEvents, m.dropped, m.snapshots)
 	}
 	return m
+}
+
+// RegistryUpHelp is the help of swallowkeeper_registry_up, the one
+// watch-health gauge every source exports with its own source label; the
+// sources' texts must be the same for one registry to hold them all.
+const RegistryUpHelp = "1 while the source's watch of its registry is healthy (connected, watching), 0 while it is not and nothing new is sent; by source (consul, etcd, zookeeper)."
+
+// setUp sets the watch gauge and the shared registry_up gauge together.
+func (m *metrics) setUp(up bool) {
+	m.watchUp.Set(boolf(up))
+	m.registryUp.Set(boolf(up))
 }

@@ -596,7 +596,15 @@ func TestOptions(t *testing.T) {
 func TestSourceMetricNames(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	New([]string{"127.0.0.1:1"}, upsyncOptions, rules, testenv.Logger(), reg)
-	testenv.CheckMetricNames(t, reg, "swallowkeeper_etcd_", 7)
+	// Every family but the shared swallowkeeper_registry_up{source} bears
+	// the source's prefix.
+	testenv.CheckMetricNames(t, reg, "swallowkeeper_", 8)
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if name := mf.GetName(); name != "swallowkeeper_registry_up" && !strings.HasPrefix(name, "swallowkeeper_etcd_") {
+			t.Errorf("metric %s lacks the swallowkeeper_etcd_ prefix", name)
+		}
+	}
 }
 
 // The address policy through a real etcd (issue 14): with the default
@@ -616,4 +624,72 @@ func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
 	snaps := run(t, src)
 	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))
 	testenv.CheckRefusedByDefault(t, s)
+}
+
+// An outage is visible (issue 16): losing etcd logs a warning and sets
+// swallowkeeper_registry_up{source="etcd"} to 0; its return logs at info
+// and sets it to 1 again. The series exists, at 0, before the first
+// connection.
+func TestSourceReportsOutage(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a := newApp(t, e)
+	reg := prometheus.NewRegistry()
+	var logs testenv.LogBuffer
+	src := newSource(e.Endpoints(), upsyncOptions, reg)
+	src.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if n := series(t, reg, "swallowkeeper_registry_up", "source", "etcd"); n != 1 {
+		t.Fatalf("%d registry_up{source=etcd} series before Run, want 1", n)
+	}
+	if up := metric(t, reg, "swallowkeeper_registry_up", "source", "etcd"); up != 0 {
+		t.Fatalf("registry_up = %v before any connection", up)
+	}
+	a.put("/upstreams/web/127.0.0.1:9001", "")
+	snaps := run(t, src)
+	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
+	eventually(t, "registry_up is 1", func() bool {
+		return metric(t, reg, "swallowkeeper_registry_up", "source", "etcd") == 1
+	})
+
+	e.Stop(t)
+	eventually(t, "a warning says etcd is lost", func() bool {
+		return strings.Contains(logs.String(), `level=WARN msg="connection to etcd lost`)
+	})
+	eventually(t, "registry_up is 0", func() bool {
+		return metric(t, reg, "swallowkeeper_registry_up", "source", "etcd") == 0
+	})
+
+	e.Start(t)
+	eventually(t, "an info line says etcd is back", func() bool {
+		return strings.Contains(logs.String(), `level=INFO msg="connection to etcd back`)
+	})
+	eventually(t, "registry_up is 1 again", func() bool {
+		return metric(t, reg, "swallowkeeper_registry_up", "source", "etcd") == 1
+	})
+	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 1 {
+		t.Errorf("watch_up = %v after recovery, want it kept beside registry_up", up)
+	}
+}
+
+// series counts the series of the family name whose labels include the
+// given pair.
+func series(t *testing.T, reg *prometheus.Registry, name, label, value string) int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					n++
+				}
+			}
+		}
+	}
+	return n
 }

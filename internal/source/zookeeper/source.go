@@ -138,7 +138,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 	defer func() {
 		stop()
 		conn.Close()
-		s.m.sessionUp.Set(0)
+		s.m.setUp(false)
 	}()
 
 	t := newTracker(s)
@@ -384,7 +384,7 @@ func (t *tracker) onState(st zk.State) bool {
 			return false
 		}
 		t.session = true
-		m.sessionUp.Set(1)
+		m.setUp(true)
 		t.src.reach.Report("", nil)
 		if t.pub.HasSent() {
 			log.Info("ZooKeeper session up again; re-reading everything before sending")
@@ -399,14 +399,14 @@ func (t *tracker) onState(st zk.State) bool {
 		clear(t.armed)
 		t.markAll()
 		t.session = false
-		m.sessionUp.Set(0)
+		m.setUp(false)
 		t.src.reach.Report("", errors.New("zookeeper: session expired"))
 	case zk.StateDisconnected:
 		if t.session {
 			log.Warn("connection to ZooKeeper lost; sending nothing until the session is back")
 		}
 		t.session = false
-		m.sessionUp.Set(0)
+		m.setUp(false)
 		t.src.reach.Report("", fmt.Errorf("zookeeper: no session with %s", strings.Join(t.src.servers, ",")))
 	}
 	return false
@@ -699,6 +699,7 @@ func (l zkLogger) Printf(format string, args ...any) {
 
 type metrics struct {
 	sessionUp   prometheus.Gauge
+	registryUp  prometheus.Gauge
 	expirations prometheus.Counter
 	errors      *prometheus.CounterVec
 	reads       *prometheus.CounterVec
@@ -713,6 +714,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sessionUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "swallowkeeper_zookeeper_session_up",
 			Help: "1 while the source holds a ZooKeeper session, 0 while it waits for one (and sends nothing).",
+		}),
+		registryUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "swallowkeeper_registry_up",
+			Help:        RegistryUpHelp,
+			ConstLabels: prometheus.Labels{"source": "zookeeper"},
 		}),
 		expirations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "swallowkeeper_zookeeper_session_expirations_total",
@@ -744,7 +750,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sessionUp, m.expirations, m.errors, m.reads, m.watchEvents, m.watches, m.dropped, m.snapshots)
+		reg.MustRegister(m.sessionUp, m.registryUp, m.expirations, m.errors, m.reads, m.watchEvents, m.watches, m.dropped, m.snapshots)
 	}
 	return m
+}
+
+// RegistryUpHelp is the help of swallowkeeper_registry_up, the one
+// watch-health gauge every source exports with its own source label; the
+// sources' texts must be the same for one registry to hold them all.
+const RegistryUpHelp = "1 while the source's watch of its registry is healthy (connected, watching), 0 while it is not and nothing new is sent; by source (consul, etcd, zookeeper)."
+
+// setUp sets the session gauge and the shared registry_up gauge together.
+func (m *metrics) setUp(up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.sessionUp.Set(v)
+	m.registryUp.Set(v)
 }

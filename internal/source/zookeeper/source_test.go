@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -429,7 +430,15 @@ func TestSourceMetricNames(t *testing.T) {
 	s := New([]string{"127.0.0.1:1"}, curatorOptions, rules, testenv.Logger(), reg)
 	s.m.errors.WithLabelValues("children")
 	s.m.reads.WithLabelValues("children")
-	testenv.CheckMetricNames(t, reg, "swallowkeeper_zookeeper_", 8)
+	// Every family but the shared swallowkeeper_registry_up{source} bears
+	// the source's prefix.
+	testenv.CheckMetricNames(t, reg, "swallowkeeper_", 9)
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if name := mf.GetName(); name != "swallowkeeper_registry_up" && !strings.HasPrefix(name, "swallowkeeper_zookeeper_") {
+			t.Errorf("metric %s lacks the swallowkeeper_zookeeper_ prefix", name)
+		}
+	}
 }
 
 // The address policy through a real ZooKeeper (issue 14): with the default
@@ -450,4 +459,83 @@ func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
 	snaps := testenv.RunSource(t, src)
 	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))
 	testenv.CheckRefusedByDefault(t, s)
+}
+
+// An outage is visible (issue 16): losing ZooKeeper logs a warning and sets
+// swallowkeeper_registry_up{source="zookeeper"} to 0; its return logs at
+// info and sets it to 1 again. The series exists, at 0, before the first
+// session.
+func TestSourceReportsOutage(t *testing.T) {
+	z := testenv.StartZooKeeper(t)
+	reg := prometheus.NewRegistry()
+	var logs testenv.LogBuffer
+	src := New([]string{z.Addr()}, curatorOptions, rules,
+		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})), reg)
+	src.retryBase, src.retryCap = 50*time.Millisecond, 500*time.Millisecond
+	if n := series(t, reg, "swallowkeeper_registry_up", "source", "zookeeper"); n != 1 {
+		t.Fatalf("%d registry_up{source=zookeeper} series before Run, want 1", n)
+	}
+	if up := metric(t, reg, "swallowkeeper_registry_up", "source", "zookeeper"); up != 0 {
+		t.Fatalf("registry_up = %v before any session", up)
+	}
+	a := newApp(t, z)
+	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
+	snaps := testenv.RunSource(t, src)
+	waitFor(t, snaps, "web/a is found", hasServers("web", "127.0.0.1:9001"))
+	eventually(t, "registry_up is 1", func() bool {
+		return metric(t, reg, "swallowkeeper_registry_up", "source", "zookeeper") == 1
+	})
+
+	z.Stop(t)
+	eventually(t, "a warning says ZooKeeper is lost", func() bool {
+		return strings.Contains(logs.String(), `level=WARN msg="connection to ZooKeeper lost`)
+	})
+	eventually(t, "registry_up is 0", func() bool {
+		return metric(t, reg, "swallowkeeper_registry_up", "source", "zookeeper") == 0
+	})
+
+	z.Start(t)
+	eventually(t, "an info line says ZooKeeper is back", func() bool {
+		return strings.Contains(logs.String(), `level=INFO msg="ZooKeeper session up again`)
+	})
+	eventually(t, "registry_up is 1 again", func() bool {
+		return metric(t, reg, "swallowkeeper_registry_up", "source", "zookeeper") == 1
+	})
+	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
+		t.Errorf("session_up = %v after recovery, want it kept beside registry_up", up)
+	}
+}
+
+// eventually polls cond for up to 15s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 15s: %s", what)
+		}
+	}
+}
+
+// series counts the series of the family name whose labels include the
+// given pair.
+func series(t *testing.T, reg *prometheus.Registry, name, label, value string) int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					n++
+				}
+			}
+		}
+	}
+	return n
 }

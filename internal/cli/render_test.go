@@ -1,0 +1,127 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+)
+
+// renderConfig writes a config that lets the test's loopback backends in.
+func renderConfig(t *testing.T) string {
+	t.Helper()
+	conf := filepath.Join(t.TempDir(), "sk.yml")
+	if err := os.WriteFile(conf, []byte("upstreams: {allow_addresses: [127.0.0.0/8]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return conf
+}
+
+// render writes nothing, so a persisted file under a directory that does
+// not exist yet (a fresh /var/lib/swallowkeeper) is an empty previous
+// state, not a configuration error (issue 16, item 2).
+func TestRenderNeedsNoStateDirectory(t *testing.T) {
+	c := testenv.StartConsul(t)
+	b := startBackend(t, "api-1")
+	c.Register(t, "api", "api-1", "127.0.0.1", b.Port, nil, nil)
+	missing := filepath.Join(t.TempDir(), "var", "lib", "swallowkeeper")
+	file := filepath.Join(missing, "upstreams.conf")
+	conf := renderConfig(t)
+
+	code, out, errs := runCLI(t, nil, "render", "-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file)
+	if code != 0 || !strings.Contains(out, "upstream api {") || !strings.Contains(out, b.Addr()) {
+		t.Fatalf("render with a missing state directory: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Fatalf("render created %s", missing)
+	}
+	// -diff against a file that does not exist: everything is new.
+	code, out, errs = runCLI(t, nil, "render", "-diff", "-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file)
+	if code != 2 || !strings.Contains(out, "+upstream api {") {
+		t.Fatalf("render -diff with no persisted file: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	// The daemon still needs the directory: it writes there.
+	if code, _, errs := runCLI(t, nil, "once", "-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file, "-target", "http://127.0.0.1:1"); code != 1 || !strings.Contains(errs, "directory of "+file) {
+		t.Fatalf("once with a missing state directory: exit %d %q", code, errs)
+	}
+}
+
+// With the registry down, render fails once, within -timeout, with one
+// line that names the registry and the last error, and none of the
+// source's retry warnings.
+func TestRenderWithRegistryDownFailsOnceWithinTimeout(t *testing.T) {
+	addr := testenv.Addr(testenv.FreePort(t)) // nothing listens here
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	start := time.Now()
+	code, out, errs := runCLI(t, nil, "render", "-timeout", "2s", "-consul-addr", addr, "-file", file)
+	took := time.Since(start)
+	if code != 1 || out != "" {
+		t.Fatalf("render with Consul down: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if took > 5*time.Second {
+		t.Errorf("render with -timeout 2s took %s", took)
+	}
+	lines := strings.Split(strings.TrimSpace(errs), "\n")
+	if len(lines) != 1 {
+		t.Errorf("render printed %d lines, want one error:\n%s", len(lines), errs)
+	}
+	for _, want := range []string{"swallowkeeper render:", "consul " + addr, "within 2s", "connection refused"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("the error does not say %q:\n%s", want, errs)
+		}
+	}
+	// The default is short: 10s.
+	if code, _, errs := runCLI(t, nil, "render", "-h"); code != 0 || !strings.Contains(errs, "-timeout") || !strings.Contains(errs, "default 10s") || !strings.Contains(errs, "-diff") {
+		t.Errorf("render -h: %d\n%s", code, errs)
+	}
+	// -log-level debug shows what the source tried.
+	_, _, errs = runCLI(t, nil, "render", "-timeout", "1s", "-log-level", "debug", "-consul-addr", addr, "-file", file)
+	if !strings.Contains(errs, "level=WARN") {
+		t.Errorf("render -log-level debug hides the source's warnings:\n%s", errs)
+	}
+}
+
+// render -diff compares the registry with the persisted file: exit 0 and
+// "no change" when they match, exit 2 and a unified-style hunk per
+// changed upstream when they differ; the file is left as it was.
+func TestRenderDiff(t *testing.T) {
+	c := testenv.StartConsul(t)
+	b1, b2 := startBackend(t, "web-1"), startBackend(t, "web-2")
+	c.Register(t, "web", "web-1", "127.0.0.1", b1.Port, nil, nil)
+	c.Register(t, "api", "api-1", "127.0.0.1", b1.Port, nil, nil)
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	conf := renderConfig(t)
+	args := []string{"-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file}
+
+	code, rendered, errs := runCLI(t, nil, append([]string{"render"}, args...)...)
+	if code != 0 {
+		t.Fatalf("render: %d %s", code, errs)
+	}
+	if err := os.WriteFile(file, []byte(rendered), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCLI(t, nil, append([]string{"render", "-diff"}, args...)...)
+	if code != 0 || !strings.HasPrefix(out, "no change") {
+		t.Fatalf("render -diff with nothing changed: exit %d\n%s\n%s", code, out, errs)
+	}
+
+	c.Register(t, "web", "web-2", "127.0.0.1", b2.Port, nil, nil)
+	code, out, errs = runCLI(t, nil, append([]string{"render", "-diff"}, args...)...)
+	if code != 2 {
+		t.Fatalf("render -diff with a new server: exit %d\n%s\n%s", code, out, errs)
+	}
+	for _, want := range []string{"--- " + file + " (persisted)\n", "+++ consul " + c.HTTPAddr() + " (rendered)\n", "@@ upstream web @@\n", " upstream web {\n", "+    server " + b2.Addr() + " "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("render -diff does not show %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "upstream api") || strings.Contains(out, "-    server") {
+		t.Errorf("render -diff shows more than the change:\n%s", out)
+	}
+	if after, _ := os.ReadFile(file); string(after) != rendered {
+		t.Errorf("render -diff changed the persisted file:\n%s", after)
+	}
+}

@@ -1,0 +1,136 @@
+// Package history keeps what the engine applied recently, for the status
+// page and `swallowkeeper status`: the last changes (a fixed-size ring) and
+// each upstream's server count over a time window. Both are plain data with
+// bounded memory; the caller serialises access.
+package history
+
+import (
+	"slices"
+	"time"
+)
+
+// Causes of a change.
+const (
+	CauseRegistry = "registry"      // a registry snapshot
+	CauseStart    = "start"         // the state loaded at start, or a reload (SIGHUP)
+	CauseRetry    = "persist retry" // a failed write tried again
+	CauseConfirm  = "guard confirm" // a held drop confirmed by a later read
+	CauseDrift    = "drift"         // nginx differed from the applied state
+)
+
+// Event is one applied change.
+type Event struct {
+	At       time.Time `json:"at"`
+	Upstream string    `json:"upstream"` // "" = every upstream (a global hold)
+	// Change is what happened: "+ server", "- server", "~ server",
+	// "+ upstream", "- upstream", "~ keepalive", "hold", "release",
+	// "drift repair".
+	Change string `json:"change"`
+	Detail string `json:"detail,omitempty"` // the server, what changed, the guard's reason
+	Cause  string `json:"cause"`
+}
+
+// Ring keeps the last N events. The zero value keeps none.
+type Ring struct {
+	buf  []Event
+	next int // where the next event goes
+	full bool
+}
+
+// NewRing returns a ring that keeps the last n events.
+func NewRing(n int) *Ring { return &Ring{buf: make([]Event, max(n, 0))} }
+
+// Add records e, forgetting the oldest event when the ring is full.
+func (r *Ring) Add(e Event) {
+	if len(r.buf) == 0 {
+		return
+	}
+	r.buf[r.next] = e
+	r.next++
+	if r.next == len(r.buf) {
+		r.next, r.full = 0, true
+	}
+}
+
+// Events returns a copy of the kept events, oldest first.
+func (r *Ring) Events() []Event {
+	if !r.full {
+		return slices.Clone(r.buf[:r.next])
+	}
+	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
+}
+
+// Point is an upstream's server count from At on.
+type Point struct {
+	At      time.Time `json:"at"`
+	Servers int       `json:"servers"`
+}
+
+// Timeline keeps each upstream's server counts over Window: every point in
+// it, and the last one before it (the count the window starts with). An
+// upstream keeps at most MaxPoints points; the oldest go first.
+type Timeline struct {
+	Window    time.Duration
+	MaxPoints int
+	series    map[string][]Point
+}
+
+// Record notes that the upstream has n servers from at on (0 when it was
+// removed), and forgets what fell out of the window.
+func (t *Timeline) Record(name string, at time.Time, n int) {
+	if t.series == nil {
+		t.series = map[string][]Point{}
+	}
+	s := t.series[name]
+	if len(s) > 0 && s[len(s)-1].Servers == n {
+		return // no change in the count
+	}
+	s = append(s, Point{at, n})
+	t.series[name] = prune(s, at.Add(-t.Window), t.MaxPoints)
+}
+
+// Series returns a copy of the upstream's points that matter at now:
+// those in the window and the last one before it.
+func (t *Timeline) Series(name string, now time.Time) []Point {
+	if t == nil {
+		return nil
+	}
+	return prune(slices.Clone(t.series[name]), now.Add(-t.Window), t.MaxPoints)
+}
+
+// Expire forgets the upstreams whose last point, a removal (0 servers),
+// is older than the window: upstream names come from the registry, and a
+// churn of names must not grow the timeline without end.
+func (t *Timeline) Expire(now time.Time) {
+	from := now.Add(-t.Window)
+	for name, s := range t.series {
+		if last := s[len(s)-1]; last.Servers == 0 && !last.At.After(from) {
+			delete(t.series, name)
+		}
+	}
+}
+
+// All returns every upstream's series at now, by name.
+func (t *Timeline) All(now time.Time) map[string][]Point {
+	out := make(map[string][]Point, len(t.series))
+	for name := range t.series {
+		if s := t.Series(name, now); len(s) > 0 {
+			out[name] = s
+		}
+	}
+	return out
+}
+
+// prune drops the points before from except the last of them, and the
+// oldest beyond limit (0 = no limit).
+func prune(s []Point, from time.Time, limit int) []Point {
+	i := 0
+	for i+1 < len(s) && !s[i+1].At.After(from) {
+		i++
+	}
+	s = s[i:]
+	if limit > 0 && len(s) > limit {
+		s = s[len(s)-limit:]
+	}
+	return s
+}
