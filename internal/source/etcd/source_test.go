@@ -460,6 +460,10 @@ func TestSourceResyncSendsOnlyChanges(t *testing.T) {
 	}
 	a.put("/upstreams/web/127.0.0.1:9002", "")
 	waitFor(t, snaps, "a change still arrives", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
+	// The counter moves just after the send that the test received.
+	eventually(t, "the second send is counted", func() bool {
+		return metric(t, reg, "swallowkeeper_etcd_snapshots_sent_total") >= 2
+	})
 	if n := metric(t, reg, "swallowkeeper_etcd_snapshots_sent_total"); n != 2 {
 		t.Errorf("%v snapshots sent, want 2", n)
 	}
