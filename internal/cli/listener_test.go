@@ -160,4 +160,9 @@ func TestListenerClosesAStalledRequest(t *testing.T) {
 		t.Fatalf("the server kept a stalled request open for %v (read: %v)", took.Round(time.Millisecond), err)
 	}
 	t.Logf("FIGURE stalled request closed by the daemon after %v (answer %q)", took.Round(time.Millisecond), strings.SplitN(string(b), "\r\n", 2)[0])
+	// The header read timeout is 5s: closed sooner, the test did not see
+	// the deadline at work; much later, the deadline is not the one set.
+	if took < 4500*time.Millisecond || took > 8*time.Second {
+		t.Errorf("the stalled request was closed after %v, want about 5s (the header read timeout)", took.Round(time.Millisecond))
+	}
 }

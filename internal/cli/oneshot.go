@@ -56,16 +56,13 @@ func (l *lastError) explain(err error) error {
 // diffStates shows how next differs from prev as a unified-style diff of
 // the rendered file, one hunk per upstream that changes ("" when none).
 func diffStates(prev, next upstream.State) string {
-	names := append(prev.Names(), next.Names()...)
+	c := upstream.Diff(prev, next)
+	names := append(c.Set, c.Removed...)
 	slices.Sort(names)
-	names = slices.Compact(names)
 	var b strings.Builder
 	for _, name := range names {
 		o, inOld := prev[name]
 		n, inNew := next[name]
-		if inOld && inNew && o.Equal(n) {
-			continue
-		}
 		var ol, nl []string
 		if inOld {
 			ol = blockLines(name, o)

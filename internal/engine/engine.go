@@ -73,6 +73,13 @@ type Engine struct {
 	// apply in progress runs.
 	hist     *history.Ring
 	timeline *history.Timeline
+	// The history and timeline as last published: rebuilt only after a
+	// change was noted, or once a minute so that old points age out, not
+	// on every snapshot the engine takes in.
+	histDirty   bool
+	histBuilt   time.Time
+	pubHistory  []history.Event
+	pubTimeline map[string][]history.Point
 	cause    string
 	drifts   chan driftNote // repairs the sinks report, for Run's goroutine
 }
@@ -117,6 +124,7 @@ func (e *Engine) note(upstreamName, change, detail string) {
 		cause = history.CauseRegistry
 	}
 	e.hist.Add(history.Event{At: time.Now(), Upstream: upstreamName, Change: change, Detail: detail, Cause: cause})
+	e.histDirty = true
 }
 
 // count records an upstream's server count for the timeline.
@@ -125,6 +133,7 @@ func (e *Engine) count(name string, n int) {
 		e.timeline = &history.Timeline{Window: HistoryWindow, MaxPoints: 240}
 	}
 	e.timeline.Record(name, time.Now(), n)
+	e.histDirty = true
 }
 
 func holdKey(h Hold) string { return h.Guard + "\x00" + h.Upstream }
@@ -180,13 +189,17 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 	if persistErr != nil {
 		st.PersistError = persistErr.Error()
 	}
-	if e.hist != nil {
-		st.History = e.hist.Events()
+	if now := time.Now(); e.histDirty || now.Sub(e.histBuilt) > time.Minute {
+		e.histDirty, e.histBuilt = false, now
+		if e.hist != nil {
+			e.pubHistory = e.hist.Events()
+		}
+		if e.timeline != nil {
+			e.timeline.Expire(now)
+			e.pubTimeline = e.timeline.All(now)
+		}
 	}
-	if e.timeline != nil {
-		e.timeline.Expire(time.Now())
-		st.Timeline = e.timeline.All(time.Now())
-	}
+	st.History, st.Timeline = e.pubHistory, e.pubTimeline
 	e.status.Store(st)
 }
 
@@ -531,7 +544,7 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 			}
 		}
 		for _, s := range added {
-			if _, changed := prevServer(prev[name], s); !changed {
+			if prev[name].ServerAt(s.Addr) < 0 { // new here, not changed
 				e.log.Info("+ server", "upstream", name, "server", s.Addr.String(), "instance", s.Instance, "weight", s.Weight)
 				e.note(name, "+ server", fmt.Sprintf("%s weight=%d", s.Addr, s.Weight))
 			}
@@ -545,7 +558,7 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 			e.note(name, "+ upstream", fmt.Sprintf("%d servers", len(next[name].Servers)))
 		}
 		if o, ok := prev[name]; !ok || len(o.Servers) != len(next[name].Servers) {
-			if e.timeline.Series(name, time.Now()) == nil {
+			if !e.timeline.Has(name) {
 				e.count(name, len(o.Servers)) // the count before this run's first change (0: new)
 			}
 			e.count(name, len(next[name].Servers))
@@ -554,20 +567,11 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 	for _, name := range c.Removed {
 		e.log.Info("- upstream", "upstream", name)
 		e.note(name, "- upstream", "")
-		if e.timeline.Series(name, time.Now()) == nil {
+		if !e.timeline.Has(name) {
 			e.count(name, len(prev[name].Servers))
 		}
 		e.count(name, 0)
 	}
-}
-
-// prevServer finds s's address in the upstream as it was; changed is true
-// when it was there (with other parameters, since ServerDelta listed it).
-func prevServer(u upstream.Upstream, s upstream.Server) (upstream.Server, bool) {
-	if i := u.ServerAt(s.Addr); i >= 0 {
-		return u.Servers[i], true
-	}
-	return upstream.Server{}, false
 }
 
 func deref(snaps []*Snapshot) []Snapshot {

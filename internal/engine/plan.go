@@ -148,9 +148,8 @@ func withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
 		delete(out, name)
 		holds = append(holds, Hold{Upstream: name, Guard: GuardRefused, Reason: why})
 	}
-	for _, name := range prev.Names() {
-		u := prev[name]
-		if slices.ContainsFunc(g.Reserved, func(r string) bool { return strings.EqualFold(r, name) }) {
+	for name, u := range prev { // unsorted: it runs on every plan, and holds are rare
+		if registry.IsReserved(g.Reserved, name) {
 			drop(name, "the name is reserved (upstreams.reserved); removed")
 			continue
 		}
@@ -180,6 +179,7 @@ func withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
 	if out == nil {
 		return prev, nil
 	}
+	slices.SortFunc(holds, func(a, b Hold) int { return strings.Compare(a.Upstream, b.Upstream) })
 	return out, holds
 }
 

@@ -100,6 +100,9 @@ func checkEveryVersion(t *testing.T, v *fileVersions) int {
 	dir := t.TempDir()
 	nginxTest := nginxTestCommandFor(t, dir, "")
 	versions := v.all()
+	if len(versions) == 0 {
+		t.Fatal("no version of the persisted file was seen: nothing was checked with nginx -t")
+	}
 	for i, data := range versions {
 		if _, err := upstream.ParseFile(data); err != nil {
 			t.Errorf("version %d of the file does not parse: %v\n%s", i, err, data)
@@ -293,12 +296,20 @@ func TestBackupOnlyUpstreamKeepsItsLastServers(t *testing.T) {
 	if !held {
 		t.Errorf("status shows no hold of web: %+v", d.status(t).Holds)
 	}
+	// During the hold, web still serves its last primary, and nothing
+	// failed.
+	if seen, failed := route(ng, "web", 20); failed > 0 || seen["web-a"] != 20 {
+		t.Errorf("during the hold traffic went to %v, %d failed; want web-a only", seen, failed)
+	}
+	recs := load.finish()
+	if bad := failures(recs); len(bad) > 0 {
+		t.Errorf("%d of %d requests failed while the backup-only set was held, first: %+v", len(bad), len(recs), bad[0])
+	}
+	figure(t, "backup-only: %d requests during the hold, %d failed", len(recs), len(failures(recs)))
 	// A restarted Lua nginx loads the persisted file: it must hold web.
 	ng.Stop(t)
 	ng.Start(t)
 	waitRoutes(t, ng, d, "web", 15*time.Second, "web-a")
-	recs := load.finish()
-	figure(t, "backup-only: %d requests during the hold and an nginx restart, %d failed (the restart itself may cost some)", len(recs), len(failures(recs)))
 	if got := fileServers(t, file, "web"); len(got) != 1 || got[0] != a.Addr() {
 		t.Errorf("file holds web = %v, want the last primary %s", got, a.Addr())
 	}

@@ -89,6 +89,9 @@ func (t *Timeline) Record(name string, at time.Time, n int) {
 	t.series[name] = prune(s, at.Add(-t.Window), t.MaxPoints)
 }
 
+// Has reports whether the upstream has any point yet.
+func (t *Timeline) Has(name string) bool { return t != nil && len(t.series[name]) > 0 }
+
 // Series returns a copy of the upstream's points that matter at now:
 // those in the window and the last one before it.
 func (t *Timeline) Series(name string, now time.Time) []Point {

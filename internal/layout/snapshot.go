@@ -109,7 +109,7 @@ func known(st upstream.State, services map[string][]registry.Instance, tagged ma
 	}
 	for svc, list := range services {
 		withoutTags := len(list) > 0 && !tagged[svc]
-		if built[svc] || withoutTags || upstream.ValidName(svc) != nil || r.IsReserved(svc) {
+		if built[svc] || withoutTags || upstream.ValidName(svc) != nil || registry.IsReserved(r.Reserved, svc) {
 			continue
 		}
 		u := upstream.Upstream{Name: svc, Service: svc, Keepalive: r.Keepalive}

@@ -312,23 +312,17 @@ func (r Rules) upstreamName(svc string, tags []string) (string, error) {
 	if err := upstream.ValidName(name); err != nil {
 		return "", err
 	}
-	if r.reserved(name) {
+	if IsReserved(r.Reserved, name) {
 		return "", fmt.Errorf("upstream name %s is reserved (upstreams.reserved: nginx.conf defines it)", name)
 	}
 	return name, nil
 }
 
-// IsReserved reports whether name is one of Rules.Reserved,
-// case-insensitively (nginx compares upstream names that way).
-func (r Rules) IsReserved(name string) bool { return r.reserved(name) }
-
-func (r Rules) reserved(name string) bool {
-	for _, n := range r.Reserved {
-		if strings.EqualFold(n, name) {
-			return true
-		}
-	}
-	return false
+// IsReserved reports whether name is in the reserved list,
+// case-insensitively (nginx compares upstream names that way). The
+// builder never creates such a name, and the engine never keeps one.
+func IsReserved(reserved []string, name string) bool {
+	return slices.ContainsFunc(reserved, func(r string) bool { return strings.EqualFold(r, name) })
 }
 
 func hasAll(tags, want []string) bool {

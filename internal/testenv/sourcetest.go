@@ -202,3 +202,68 @@ func CheckRefusedByDefault(t testing.TB, s engine.Snapshot) {
 		}
 	}
 }
+
+// Outage is a registry outage a source must report: Stop and Start the
+// registry; Lost and Back are the log lines (level and message start) the
+// source writes to Logs when it loses and regains it.
+type Outage struct {
+	Source      string // the source label of swallowkeeper_registry_up
+	Stop, Start func(testing.TB)
+	Lost, Back  string
+	Logs        *LogBuffer
+}
+
+// CheckOutageReported checks that registry_up{source} exists at 0 before
+// the first connection (call it before the source runs with started
+// false), then, with the source running, that an outage logs Lost and sets
+// it to 0, and the return logs Back and sets it to 1.
+func CheckOutageReported(t testing.TB, reg *prometheus.Registry, o Outage, started func()) {
+	t.Helper()
+	up := func() float64 { return Metric(t, reg, "swallowkeeper_registry_up", "source", o.Source) }
+	if n := seriesOf(t, reg, "swallowkeeper_registry_up", "source", o.Source); n != 1 {
+		t.Fatalf("%d registry_up{source=%s} series before the source runs, want 1", n, o.Source)
+	}
+	if v := up(); v != 0 {
+		t.Fatalf("registry_up{source=%s} = %v before any connection, want 0", o.Source, v)
+	}
+	started()
+	within := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not within 15s: %s; log:\n%s", what, o.Logs)
+			}
+		}
+	}
+	within("registry_up is 1", func() bool { return up() == 1 })
+	o.Stop(t)
+	within("the source logs "+o.Lost, func() bool { return strings.Contains(o.Logs.String(), o.Lost) })
+	within("registry_up is 0", func() bool { return up() == 0 })
+	o.Start(t)
+	within("the source logs "+o.Back, func() bool { return strings.Contains(o.Logs.String(), o.Back) })
+	within("registry_up is 1 again", func() bool { return up() == 1 })
+}
+
+// seriesOf counts the series of the family name whose labels include the
+// given pair.
+func seriesOf(t testing.TB, reg *prometheus.Registry, name, label, value string) int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}

@@ -164,7 +164,19 @@ func (o *Options) Validate() error {
 		host, _ := os.Hostname()
 		o.ID = fmt.Sprintf("%s-%s-%d", o.Service, host, o.Port)
 	}
-	if o.Upstream == "" && o.Service != "" {
+	// The service, the id and the upstream become registry keys and the
+	// drain URL's path: a '/' would nest the key elsewhere, and a name the
+	// daemon refuses would never route.
+	for _, f := range [][2]string{{"-service", o.Service}, {"-id", o.ID}} {
+		if strings.ContainsAny(f[1], "/\x00\n") {
+			errs = append(errs, fmt.Errorf("%s %q: no '/' or control characters", f[0], f[1]))
+		}
+	}
+	if o.Upstream != "" {
+		if err := upstream.ValidName(o.Upstream); err != nil {
+			errs = append(errs, fmt.Errorf("-upstream: %w", err))
+		}
+	} else if o.Service != "" {
 		name, err := upstreamName(o)
 		if err != nil {
 			errs = append(errs, err)

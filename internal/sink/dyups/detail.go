@@ -102,8 +102,9 @@ func (d Detail) Lookup(name string) ([]DetailServer, bool) {
 	if s, ok := d[name]; ok {
 		return s, true
 	}
+	key := upstream.FoldKey(name) // as the drift check folds names
 	for n, s := range d {
-		if strings.EqualFold(n, name) {
+		if upstream.FoldKey(n) == key {
 			return s, true
 		}
 	}

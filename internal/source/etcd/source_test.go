@@ -641,59 +641,14 @@ func TestSourceReportsOutage(t *testing.T) {
 	var logs testenv.LogBuffer
 	src := newSource(e.Endpoints(), upsyncOptions, reg)
 	src.log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if n := series(t, reg, "swallowkeeper_registry_up", "source", "etcd"); n != 1 {
-		t.Fatalf("%d registry_up{source=etcd} series before Run, want 1", n)
-	}
-	if up := metric(t, reg, "swallowkeeper_registry_up", "source", "etcd"); up != 0 {
-		t.Fatalf("registry_up = %v before any connection", up)
-	}
 	a.put("/upstreams/web/127.0.0.1:9001", "")
-	snaps := run(t, src)
-	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
-	eventually(t, "registry_up is 1", func() bool {
-		return metric(t, reg, "swallowkeeper_registry_up", "source", "etcd") == 1
-	})
-
-	e.Stop(t)
-	eventually(t, "a warning says etcd is lost", func() bool {
-		return strings.Contains(logs.String(), `level=WARN msg="connection to etcd lost`)
-	})
-	eventually(t, "registry_up is 0", func() bool {
-		return metric(t, reg, "swallowkeeper_registry_up", "source", "etcd") == 0
-	})
-
-	e.Start(t)
-	eventually(t, "an info line says etcd is back", func() bool {
-		return strings.Contains(logs.String(), `level=INFO msg="connection to etcd back`)
-	})
-	eventually(t, "registry_up is 1 again", func() bool {
-		return metric(t, reg, "swallowkeeper_registry_up", "source", "etcd") == 1
+	testenv.CheckOutageReported(t, reg, testenv.Outage{Source: "etcd", Stop: e.Stop, Start: e.Start, Logs: &logs,
+		Lost: `level=WARN msg="connection to etcd lost`, Back: `level=INFO msg="connection to etcd back`}, func() {
+		snaps := run(t, src)
+		waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 	})
 	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 1 {
 		t.Errorf("watch_up = %v after recovery, want it kept beside registry_up", up)
 	}
 }
 
-// series counts the series of the family name whose labels include the
-// given pair.
-func series(t *testing.T, reg *prometheus.Registry, name, label, value string) int {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					n++
-				}
-			}
-		}
-	}
-	return n
-}
