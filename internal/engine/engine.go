@@ -80,8 +80,8 @@ type Engine struct {
 	histBuilt   time.Time
 	pubHistory  []history.Event
 	pubTimeline map[string][]history.Point
-	cause    string
-	drifts   chan driftNote // repairs the sinks report, for Run's goroutine
+	cause       string
+	drifts      chan driftNote // repairs the sinks report, for Run's goroutine
 }
 
 // DriftReporter is implemented by a sink that repairs drift (a dyups

@@ -651,4 +651,3 @@ func TestSourceReportsOutage(t *testing.T) {
 		t.Errorf("watch_up = %v after recovery, want it kept beside registry_up", up)
 	}
 }
-

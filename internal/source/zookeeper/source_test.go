@@ -499,4 +499,3 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
-
