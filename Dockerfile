@@ -38,7 +38,9 @@
 # - /healthz (the process answers) and /readyz (persisted state loaded and at
 #   least one nginx target in sync) on port 9145 are for the orchestrator's
 #   probes; `docker exec swallowkeeper swallowkeeper status -addr 127.0.0.1:9145`
-#   shows what it applied.
+#   shows what it applied. Docker's own HEALTHCHECK (below) runs that
+#   `status` command: `docker ps` shows the container healthy while the
+#   daemon answers.
 # - Reload mode (reload.enabled) runs `nginx -t` and `nginx -s reload`; it
 #   needs nginx in the same container, as root: this image is for the dyups
 #   and Lua modes.
@@ -48,7 +50,22 @@
 #   An app image can take the binary the same way and run
 #   `swallowkeeper register ... -- CMD` as its entrypoint.
 
-FROM golang:1.26-bookworm AS build
+# Base images are pinned by the digest of their multi-platform image index
+# (the tag stays for the reader; a digest that does not match the tag's
+# content fails the pull). Where each digest was read: docker-library's
+# repo-info, which records what Docker Hub serves for each official tag
+# (github.com/docker-library/repo-info):
+#   golang:1.26-bookworm  repos/golang/remote/1.26-bookworm.md at commit
+#     c4de0540f38eadbec61589627dfc2a89988445b9: OCI image index, linux
+#     amd64, arm/v7, arm64/v8, 386, ppc64le; Go 1.26.7.
+#   debian:bookworm-slim  repos/debian/remote/bookworm-slim.md at commit
+#     05f354f0a08a211fdfed2f21845d1fccd389921d: OCI image index, linux
+#     amd64, arm/v7, arm64/v8, 386, ppc64le; Debian snapshot of 2026-08-03.
+# To move to newer base images: take the index digest ("docker pull
+# golang@sha256:...", first line) of the tag from that repository, or
+# `docker buildx imagetools inspect golang:1.26-bookworm`.
+# packaging/dockerfile_test.go checks that every FROM is pinned.
+FROM golang:1.26-bookworm@sha256:38f30937ff0751bd8c202e53556168b9093302ee6d591e7e65a9d1b84a9d360c AS build
 WORKDIR /src
 # Modules first: this layer stays cached while only the code changes.
 COPY go.mod go.sum ./
@@ -60,7 +77,7 @@ RUN CGO_ENABLED=0 go build -trimpath \
         -o /out/swallowkeeper ./cmd/swallowkeeper \
     && /out/swallowkeeper version
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim@sha256:abd67ffcfa541b485a3dff59865ab629aa048a6c613e639d36e7456b0b229241
 # CA bundle for https to Consul/etcd, from the build stage (no apt here).
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN groupadd --system --gid 10001 swallowkeeper \
@@ -77,5 +94,12 @@ WORKDIR /var/lib/swallowkeeper
 VOLUME /var/lib/swallowkeeper
 EXPOSE 9145
 STOPSIGNAL SIGTERM
+# The binary is its own probe (the image has no curl): `status` asks the
+# daemon's listener, at the metrics.listen of the same configuration file,
+# for /status, and fails when nothing answers within 5 s. It needs
+# metrics.listen on (not "off"). It reads the whole /status each time: with
+# thousands of upstreams, a longer --interval costs less.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
+    CMD ["swallowkeeper", "status", "-config", "/etc/swallowkeeper/swallowkeeper.yml"]
 ENTRYPOINT ["swallowkeeper"]
 CMD ["run", "-config", "/etc/swallowkeeper/swallowkeeper.yml"]

@@ -70,11 +70,7 @@ func (b *Backend) Start() error {
 // Stop shuts down gracefully: no new connections, in-flight requests
 // finish.
 func (b *Backend) Stop() {
-	b.mu.Lock()
-	srv := b.srv
-	b.srv = nil
-	b.mu.Unlock()
-	if srv != nil {
+	if srv := b.take(); srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
@@ -84,13 +80,18 @@ func (b *Backend) Stop() {
 // Crash closes the listener and every connection at once, requests in
 // flight included: what the kernel does when the process is SIGKILLed.
 func (b *Backend) Crash() {
-	b.mu.Lock()
-	srv := b.srv
-	b.srv = nil
-	b.mu.Unlock()
-	if srv != nil {
+	if srv := b.take(); srv != nil {
 		srv.Close()
 	}
+}
+
+// take hands over the running server, if any, so that one caller stops it.
+func (b *Backend) take() *http.Server {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	srv := b.srv
+	b.srv = nil
+	return srv
 }
 
 // Served is how many requests to / it has answered.

@@ -229,9 +229,12 @@ func versions(bin Binaries, modes []string) Versions {
 // runAll runs every scenario Runs times in every mode (scale: ours-lua
 // only), until ctx ends; a failed run is recorded and the next one goes on.
 func (r *runner) runAll(ctx context.Context) {
-	type scenarioFunc func(context.Context, string, int) error
-	funcs := map[string]scenarioFunc{
-		ScenarioPropagation: r.propagation, ScenarioRolling: r.rolling, ScenarioCrash: r.crash, ScenarioChurn: r.churn,
+	check := r.secs(r.p.CheckInterval)
+	stacks := map[string]stackScenario{
+		ScenarioPropagation: {StackOptions{MaxFails: 1}, 3, 0, r.propagation},
+		ScenarioRolling:     {StackOptions{MaxFails: 1}, 3, check, r.rolling},
+		ScenarioCrash:       {StackOptions{MaxFails: 0}, 3, check, r.crash},
+		ScenarioChurn:       {StackOptions{MaxFails: 1}, 4, 0, r.churn},
 	}
 	for _, scen := range r.p.Scenarios {
 		for run := 1; run <= r.p.Runs && ctx.Err() == nil; run++ {
@@ -250,7 +253,7 @@ func (r *runner) runAll(ctx context.Context) {
 					break
 				}
 				r.logf("%s, run %d/%d, %s", scen, run, r.p.Runs, mode)
-				if err := funcs[scen](ctx, mode, run); err != nil {
+				if err := r.onStack(ctx, stacks[scen], mode, run); err != nil {
 					r.fail(scen, mode, run, err)
 				}
 			}

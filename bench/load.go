@@ -277,7 +277,7 @@ func (l *Load) record(r Request) {
 }
 
 // Stop stops sending, waits for the requests in flight and returns every
-// request, in the order they ended.
+// request, in the order they ended. Called again, it returns the same.
 func (l *Load) Stop() []Request {
 	l.cancel()
 	<-l.done

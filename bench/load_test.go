@@ -2,8 +2,10 @@ package bench
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -127,5 +129,34 @@ func TestSplitByEventsPutsRequestsJustAfterAnEventApart(t *testing.T) {
 		if !slices.Equal(near, tc.near) || !slices.Equal(away, tc.away) {
 			t.Errorf("%s: near %v away %v, want %v and %v", tc.name, near, away, tc.near, tc.away)
 		}
+	}
+}
+
+// The scenarios stop their load where they read it and defer a Stop for
+// the early returns: the second Stop must return at once with the same
+// requests.
+func TestLoadStopTwiceReturnsTheSameRequests(t *testing.T) {
+	var served atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { served.Add(1) }))
+	defer srv.Close()
+	load := StartLoad(srv.URL, "web", 200, 0)
+	if !poll(t.Context(), 10*time.Second, time.Millisecond, func() bool { return served.Load() >= 3 }) {
+		load.Stop()
+		t.Fatalf("the load sent %d requests in 10s, want 3", served.Load())
+	}
+	first := load.Stop()
+	after := served.Load()
+	done := make(chan []Request)
+	go func() { done <- load.Stop() }()
+	select {
+	case second := <-done:
+		if len(second) != len(first) || len(first) < 3 {
+			t.Fatalf("second Stop returned %d requests, first %d", len(second), len(first))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("second Stop still blocked after 5s")
+	}
+	if n := served.Load(); n != after {
+		t.Fatalf("the server got %d requests after the first Stop", n-after)
 	}
 }

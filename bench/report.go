@@ -90,11 +90,25 @@ func RenderMarkdown(r *Results, plotDir string) string {
 	w("All modes render the same upstream text (`server ADDR weight=1 max_fails=1 fail_timeout=10s; keepalive 16;`) and use the same proxy settings (`proxy_next_upstream error timeout http_502`, 3 tries, 1 s connect timeout, HTTP/1.1 to backends). The daemon runs with `guards.confirm_after: 0s` in every scenario, so that the drop guards never hold a removal (none of these scenarios drops more than a third of an upstream, so the default would not have changed the figures, but a held change would have been timed as propagation).\n\n")
 
 	renderTargets(w, r)
-	renderPropagation(w, img, r)
-	renderRolling(w, r)
-	renderCrash(w, r)
-	renderScale(w, r)
-	renderChurn(w, img, r)
+	// The scenario sections keep their numbers when one is left out for
+	// want of results, so that a number always names the same scenario.
+	sections := []struct {
+		title  string
+		has    bool
+		render func()
+	}{
+		{"Propagation", len(r.Propagation) > 0, func() { renderPropagation(w, img, r) }},
+		{"Rolling restart", len(r.Rolling) > 0, func() { renderRolling(w, r) }},
+		{"Crash", len(r.Crash) > 0, func() { renderCrash(w, r) }},
+		{"Scale (ours-lua)", r.Scale != nil && len(r.Scale.Runs) > 0, func() { renderScale(w, r) }},
+		{"Churn under load", len(r.Churn) > 0, func() { renderChurn(w, img, r) }},
+	}
+	for i, sec := range sections {
+		if sec.has {
+			w("## %d. %s\n\n", i+1, sec.title)
+			sec.render()
+		}
+	}
 	if len(r.Rolling) > 0 || len(r.Churn) > 0 {
 		w("### Why the reload modes lose POSTs\n\n")
 		renderReloadNote(w, r)
@@ -240,11 +254,7 @@ func modesOf[T any](m map[string]T) []string {
 }
 
 func renderPropagation(w writer, img func(string, string), r *Results) {
-	if len(r.Propagation) == 0 {
-		return
-	}
 	p := r.Params
-	w("## 1. Propagation\n\n")
 	w("Two steady instances and a third that, in turn, registers, fails its check (TTL set critical), recovers and deregisters: %d changes per run and mode, %d run(s): %d changes per mode. Each change is timed from the Consul write returning (agent API) to the moment traffic through nginx routes to the new set, seen by %d goroutines probing in a tight loop, each request on a fresh connection (so every worker is probed): a join counts at the first answer from the new instance, a leave at the first probe after the last answer from the leaving one (then 150 ms without it).\n\n",
 		p.Changes, p.Runs, p.Changes*p.Runs, p.Probers)
 	peer := r.Propagation[ModeConsulTemplate]
@@ -279,11 +289,7 @@ func renderPropagation(w writer, img func(string, string), r *Results) {
 }
 
 func renderRolling(w writer, r *Results) {
-	if len(r.Rolling) == 0 {
-		return
-	}
 	p := r.Params
-	w("## 2. Rolling restart\n\n")
 	w("Three backends, each registered with an HTTP check every %g s; %d cycles per run (%d run(s): %d cycles per mode), each restarting the three in turn: deregister → drain (until the backend has had no request for 300 ms) → graceful stop → start → register (check passing) → wait until it gets traffic again. Load: %d req/s offered over keep-alive connections; the baseline is the same load for %g s before the first restart, after %g s of it on the fresh stack that its latencies leave out (their failed requests count).\n\n",
 		p.CheckInterval, p.Cycles, p.Runs, p.Cycles*p.Runs, p.Rate, p.BaselineSeconds, p.WarmupSeconds)
 	w("| mode | requests during restarts | failed (GET / POST) | p50 ms baseline → restarts | p99 ms baseline → restarts | p99 ratio | p99 ms of each run | slowest drain | slowest rejoin | errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -334,12 +340,8 @@ func renderReloadNote(w writer, r *Results) {
 }
 
 func renderCrash(w writer, r *Results) {
-	if len(r.Crash) == 0 {
-		return
-	}
 	p := r.Params
 	limit := time.Duration(p.CheckInterval*float64(time.Second)) + targetRemovalSlack
-	w("## 3. Crash\n\n")
 	w("Three backends with an HTTP check every %g s (timeout 500 ms); under %d req/s one backend's listener and connections are closed at once (what a SIGKILL does), without deregistering. Here every server has `max_fails=0`, so nginx tries the dead server on each of its turns (and moves the request on at once: connection refused) until it is removed, which makes the removal visible: \"out of nginx\" is the end of the last request whose `$upstream_addr` includes the dead server. Window: %s after the crash, %d run(s).\n\n",
 		p.CheckInterval, p.Rate, max(3*time.Duration(p.CheckInterval*float64(time.Second)), 4*time.Second), p.Runs)
 	w("| mode | requests | failed GETs | failed POSTs | out of nginx after (slowest run) | Consul check critical after | errors |\n|---|---|---|---|---|---|---|\n")
@@ -367,12 +369,8 @@ func renderCrash(w writer, r *Results) {
 }
 
 func renderScale(w writer, r *Results) {
-	if r.Scale == nil || len(r.Scale.Runs) == 0 {
-		return
-	}
 	runs := r.Scale.Runs
 	wst := r.Scale.Worst()
-	w("## 4. Scale (ours-lua)\n\n")
 	w("%d services × %d instances in Consul's catalog (spread over %d nodes) before the daemon starts. Consul runs here as a single production server (`-server -bootstrap-expect=1`, data on disk): `-dev` indents every JSON answer, which nearly doubles the bytes the daemon reads on each change at this size. Cold sync: from starting the daemon process to nginx's `/detail` listing every server. Connections to Consul: the daemon's established TCP connections to the agent's HTTP port (its socket inodes matched in `/proc/net/tcp`), sampled every 20 ms for the whole run, maximum. Idle CPU: `utime+stime` of `/proc/PID/stat` over 10 s without changes, from 6 s after the cold sync (so that the first drift check after the sync, which parses every upstream of `/detail` once, counts with the sync; later checks parse only what changed). RSS: `VmRSS` of `/proc/PID/status` after the changes (peak: `VmHWM`), split into `RssAnon` and `RssFile`; the Go heap figures are the daemon's `go_memstats_heap_alloc_bytes`, `go_memstats_heap_inuse_bytes` and `go_memstats_sys_bytes` at the same moment. Then %d single-instance changes (an 11th instance added to a service, then removed), each waited for in nginx's API: CPU per change is `utime+stime` over the changes, less the idle rate (the drift check reads `/detail` every 5 s; \"raw\" keeps it in), divided by the number of changes; pushes per change are the POST and DELETE requests counted by `swallowkeeper_dyups_requests_total`. utime and stime tick in 10 ms steps.\n\n",
 		wst.Services, wst.Instances, scaleNodes, runs[0].Changes)
 	answer := "its size was not recorded"
@@ -456,11 +454,7 @@ func renderScale(w writer, r *Results) {
 }
 
 func renderChurn(w writer, img func(string, string), r *Results) {
-	if len(r.Churn) == 0 {
-		return
-	}
 	p := r.Params
-	w("## 5. Churn under load\n\n")
 	w("Four backends; one check flips (critical, then passing again, one backend after the other) %g times a second for %g s per run, under %d req/s over keep-alive connections; baseline: the same load for %g s before, after %g s of it on the fresh stack that are not counted. %d run(s): %g s of churn per mode.\n\n",
 		p.ChurnPerSecond, p.ChurnSeconds, p.Rate, p.BaselineSeconds, p.WarmupSeconds, p.Runs, p.ChurnSeconds*float64(p.Runs))
 	w("| mode | changes | requests during churn | failed (GET / POST) | p50 ms baseline → churn | p99 ms baseline → churn | p99 ratio | p99 ms of each run | max ms churn | ok/s churn | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")

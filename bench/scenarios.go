@@ -104,6 +104,24 @@ func (r *runner) setup(ctx context.Context, mode string, opt StackOptions, n int
 	return st, bs, nil
 }
 
+// stackScenario is a traffic scenario: the stack it runs on and its body.
+type stackScenario struct {
+	opt      StackOptions
+	backends int
+	check    time.Duration // Consul HTTP check interval of the backends; 0: none
+	run      func(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error
+}
+
+// onStack runs sc's body on a fresh stack, and tears the stack down after.
+func (r *runner) onStack(ctx context.Context, sc stackScenario, mode string, run int) (err error) {
+	st, bs, err := r.setup(ctx, mode, sc.opt, sc.backends, sc.check)
+	if err != nil {
+		return err
+	}
+	defer func() { r.teardown(st, bs, err) }()
+	return sc.run(ctx, st, bs, mode, run)
+}
+
 func (r *runner) teardown(st *Stack, bs []*Backend, err error) {
 	st.Close()
 	stopAll(bs)
@@ -130,12 +148,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 // recovers and deregisters, over and over, beside two steady ones; each
 // change is timed from the Consul write returning to nginx routing to the
 // new set, seen by fresh-connection probes.
-func (r *runner) propagation(ctx context.Context, mode string, run int) (err error) {
-	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 1}, 3, 0)
-	if err != nil {
-		return err
-	}
-	defer func() { r.teardown(st, bs, err) }()
+func (r *runner) propagation(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
 	c := bs[2]
 	if err := st.Deregister(c.ID); err != nil {
 		return err
@@ -214,21 +227,9 @@ func (r *runner) propagation(ctx context.Context, mode string, run int) (err err
 // under steady load: deregister, drain (until the backend has had no
 // request for drainQuiet), stop gracefully, start, register, wait for
 // traffic.
-func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) {
-	check := time.Duration(r.p.CheckInterval * float64(time.Second))
-	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 1}, 3, check)
-	if err != nil {
-		return err
-	}
-	defer func() { r.teardown(st, bs, err) }()
+func (r *runner) rolling(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
 	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
-	var reqs []Request
-	stopped := false
-	defer func() {
-		if !stopped {
-			load.Stop()
-		}
-	}()
+	defer load.Stop() // for the early returns; Stop may be called again
 	base, err := r.warmUp(ctx, load)
 	if err != nil {
 		return err
@@ -254,7 +255,7 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 			}
 			served := b.Served()
 			t = time.Now()
-			if err := st.Register(service, b, check); err != nil {
+			if err := st.Register(service, b, r.secs(r.p.CheckInterval)); err != nil {
 				return err
 			}
 			if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
@@ -269,7 +270,7 @@ func (r *runner) rolling(ctx context.Context, mode string, run int) (err error) 
 	if err := sleep(ctx, time.Second); err != nil {
 		return err
 	}
-	reqs, stopped = load.Stop(), true
+	reqs := load.Stop()
 	lr := LoadRun{Run: run, Changes: 2 * restarts, Warmup: Stats(reqs, load.Start, base),
 		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end),
 		SlowestDrainMs: ms(slowestDrain), SlowestRejoinMs: ms(slowestRejoin)}
@@ -325,20 +326,9 @@ func (r *runner) addLoadRun(m *map[string]*LoadMode, scen, mode string, lr LoadR
 // closed, as by SIGKILL) without deregistering; Consul's HTTP check finds
 // it. nginx gets max_fails=0 here, so that it tries the dead server on
 // every turn until it is removed and its removal shows in $upstream_addr.
-func (r *runner) crash(ctx context.Context, mode string, run int) (err error) {
-	check := time.Duration(r.p.CheckInterval * float64(time.Second))
-	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 0}, 3, check)
-	if err != nil {
-		return err
-	}
-	defer func() { r.teardown(st, bs, err) }()
+func (r *runner) crash(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
 	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
-	stopped := false
-	defer func() {
-		if !stopped {
-			load.Stop()
-		}
-	}()
+	defer load.Stop() // for the early returns; Stop may be called again
 	if err := sleep(ctx, r.secs(r.p.BaselineSeconds)); err != nil {
 		return err
 	}
@@ -363,15 +353,14 @@ func (r *runner) crash(ctx context.Context, mode string, run int) (err error) {
 			return false
 		})
 	})
-	window := max(3*check, 4*time.Second)
-	err = sleep(ctx, window)
+	window := max(3*r.secs(r.p.CheckInterval), 4*time.Second)
+	err := sleep(ctx, window)
 	stopWatch()
 	wg.Wait()
 	if err != nil {
 		return err
 	}
 	reqs := load.Stop()
-	stopped = true
 	cr := CrashRun{Run: run, CriticalMs: ms(time.Duration(critical.Load()))}
 	end := t0.Add(window)
 	var last time.Time
@@ -420,19 +409,9 @@ func (r *runner) crash(ctx context.Context, mode string, run int) (err error) {
 
 // churn: four backends, one check flipped every 1/ChurnPerSecond under
 // steady keep-alive load.
-func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
-	st, bs, err := r.setup(ctx, mode, StackOptions{MaxFails: 1}, 4, 0)
-	if err != nil {
-		return err
-	}
-	defer func() { r.teardown(st, bs, err) }()
+func (r *runner) churn(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
 	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
-	stopped := false
-	defer func() {
-		if !stopped {
-			load.Stop()
-		}
-	}()
+	defer load.Stop() // for the early returns; Stop may be called again
 	base, err := r.warmUp(ctx, load)
 	if err != nil {
 		return err
@@ -467,7 +446,6 @@ func (r *runner) churn(ctx context.Context, mode string, run int) (err error) {
 		return err
 	}
 	reqs := load.Stop()
-	stopped = true
 	lr := LoadRun{Run: run, Changes: changes, Warmup: Stats(reqs, load.Start, base),
 		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end),
 		PhaseStartS: start.Sub(load.Start).Seconds(), PhaseEndS: end.Sub(load.Start).Seconds()}

@@ -248,15 +248,7 @@ func (s *Stack) startConsul(ctx context.Context) error {
 
 const nginxLuaConf = `# Written by swallowkeeper-bench (mode ours-lua).
 {{modules}}
-worker_processes 2;
-{{user}}pid {{dir}}/nginx.pid;
-error_log {{dir}}/nginx-error.log warn;
-worker_rlimit_nofile 32768;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path {{dir}}/tmp; proxy_temp_path {{dir}}/tmp;
-    fastcgi_temp_path {{dir}}/tmp; uwsgi_temp_path {{dir}}/tmp; scgi_temp_path {{dir}}/tmp;
+{{top}}
     lua_package_path "{{repo}}/nginx/lua/?.lua;;";
     lua_shared_dict swallowkeeper {{dict}}m;
     init_by_lua_block {
@@ -297,15 +289,7 @@ http {
 `
 
 const nginxReloadConf = `# Written by swallowkeeper-bench (modes ours-reload and consul-template).
-worker_processes 2;
-{{user}}pid {{dir}}/nginx.pid;
-error_log {{dir}}/nginx-error.log warn;
-worker_rlimit_nofile 32768;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path {{dir}}/tmp; proxy_temp_path {{dir}}/tmp;
-    fastcgi_temp_path {{dir}}/tmp; uwsgi_temp_path {{dir}}/tmp; scgi_temp_path {{dir}}/tmp;
+{{top}}
     include {{file}};
     server {
         listen 127.0.0.1:{{proxy}};
@@ -317,6 +301,18 @@ http {
 }
 `
 
+// topCommon, the processes, logs and temp paths, is the same in every mode;
+// it opens the http block.
+const topCommon = `worker_processes 2;
+{{user}}pid {{dir}}/nginx.pid;
+error_log {{dir}}/nginx-error.log warn;
+worker_rlimit_nofile 32768;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path {{dir}}/tmp; proxy_temp_path {{dir}}/tmp;
+    fastcgi_temp_path {{dir}}/tmp; uwsgi_temp_path {{dir}}/tmp; scgi_temp_path {{dir}}/tmp;`
+
 // proxyCommon is the same in every mode.
 const proxyCommon = `            proxy_set_header Host $host;
             proxy_http_version 1.1;
@@ -326,6 +322,16 @@ const proxyCommon = `            proxy_set_header Host $host;
             proxy_next_upstream_tries 3;
             add_header X-SK-Upstream-Addr $upstream_addr always;`
 
+// nginxConfText is mode's nginx.conf with the pieces every mode shares put
+// in; the run's own values ({{dir}}, ports) are put in after.
+func nginxConfText(mode string) string {
+	text := nginxReloadConf
+	if mode == ModeLua {
+		text = nginxLuaConf
+	}
+	return strings.NewReplacer("{{top}}", topCommon, "{{proxycommon}}", proxyCommon).Replace(text)
+}
+
 func (s *Stack) startNginx(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(s.Dir, "tmp"), 0o755); err != nil {
 		return err
@@ -334,10 +340,7 @@ func (s *Stack) startNginx(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	text := nginxReloadConf
-	if s.Mode == ModeLua {
-		text = nginxLuaConf
-	}
+	text := nginxConfText(s.Mode)
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;\n" // workers must reach the 0700 temp directory
@@ -347,7 +350,7 @@ func (s *Stack) startNginx(ctx context.Context) error {
 		return err
 	}
 	conf := strings.NewReplacer("{{dir}}", s.Dir, "{{repo}}", repo, "{{file}}", s.File, "{{user}}", user,
-		"{{modules}}", modules, "{{dict}}", strconv.Itoa(s.opt.DictMB), "{{proxycommon}}", proxyCommon,
+		"{{modules}}", modules, "{{dict}}", strconv.Itoa(s.opt.DictMB),
 		"{{api}}", strconv.Itoa(s.ports["api"]), "{{proxy}}", strconv.Itoa(s.ports["proxy"])).Replace(text)
 	s.nginxConf = filepath.Join(s.Dir, "nginx.conf")
 	if err := os.WriteFile(s.nginxConf, []byte(conf), 0o644); err != nil {

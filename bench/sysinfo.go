@@ -71,13 +71,9 @@ const mib = 1 << 20
 
 // memory reads the resident set of process pid.
 func (pr procs) memory(pid int) (memory, error) {
-	p, err := pr.fs.Proc(pid)
+	s, err := procFile(pr, pid, "status", procfs.Proc.NewStatus)
 	if err != nil {
 		return memory{}, err
-	}
-	s, err := p.NewStatus()
-	if err != nil {
-		return memory{}, fmt.Errorf("status of %d: %w", pid, err)
 	}
 	return memory{RSS: float64(s.VmRSS) / mib, HWM: float64(s.VmHWM) / mib,
 		Anon: float64(s.RssAnon) / mib, File: float64(s.RssFile) / mib}, nil
@@ -93,13 +89,9 @@ func (pr procs) treePSS(pid int) (float64, error) {
 	}
 	total := 0.0
 	for _, pid := range append([]int{pid}, kids...) {
-		p, err := pr.fs.Proc(pid)
+		r, err := procFile(pr, pid, "smaps_rollup", procfs.Proc.ProcSMapsRollup)
 		if err != nil {
 			return 0, err
-		}
-		r, err := p.ProcSMapsRollup()
-		if err != nil {
-			return 0, fmt.Errorf("smaps_rollup of %d: %w", pid, err)
 		}
 		total += float64(r.Pss) / mib
 	}
@@ -124,15 +116,25 @@ func (pr procs) children(pid int) ([]int, error) {
 	return out, nil
 }
 
-// cpu returns the CPU time (user + system) process pid has used.
-func (pr procs) cpu(pid int) (time.Duration, error) {
+// procFile reads one of process pid's files with read; name names the
+// file in the error.
+func procFile[T any](pr procs, pid int, name string, read func(procfs.Proc) (T, error)) (T, error) {
+	var v T
 	p, err := pr.fs.Proc(pid)
 	if err != nil {
-		return 0, err
+		return v, err
 	}
-	s, err := p.Stat()
+	if v, err = read(p); err != nil {
+		return v, fmt.Errorf("%s of %d: %w", name, pid, err)
+	}
+	return v, nil
+}
+
+// cpu returns the CPU time (user + system) process pid has used.
+func (pr procs) cpu(pid int) (time.Duration, error) {
+	s, err := procFile(pr, pid, "stat", procfs.Proc.Stat)
 	if err != nil {
-		return 0, fmt.Errorf("stat of %d: %w", pid, err)
+		return 0, err
 	}
 	// CPUTime is in seconds: whole clock ticks (10 ms) of utime + stime.
 	return time.Duration(math.Round(s.CPUTime() * float64(time.Second))), nil
@@ -145,11 +147,7 @@ const tcpEstablished = 1
 // remote port is port: its open socket inodes matched against
 // /proc/net/tcp and tcp6 (a table the kernel does not have is skipped).
 func (pr procs) socketsTo(pid, port int) (int, error) {
-	p, err := pr.fs.Proc(pid)
-	if err != nil {
-		return 0, err
-	}
-	targets, err := p.FileDescriptorTargets()
+	targets, err := procFile(pr, pid, "fd", procfs.Proc.FileDescriptorTargets)
 	if err != nil {
 		return 0, err
 	}

@@ -3,7 +3,8 @@
 # from the Go module proxy), builds swallowkeeper, then runs Consul, nginx,
 # three backends and the daemon while instances join, fail checks, crash
 # and come back under a steady stream of requests.
-# Pass --keep to leave everything running afterwards, until Ctrl-C.
+# Pass --keep to leave everything running afterwards, until Ctrl-C;
+# -split for a canary split moved 90/10 → 50/50 → 0/100 through Consul KV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"

@@ -7,8 +7,9 @@
 # enables a system service.
 set -euo pipefail
 
-# chromium renders the status page in its headless test.
-pkgs=(nginx libnginx-mod-http-lua lua-resty-core etcd-server zookeeper curl ca-certificates procps chromium)
+# chromium renders the status page in its headless test; dpkg-deb (dpkg)
+# unpacks the .deb that packaging/package_test.go builds.
+pkgs=(nginx libnginx-mod-http-lua lua-resty-core etcd-server zookeeper curl ca-certificates procps chromium dpkg)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,30 +10,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"reflect"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
-	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/daemon"
+	"github.com/swallowkeeper/swallowkeeper/internal/drain"
 	"github.com/swallowkeeper/swallowkeeper/internal/httpapi"
-	"github.com/swallowkeeper/swallowkeeper/internal/registry"
-	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
-	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -58,6 +47,10 @@ Usage:
   swallowkeeper status  [flags]   ask a running daemon what it applied, per target, and what guards hold
   swallowkeeper register [flags] -- CMD [ARGS...]
                                   run an app: register when ready, deregister and drain before it stops
+  swallowkeeper drain   [flags] UPSTREAM IP:PORT
+                                  mark a server down in the file and in nginx until undrained; the registry is untouched
+  swallowkeeper undrain [flags] UPSTREAM IP:PORT
+                                  put a server drained by hand back in service (drain -list shows the marks)
   swallowkeeper version
 
 Configuration comes from, in rising priority: defaults, the YAML file
@@ -87,6 +80,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return httpapi.StatusCommand(ctx, args[1:], stdout, stderr)
 	case "register":
 		return registerCmd(ctx, args[1:], stdout, stderr, getenv)
+	case "drain", "undrain":
+		return drain.Command(cmd == "undrain", rest, stdout, stderr, DefaultConfigPath)
 	case "version", "-version", "--version":
 		v, _ := buildVersion()
 		fmt.Fprintf(stdout, "swallowkeeper %s (%s %s/%s)\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
@@ -212,7 +207,7 @@ func (f *flagValues) assemble(getenv func(string) string) (*config.Config, error
 			cfg, err = config.Parse("", nil)
 		}
 	}
-	if err != nil {
+	if cfg == nil { // not YAML; other problems of the file come back from Validate, all at once
 		return nil, err
 	}
 	if err := cfg.ApplyEnv(getenv); err != nil {
@@ -276,185 +271,20 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// generation is the pipeline built for one configuration: run builds a
-// new one on each SIGHUP, keeping what did not change (see build).
-type generation struct {
-	engine  *engine.Engine
-	sources []httpapi.Source
-	src     engine.Source
-	srcKey  any // what src was built from
-	targets []keyedTarget
-	kept    []string // what was taken over from the previous generation
-	staged  *stagedRegisterer
-}
-
-// build wires a configuration: its source, the store and the sinks, under
-// the engine. It is the one place that knows the kinds of sink.
-//
-// srcLog, when not nil, is the source's logger instead of log. dm holds
-// the dyups metrics (kept for the daemon's life). prev, when not nil, is
-// the running generation: its source is kept when the source's
-// configuration did not change, and each of its targets whose URL,
-// options and secret did not change is kept with what it acknowledged, so
-// that the new engine pushes only what differs. Build starts nothing;
-// the new source's and sinks' metrics are registered by commit.
-// withReload builds the store, with its verify commands, and in reload
-// mode adds the reload sink. Every version of the file is verified before
-// anything is pushed: by the verify command, then in reload mode by
-// reload.test (nginx -t), which the store runs as it writes the file; the
-// reload sink only reloads.
-func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Registerer, sinks []engine.Sink) (*store.File, []engine.Sink, error) {
-	var verify store.Verifiers
-	if len(cfg.Verify) > 0 {
-		verify = append(verify, store.Command{Argv: cfg.Verify})
-	}
-	if cfg.Reload.Enabled {
-		rs, err := reload.New(reload.Options{Command: cfg.Reload.Command}, log, staged)
-		if err != nil {
-			return nil, nil, err
-		}
-		sinks = append(sinks, rs)
-		if len(cfg.Reload.Test) > 0 && !slices.Equal(cfg.Reload.Test, cfg.Verify) {
-			verify = append(verify, store.Command{Argv: cfg.Reload.Test})
-		}
-	}
-	file := store.New(cfg.File)
-	if len(verify) > 0 {
-		file.Verifier = verify
-	}
-	return file, sinks, nil
-}
-
-func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registry, dm *dyups.Metrics, oneShot bool, prev *generation) (*generation, error) {
-	if srcLog == nil {
-		srcLog = log
-	}
-	g := &generation{staged: &stagedRegisterer{}}
-	var staged prometheus.Registerer // nil: no metrics (one-shot commands)
-	if reg != nil {
-		staged = g.staged
-	}
-	rules := cfg.Rules()
-	g.srcKey = struct {
-		Source    any
-		Consul    config.Consul
-		Etcd      any
-		ZooKeeper any
-		Rules     registry.Rules
-	}{cfg.Source, cfg.Consul, cfg.Etcd, cfg.ZooKeeper, rules}
-	if prev != nil && reflect.DeepEqual(prev.srcKey, g.srcKey) {
-		g.src = prev.src
-		g.kept = append(g.kept, "source")
-	} else {
-		src, err := newSource(cfg, rules, srcLog, staged)
-		if err != nil {
-			return nil, err
-		}
-		g.src = src
-	}
-	var sinks []engine.Sink
-	taken := map[int]bool{} // prev's targets kept
-	for i, tc := range cfg.Targets {
-		opt := cfg.TargetOptions(i, oneShot)
-		secret, err := cfg.TargetSecret(i) // read at start (and on SIGHUP); never logged
-		if err != nil {
-			return nil, err
-		}
-		key := struct {
-			URL    string
-			Opt    dyups.Options
-			Secret config.Secret
-		}{tc.URL, opt, secret}
-		t := (*dyups.Target)(nil)
-		if prev != nil {
-			for j, old := range prev.targets {
-				if !taken[j] && reflect.DeepEqual(old.key, key) {
-					t, taken[j] = old.t, true // a target runs under one engine
-					g.kept = append(g.kept, "target "+t.URL())
-					break
-				}
-			}
-		}
-		if t == nil {
-			t, err = dyups.NewTarget(tc.URL, opt, log, dm)
-			if err != nil {
-				return nil, err
-			}
-			if secret != "" {
-				t.UseSecret(secret.Reveal())
-			}
-		}
-		g.targets = append(g.targets, keyedTarget{key, t})
-		sinks = append(sinks, t)
-	}
-	file, sinks, err := withReload(cfg, log, staged, sinks)
-	if err != nil {
-		return nil, err
-	}
-	w := cfg.SettleWait()
-	var ereg prometheus.Registerer // the engine takes over its predecessor's collectors
-	if reg != nil {
-		ereg = reg
-	}
-	g.engine = engine.New([]engine.Source{g.src}, file, sinks,
-		engine.Guards{
-			MinServices:  cfg.Guards.MinServices,
-			MaxDrop:      cfg.Guards.MaxDrop,
-			MaxTotalDrop: cfg.Guards.MaxTotalDrop,
-			ConfirmAfter: time.Duration(cfg.Guards.ConfirmAfter),
-			Reserved:     cfg.Upstreams.Reserved,
-			Addresses:    cfg.Upstreams.AddressPolicy(),
-		},
-		engine.Wait{Min: time.Duration(w.Min), Max: time.Duration(w.Max)},
-		log, ereg)
-	g.sources = []httpapi.Source{{Name: sourceName(cfg), Source: g.src}}
-	return g, nil
-}
-
-// keyedTarget is a target with what it was built from.
-type keyedTarget struct {
-	key any
-	t   *dyups.Target
-}
-
-// stagedRegisterer holds a new generation's collectors until commit, so
-// that a build that fails leaves the running generation's metrics alone.
-type stagedRegisterer struct{ cs []prometheus.Collector }
-
-func (s *stagedRegisterer) Register(c prometheus.Collector) error {
-	s.cs = append(s.cs, c)
-	return nil
-}
-func (s *stagedRegisterer) MustRegister(cs ...prometheus.Collector) { s.cs = append(s.cs, cs...) }
-func (s *stagedRegisterer) Unregister(prometheus.Collector) bool    { return false }
-
-// commit registers the generation's new collectors in reg, each in place
-// of its predecessor (a rebuilt source or reload sink starts its counters
-// again; kept components and the engine's go on).
-func (g *generation) commit(reg *prometheus.Registry) error {
-	for _, c := range g.staged.cs {
-		err := reg.Register(c)
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			reg.Unregister(are.ExistingCollector)
-			err = reg.Register(c)
-		}
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	g.staged.cs = nil
-	return nil
-}
-
 func check(cfg *config.Config, stdout io.Writer) error {
 	st, err := store.New(cfg.File).Load()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "configuration ok: %s, %d target(s), persisted file %s (%d upstreams)\n",
-		sourceName(cfg), len(cfg.Targets), cfg.File, len(st))
+		daemon.SourceName(cfg), len(cfg.Targets), cfg.File, len(st))
 	if note := cfg.EtcdWrapperNote(); note != "" {
+		fmt.Fprintln(stdout, note)
+	}
+	for _, note := range cfg.LuaPlaneNotes() {
+		fmt.Fprintln(stdout, "note for a Lua-module target (nginx/lua):", note)
+	}
+	for _, note := range cfg.SplitNotes() {
 		fmt.Fprintln(stdout, note)
 	}
 	return nil
@@ -475,12 +305,11 @@ func oneShot(ctx context.Context, cmd string, cfg *config.Config, opts *flagValu
 		last = &lastError{}
 		srcLog = slog.New(last)
 	}
-	g, err := build(cfg, log, srcLog, nil, dyups.NewMetrics(nil), true, nil)
+	e, err := daemon.OneShot(cfg, log, srcLog)
 	if err != nil {
 		return false, err
 	}
-	e := g.engine
-	cause := fmt.Errorf("no complete answer from %s within %s", sourceName(cfg), opts.timeout)
+	cause := fmt.Errorf("no complete answer from %s within %s", daemon.SourceName(cfg), opts.timeout)
 	ctx, cancel := context.WithTimeoutCause(ctx, opts.timeout, cause)
 	defer cancel()
 	if cmd == "render" {
@@ -497,154 +326,25 @@ func oneShot(ctx context.Context, cmd string, cfg *config.Config, opts *flagValu
 			fmt.Fprintf(stdout, "no change: %s matches the registry (%d upstreams)\n", cfg.File, len(next))
 			return false, nil
 		}
-		fmt.Fprintf(stdout, "--- %s (persisted)\n+++ %s (rendered)\n%s", cfg.File, sourceName(cfg), d)
+		fmt.Fprintf(stdout, "--- %s (persisted)\n+++ %s (rendered)\n%s", cfg.File, daemon.SourceName(cfg), d)
 		return true, nil
 	}
 	next, err := e.Once(ctx)
 	if err != nil {
 		return false, last.explain(err)
 	}
-	fmt.Fprintf(stdout, "synced %d upstreams to %d target(s); file %s\n", len(next), len(cfg.Targets), cfg.File)
+	fmt.Fprintln(stdout, synced(cfg, len(next), e.SinkStatuses()))
 	return false, nil
 }
 
-// run is the daemon: it runs the pipeline for the configuration, and on
-// SIGHUP assembles the configuration again; a configuration that does not
-// validate is reported and the running one kept, a good one replaces it in
-// place. The listener and the metrics registry live as long as the daemon
-// (probes keep answering, counters go on; a new metrics.listen address
-// moves the listener), and the new pipeline keeps the source and each
-// target whose configuration did not change: a kept target remembers what
-// nginx acknowledged and pushes only the upstreams whose rendering changed.
+// run is the daemon (package daemon), with SIGHUP relayed to it as its
+// reload request.
 func run(ctx context.Context, cfg *config.Config, reloadConfig func() (*config.Config, error), stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	level := new(slog.LevelVar)
-	log := newLevelLogger(stderr, cfg, level)
-	version, _ := buildVersion()
-	log.Info("swallowkeeper started", "version", version, "source", sourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
-	dm := dyups.NewMetrics(reg)
-	gen, err := build(cfg, log, nil, reg, dm, false, nil)
-	if err != nil {
-		return err
-	}
-	if err := gen.commit(reg); err != nil {
-		return err
-	}
-	var handler atomic.Pointer[http.Handler]
-	setHandler := func(cfg *config.Config, g *generation) {
-		h := httpapi.Handler(&httpapi.Daemon{Version: version, File: cfg.File, Engine: g.engine, Sources: g.sources, Metrics: reg,
-			Pprof: cfg.Metrics.Pprof, AllowedHosts: cfg.Metrics.AllowedHosts})
-		handler.Store(&h)
-	}
-	setHandler(cfg, gen)
-	lis := &listener{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*handler.Load()).ServeHTTP(w, r) })}
-	defer lis.close()
-	if err := lis.move(ctx, cfg.Metrics.Listen, cfg.Metrics.Pprof, log); err != nil {
-		return err
-	}
-	for {
-		genCtx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- gen.engine.Run(genCtx) }() // returns once the sinks have stopped
-	wait:
-		select {
-		case err := <-done:
-			cancel()
-			if err == nil && ctx.Err() != nil {
-				log.Info("swallowkeeper stopped")
-			}
-			return err
-		case <-hup:
-			next, err := reloadConfig()
-			if err != nil {
-				log.Error("configuration reload failed; keeping the running configuration", "err", err)
-				goto wait
-			}
-			ngen, err := build(next, log, nil, reg, dm, false, gen)
-			if err != nil {
-				log.Error("configuration reload failed; keeping the running configuration", "err", err)
-				goto wait
-			}
-			if err := lis.move(ctx, next.Metrics.Listen, next.Metrics.Pprof, log); err != nil {
-				log.Error("configuration reload failed; keeping the running configuration", "err", err)
-				goto wait
-			}
-			if next.Log.Format != cfg.Log.Format {
-				log.Warn("log.format changes at the next start only", "running", cfg.Log.Format, "configured", next.Log.Format)
-			}
-			log.Info("configuration reloaded; applying it in place", "kept", ngen.kept)
-			cancel()
-			if err := <-done; err != nil {
-				return err
-			}
-			if err := ngen.commit(reg); err != nil {
-				return err
-			}
-			l, _ := config.ParseLevel(next.Log.Level) // validated
-			level.Set(l)
-			setHandler(next, ngen)
-			cfg, gen = next, ngen
-		}
-	}
-}
-
-// newLevelLogger is newLogger with a level that a reload can change.
-func newLevelLogger(w io.Writer, cfg *config.Config, level *slog.LevelVar) *slog.Logger {
-	l, _ := config.ParseLevel(cfg.Log.Level) // validated
-	level.Set(l)
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// listener is the daemon's HTTP listener: it serves h until closed, and
-// moves only when metrics.listen changes.
-type listener struct {
-	h      http.Handler
-	addr   string // configured; "" when off
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-}
-
-// move makes the listener serve addr ("" stops it). A new address is
-// opened before the old one closes; when it cannot be opened the old one
-// keeps serving and move returns the error.
-func (l *listener) move(ctx context.Context, addr string, pprof bool, log *slog.Logger) error {
-	if addr == l.addr && (addr == "" || l.cancel != nil) {
-		return nil
-	}
-	var ln net.Listener
-	if addr != "" {
-		var err error
-		if ln, err = net.Listen("tcp", addr); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	l.close()
-	l.addr = addr
-	if ln == nil {
-		return nil
-	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	l.cancel = cancel
-	l.wg.Go(func() { httpapi.Serve(sctx, ln, l.h) })
-	log.Info("metrics listening", "addr", ln.Addr().String(), "pprof", pprof)
-	return nil
-}
-
-func (l *listener) close() {
-	if l.cancel != nil {
-		l.cancel()
-		l.wg.Wait()
-		l.cancel = nil
-	}
+	version, revision := buildVersion()
+	return daemon.Run(ctx, cfg, daemon.Options{Reload: reloadConfig, HUP: hup, Log: stderr, Version: version, Revision: revision})
 }
 
 // optionalInt is an int flag that knows whether it was given, so that

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/config"
+	"github.com/swallowkeeper/swallowkeeper/internal/daemon"
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -51,6 +54,37 @@ func (l *lastError) explain(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w; last registry error: %s", err, msg)
+}
+
+// synced says what once did: the upstreams it synced to the dyups
+// targets, the file it wrote and the commands that passed it, and in
+// reload mode that nginx was reloaded.
+func synced(cfg *config.Config, upstreams int, sinks []engine.SinkStatus) string {
+	targets, reloaded := 0, false
+	for _, s := range sinks {
+		if s.Kind == "reload" {
+			reloaded = true
+		} else {
+			targets++
+		}
+	}
+	msg := fmt.Sprintf("synced %d upstreams", upstreams)
+	if targets > 0 || !reloaded {
+		msg += fmt.Sprintf(" to %d target(s)", targets)
+	}
+	msg += "; file " + cfg.File
+	verify := daemon.VerifyCommands(cfg)
+	if len(verify) == 0 && !reloaded {
+		return msg
+	}
+	msg += " written"
+	for _, argv := range verify {
+		msg += ", " + strings.Join(argv, " ") + " ok"
+	}
+	if reloaded {
+		msg += ", nginx reloaded (" + strings.Join(cfg.Reload.Command, " ") + ")"
+	}
+	return msg
 }
 
 // diffStates shows how next differs from prev as a unified-style diff of

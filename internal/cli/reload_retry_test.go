@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -169,4 +171,22 @@ metrics: {listen: %q}
 	if code, body := hostGet(t, metricsAddr, metricsAddr, "/readyz"); code != 200 {
 		t.Errorf("/readyz after the fix answered %d: %s", code, body)
 	}
+}
+
+// hostGet sends GET path to addr with the given Host header and returns
+// the status code and body.
+func hostGet(t *testing.T, addr, host, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("GET %s (Host %s): %v", path, host, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -1,10 +1,6 @@
 package cli
 
-import (
-	"runtime/debug"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "runtime/debug"
 
 // buildVersion is Version when the build set it (-ldflags), else what Go's
 // build info knows: the module version (go install …@v1.2.3) or the VCS
@@ -38,18 +34,4 @@ func buildVersion() (version, revision string) {
 		}
 	}
 	return version, revision
-}
-
-// buildInfo is the swallowkeeper_build_info metric: always 1, with the
-// version and revision as labels, so that dashboards can tell which build
-// runs where.
-func buildInfo() prometheus.Collector {
-	version, revision := buildVersion()
-	g := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "swallowkeeper_build_info",
-		Help:        "Always 1; the labels say which build runs.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revision},
-	})
-	g.Set(1)
-	return g
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/secret"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/split"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -58,6 +60,9 @@ type Config struct {
 	lines     map[string]int
 	overrides map[string]string
 	path      string
+	// decodeErrs are the keys the file got wrong (type, unknown key):
+	// Validate reports them with its own findings, so one run shows all.
+	decodeErrs []fileError
 }
 
 // Consul is how to reach the registry.
@@ -76,7 +81,25 @@ type Consul struct {
 	// AllowACLFiltered trusts answers Consul filtered by ACLs (a token
 	// scoped on purpose); by default they change nothing.
 	AllowACLFiltered bool `yaml:"allow_acl_filtered"`
+	// Mode: services (the catalog and health checks) or kv (keys
+	// <kv_prefix>/<upstream>/<ip>:<port> in nginx-upsync-module's layout).
+	Mode     string `yaml:"mode"`
+	KVPrefix string `yaml:"kv_prefix"`
+	// Weights (services mode): meta (upstreams.weight_meta, else
+	// upstreams.weight) or native (the service's Weights.Passing/Warning).
+	Weights string `yaml:"weights"`
+	// AddressFrom (services mode): a tagged address key (lan_ipv4, wan, ...)
+	// to take the address from; empty: Service.Address, else Node.Address.
+	AddressFrom string `yaml:"address_from"`
 }
+
+// Consul modes and weight sources.
+const (
+	ConsulModeServices  = "services"
+	ConsulModeKV        = "kv"
+	ConsulWeightsMeta   = "meta"
+	ConsulWeightsNative = "native"
+)
 
 // TLS for the Consul connection.
 type TLS struct {
@@ -156,6 +179,14 @@ type Upstreams struct {
 	// Reserved names are never created: nginx.conf's own upstream blocks,
 	// which a service of the same name would duplicate in the file.
 	Reserved []string `yaml:"reserved"`
+	// Splits send part of an upstream's requests, by share or by header
+	// or cookie match, to another upstream (blue/green, canary), by the
+	// name of the upstream split. Applied on Lua targets without reload.
+	Splits split.Table `yaml:"splits"`
+	// SplitsConsulPrefix, when set, is a Consul KV prefix whose keys
+	// <prefix>/<upstream> hold split rules as JSON; they replace the
+	// configured rule of the same upstream.
+	SplitsConsulPrefix string `yaml:"splits_consul_prefix"`
 }
 
 // Rules turns the services and upstreams sections into the rules every
@@ -183,6 +214,7 @@ func (cfg *Config) Rules() registry.Rules {
 			}
 			rules.KeepaliveFor[name] = *o.Keepalive
 		}
+		o.applyTo(&rules, name)
 	}
 	return rules
 }
@@ -236,9 +268,18 @@ func (u Upstreams) AddressPolicy() upstream.AddressPolicy {
 	return p
 }
 
-// Override sets per-upstream values.
+// Override sets per-upstream values. The server defaults replace the
+// upstreams section's for this upstream's servers; a value the registry
+// gives a server (weight meta, upsync parameters) still wins.
 type Override struct {
 	Keepalive *int `yaml:"keepalive"`
+	// Balance is round_robin (default), least_conn, ip_hash, or
+	// "hash KEY [consistent]" (upstream.ParseBalance).
+	Balance     string    `yaml:"balance"`
+	Weight      *int      `yaml:"weight"`
+	MaxFails    *int      `yaml:"max_fails"`
+	FailTimeout *Duration `yaml:"fail_timeout"`
+	MaxConns    *int      `yaml:"max_conns"`
 }
 
 // Target is one nginx dyups interface.
@@ -257,6 +298,11 @@ type Target struct {
 	// secret_file checks it). The secret itself is never in this file and
 	// never printed; read it with TargetSecret.
 	SecretFile string `yaml:"secret_file"`
+
+	// problems are the decoder's messages about this entry, kept here
+	// rather than returned: a refused entry would vanish from the list
+	// and shift the index of every later target in the messages.
+	problems []string
 }
 
 // Reconcile is the drift check of dyups targets: every Interval, read
@@ -360,6 +406,9 @@ func Default() Config {
 			Scheme:   "http",
 			WaitTime: Duration(5 * time.Minute),
 			Resync:   Duration(10 * time.Minute),
+			Mode:     ConsulModeServices,
+			KVPrefix: defaultConsulKVPrefix,
+			Weights:  ConsulWeightsMeta,
 		},
 		Services: Services{Exclude: []string{"consul"}},
 		Upstreams: Upstreams{
@@ -397,7 +446,12 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
-// Parse decodes YAML over the defaults, refusing unknown fields.
+// Parse decodes YAML over the defaults, refusing unknown fields. A file
+// that is not YAML returns (nil, err). Otherwise every unknown key and
+// every value of the wrong type is an error with its file:line, and the
+// rest of the file is still decoded: Parse returns that config with the
+// error, and Validate repeats these errors among its own, sorted by line,
+// so a caller that goes on to Validate shows every problem in one run.
 func Parse(path string, data []byte) (*Config, error) {
 	c := Default()
 	c.path = path
@@ -431,46 +485,42 @@ func Parse(path string, data []byte) (*Config, error) {
 	if c.Reload.Enabled && probe.Targets == nil {
 		c.Targets = nil
 	}
-	if err != nil && !errors.Is(err, io.EOF) { // an empty file means all defaults
-		return nil, yamlError(path, err)
-	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err == nil {
 		c.lines = map[string]int{}
 		indexLines(&root, "", c.lines)
+	}
+	var problems []string
+	if err != nil && !errors.Is(err, io.EOF) { // an empty file means all defaults
+		var te *yaml.TypeError
+		if !errors.As(err, &te) { // not YAML: nothing was decoded
+			return nil, yamlError(path, data, err)
+		}
+		problems = te.Errors
+	}
+	for i := range c.Targets {
+		problems = append(problems, c.Targets[i].problems...)
+		c.Targets[i].problems = nil
+	}
+	if len(problems) > 0 {
+		// Wrong keys and values leave their defaults and the decode goes
+		// on: hand back the rest, so that Validate can add its findings.
+		c.decodeErrs = c.typeErrors(problems, &root)
+		return &c, c.joinErrors(slices.Clone(c.decodeErrs))
 	}
 	return &c, nil
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+): `)
 
-// yamlError rewrites the YAML library's "line N: ..." into "file:N: ...",
-// one problem per line.
-func yamlError(path string, err error) error {
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		msgs := make([]string, len(te.Errors))
-		for i, m := range te.Errors {
-			msgs[i] = yamlLine.ReplaceAllString(m, path+":$1: ") + hintFor(m)
-		}
-		return fmt.Errorf("config: %s", strings.Join(msgs, "\n"))
-	}
+// yamlError rewrites the YAML library's syntax error "line N: ..." into
+// "file:N: ...".
+func yamlError(path string, data []byte, err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		return fmt.Errorf("config: %s:%s: %s", path, m[1], yamlLine.ReplaceAllString(msg, ""))
+		return fmt.Errorf("config: %s:%s: %s%s", path, m[1], yamlLine.ReplaceAllString(msg, ""), syntaxHint(msg, data))
 	}
-	return fmt.Errorf("config: %s: %s", path, msg)
-}
-
-// hintFor says what to write instead, for the mistakes people make most.
-func hintFor(msg string) string {
-	switch {
-	case strings.Contains(msg, "field token not found in type config.Consul"):
-		return " (the token never goes in this file: set $CONSUL_HTTP_TOKEN, or consul.token_file to a file holding it)"
-	case strings.Contains(msg, "field password not found in type config.Etcd"):
-		return " (the password never goes in this file: set etcd.password_file to a file holding it)"
-	}
-	return ""
+	return fmt.Errorf("config: %s: %s%s", path, msg, syntaxHint(msg, data))
 }
 
 // UnmarshalYAML takes a target as a mapping ({url: …, timeout: …}) or as
@@ -481,7 +531,9 @@ func (t *Target) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	}
 	// Decoding through a plain type loses the decoder's strictness about
-	// unknown fields: check them here, in the decoder's own words.
+	// unknown fields: check them here, in the decoder's own words, and
+	// still decode the known ones so that their problems show too.
+	var unknown []string
 	if n.Kind == yaml.MappingNode {
 		known := map[string]bool{}
 		rt := reflect.TypeOf(Target{})
@@ -490,12 +542,21 @@ func (t *Target) UnmarshalYAML(n *yaml.Node) error {
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			if k := n.Content[i]; !known[k.Value] {
-				return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: field %s not found in type config.Target", k.Line, k.Value)}}
+				unknown = append(unknown, fmt.Sprintf("line %d: field %s not found in type config.Target", k.Line, k.Value))
 			}
 		}
 	}
 	type plain Target // without this method
-	return n.Decode((*plain)(t))
+	err := n.Decode((*plain)(t))
+	var te *yaml.TypeError
+	if err != nil && !errors.As(err, &te) {
+		return err
+	}
+	if te != nil {
+		unknown = append(unknown, te.Errors...)
+	}
+	t.problems = unknown // Parse reports them
+	return nil
 }
 
 // indexLines records the line of every mapping value and sequence item
@@ -531,9 +592,17 @@ func (c *Config) Where(field string) string {
 	if c.path == "" {
 		return field
 	}
+	if line, ok := c.lineOf(field); ok {
+		return fmt.Sprintf("%s:%d: %s", c.path, line, field)
+	}
+	return c.path + ": " + field
+}
+
+// lineOf returns the line of field, or of its nearest parent in the file.
+func (c *Config) lineOf(field string) (int, bool) {
 	for p := field; p != ""; {
 		if line, ok := c.lines[p]; ok {
-			return fmt.Sprintf("%s:%d: %s", c.path, line, field)
+			return line, true
 		}
 		i := strings.LastIndexAny(p, ".[")
 		if i < 0 {
@@ -541,7 +610,7 @@ func (c *Config) Where(field string) string {
 		}
 		p = p[:i]
 	}
-	return c.path + ": " + field
+	return 0, false
 }
 
 // MarkOverridden records that field was set outside the file (flag or
@@ -617,13 +686,15 @@ func (c *Config) ResolveToken() error {
 
 // Validate checks every field and returns all problems at once.
 func (c *Config) Validate() error {
-	var errs []error
+	var errs []fileError
 	bad := func(field, format string, args ...any) {
 		where := c.Where(field)
+		line, _ := c.lineOf(field)
 		if src, ok := c.overrides[field]; ok {
 			where = field + " (from " + src + ")"
+			line = 0
 		}
-		errs = append(errs, fmt.Errorf("%s: %s", where, fmt.Sprintf(format, args...)))
+		errs = append(errs, fileError{line: line, field: field, text: fmt.Sprintf("%s: %s", where, fmt.Sprintf(format, args...))})
 	}
 
 	switch c.Source {
@@ -647,10 +718,7 @@ func (c *Config) Validate() error {
 	c.validateOutputs(bad)
 	c.validateTargets(bad)
 	c.validateRest(bad)
-	if len(errs) > 0 {
-		return fmt.Errorf("config: %w", errors.Join(errs...))
-	}
-	return nil
+	return c.joinErrors(c.withDecodeErrors(errs))
 }
 
 // badFunc records one problem of a field.
@@ -685,6 +753,7 @@ func (c *Config) validateConsul(bad badFunc) {
 	if c.Consul.Resync < 0 {
 		bad("consul.resync", "%v: must not be negative (0 disables)", c.Consul.Resync)
 	}
+	c.validateConsulMode(bad)
 
 }
 
@@ -721,6 +790,15 @@ func (c *Config) validateUpstreams(bad badFunc) {
 			bad(fmt.Sprintf("upstreams.reserved[%d]", i), "%v", err)
 		}
 	}
+	for _, p := range split.CheckTable(u.Splits) {
+		bad(strings.TrimSuffix("upstreams.splits."+p.Field, "."), "%s", p.Msg)
+	}
+	if u.SplitsConsulPrefix != "" && c.Source != SourceConsul {
+		bad("upstreams.splits_consul_prefix", "split rules from Consul KV need source: consul")
+	}
+	if p := u.SplitsConsulPrefix; strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.ContainsFunc(p, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+		bad("upstreams.splits_consul_prefix", "%q: a KV path such as swallowkeeper/splits, no leading '/', no spaces", p)
+	}
 	for name, o := range u.Overrides {
 		field := "upstreams.overrides." + name
 		if err := upstream.ValidName(name); err != nil {
@@ -729,6 +807,7 @@ func (c *Config) validateUpstreams(bad badFunc) {
 		if o.Keepalive != nil {
 			checkRange(field+".keepalive", *o.Keepalive, 0, upstream.MaxKeepalive)
 		}
+		o.validate(field, bad, checkRange)
 	}
 
 }
@@ -739,7 +818,7 @@ func (c *Config) validateOutputs(bad badFunc) {
 	if c.File == "" {
 		bad("file", "the persisted upstream file is required")
 	} else if fi, err := os.Stat(filepath.Dir(c.File)); err != nil || !fi.IsDir() {
-		bad("file", "directory of %s does not exist", c.File)
+		bad("file", "directory of %s does not exist: create it (install -d -o swallowkeeper %s; the systemd unit's StateDirectory= does), or set file to a path in an existing directory", c.File, filepath.Dir(c.File))
 	}
 
 	if len(c.Verify) > 0 {
@@ -768,6 +847,10 @@ func (c *Config) validateTargets(bad badFunc) {
 		field := fmt.Sprintf("targets[%d]", i)
 		if strings.Contains(t.URL, "://") && hasUserinfo(t.URL) {
 			bad(field+".url", "%q: credentials in a target URL are not supported", RedactURL(t.URL))
+			continue
+		}
+		if hint, ok := schemeless(t.URL); ok {
+			bad(field+".url", "%q has no scheme: write %s", t.URL, hint)
 			continue
 		}
 		base, err := dyups.ParseBaseURL(t.URL)
@@ -1068,14 +1151,17 @@ type Secret = secret.Secret
 // number is refused: "fail_timeout: 10" would otherwise mean 10ns.
 type Duration time.Duration
 
+const durationNotScalar = "want a duration like 10s"
+
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	// A *yaml.TypeError lets the decoder go on to the file's other keys.
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a duration like 10s", n.Line)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, durationNotScalar)}}
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration (want a number with a unit, like 10s or 500ms)", n.Line, n.Value)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (want a number with a unit, like 10s or 500ms)", n.Line, n.Value)}}
 	}
 	*d = Duration(v)
 	return nil

@@ -57,13 +57,13 @@ func TestBadConfigs(t *testing.T) {
 		file string
 		want []string
 	}{
-		{"unknown-field.bad.yml", []string{"unknown-field.bad.yml:2: field adress not found"}},
+		{"unknown-field.bad.yml", []string{"unknown-field.bad.yml:2: consul.adress: unknown key; did you mean address?"}},
 		{"bare-duration.bad.yml", []string{"bare-duration.bad.yml:3:", `"10" is not a duration`}},
 		{"target-path.bad.yml", []string{"target-path.bad.yml:3: targets[1].url:", "want only scheme://host:port"}},
 		{"weight-zero.bad.yml", []string{"weight-zero.bad.yml:3: upstreams.weight: 0 out of range 1-10000"}},
 		{"syntax.bad.yml", []string{"syntax.bad.yml:"}},
 		{"override-name.bad.yml", []string{"override-name.bad.yml:3: upstreams.overrides.bad name;:", "not allowed"}},
-		{"inline-token.bad.yml", []string{"inline-token.bad.yml:2: field token not found"}},
+		{"inline-token.bad.yml", []string{"inline-token.bad.yml:2: consul.token: unknown key (the token never goes in this file"}},
 		{"no-targets.bad.yml", []string{"no-targets.bad.yml:1: targets: at least one nginx target"}},
 		{"wait.bad.yml", []string{"wait.bad.yml:3: wait.max: 1s is shorter than wait.min 2s"}},
 		{"log.bad.yml", []string{"log.bad.yml:2: log.level:", "log.bad.yml:3: log.format:"}},
@@ -74,6 +74,7 @@ func TestBadConfigs(t *testing.T) {
 		{"consul-credentials.bad.yml", []string{`consul-credentials.bad.yml:2: consul.address: "http://admin:xxxxx@127.0.0.1:8500": credentials in the address are not supported`, `consul-credentials.bad.yml:4: targets[0].url: "http://dyups:xxxxx@127.0.0.1:8081": credentials`}},
 		{"etcd-credentials.bad.yml", []string{`etcd-credentials.bad.yml:4: etcd.endpoints[0]: "https://root:xxxxx@10.0.0.1:2379": credentials in the endpoint are not supported`, `etcd-credentials.bad.yml:5: etcd.endpoints[1]: "root:xxxxx@10.0.0.2:2379"`, `etcd-credentials.bad.yml:6: etcd.endpoints[2]: "https://xxxxx@10.0.0.3:2379"`}},
 		{"addresses.bad.yml", []string{`addresses.bad.yml:2: upstreams.allow_addresses[1]: "localhost" is neither an IP address nor a CIDR prefix`, `addresses.bad.yml:3: upstreams.deny_addresses[0]: "10.0.0.0/33" is not a CIDR prefix`, `addresses.bad.yml:4: upstreams.reserved[0]: upstream name "bad name;"`}},
+		{"many.bad.yml", []string{"many.bad.yml:4: consul.wait_time:", "many.bad.yml:21: log.colour: unknown key"}}, // all of them: TestEveryProblemOfAFileInOneRun
 		{"allowed-hosts.bad.yml", []string{`allowed-hosts.bad.yml:2: metrics.allowed_hosts[1]: "sk.internal:9145": want a host name without scheme, port`, `metrics.allowed_hosts[2]: "http://sk.internal"`, `metrics.allowed_hosts[3]: empty host name`}},
 	}
 	for _, tt := range tests {
@@ -331,7 +332,7 @@ func TestConfigTakesTargetURLsAndExplainsTokens(t *testing.T) {
 		t.Errorf("targets[0] line %d, want 1", c.lines["targets[0]"])
 	}
 	_, err = Parse("x.yml", []byte("consul:\n  token: s3cr3t\n"))
-	if err == nil || !strings.Contains(err.Error(), "x.yml:2: field token not found") || !strings.Contains(err.Error(), "$CONSUL_HTTP_TOKEN, or consul.token_file") {
+	if err == nil || !strings.Contains(err.Error(), "x.yml:2: consul.token: unknown key") || !strings.Contains(err.Error(), "$CONSUL_HTTP_TOKEN, or consul.token_file") {
 		t.Errorf("consul.token: %v", err)
 	}
 	if err != nil && strings.Contains(err.Error(), "s3cr3t") {

@@ -3,6 +3,7 @@ package config
 import (
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
 )
@@ -54,4 +55,50 @@ func (cfg *Config) ZooKeeperOptions() (zookeeper.Options, error) {
 		Resync:         time.Duration(z.Resync),
 	}
 	return opt, opt.Validate()
+}
+
+// defaultConsulKVPrefix is nginx-upsync-module's folder.
+const defaultConsulKVPrefix = consul.DefaultKVPrefix
+
+// validateConsulMode checks consul.mode and what goes with it.
+func (c *Config) validateConsulMode(bad badFunc) {
+	k := c.Consul
+	switch k.Mode {
+	case ConsulModeServices:
+	case ConsulModeKV:
+		if err := consul.CheckKVPrefix(k.KVPrefix); err != nil {
+			bad("consul.kv_prefix", "%q: %v", k.KVPrefix, err)
+		}
+	default:
+		bad("consul.mode", "%q: want services or kv", k.Mode)
+	}
+	if k.Weights != ConsulWeightsMeta && k.Weights != ConsulWeightsNative {
+		bad("consul.weights", "%q: want meta or native", k.Weights)
+	}
+	if err := consul.CheckAddressFrom(k.AddressFrom); err != nil {
+		bad("consul.address_from", "%v", err)
+	}
+}
+
+// ConsulOptions are the Consul source's options in services mode.
+func (cfg *Config) ConsulOptions() consul.Options {
+	k := cfg.Consul
+	return consul.Options{
+		WaitTime:         time.Duration(k.WaitTime),
+		Resync:           time.Duration(k.Resync),
+		OnlyPassing:      k.OnlyPassing,
+		AllowACLFiltered: k.AllowACLFiltered,
+		NativeWeights:    k.Weights == ConsulWeightsNative,
+		AddressFrom:      k.AddressFrom,
+	}
+}
+
+// ConsulKVOptions are the Consul source's options in kv mode.
+func (cfg *Config) ConsulKVOptions() consul.KVOptions {
+	k := cfg.Consul
+	return consul.KVOptions{
+		Prefix:           consul.CleanKVPrefix(k.KVPrefix),
+		WaitTime:         time.Duration(k.WaitTime),
+		AllowACLFiltered: k.AllowACLFiltered,
+	}
 }

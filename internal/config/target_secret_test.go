@@ -37,7 +37,7 @@ func TestUnixSocketTargetsAndSecretFiles(t *testing.T) {
 		{fmt.Sprintf("targets:\n  - url: unix:/run/a.sock\n    secret_file: %s\n", good), ""},
 		{fmt.Sprintf("targets:\n  - url: http://10.0.0.5:8081\n    secret_file: %s\n", missing), "c.yml:3: targets[0].secret_file: secret file: open " + missing + ": no such file or directory"},
 		{fmt.Sprintf("targets:\n  - url: http://10.0.0.5:8081\n    secret_file: %s\n", empty), "c.yml:3: targets[0].secret_file: secret file " + empty + " is empty"},
-		{"targets:\n  - url: http://10.0.0.5:8081\n    secret: inline\n", "field secret not found"},
+		{"targets:\n  - url: http://10.0.0.5:8081\n    secret: inline\n", "c.yml:3: targets[0].secret: unknown key (the secret never goes in this file: set secret_file"},
 	} {
 		c, err := Parse("c.yml", []byte(tt.yaml))
 		if err == nil {

@@ -36,6 +36,7 @@ type Options struct {
 	RepoRoot              string // for nginx/lua
 	Keep                  bool   // stay up after the script, until interrupted
 	Rate                  int    // requests per second
+	Split                 bool   // the traffic split story instead (Consul only)
 }
 
 // Main is the demo's command line.
@@ -53,6 +54,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.RepoRoot, "repo", ".", "repository root (for nginx/lua)")
 	fs.BoolVar(&o.Keep, "keep", false, "keep everything running after the script until Ctrl-C, to explore")
 	fs.IntVar(&o.Rate, "rate", 200, "requests per second through nginx")
+	fs.BoolVar(&o.Split, "split", false, "show a canary split moving 90/10 → 50/50 → 0/100 through Consul KV (needs -registry consul)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -87,8 +89,14 @@ func (d *demo) say(format string, args ...any) {
 }
 
 func (d *demo) run(ctx context.Context) error {
+	if d.opt.Split && d.opt.Registry != "consul" {
+		return fmt.Errorf("-split needs -registry consul (the rules are read from Consul KV)")
+	}
 	if err := d.setUp(ctx); err != nil {
 		return err
+	}
+	if d.opt.Split {
+		return d.runSplit(ctx)
 	}
 
 	d.say("Registering web-1 and web-2 in %s with HTTP health checks", d.opt.Registry)
@@ -248,16 +256,18 @@ http {
         balancer_by_lua_block { require("swallowkeeper.dyups").balance() }
         keepalive 32;
     }
-    map $host $sk_upstream { default ""; web web; }
+    map $host $sk_service { default ""; web web; }
     server {
         listen 127.0.0.1:{{api}};
         allow 127.0.0.1; deny all;
         location / { content_by_lua_block { require("swallowkeeper.dyups").api() } }
+        location /split { content_by_lua_block { require("swallowkeeper.split").api() } }
     }
     server {
         listen 127.0.0.1:{{proxy}};
         location / {
-            if ($sk_upstream = "") { return 404; }
+            if ($sk_service = "") { return 404; }
+            set_by_lua_block $sk_upstream { return require("swallowkeeper.split").route(ngx.var.sk_service) }
             proxy_pass http://swallowkeeper_backend;
             proxy_set_header Host $host;
             proxy_http_version 1.1;
@@ -307,9 +317,9 @@ upstreams:
   # by default (a registry entry must not aim nginx at the host itself):
   # the demo opts in here.
   allow_addresses: [127.0.0.0/8]
-metrics:
+%smetrics:
   listen: 127.0.0.1:%d
-`, d.registry.section(d), filepath.Join(d.dir, "upstreams.conf"), d.ports["nginx_api"], d.ports["metrics"])
+`, d.registry.section(d), filepath.Join(d.dir, "upstreams.conf"), d.ports["nginx_api"], d.splitSection(), d.ports["metrics"])
 	path := filepath.Join(d.dir, "swallowkeeper.yml")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err

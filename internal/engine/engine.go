@@ -18,6 +18,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/history"
+	"github.com/swallowkeeper/swallowkeeper/internal/metric"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -65,6 +66,9 @@ type Engine struct {
 	log     *slog.Logger
 	m       *metrics
 
+	drains      DrainStore   // the marks of servers drained by hand; nil: none
+	drainStates []DrainState // as last planned; Run's goroutine only
+
 	status    atomic.Pointer[Status] // published by Run for readers elsewhere
 	holdSince map[string]time.Time   // hold key → since; Run's goroutine only
 
@@ -81,7 +85,10 @@ type Engine struct {
 	pubHistory  []history.Event
 	pubTimeline map[string][]history.Point
 	cause       string
-	drifts      chan driftNote // repairs the sinks report, for Run's goroutine
+	// planCause, when set, is the cause of the first apply that plans
+	// (see Resume).
+	planCause string
+	drifts    chan driftNote // repairs the sinks report, for Run's goroutine
 }
 
 // DriftReporter is implemented by a sink that repairs drift (a dyups
@@ -163,6 +170,8 @@ type Status struct {
 	// last one before it. An upstream that did not change in this run has
 	// none; its count is the applied one.
 	Timeline map[string][]history.Point
+	// Drains is every drain mark, active or not, by upstream and address.
+	Drains []DrainState
 }
 
 // Status returns the latest published status; nil before Run started.
@@ -200,6 +209,7 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 		}
 	}
 	st.History, st.Timeline = e.pubHistory, e.pubTimeline
+	st.Drains = e.drainStates
 	e.status.Store(st)
 }
 
@@ -265,13 +275,19 @@ func (e *Engine) Run(ctx context.Context) error {
 		seen:      time.Now(),
 		drops:     Drops{},
 		retry:     backoff.New(200*time.Millisecond, 10*time.Second),
+		base:      prev,
 	}
+	if e.drains != nil {
+		l.loadDrains()
+		l.overlay(prev, nil) // for status; apply lays them over a loaded state
+	}
+	drainC := e.followDrains(ctx)
 	if l.delivered {
 		l.publish()
 	} else {
 		l.apply() // publishes
 	}
-	l.follow(ctx, e.fanIn(ctx))
+	l.follow(ctx, e.fanIn(ctx), drainC)
 	return nil
 }
 
@@ -298,6 +314,13 @@ type loop struct {
 	recheckC  <-chan time.Time
 	retryC    <-chan time.Time // fires when a failed persist is tried again
 	cause     string           // why the next apply runs, when not a registry snapshot
+
+	// base is prev before the drain marks were laid over it: the state
+	// the registry and the guards gave, which Plan compares with, so that
+	// an undrained server comes back as the registry has it. planned is
+	// the base of the state being applied.
+	base, planned upstream.State
+	dm            drainMarks
 }
 
 func (l *loop) publish() {
@@ -305,7 +328,7 @@ func (l *loop) publish() {
 }
 
 // follow takes in snapshots and timers until ctx ends.
-func (l *loop) follow(ctx context.Context, in <-chan tagged) {
+func (l *loop) follow(ctx context.Context, in <-chan tagged, drainC <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -323,6 +346,11 @@ func (l *loop) follow(ctx context.Context, in <-chan tagged) {
 		case <-l.recheckC:
 			l.recheckC, l.cause = nil, history.CauseConfirm
 			l.apply()
+		case <-drainC:
+			if l.loadDrains() {
+				l.cause = causeDrain
+				l.apply()
+			}
 		case d := <-l.e.drifts:
 			l.e.cause = history.CauseDrift
 			for _, name := range d.upstreams {
@@ -377,11 +405,18 @@ func (l *loop) apply() {
 		l.e.cause = history.CauseStart
 	}
 	next := l.prev
+	l.planned = l.base
 	if !slices.Contains(l.latest, nil) {
+		if l.e.planCause != "" {
+			l.e.cause, l.e.planCause = l.e.planCause, ""
+		}
 		next = l.plan()
+	} else if l.e.drains != nil {
+		next = l.drainsOnly()
 	}
 	changed := !next.Equal(l.prev)
 	if !changed && l.delivered {
+		l.base = l.planned
 		l.persisted(nil) // nothing (any more) to persist: a pending retry has no work
 		return
 	}
@@ -405,13 +440,15 @@ func (l *loop) apply() {
 		l.lastApply = time.Now()
 	}
 	l.e.push(next, l.seen)
-	l.prev, l.delivered = next, true
+	l.prev, l.delivered, l.base = next, true, l.planned
 }
 
 // plan runs Plan over the newest snapshots and arms the timer that
 // confirms a held drop.
 func (l *loop) plan() upstream.State {
-	next, holds, at := Plan(l.prev, deref(l.latest), l.e.guards, l.drops, time.Now())
+	next, holds, at := Plan(l.base, deref(l.latest), l.e.guards, l.drops, time.Now())
+	l.planned = next
+	next, holds = l.overlay(next, holds)
 	if l.recheck != nil {
 		l.recheck.Stop()
 		l.recheckC = nil
@@ -484,6 +521,9 @@ func (e *Engine) Desired(ctx context.Context) (prev, next upstream.State, holds 
 	for _, h := range holds {
 		e.log.Warn("guard holds a change", "upstream", h.Upstream, "guard", h.Guard, "reason", h.Reason)
 	}
+	if next, holds, err = e.desiredDrains(next, holds); err != nil {
+		return nil, nil, nil, err
+	}
 	return prev, next, holds, nil
 }
 
@@ -553,6 +593,10 @@ func (e *Engine) logChanges(prev, next upstream.State) {
 			e.log.Info("~ keepalive", "upstream", name, "from", o.Keepalive, "to", next[name].Keepalive)
 			e.note(name, "~ keepalive", fmt.Sprintf("from=%d to=%d", o.Keepalive, next[name].Keepalive))
 		}
+		if o, ok := prev[name]; ok && o.Balance != next[name].Balance {
+			e.log.Info("~ balance", "upstream", name, "from", o.Balance.String(), "to", next[name].Balance.String())
+			e.note(name, "~ balance", fmt.Sprintf("from=%q to=%q", o.Balance, next[name].Balance))
+		}
 		if _, ok := prev[name]; !ok {
 			e.log.Info("+ upstream", "upstream", name, "servers", len(next[name].Servers))
 			e.note(name, "+ upstream", fmt.Sprintf("%d servers", len(next[name].Servers)))
@@ -592,39 +636,23 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		applies: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_engine_applies_total",
-			Help: "Changed states persisted and handed to the sinks.",
-		}),
-		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_engine_persist_errors_total",
-			Help: "Failed attempts to persist the upstream file; nginx is left unchanged until one succeeds.",
-		}),
-		verifyFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_verify_failures_total",
-			Help: "Written upstream files the verify command refused; the previous file was put back and nothing pushed (also counted in swallowkeeper_engine_persist_errors_total).",
-		}),
-		holdsStarted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_guard_holds_total",
-			Help: "Times a guard started holding back part of the registry's answer, by guard.",
-		}, []string{"guard"}),
-		upstreams: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_upstreams",
-			Help: "Upstreams in the applied state.",
-		}),
-		holds: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_guard_holds_active",
-			Help: "Guard holds in force now.",
-		}),
-		lastApply: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_engine_last_apply_timestamp_seconds",
-			Help: "When a changed state was last persisted and handed to the sinks.",
-		}),
-		propagation: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "swallowkeeper_propagation_seconds",
-			Help:    "From a registry snapshot's arrival to every data plane acknowledging the resulting state (superseded states are not counted).",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
+		applies: metric.Counter("swallowkeeper_engine_applies_total",
+			"Changed states persisted and handed to the sinks."),
+		storeErrors: metric.Counter("swallowkeeper_engine_persist_errors_total",
+			"Failed attempts to persist the upstream file; nginx is left unchanged until one succeeds."),
+		verifyFailures: metric.Counter("swallowkeeper_verify_failures_total",
+			"Written upstream files the verify command refused; the previous file was put back and nothing pushed (also counted in swallowkeeper_engine_persist_errors_total)."),
+		holdsStarted: metric.CounterVec("swallowkeeper_guard_holds_total",
+			"Times a guard started holding back part of the registry's answer, by guard.", "guard"),
+		upstreams: metric.Gauge("swallowkeeper_upstreams",
+			"Upstreams in the applied state."),
+		holds: metric.Gauge("swallowkeeper_guard_holds_active",
+			"Guard holds in force now."),
+		lastApply: metric.Gauge("swallowkeeper_engine_last_apply_timestamp_seconds",
+			"When a changed state was last persisted and handed to the sinks."),
+		propagation: metric.Histogram("swallowkeeper_propagation_seconds",
+			"From a registry snapshot's arrival to every data plane acknowledging the resulting state (superseded states are not counted).",
+			prometheus.ExponentialBuckets(0.0005, 2, 16)),
 	}
 	if reg != nil {
 		// A configuration reload (SIGHUP) builds a new engine on the same

@@ -12,7 +12,8 @@ import (
 // Causes of a change.
 const (
 	CauseRegistry = "registry"      // a registry snapshot
-	CauseStart    = "start"         // the state loaded at start, or a reload (SIGHUP)
+	CauseStart    = "start"         // the persisted state handed to nginx at start or after a reload
+	CauseHUP      = "hup"           // the first plan under a configuration reloaded on SIGHUP
 	CauseRetry    = "persist retry" // a failed write tried again
 	CauseConfirm  = "guard confirm" // a held drop confirmed by a later read
 	CauseDrift    = "drift"         // nginx differed from the applied state

@@ -14,6 +14,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/history"
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/splits"
 	"github.com/swallowkeeper/swallowkeeper/internal/statuspage"
 )
 
@@ -22,6 +23,8 @@ import (
 type Doc struct {
 	document[Target]
 	Reload *Reload `json:"reload,omitempty"` // reload mode only
+	// Splits are the traffic split rules and where they are pushed.
+	Splits *splits.Status `json:"splits,omitempty"`
 }
 
 // Target is a sink's /status entry: the common fields, and a dyups
@@ -153,7 +156,11 @@ func Print(w io.Writer, body []byte) error {
 		if !t.InSync {
 			state = "NOT IN SYNC"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%d upstreams\tdrift repairs %d", t.URL, state, t.Upstreams, t.DriftRepairs)
+		if t.Kind == "reload" { // it counts no upstreams: nginx reads them from the file
+			fmt.Fprintf(tw, "  %s\t%s\t%s", t.URL, state, reloadedAgo(t.LastSync))
+		} else {
+			fmt.Fprintf(tw, "  %s\t%s\t%d upstreams\tdrift repairs %d", t.URL, state, t.Upstreams, t.DriftRepairs)
+		}
 		if len(t.Drift) > 0 {
 			fmt.Fprintf(tw, "\tlast drift: %s", strings.Join(t.Drift, ", "))
 		}
@@ -163,7 +170,9 @@ func Print(w io.Writer, body []byte) error {
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
+	printSplits(w, doc.Splits)
 	printHolds(w, doc.Holds)
+	printDrains(w, doc.Drains)
 	printDropped(w, doc.Dropped)
 	printHistory(w, doc.History)
 	fmt.Fprintf(w, "\nUpstreams:\n")
@@ -185,6 +194,14 @@ func Print(w io.Writer, body []byte) error {
 		}
 	}
 	return nil
+}
+
+// reloadedAgo says when the reload sink last reloaded nginx.
+func reloadedAgo(last time.Time) string {
+	if last.IsZero() {
+		return "nginx not reloaded yet"
+	}
+	return fmt.Sprintf("nginx reloaded %s ago", time.Since(last).Round(time.Second))
 }
 
 func printHolds(w io.Writer, holds []Hold) {
@@ -289,6 +306,8 @@ func (d *Daemon) page() statuspage.Page {
 		}
 		p.Upstreams = append(p.Upstreams, pu)
 	}
+	p.Drains = pageDrains(doc.Drains)
+	p.Splits = pageSplits(doc.Splits)
 	for _, c := range doc.History {
 		p.History = append(p.History, statuspage.Change{At: c.At, Upstream: c.Upstream, Change: c.Change, Detail: c.Detail, Cause: c.Cause})
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/reload"
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/splits"
 )
 
 const operationsDoc = "../../docs/OPERATIONS.md"
@@ -103,6 +104,8 @@ func emittedStatusFields() map[string]bool {
 	jsonPaths(reflect.TypeFor[dyups.StatusDetail](), "targets[]", out)
 	out["reload"] = true
 	jsonPaths(reflect.TypeFor[reload.Status](), "reload", out)
+	out["splits"] = true
+	jsonPaths(reflect.TypeFor[splits.Status](), "splits", out)
 	return out
 }
 

@@ -29,6 +29,17 @@ type document[T any] struct {
 	// changed upstream's server counts over the last hour.
 	History  []history.Event `json:"history"`
 	Timeline []Series        `json:"timeline"`
+	// Drains is every server drained by hand (swallowkeeper drain).
+	Drains []Drain `json:"drains"`
+}
+
+// Drain is a server drained by hand, and whether the mark applies now.
+type Drain struct {
+	Upstream string    `json:"upstream"`
+	Address  string    `json:"address"`
+	Since    time.Time `json:"since,omitzero"`
+	Active   bool      `json:"active"`
+	Note     string    `json:"note,omitempty"`
 }
 
 // Series is an upstream's server counts over the last hour, oldest first:
@@ -105,6 +116,7 @@ type Dropped struct {
 // sinkEntry is the part of a sink's /status entry that every kind has;
 // the kind's Detail follows it.
 type sinkEntry struct {
+	Kind        string    `json:"kind"` // "dyups", "reload"
 	URL         string    `json:"url"`
 	InSync      bool      `json:"in_sync"`
 	LastSync    time.Time `json:"last_sync,omitzero"`
@@ -118,7 +130,7 @@ type sinkEntry struct {
 // Section key at the top level) and the sources' reachability.
 func (d *Daemon) statusJSON(indent bool) []byte {
 	doc := document[json.RawMessage]{Version: d.Version, Registries: []Registry{}, Holds: []Hold{}, Targets: []json.RawMessage{},
-		Upstreams: []Upstream{}, Dropped: []Dropped{}, History: []history.Event{}, Timeline: []Series{}}
+		Upstreams: []Upstream{}, Dropped: []Dropped{}, History: []history.Event{}, Timeline: []Series{}, Drains: []Drain{}}
 	for _, s := range d.Sources {
 		r := Registry{Name: s.Name, Up: true}
 		if hr, ok := s.Source.(engine.HealthReporter); ok {
@@ -129,7 +141,11 @@ func (d *Daemon) statusJSON(indent bool) []byte {
 	}
 	sections := map[string]any{}
 	for _, s := range d.Engine.SinkStatuses() {
-		entry := mustJSON(sinkEntry{s.Name, s.InSync, s.LastSync, s.LastError, s.LastErrorAt, s.Upstreams})
+		if s.Name == "" && s.Section != "" { // a sink of no target of its own (splits): its section only
+			sections[s.Section] = s.Detail
+			continue
+		}
+		entry := mustJSON(sinkEntry{s.Kind, s.Name, s.InSync, s.LastSync, s.LastError, s.LastErrorAt, s.Upstreams})
 		switch {
 		case s.Section != "":
 			sections[s.Section] = s.Detail
@@ -175,6 +191,9 @@ func fill(doc *document[json.RawMessage], st *engine.Status) {
 	doc.History = append(doc.History, st.History...)
 	for _, name := range slices.Sorted(maps.Keys(st.Timeline)) {
 		doc.Timeline = append(doc.Timeline, Series{name, st.Timeline[name]})
+	}
+	for _, d := range st.Drains {
+		doc.Drains = append(doc.Drains, Drain{d.Upstream, d.Addr.String(), d.Since, d.Active, d.Note})
 	}
 }
 

@@ -104,7 +104,7 @@ func TestStatusJSONKeepsItsKeys(t *testing.T) {
 		t.Fatalf("/status: %v\n%s", err, body)
 	}
 	top := keys(t, json.RawMessage(body))
-	if want := []string{"dropped", "history", "holds", "registries", "reload", "sources", "sources_answered", "targets", "timeline", "upstreams", "version"}; !slices.Equal(top, want) {
+	if want := []string{"drains", "dropped", "history", "holds", "registries", "reload", "sources", "sources_answered", "targets", "timeline", "upstreams", "version"}; !slices.Equal(top, want) {
 		t.Errorf("top-level keys %v, want %v", top, want)
 	}
 	var targets []json.RawMessage
@@ -116,10 +116,10 @@ func TestStatusJSONKeepsItsKeys(t *testing.T) {
 	if strings.Contains(body, "0001-01-01") {
 		t.Errorf("/status shows a zero time:\n%s", body)
 	}
-	if got, want := keys(t, targets[0]), []string{"drift_repairs", "in_sync", "upstreams", "url"}; !slices.Equal(got, want) {
+	if got, want := keys(t, targets[0]), []string{"drift_repairs", "in_sync", "kind", "upstreams", "url"}; !slices.Equal(got, want) {
 		t.Errorf("dyups entry keys %v, want %v", got, want)
 	}
-	if got, want := keys(t, targets[1]), []string{"in_sync", "last_error", "last_error_at", "upstreams", "url"}; !slices.Equal(got, want) {
+	if got, want := keys(t, targets[1]), []string{"in_sync", "kind", "last_error", "last_error_at", "upstreams", "url"}; !slices.Equal(got, want) {
 		t.Errorf("reload entry keys %v, want %v", got, want)
 	}
 	want := []string{"command", "failed_attempts", "failing", "failing_since", "in_sync", "last_error", "last_error_at", "next_retry"}
@@ -137,6 +137,51 @@ func TestStatusJSONKeepsItsKeys(t *testing.T) {
 	if err := Print(&out, []byte(body)); err != nil || !strings.Contains(out.String(), "RELOAD FAILING") ||
 		!strings.Contains(out.String(), "http://127.0.0.1:1") || !strings.Contains(out.String(), "NOT IN SYNC") {
 		t.Errorf("Print (%v):\n%s", err, out.String())
+	}
+}
+
+// TestStatusSaysWhatTheReloadSinkDid: `swallowkeeper status` shows the
+// reload sink as when it reloaded nginx, not as a target holding "0
+// upstreams" (it counts none: nginx reads them from the file); a dyups
+// target still shows the upstreams it acknowledged.
+func TestStatusSaysWhatTheReloadSinkDid(t *testing.T) {
+	now := time.Now()
+	dy, rs, idle := &fakeSink{}, &fakeSink{}, &fakeSink{}
+	dy.set(engine.SinkStatus{Kind: "dyups", Name: "http://127.0.0.1:8081", InSync: true, LastSync: now, Upstreams: 2, Ready: true})
+	rs.set(engine.SinkStatus{Kind: "reload", Name: "reload: nginx -s reload", InSync: true, LastSync: now.Add(-3 * time.Second), Ready: true})
+	idle.set(engine.SinkStatus{Kind: "reload", Name: "reload: /usr/sbin/nginx -s reload", Ready: true})
+	_, body := get(t, daemon(t, dy, rs, idle), "/status")
+	var doc Doc
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, tg := range doc.Targets {
+		kinds = append(kinds, tg.Kind)
+	}
+	if want := []string{"dyups", "reload", "reload"}; !slices.Equal(kinds, want) {
+		t.Errorf("/status targets' kinds %q, want %q", kinds, want)
+	}
+	var out strings.Builder
+	if err := Print(&out, []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	lines := map[string]string{}
+	for l := range strings.Lines(out.String()) {
+		for _, name := range []string{"http://127.0.0.1:8081", "reload: nginx -s reload", "reload: /usr/sbin/nginx -s reload"} {
+			if strings.HasPrefix(strings.TrimSpace(l), name+" ") {
+				lines[name] = strings.Join(strings.Fields(l), " ")
+			}
+		}
+	}
+	for name, want := range map[string]string{
+		"http://127.0.0.1:8081":             "http://127.0.0.1:8081 in sync 2 upstreams drift repairs 0",
+		"reload: nginx -s reload":           "reload: nginx -s reload in sync nginx reloaded 3s ago",
+		"reload: /usr/sbin/nginx -s reload": "reload: /usr/sbin/nginx -s reload NOT IN SYNC nginx not reloaded yet",
+	} {
+		if lines[name] != want {
+			t.Errorf("status line of %s: %q, want %q\n%s", name, lines[name], want, out.String())
+		}
 	}
 }
 

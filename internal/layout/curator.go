@@ -30,30 +30,15 @@ import (
 // when metadata.instance_status is set and is not "UP" (Spring Cloud's
 // OUT_OF_SERVICE) or when Curator's "enabled" is false.
 func decodeCurator(service, node string, data []byte) (registry.Instance, error) {
-	in := registry.Instance{Service: service, ID: node, Healthy: true}
-	f, err := jsonobj.Object(data)
-	if err != nil {
-		return in, err
-	}
-	addr, _, err := jsonobj.String(f, "address")
-	if err != nil {
-		return in, err
-	}
-	if addr == "" {
-		return in, errors.New("no address")
-	}
-	in.Address = addr
-	port, hasPort, err := jsonobj.Int(f, "port")
+	in, f, hasPort, err := decodeJSONAddress(service, node, data)
 	if err != nil {
 		return in, err
 	}
 	ssl, hasSSL, err := jsonobj.Int(f, "sslPort")
-	if err != nil {
-		return in, err
-	}
 	switch {
+	case err != nil:
+		return in, err
 	case hasPort:
-		in.Port = port
 	case hasSSL:
 		return in, fmt.Errorf("only an sslPort (%d) and no port: TLS-only instances are not supported", ssl)
 	default:

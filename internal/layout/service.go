@@ -12,27 +12,13 @@ import (
 // unknown keys are ignored (an application may store more), but every
 // known key must have its documented type.
 func decodeService(service, id string, value []byte) (registry.Instance, error) {
-	in := registry.Instance{Service: service, ID: id, Healthy: true}
-	f, err := jsonobj.Object(value)
+	in, f, hasPort, err := decodeJSONAddress(service, id, value)
 	if err != nil {
 		return in, err
 	}
-	addr, ok, err := jsonobj.String(f, "address")
-	if err != nil {
-		return in, err
-	}
-	if !ok || addr == "" {
-		return in, errors.New("no address")
-	}
-	in.Address = addr
-	port, ok, err := jsonobj.Int(f, "port")
-	if err != nil {
-		return in, err
-	}
-	if !ok {
+	if !hasPort {
 		return in, errors.New("no port")
 	}
-	in.Port = port
 	if in.Tags, err = jsonobj.StringList(f, "tags"); err != nil {
 		return in, err
 	}
@@ -45,6 +31,25 @@ func decodeService(service, id string, value []byte) (registry.Instance, error) 
 		in.Healthy = healthy
 	}
 	return in, nil
+}
+
+// decodeJSONAddress starts the instance id of service from a value that
+// must be a JSON object with a non-empty "address" and may have an
+// integer "port" (hasPort says whether it has); the decoders of the JSON
+// layouts read the rest of the object, f.
+func decodeJSONAddress(service, id string, value []byte) (in registry.Instance, f object, hasPort bool, err error) {
+	in = registry.Instance{Service: service, ID: id, Healthy: true}
+	if f, err = jsonobj.Object(value); err != nil {
+		return in, nil, false, err
+	}
+	if in.Address, _, err = jsonobj.String(f, "address"); err != nil {
+		return in, nil, false, err
+	}
+	if in.Address == "" {
+		return in, nil, false, errors.New("no address")
+	}
+	in.Port, hasPort, err = jsonobj.Int(f, "port")
+	return in, f, hasPort, err
 }
 
 // encodeService is the service layout's JSON: address, port, and the tags

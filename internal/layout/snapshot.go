@@ -112,11 +112,7 @@ func known(st upstream.State, services map[string][]registry.Instance, tagged ma
 		if built[svc] || withoutTags || upstream.ValidName(svc) != nil || registry.IsReserved(r.Reserved, svc) {
 			continue
 		}
-		u := upstream.Upstream{Name: svc, Service: svc, Keepalive: r.Keepalive}
-		if k, ok := r.KeepaliveFor[svc]; ok {
-			u.Keepalive = k
-		}
-		st[svc] = u
+		st[svc] = r.NewUpstream(svc, svc)
 	}
 }
 

@@ -43,6 +43,22 @@ type Params struct {
 	Backup, Down               *bool
 }
 
+// apply sets the fields of s that p gives.
+func (p Params) apply(s *upstream.Server) {
+	set(&s.Weight, p.Weight)
+	set(&s.MaxFails, p.MaxFails)
+	set(&s.MaxConns, p.MaxConns)
+	set(&s.FailTimeout, p.FailTimeout)
+	set(&s.Backup, p.Backup)
+	set(&s.Down, p.Down)
+}
+
+func set[T any](field *T, v *T) {
+	if v != nil {
+		*field = *v
+	}
+}
+
 // Label names an instance "id@node" (or "id") for logs and status; a
 // registry string with anything unusual in it is quoted, so a hostile id
 // cannot forge log lines.
@@ -80,6 +96,25 @@ type Rules struct {
 	MaxConns     int
 	Keepalive    int
 	KeepaliveFor map[string]int // per upstream name
+
+	// BalanceFor is the balancing method per upstream name (absent: round
+	// robin).
+	BalanceFor map[string]upstream.Balance
+	// DefaultsFor holds per upstream name the server defaults that replace
+	// Weight, MaxFails, FailTimeout and MaxConns above (nil fields keep
+	// them; Backup and Down are not used). A value the registry gives (the
+	// weight meta, an instance's Params) still wins over them.
+	DefaultsFor map[string]Params
+}
+
+// NewUpstream is upstream name of service svc with no servers yet, with
+// the keepalive and balancing method the Rules give it.
+func (r Rules) NewUpstream(name, svc string) upstream.Upstream {
+	u := upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive, Balance: r.BalanceFor[name]}
+	if ka, ok := r.KeepaliveFor[name]; ok {
+		u.Keepalive = ka
+	}
+	return u
 }
 
 // WantService reports whether a service is selected by name.
@@ -149,11 +184,8 @@ func BuildService(svc string, instances []Instance, r Rules) Part {
 		}
 		k, ok := byName[name]
 		if !ok {
-			u := upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive}
-			if ka, ok := r.KeepaliveFor[name]; ok {
-				u.Keepalive = ka
-			}
 			k = len(p.Upstreams)
+			u := r.NewUpstream(name, svc)
 			byName[name] = k
 			p.Upstreams = append(p.Upstreams, u)
 		}
@@ -161,7 +193,10 @@ func BuildService(svc string, instances []Instance, r Rules) Part {
 		// invalid: a service whose instances all turn invalid (agents
 		// switching to hostnames, a weight meta of 0) keeps its last
 		// servers under the empty guard instead of being removed.
-		s, err := r.server(in)
+		s, err := r.server(in, name)
+		if err == nil && s.Backup && !p.Upstreams[k].Balance.AllowsBackup() {
+			err = fmt.Errorf("backup server refused: upstream %s balances by %s, which nginx runs without backup servers", name, p.Upstreams[k].Balance.Method)
+		}
 		if err != nil {
 			p.Dropped = append(p.Dropped, Dropped{Service: svc, Instance: in.Label(), Reason: err.Error()})
 			continue
@@ -236,8 +271,10 @@ func duplicate(svc, instance string, s, holder upstream.Server, name string) Dro
 		Reason: fmt.Sprintf("address %v already used by instance %s in upstream %s", s.Addr, holder.Instance, name)}
 }
 
-// server validates one instance and returns its server.
-func (r Rules) server(in Instance) (upstream.Server, error) {
+// server validates one instance and returns its server for upstream
+// name. Precedence, lowest first: the Rules' defaults, the upstream's
+// DefaultsFor, the weight meta, the instance's Params.
+func (r Rules) server(in Instance, name string) (upstream.Server, error) {
 	ip, err := upstream.ParseIP(in.Address)
 	if err != nil {
 		return upstream.Server{}, err
@@ -257,6 +294,10 @@ func (r Rules) server(in Instance) (upstream.Server, error) {
 		Instance:    in.Label(),
 		Tags:        slices.Clone(in.Tags),
 	}
+	if d, ok := r.DefaultsFor[name]; ok {
+		d.Backup, d.Down = nil, nil // not defaults: only the registry sets them
+		d.apply(&s)
+	}
 	if v, ok := in.Meta[r.WeightMeta]; ok && r.WeightMeta != "" {
 		w, err := upstream.ParseCount("weight meta "+strconv.Quote(r.WeightMeta), v, 1, upstream.MaxWeight)
 		if err != nil {
@@ -264,25 +305,7 @@ func (r Rules) server(in Instance) (upstream.Server, error) {
 		}
 		s.Weight = w
 	}
-	p := in.Params
-	if p.Weight != nil {
-		s.Weight = *p.Weight
-	}
-	if p.MaxFails != nil {
-		s.MaxFails = *p.MaxFails
-	}
-	if p.MaxConns != nil {
-		s.MaxConns = *p.MaxConns
-	}
-	if p.FailTimeout != nil {
-		s.FailTimeout = *p.FailTimeout
-	}
-	if p.Backup != nil {
-		s.Backup = *p.Backup
-	}
-	if p.Down != nil {
-		s.Down = *p.Down
-	}
+	in.Params.apply(&s)
 	if err := s.Validate(); err != nil {
 		return upstream.Server{}, err
 	}

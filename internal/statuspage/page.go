@@ -42,6 +42,35 @@ type Page struct {
 	// History is the last changes applied, oldest first; the page lists
 	// the newest first.
 	History []Change
+
+	// Drains are the servers drained by hand (swallowkeeper drain).
+	Drains []Drain
+
+	// Splits are the traffic split rules in force.
+	Splits []Split
+}
+
+// Split is a traffic split rule: Percent of Upstream's requests (those no
+// Match took) go to To.
+type Split struct {
+	Upstream, To string
+	Percent      string // as configured: "10", "0.5"
+	Sticky       string
+	Match        string // "header X-Canary=1, cookie canary=1"
+	From         string // config or consul kv
+	GroupMissing bool   // no upstream To: every request stays on Upstream
+	// NotPushed names the targets that do not carry it, and why.
+	NotPushed []string
+}
+
+// Drain is a server drained by hand; Note says why the mark does not
+// apply now (its server is not in the registry, or the guard refused it).
+type Drain struct {
+	Upstream string
+	Address  string
+	Since    time.Time
+	Active   bool
+	Note     string
 }
 
 // Change is one applied change: a server added, removed or changed, an

@@ -2,13 +2,13 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,11 +22,10 @@ const ConsulVersion = "1.20.1"
 type Consul struct {
 	bin, dataDir, logPath string
 	ports                 map[string]int
-	cmd                   *exec.Cmd
-	exited                chan struct{}
-	hcl                   []string // extra agent configuration
-	Client                *api.Client
-	transport             *http.Transport // Client's
+	process
+	hcl       []string // extra agent configuration
+	Client    *api.Client
+	transport *http.Transport // Client's
 }
 
 // ConsulBinary finds the consul binary: $CONSUL_BIN, the cache that
@@ -98,11 +97,6 @@ func (c *Consul) HTTPAddr() string { return Addr(c.ports["http"]) }
 // Start (re)starts the agent and waits until it has a leader.
 func (c *Consul) Start(t testing.TB) {
 	t.Helper()
-	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	args := []string{"agent", "-server", "-bootstrap-expect=1", "-node=sk-test",
 		"-data-dir=" + filepath.Join(c.dataDir, "data"),
 		"-bind=127.0.0.1", "-client=127.0.0.1", "-advertise=127.0.0.1",
@@ -119,50 +113,33 @@ func (c *Consul) Start(t testing.TB) {
 	for _, h := range c.hcl {
 		args = append(args, "-hcl="+h)
 	}
-	c.cmd = exec.Command(c.bin, args...)
-	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("testenv: start consul: %v", err)
-	}
-	c.exited = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(c.cmd, c.exited)
+	c.start(t, "consul", exec.Command(c.bin, args...), c.logPath, 60*time.Second, c.waitReady)
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for {
+// waitReady waits until the agent has a leader and has registered its own
+// node with a passing serfHealth, so that tests start from a settled
+// catalog.
+func (c *Consul) waitReady(ctx context.Context) error {
+	return retryUntil(ctx, func() error {
 		leader, err := c.Client.Status().Leader()
-		if err == nil && leader != "" {
-			// The node registers itself shortly after the election; wait
-			// for its serfHealth so tests start from a settled catalog.
-			checks, _, err := c.Client.Health().Node("sk-test", nil)
-			if err == nil && len(checks) > 0 && checks[0].Status == api.HealthPassing {
-				return
-			}
+		if err != nil {
+			return err
 		}
-		select {
-		case <-c.exited:
-			t.Fatalf("testenv: consul exited at start; log %s:\n%s", c.logPath, tail(c.logPath))
-		case <-ctx.Done():
-			t.Fatalf("testenv: consul not ready after 60s; log %s:\n%s", c.logPath, tail(c.logPath))
-		case <-time.After(100 * time.Millisecond):
+		if leader == "" {
+			return errors.New("no leader yet")
 		}
-	}
+		checks, _, err := c.Client.Health().Node("sk-test", nil)
+		if err == nil && (len(checks) == 0 || checks[0].Status != api.HealthPassing) {
+			err = errors.New("the node's serfHealth is not passing yet")
+		}
+		return err
+	})
 }
 
 // Stop kills the agent (SIGKILL: an outage, not a graceful leave).
 func (c *Consul) Stop(t testing.TB) {
 	t.Helper()
 	c.kill()
-}
-
-func (c *Consul) kill() {
-	if c.cmd == nil || c.cmd.Process == nil {
-		return
-	}
-	syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-	<-c.exited
-	c.cmd = nil
 }
 
 // Register registers a service instance with a TTL check that starts

@@ -71,7 +71,7 @@ func (e *Etcd) Start(t testing.TB) {
 		"--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
 	)
 	cmd.Env = etcdEnv() // only the flags above configure it
-	e.start(t, "etcd", cmd, e.logPath, e.waitServing)
+	e.start(t, "etcd", cmd, e.logPath, 30*time.Second, e.waitServing)
 }
 
 // waitServing polls the member's status, each call bounded, until it
@@ -83,24 +83,15 @@ func (e *Etcd) waitServing(ctx context.Context) error {
 		return err
 	}
 	defer cli.Close()
-	for {
+	return retryUntil(ctx, func() error {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, serr := cli.Status(rctx, e.Endpoints()[0])
-		cancel()
-		switch {
-		case serr != nil:
-			err = serr
-		case st.Leader == 0:
+		defer cancel()
+		st, err := cli.Status(rctx, e.Endpoints()[0])
+		if err == nil && st.Leader == 0 {
 			err = errors.New("no leader yet")
-		default:
-			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return err
+	})
 }
 
 // Stop kills the member (SIGKILL: a crash, not a shutdown). Acknowledged

@@ -561,12 +561,35 @@ http {
                 require("swallowkeeper.dyups").api()
             }
         }
+        location /split {
+            content_by_lua_block {
+                require("swallowkeeper.split").api()
+            }
+        }
     }
 
     server {
         listen 127.0.0.1:{{.P.ProxyPort}} reuseport;
         location / {
-            set $sk_upstream $host;
+            set_by_lua_block $sk_upstream {
+                return require("swallowkeeper.split").route(ngx.var.host)
+            }
+            proxy_pass http://swallowkeeper_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 2s;
+            proxy_next_upstream error timeout http_502;
+            add_header X-SK-Worker $pid always;
+            add_header X-SK-Upstream-Addr $upstream_addr always;
+            log_by_lua_block {
+                require("swallowkeeper.dyups").log()
+            }
+            error_page 502 = @sk_split_fallback;
+        }
+        location @sk_split_fallback {
+            rewrite_by_lua_block {
+                require("swallowkeeper.split").fallback(ngx.var.host)
+            }
             proxy_pass http://swallowkeeper_backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";

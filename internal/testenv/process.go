@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"syscall"
@@ -17,9 +18,9 @@ type process struct {
 }
 
 // start runs cmd with its output appended to logPath and waits, at most
-// 30s, until ready reports the server serving. A server that exits first,
-// or never serves, fails the test with the tail of its log.
-func (p *process) start(t testing.TB, what string, cmd *exec.Cmd, logPath string, ready func(context.Context) error) {
+// within, until ready reports the server serving. A server that exits
+// first, or never serves, fails the test with the tail of its log.
+func (p *process) start(t testing.TB, what string, cmd *exec.Cmd, logPath string, within time.Duration, ready func(context.Context) error) {
 	t.Helper()
 	if p.cmd != nil {
 		t.Fatalf("testenv: %s already running", what)
@@ -37,7 +38,7 @@ func (p *process) start(t testing.TB, what string, cmd *exec.Cmd, logPath string
 	p.cmd, p.exited = cmd, make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(cmd, p.exited)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	serving := make(chan error, 1)
 	go func() { serving <- ready(ctx) }()
@@ -62,4 +63,20 @@ func (p *process) kill() {
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	<-p.exited
 	p.cmd = nil
+}
+
+// retryUntil calls try every 50ms until it succeeds or ctx ends; then the
+// error says what the last try found.
+func retryUntil(ctx context.Context, try func() error) error {
+	for {
+		err := try()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -39,16 +39,27 @@ func NextSnapshot(t testing.TB, snaps <-chan engine.Snapshot, what string) engin
 // gauges) whose labels include every given name=value pair.
 func Metric(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
+	sum := 0.0
+	for _, v := range series(t, reg, name, labels...) {
+		sum += v
+	}
+	return sum
+}
+
+// series are the values of the series of the family name (counters and
+// gauges) whose labels include every given name=value pair.
+func series(t testing.TB, reg *prometheus.Registry, name string, labels ...string) []float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := 0.0
+	var vs []float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
-	series:
+	next:
 		for _, m := range mf.GetMetric() {
 			for i := 0; i+1 < len(labels); i += 2 {
 				found := false
@@ -56,13 +67,13 @@ func Metric(t testing.TB, reg *prometheus.Registry, name string, labels ...strin
 					found = found || l.GetName() == labels[i] && l.GetValue() == labels[i+1]
 				}
 				if !found {
-					continue series
+					continue next
 				}
 			}
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			vs = append(vs, m.GetCounter().GetValue()+m.GetGauge().GetValue())
 		}
 	}
-	return sum
+	return vs
 }
 
 // CheckMetricNames checks that reg holds families metric families, each
@@ -220,7 +231,7 @@ type Outage struct {
 func CheckOutageReported(t testing.TB, reg *prometheus.Registry, o Outage, started func()) {
 	t.Helper()
 	up := func() float64 { return Metric(t, reg, "swallowkeeper_registry_up", "source", o.Source) }
-	if n := seriesOf(t, reg, "swallowkeeper_registry_up", "source", o.Source); n != 1 {
+	if n := len(series(t, reg, "swallowkeeper_registry_up", "source", o.Source)); n != 1 {
 		t.Fatalf("%d registry_up{source=%s} series before the source runs, want 1", n, o.Source)
 	}
 	if v := up(); v != 0 {
@@ -242,28 +253,4 @@ func CheckOutageReported(t testing.TB, reg *prometheus.Registry, o Outage, start
 	o.Start(t)
 	within("the source logs "+o.Back, func() bool { return strings.Contains(o.Logs.String(), o.Back) })
 	within("registry_up is 1 again", func() bool { return up() == 1 })
-}
-
-// seriesOf counts the series of the family name whose labels include the
-// given pair.
-func seriesOf(t testing.TB, reg *prometheus.Registry, name, label, value string) int {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					n++
-				}
-			}
-		}
-	}
-	return n
 }

@@ -81,31 +81,25 @@ func (z *ZooKeeper) Start(t testing.TB) {
 		"-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
 		"-cp", z.classpath,
 		"org.apache.zookeeper.server.quorum.QuorumPeerMain", z.cfgPath)
-	z.start(t, "zookeeper", cmd, z.logPath, z.waitServing)
+	z.start(t, "zookeeper", cmd, z.logPath, 30*time.Second, z.waitServing)
 }
 
 // waitServing waits until the server answers the srvr command as serving
 // (a starting server accepts connections before it serves them), then for
 // a session and a listing of "/".
 func (z *ZooKeeper) waitServing(ctx context.Context) error {
-	var err error
-	for {
-		if err = z.probe(ctx); err == nil {
-			var conn *zk.Conn
-			if conn, err = dial(ctx, z.Addr(), 2*time.Second); err == nil {
-				_, _, err = conn.Children("/")
-				conn.Close()
-				if err == nil {
-					return nil
-				}
-			}
+	return retryUntil(ctx, func() error {
+		if err := z.probe(ctx); err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
+		conn, err := dial(ctx, z.Addr(), 2*time.Second)
+		if err != nil {
+			return err
 		}
-	}
+		defer conn.Close()
+		_, _, err = conn.Children("/")
+		return err
+	})
 }
 
 // probe asks whether the server serves.

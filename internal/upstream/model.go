@@ -38,6 +38,7 @@ type Upstream struct {
 	Name      string
 	Servers   []Server // kept sorted by address (see Sort)
 	Keepalive int      // idle keepalive connections per worker; 0 renders no line
+	Balance   Balance  // the balancing method; zero is round robin
 
 	// Service is the registry service this upstream was built from; for logs
 	// and status only, ignored by Equal.
@@ -73,7 +74,7 @@ func (s Server) sameConfig(o Server) bool {
 // Equal reports whether two upstreams configure nginx identically. Both must
 // be sorted.
 func (u Upstream) Equal(o Upstream) bool {
-	if u.Name != o.Name || u.Keepalive != o.Keepalive || len(u.Servers) != len(o.Servers) {
+	if u.Name != o.Name || u.Keepalive != o.Keepalive || u.Balance != o.Balance || len(u.Servers) != len(o.Servers) {
 		return false
 	}
 	// Sources hand on the server list of an unchanged upstream itself, and

@@ -9,7 +9,8 @@ import (
 )
 
 // ParseFile reads back a file written by RenderFile (or edited by hand in
-// the same dialect): `upstream NAME { server ...; keepalive N; }` blocks,
+// the same dialect): `upstream NAME { [least_conn|ip_hash|hash KEY
+// [consistent];] server ...; keepalive N; }` blocks,
 // with comments and free whitespace. Anything else is an error that names
 // the line: a corrupt file must never turn into an empty state.
 func ParseFile(data []byte) (State, error) {
@@ -113,6 +114,15 @@ func (p *parser) body(name string, closed bool) (Upstream, error) {
 				return u, fmt.Errorf("line %d: upstream %s: %w", t.line, name, err)
 			}
 			u.Keepalive = n
+		case LeastConn, IPHash, Hash:
+			if u.Balance != (Balance{}) || len(u.Servers) > 0 || u.Keepalive > 0 {
+				return u, fmt.Errorf("line %d: upstream %s: %s must be the first statement, and only one balancing method is allowed", t.line, name, t.text)
+			}
+			b, err := balanceFromWords(append([]string{t.text}, args...))
+			if err != nil {
+				return u, fmt.Errorf("line %d: upstream %s: %w", t.line, name, err)
+			}
+			u.Balance = b
 		default:
 			return u, fmt.Errorf("line %d: upstream %s: unknown directive %q", t.line, name, t.text)
 		}

@@ -117,7 +117,16 @@ func (r *FileRenderer) sameNames(s State) bool {
 	return true
 }
 
+// writeBody writes the balancing method first: nginx applies ip_hash's and
+// hash's refusal of `backup` only to the servers that follow it, and
+// `keepalive` last, because it wraps whatever method precedes it (a method
+// after it would replace it: "load balancing method redefined").
 func (u Upstream) writeBody(b *strings.Builder, indent string) {
+	if d := u.Balance.directive(); d != "" {
+		b.WriteString(indent)
+		b.WriteString(d)
+		b.WriteString(";\n")
+	}
 	for _, s := range u.Servers {
 		b.WriteString(indent)
 		b.WriteString(s.Directive())

@@ -229,7 +229,7 @@ func TestParseFileErrorsNameTheLine(t *testing.T) {
 		{"unterminated block", "upstream web {\nserver 10.0.0.1:80;\n", `missing "}"`},
 		{"missing semicolon", "upstream web {\n server 10.0.0.1:80\n}", `line 2: upstream web: server statement not terminated`},
 		{"hostname", "upstream web {\n\n server example.com:80;\n}", `line 3: upstream web: server address "example.com:80"`},
-		{"unknown directive", "upstream web {\n ip_hash;\n server 10.0.0.1:80;}", `line 2: upstream web: unknown directive "ip_hash"`},
+		{"unknown directive", "upstream web {\n random;\n server 10.0.0.1:80;}", `line 2: upstream web: unknown directive "random"`},
 		{"unknown parameter", "upstream web { server 10.0.0.1:80 slow_start=3s; }", `unknown parameter "slow_start=3s"`},
 		{"weight zero", "upstream web { server 10.0.0.1:80 weight=0; }", "weight 0 out of range"},
 		{"port zero", "upstream web { server 10.0.0.1:0; }", "port 0 out of range"},

@@ -96,13 +96,17 @@ func (s Server) Validate() error {
 	return inRange("max_conns", s.MaxConns, 0, MaxMaxConns)
 }
 
-// Validate checks the upstream's name, keepalive and every server, and that
+// Validate checks the upstream's name, keepalive, balancing method and
+// every server (no backup server under ip_hash or hash), and that
 // no address appears twice (nginx would send it double traffic).
 func (u Upstream) Validate() error {
 	if err := ValidName(u.Name); err != nil {
 		return err
 	}
 	if err := inRange("keepalive", u.Keepalive, 0, MaxKeepalive); err != nil {
+		return fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	if err := u.Balance.Validate(); err != nil {
 		return fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
 	if len(u.Servers) == 0 {
@@ -115,6 +119,9 @@ func (u Upstream) Validate() error {
 		}
 		if seen[s.Addr] {
 			return fmt.Errorf("upstream %s: server %v listed twice", u.Name, s.Addr)
+		}
+		if s.Backup && !u.Balance.AllowsBackup() {
+			return fmt.Errorf("upstream %s: server %v: %s does not support backup servers (nginx: balancing method does not support parameter \"backup\")", u.Name, s.Addr, u.Balance.Method)
 		}
 		seen[s.Addr] = true
 	}

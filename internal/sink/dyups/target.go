@@ -14,6 +14,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/metric"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -566,35 +567,20 @@ type Metrics struct {
 // NewMetrics registers the dyups metrics with reg (nil: unregistered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_dyups_requests_total",
-			Help: "Requests to dyups interfaces, by target, operation and outcome (ok, refused, retryable, error).",
-		}, []string{"target", "op", "outcome"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "swallowkeeper_dyups_request_duration_seconds",
-			Help:    "Duration of requests to dyups interfaces.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
-		}, []string{"target", "op"}),
-		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_dyups_drift_repairs_total",
-			Help: "Upstreams found different in nginx from the desired state by a drift check, and pushed again.",
-		}, []string{"target"}),
-		inSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "swallowkeeper_dyups_in_sync",
-			Help: "1 when the target's last sync or drift check left nothing to do, 0 after a failure.",
-		}, []string{"target"}),
-		lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "swallowkeeper_dyups_last_sync_timestamp_seconds",
-			Help: "When the target last held the desired state (end of a successful sync or drift check).",
-		}, []string{"target"}),
-		repushes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_dyups_worker_repushes_total",
-			Help: "Times every upstream was pushed again because the target's nginx had a new worker (reason worker: a crash or a reload) or a new master (reason restart). Only with targets[].nginx_pid.",
-		}, []string{"target", "reason"}),
+		requests: metric.CounterVec("swallowkeeper_dyups_requests_total",
+			"Requests to dyups interfaces, by target, operation and outcome (ok, refused, retryable, error).", "target", "op", "outcome"),
+		latency: metric.HistogramVec("swallowkeeper_dyups_request_duration_seconds",
+			"Duration of requests to dyups interfaces.", prometheus.ExponentialBuckets(0.0005, 2, 14), "target", "op"),
+		drift: metric.CounterVec("swallowkeeper_dyups_drift_repairs_total",
+			"Upstreams found different in nginx from the desired state by a drift check, and pushed again.", "target"),
+		inSync: metric.GaugeVec("swallowkeeper_dyups_in_sync",
+			"1 when the target's last sync or drift check left nothing to do, 0 after a failure.", "target"),
+		lastSync: metric.GaugeVec("swallowkeeper_dyups_last_sync_timestamp_seconds",
+			"When the target last held the desired state (end of a successful sync or drift check).", "target"),
+		repushes: metric.CounterVec("swallowkeeper_dyups_worker_repushes_total",
+			"Times every upstream was pushed again because the target's nginx had a new worker (reason worker: a crash or a reload) or a new master (reason restart). Only with targets[].nginx_pid.", "target", "reason"),
 	}
-	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.drift, m.inSync, m.lastSync, m.repushes)
-	}
+	metric.Register(reg, m.requests, m.latency, m.drift, m.inSync, m.lastSync, m.repushes)
 	return m
 }
 

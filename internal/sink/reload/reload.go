@@ -28,6 +28,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/metric"
 )
 
 // Options configure the sink.
@@ -283,17 +284,11 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_reloads_total",
-			Help: "nginx reloads in reload mode, by outcome (ok; test_failed: the file was refused by reload.test, run by the store; reload_failed); retries count too.",
-		}, []string{"outcome"}),
-		failing: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_reload_failing",
-			Help: "1 while the last nginx test or reload failed and it is being retried (nginx serves an older set), else 0.",
-		}),
+		reloads: metric.CounterVec("swallowkeeper_reloads_total",
+			"nginx reloads in reload mode, by outcome (ok; test_failed: the file was refused by reload.test, run by the store; reload_failed); retries count too.", "outcome"),
+		failing: metric.Gauge("swallowkeeper_reload_failing",
+			"1 while the last nginx test or reload failed and it is being retried (nginx serves an older set), else 0."),
 	}
-	if reg != nil {
-		reg.MustRegister(m.reloads, m.failing)
-	}
+	metric.Register(reg, m.reloads, m.failing)
 	return m
 }

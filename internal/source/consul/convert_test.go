@@ -256,13 +256,18 @@ func TestBuildDropsHostileRegistryData(t *testing.T) {
 	}
 }
 
-// build is what the source does with a read: convert, then registry.Build.
+// build is what the source does with a read: convert and build each
+// service's part, then merge them.
 func build(in map[string][]*api.ServiceEntry, r registry.Rules, onlyPassing bool) (upstream.State, []registry.Dropped) {
-	services := map[string][]registry.Instance{}
+	return buildWith(in, r, Convert{OnlyPassing: onlyPassing})
+}
+
+func buildWith(in map[string][]*api.ServiceEntry, r registry.Rules, c Convert) (upstream.State, []registry.Dropped) {
+	var parts []registry.Part
 	for svc, entries := range in {
-		services[svc] = Instances(entries, onlyPassing)
+		parts = append(parts, c.BuildService(svc, entries, r))
 	}
-	return registry.Build(services, r)
+	return registry.Merge(parts)
 }
 
 func TestWantService(t *testing.T) {
@@ -273,5 +278,152 @@ func TestWantService(t *testing.T) {
 	r.Include = []string{"web"}
 	if !r.WantService("web") || r.WantService("api") {
 		t.Error("allow list")
+	}
+}
+
+// consul.weights native and consul.address_from: where the weight and the
+// address come from (issue 17, part 4).
+func TestConvertNativeWeightsAndTaggedAddresses(t *testing.T) {
+	const (
+		out      = "" // the instance serves nothing: no server line
+		defaults = "max_fails=3 fail_timeout=10s"
+	)
+	type tc struct {
+		name      string
+		c         Convert
+		status    string // of the service check
+		weights   api.AgentWeights
+		meta      map[string]string
+		svcTagged map[string]api.ServiceAddress
+		nodeAddr  string
+		nodeTag   map[string]string
+		want      string // the server line, "" for none
+		dropped   string // substring of the drop reason, "" for none
+	}
+	tests := []tc{
+		{name: "by default the weight meta applies and Weights are ignored",
+			status: api.HealthPassing, weights: api.AgentWeights{Passing: 7, Warning: 2}, meta: map[string]string{"weight": "3"},
+			want: "server 10.1.0.1:80 weight=3 " + defaults},
+		{name: "native: a passing instance takes Weights.Passing, over the weight meta",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthPassing, weights: api.AgentWeights{Passing: 7, Warning: 2}, meta: map[string]string{"weight": "3"},
+			want: "server 10.1.0.1:80 weight=7 " + defaults},
+		{name: "native: an instance in warning keeps serving at Weights.Warning",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthWarning, weights: api.AgentWeights{Passing: 7, Warning: 2},
+			want: "server 10.1.0.1:80 weight=2 " + defaults},
+		{name: "native: Weights.Warning 0 takes an instance in warning out",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthWarning, weights: api.AgentWeights{Passing: 7, Warning: 0},
+			want: out},
+		{name: "native: Weights.Warning 0 does not touch a passing instance",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthPassing, weights: api.AgentWeights{Passing: 7, Warning: 0},
+			want: "server 10.1.0.1:80 weight=7 " + defaults},
+		{name: "native with only_passing: warning is out whatever its weight",
+			c:      Convert{NativeWeights: true, OnlyPassing: true},
+			status: api.HealthWarning, weights: api.AgentWeights{Passing: 7, Warning: 2},
+			want: out},
+		{name: "native: critical is out",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthCritical, weights: api.AgentWeights{Passing: 7, Warning: 2},
+			want: out},
+		{name: "native: no Weights in the entry (a catalog registration) keeps the meta",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthWarning, meta: map[string]string{"weight": "3"},
+			want: "server 10.1.0.1:80 weight=3 " + defaults},
+		{name: "native: a weight above nginx's limit is dropped with the reason",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthPassing, weights: api.AgentWeights{Passing: 100000, Warning: 1},
+			dropped: "weight"},
+		{name: "native: a negative warning weight is dropped",
+			c:      Convert{NativeWeights: true},
+			status: api.HealthWarning, weights: api.AgentWeights{Passing: 1, Warning: -1},
+			dropped: "weight"},
+		{name: "address_from: the service's tagged address and its port",
+			c:      Convert{AddressFrom: "wan_ipv4"},
+			status: api.HealthPassing, svcTagged: map[string]api.ServiceAddress{"wan_ipv4": {Address: "10.9.0.1", Port: 8443}, "lan_ipv4": {Address: "10.1.0.1", Port: 80}},
+			want: "server 10.9.0.1:8443 weight=1 " + defaults},
+		{name: "address_from: a tagged address without port takes the service port",
+			c:      Convert{AddressFrom: "lan"},
+			status: api.HealthPassing, svcTagged: map[string]api.ServiceAddress{"lan": {Address: "10.9.0.2"}},
+			want: "server 10.9.0.2:80 weight=1 " + defaults},
+		{name: "address_from: the node's tagged address when the service has none",
+			c:      Convert{AddressFrom: "wan"},
+			status: api.HealthPassing, nodeTag: map[string]string{"wan": "10.8.0.1", "lan": "10.0.0.1"},
+			want: "server 10.8.0.1:80 weight=1 " + defaults},
+		{name: "address_from: missing on service and node is dropped with the reason, not sent to Service.Address",
+			c:      Convert{AddressFrom: "wan_ipv6"},
+			status: api.HealthPassing, svcTagged: map[string]api.ServiceAddress{"wan_ipv4": {Address: "10.9.0.1", Port: 80}},
+			nodeTag: map[string]string{"wan": "10.8.0.1"},
+			dropped: `no tagged address "wan_ipv6" on the service or its node`},
+		{name: "address_from: a hostile tagged address is dropped by validation",
+			c:      Convert{AddressFrom: "wan"},
+			status: api.HealthPassing, svcTagged: map[string]api.ServiceAddress{"wan": {Address: "10.9.0.1;server 6.6.6.6:80", Port: 80}},
+			dropped: "10.9.0.1;server"},
+		{name: "address_from: a tagged address the policy refuses is dropped",
+			c:      Convert{AddressFrom: "wan"},
+			status: api.HealthPassing, svcTagged: map[string]api.ServiceAddress{"wan": {Address: "169.254.169.254", Port: 80}},
+			dropped: "refused"},
+		{name: "address_from: a tagged port out of range is dropped",
+			c:      Convert{AddressFrom: "wan"},
+			status: api.HealthPassing, svcTagged: map[string]api.ServiceAddress{"wan": {Address: "10.9.0.1", Port: 70000}},
+			dropped: "port"},
+		{name: "address_from and native together",
+			c:      Convert{AddressFrom: "lan_ipv4", NativeWeights: true},
+			status: api.HealthWarning, weights: api.AgentWeights{Passing: 4, Warning: 2},
+			svcTagged: map[string]api.ServiceAddress{"lan_ipv4": {Address: "10.7.0.1", Port: 81}},
+			want:      "server 10.7.0.1:81 weight=2 " + defaults},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nodeAddr := tt.nodeAddr
+			if nodeAddr == "" {
+				nodeAddr = "10.0.0.1"
+			}
+			e := &api.ServiceEntry{
+				Node: &api.Node{Node: "n1", Address: nodeAddr, TaggedAddresses: tt.nodeTag},
+				Service: &api.AgentService{ID: "w1", Service: "web", Address: "10.1.0.1", Port: 80, Meta: tt.meta,
+					Weights: tt.weights, TaggedAddresses: tt.svcTagged},
+				Checks: api.HealthChecks{
+					{CheckID: "serfHealth", Status: api.HealthPassing},
+					{CheckID: "service:w1", Status: tt.status},
+				},
+			}
+			st, dropped := buildWith(map[string][]*api.ServiceEntry{"web": {e}}, rules, tt.c)
+			u, ok := st["web"]
+			if !ok {
+				t.Fatalf("upstream web unknown: a service whose instance is out or dropped must stay known; state %v", st)
+			}
+			var got string
+			if len(u.Servers) == 1 {
+				got = strings.TrimSuffix(strings.TrimSpace(string(upstream.RenderFile(upstream.State{"web": u}))), "}")
+				got = strings.TrimSpace(got[strings.Index(got, "server "):strings.Index(got, ";")])
+			} else if len(u.Servers) > 1 {
+				t.Fatalf("servers %v, want at most one", u.Servers)
+			}
+			if got != tt.want {
+				t.Errorf("server line %q, want %q", got, tt.want)
+			}
+			switch {
+			case tt.dropped == "" && len(dropped) > 0:
+				t.Errorf("dropped %v, want none", dropped)
+			case tt.dropped != "" && (len(dropped) != 1 || !strings.Contains(dropped[0].Reason, tt.dropped)):
+				t.Errorf("dropped %v, want one whose reason holds %q", dropped, tt.dropped)
+			}
+		})
+	}
+}
+
+func TestCheckAddressFrom(t *testing.T) {
+	for _, k := range append([]string{""}, TaggedAddressKeys...) {
+		if err := CheckAddressFrom(k); err != nil {
+			t.Errorf("%q refused: %v", k, err)
+		}
+	}
+	for _, k := range []string{"virtual", "LAN", "lan ", "service"} {
+		if err := CheckAddressFrom(k); err == nil {
+			t.Errorf("%q accepted", k)
+		}
 	}
 }

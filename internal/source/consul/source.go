@@ -34,6 +34,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/metric"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -54,6 +55,9 @@ type Options struct {
 	// cannot see) and changes nothing; set it when the token is scoped on
 	// purpose to the services it should follow.
 	AllowACLFiltered bool
+	// NativeWeights and AddressFrom: see Convert.
+	NativeWeights bool
+	AddressFrom   string
 }
 
 // Source watches one Consul datacenter.
@@ -377,25 +381,7 @@ const agentProbeEvery = time.Second
 // waitForAgent sleeps d, or less if the agent answers a status request
 // before; it returns ctx's error when ctx ends.
 func (s *Source) waitForAgent(ctx context.Context, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil
-		}
-		if err := backoff.Sleep(ctx, min(left, agentProbeEvery)); err != nil {
-			return err
-		}
-		if time.Until(deadline) <= 0 {
-			return nil
-		}
-		pctx, cancel := context.WithTimeout(ctx, agentProbeEvery)
-		_, err := s.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(pctx))
-		cancel()
-		if err == nil {
-			return nil
-		}
-	}
+	return waitForAgent(ctx, s.client, d)
 }
 
 // startWatches starts the two blocking queries, whose answers come on the
@@ -665,7 +651,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 		}
 		changed = true
 		t.services[name] = serviceData{index: meta.LastIndex, versions: versions,
-			part: registry.BuildService(name, Instances(entries, t.src.opt.OnlyPassing), t.src.rules)}
+			part: t.src.opt.convert().BuildService(name, entries, t.src.rules)}
 		delete(t.dirty, name)
 	}
 	return changed, nil
@@ -759,65 +745,34 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		registryUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name:        "swallowkeeper_registry_up",
-			Help:        RegistryUpHelp,
-			ConstLabels: prometheus.Labels{"source": "consul"},
-		}),
-		watchUp: map[string]bool{"catalog/services": false, "health/state/any": false},
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_consul_errors_total",
-			Help: "Failed Consul requests, by endpoint.",
-		}, []string{"endpoint"}),
-		doubted: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_consul_doubted_answers_total",
-			Help: "Consul answers not trusted (no known leader, or filtered by ACLs), by endpoint; while any is, nothing changes.",
-		}, []string{"endpoint"}),
-		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_consul_watch_wakes_total",
-			Help: "Blocking queries that returned, by watch.",
-		}, []string{"watch"}),
-		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "swallowkeeper_consul_watch_up",
-			Help: "1 while the watch's last request succeeded, 0 after an error.",
-		}, []string{"watch"}),
-		reads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_consul_service_reads_total",
-			Help: "Reads of /v1/health/service/<name>.",
-		}),
-		fullChecksReads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_consul_full_checks_decodes_total",
-			Help: "Answers of /v1/health/state/any decoded whole; the others were compared with the previous answer and only the checks that differ decoded.",
-		}),
-		sweeps: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_consul_sweeps_total",
-			Help: "Re-reads of every service after a catalog change nothing else explained.",
-		}),
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_invalid_instances_dropped_total",
-			Help: "Registry instances dropped because their data failed validation (each counted once while it stays invalid).",
-		}),
+		registryUp: metric.RegistryUp("consul"),
+		watchUp:    map[string]bool{"catalog/services": false, "health/state/any": false},
+		errors: metric.CounterVec("swallowkeeper_consul_errors_total",
+			"Failed Consul requests, by endpoint.", "endpoint"),
+		doubted: metric.CounterVec("swallowkeeper_consul_doubted_answers_total",
+			"Consul answers not trusted (no known leader, or filtered by ACLs), by endpoint; while any is, nothing changes.", "endpoint"),
+		wakes: metric.CounterVec("swallowkeeper_consul_watch_wakes_total",
+			"Blocking queries that returned, by watch.", "watch"),
+		up: metric.GaugeVec("swallowkeeper_consul_watch_up",
+			"1 while the watch's last request succeeded, 0 after an error.", "watch"),
+		reads: metric.Counter("swallowkeeper_consul_service_reads_total",
+			"Reads of /v1/health/service/<name>."),
+		fullChecksReads: metric.Counter("swallowkeeper_consul_full_checks_decodes_total",
+			"Answers of /v1/health/state/any decoded whole; the others were compared with the previous answer and only the checks that differ decoded."),
+		sweeps: metric.Counter("swallowkeeper_consul_sweeps_total",
+			"Re-reads of every service after a catalog change nothing else explained."),
+		dropped: metric.Counter("swallowkeeper_invalid_instances_dropped_total",
+			"Registry instances dropped because their data failed validation (each counted once while it stays invalid)."),
 	}
-	if reg != nil {
-		reg.MustRegister(m.registryUp, m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
-	}
+	metric.Register(reg, m.registryUp, m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
 	return m
 }
-
-// RegistryUpHelp is the help of swallowkeeper_registry_up, the one
-// watch-health gauge every source exports with its own source label; the
-// sources' texts must be the same for one registry to hold them all.
-const RegistryUpHelp = "1 while the source's watch of its registry is healthy (connected, watching), 0 while it is not and nothing new is sent; by source (consul, etcd, zookeeper)."
 
 // setWatch records the outcome of the watch what's last request in
 // swallowkeeper_consul_watch_up and sets registry_up: 1 only while every
 // watch's last request succeeded.
 func (m *metrics) setWatch(what string, up bool) {
-	v := 0.0
-	if up {
-		v = 1
-	}
-	m.up.WithLabelValues(what).Set(v)
+	m.up.WithLabelValues(what).Set(metric.Bool(up))
 	m.watchMu.Lock()
 	defer m.watchMu.Unlock()
 	m.watchUp[what] = up

@@ -44,8 +44,10 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/layout"
+	"github.com/swallowkeeper/swallowkeeper/internal/metric"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/secret"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/runloop"
 )
 
 // Options configure the source. Nothing is defaulted here: the
@@ -195,17 +197,11 @@ func New(endpoints []string, opt Options, rules registry.Rules, log *slog.Logger
 
 // Run implements engine.Source.
 func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
-	err := s.opt.Validate()
-	if err == nil && len(s.endpoints) == 0 {
-		err = errors.New("etcd: no endpoints")
-	}
-	if err != nil {
-		s.log.Error("unusable options; sending nothing", "err", err)
-		<-ctx.Done()
+	if !runloop.Usable(ctx, s.log, runloop.Check("etcd", "endpoints", s.endpoints, s.opt)) {
 		return
 	}
-	cli := s.connect(ctx)
-	if cli == nil {
+	cli, ok := s.connect(ctx)
+	if !ok {
 		return
 	}
 	f := &follower{
@@ -237,20 +233,13 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 // connect sets the client up. clientv3.New does not wait for a connection
 // unless it must log in; it fails on unreadable certificates too, which
 // may appear later, so every failure is retried.
-func (s *Source) connect(ctx context.Context) *clientv3.Client {
-	b := backoff.New(s.retryBase, s.retryCap)
-	for {
-		cli, err := s.newClient(ctx)
-		if err == nil {
-			return cli
-		}
-		s.m.errors.WithLabelValues("connect").Inc()
-		d := b.Next()
-		s.log.Warn("cannot set up the etcd client; retrying", "endpoints", s.endpoints, "err", err, "retry_in", d)
-		if backoff.Sleep(ctx, d) != nil {
-			return nil
-		}
-	}
+func (s *Source) connect(ctx context.Context) (*clientv3.Client, bool) {
+	return runloop.Connect(ctx, backoff.New(s.retryBase, s.retryCap),
+		func() (*clientv3.Client, error) { return s.newClient(ctx) },
+		func(err error, d time.Duration) {
+			s.m.errors.WithLabelValues("connect").Inc()
+			s.log.Warn("cannot set up the etcd client; retrying", "endpoints", s.endpoints, "err", err, "retry_in", d)
+		})
 }
 
 func (s *Source) newClient(ctx context.Context) (*clientv3.Client, error) {
@@ -338,16 +327,12 @@ type follower struct {
 func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
 	s := f.s
 	var (
-		need    = "start" // why a listing is due; "" when none is
-		retry   = backoff.New(s.retryBase, s.retryCap)
-		retryC  <-chan time.Time
-		resyncC <-chan time.Time
+		need   = "start" // why a listing is due; "" when none is
+		retry  = backoff.New(s.retryBase, s.retryCap)
+		retryC <-chan time.Time
 	)
-	if s.opt.Resync > 0 {
-		tick := time.NewTicker(s.opt.Resync)
-		defer tick.Stop()
-		resyncC = tick.C
-	}
+	resyncC, stopResync := runloop.Resync(s.opt.Resync)
+	defer stopResync()
 	relist := func(reason string, wait bool) {
 		f.stopWatch()
 		need = reason
@@ -660,13 +645,6 @@ func (f *follower) send(ctx context.Context, out chan<- engine.Snapshot) bool {
 	return f.pub.Publish(ctx, out, snap)
 }
 
-func boolf(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 type metrics struct {
 	watchUp     prometheus.Gauge
 	registryUp  prometheus.Gauge
@@ -680,39 +658,21 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		watchUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_etcd_watch_up",
-			Help: "1 while the source is connected to etcd and its watch is confirmed, 0 otherwise (and then it sends nothing new).",
-		}),
-		registryUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name:        "swallowkeeper_registry_up",
-			Help:        RegistryUpHelp,
-			ConstLabels: prometheus.Labels{"source": "etcd"},
-		}),
-		revision: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_etcd_revision",
-			Help: "The etcd revision of the state the source holds.",
-		}),
-		relists: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_etcd_relists_total",
-			Help: "Full listings after the first, by reason: compacted, canceled, gap (revision or cluster), resync.",
-		}, []string{"reason"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_etcd_errors_total",
-			Help: "Failed etcd client set-ups, listings, watches and reconnect checks, by operation.",
-		}, []string{"op"}),
-		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_etcd_watch_events_total",
-			Help: "Watch events (puts and deletes under the prefix) received.",
-		}),
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_etcd_invalid_keys_dropped_total",
-			Help: "Keys left out because their name or value failed validation (each counted once while it stays invalid).",
-		}),
-		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_etcd_snapshots_sent_total",
-			Help: "Complete snapshots sent to the engine.",
-		}),
+		watchUp: metric.Gauge("swallowkeeper_etcd_watch_up",
+			"1 while the source is connected to etcd and its watch is confirmed, 0 otherwise (and then it sends nothing new)."),
+		registryUp: metric.RegistryUp("etcd"),
+		revision: metric.Gauge("swallowkeeper_etcd_revision",
+			"The etcd revision of the state the source holds."),
+		relists: metric.CounterVec("swallowkeeper_etcd_relists_total",
+			"Full listings after the first, by reason: compacted, canceled, gap (revision or cluster), resync.", "reason"),
+		errors: metric.CounterVec("swallowkeeper_etcd_errors_total",
+			"Failed etcd client set-ups, listings, watches and reconnect checks, by operation.", "op"),
+		watchEvents: metric.Counter("swallowkeeper_etcd_watch_events_total",
+			"Watch events (puts and deletes under the prefix) received."),
+		dropped: metric.Counter("swallowkeeper_etcd_invalid_keys_dropped_total",
+			"Keys left out because their name or value failed validation (each counted once while it stays invalid)."),
+		snapshots: metric.Counter("swallowkeeper_etcd_snapshots_sent_total",
+			"Complete snapshots sent to the engine."),
 	}
 	for _, r := range []string{reasonCompacted, reasonCanceled, reasonGap, reasonResync} {
 		m.relists.WithLabelValues(r)
@@ -720,19 +680,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, op := range []string{"connect", "list", "watch", "probe"} {
 		m.errors.WithLabelValues(op)
 	}
-	if reg != nil {
-		reg.MustRegister(m.watchUp, m.registryUp, m.revision, m.relists, m.errors, m.watchEvents, m.dropped, m.snapshots)
-	}
+	metric.Register(reg, m.watchUp, m.registryUp, m.revision, m.relists, m.errors, m.watchEvents, m.dropped, m.snapshots)
 	return m
 }
 
-// RegistryUpHelp is the help of swallowkeeper_registry_up, the one
-// watch-health gauge every source exports with its own source label; the
-// sources' texts must be the same for one registry to hold them all.
-const RegistryUpHelp = "1 while the source's watch of its registry is healthy (connected, watching), 0 while it is not and nothing new is sent; by source (consul, etcd, zookeeper)."
-
 // setUp sets the watch gauge and the shared registry_up gauge together.
 func (m *metrics) setUp(up bool) {
-	m.watchUp.Set(boolf(up))
-	m.registryUp.Set(boolf(up))
+	m.watchUp.Set(metric.Bool(up))
+	m.registryUp.Set(metric.Bool(up))
 }

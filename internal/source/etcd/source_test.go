@@ -48,7 +48,7 @@ var (
 	quiet      = testenv.NoSnapshot
 	describe   = testenv.DescribeSnapshot
 	hasServers = testenv.HasServers
-	metric     = testenv.Metric
+	sample     = testenv.Metric
 )
 
 func all(conds ...func(engine.Snapshot) bool) func(engine.Snapshot) bool {
@@ -143,8 +143,8 @@ func TestSourceFollowsUpsyncTree(t *testing.T) {
 	if w := s.Upstreams["api"].Servers[0].Weight; w != 2 {
 		t.Errorf("string weight not applied: %d", w)
 	}
-	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 1 {
-		eventually(t, "watch_up is 1", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
+	if up := sample(t, reg, "swallowkeeper_etcd_watch_up"); up != 1 {
+		eventually(t, "watch_up is 1", func() bool { return sample(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 	}
 
 	a.put("/upstreams/test/127.0.0.1:9003", `{"weight":5}`)
@@ -169,7 +169,7 @@ func TestSourceFollowsUpsyncTree(t *testing.T) {
 	}
 
 	// A burst: 40 writes, each its own revision.
-	before := metric(t, reg, "swallowkeeper_etcd_snapshots_sent_total")
+	before := sample(t, reg, "swallowkeeper_etcd_snapshots_sent_total")
 	var want []string
 	for i := range 40 {
 		addr := fmt.Sprintf("127.0.0.1:%d", 9200+i)
@@ -180,7 +180,7 @@ func TestSourceFollowsUpsyncTree(t *testing.T) {
 	// Coalescing waits for 20 ms without events (at most 200 ms); on an
 	// idle machine the burst makes 1-5 snapshots, on a loaded one the
 	// writes themselves come slower. Without coalescing it makes 40.
-	n := metric(t, reg, "swallowkeeper_etcd_snapshots_sent_total") - before
+	n := sample(t, reg, "swallowkeeper_etcd_snapshots_sent_total") - before
 	t.Logf("40 writes in a burst made %v snapshots", n)
 	if n > 20 {
 		t.Errorf("40 writes in a burst made %v snapshots, want at most 20 (coalesced)", n)
@@ -199,10 +199,10 @@ func TestSourceFollowsUpsyncTree(t *testing.T) {
 			t.Errorf("unexpected upstream %s", name)
 		}
 	}
-	if n := metric(t, reg, "swallowkeeper_etcd_relists_total"); n != 0 {
+	if n := sample(t, reg, "swallowkeeper_etcd_relists_total"); n != 0 {
 		t.Errorf("%v relists while nothing went wrong", n)
 	}
-	if n := metric(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); n != 0 {
+	if n := sample(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); n != 0 {
 		t.Errorf("%v keys dropped, want none", n)
 	}
 }
@@ -306,7 +306,7 @@ func TestSourceDropsHostileValues(t *testing.T) {
 	snaps := startSource(t, e.Endpoints(), upsyncOptions, reg)
 	want := float64(len(hostile))
 	s := waitFor(t, snaps, "the good instance flows", hasServers("web", "127.0.0.1:9001"))
-	if got := metric(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want {
+	if got := sample(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want {
 		t.Errorf("dropped counter %v, want %v", got, want)
 	}
 	file := strings.TrimPrefix(string(upstream.RenderFile(s.Upstreams)), upstream.FileHeader)
@@ -321,7 +321,7 @@ func TestSourceDropsHostileValues(t *testing.T) {
 
 	a.put("/upstreams/web/127.0.0.1:9020", "")
 	waitFor(t, snaps, "another good instance flows", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9020"))
-	if got := metric(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want {
+	if got := sample(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want {
 		t.Errorf("dropped counter %v after an unrelated change, want still %v", got, want)
 	}
 	a.put("/upstreams/web/127.0.0.10:80", `{"weight":3}`)
@@ -331,7 +331,7 @@ func TestSourceDropsHostileValues(t *testing.T) {
 	}
 	a.put("/upstreams/web/127.0.0.10:80", `{"weight":"3;"}`)
 	waitFor(t, snaps, "broken again, it is dropped again", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9020"))
-	if got := metric(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want+1 {
+	if got := sample(t, reg, "swallowkeeper_etcd_invalid_keys_dropped_total"); got != want+1 {
 		t.Errorf("dropped counter %v, want %v: a key broken again is counted again", got, want+1)
 	}
 }
@@ -351,7 +351,7 @@ func TestSourceRelistsAfterCompaction(t *testing.T) {
 	a.put("/upstreams/api/127.0.0.1:9100", "")
 	snaps := startSource(t, []string{"http://" + p.Addr()}, upsyncOptions, reg)
 	waitFor(t, snaps, "the tree is found", all(hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"), hasServers("api", "127.0.0.1:9100")))
-	eventually(t, "watch_up is 1", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
+	eventually(t, "watch_up is 1", func() bool { return sample(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 
 	p.Cut()
 	a.del("/upstreams/web/127.0.0.1:9001")
@@ -364,7 +364,7 @@ func TestSourceRelistsAfterCompaction(t *testing.T) {
 		return err
 	})
 	quiet(t, snaps, time.Second, "the source is cut off from etcd")
-	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
+	if up := sample(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
 		t.Errorf("watch_up = %v while cut off", up)
 	}
 
@@ -374,16 +374,16 @@ func TestSourceRelistsAfterCompaction(t *testing.T) {
 		s.Services != 3 || s.Upstreams["api"].Servers[0].Weight != 7 {
 		t.Fatalf("the first snapshot after the compaction is not the complete new state (%d services):\n%s", s.Services, describe(s))
 	}
-	if n := metric(t, reg, "swallowkeeper_etcd_relists_total", "reason", "compacted"); n != 1 {
+	if n := sample(t, reg, "swallowkeeper_etcd_relists_total", "reason", "compacted"); n != 1 {
 		t.Errorf("relists after compaction = %v, want 1", n)
 	}
-	if n := metric(t, reg, "swallowkeeper_etcd_revision"); n < float64(rev) {
+	if n := sample(t, reg, "swallowkeeper_etcd_revision"); n < float64(rev) {
 		t.Errorf("revision gauge %v, want at least %d", n, rev)
 	}
 
 	a.put("/upstreams/web/127.0.0.1:9004", "")
 	waitFor(t, snaps, "the new watch follows changes", hasServers("web", "127.0.0.1:9002", "127.0.0.1:9003", "127.0.0.1:9004"))
-	eventually(t, "watch_up is 1 again", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
+	eventually(t, "watch_up is 1 again", func() bool { return sample(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 }
 
 // An etcd crash: while it is down the source sends nothing at all (the
@@ -396,11 +396,11 @@ func TestSourceSurvivesEtcdRestart(t *testing.T) {
 	a.put("/upstreams/web/127.0.0.1:9001", "")
 	snaps := startSource(t, e.Endpoints(), upsyncOptions, reg)
 	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
-	eventually(t, "watch_up is 1", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
+	eventually(t, "watch_up is 1", func() bool { return sample(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 
 	e.Stop(t)
 	quiet(t, snaps, 1500*time.Millisecond, "etcd is down")
-	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
+	if up := sample(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
 		t.Errorf("watch_up = %v while etcd is down", up)
 	}
 
@@ -409,11 +409,11 @@ func TestSourceSurvivesEtcdRestart(t *testing.T) {
 	waitFor(t, snaps, "the source sees a write made after the restart", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
 	a.del("/upstreams/web/127.0.0.1:9001")
 	waitFor(t, snaps, "and the next one", hasServers("web", "127.0.0.1:9002"))
-	eventually(t, "watch_up is 1 again", func() bool { return metric(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
+	eventually(t, "watch_up is 1 again", func() bool { return sample(t, reg, "swallowkeeper_etcd_watch_up") == 1 })
 	t.Logf("relists across the restart: compacted %v, canceled %v, gap %v",
-		metric(t, reg, "swallowkeeper_etcd_relists_total", "reason", "compacted"),
-		metric(t, reg, "swallowkeeper_etcd_relists_total", "reason", "canceled"),
-		metric(t, reg, "swallowkeeper_etcd_relists_total", "reason", "gap"))
+		sample(t, reg, "swallowkeeper_etcd_relists_total", "reason", "compacted"),
+		sample(t, reg, "swallowkeeper_etcd_relists_total", "reason", "canceled"),
+		sample(t, reg, "swallowkeeper_etcd_relists_total", "reason", "gap"))
 }
 
 // etcd comes back rebuilt, its revision starting over, on the same address:
@@ -438,7 +438,7 @@ func TestSourceFollowsARebuiltCluster(t *testing.T) {
 	if _, ok := s.Upstreams["web"]; ok || s.Services != 1 {
 		t.Errorf("the old cluster's web survived (%d services):\n%s", s.Services, describe(s))
 	}
-	if n := metric(t, reg, "swallowkeeper_etcd_relists_total"); n < 1 {
+	if n := sample(t, reg, "swallowkeeper_etcd_relists_total"); n < 1 {
 		t.Errorf("relists = %v, want at least 1", n)
 	}
 	a.put("/upstreams/api/127.0.0.1:9101", "")
@@ -455,16 +455,16 @@ func TestSourceResyncSendsOnlyChanges(t *testing.T) {
 	snaps := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Resync: 150 * time.Millisecond}, reg)
 	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 	quiet(t, snaps, time.Second, "nothing changed across several resyncs")
-	if n := metric(t, reg, "swallowkeeper_etcd_relists_total", "reason", "resync"); n < 3 {
+	if n := sample(t, reg, "swallowkeeper_etcd_relists_total", "reason", "resync"); n < 3 {
 		t.Errorf("%v resyncs in a second, want at least 3", n)
 	}
 	a.put("/upstreams/web/127.0.0.1:9002", "")
 	waitFor(t, snaps, "a change still arrives", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
 	// The counter moves just after the send that the test received.
 	eventually(t, "the second send is counted", func() bool {
-		return metric(t, reg, "swallowkeeper_etcd_snapshots_sent_total") >= 2
+		return sample(t, reg, "swallowkeeper_etcd_snapshots_sent_total") >= 2
 	})
-	if n := metric(t, reg, "swallowkeeper_etcd_snapshots_sent_total"); n != 2 {
+	if n := sample(t, reg, "swallowkeeper_etcd_snapshots_sent_total"); n != 2 {
 		t.Errorf("%v snapshots sent, want 2", n)
 	}
 }
@@ -501,7 +501,7 @@ func TestSourceLogsIn(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	bad := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "wrong"}, reg)
 	quiet(t, bad, time.Second, "the password is wrong")
-	if n := metric(t, reg, "swallowkeeper_etcd_errors_total", "op", "connect"); n < 1 {
+	if n := sample(t, reg, "swallowkeeper_etcd_errors_total", "op", "connect"); n < 1 {
 		t.Errorf("connect errors %v, want at least 1", n)
 	}
 }
@@ -514,10 +514,10 @@ func TestSourceSendsNothingWithoutEtcd(t *testing.T) {
 	src := newSource([]string{testenv.Addr(testenv.FreePort(t))}, upsyncOptions, reg)
 	src.requestTimeout = 300 * time.Millisecond
 	testenv.SourceSendsNothing(t, src, 1500*time.Millisecond, func() {
-		if n := metric(t, reg, "swallowkeeper_etcd_errors_total", "op", "list"); n < 1 {
+		if n := sample(t, reg, "swallowkeeper_etcd_errors_total", "op", "list"); n < 1 {
 			t.Errorf("list errors %v, want at least 1", n)
 		}
-		if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
+		if up := sample(t, reg, "swallowkeeper_etcd_watch_up"); up != 0 {
 			t.Errorf("watch_up = %v without etcd", up)
 		}
 	})
@@ -647,7 +647,7 @@ func TestSourceReportsOutage(t *testing.T) {
 		snaps := run(t, src)
 		waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 	})
-	if up := metric(t, reg, "swallowkeeper_etcd_watch_up"); up != 1 {
+	if up := sample(t, reg, "swallowkeeper_etcd_watch_up"); up != 1 {
 		t.Errorf("watch_up = %v after recovery, want it kept beside registry_up", up)
 	}
 }

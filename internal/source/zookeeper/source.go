@@ -36,7 +36,9 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/layout"
+	"github.com/swallowkeeper/swallowkeeper/internal/metric"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/runloop"
 	"github.com/swallowkeeper/swallowkeeper/internal/zkdial"
 )
 
@@ -119,18 +121,12 @@ func New(servers []string, opt Options, rules registry.Rules, log *slog.Logger, 
 
 // Run implements engine.Source.
 func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
-	err := s.opt.Validate()
-	if err == nil && len(s.servers) == 0 {
-		err = errors.New("zookeeper: no servers")
-	}
-	if err != nil {
-		s.log.Error("unusable options; sending nothing", "err", err)
-		<-ctx.Done()
+	if !runloop.Usable(ctx, s.log, runloop.Check("zookeeper", "servers", s.servers, s.opt)) {
 		return
 	}
 	ev := &events{wake: make(chan struct{}, 1)}
-	conn := s.connect(ctx, ev)
-	if conn == nil {
+	conn, ok := s.connect(ctx, ev)
+	if !ok {
 		return
 	}
 	// Close unblocks a read in flight when ctx ends; Close is idempotent.
@@ -143,15 +139,11 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 
 	t := newTracker(s)
 	var (
-		retry   = backoff.New(s.retryBase, s.retryCap)
-		retryC  <-chan time.Time
-		resyncC <-chan time.Time
+		retry  = backoff.New(s.retryBase, s.retryCap)
+		retryC <-chan time.Time
 	)
-	if s.opt.Resync > 0 {
-		tick := time.NewTicker(s.opt.Resync)
-		defer tick.Stop()
-		resyncC = tick.C
-	}
+	resyncC, stopResync := runloop.Resync(s.opt.Resync)
+	defer stopResync()
 	for {
 		select {
 		case <-ctx.Done():
@@ -203,22 +195,18 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 // connect opens the client. zk.Connect only fails when no server name
 // resolves; the client then connects, reconnects and renews expired
 // sessions by itself, reporting each step to ev.
-func (s *Source) connect(ctx context.Context, ev *events) *zk.Conn {
-	b := backoff.New(s.retryBase, s.retryCap)
-	for {
-		conn, _, err := zk.Connect(s.servers, s.opt.SessionTimeout,
-			zk.WithDialer(zkdial.Bounded(s.opt.SessionTimeout)),
-			zk.WithLogger(zkLogger{s.log}), zk.WithLogInfo(false), zk.WithEventCallback(ev.callback))
-		if err == nil {
-			return conn
-		}
-		s.m.errors.WithLabelValues("connect").Inc()
-		d := b.Next()
-		s.log.Warn("cannot set up the ZooKeeper client; retrying", "servers", s.servers, "err", err, "retry_in", d)
-		if backoff.Sleep(ctx, d) != nil {
-			return nil
-		}
-	}
+func (s *Source) connect(ctx context.Context, ev *events) (*zk.Conn, bool) {
+	return runloop.Connect(ctx, backoff.New(s.retryBase, s.retryCap),
+		func() (*zk.Conn, error) {
+			conn, _, err := zk.Connect(s.servers, s.opt.SessionTimeout,
+				zk.WithDialer(zkdial.Bounded(s.opt.SessionTimeout)),
+				zk.WithLogger(zkLogger{s.log}), zk.WithLogInfo(false), zk.WithEventCallback(ev.callback))
+			return conn, err
+		},
+		func(err error, d time.Duration) {
+			s.m.errors.WithLabelValues("connect").Inc()
+			s.log.Warn("cannot set up the ZooKeeper client; retrying", "servers", s.servers, "err", err, "retry_in", d)
+		})
 }
 
 // events hands what the zk client reports, from its receive goroutine (the
@@ -606,48 +594,34 @@ func permanent(err error) bool {
 	return errors.Is(err, zk.ErrNoAuth) || errors.Is(err, zk.ErrInvalidPath)
 }
 
-// children lists path, arming a child watch unless one is armed already
-// (arming twice would leave the client holding duplicate watchers).
+// children lists path, arming a child watch.
 func (t *tracker) children(conn *zk.Conn, path string) ([]string, error) {
-	t.src.m.reads.WithLabelValues("children").Inc()
-	k := watchKey{path, childWatch}
-	var (
-		names []string
-		err   error
-	)
-	if t.armed[k] {
-		names, _, err = conn.Children(path)
-	} else {
-		names, _, _, err = conn.ChildrenW(path)
-		if err == nil {
-			t.armed[k] = true
-		}
-	}
-	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		t.src.m.errors.WithLabelValues("children").Inc()
-	}
-	return names, err
+	return watchedRead(t, "children", watchKey{path, childWatch}, conn.Children, conn.ChildrenW)
 }
 
+// get reads path's data, arming a data watch.
 func (t *tracker) get(conn *zk.Conn, path string) ([]byte, error) {
-	t.src.m.reads.WithLabelValues("get").Inc()
-	k := watchKey{path, dataWatch}
-	var (
-		data []byte
-		err  error
-	)
+	return watchedRead(t, "get", watchKey{path, dataWatch}, conn.Get, conn.GetW)
+}
+
+// watchedRead reads k's path with arm, which arms the watch k, unless k is
+// armed already: then it reads with plain, because arming twice would leave
+// the client holding duplicate watchers. op names the read in the metrics;
+// a missing znode is an answer, not an error.
+func watchedRead[T any](t *tracker, op string, k watchKey,
+	plain func(string) (T, *zk.Stat, error),
+	arm func(string) (T, *zk.Stat, <-chan zk.Event, error),
+) (v T, err error) {
+	t.src.m.reads.WithLabelValues(op).Inc()
 	if t.armed[k] {
-		data, _, err = conn.Get(path)
-	} else {
-		data, _, _, err = conn.GetW(path)
-		if err == nil {
-			t.armed[k] = true
-		}
+		v, _, err = plain(k.path)
+	} else if v, _, _, err = arm(k.path); err == nil {
+		t.armed[k] = true
 	}
 	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		t.src.m.errors.WithLabelValues("get").Inc()
+		t.src.m.errors.WithLabelValues(op).Inc()
 	}
-	return data, err
+	return v, err
 }
 
 // exists arms a watch for a missing root. The client files it as an exist
@@ -711,61 +685,30 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		sessionUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_zookeeper_session_up",
-			Help: "1 while the source holds a ZooKeeper session, 0 while it waits for one (and sends nothing).",
-		}),
-		registryUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name:        "swallowkeeper_registry_up",
-			Help:        RegistryUpHelp,
-			ConstLabels: prometheus.Labels{"source": "zookeeper"},
-		}),
-		expirations: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_zookeeper_session_expirations_total",
-			Help: "ZooKeeper sessions of the source that expired; each is followed by a full re-read.",
-		}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_zookeeper_errors_total",
-			Help: "Failed ZooKeeper client set-ups and reads, by operation.",
-		}, []string{"op"}),
-		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "swallowkeeper_zookeeper_reads_total",
-			Help: "ZooKeeper reads, by operation (children, get, exists).",
-		}, []string{"op"}),
-		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_zookeeper_watch_events_total",
-			Help: "Watch events received; each one is a cue to re-read what it names.",
-		}),
-		watches: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "swallowkeeper_zookeeper_watches",
-			Help: "Watches the source holds armed.",
-		}),
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_zookeeper_invalid_znodes_dropped_total",
-			Help: "Instance znodes left out because their name or data failed validation (each counted once while it stays invalid).",
-		}),
-		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "swallowkeeper_zookeeper_snapshots_sent_total",
-			Help: "Complete snapshots sent to the engine.",
-		}),
+		sessionUp: metric.Gauge("swallowkeeper_zookeeper_session_up",
+			"1 while the source holds a ZooKeeper session, 0 while it waits for one (and sends nothing)."),
+		registryUp: metric.RegistryUp("zookeeper"),
+		expirations: metric.Counter("swallowkeeper_zookeeper_session_expirations_total",
+			"ZooKeeper sessions of the source that expired; each is followed by a full re-read."),
+		errors: metric.CounterVec("swallowkeeper_zookeeper_errors_total",
+			"Failed ZooKeeper client set-ups and reads, by operation.", "op"),
+		reads: metric.CounterVec("swallowkeeper_zookeeper_reads_total",
+			"ZooKeeper reads, by operation (children, get, exists).", "op"),
+		watchEvents: metric.Counter("swallowkeeper_zookeeper_watch_events_total",
+			"Watch events received; each one is a cue to re-read what it names."),
+		watches: metric.Gauge("swallowkeeper_zookeeper_watches",
+			"Watches the source holds armed."),
+		dropped: metric.Counter("swallowkeeper_zookeeper_invalid_znodes_dropped_total",
+			"Instance znodes left out because their name or data failed validation (each counted once while it stays invalid)."),
+		snapshots: metric.Counter("swallowkeeper_zookeeper_snapshots_sent_total",
+			"Complete snapshots sent to the engine."),
 	}
-	if reg != nil {
-		reg.MustRegister(m.sessionUp, m.registryUp, m.expirations, m.errors, m.reads, m.watchEvents, m.watches, m.dropped, m.snapshots)
-	}
+	metric.Register(reg, m.sessionUp, m.registryUp, m.expirations, m.errors, m.reads, m.watchEvents, m.watches, m.dropped, m.snapshots)
 	return m
 }
 
-// RegistryUpHelp is the help of swallowkeeper_registry_up, the one
-// watch-health gauge every source exports with its own source label; the
-// sources' texts must be the same for one registry to hold them all.
-const RegistryUpHelp = "1 while the source's watch of its registry is healthy (connected, watching), 0 while it is not and nothing new is sent; by source (consul, etcd, zookeeper)."
-
 // setUp sets the session gauge and the shared registry_up gauge together.
 func (m *metrics) setUp(up bool) {
-	v := 0.0
-	if up {
-		v = 1
-	}
-	m.sessionUp.Set(v)
-	m.registryUp.Set(v)
+	m.sessionUp.Set(metric.Bool(up))
+	m.registryUp.Set(metric.Bool(up))
 }

@@ -38,7 +38,7 @@ var (
 	quiet      = testenv.NoSnapshot
 	describe   = testenv.DescribeSnapshot
 	hasServers = testenv.HasServers
-	metric     = testenv.Metric
+	sample     = testenv.Metric
 )
 
 // watchesHeld checks that every watch is armed and none twice: ZooKeeper
@@ -62,7 +62,7 @@ func watchesHeld(t *testing.T, z *testenv.ZooKeeper, reg *prometheus.Registry, z
 	// server registered the watch.
 	want := float64(1 + dirs + znodes)
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		got := metric(t, reg, "swallowkeeper_zookeeper_watches")
+		got := sample(t, reg, "swallowkeeper_zookeeper_watches")
 		if got == want {
 			return
 		}
@@ -272,7 +272,7 @@ func TestSourceDropsHostileRegistrations(t *testing.T) {
 	snaps := startSource(t, []string{z.Addr()}, curatorOptions, reg)
 	want := float64(len(hostile) + 2)
 	s := waitFor(t, snaps, "the good instance flows", hasServers("web", "127.0.0.1:9001"))
-	if got := metric(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
+	if got := sample(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
 		t.Errorf("dropped counter %v, want %v", got, want)
 	}
 	file := string(upstream.RenderFile(s.Upstreams))
@@ -288,7 +288,7 @@ func TestSourceDropsHostileRegistrations(t *testing.T) {
 	// Good changes still flow, and the invalid ones are not counted again.
 	a.register("/services/web/good2", instance("web", "good2", "127.0.0.1", 9020, `{}`))
 	waitFor(t, snaps, "another good instance flows", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9020"))
-	if got := metric(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
+	if got := sample(t, reg, "swallowkeeper_zookeeper_invalid_znodes_dropped_total"); got != want {
 		t.Errorf("dropped counter %v after an unrelated change, want still %v", got, want)
 	}
 	// A hostile znode fixed in place is picked up.
@@ -306,25 +306,25 @@ func TestSourceSurvivesZooKeeperRestart(t *testing.T) {
 	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
 	snaps := startSource(t, []string{z.Addr()}, curatorOptions, reg)
 	waitFor(t, snaps, "web/a is found", hasServers("web", "127.0.0.1:9001"))
-	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
+	if up := sample(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
 		t.Fatalf("session_up = %v with a session", up)
 	}
 
 	z.Stop(t)
 	quiet(t, snaps, 3*time.Second, "ZooKeeper is down for longer than the session timeout")
-	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 0 {
+	if up := sample(t, reg, "swallowkeeper_zookeeper_session_up"); up != 0 {
 		t.Errorf("session_up = %v while ZooKeeper is down", up)
 	}
 
 	z.Start(t)
 	a.register("/services/web/b", instance("web", "b", "127.0.0.1", 9002, `{}`))
 	waitFor(t, snaps, "the source recovers and sees web/b", hasServers("web", "127.0.0.1:9001", "127.0.0.1:9002"))
-	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
+	if up := sample(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
 		t.Errorf("session_up = %v after recovery", up)
 	}
 	// Watches are not persisted: the client set them again on the server.
 	watchesHeld(t, z, reg, 2, 1)
-	t.Logf("source session expirations across the restart: %v", metric(t, reg, "swallowkeeper_zookeeper_session_expirations_total"))
+	t.Logf("source session expirations across the restart: %v", sample(t, reg, "swallowkeeper_zookeeper_session_expirations_total"))
 }
 
 // The source's own session expires (a partition longer than the session
@@ -355,7 +355,7 @@ func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
 	if !hasServers("web", "127.0.0.1:9002")(s) || !hasServers("api", "127.0.0.1:9101")(s) || s.Services != 2 {
 		t.Fatalf("the first snapshot after the expiry is not the complete new state (%d services):\n%s", s.Services, describe(s))
 	}
-	if n := metric(t, reg, "swallowkeeper_zookeeper_session_expirations_total"); n != 1 {
+	if n := sample(t, reg, "swallowkeeper_zookeeper_session_expirations_total"); n != 1 {
 		t.Errorf("session expirations = %v, want 1", n)
 	}
 
@@ -485,7 +485,7 @@ func TestSourceReportsOutage(t *testing.T) {
 		snaps := testenv.RunSource(t, src)
 		waitFor(t, snaps, "web/a is found", hasServers("web", "127.0.0.1:9001"))
 	})
-	if up := metric(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
+	if up := sample(t, reg, "swallowkeeper_zookeeper_session_up"); up != 1 {
 		t.Errorf("session_up = %v after recovery, want it kept beside registry_up", up)
 	}
 }

@@ -5,7 +5,9 @@
 --                  GET|POST|DELETE /upstream/NAME exactly as dyups does.
 --   balance()      balancer_by_lua handler: routes to the upstream named by
 --                  an nginx variable (default $sk_upstream) with nginx's
---                  smooth weighted round robin, backups and passive health.
+--                  smooth weighted round robin, backups and passive health,
+--                  or the upstream's least_conn / ip_hash / hash method
+--                  (swallowkeeper.methods).
 --   log()          optional log_by_lua handler: tells the balancer whether
 --                  the last peer of a request worked (resets failure counts
 --                  the way nginx does on success).
@@ -36,6 +38,7 @@
 -- with a write, reads the pointer again).
 
 local parse = require "swallowkeeper.parse"
+local methods = require "swallowkeeper.methods"
 local balancer = require "ngx.balancer"
 
 local ngx = ngx
@@ -416,7 +419,7 @@ local cache = {}
 local function build(rec, old)
     local f = decode(rec)
     local ups = { name = f[2], keepalive = tonumber(f[5]), method = f[6],
-                  primary = {}, backup = {}, tries = 0 }
+                  balance = methods.spec(f[6]), primary = {}, backup = {}, tries = 0 }
 
     local prev = {}
     if old then
@@ -555,10 +558,47 @@ local function get_peer(peers, tried, now, single)
     return best
 end
 
+-- pick_method runs the upstream's balancing method: least_conn over the
+-- primaries, then the backups (as nginx's least_conn does); ip_hash and
+-- hash over the primaries only (nginx runs them without backups), falling
+-- back to round robin where nginx does (want_rr).
+local function pick_method(st, m, now)
+    local ups = st.ups
+    if m.kind == "least_conn" then
+        if ups.single then -- as nginx: one server, no backup, no choice
+            return nil, true
+        end
+        if not st.on_backup then
+            local p = methods.least_conn(st, ups.primary, now)
+            if p or #ups.backup == 0 then
+                return p
+            end
+            st.on_backup = true
+        end
+        return methods.least_conn(st, ups.backup, now)
+    end
+    local p, want_rr
+    if m.kind == "ip_hash" then
+        p, want_rr = methods.ip_hash(st, ups.primary, now)
+    elseif m.consistent then
+        p, want_rr = methods.chash(st, ups.primary, now, m.key)
+    else
+        p, want_rr = methods.hash(st, ups.primary, now, m.key)
+    end
+    return p, want_rr
+end
+
 -- pick tries the primary servers, then -- for the rest of this request,
 -- as nginx does -- the backup servers.
 local function pick(st)
     local ups, now = st.ups, ngx.now()
+    if ups.balance and not st.rr then
+        local p, want_rr = pick_method(st, ups.balance, now)
+        if not want_rr then
+            return p
+        end
+        st.rr = true -- for the rest of this request, as nginx does
+    end
     if not st.on_backup then
         local p = get_peer(ups.primary, st.tried, now, ups.single)
         if p or #ups.backup == 0 then
@@ -598,7 +638,7 @@ function _M.balance()
             log(ERR, "swallowkeeper: upstream \"", name, "\" is not defined")
             return ngx.exit(NGX_BUSY)
         end
-        st = { ups = ups, tried = {} }
+        st = { ups = ups, tried = {}, key = lower(name) }
         ctx[CTX_KEY] = st
         -- One try per usable server; nginx caps it at
         -- proxy_next_upstream_tries when that is set.
@@ -616,6 +656,10 @@ function _M.balance()
             peer_failed(st.cur, st.ups.name)
         end
     end
+    if st.held then -- this request's previous try is over
+        methods.release(st.key, st.held)
+        st.held = nil
+    end
 
     local p = pick(st)
     if not p then
@@ -623,6 +667,11 @@ function _M.balance()
         return ngx.exit(NGX_BUSY)
     end
     st.cur = p
+    local m = st.ups.balance
+    if m and m.kind == "least_conn" then -- only least_conn counts connections
+        st.held = p
+        methods.acquire(st.key, p)
+    end
 
     local ok, err = balancer.set_current_peer(p.host, p.port)
     if not ok then
@@ -642,6 +691,10 @@ function _M.log()
         return
     end
     local p = st.cur
+    if st.held then
+        methods.release(st.key, st.held)
+        st.held = nil
+    end
     local status = match(ngx.var.upstream_status or "", "(%d+)[^%d]*$")
     local header_time = match(ngx.var.upstream_header_time or "", "([^%s,:]+)[%s,:]*$")
     if (status == "502" or status == "504") and header_time == "-" then
@@ -934,6 +987,44 @@ function _M.api()
         return respond(404, "not support this api")
     end
     return do_post(res[2], body)
+end
+
+-- ---------------------------------------------------------------------
+-- For swallowkeeper.split (traffic splits between upstreams)
+-- ---------------------------------------------------------------------
+
+-- shared returns the lua_shared_dict init() bound, or nil before init().
+function _M.shared()
+    return conf and conf.dict
+end
+
+-- api_allowed says whether this API request may proceed: it carries the
+-- secret, or none is configured.
+function _M.api_allowed()
+    return conf ~= nil and authorized()
+end
+
+-- usable says whether upstream `name` exists and, in this worker's view,
+-- has a server that may take a request: not down, and not left alone
+-- after max_fails failures within fail_timeout.
+function _M.usable(name)
+    if not conf then
+        return false
+    end
+    local ups = lookup(name)
+    if not ups then
+        return false
+    end
+    local now = ngx.now()
+    for _, set in ipairs({ ups.primary, ups.backup }) do
+        for _, p in ipairs(set) do
+            if not p.down and not (p.max_fails > 0 and p.fails >= p.max_fails
+                                   and now - p.checked <= p.fail_timeout) then
+                return true
+            end
+        end
+    end
+    return false
 end
 
 return _M

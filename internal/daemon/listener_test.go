@@ -1,4 +1,4 @@
-package cli_test
+package daemon_test
 
 import (
 	"bufio"
@@ -20,7 +20,7 @@ import (
 // loopback port and the given metrics settings (YAML lines under
 // metrics:). Its registry never answers (Consul on port 1) and it has no
 // dyups target, so nothing is pushed anywhere: only the listener matters.
-func listenerDaemon(t *testing.T, metrics string) (string, *daemon) {
+func listenerDaemon(t *testing.T, metrics string) (string, *running) {
 	t.Helper()
 	dir := t.TempDir()
 	addr := testenv.Addr(testenv.FreePort(t))
@@ -36,7 +36,7 @@ metrics:
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, "-config", path)
+	d := startDaemon(t, path)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := testenv.WaitHTTP(ctx, "http://"+addr+"/healthz", 10*time.Second); err != nil {

@@ -1,9 +1,8 @@
-package cli
+package daemon
 
 import (
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,6 +11,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
 )
 
@@ -43,21 +43,30 @@ func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg p
 	if err != nil {
 		return nil, fmt.Errorf("consul: %w", err)
 	}
-	return consul.New(client, rules, consul.Options{
-		WaitTime:         time.Duration(cfg.Consul.WaitTime),
-		Resync:           time.Duration(cfg.Consul.Resync),
-		OnlyPassing:      cfg.Consul.OnlyPassing,
-		AllowACLFiltered: cfg.Consul.AllowACLFiltered,
-	}, log, reg), nil
+	if cfg.Consul.Mode == config.ConsulModeKV {
+		return consul.NewKV(client, rules, cfg.ConsulKVOptions(), log, reg), nil
+	}
+	return consul.New(client, rules, cfg.ConsulOptions(), log, reg), nil
 }
 
-// sourceName says which registry the daemon follows, for logs and status.
-func sourceName(cfg *config.Config) string {
+// SourceName says which registry the daemon follows, for logs and status.
+func SourceName(cfg *config.Config) string {
 	switch cfg.Source {
 	case config.SourceEtcd:
 		return fmt.Sprintf("etcd %v (%s layout)", cfg.Etcd.Endpoints, cfg.Etcd.Layout)
 	case config.SourceZooKeeper:
 		return fmt.Sprintf("zookeeper %v (%s layout, root %s)", cfg.ZooKeeper.Servers, cfg.ZooKeeper.Layout, cfg.ZooKeeper.Root)
 	}
-	return "consul " + cfg.Consul.Address
+	if cfg.Consul.Mode == config.ConsulModeKV {
+		return fmt.Sprintf("consul %s (kv mode, keys %s/<upstream>/<ip>:<port>)", cfg.Consul.Address, consul.CleanKVPrefix(cfg.Consul.KVPrefix))
+	}
+	return "consul " + cfg.Consul.Address + " (services mode)"
+}
+
+func newEtcdSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) (engine.Source, error) {
+	opt, err := cfg.EtcdOptions()
+	if err != nil {
+		return nil, err
+	}
+	return etcd.New(cfg.Etcd.Endpoints, opt, rules, log, reg), nil
 }
