@@ -1,101 +1,17 @@
 package bench
 
 import (
-	"context"
-	"io"
-	"net"
-	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
-	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
+
+// Backend is the loopback instance the scenarios register, stop and crash;
+// the demo runs the same server.
+type Backend = loopback.Backend
 
 // backendPrefix starts every backend's answer: the instance id.
 const backendPrefix = "inst-"
 
-// Backend is a real HTTP server on loopback that answers its instance id
-// (reading any request body first) and serves /health for Consul.
-type Backend struct {
-	ID   string
-	Port int
-
-	healthy atomic.Bool
-	served  atomic.Int64 // requests to / (not /health)
-	last    atomic.Int64 // unix nanoseconds of the last request to /
-
-	mu  sync.Mutex
-	srv *http.Server
-}
-
-// NewBackend starts a backend on a free port.
-func NewBackend(n int) (*Backend, error) {
-	b := &Backend{ID: backendPrefix + strconv.Itoa(n)}
-	b.healthy.Store(true)
-	return b, b.Start()
-}
-
-// Addr is host:port.
-func (b *Backend) Addr() string { return "127.0.0.1:" + strconv.Itoa(b.Port) }
-
-// Start (re)starts serving, on the same port after a stop.
-func (b *Backend) Start() error {
-	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(b.Port))
-	if err != nil {
-		return err
-	}
-	b.Port = ln.Addr().(*net.TCPAddr).Port
-	mux := http.NewServeMux()
-	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
-		if !b.healthy.Load() {
-			http.Error(w, "unhealthy", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		b.served.Add(1)
-		b.last.Store(time.Now().UnixNano())
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, b.ID)
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	b.mu.Lock()
-	b.srv = srv
-	b.mu.Unlock()
-	go srv.Serve(ln)
-	return nil
-}
-
-// Stop shuts down gracefully: no new connections, in-flight requests
-// finish.
-func (b *Backend) Stop() {
-	if srv := b.take(); srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}
-}
-
-// Crash closes the listener and every connection at once, requests in
-// flight included: what the kernel does when the process is SIGKILLed.
-func (b *Backend) Crash() {
-	if srv := b.take(); srv != nil {
-		srv.Close()
-	}
-}
-
-// take hands over the running server, if any, so that one caller stops it.
-func (b *Backend) take() *http.Server {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	srv := b.srv
-	b.srv = nil
-	return srv
-}
-
-// Served is how many requests to / it has answered.
-func (b *Backend) Served() int64 { return b.served.Load() }
-
-// LastRequest is when it last received a request to /.
-func (b *Backend) LastRequest() time.Time { return time.Unix(0, b.last.Load()) }
+// NewBackend starts backend inst-n on a free port.
+func NewBackend(n int) (*Backend, error) { return loopback.NewBackend(backendPrefix + strconv.Itoa(n)) }

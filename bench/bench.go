@@ -128,11 +128,8 @@ func newFlagSet(stderr io.Writer, o *options, modes, scenarios *string, churn *t
 	fs.IntVar(&p.Probers, "probers", 3, "propagation: concurrent fresh-connection probers")
 	fs.StringVar(modes, "modes", strings.Join(AllModes, ","), "modes to compare")
 	fs.StringVar(scenarios, "scenarios", strings.Join(AllScenarios, ","), "scenarios to run")
-	fs.StringVar(&bin.Consul, "consul", "consul", "consul binary")
-	fs.StringVar(&bin.Nginx, "nginx", "/usr/sbin/nginx", "nginx binary (Debian's, with libnginx-mod-http-lua)")
+	bin.Programs.Flags(fs) // -repo is also where the report goes by default
 	fs.StringVar(&bin.ConsulTemplate, "consul-template", "consul-template", "consul-template binary")
-	fs.StringVar(&bin.Daemon, "swallowkeeper", "swallowkeeper", "swallowkeeper binary")
-	fs.StringVar(&bin.RepoRoot, "repo", ".", "repository root (nginx/lua; default output paths)")
 	fs.StringVar(&o.jsonPath, "json", "", "results file (default <repo>/docs/bench/results.json)")
 	fs.StringVar(&o.mdPath, "md", "", "report (default <repo>/docs/BENCHMARKS.md); plots go to <dir of -json>")
 	fs.BoolVar(&o.render, "render", false, "only render the report and plots again from -json (rewriting it in the current format)")

@@ -31,6 +31,14 @@ require (
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
 	golang.org/x/exp v0.0.0-20230817173708-d852ddb80c63 // indirect
 	golang.org/x/image v0.30.0 // indirect
-	golang.org/x/sys v0.47.0 // indirect
-	golang.org/x/text v0.28.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 )
+
+// The harness shares pieces of the main module (internal/loopback,
+// internal/backoff, internal/cmdmain): a module below the main module's
+// root may import its internal packages, and the replace builds them from
+// this checkout.
+require github.com/swallowkeeper/swallowkeeper v0.0.0
+
+replace github.com/swallowkeeper/swallowkeeper => ../

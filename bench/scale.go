@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 )
 
 const (
@@ -149,7 +151,7 @@ func (r *runner) coldSync(ctx context.Context, st *Stack, t0 time.Time, sr *Scal
 	r.logf("    cold sync of %d servers into nginx: %.0f ms", want, sr.ColdSyncMs)
 	// The first drift check after the sync (5 s on) parses every upstream
 	// of /detail once: it belongs to the sync, not to idling.
-	return sleep(ctx, 6*time.Second)
+	return backoff.Sleep(ctx, 6*time.Second)
 }
 
 // idleCPU measures the daemon's CPU time per second while nothing changes
@@ -165,7 +167,7 @@ func (r *runner) idleCPU(ctx context.Context, pid int, sr *ScaleRun) error {
 		return err
 	}
 	i0 := time.Now()
-	if err := sleep(ctx, idle); err != nil {
+	if err := backoff.Sleep(ctx, idle); err != nil {
 		return err
 	}
 	c1, _ := r.proc.cpu(pid)
@@ -341,7 +343,7 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 		return err
 	}
 	sr.NginxUpdatesS = time.Since(t).Seconds()
-	if err := sleep(ctx, time.Second); err != nil {
+	if err := backoff.Sleep(ctx, time.Second); err != nil {
 		return err
 	}
 	after, luaAfter, err := settledPSS(ctx, r.proc, st, master)
@@ -365,7 +367,7 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 func settledPSS(ctx context.Context, pr procs, st *Stack, master int) (pssMB, luaKB float64, err error) {
 	for i := range pssSamples {
 		if i > 0 {
-			if err := sleep(ctx, time.Second); err != nil {
+			if err := backoff.Sleep(ctx, time.Second); err != nil {
 				return 0, 0, err
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 )
 
 // the service every traffic scenario routes to
@@ -132,18 +134,6 @@ func (r *runner) teardown(st *Stack, bs []*Backend, err error) {
 	st.Cleanup()
 }
 
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // propagation: one instance (inst-3) registers, fails its check,
 // recovers and deregisters, over and over, beside two steady ones; each
 // change is timed from the Consul write returning to nginx routing to the
@@ -170,7 +160,7 @@ func (r *runner) propagation(ctx context.Context, st *Stack, bs []*Backend, mode
 		pm.Probes += total
 		pm.ProbeErrors += errs
 	}()
-	if err := sleep(ctx, 200*time.Millisecond); err != nil {
+	if err := backoff.Sleep(ctx, 200*time.Millisecond); err != nil {
 		return err
 	}
 	kinds := []string{"register", "fail", "recover", "deregister"}
@@ -216,7 +206,7 @@ func (r *runner) propagation(ctx context.Context, st *Stack, bs []*Backend, mode
 			}
 		}
 		pm.Samples = append(pm.Samples, s)
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := backoff.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -228,55 +218,45 @@ func (r *runner) propagation(ctx context.Context, st *Stack, bs []*Backend, mode
 // request for drainQuiet), stop gracefully, start, register, wait for
 // traffic.
 func (r *runner) rolling(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
-	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
-	defer load.Stop() // for the early returns; Stop may be called again
-	base, err := r.warmUp(ctx, load)
+	const drainQuiet = 300 * time.Millisecond
+	var slowestDrain, slowestRejoin time.Duration
+	restarts := 0
+	lp, err := r.underLoad(ctx, st, ScenarioRolling, mode, run, time.Second, func() ([]time.Time, error) {
+		var rejoins []time.Time // when each restarted backend answered again
+		for cycle := range r.p.Cycles {
+			for _, b := range bs {
+				if err := st.Deregister(b.ID); err != nil {
+					return nil, err
+				}
+				t := time.Now()
+				if !poll(ctx, 20*time.Second, 5*time.Millisecond, func() bool { return time.Since(b.LastRequest()) >= drainQuiet }) {
+					return nil, fmt.Errorf("cycle %d: %s still receives requests 20s after deregistering", cycle, b.ID)
+				}
+				slowestDrain = max(slowestDrain, time.Since(t)-drainQuiet)
+				b.Stop()
+				if err := b.Start(); err != nil {
+					return nil, fmt.Errorf("cycle %d: restart %s: %w", cycle, b.ID, err)
+				}
+				served := b.Served()
+				t = time.Now()
+				if err := st.Register(service, b, r.secs(r.p.CheckInterval)); err != nil {
+					return nil, err
+				}
+				if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
+					return nil, fmt.Errorf("cycle %d: %s gets no traffic 20s after registering; %s", cycle, b.ID, st.diagnose(b))
+				}
+				slowestRejoin = max(slowestRejoin, time.Since(t))
+				rejoins = append(rejoins, b.LastRequest()) // its first request back, within the 2 ms poll
+				restarts++
+			}
+		}
+		return rejoins, nil
+	})
 	if err != nil {
 		return err
 	}
-	const drainQuiet = 300 * time.Millisecond
-	var slowestDrain, slowestRejoin time.Duration
-	var rejoins []time.Time // when each restarted backend answered again
-	start := time.Now()
-	restarts := 0
-	for cycle := range r.p.Cycles {
-		for _, b := range bs {
-			if err := st.Deregister(b.ID); err != nil {
-				return err
-			}
-			t := time.Now()
-			if !poll(ctx, 20*time.Second, 5*time.Millisecond, func() bool { return time.Since(b.LastRequest()) >= drainQuiet }) {
-				return fmt.Errorf("cycle %d: %s still receives requests 20s after deregistering", cycle, b.ID)
-			}
-			slowestDrain = max(slowestDrain, time.Since(t)-drainQuiet)
-			b.Stop()
-			if err := b.Start(); err != nil {
-				return fmt.Errorf("cycle %d: restart %s: %w", cycle, b.ID, err)
-			}
-			served := b.Served()
-			t = time.Now()
-			if err := st.Register(service, b, r.secs(r.p.CheckInterval)); err != nil {
-				return err
-			}
-			if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
-				return fmt.Errorf("cycle %d: %s gets no traffic 20s after registering; %s", cycle, b.ID, st.diagnose(b))
-			}
-			slowestRejoin = max(slowestRejoin, time.Since(t))
-			rejoins = append(rejoins, b.LastRequest()) // its first request back, within the 2 ms poll
-			restarts++
-		}
-	}
-	end := time.Now()
-	if err := sleep(ctx, time.Second); err != nil {
-		return err
-	}
-	reqs := load.Stop()
-	lr := LoadRun{Run: run, Changes: 2 * restarts, Warmup: Stats(reqs, load.Start, base),
-		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end),
-		SlowestDrainMs: ms(slowestDrain), SlowestRejoinMs: ms(slowestRejoin)}
-	lr.splitByEvents(reqs, start, end, rejoins)
-	r.pooled(ScenarioRolling, mode, "baseline", Latencies(reqs, base, start))
-	r.pooled(ScenarioRolling, mode, "during", Latencies(reqs, start, end))
+	lr := lp.run
+	lr.Changes, lr.SlowestDrainMs, lr.SlowestRejoinMs = 2*restarts, ms(slowestDrain), ms(slowestRejoin)
 	r.addLoadRun(&r.res.Rolling, ScenarioRolling, mode, lr)
 	r.logf("    %s run %d: %d restarts, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms)",
 		mode, run, restarts, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99)
@@ -295,15 +275,54 @@ func (lr *LoadRun) splitByEvents(reqs []Request, from, to time.Time, events []ti
 
 func (r *runner) secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// warmUp lets load run on the stack just set up for -warmup seconds, then
-// for -baseline seconds, and returns when the baseline began. The first
+// warmUp starts the steady load on the stack just set up, lets it run for
+// -warmup seconds, then for -baseline seconds, and returns it with when the
+// baseline began; the caller stops it, on every path. The first
 // requests on a fresh nginx and fresh backends open connections and warm
 // the workers' Lua code: one run's baseline p99 read 184.8 ms where the
 // others read 2.5–4.3 ms, and a ratio against it "met" its target at
 // 0.04×. So that time is left out of the baseline, in every mode alike.
-func (r *runner) warmUp(ctx context.Context, load *Load) (time.Time, error) {
+func (r *runner) warmUp(ctx context.Context, st *Stack) (*Load, time.Time, error) {
+	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
 	base := load.Start.Add(r.secs(r.p.WarmupSeconds))
-	return base, sleep(ctx, time.Until(base)+r.secs(r.p.BaselineSeconds))
+	return load, base, backoff.Sleep(ctx, time.Until(base)+r.secs(r.p.BaselineSeconds))
+}
+
+// loadPhase is one run of a load scenario, as underLoad measured it.
+type loadPhase struct {
+	run                   LoadRun   // warm-up, baseline and phase figures
+	reqs                  []Request // every request of the run
+	loadStart, start, end time.Time // the load's start; the phase
+}
+
+// underLoad runs phase, which makes a load scenario's registry changes and
+// returns when each took effect, under steady load after warmUp; then it
+// waits settle for the requests the last change disturbed, stops the load
+// and summarises the warm-up, the baseline and the phase (split around the
+// changes), pooling the latencies of the last two for scen's percentiles.
+func (r *runner) underLoad(ctx context.Context, st *Stack, scen, mode string, run int, settle time.Duration,
+	phase func() (events []time.Time, err error)) (loadPhase, error) {
+	load, base, err := r.warmUp(ctx, st)
+	defer load.Stop() // for the early returns; Stop may be called again
+	if err != nil {
+		return loadPhase{}, err
+	}
+	start := time.Now()
+	events, err := phase()
+	if err != nil {
+		return loadPhase{}, err
+	}
+	end := time.Now()
+	if err := backoff.Sleep(ctx, settle); err != nil {
+		return loadPhase{}, err
+	}
+	reqs := load.Stop()
+	lr := LoadRun{Run: run, Warmup: Stats(reqs, load.Start, base),
+		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end)}
+	lr.splitByEvents(reqs, start, end, events)
+	r.pooled(scen, mode, "baseline", Latencies(reqs, base, start))
+	r.pooled(scen, mode, "during", Latencies(reqs, start, end))
+	return loadPhase{run: lr, reqs: reqs, loadStart: load.Start, start: start, end: end}, nil
 }
 
 func (r *runner) addLoadRun(m *map[string]*LoadMode, scen, mode string, lr LoadRun) {
@@ -329,7 +348,7 @@ func (r *runner) addLoadRun(m *map[string]*LoadMode, scen, mode string, lr LoadR
 func (r *runner) crash(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
 	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
 	defer load.Stop() // for the early returns; Stop may be called again
-	if err := sleep(ctx, r.secs(r.p.BaselineSeconds)); err != nil {
+	if err := backoff.Sleep(ctx, r.secs(r.p.BaselineSeconds)); err != nil {
 		return err
 	}
 	dead := bs[1]
@@ -354,7 +373,7 @@ func (r *runner) crash(ctx context.Context, st *Stack, bs []*Backend, mode strin
 		})
 	})
 	window := max(3*r.secs(r.p.CheckInterval), 4*time.Second)
-	err := sleep(ctx, window)
+	err := backoff.Sleep(ctx, window)
 	stopWatch()
 	wg.Wait()
 	if err != nil {
@@ -410,57 +429,47 @@ func (r *runner) crash(ctx context.Context, st *Stack, bs []*Backend, mode strin
 // churn: four backends, one check flipped every 1/ChurnPerSecond under
 // steady keep-alive load.
 func (r *runner) churn(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
-	load := StartLoad(st.ProxyURL, service, r.p.Rate, r.p.PostEvery)
-	defer load.Stop() // for the early returns; Stop may be called again
-	base, err := r.warmUp(ctx, load)
+	changes := 0
+	lp, err := r.underLoad(ctx, st, ScenarioChurn, mode, run, 2*time.Second, func() ([]time.Time, error) {
+		every := time.Duration(float64(time.Second) / r.p.ChurnPerSecond)
+		var flips []time.Time
+		until := time.Now().Add(r.secs(r.p.ChurnSeconds))
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for time.Now().Before(until) {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-tick.C:
+			}
+			b := bs[(changes/2)%len(bs)]
+			status := api.HealthCritical
+			if changes%2 == 1 {
+				status = api.HealthPassing
+			}
+			if err := st.SetTTL(b.ID, status); err != nil {
+				return nil, err
+			}
+			flips = append(flips, time.Now())
+			changes++
+		}
+		return flips, nil
+	})
 	if err != nil {
 		return err
 	}
-	every := time.Duration(float64(time.Second) / r.p.ChurnPerSecond)
-	var flips []time.Time
-	start := time.Now()
-	tick := time.NewTicker(every)
-	changes := 0
-	for time.Since(start) < r.secs(r.p.ChurnSeconds) {
-		select {
-		case <-ctx.Done():
-			tick.Stop()
-			return ctx.Err()
-		case <-tick.C:
-		}
-		b := bs[(changes/2)%len(bs)]
-		status := api.HealthCritical
-		if changes%2 == 1 {
-			status = api.HealthPassing
-		}
-		if err := st.SetTTL(b.ID, status); err != nil {
-			tick.Stop()
-			return err
-		}
-		flips = append(flips, time.Now())
-		changes++
-	}
-	tick.Stop()
-	end := time.Now()
-	if err := sleep(ctx, 2*time.Second); err != nil {
-		return err
-	}
-	reqs := load.Stop()
-	lr := LoadRun{Run: run, Changes: changes, Warmup: Stats(reqs, load.Start, base),
-		Baseline: Stats(reqs, base, start), During: Stats(reqs, start, end),
-		PhaseStartS: start.Sub(load.Start).Seconds(), PhaseEndS: end.Sub(load.Start).Seconds()}
-	lr.splitByEvents(reqs, start, end, flips)
+	lr, reqs := lp.run, lp.reqs
+	lr.Changes = changes
+	lr.PhaseStartS, lr.PhaseEndS = lp.start.Sub(lp.loadStart).Seconds(), lp.end.Sub(lp.loadStart).Seconds()
 	at := make([]float64, len(reqs))
 	lat := make([]float64, len(reqs))
 	failed := make([]bool, len(reqs))
 	for i, q := range reqs {
-		at[i] = q.Sched.Sub(load.Start).Seconds()
+		at[i] = q.Sched.Sub(lp.loadStart).Seconds()
 		lat[i] = ms(q.Latency())
 		failed[i] = q.Failed()
 	}
 	lr.Series = Series(at, lat, failed, 1)
-	r.pooled(ScenarioChurn, mode, "baseline", Latencies(reqs, base, start))
-	r.pooled(ScenarioChurn, mode, "during", Latencies(reqs, start, end))
 	r.addLoadRun(&r.res.Churn, ScenarioChurn, mode, lr)
 	r.logf("    %s run %d: %d changes, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms), %.0f ok/s",
 		mode, run, changes, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99, lr.During.OKPerSec)

@@ -17,12 +17,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
-// Binaries says where the programs are.
+// Binaries says where the programs are: the demo's, and consul-template.
 type Binaries struct {
-	Consul, Nginx, ConsulTemplate, Daemon string
-	RepoRoot                              string // for nginx/lua
+	loopback.Programs
+	ConsulTemplate string
 }
 
 // proc is a program the bench started, in its own process group.
@@ -345,7 +347,7 @@ func (s *Stack) startNginx(ctx context.Context) error {
 	if os.Geteuid() == 0 {
 		user = "user root;\n" // workers must reach the 0700 temp directory
 	}
-	modules, err := luaModules(s.bin.Nginx)
+	modules, err := loopback.LuaModules(s.bin.Nginx)
 	if err != nil && s.Mode == ModeLua {
 		return err
 	}
@@ -377,32 +379,6 @@ func (s *Stack) startNginx(ctx context.Context) error {
 		return fmt.Errorf("nginx did not start: %s\n%s", s.nginx.tail(), b)
 	}
 	return nil
-}
-
-// luaModules returns the load_module lines Debian's nginx needs for Lua
-// (none when Lua is built in).
-func luaModules(bin string) (string, error) {
-	out, err := exec.Command(bin, "-V").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("%s -V: %v", bin, err)
-	}
-	v := string(out)
-	if strings.Contains(v, "lua-nginx-module") || strings.Contains(v, "ngx_lua") {
-		return "", nil
-	}
-	dir := "/usr/lib/nginx/modules"
-	if i := strings.Index(v, "--modules-path="); i >= 0 {
-		dir = strings.Fields(v[i+len("--modules-path="):])[0]
-	}
-	var lines string
-	for _, m := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
-		p := filepath.Join(dir, m)
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("nginx has no Lua module (%v): apt-get install libnginx-mod-http-lua", err)
-		}
-		lines += "load_module " + p + ";\n"
-	}
-	return lines, nil
 }
 
 // consulTemplateText renders the same upstream blocks as the daemon (same

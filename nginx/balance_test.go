@@ -395,3 +395,216 @@ func TestLeastConnKeepsWeightsDownAndBackup(t *testing.T) {
 		t.Errorf("least_conn with dead primaries: %v, want all 20 on the backup", got)
 	}
 }
+
+// listenOn starts a backend answering id on addr, an address deadAddr
+// gave: a server that was dead comes back.
+func listenOn(t *testing.T, addr, id string) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, id)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+}
+
+// TestLeastConnCountsSurviveErrorPage: a request whose every try fails
+// ends in `error_page 502 = @sk_split_fallback`, an internal redirect that
+// clears ngx.ctx. Its last connection must still be released (by the log
+// phase of the location it ends in): once every server is back, least_conn
+// spreads sequential requests evenly, as over a fresh upstream, instead
+// of avoiding the servers that failed.
+func TestLeastConnCountsSurviveErrorPage(t *testing.T) {
+	t.Parallel()
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{Workers: 1})
+	d1, d2 := deadAddr(t), deadAddr(t)
+	mustPost(t, ngx, "lce", fmt.Sprintf("least_conn; server %s max_fails=0; server %s max_fails=0;", d1, d2))
+	failed, _ := spread(t, ngx, "lce", 40)
+	if failed["status 502"] != 40 {
+		t.Fatalf("with both servers dead: %v, want 40 × status 502", failed)
+	}
+	listenOn(t, d1, "d1")
+	listenOn(t, d2, "d2")
+	live := startBackend(t, "live")
+	mustPost(t, ngx, "lce", fmt.Sprintf("least_conn; server %s max_fails=0; server %s max_fails=0; server %s max_fails=0;", d1, d2, live.addr))
+	got, _ := spread(t, ngx, "lce", 90)
+	t.Logf("FIGURE least_conn after 40 requests failed through error_page, then 90 sequential: %v (a fresh upstream: 30 each)", got)
+	for _, id := range []string{"d1", "d2", "live"} {
+		if got[id] < 25 || got[id] > 35 {
+			t.Errorf("least_conn after failed requests: %v, want about 30 each: the failed requests' connections are still counted", got)
+			break
+		}
+	}
+}
+
+// TestConsistentHashRingIsBounded: weights come from the registry (up to
+// 10000), and the Lua plane builds its ring on a request, in the worker.
+// The ring is bounded (methods.lua ring_weights): the first request after
+// a POST of two servers of weight 10000 is answered within a second, not
+// after seconds of a blocked worker. Weights with a common divisor give
+// the ring of the divided weights, which stock nginx is asked for here
+// too; weights without one are scaled, and keep their shares.
+func TestConsistentHashRingIsBounded(t *testing.T) {
+	t.Parallel()
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	refPort := testenv.FreePort(t)
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{Workers: 1, HTTP: fmt.Sprintf(
+		"upstream ref_g1 { hash $arg_k consistent; server %[1]s weight=1; server %[2]s weight=1; }\n"+
+			"upstream ref_g2 { hash $arg_k consistent; server %[1]s weight=2; server %[2]s weight=1; }\n"+
+			"server { listen 127.0.0.1:%[3]d; location / { proxy_pass http://ref_$host; } }\n", a.addr, b.addr, refPort)})
+	refURL := "http://" + testenv.Addr(refPort)
+	slow := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 2 * time.Minute}
+	for _, c := range []struct{ name, weights, ref string }{
+		{"g1", "10000 10000", "g1"},
+		{"g2", "10000 5000", "g2"},
+		{"sc", "10000 9999", ""},
+	} {
+		w := strings.Fields(c.weights)
+		mustPost(t, ngx, c.name, fmt.Sprintf("hash $arg_k consistent; server %s weight=%s; server %s weight=%s;", a.addr, w[0], b.addr, w[1]))
+		start := time.Now()
+		first := viaProxy(t, slow, ngx.ProxyURL(), c.name, "/?k=first")
+		took := time.Since(start)
+		t.Logf("FIGURE hash consistent, 2 servers of weights %s: first request %v", c.weights, took.Round(time.Millisecond))
+		if first.status != 200 || took > time.Second {
+			t.Errorf("weights %s: first request status %d after %v, want 200 within 1s", c.weights, first.status, took)
+		}
+		spreadKeys := map[string]int{}
+		for i := range 200 {
+			path := fmt.Sprintf("/?k=user-%d", i)
+			lua := viaProxy(t, plainClient, ngx.ProxyURL(), c.name, path)
+			spreadKeys[lua.body]++
+			if c.ref == "" {
+				continue
+			}
+			nginx := viaProxy(t, plainClient, refURL, c.ref, path)
+			if lua.body != nginx.body {
+				t.Errorf("weights %s, key user-%d: Lua chose %s, stock nginx with the divided weights %s", c.weights, i, lua.body, nginx.body)
+			}
+		}
+		t.Logf("FIGURE hash consistent, weights %s: 200 keys over %v", c.weights, spreadKeys)
+		if c.ref == "" && (spreadKeys["a"] < 60 || spreadKeys["b"] < 60) {
+			t.Errorf("weights %s (scaled): 200 keys over %v, want about half each", c.weights, spreadKeys)
+		}
+	}
+}
+
+// nginxT runs stock nginx's configuration test over an http block that
+// includes file; it returns nginx's output and whether it passed with no
+// warning.
+func nginxT(t *testing.T, bin, file string) (string, bool) {
+	t.Helper()
+	dir := filepath.Dir(file)
+	conf := filepath.Join(dir, "nginx.conf")
+	text := fmt.Sprintf("pid %[1]s/t.pid;\nerror_log stderr;\nevents {}\nhttp {\n"+
+		"client_body_temp_path %[1]s/b; proxy_temp_path %[1]s/p; fastcgi_temp_path %[1]s/f;\n"+
+		"uwsgi_temp_path %[1]s/u; scgi_temp_path %[1]s/s; access_log off;\n"+
+		"include %[2]s;\n}\n", dir, file)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "-t", "-p", dir, "-c", conf).CombinedOutput()
+	return string(out), err == nil && !strings.Contains(string(out), "[warn]") && !strings.Contains(string(out), "[emerg]")
+}
+
+// TestHashKeyVariablesPassNginxT: every variable a hash key may name
+// (upstream.HashKeyVariables, and one of each prefix) is known to stock
+// nginx: a rendered file hashing on each passes nginx -t. The same check
+// fails a key the model refuses, so it can tell.
+func TestHashKeyVariablesPassNginxT(t *testing.T) {
+	t.Parallel()
+	bin := testenv.Binary(t, "SWALLOWKEEPER_NGINX", "nginx", "apt-get install nginx")
+	st := upstream.State{}
+	keys := []string{"$http_x_user", "$cookie_sid", "$arg_k"}
+	for _, v := range upstream.HashKeyVariables {
+		keys = append(keys, "$"+v)
+	}
+	for i, key := range keys {
+		b, err := upstream.ParseBalance("hash " + key + " consistent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := upstream.Upstream{Name: fmt.Sprintf("k%d", i), Balance: b, Servers: []upstream.Server{
+			{Addr: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1, MaxFails: 1, FailTimeout: 10 * time.Second}}}
+		if err := u.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		st[u.Name] = u
+	}
+	file := filepath.Join(t.TempDir(), "upstreams.conf")
+	if err := os.WriteFile(file, upstream.RenderFile(st), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := nginxT(t, bin, file); !ok {
+		t.Errorf("nginx -t over every accepted hash key variable:\n%s", out)
+	}
+
+	if err := upstream.ValidHashKey("$nosuchvar"); err == nil {
+		t.Fatal("the model accepts $nosuchvar")
+	}
+	bad := filepath.Join(t.TempDir(), "bad.conf")
+	if err := os.WriteFile(bad, []byte("upstream bad {\n    hash $nosuchvar consistent;\n    server 10.0.0.1:80;\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := nginxT(t, bin, bad); ok || !strings.Contains(out, "nosuchvar") {
+		t.Errorf("nginx -t passed a key the model refuses, or failed for another reason:\n%s", out)
+	}
+}
+
+// TestLeastConnSweepsCountsWithoutLogPhase: a location that proxies
+// without log_by_lua never releases its request's count; once the
+// request's ngx.ctx is collected, the housekeeping sweep does, and says
+// so in error.log. Until then a held count steers least_conn away.
+func TestLeastConnSweepsCountsWithoutLogPhase(t *testing.T) {
+	t.Parallel()
+	port := testenv.FreePort(t)
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{Workers: 1, Init: "sweep_interval = 0.2,", HTTP: fmt.Sprintf(`
+    server {
+        listen 127.0.0.1:%d;
+        location / {
+            set $sk_upstream $host;
+            proxy_pass http://swallowkeeper_backend;
+        }
+        location = /gc {
+            content_by_lua_block { collectgarbage() ngx.print("collected") }
+        }
+        location = /held {
+            content_by_lua_block { ngx.print(require("swallowkeeper.methods").held()) }
+        }
+    }
+`, port)})
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	noLog := "http://" + testenv.Addr(port)
+	mustPost(t, ngx, "lcs", fmt.Sprintf("least_conn; server %s; server %s down;", a.addr, b.addr))
+	// Each request leaves a count on a; a request reusing the memory of
+	// the one before it (the same request key) releases that one's count
+	// in balance(), so at least the last is left for the sweep.
+	for range 10 {
+		if r := viaProxy(t, plainClient, noLog, "lcs", "/"); r.status != 200 || r.body != "a" {
+			t.Fatalf("without log phase: status %d from %q", r.status, r.body)
+		}
+	}
+	if r := viaProxy(t, plainClient, noLog, "x", "/held"); r.body == "0" {
+		t.Fatalf("after 10 requests without log phase, the worker counts %s connections, want at least 1", r.body)
+	}
+	if r := viaProxy(t, plainClient, noLog, "gc", "/gc"); r.status != 200 {
+		t.Fatalf("GET /gc: status %d", r.status)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(ngx.ErrorLog(), "least_conn connection count(s) of requests that ended without log()") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no sweep released a count within 10s; error.log:\n%s", ngx.ErrorLog())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r := viaProxy(t, plainClient, noLog, "x", "/held"); r.body != "0" {
+		t.Fatalf("after the sweep the worker counts %s connections, want 0", r.body)
+	}
+	mustPost(t, ngx, "lcs", fmt.Sprintf("least_conn; server %s; server %s;", a.addr, b.addr))
+	got, _ := spread(t, ngx, "lcs", 20)
+	if got["a"] != 10 || got["b"] != 10 {
+		t.Errorf("after the sweep: %v, want a:10 b:10 (nothing left counted)", got)
+	}
+}

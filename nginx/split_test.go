@@ -99,6 +99,7 @@ func TestSplitAPI(t *testing.T) {
 	for _, bad := range []struct{ name, body, why string }{
 		{"web", "percent 10\n", `"to" is required`},
 		{"web", "to web\n", "own upstream"},
+		{"web", "to admin\n", "not a group of web"},
 		{"web", "to web_canary\npercent 100.01\n", "want 0 to 100"},
 		{"web", "to web_canary\npercent -1\n", "want 0 to 100"},
 		{"web", "to web_canary\npercent 1.234\n", "at most two decimals"},
@@ -143,7 +144,7 @@ func TestSplitAPI(t *testing.T) {
 func TestSplitAPISecret(t *testing.T) {
 	t.Parallel()
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{Init: `secret_file = "` + secretFile(t, "s3cret") + `",`})
-	body := "to a\n"
+	body := "to web_a\n"
 	if r := apiDo(t, ngx, "POST", "/split/web", nil, &body); r.status != 403 {
 		t.Errorf("POST without the secret: %d %q, want 403", r.status, r.body)
 	}
@@ -307,5 +308,160 @@ func TestSampleLuaConfSplits(t *testing.T) {
 	}
 	if !strings.Contains(ngx.ErrorLog(), `group "web_canary" failed, request sent to "web"; group skipped`) {
 		t.Errorf("lua.conf, group dead: error.log does not show the fallback:\n%s", ngx.ErrorLog())
+	}
+}
+
+// rawDictServer is a server {} for NginxOptions.HTTP that writes the
+// shared dict behind the split API's back, as a bug or an older version
+// could have: GET /inject stores a rule of upstream shop that sends its
+// requests to admin, GET /poison makes sk:splitver a string (so that no
+// change can be announced to the workers).
+func rawDictServer(port int) string {
+	return fmt.Sprintf(`
+    server {
+        listen 127.0.0.1:%d;
+        location = /inject {
+            content_by_lua_block {
+                local d = require("swallowkeeper.dyups").shared()
+                d:set("s:shop", "shop\nto admin\npercent 100\n")
+                d:incr("sk:splitver", 1, 0)
+                ngx.print("ok")
+            }
+        }
+        location = /poison {
+            content_by_lua_block {
+                require("swallowkeeper.dyups").shared():set("sk:splitver", "x")
+                ngx.print("ok")
+            }
+        }
+    }
+`, port)
+}
+
+func rawDict(t *testing.T, port int, what string) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s/%s", testenv.Addr(port), what))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Fatalf("/%s: %d %q", what, resp.StatusCode, b)
+	}
+}
+
+// TestSplitOnlyToOwnGroups: the split API takes only a group of the
+// split's own upstream as "to" (web → web_canary; never web → admin), and
+// a rule that reached the shared dict anyway is never followed: whoever
+// can write split rules cannot send one service's requests to another's
+// backends.
+func TestSplitOnlyToOwnGroups(t *testing.T) {
+	t.Parallel()
+	port := testenv.FreePort(t)
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{HTTP: rawDictServer(port)})
+	shop, admin, green := startBackend(t, "shop"), startBackend(t, "admin"), startBackend(t, "green")
+	mustPost(t, ngx, "shop", "server "+shop.addr+";")
+	mustPost(t, ngx, "admin", "server "+admin.addr+";")
+	mustPost(t, ngx, "shop_green", "server "+green.addr+";")
+
+	for _, c := range []struct{ name, rule, want string }{
+		{"shop", "to admin\npercent 100\n", "invalid split: \"to\" admin is not a group of shop: want shop_<group>\n"},
+		{"shop", "to shopadmin\npercent 100\n", "invalid split: \"to\" shopadmin is not a group of shop: want shop_<group>\n"},
+		{"shop", "to shop_\npercent 100\n", "invalid split: \"to\" shop_ is not a group of shop: want shop_<group>\n"},
+		{"swallowkeeper", "to admin\n", "invalid split: \"to\" admin is not a group of swallowkeeper: want swallowkeeper_<group>\n"},
+	} {
+		body := c.rule
+		if r := apiDo(t, ngx, "POST", "/split/"+c.name, nil, &body); r.status != 400 || r.body != c.want {
+			t.Errorf("POST /split/%s %q: %d %q, want 400 %q", c.name, c.rule, r.status, r.body, c.want)
+		}
+	}
+	if got, failed := hits(t, ngx, "shop", 50, nil); got["shop"] != 50 || failed != 0 {
+		t.Errorf("after refused rules, shop goes to %v (%d failed); want all to shop", got, failed)
+	}
+
+	rawDict(t, port, "inject")
+	got, failed := hits(t, ngx, "shop", 100, nil)
+	if got["shop"] != 100 || failed != 0 {
+		t.Errorf("a stored rule shop → admin is followed: %v, %d failed; want all to shop", got, failed)
+	}
+	if !strings.Contains(ngx.ErrorLog(), `split "shop": stored rule unreadable: "to" admin is not a group of shop`) {
+		t.Errorf("error.log does not report the stored rule:\n%s", ngx.ErrorLog())
+	}
+
+	postSplit(t, ngx, "shop", "to SHOP_Green\npercent 100\n") // a group, in another case
+	if got, failed := hits(t, ngx, "shop", 50, nil); got["green"] != 50 || failed != 0 {
+		t.Errorf("shop → SHOP_Green at 100%%: %v, %d failed", got, failed)
+	}
+}
+
+// TestSplitChangeNotAnnouncedIsUndone: when the version the workers watch
+// cannot move (dict full, or not a number), a POST or DELETE is undone and
+// answered 500, so that GET shows what the workers apply and the daemon
+// tries again, instead of "success" for a change no worker sees.
+func TestSplitChangeNotAnnouncedIsUndone(t *testing.T) {
+	t.Parallel()
+	port := testenv.FreePort(t)
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{HTTP: rawDictServer(port)})
+	postSplit(t, ngx, "web", "to web_canary\npercent 10\n")
+	rawDict(t, port, "poison")
+
+	body := "to web_canary\npercent 90\n"
+	r := apiDo(t, ngx, "POST", "/split/web", nil, &body)
+	if r.status != 500 || r.body != "split not stored\n" || r.header.Get("X-SwallowKeeper-Error") != "not a number" {
+		t.Errorf("POST with the version stuck: %d %q, error header %q", r.status, r.body, r.header.Get("X-SwallowKeeper-Error"))
+	}
+	if g := apiDo(t, ngx, "GET", "/split/web", nil, nil); g.body != "to web_canary\npercent 10\n" {
+		t.Errorf("after the failed POST, GET answers %d %q; want the old rule", g.status, g.body)
+	}
+	r = apiDo(t, ngx, "POST", "/split/api", nil, str("to api_canary\npercent 5\n"))
+	if g := apiDo(t, ngx, "GET", "/split/api", nil, nil); r.status != 500 || g.status != 404 {
+		t.Errorf("new rule with the version stuck: POST %d, then GET %d %q; want 500 and 404", r.status, g.status, g.body)
+	}
+	r = apiDo(t, ngx, "DELETE", "/split/web", nil, nil)
+	if g := apiDo(t, ngx, "GET", "/split/web", nil, nil); r.status != 500 || g.body != "to web_canary\npercent 10\n" {
+		t.Errorf("DELETE with the version stuck: %d %q, then GET %q; want 500 and the rule kept", r.status, r.body, g.body)
+	}
+}
+
+// TestSplitFallbackSkipsTheGroupAfterAPost: a POST that its group failed
+// keeps its 502 (it is not sent twice), but the group is skipped from then
+// on like after any other failure, so the next request goes straight to
+// the main upstream instead of paying for the dead group first.
+func TestSplitFallbackSkipsTheGroupAfterAPost(t *testing.T) {
+	t.Parallel()
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{Workers: 1}) // the skip is per worker
+	m := startBackend(t, "main")
+	mustPost(t, ngx, "web", "server "+m.addr+";")
+	// max_fails=0: nginx never marks the server failed, only the split's
+	// own skip keeps requests away from it.
+	mustPost(t, ngx, "web_canary", "server "+deadAddr(t)+" max_fails=0;")
+	postSplit(t, ngx, "web", "to web_canary\npercent 100\n")
+
+	c := &http.Client{Timeout: 10 * time.Second}
+	send := func(method string) (int, string) {
+		req, _ := http.NewRequest(method, ngx.ProxyURL()+"/", strings.NewReader("x"))
+		req.Host = "web"
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := send("POST"); code != 502 {
+		t.Errorf("POST to the dead group: %d, want 502 (not sent again)", code)
+	}
+	if !strings.Contains(ngx.ErrorLog(), `group "web_canary" failed; POST not sent again (not idempotent); group skipped`) {
+		t.Errorf("error.log does not show the POST's failure:\n%s", ngx.ErrorLog())
+	}
+	for range 5 {
+		if code, body := send("GET"); code != 200 || body != "main" {
+			t.Errorf("GET after the failed POST: %d %q, want main", code, body)
+		}
+	}
+	if n := strings.Count(ngx.ErrorLog(), `failed, request sent to "web"`); n != 0 {
+		t.Errorf("%d GETs went to the dead group first (error.log shows the fallback); want none", n)
 	}
 }

@@ -17,7 +17,7 @@ if [ -n "$unformatted" ]; then echo "gofmt would change:"; echo "$unformatted"; 
 go vet ./...
 
 echo "== pure packages, with the race detector"
-go test -race -count=1 ./internal/upstream/ ./internal/engine/ ./internal/config/ ./internal/backoff/ ./internal/store/ ./internal/registry/ ./internal/statuspage/ ./internal/jsonobj/
+go test -race -count=1 ./internal/upstream/ ./internal/engine/ ./internal/config/ ./internal/backoff/ ./internal/store/ ./internal/registry/ ./internal/statuspage/ ./internal/jsonobj/ ./internal/split/ ./internal/metric/
 
 echo "== short fuzz runs (seed corpora in testdata/fuzz)"
 # A fixed number of executions, not a duration: with a duration, Go 1.26's

@@ -1,9 +1,11 @@
 // Package backoff is capped exponential backoff with jitter, shared by the
-// watch loops and the push retries, and a sleep that honours its context.
+// watch loops and the push retries, a sleep that honours its context, a
+// ticker that may be off, and a steady poll for waits.
 package backoff
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
@@ -46,5 +48,31 @@ func Sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-t.C:
 		return nil
+	}
+}
+
+// Every ticks every period, for a periodic re-read behind a loop's other
+// events; with period 0 (off) it never ticks. stop releases the ticker.
+func Every(period time.Duration) (tick <-chan time.Time, stop func()) {
+	if period <= 0 {
+		return nil, func() {}
+	}
+	t := time.NewTicker(period)
+	return t.C, t.Stop
+}
+
+// Poll calls try every period until it succeeds or ctx ends; then the
+// error wraps ctx's and says what the last try found. It is for waiting
+// on something expected soon (a port, a health check), where a steady
+// period answers sooner than a growing backoff.
+func Poll(ctx context.Context, period time.Duration, try func() error) error {
+	for {
+		err := try()
+		if err == nil {
+			return nil
+		}
+		if Sleep(ctx, period) != nil {
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
 	}
 }

@@ -2,6 +2,9 @@ package backoff
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -48,5 +51,46 @@ func TestSleepHonoursContext(t *testing.T) {
 	}
 	if err := Sleep(context.Background(), time.Millisecond); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestEveryOffNeverTicks(t *testing.T) {
+	tick, stop := Every(0)
+	defer stop()
+	if tick != nil {
+		t.Fatal("period 0 has a ticker")
+	}
+	tick, stop = Every(time.Millisecond)
+	defer stop()
+	select {
+	case <-tick:
+	case <-time.After(10 * time.Second):
+		t.Fatal("period 1ms did not tick in 10s")
+	}
+}
+
+// Poll returns once a try succeeds, and when ctx ends first it says so
+// and what the last try found.
+func TestPollRetriesUntilSuccessOrContextEnd(t *testing.T) {
+	tries := 0
+	err := Poll(context.Background(), time.Millisecond, func() error {
+		if tries++; tries < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err != nil || tries != 3 {
+		t.Fatalf("Poll = %v after %d tries; want nil after 3", err, tries)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	tries = 0
+	err = Poll(ctx, 5*time.Millisecond, func() error { tries++; return fmt.Errorf("refused %d", tries) })
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), fmt.Sprintf("(last error: refused %d)", tries)) {
+		t.Fatalf("Poll = %v after %d tries; want the deadline and the last try's error", err, tries)
+	}
+	if tries < 2 {
+		t.Fatalf("Poll tried %d times in 50ms at a 5ms period; want it to retry", tries)
 	}
 }

@@ -24,7 +24,6 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/drain"
 	"github.com/swallowkeeper/swallowkeeper/internal/httpapi"
 	"github.com/swallowkeeper/swallowkeeper/internal/store"
-	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 // Version is set at build time with -ldflags "-X .../internal/cli.Version=v1.2.3".
@@ -281,6 +280,9 @@ func check(cfg *config.Config, stdout io.Writer) error {
 	if note := cfg.EtcdWrapperNote(); note != "" {
 		fmt.Fprintln(stdout, note)
 	}
+	for _, note := range cfg.ConsulModeNotes() {
+		fmt.Fprintln(stdout, "note:", note)
+	}
 	for _, note := range cfg.LuaPlaneNotes() {
 		fmt.Fprintln(stdout, "note for a Lua-module target (nginx/lua):", note)
 	}
@@ -288,53 +290,6 @@ func check(cfg *config.Config, stdout io.Writer) error {
 		fmt.Fprintln(stdout, note)
 	}
 	return nil
-}
-
-// oneShot runs render (print the file the registry gives now, or with
-// -diff what would change in the persisted file) or once (one full sync:
-// registry → file → nginx) through the engine. differs is true when
-// render -diff found a change.
-//
-// The source's retry warnings are not printed (unless -log-level debug):
-// a one-shot command that cannot reach the registry fails once, within
-// -timeout, with the last error the source saw.
-func oneShot(ctx context.Context, cmd string, cfg *config.Config, opts *flagValues, log *slog.Logger, stdout io.Writer) (differs bool, err error) {
-	var last *lastError
-	srcLog := log
-	if level, _ := config.ParseLevel(cfg.Log.Level); level > slog.LevelDebug {
-		last = &lastError{}
-		srcLog = slog.New(last)
-	}
-	e, err := daemon.OneShot(cfg, log, srcLog)
-	if err != nil {
-		return false, err
-	}
-	cause := fmt.Errorf("no complete answer from %s within %s", daemon.SourceName(cfg), opts.timeout)
-	ctx, cancel := context.WithTimeoutCause(ctx, opts.timeout, cause)
-	defer cancel()
-	if cmd == "render" {
-		prev, next, _, err := e.Desired(ctx)
-		if err != nil {
-			return false, last.explain(err)
-		}
-		if !opts.diff {
-			_, err = stdout.Write(upstream.RenderFile(next))
-			return false, err
-		}
-		d := diffStates(prev, next)
-		if d == "" {
-			fmt.Fprintf(stdout, "no change: %s matches the registry (%d upstreams)\n", cfg.File, len(next))
-			return false, nil
-		}
-		fmt.Fprintf(stdout, "--- %s (persisted)\n+++ %s (rendered)\n%s", cfg.File, daemon.SourceName(cfg), d)
-		return true, nil
-	}
-	next, err := e.Once(ctx)
-	if err != nil {
-		return false, last.explain(err)
-	}
-	fmt.Fprintln(stdout, synced(cfg, len(next), e.SinkStatuses()))
-	return false, nil
 }
 
 // run is the daemon (package daemon), with SIGHUP relayed to it as its

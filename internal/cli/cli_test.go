@@ -114,7 +114,7 @@ func TestRenderAndOnce(t *testing.T) {
 	}
 
 	code, out, errs = runCLI(t, nil, append([]string{"once"}, args...)...)
-	if code != 0 || !strings.Contains(out, "synced 1 upstreams") {
+	if code != 0 || !strings.Contains(out, "synced 1 upstream to 1 target") {
 		t.Fatalf("once: %d %q %q", code, out, errs)
 	}
 	if got := fileServers(t, file, "api_canary"); len(got) != 1 || got[0] != b.Addr() {

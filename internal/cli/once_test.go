@@ -13,7 +13,7 @@ import (
 // TestOnceInReloadModeSaysWhatItDid: `once` in reload mode has no dyups
 // target; it says it wrote the file, that the test passed it and that
 // nginx was reloaded (the reload command ran), instead of "synced 1
-// upstreams to 0 target(s)".
+// upstreams to 0 target(s)", as it did).
 func TestOnceInReloadModeSaysWhatItDid(t *testing.T) {
 	c := testenv.StartConsul(t)
 	c.Register(t, "web", "web-1", "127.0.0.1", 8080, nil, nil)
@@ -35,7 +35,7 @@ upstreams: {allow_addresses: [127.0.0.0/8]}
 	if code != 0 {
 		t.Fatalf("once: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
-	want := fmt.Sprintf("synced 1 upstreams; file %s written, test -s %s ok, nginx reloaded (sh -c echo reloaded >> %s)\n", file, file, reloads)
+	want := fmt.Sprintf("synced 1 upstream; file %s written, test -s %s ok, nginx reloaded (sh -c echo reloaded >> %s)\n", file, file, reloads)
 	if out != want {
 		t.Errorf("once printed\n%q\nwant\n%q", out, want)
 	}

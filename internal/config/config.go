@@ -793,17 +793,32 @@ func (c *Config) validateUpstreams(bad badFunc) {
 	for _, p := range split.CheckTable(u.Splits) {
 		bad(strings.TrimSuffix("upstreams.splits."+p.Field, "."), "%s", p.Msg)
 	}
+	for name, r := range u.Splits {
+		if registry.IsReserved(u.Reserved, r.To) {
+			bad("upstreams.splits."+name+".to", "%q is a reserved name (upstreams.reserved): a split never sends requests to nginx.conf's own upstreams", r.To)
+		}
+	}
+	if sp, kp := strings.Trim(u.SplitsConsulPrefix, "/"), strings.Trim(c.Consul.KVPrefix, "/"); sp != "" && c.Consul.Mode == ConsulModeKV &&
+		(sp == kp || strings.HasPrefix(sp, kp+"/") || strings.HasPrefix(kp, sp+"/")) {
+		bad("upstreams.splits_consul_prefix", "%q overlaps consul.kv_prefix %q: split rules would be read as upstreams, or upstreams' keys as split rules; use separate folders", u.SplitsConsulPrefix, c.Consul.KVPrefix)
+	}
 	if u.SplitsConsulPrefix != "" && c.Source != SourceConsul {
 		bad("upstreams.splits_consul_prefix", "split rules from Consul KV need source: consul")
 	}
 	if p := u.SplitsConsulPrefix; strings.HasPrefix(p, "/") || strings.Contains(p, "//") || strings.ContainsFunc(p, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
 		bad("upstreams.splits_consul_prefix", "%q: a KV path such as swallowkeeper/splits, no leading '/', no spaces", p)
 	}
-	for name, o := range u.Overrides {
+	folded := map[string]string{}
+	for _, name := range sortedKeys(u.Overrides) {
+		o := u.Overrides[name]
 		field := "upstreams.overrides." + name
 		if err := upstream.ValidName(name); err != nil {
 			bad(field, "%v", err)
 		}
+		if other, dup := folded[upstream.FoldKey(name)]; dup {
+			bad(field, "differs from %s only in case: overrides match upstream names case-insensitively", other)
+		}
+		folded[upstream.FoldKey(name)] = name
 		if o.Keepalive != nil {
 			checkRange(field+".keepalive", *o.Keepalive, 0, upstream.MaxKeepalive)
 		}

@@ -117,3 +117,13 @@ func TestLuaPlaneNotes(t *testing.T) {
 		}
 	}
 }
+
+// TestOverridesDifferingOnlyInCaseRefused: overrides match upstream names
+// case-insensitively, so two keys that fold alike would both claim one
+// upstream.
+func TestOverridesDifferingOnlyInCaseRefused(t *testing.T) {
+	_, err := parseOverrides(t, "  overrides:\n    web:\n      weight: 2\n    WEB:\n      weight: 3\n")
+	if err == nil || !strings.Contains(err.Error(), "upstreams.overrides.web: differs from WEB only in case") {
+		t.Errorf("error %v, want the two keys refused", err)
+	}
+}

@@ -77,6 +77,43 @@ upstreams:
 	}
 }
 
+// TestSplitsConsulPrefixMustNotOverlapKVMode: in Consul KV mode the split
+// rules' folder and the upstreams' folder are kept apart (a rule key would
+// be read as an upstream, an upstream key as a rule); a split to a reserved
+// name is refused.
+func TestSplitsConsulPrefixMustNotOverlapKVMode(t *testing.T) {
+	for _, c := range []struct{ kvPrefix, splits, want string }{
+		{"upstreams", "upstreams", `"upstreams" overlaps consul.kv_prefix "upstreams"`},
+		{"upstreams", "upstreams/splits", `"upstreams/splits" overlaps consul.kv_prefix`},
+		{"sk/upstreams", "sk", `"sk" overlaps consul.kv_prefix "sk/upstreams"`},
+		{"/upstreams/", "upstreams/", "overlaps consul.kv_prefix"},
+		{"upstreams", "upstreams-splits", ""},
+		{"sk/upstreams", "sk/splits", ""},
+	} {
+		text := "consul:\n  mode: kv\n  kv_prefix: " + c.kvPrefix + "\nupstreams:\n  splits_consul_prefix: " + c.splits + "\n"
+		cfg, err := Parse("kv.yml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.File = filepath.Join(t.TempDir(), "u.conf")
+		err = cfg.Validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("kv_prefix %s, splits %s: refused: %v", c.kvPrefix, c.splits, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), "upstreams.splits_consul_prefix: ") || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("kv_prefix %s, splits %s: %v, want %q", c.kvPrefix, c.splits, err, c.want)
+		}
+	}
+	cfg, err := Parse("r.yml", []byte("upstreams:\n  splits:\n    swallowkeeper: {to: swallowkeeper_backend, percent: 100}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.File = filepath.Join(t.TempDir(), "u.conf")
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), `upstreams.splits.swallowkeeper.to: "swallowkeeper_backend" is a reserved name`) {
+		t.Errorf("a split to the reserved name: %v", err)
+	}
+}
+
 func TestSplitNotes(t *testing.T) {
 	c := Default()
 	if notes := c.SplitNotes(); notes != nil {

@@ -128,13 +128,15 @@ func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registr
 		g.src = src
 	}
 	var sinks []engine.Sink
-	taken := map[int]bool{} // prev's targets kept
+	var secrets []config.Secret // one read per build, for the dyups and split sinks alike
+	taken := map[int]bool{}     // prev's targets kept
 	for i, tc := range cfg.Targets {
 		opt := cfg.TargetOptions(i, oneShot)
 		secret, err := cfg.TargetSecret(i) // read at start (and on SIGHUP); never logged
 		if err != nil {
 			return nil, err
 		}
+		secrets = append(secrets, secret)
 		key := struct {
 			URL    string
 			Opt    dyups.Options
@@ -166,13 +168,16 @@ func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registr
 	if prev != nil {
 		prevSplits = prev.splits
 	}
-	ss, err := splitSink(cfg, log, prevSplits)
+	ss, err := splitSink(cfg, secrets, oneShot, log, prevSplits)
 	if err != nil {
 		return nil, err
 	}
 	if ss != nil {
 		g.splits = ss
 		sinks = append(sinks, ss)
+		for _, kt := range g.targets {
+			kt.t.OnRepush(ss.Wake) // nginx lost its split rules with its upstreams
+		}
 	}
 	file, sinks, err := withReload(cfg, log, staged, sinks)
 	if err != nil {

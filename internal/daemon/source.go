@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
@@ -27,19 +26,7 @@ func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg p
 	case config.SourceEtcd:
 		return newEtcdSource(cfg, rules, log, reg)
 	}
-	acfg := api.DefaultConfig()
-	addr, scheme, _ := config.SplitConsulAddress(cfg.Consul.Address, cfg.Consul.Scheme) // validated
-	acfg.Address, acfg.Scheme = addr, scheme
-	acfg.Datacenter = cfg.Consul.Datacenter
-	acfg.Token, acfg.TokenFile = cfg.Consul.Token.Reveal(), ""
-	acfg.TLSConfig = api.TLSConfig{
-		Address:            cfg.Consul.TLS.ServerName,
-		CAFile:             cfg.Consul.TLS.CAFile,
-		CertFile:           cfg.Consul.TLS.CertFile,
-		KeyFile:            cfg.Consul.TLS.KeyFile,
-		InsecureSkipVerify: cfg.Consul.TLS.InsecureSkipVerify,
-	}
-	client, err := consul.NewClient(acfg)
+	client, err := newConsulClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul: %w", err)
 	}
@@ -49,18 +36,32 @@ func newSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg p
 	return consul.New(client, rules, cfg.ConsulOptions(), log, reg), nil
 }
 
-// SourceName says which registry the daemon follows, for logs and status.
+// SourceName says which registry the daemon follows and how it reads it,
+// for logs, status and check.
 func SourceName(cfg *config.Config) string {
 	switch cfg.Source {
 	case config.SourceEtcd:
-		return fmt.Sprintf("etcd %v (%s layout)", cfg.Etcd.Endpoints, cfg.Etcd.Layout)
+		return fmt.Sprintf("%s (%s layout)", SourceAddr(cfg), cfg.Etcd.Layout)
 	case config.SourceZooKeeper:
-		return fmt.Sprintf("zookeeper %v (%s layout, root %s)", cfg.ZooKeeper.Servers, cfg.ZooKeeper.Layout, cfg.ZooKeeper.Root)
+		return fmt.Sprintf("%s (%s layout, root %s)", SourceAddr(cfg), cfg.ZooKeeper.Layout, cfg.ZooKeeper.Root)
 	}
 	if cfg.Consul.Mode == config.ConsulModeKV {
-		return fmt.Sprintf("consul %s (kv mode, keys %s/<upstream>/<ip>:<port>)", cfg.Consul.Address, consul.CleanKVPrefix(cfg.Consul.KVPrefix))
+		return fmt.Sprintf("%s (kv mode, keys %s/<upstream>/<ip>:<port>)", SourceAddr(cfg), consul.CleanKVPrefix(cfg.Consul.KVPrefix))
 	}
-	return "consul " + cfg.Consul.Address + " (services mode)"
+	return SourceAddr(cfg) + " (services mode)"
+}
+
+// SourceAddr names the registry alone, "consul 127.0.0.1:8500", where a
+// line already says what it is about (render -diff's header, a one-shot
+// command's error).
+func SourceAddr(cfg *config.Config) string {
+	switch cfg.Source {
+	case config.SourceEtcd:
+		return fmt.Sprintf("etcd %v", cfg.Etcd.Endpoints)
+	case config.SourceZooKeeper:
+		return fmt.Sprintf("zookeeper %v", cfg.ZooKeeper.Servers)
+	}
+	return "consul " + cfg.Consul.Address
 }
 
 func newEtcdSource(cfg *config.Config, rules registry.Rules, log *slog.Logger, reg prometheus.Registerer) (engine.Source, error) {

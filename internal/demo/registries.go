@@ -3,11 +3,9 @@ package demo
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 	"github.com/swallowkeeper/swallowkeeper/internal/wrapper"
 )
 
@@ -27,8 +26,8 @@ import (
 type registryKind interface {
 	start(ctx context.Context, d *demo) error
 	section(d *demo) string // the daemon's configuration for it
-	register(b *backend) error
-	deregister(b *backend) error
+	register(b *loopback.Backend) error
+	deregister(b *loopback.Backend) error
 	checkNote() string
 }
 
@@ -59,17 +58,15 @@ func (c *consulRegistry) section(d *demo) string {
 	return fmt.Sprintf("consul:\n  address: 127.0.0.1:%d\n", d.ports["registry"])
 }
 
-func (c *consulRegistry) register(b *backend) error {
-	host, port, _ := net.SplitHostPort(b.addr)
-	p, _ := strconv.Atoi(port)
+func (c *consulRegistry) register(b *loopback.Backend) error {
 	return c.client.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: b.id, Name: "web", Address: host, Port: p,
-		Check: &api.AgentServiceCheck{HTTP: "http://" + b.addr + "/health", Interval: "1s", Timeout: "500ms"},
+		ID: b.ID, Name: "web", Address: loopback.Host, Port: b.Port,
+		Check: &api.AgentServiceCheck{HTTP: "http://" + b.Addr() + "/health", Interval: "1s", Timeout: "500ms"},
 	})
 }
 
-func (c *consulRegistry) deregister(b *backend) error {
-	return c.client.Agent().ServiceDeregister(b.id)
+func (c *consulRegistry) deregister(b *loopback.Backend) error {
+	return c.client.Agent().ServiceDeregister(b.ID)
 }
 func (c *consulRegistry) checkNote() string { return "(mostly Consul's HTTP check interval, 1s)" }
 
@@ -148,10 +145,8 @@ func (l *localChecked) section(d *demo) string {
 	return fmt.Sprintf("source: zookeeper\nzookeeper:\n  servers: [127.0.0.1:%d]\n  session_timeout: 4s\n", d.ports["registry"])
 }
 
-func (l *localChecked) register(b *backend) error {
-	host, port, _ := net.SplitHostPort(b.addr)
-	p, _ := strconv.Atoi(port)
-	o := wrapper.Options{Service: "web", ID: b.id, Address: host, Port: p, Upstream: "web"}
+func (l *localChecked) register(b *loopback.Backend) error {
+	o := wrapper.Options{Service: "web", ID: b.ID, Address: loopback.Host, Port: b.Port, Upstream: "web"}
 	var reg wrapper.Registrar
 	if l.kind == "etcd" {
 		reg = &wrapper.Etcd{Client: l.etcd, Layout: "service", TTL: 5 * time.Second}
@@ -161,7 +156,7 @@ func (l *localChecked) register(b *backend) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &instance{reg: reg, opt: o, cancel: cancel}
 	l.mu.Lock()
-	l.regs[b.id] = in
+	l.regs[b.ID] = in
 	l.mu.Unlock()
 	go l.check(ctx, b, in)
 	return nil // registered by the checker once /health answers
@@ -169,11 +164,11 @@ func (l *localChecked) register(b *backend) error {
 
 // check registers the instance while its /health passes, and takes it out
 // while it fails, every second.
-func (l *localChecked) check(ctx context.Context, b *backend, in *instance) {
+func (l *localChecked) check(ctx context.Context, b *loopback.Backend, in *instance) {
 	client := &http.Client{Timeout: 500 * time.Millisecond}
 	registered := false
 	for {
-		resp, err := client.Get("http://" + b.addr + "/health")
+		resp, err := client.Get("http://" + b.Addr() + "/health")
 		ok := err == nil && resp.StatusCode == http.StatusOK
 		if err == nil {
 			resp.Body.Close()
@@ -200,15 +195,15 @@ func (l *localChecked) check(ctx context.Context, b *backend, in *instance) {
 	}
 }
 
-func (l *localChecked) deregister(b *backend) error {
+func (l *localChecked) deregister(b *loopback.Backend) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	in, ok := l.regs[b.id]
+	in, ok := l.regs[b.ID]
 	if !ok {
 		return nil
 	}
 	in.cancel()
-	delete(l.regs, b.id)
+	delete(l.regs, b.ID)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return in.reg.Deregister(ctx, in.opt.ID)

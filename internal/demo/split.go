@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
 // splitPrefix is the Consul KV prefix the split demo's daemon watches.
@@ -56,12 +56,10 @@ func (d *demo) runSplit(ctx context.Context) error {
 }
 
 // registerCanary registers b in service web with tag gray=canary.
-func (d *demo) registerCanary(b *backend) error {
-	host, port, _ := net.SplitHostPort(b.addr)
-	p, _ := strconv.Atoi(port)
+func (d *demo) registerCanary(b *loopback.Backend) error {
 	return d.consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: b.id, Name: "web", Address: host, Port: p, Tags: []string{"gray=canary"},
-		Check: &api.AgentServiceCheck{HTTP: "http://" + b.addr + "/health", Interval: "1s", Timeout: "500ms"},
+		ID: b.ID, Name: "web", Address: loopback.Host, Port: b.Port, Tags: []string{"gray=canary"},
+		Check: &api.AgentServiceCheck{HTTP: "http://" + b.Addr() + "/health", Interval: "1s", Timeout: "500ms"},
 	})
 }
 

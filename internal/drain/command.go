@@ -137,15 +137,11 @@ func find(marks []engine.Drain, name string, addr netip.AddrPort) int {
 // upstream, by the engine's own rule (engine.ApplyDrains) over the
 // persisted state and the marks already there.
 func Drain(marks *File, persisted engine.Store, name string, addr netip.AddrPort, force bool, now time.Time) (string, error) {
-	unlock, err := marks.Lock()
+	have, unlock, err := marks.lockAndLoad()
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	have, err := marks.Load()
-	if err != nil {
-		return "", err
-	}
 	if i := find(have, name, addr); i >= 0 {
 		return fmt.Sprintf("%s %s is drained already (since %s)", have[i].Upstream, addr, have[i].Since.Local().Format(time.DateTime)), nil
 	}
@@ -177,15 +173,11 @@ func Drain(marks *File, persisted engine.Store, name string, addr netip.AddrPort
 // Undrain removes the mark of (name, addr); a server that is not drained
 // is an error.
 func Undrain(marks *File, name string, addr netip.AddrPort) (string, error) {
-	unlock, err := marks.Lock()
+	have, unlock, err := marks.lockAndLoad()
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	have, err := marks.Load()
-	if err != nil {
-		return "", err
-	}
 	i := find(have, name, addr)
 	if i < 0 {
 		return "", fmt.Errorf("%s %s is not drained (swallowkeeper drain -list shows the marks)", name, addr)

@@ -120,3 +120,32 @@ func TestPathForIsHiddenNextToTheFile(t *testing.T) {
 		t.Fatalf("PathFor = %s", got)
 	}
 }
+
+// TestLockFileServesEveryDrainingUser: the lock is taken on a read-only
+// descriptor (flock needs no more) of a file readable by all, so that a
+// lock file left by `sudo swallowkeeper drain` does not lock the daemon's
+// user out of draining.
+func TestLockFileServesEveryDrainingUser(t *testing.T) {
+	f := &drain.File{Path: filepath.Join(t.TempDir(), ".upstreams.conf.drains.json")}
+	unlock, err := f.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	fi, err := os.Stat(f.Path + ".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o044 != 0o044 {
+		t.Errorf("lock file mode %v, want it readable by group and others", fi.Mode().Perm())
+	}
+	// A lock file no one may write still locks.
+	if err := os.Chmod(f.Path+".lock", 0o444); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err = f.Lock()
+	if err != nil {
+		t.Fatalf("lock over a read-only lock file: %v", err)
+	}
+	unlock()
+}

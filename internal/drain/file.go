@@ -115,8 +115,14 @@ func (f *File) Save(marks []engine.Drain) error {
 // Lock takes an exclusive lock that serialises the commands' read,
 // change and write of the file (the daemon only reads it, and a rename
 // never shows it half written). unlock releases it.
+//
+// The lock file is opened read-only (flock needs no more) and created
+// readable by all: one created by `sudo swallowkeeper drain` is root's,
+// and a mode of 0600 or a read-write open would then lock the daemon's
+// own user out of draining. Whoever can read the directory can hold the
+// lock, so keep it 0750 (docs/SECURITY.md).
 func (f *File) Lock() (unlock func(), err error) {
-	lf, err := os.OpenFile(f.Path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	lf, err := os.OpenFile(f.Path+".lock", os.O_CREATE|os.O_RDONLY, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("drain: %w", err)
 	}
@@ -127,6 +133,21 @@ func (f *File) Lock() (unlock func(), err error) {
 	return func() { lf.Close() }, nil // closing releases the lock
 }
 
+// lockAndLoad takes the lock (see Lock) and reads the marks under it, for
+// a command's read, change and write; the caller calls unlock when done.
+func (f *File) lockAndLoad() (have []engine.Drain, unlock func(), err error) {
+	unlock, err = f.Lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	have, err = f.Load()
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return have, unlock, nil
+}
+
 // Watch sends on changed whenever the file's identity, size or time
 // changes, until ctx ends.
 func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
@@ -134,7 +155,7 @@ func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
 	if poll <= 0 {
 		poll = DefaultPoll
 	}
-	last := stamp(f.Path)
+	last := store.StampOf(f.Path)
 	// A change between the caller's first Load and the first stamp would
 	// go unseen: one cue now makes the caller look again.
 	select {
@@ -150,7 +171,7 @@ func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
 			return
 		case <-t.C:
 		}
-		if now := stamp(f.Path); now != last {
+		if now := store.StampOf(f.Path); now != last {
 			last = now
 			select {
 			case changed <- struct{}{}:
@@ -159,25 +180,6 @@ func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
 			}
 		}
 	}
-}
-
-type fileStamp struct {
-	exists bool
-	inode  uint64
-	size   int64
-	mtime  time.Time
-}
-
-func stamp(path string) fileStamp {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{}
-	}
-	st := fileStamp{exists: true, size: fi.Size(), mtime: fi.ModTime()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.inode = uint64(sys.Ino)
-	}
-	return st
 }
 
 // ParseAddress reads a server address as ip:port, by the same rules as a

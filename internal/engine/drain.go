@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -131,12 +132,27 @@ func usablePrimaries(u upstream.Upstream) int {
 
 // drainUnreadable is the hold while the drain file cannot be read: known
 // reports whether marks were read before (they still apply) or not (the
-// engine keeps the last state, which has the marks nginx holds).
+// servers down in the applied state stay down, see marksFromDown).
 func drainUnreadable(err error, known bool) Hold {
 	if known {
 		return Hold{Guard: GuardDrain, Reason: fmt.Sprintf("the drain marks cannot be read (%v); the marks read last still apply", err)}
 	}
-	return Hold{Guard: GuardDrain, Reason: fmt.Sprintf("the drain marks cannot be read (%v); keeping the last known state", err)}
+	return Hold{Guard: GuardDrain, Reason: fmt.Sprintf("the drain marks cannot be read (%v); every server down in the applied state is taken as drained and stays down until they can be", err)}
+}
+
+// marksFromDown stands in for marks never read: a mark for every server
+// down in s, the applied state, whose file holds the marks applied last
+// (and the registry's own down flags, kept down too: the safe side).
+func marksFromDown(s upstream.State) []Drain {
+	var marks []Drain
+	for name, u := range s {
+		for _, srv := range u.Servers {
+			if srv.Down {
+				marks = append(marks, Drain{Upstream: name, Addr: srv.Addr})
+			}
+		}
+	}
+	return marks
 }
 
 // UseDrains makes the engine lay the marks d holds over every state it
@@ -170,18 +186,20 @@ func (l *loop) loadDrains() bool {
 
 // overlay lays the marks over base, the state planned from the
 // registry, and returns the state to apply with the drain guard's holds
-// added. While no marks could ever be read it changes nothing: it keeps
-// the state nginx has (whose file holds the marks applied last).
+// added. While no marks could ever be read it lays over base a mark for
+// every server down in the state nginx has (marksFromDown): the rest of
+// the plan -- new servers, refused ones leaving -- goes on.
 func (l *loop) overlay(base upstream.State, holds []Hold) (upstream.State, []Hold) {
 	if l.e.drains == nil {
 		return base, holds
 	}
 	if !l.dm.known {
 		l.e.drainStates = nil
-		if l.dm.err != nil {
-			return l.prev, append(holds, drainUnreadable(l.dm.err, false))
+		if l.dm.err == nil {
+			return l.prev, holds // no Load yet: Run loads before it plans
 		}
-		return l.prev, holds
+		next, _, dh := ApplyDrains(base, marksFromDown(l.prev))
+		return next, append(append(holds, dh...), drainUnreadable(l.dm.err, false))
 	}
 	next, states, dh := ApplyDrains(base, l.dm.marks)
 	l.e.drainStates = states
@@ -219,12 +237,17 @@ func (e *Engine) desiredDrains(next upstream.State, holds []Hold) (upstream.Stat
 	return next, append(holds, dh...), nil
 }
 
-// followDrains starts the store's watch; nil without a store.
-func (e *Engine) followDrains(ctx context.Context) <-chan struct{} {
+// followDrains starts the store's watch, counted in wg until it returns;
+// nil without a store.
+func (e *Engine) followDrains(ctx context.Context, wg *sync.WaitGroup) <-chan struct{} {
 	if e.drains == nil {
 		return nil
 	}
 	ch := make(chan struct{}, 1)
-	go e.drains.Watch(ctx, ch)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		e.drains.Watch(ctx, ch)
+	}()
 	return ch
 }

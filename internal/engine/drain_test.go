@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,21 +290,77 @@ func TestEngineAppliesDrainMarks(t *testing.T) {
 	}
 }
 
-// TestEngineHoldsEverythingWhenTheMarksCannotBeReadAtStart: without any
+// TestEngineKeepsDownServersWhenTheMarksCannotBeReadAtStart: without any
 // marks read, planning from the registry alone would put drained servers
-// back; the engine keeps the state nginx has instead.
-func TestEngineHoldsEverythingWhenTheMarksCannotBeReadAtStart(t *testing.T) {
-	stored := state(downed(up("web", "10.0.0.1:80", "10.0.0.2:80"), "10.0.0.1:80"))
+// back. The engine takes every server down in the state nginx has as
+// drained until the file can be read, and plans the rest as usual: the
+// registry's new server is added, and a server on a refused address
+// (loopback) leaves, as it does with a readable file.
+func TestEngineKeepsDownServersWhenTheMarksCannotBeReadAtStart(t *testing.T) {
+	stored := state(downed(up("web", "10.0.0.1:80", "10.0.0.2:80", "127.0.0.1:80"), "10.0.0.1:80"))
 	j := newJournal(stored)
 	d := &memDrains{cue: make(chan struct{}), err: errors.New("permission denied")}
 	src := make(chanSource)
 	e := startDrainEngine(t, src, j, d)
 	src <- snap(1, up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"))
-	st := j.handled(t, e, 1, 1) // the start's push of the loaded state only
-	if !st.Applied.Equal(stored) {
-		t.Fatalf("applied %v, want the stored state kept", st.Applied)
+	st := j.handled(t, e, 1, 3) // the start's push, then save and push
+	want := state(downed(up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), "10.0.0.1:80"))
+	if !st.Applied.Equal(want) {
+		t.Fatalf("applied %v, want %v: the down server kept down, the new one added, the refused one gone", st.Applied, want)
 	}
-	if len(st.Holds) != 1 || st.Holds[0].Guard != GuardDrain || !strings.Contains(st.Holds[0].Reason, "permission denied") {
-		t.Fatalf("holds = %+v, want the drain guard naming the error", st.Holds)
+	var drainHold, refused bool
+	for _, h := range st.Holds {
+		drainHold = drainHold || h.Guard == GuardDrain && strings.Contains(h.Reason, "permission denied") && strings.Contains(h.Reason, "stays down")
+		refused = refused || h.Guard == GuardRefused && strings.Contains(h.Reason, "loopback")
+	}
+	if !drainHold || !refused {
+		t.Fatalf("holds = %+v, want the drain guard naming the error and the refusal of 127.0.0.1:80", st.Holds)
+	}
+
+	// Once readable, the marks are the truth: no mark, no down server.
+	d.set(nil)
+	j.wait(t, 5)
+	if got := downList(j.lastState()); len(got) != 0 {
+		t.Fatalf("after the file became readable with no mark, down = %v", got)
+	}
+}
+
+// lingering is a source, and a drain store, that take a while to return
+// once ctx ends, and record that they did.
+type lingering struct{ sourceDone, watchDone atomic.Bool }
+
+func (l *lingering) Run(ctx context.Context, out chan<- Snapshot) {
+	<-ctx.Done()
+	time.Sleep(50 * time.Millisecond) // a source finishing its request
+	l.sourceDone.Store(true)
+}
+
+func (l *lingering) Load() ([]Drain, error) { return nil, nil }
+
+func (l *lingering) Watch(ctx context.Context, changed chan<- struct{}) {
+	<-ctx.Done()
+	time.Sleep(50 * time.Millisecond)
+	l.watchDone.Store(true)
+}
+
+// TestRunWaitsForItsSourcesAndDrainWatch: a SIGHUP runs a kept source again
+// under the next engine; the old Run must not return while the source's
+// previous Run (or the drain watch) still works, or the two overlap (a
+// late registry_up=0 after the new Run's 1).
+func TestRunWaitsForItsSourcesAndDrainWatch(t *testing.T) {
+	j := newJournal(upstream.State{})
+	l := &lingering{}
+	e := New([]Source{l}, memStore{j}, []Sink{recSink{j}}, Guards{MinServices: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	e.UseDrains(l)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- e.Run(ctx) }()
+	waitStatus(t, e, func(*Status) bool { return true })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !l.sourceDone.Load() || !l.watchDone.Load() {
+		t.Fatalf("Run returned before its source (done %v) and drain watch (done %v)", l.sourceDone.Load(), l.watchDone.Load())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -224,13 +225,19 @@ type tagged struct {
 }
 
 // fanIn starts every source and forwards their snapshots, tagged with the
-// source's index, to one channel.
-func (e *Engine) fanIn(ctx context.Context) <-chan tagged {
+// source's index, to one channel. wg counts the sources' Runs and the
+// forwarders until they return.
+func (e *Engine) fanIn(ctx context.Context, wg *sync.WaitGroup) <-chan tagged {
 	out := make(chan tagged)
 	for i, src := range e.sources {
 		ch := make(chan Snapshot)
-		go src.Run(ctx, ch)
+		wg.Add(2)
 		go func() {
+			defer wg.Done()
+			src.Run(ctx, ch)
+		}()
+		go func() {
+			defer wg.Done()
 			for {
 				select {
 				case s := <-ch:
@@ -266,6 +273,11 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}
 	defer e.runSinks(ctx)()
+	// Run returns only once its sources and the drain watch have: a
+	// SIGHUP runs a kept source again under the next engine, and two of
+	// its Runs must not overlap.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 
 	l := &loop{
 		e:         e,
@@ -281,13 +293,13 @@ func (e *Engine) Run(ctx context.Context) error {
 		l.loadDrains()
 		l.overlay(prev, nil) // for status; apply lays them over a loaded state
 	}
-	drainC := e.followDrains(ctx)
+	drainC := e.followDrains(ctx, &wg)
 	if l.delivered {
 		l.publish()
 	} else {
 		l.apply() // publishes
 	}
-	l.follow(ctx, e.fanIn(ctx), drainC)
+	l.follow(ctx, e.fanIn(ctx, &wg), drainC)
 	return nil
 }
 
@@ -415,6 +427,7 @@ func (l *loop) apply() {
 		next = l.drainsOnly()
 	}
 	changed := !next.Equal(l.prev)
+	l.e.tellPlanned(next)
 	if !changed && l.delivered {
 		l.base = l.planned
 		l.persisted(nil) // nothing (any more) to persist: a pending retry has no work
@@ -499,9 +512,11 @@ func (e *Engine) Desired(ctx context.Context) (prev, next upstream.State, holds 
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel: the sources end with this call
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	in := e.fanIn(ctx)
+	in := e.fanIn(ctx, &wg)
 	latest := make([]*Snapshot, len(e.sources))
 	for slices.Contains(latest, nil) {
 		select {

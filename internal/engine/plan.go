@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -253,10 +254,29 @@ func foldIndex(s upstream.State) map[string]string {
 // checked is the last line of defence for "every file nginx -t accepts":
 // a state that breaks it is never applied, whatever bug let it through.
 func checked(prev, next upstream.State, holds []Hold, recheck time.Time) (upstream.State, []Hold, time.Time) {
-	if err := next.CheckNames(); err != nil {
+	err := next.CheckNames()
+	if err == nil {
+		err = checkBalances(next)
+	}
+	if err != nil {
 		return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), recheck
 	}
 	return next, holds, recheck
+}
+
+// checkBalances runs upstream.CheckBalance over every upstream of s.
+func checkBalances(s upstream.State) error {
+	var errs []string
+	for _, u := range s {
+		if err := u.CheckBalance(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	slices.Sort(errs)
+	return errors.New(strings.Join(errs, "; "))
 }
 
 // dropGuard holds big drops until the registry has said the same for

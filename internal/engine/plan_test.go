@@ -442,3 +442,25 @@ func TestLogChangesSaysWhatChangedOnAServer(t *testing.T) {
 		t.Errorf("%d lines, want 3:\n%s", n, got)
 	}
 }
+
+// TestPlanRefusesAMethodNginxWouldRefuse: the last line of defence sees a
+// hash key nginx does not know and a backup server under hash, however
+// they got into a snapshot, and keeps the state nginx has.
+func TestPlanRefusesAMethodNginxWouldRefuse(t *testing.T) {
+	prev := state(up("web", "10.0.0.1:80"))
+	unknown := up("web", "10.0.0.1:80", "10.0.0.2:80")
+	unknown.Balance = upstream.Balance{Method: upstream.Hash, Key: "$nosuchvar"}
+	backup := withBackup(up("web", "10.0.0.1:80"), "10.0.0.3:80")
+	backup.Balance = upstream.Balance{Method: upstream.Hash, Key: "$remote_addr"}
+	for what, u := range map[string]upstream.Upstream{"nosuchvar": unknown, "backup": backup} {
+		for _, g := range []Guards{{}, {ConfirmAfter: time.Minute}} {
+			got, holds, _ := Plan(prev, []Snapshot{snap(1, u)}, g, Drops{}, time.Now())
+			if !got.Equal(prev) {
+				t.Errorf("%s (confirm_after %v): applied %v, want the state nginx has", what, g.ConfirmAfter, got)
+			}
+			if len(holds) != 1 || holds[0].Guard != GuardInvalid || !strings.Contains(holds[0].Reason, what) {
+				t.Errorf("%s (confirm_after %v): holds %v, want one %s hold naming it", what, g.ConfirmAfter, holds, GuardInvalid)
+			}
+		}
+	}
+}

@@ -159,6 +159,23 @@ func (e *Engine) push(s upstream.State, seen time.Time) {
 	}
 }
 
+// PlanObserver is a sink that hears of every planned state, also one
+// Equal to the state delivered (which then is not handed over again):
+// the split sink needs the registry service of each upstream, which
+// Equal ignores and a state loaded from the persisted file lacks.
+type PlanObserver interface {
+	Planned(upstream.State)
+}
+
+// tellPlanned passes a planned state to the sinks that watch plans.
+func (e *Engine) tellPlanned(s upstream.State) {
+	for _, sink := range e.sinks {
+		if o, ok := sink.(PlanObserver); ok {
+			o.Planned(s)
+		}
+	}
+}
+
 // tellPersisted passes the outcome of persisting to the sinks that watch it.
 func (e *Engine) tellPersisted(err error, retryAt time.Time) {
 	for _, s := range e.sinks {

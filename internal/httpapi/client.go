@@ -177,7 +177,7 @@ func Print(w io.Writer, body []byte) error {
 	printHistory(w, doc.History)
 	fmt.Fprintf(w, "\nUpstreams:\n")
 	for _, u := range doc.Upstreams {
-		fmt.Fprintf(w, "  %s (service %s, keepalive %d)\n", u.Name, u.Service, u.Keepalive)
+		fmt.Fprintf(w, "  %s (%s)\n", u.Name, upstreamLine(u))
 		for _, s := range u.Servers {
 			flags := []string{fmt.Sprintf("weight=%d", s.Weight)}
 			if s.Backup {
@@ -194,6 +194,21 @@ func Print(w io.Writer, body []byte) error {
 		}
 	}
 	return nil
+}
+
+// upstreamLine is what `status` says of an upstream besides its servers:
+// its service when known (an upstream loaded from the file at start has
+// none until the registry changes it), its balancing method when not
+// round robin, and its keepalive.
+func upstreamLine(u Upstream) string {
+	var parts []string
+	if u.Service != "" {
+		parts = append(parts, "service "+printable(u.Service))
+	}
+	if u.Balance != "" {
+		parts = append(parts, printable(u.Balance))
+	}
+	return strings.Join(append(parts, fmt.Sprintf("keepalive %d", u.Keepalive)), ", ")
 }
 
 // reloadedAgo says when the reload sink last reloaded nginx.
@@ -285,12 +300,12 @@ func (d *Daemon) page() statuspage.Page {
 	}
 	for _, t := range doc.Targets {
 		p.Targets = append(p.Targets, statuspage.Target{
-			URL: t.URL, InSync: t.InSync, LastSync: t.LastSync, LastError: t.LastError, LastErrorAt: t.LastErrorAt,
+			Kind: t.Kind, URL: t.URL, InSync: t.InSync, LastSync: t.LastSync, LastError: t.LastError, LastErrorAt: t.LastErrorAt,
 			Upstreams: t.Upstreams, DriftRepairs: t.DriftRepairs, Drift: t.Drift,
 		})
 	}
 	for _, u := range doc.Upstreams {
-		pu := statuspage.Upstream{Name: u.Name, Service: u.Service, Keepalive: u.Keepalive}
+		pu := statuspage.Upstream{Name: u.Name, Service: u.Service, Keepalive: u.Keepalive, Balance: u.Balance}
 		for _, s := range u.Servers {
 			pu.Servers = append(pu.Servers, statuspage.Server{
 				Addr: s.Addr, Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: time.Duration(s.FailTimeout),

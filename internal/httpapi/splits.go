@@ -30,6 +30,9 @@ func printSplits(w io.Writer, s *splits.Status) {
 		if r.GroupMissing {
 			fmt.Fprintf(tw, "\tno upstream %s: every request stays on %s", printable(r.To), printable(r.Upstream))
 		}
+		if r.Refused != "" {
+			fmt.Fprintf(tw, "\tNOT PUSHED: %s", printable(r.Refused))
+		}
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()

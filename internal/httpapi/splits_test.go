@@ -31,10 +31,10 @@ func TestStatusShowsSplits(t *testing.T) {
 	}
 	rules := split.Table{"web": {To: "web_canary", Percent: 12.5, Sticky: "cookie:sid", Match: split.Match{Header: split.Values{"X-Canary": "1"}}}}
 	ss := splits.New([]splits.Target{{URL: base}}, rules, splits.Options{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ss.Update(engine.Change{State: upstream.State{}}) // nginx holds no web_canary; the sink syncs once it has a state
 	if err := ss.SyncAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ss.Update(engine.Change{State: upstream.State{}}) // nginx holds no web_canary
 	h := daemon(t, ss)
 
 	code, body := get(t, h, "/status")

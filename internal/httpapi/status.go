@@ -10,6 +10,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
 	"github.com/swallowkeeper/swallowkeeper/internal/history"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 // document is the /status answer. The daemon writes it with Targets as
@@ -88,10 +89,13 @@ type Hold struct {
 
 // Upstream is an applied upstream.
 type Upstream struct {
-	Name      string   `json:"name"`
-	Service   string   `json:"service,omitempty"`
-	Keepalive int      `json:"keepalive"`
-	Servers   []Server `json:"servers"`
+	Name      string `json:"name"`
+	Service   string `json:"service,omitempty"`
+	Keepalive int    `json:"keepalive"`
+	// Balance is the balancing method, "least_conn", "hash $remote_addr";
+	// empty for nginx's default, round robin.
+	Balance string   `json:"balance,omitempty"`
+	Servers []Server `json:"servers"`
 }
 
 // Server is one server of an applied upstream.
@@ -182,6 +186,9 @@ func fill(doc *document[json.RawMessage], st *engine.Status) {
 	for _, name := range st.Applied.Names() {
 		u := st.Applied[name]
 		ud := Upstream{Name: name, Service: u.Service, Keepalive: u.Keepalive, Servers: []Server{}}
+		if u.Balance != (upstream.Balance{}) {
+			ud.Balance = u.Balance.String()
+		}
 		for _, s := range u.Servers {
 			ud.Servers = append(ud.Servers, Server{Addr: s.Addr.String(), Weight: s.Weight, MaxFails: s.MaxFails, FailTimeout: Duration(s.FailTimeout),
 				Tags: s.Tags, Instance: s.Instance, Backup: s.Backup, Down: s.Down})

@@ -117,9 +117,9 @@ func known(st upstream.State, services map[string][]registry.Instance, tagged ma
 }
 
 // Publisher sends a source's snapshots to the engine: each one that
-// differs from the last one sent, after reporting every entry newly
-// dropped (each once while it stays dropped for the same reason). It
-// belongs to one goroutine.
+// differs from the last one sent, Doubt included (a doubt that clears must
+// reach the engine), after reporting every entry newly dropped (each once
+// while it stays dropped for the same reason). It belongs to one goroutine.
 type Publisher struct {
 	// Report, when set, is called for each newly dropped entry.
 	Report func(registry.Dropped)
@@ -146,8 +146,8 @@ func (p *Publisher) Publish(ctx context.Context, out chan<- engine.Snapshot, sna
 		}
 	}
 	p.reported = now
-	if p.sent && snap.Services == p.last.Services && snap.Upstreams.Equal(p.last.Upstreams) &&
-		slices.Equal(snap.Dropped, p.last.Dropped) {
+	if p.sent && snap.Services == p.last.Services && snap.Doubt == p.last.Doubt &&
+		snap.Upstreams.Equal(p.last.Upstreams) && slices.Equal(snap.Dropped, p.last.Dropped) {
 		return true
 	}
 	select {

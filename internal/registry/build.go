@@ -110,11 +110,30 @@ type Rules struct {
 // NewUpstream is upstream name of service svc with no servers yet, with
 // the keepalive and balancing method the Rules give it.
 func (r Rules) NewUpstream(name, svc string) upstream.Upstream {
-	u := upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive, Balance: r.BalanceFor[name]}
-	if ka, ok := r.KeepaliveFor[name]; ok {
+	b, _ := overrideFor(r.BalanceFor, name)
+	u := upstream.Upstream{Name: name, Service: svc, Keepalive: r.Keepalive, Balance: b}
+	if ka, ok := overrideFor(r.KeepaliveFor, name); ok {
 		u.Keepalive = ka
 	}
 	return u
+}
+
+// overrideFor is m's entry for upstream name. Keys match names as dyups
+// and every other name check here do, case-insensitively (the
+// configuration refuses two keys that differ only in case); an exact key
+// is looked up first, the scan is over the few overrides configured.
+func overrideFor[V any](m map[string]V, name string) (V, bool) {
+	if v, ok := m[name]; ok {
+		return v, true
+	}
+	k := upstream.FoldKey(name)
+	for key, v := range m {
+		if upstream.FoldKey(key) == k {
+			return v, true
+		}
+	}
+	var zero V
+	return zero, false
 }
 
 // WantService reports whether a service is selected by name.
@@ -213,6 +232,9 @@ func BuildService(svc string, instances []Instance, r Rules) Part {
 	}
 	for k := range p.Upstreams {
 		p.Upstreams[k].Sort()
+		// Registry weights up to 10000 would make rings of millions of
+		// points in nginx and in the Lua module (see RingUnits).
+		p.Upstreams[k].BoundRingWeights()
 	}
 	slices.SortFunc(p.Upstreams, func(a, b upstream.Upstream) int { return strings.Compare(a.Name, b.Name) })
 	return p
@@ -294,7 +316,7 @@ func (r Rules) server(in Instance, name string) (upstream.Server, error) {
 		Instance:    in.Label(),
 		Tags:        slices.Clone(in.Tags),
 	}
-	if d, ok := r.DefaultsFor[name]; ok {
+	if d, ok := overrideFor(r.DefaultsFor, name); ok {
 		d.Backup, d.Down = nil, nil // not defaults: only the registry sets them
 		d.apply(&s)
 	}

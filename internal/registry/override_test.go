@@ -87,3 +87,54 @@ func TestBackupDroppedUnderHashMethods(t *testing.T) {
 		}
 	}
 }
+
+// TestOverridesMatchNamesCaseInsensitively: upstream names fold case
+// everywhere else (dyups, the drift check, collisions), so an override
+// for web applies to a service registered as Web, and one for WEB to web.
+func TestOverridesMatchNamesCaseInsensitively(t *testing.T) {
+	three := 3
+	b := upstream.Balance{Method: upstream.LeastConn}
+	r := Rules{Weight: 1, MaxFails: 1, FailTimeout: 10 * time.Second, Keepalive: 8,
+		BalanceFor:   map[string]upstream.Balance{"web": b, "API": b},
+		DefaultsFor:  map[string]Params{"web": {Weight: &three}, "API": {Weight: &three}},
+		KeepaliveFor: map[string]int{"web": 32, "API": 32}}
+	st, dropped := Build(map[string][]Instance{
+		"Web":  {{Service: "Web", ID: "w", Address: "10.0.0.1", Port: 80, Healthy: true}},
+		"api":  {{Service: "api", ID: "a", Address: "10.0.0.2", Port: 80, Healthy: true}},
+		"othr": {{Service: "othr", ID: "o", Address: "10.0.0.3", Port: 80, Healthy: true}},
+	}, r)
+	if len(dropped) != 0 {
+		t.Fatal(dropped)
+	}
+	for _, name := range []string{"Web", "api"} {
+		u := st[name]
+		if u.Balance != b || u.Keepalive != 32 || len(u.Servers) != 1 || u.Servers[0].Weight != 3 {
+			t.Errorf("%s: balance %v keepalive %d servers %+v, want the override's least_conn, 32, weight 3", name, u.Balance, u.Keepalive, u.Servers)
+		}
+	}
+	if u := st["othr"]; u.Balance != (upstream.Balance{}) || u.Keepalive != 8 || u.Servers[0].Weight != 1 {
+		t.Errorf("othr took an override: %+v", u)
+	}
+}
+
+// TestConsistentHashWeightsAreBounded: registry weights up to 10000 under
+// hash … consistent are scaled into upstream.RingUnits, in proportion, so
+// that neither nginx nor the Lua module builds a ring of millions of points.
+func TestConsistentHashWeightsAreBounded(t *testing.T) {
+	r := Rules{Weight: 1, MaxFails: 1, FailTimeout: 10 * time.Second, WeightMeta: "weight",
+		BalanceFor: map[string]upstream.Balance{"web": {Method: upstream.Hash, Key: "$remote_addr", Consistent: true}}}
+	in := func(id, addr, weight string) Instance {
+		return Instance{Service: "web", ID: id, Address: addr, Port: 80, Healthy: true, Meta: map[string]string{"weight": weight}}
+	}
+	st, dropped := Build(map[string][]Instance{"web": {in("a", "10.0.0.1", "10000"), in("b", "10.0.0.2", "5000")}}, r)
+	if len(dropped) != 0 {
+		t.Fatal(dropped)
+	}
+	var got []int
+	for _, s := range st["web"].Servers {
+		got = append(got, s.Weight)
+	}
+	if len(got) != 2 || got[0] != 2 || got[1] != 1 {
+		t.Fatalf("weights %v, want [2 1] (10000:5000 in the fewest units)", got)
+	}
+}

@@ -70,12 +70,15 @@ const (
 	scale    = 100 // Percent is sent in hundredths
 )
 
-// Problem is one thing wrong with a rule: Field is relative to the rule
-// ("to", "percent", "sticky", "match.header.X-Canary"; "" for the rule as
-// a whole).
+// Problem is one thing wrong with a rule: Upstream is the split's
+// upstream (the rule's name, which may hold dots, so it is not parsed back
+// out of Field); Field is relative to the rule ("to", "percent", "sticky",
+// "match.header.X-Canary"; "" for the rule as a whole) in Check, and
+// prefixed by the upstream in CheckTable.
 type Problem struct {
-	Field string
-	Msg   string
+	Upstream string
+	Field    string
+	Msg      string
 }
 
 func (p Problem) Error() string {
@@ -90,7 +93,7 @@ func (p Problem) Error() string {
 func Check(name string, r Rule) []Problem {
 	var out []Problem
 	bad := func(field, format string, args ...any) {
-		out = append(out, Problem{field, fmt.Sprintf(format, args...)})
+		out = append(out, Problem{name, field, fmt.Sprintf(format, args...)})
 	}
 	if err := upstream.ValidName(name); err != nil {
 		bad("", "%v", err)
@@ -102,6 +105,11 @@ func Check(name string, r Rule) []Problem {
 		bad("to", "%v", err)
 	case strings.EqualFold(r.To, name):
 		bad("to", "%q is the split's own upstream", r.To)
+	case !IsGroupOf(r.To, name):
+		// Whoever writes a rule may move the traffic of one service only,
+		// and only to that service's groups: anything else would let a
+		// KV writer send web's requests to admin's backends.
+		bad("to", "%q is not a group of %s: a split sends requests only to an upstream named %s_<group>", r.To, name, name)
 	}
 	if _, ok := hundredths(r.Percent); !ok {
 		bad("percent", "%v: want 0 to 100, at most two decimals", r.Percent)
@@ -148,18 +156,25 @@ func CheckTable(t Table) []Problem {
 		}
 		for other := range t {
 			if strings.EqualFold(other, r.To) && !strings.EqualFold(other, name) {
-				out = append(out, Problem{name + ".to", fmt.Sprintf("%q has a split of its own: a request is routed once, so a group cannot be split again", r.To)})
+				out = append(out, Problem{name, name + ".to", fmt.Sprintf("%q has a split of its own: a request is routed once, so a group cannot be split again", r.To)})
 			}
 		}
 	}
 	seen := map[string]string{}
 	for _, name := range sortedNames(t) {
 		if prev, dup := seen[strings.ToLower(name)]; dup {
-			out = append(out, Problem{name, fmt.Sprintf("same upstream as %q (names are case-insensitive)", prev)})
+			out = append(out, Problem{name, name, fmt.Sprintf("same upstream as %q (names are case-insensitive)", prev)})
 		}
 		seen[strings.ToLower(name)] = name
 	}
 	return out
+}
+
+// IsGroupOf says whether upstream to is one of upstream name's groups by
+// its name: name, "_", then at least one character, compared without case
+// as nginx compares upstream names. The Lua module applies the same rule.
+func IsGroupOf(to, name string) bool {
+	return len(to) > len(name)+1 && strings.EqualFold(to[:len(name)+1], name+"_")
 }
 
 // ParseSticky splits a Sticky value into its kind ("", "addr", "header",

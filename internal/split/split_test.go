@@ -16,22 +16,29 @@ func TestCheck(t *testing.T) {
 		{"0, 100 and two decimals are valid", "web", Rule{To: "web_canary", Percent: 12.25}, nil},
 		{"a full rule is valid", "web", Rule{To: "web_green", Percent: 100, Sticky: "cookie:sid",
 			Match: Match{Header: Values{"X-Canary": "1"}, Cookie: Values{"beta": "yes"}}}, nil},
-		{"sticky addr and header are valid", "web", Rule{To: "b", Sticky: "header:X-User"}, nil},
+		{"sticky addr and header are valid", "web", Rule{To: "web_b", Sticky: "header:X-User"}, nil},
 		{"a missing group is refused", "web", Rule{Percent: 10}, []string{"to: the group's upstream is required, e.g. web_canary"}},
 		{"a group named like nginx config is refused", "web", Rule{To: "web;x"}, []string{"to: "}},
 		{"the split's own upstream is refused", "web", Rule{To: "WEB"}, []string{`to: "WEB" is the split's own upstream`}},
-		{"more than 100 is refused", "web", Rule{To: "b", Percent: 100.5}, []string{"percent: 100.5: want 0 to 100"}},
-		{"a negative share is refused", "web", Rule{To: "b", Percent: -1}, []string{"percent: -1"}},
-		{"three decimals are refused", "web", Rule{To: "b", Percent: 1.234}, []string{"at most two decimals"}},
-		{"an unknown sticky kind is refused", "web", Rule{To: "b", Sticky: "ip"}, []string{`sticky: "ip": want addr, header:NAME or cookie:NAME`}},
-		{"a sticky header without a name is refused", "web", Rule{To: "b", Sticky: "header:"}, []string{"sticky: "}},
-		{"a sticky cookie name with a space is refused", "web", Rule{To: "b", Sticky: "cookie:a b"}, []string{"token characters"}},
-		{"a header name outside the token alphabet is refused", "web", Rule{To: "b", Match: Match{Header: Values{"X(1)": "1"}}}, []string{"match.header.X(1): "}},
-		{"a value with a space is refused", "web", Rule{To: "b", Match: Match{Cookie: Values{"c": "a b"}}}, []string{`match.cookie.c: "a b": a value is`}},
-		{"an empty value is refused", "web", Rule{To: "b", Match: Match{Header: Values{"X": ""}}}, []string{"match.header.X"}},
-		{"a control character in a value is refused", "web", Rule{To: "b", Match: Match{Header: Values{"X": "1\nto evil"}}}, []string{"match.header.X"}},
-		{"header names differing in case only are refused", "web", Rule{To: "b", Match: Match{Header: Values{"X-A": "1", "x-a": "2"}}}, []string{"case-insensitive"}},
-		{"an invalid split name is refused", "we b", Rule{To: "b"}, []string{"we b"}},
+		{"more than 100 is refused", "web", Rule{To: "web_b", Percent: 100.5}, []string{"percent: 100.5: want 0 to 100"}},
+		{"a negative share is refused", "web", Rule{To: "web_b", Percent: -1}, []string{"percent: -1"}},
+		{"three decimals are refused", "web", Rule{To: "web_b", Percent: 1.234}, []string{"at most two decimals"}},
+		{"an unknown sticky kind is refused", "web", Rule{To: "web_b", Sticky: "ip"}, []string{`sticky: "ip": want addr, header:NAME or cookie:NAME`}},
+		{"a sticky header without a name is refused", "web", Rule{To: "web_b", Sticky: "header:"}, []string{"sticky: "}},
+		{"a sticky cookie name with a space is refused", "web", Rule{To: "web_b", Sticky: "cookie:a b"}, []string{"token characters"}},
+		{"a header name outside the token alphabet is refused", "web", Rule{To: "web_b", Match: Match{Header: Values{"X(1)": "1"}}}, []string{"match.header.X(1): "}},
+		{"a value with a space is refused", "web", Rule{To: "web_b", Match: Match{Cookie: Values{"c": "a b"}}}, []string{`match.cookie.c: "a b": a value is`}},
+		{"an empty value is refused", "web", Rule{To: "web_b", Match: Match{Header: Values{"X": ""}}}, []string{"match.header.X"}},
+		{"a control character in a value is refused", "web", Rule{To: "web_b", Match: Match{Header: Values{"X": "1\nto evil"}}}, []string{"match.header.X"}},
+		{"header names differing in case only are refused", "web", Rule{To: "web_b", Match: Match{Header: Values{"X-A": "1", "x-a": "2"}}}, []string{"case-insensitive"}},
+		{"an invalid split name is refused", "we b", Rule{To: "web_b"}, []string{"we b", "not a group of we b"}},
+		// A split may only move a service's traffic to its own groups:
+		// a rule writer must not reach another service's backends.
+		{"another service's upstream is refused", "web", Rule{To: "admin", Percent: 100}, []string{`to: "admin" is not a group of web: a split sends requests only to an upstream named web_<group>`}},
+		{"a name that only starts like the split's is refused", "web", Rule{To: "webadmin"}, []string{"not a group of web"}},
+		{"the bare prefix is refused", "web", Rule{To: "web_"}, []string{"not a group of web"}},
+		{"a group of a longer name is refused", "web", Rule{To: "web.v2_canary"}, []string{"not a group of web"}},
+		{"a group differing in case is valid", "Web.v2", Rule{To: "WEB.V2_Canary", Percent: 1}, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got := Check(c.up, c.rule)
@@ -50,7 +57,7 @@ func TestCheck(t *testing.T) {
 func TestCheckTable(t *testing.T) {
 	got := CheckTable(Table{
 		"web":        {To: "web_canary", Percent: 10},
-		"web_canary": {To: "web_canary2", Percent: 10},
+		"web_canary": {To: "web_canary_2", Percent: 10},
 		"api":        {To: "api", Percent: 200},
 	})
 	want := []string{

@@ -106,8 +106,11 @@ type Hold struct {
 	Since    time.Time // zero if unknown
 }
 
-// Target is one nginx instance the upstreams are pushed to.
+// Target is one nginx instance the upstreams are pushed to, or in reload
+// mode the reload of nginx (Kind "reload"), which pushes nothing: nginx
+// reads every upstream from the file, and LastSync is its last reload.
 type Target struct {
+	Kind         string // "dyups" or "reload"; "" is read as dyups
 	URL          string
 	InSync       bool      // the last sync or drift check left nothing to do
 	LastSync     time.Time // end of the last sync that succeeded
@@ -123,7 +126,8 @@ type Upstream struct {
 	Name      string
 	Service   string // the registry service it was built from
 	Keepalive int
-	Held      bool // a guard holds changes to it back (also shown when a Hold names it)
+	Balance   string // the balancing method, "least_conn"; "" for round robin
+	Held      bool   // a guard holds changes to it back (also shown when a Hold names it)
 	Servers   []Server
 	// Counts is its server count over the last TimelineWindow, oldest
 	// first (the first may be older: the count the window starts with);

@@ -34,31 +34,32 @@ type File struct {
 
 	mu       sync.Mutex
 	renderer upstream.FileRenderer
-	written  []byte    // what the last Save wrote or found on disk
-	stamp    fileStamp // the file's size and time right after
+	written  []byte // what the last Save wrote or found on disk
+	stamp    Stamp  // the file's size and time right after
 }
 
-// fileStamp tells whether the file is still the one Save wrote: every
-// write renames a new file in, so the inode changes with any replacement;
-// size and time catch a rewrite in place.
+// Stamp tells a file's version apart without reading it: a write that
+// renames a new file in changes the inode; size and time catch a rewrite
+// in place. The zero Stamp is a file that does not exist.
 //
-// Nothing else in the daemon writes the file (the reload sink only runs
-// the reload command). The stamp is for writers outside it: an operator's
-// edit, a configuration management run, a restore from a backup. Save must
-// then put the state back, and finding out by reading the whole file on
-// every Save would cost a read per change.
-type fileStamp struct {
+// Nothing else in the daemon writes the store's file (the reload sink only
+// runs the reload command). Its stamp is for writers outside it: an
+// operator's edit, a configuration management run, a restore from a
+// backup. Save must then put the state back, and finding out by reading
+// the whole file on every Save would cost a read per change.
+type Stamp struct {
 	inode uint64
 	size  int64
 	mtime time.Time
 }
 
-func stampOf(path string) fileStamp {
+// StampOf is path's Stamp now; zero when it cannot be read.
+func StampOf(path string) Stamp {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fileStamp{}
+		return Stamp{}
 	}
-	st := fileStamp{size: fi.Size(), mtime: fi.ModTime()}
+	st := Stamp{size: fi.Size(), mtime: fi.ModTime()}
 	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
 		st.inode = uint64(sys.Ino)
 	}
@@ -118,7 +119,7 @@ func (f *File) Save(s upstream.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	data := f.renderer.Render(s)
-	ours := f.stamp != (fileStamp{}) && stampOf(f.Path) == f.stamp // the file holds f.written
+	ours := f.stamp != (Stamp{}) && StampOf(f.Path) == f.stamp // the file holds f.written
 	if ours && bytes.Equal(f.written, data) {
 		return nil
 	}
@@ -129,7 +130,7 @@ func (f *File) Save(s upstream.State) error {
 	}
 	same := beforeErr == nil && bytes.Equal(before, data)
 	if same && f.Verifier == nil {
-		f.written, f.stamp = data, stampOf(f.Path)
+		f.written, f.stamp = data, StampOf(f.Path)
 		return nil
 	}
 	// Bytes already on disk that the store did not write are verified
@@ -140,7 +141,7 @@ func (f *File) Save(s upstream.State) error {
 			return fmt.Errorf("store: %w", err)
 		}
 	}
-	f.written, f.stamp = data, stampOf(f.Path)
+	f.written, f.stamp = data, StampOf(f.Path)
 	if f.Verifier == nil {
 		return nil
 	}
@@ -167,7 +168,7 @@ func (f *File) Check() error {
 }
 
 // forget drops what Save remembers, so that the next Save reads the disk.
-func (f *File) forget() { f.written, f.stamp = nil, fileStamp{} }
+func (f *File) forget() { f.written, f.stamp = nil, Stamp{} }
 
 // putBack undoes a write the verifier refused: the previous bytes go back,
 // or the file goes when there was none before. It returns Save's error.
@@ -182,7 +183,7 @@ func (f *File) putBack(before []byte, beforeErr error, same bool, refusal error)
 			f.forget()
 			done = "putting the previous file back failed, the refused file stays: " + err.Error()
 		} else {
-			f.written, f.stamp = before, stampOf(f.Path)
+			f.written, f.stamp = before, StampOf(f.Path)
 			done = "the previous file was put back"
 		}
 	case errors.Is(beforeErr, fs.ErrNotExist):

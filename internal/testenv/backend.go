@@ -2,38 +2,28 @@ package testenv
 
 import (
 	"io"
-	"net"
 	"net/http"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
-// Backend is a real HTTP server on loopback that answers every request
-// (reading its body first: POSTs carry one) with its id.
-type Backend struct {
-	ID   string
-	Port int
-}
+// Backend is a real HTTP server on loopback that answers every request but
+// /health (reading its body first: POSTs carry one) with its id; the demo
+// and the benchmark run the same one.
+type Backend = loopback.Backend
 
 // StartBackend starts a Backend; it closes when the test ends.
 func StartBackend(t testing.TB, id string) *Backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	b, err := loopback.NewBackend(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, id)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return &Backend{ID: id, Port: ln.Addr().(*net.TCPAddr).Port}
+	t.Cleanup(b.Crash)
+	return b
 }
-
-// Addr is the backend's host:port.
-func (b *Backend) Addr() string { return "127.0.0.1:" + strconv.Itoa(b.Port) }
 
 // freshClient opens a new connection per request, so that requests spread
 // over nginx workers.

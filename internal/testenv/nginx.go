@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
 // NginxOptions configures StartNginx.
@@ -122,7 +124,7 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 		n.apiSocket = filepath.Join(n.prefix, "api.sock")
 	}
 
-	modules, err := luaModules(bin)
+	modules, err := loopback.LuaModules(bin)
 	if err != nil {
 		t.Fatalf("testenv: nginx: %v", err)
 	}
@@ -134,9 +136,7 @@ func StartNginx(t testing.TB, opt NginxOptions) *Nginx {
 		Root:      os.Geteuid() == 0,
 		APISocket: n.apiSocket,
 	}
-	for _, m := range modules {
-		p.LoadModules += "load_module " + m + ";\n"
-	}
+	p.LoadModules = modules
 
 	var text string
 	if opt.Config != nil {
@@ -412,19 +412,18 @@ func (n *Nginx) waitAPISocket(ctx context.Context, timeout time.Duration) error 
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c := n.APIClient()
-	for {
+	err := retryUntil(ctx, func() error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/list", nil)
 		resp, err := c.Do(req)
 		if err == nil {
 			resp.Body.Close()
-			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for unix:%s: %w (last error: %v)", n.apiSocket, ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("wait for unix:%s: %w", n.apiSocket, err)
 	}
+	return nil
 }
 
 // kill ends every process of this nginx: SIGTERM to the master, which
@@ -449,34 +448,6 @@ func (n *Nginx) kill() {
 	case <-done:
 	case <-time.After(5 * time.Second):
 	}
-}
-
-// luaModules returns the load_module paths nginx needs for the Lua module
-// (NDK first, then Lua), or none when lua is compiled in (OpenResty).
-// Debian ships them as dynamic modules that its /etc/nginx/nginx.conf loads
-// through /etc/nginx/modules-enabled; our own configuration must load them.
-func luaModules(bin string) ([]string, error) {
-	out, err := exec.Command(bin, "-V").CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("%s -V: %v\n%s", bin, err, out)
-	}
-	v := string(out)
-	if strings.Contains(v, "lua-nginx-module") || strings.Contains(v, "ngx_lua") {
-		return nil, nil
-	}
-	dir := "/usr/lib/nginx/modules"
-	if i := strings.Index(v, "--modules-path="); i >= 0 {
-		dir = strings.Fields(v[i+len("--modules-path="):])[0]
-	}
-	var mods []string
-	for _, name := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
-		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("%s has no Lua module (%v); Debian: apt-get install libnginx-mod-http-lua", bin, err)
-		}
-		mods = append(mods, p)
-	}
-	return mods, nil
 }
 
 // repoRoot walks up from the working directory to the directory holding
@@ -574,22 +545,19 @@ http {
             set_by_lua_block $sk_upstream {
                 return require("swallowkeeper.split").route(ngx.var.host)
             }
-            proxy_pass http://swallowkeeper_backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout http_502;
-            add_header X-SK-Worker $pid always;
-            add_header X-SK-Upstream-Addr $upstream_addr always;
-            log_by_lua_block {
-                require("swallowkeeper.dyups").log()
-            }
+{{- template "proxy"}}
             error_page 502 = @sk_split_fallback;
         }
         location @sk_split_fallback {
             rewrite_by_lua_block {
                 require("swallowkeeper.split").fallback(ngx.var.host)
             }
+{{- template "proxy"}}
+        }
+    }
+{{.HTTP}}
+}
+{{- define "proxy"}}
             proxy_pass http://swallowkeeper_backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -600,8 +568,5 @@ http {
             log_by_lua_block {
                 require("swallowkeeper.dyups").log()
             }
-        }
-    }
-{{.HTTP}}
-}
+{{- end}}
 `))

@@ -2,12 +2,13 @@ package testenv
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 )
 
 // process is a test server's process, run in a process group of its own
@@ -68,15 +69,5 @@ func (p *process) kill() {
 // retryUntil calls try every 50ms until it succeeds or ctx ends; then the
 // error says what the last try found.
 func retryUntil(ctx context.Context, try func() error) error {
-	for {
-		err := try()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return backoff.Poll(ctx, 50*time.Millisecond, try)
 }

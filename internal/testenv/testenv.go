@@ -58,21 +58,18 @@ func Binary(t testing.TB, env, name, hint string) string {
 func WaitHTTP(ctx context.Context, url string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var last error
-	for {
+	err := retryUntil(ctx, func() error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
-			return nil
 		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w (last error: %v)", url, ctx.Err(), last)
-		case <-time.After(50 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("wait for %s: %w", url, err)
 	}
+	return nil
 }
 
 // WaitTCP polls addr until it accepts a TCP connection or the timeout passes.
@@ -80,18 +77,17 @@ func WaitTCP(ctx context.Context, addr string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	for {
+	err := retryUntil(ctx, func() error {
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			c.Close()
-			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: %w (last error: %v)", addr, ctx.Err(), err)
-		case <-time.After(50 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("wait for %s: %w", addr, err)
 	}
+	return nil
 }
 
 // Addr joins 127.0.0.1 and a port.

@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -80,14 +81,43 @@ func (b Balance) Validate() error {
 	return fmt.Errorf("unknown balancing method %q", b.Method)
 }
 
+// HashKeyVariables are the variables a hash key may name, besides those
+// under HashKeyPrefixes: nginx's own (ngx_http_variables.c), known to every
+// build whatever its modules, that describe the request or its client.
+// A variable nginx does not know fails the persisted file's nginx -t
+// ("unknown variable"); one a `map` or `set` of nginx.conf defines is
+// known only there, so it is refused too.
+var HashKeyVariables = []string{
+	"remote_addr", "binary_remote_addr", "remote_port", "remote_user",
+	"host", "server_name", "server_addr", "server_port", "server_protocol",
+	"scheme", "https", "request_method", "request", "request_uri", "uri",
+	"document_uri", "args", "query_string", "is_args", "content_type",
+	"content_length", "proxy_protocol_addr", "proxy_protocol_port",
+}
+
+// HashKeyPrefixes name a request header, cookie or argument: $http_NAME,
+// $cookie_NAME, $arg_NAME, known to nginx for any NAME.
+var HashKeyPrefixes = []string{"http_", "cookie_", "arg_"}
+
+// knownVariable reports whether nginx knows $name (case-insensitively,
+// as nginx looks variables up).
+func knownVariable(name string) bool {
+	name = strings.ToLower(name)
+	for _, p := range HashKeyPrefixes {
+		if rest, ok := strings.CutPrefix(name, p); ok {
+			return rest != ""
+		}
+	}
+	return slices.Contains(HashKeyVariables, name)
+}
+
 // ValidHashKey checks a hash key. It goes into the rendered file and the
 // dyups body as one nginx word, so it is held to a narrow alphabet that can
 // carry no nginx syntax (no blank, quote, brace, semicolon, hash sign or
 // backslash): "$name" variables (name [A-Za-z_][A-Za-z0-9_]*; the ${name}
 // form is not accepted) and literal runs of [A-Za-z0-9_.:/-]. At least one
 // variable is required: a constant key sends everything to one server.
-// Whether nginx knows a variable is checked by nginx (nginx -t, the dyups
-// POST); $http_*, $cookie_* and $arg_* are always known.
+// Every variable is one nginx knows in any configuration (knownVariable).
 func ValidHashKey(key string) error {
 	if key == "" {
 		return errors.New("hash needs a key, e.g. $remote_addr")
@@ -95,7 +125,7 @@ func ValidHashKey(key string) error {
 	if len(key) > MaxHashKeyLen {
 		return fmt.Errorf("hash key longer than %d bytes", MaxHashKeyLen)
 	}
-	vars := 0
+	var vars []string
 	for i := 0; i < len(key); i++ {
 		c := key[i]
 		if c == '$' {
@@ -106,7 +136,7 @@ func ValidHashKey(key string) error {
 			if j == i+1 {
 				return fmt.Errorf("hash key %q: \"$\" at byte %d does not start a variable name ([A-Za-z_][A-Za-z0-9_]*)", key, i)
 			}
-			vars++
+			vars = append(vars, key[i+1:j])
 			i = j - 1
 			continue
 		}
@@ -114,8 +144,32 @@ func ValidHashKey(key string) error {
 			return fmt.Errorf("hash key %q: character %q at byte %d is not allowed (want $variables and [A-Za-z0-9_.:/-])", key, c, i)
 		}
 	}
-	if vars == 0 {
+	if len(vars) == 0 {
 		return fmt.Errorf("hash key %q has no $variable: every request would go to one server", key)
+	}
+	for _, v := range vars {
+		if !knownVariable(v) {
+			return fmt.Errorf("hash key %q: $%s is not a variable nginx knows in every configuration (want $http_NAME, $cookie_NAME, $arg_NAME or one of $%s)", key, v, strings.Join(HashKeyVariables, ", $"))
+		}
+	}
+	return nil
+}
+
+// CheckBalance checks what nginx -t checks of u's method: the method and
+// its key, and no backup server under ip_hash or hash. Plan runs it as its
+// last line of defence, on every upstream of every plan, so it leaves the
+// servers' own checks to Validate.
+func (u Upstream) CheckBalance() error {
+	if err := u.Balance.Validate(); err != nil {
+		return fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	if u.Balance.AllowsBackup() {
+		return nil
+	}
+	for _, s := range u.Servers {
+		if s.Backup {
+			return fmt.Errorf("upstream %s: server %v: %s does not support backup servers (nginx: balancing method does not support parameter \"backup\")", u.Name, s.Addr, u.Balance.Method)
+		}
 	}
 	return nil
 }
@@ -151,4 +205,65 @@ func (b Balance) directive() string {
 		return "hash " + b.Key
 	}
 	return b.Method
+}
+
+// RingUnits bounds the weight units of a consistent-hash upstream. nginx
+// builds 160 ring points per unit of weight, and real dyups rebuilds the
+// ring in its workers on every POST; the Lua module builds it on a
+// request. Registry weights go up to MaxWeight: two servers of weight
+// 10000 make 3.2 million points, a POST that blocked real dyups for 1.5 s
+// and a Lua request for seconds.
+const RingUnits = 100
+
+// BoundRingWeights keeps a consistent-hash upstream's weights within
+// RingUnits, in the same proportions: weights summing to RingUnits or less
+// are kept; else they are divided by their common divisor and, if still
+// above, scaled down (floor, at least 1 each, the heaviest giving back what
+// the raise to 1 added). The sum ends at RingUnits or less unless the upstream has so many servers that 1 each is more; the
+// Lua module then bounds the ring itself (methods.lua ring_weights), and
+// only such an upstream may map keys differently on the two planes. It
+// reports whether it changed a weight.
+func (u *Upstream) BoundRingWeights() bool {
+	if u.Balance.Method != Hash || !u.Balance.Consistent {
+		return false
+	}
+	sum, g := 0, 0
+	for _, s := range u.Servers {
+		sum, g = sum+s.Weight, gcd(s.Weight, g)
+	}
+	if sum <= RingUnits || g == 0 {
+		return false
+	}
+	for i := range u.Servers {
+		u.Servers[i].Weight /= g
+	}
+	if sum /= g; sum > RingUnits {
+		scaled := 0
+		for i := range u.Servers {
+			u.Servers[i].Weight = max(1, u.Servers[i].Weight*RingUnits/sum)
+			scaled += u.Servers[i].Weight
+		}
+		// The servers raised to 1 may push the sum above: take the excess
+		// from the heaviest, one unit at a time (at most one per server).
+		for ; scaled > RingUnits; scaled-- {
+			top := 0
+			for i, s := range u.Servers {
+				if s.Weight > u.Servers[top].Weight {
+					top = i
+				}
+			}
+			if u.Servers[top].Weight == 1 {
+				break // more servers than units: the Lua module bounds its ring itself
+			}
+			u.Servers[top].Weight--
+		}
+	}
+	return true
+}
+
+func gcd(a, b int) int {
+	for b > 0 {
+		a, b = b, a%b
+	}
+	return a
 }

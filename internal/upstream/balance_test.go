@@ -164,3 +164,50 @@ func TestParseBodyBalanceErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestHashKeyTakesOnlyKnownVariables: a variable nginx does not know makes
+// the rendered file fail nginx -t ("unknown variable"), so a key names
+// only variables every nginx has (HashKeyVariables, or a name under
+// HashKeyPrefixes); nginx/balance_test.go has stock nginx check them all.
+func TestHashKeyTakesOnlyKnownVariables(t *testing.T) {
+	for _, key := range []string{"$no_such_var", "$remote_addr$nosuchvar", "$x", "$http_", "$cookie_", "$arg_", "$upstream_addr", "v1/$foo"} {
+		err := ValidHashKey(key)
+		if err == nil || !strings.Contains(err.Error(), "not a variable") {
+			t.Errorf("ValidHashKey(%q) = %v, want it refused as not a variable nginx knows", key, err)
+		}
+	}
+	for _, key := range []string{"$remote_addr", "$Remote_Addr", "$http_x_user", "$cookie_SID", "$arg_k", "$host$request_uri", "$binary_remote_addr:$server_port"} {
+		if err := ValidHashKey(key); err != nil {
+			t.Errorf("ValidHashKey(%q) = %v", key, err)
+		}
+	}
+	for _, v := range HashKeyVariables {
+		if err := ValidHashKey("$" + v); err != nil {
+			t.Errorf("$%s: %v", v, err)
+		}
+	}
+	// The syntax is checked first: a bad character is reported as such.
+	if err := ValidHashKey("$x;server"); err == nil || !strings.Contains(err.Error(), "character ';'") {
+		t.Errorf("$x;server: %v, want the character refused", err)
+	}
+}
+
+// TestCheckBalanceSeesWhatNginxRefuses: the plan's last line of defence
+// (engine.checked) calls CheckBalance on every upstream.
+func TestCheckBalanceSeesWhatNginxRefuses(t *testing.T) {
+	u := ups("web", 0, srv("10.0.0.1:80", 1))
+	if err := u.CheckBalance(); err != nil {
+		t.Fatalf("round robin: %v", err)
+	}
+	u.Balance = Balance{Method: Hash, Key: "$nosuchvar"}
+	if err := u.CheckBalance(); err == nil || !strings.Contains(err.Error(), "nosuchvar") {
+		t.Errorf("unknown variable: %v", err)
+	}
+	u.Balance = Balance{Method: IPHash}
+	b := srv("10.0.0.2:80", 1)
+	b.Backup = true
+	u.Servers = append(u.Servers, b)
+	if err := u.CheckBalance(); err == nil || !strings.Contains(err.Error(), "backup") {
+		t.Errorf("backup under ip_hash: %v", err)
+	}
+}

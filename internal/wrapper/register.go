@@ -547,18 +547,7 @@ func deregister(o Options, reg Registrar, log *slog.Logger) {
 // waitHealthy polls the check until it passes.
 func waitHealthy(ctx context.Context, check string) error {
 	client := &http.Client{Timeout: time.Second}
-	var last error
-	for {
-		last = probe(ctx, client, check)
-		if last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return backoff.Poll(ctx, 50*time.Millisecond, func() error { return probe(ctx, client, check) })
 }
 
 func probe(ctx context.Context, client *http.Client, check string) error {

@@ -131,30 +131,38 @@ func parseUnix(raw, rest string) (*url.URL, error) {
 // ParseBaseURL returns it), with a per request timeout. A unix: base is
 // reached over its socket, with requests for http://localhost/.
 func NewClient(base *url.URL, timeout time.Duration) *Client {
+	tr, reqBase := Transport(base, timeout)
+	c := &Client{base: reqBase, unix: base.Scheme == "unix"}
+	probeTr := tr.Clone()
+	probeTr.DisableKeepAlives = true
+	c.hc = &http.Client{Transport: tr, Timeout: timeout}
+	c.probe = &http.Client{Transport: probeTr, Timeout: timeout}
+	return c
+}
+
+// Transport is the HTTP transport for the dyups interface at base (as
+// ParseBaseURL returns it), and the URL requests are built on: base
+// itself, or http://localhost for a unix: base, reached over its socket.
+// The split sink (internal/sink/splits) talks to the same API through it.
+func Transport(base *url.URL, timeout time.Duration) (*http.Transport, *url.URL) {
 	dialer := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 	dial := dialer.DialContext
-	c := &Client{base: base}
+	reqBase := base
 	if base.Scheme == "unix" {
 		sock := base.Opaque
 		dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return dialer.DialContext(ctx, "unix", sock)
 		}
-		c.base = &url.URL{Scheme: "http", Host: "localhost"}
-		c.unix = true
+		reqBase = &url.URL{Scheme: "http", Host: "localhost"}
 	}
-	tr := &http.Transport{
+	return &http.Transport{
 		Proxy:               nil, // the API is on loopback or a private network, never through a proxy
 		DialContext:         dial,
 		MaxIdleConnsPerHost: 2,
 		MaxConnsPerHost:     4,
 		IdleConnTimeout:     60 * time.Second,
 		DisableCompression:  true,
-	}
-	probeTr := tr.Clone()
-	probeTr.DisableKeepAlives = true
-	c.hc = &http.Client{Transport: tr, Timeout: timeout}
-	c.probe = &http.Client{Transport: probeTr, Timeout: timeout}
-	return c
+	}, reqBase
 }
 
 // newRequest builds a request for path under the base, with the secret.

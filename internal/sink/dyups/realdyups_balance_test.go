@@ -127,3 +127,58 @@ func TestRealDyupsAppliesBalance(t *testing.T) {
 		}
 	}
 }
+
+// TestRealDyupsHugeWeightsUnderConsistentHash measures what the Lua
+// module's bounded ring (methods.lua ring_weights) changes against real
+// dyups, which builds nginx's full ring (weight × 160 points a server) in
+// C: with weights of 10000 the two rings differ, so keys may land on
+// another server than on real dyups; both stay sticky and split the keys
+// alike. Below a weight sum of 100 the rings are the same
+// (TestRealDyupsAppliesBalance).
+func TestRealDyupsHugeWeightsUnderConsistentHash(t *testing.T) {
+	ngx := startRealDyups(t, realOptions{})
+	lua := testenv.StartNginx(t, testenv.NginxOptions{})
+	a, b := testenv.StartBackend(t, "a"), testenv.StartBackend(t, "b")
+	body := fmt.Sprintf("hash $arg_k consistent;\nserver %s weight=10000;\nserver %s weight=9999;\n", a.Addr(), b.Addr())
+	start := time.Now()
+	if code, got := balancePost(t, ngx.apiURL(), "big", body); code != 200 {
+		t.Fatalf("real dyups POST = %d %q\n%s", code, got, ngx.errorLog())
+	}
+	t.Logf("FIGURE real dyups: POST of hash consistent with weights 10000 and 9999 (nginx's ring in C, 3.2 million points) took %v", time.Since(start).Round(time.Millisecond))
+	if code, got := balancePost(t, "http://"+lua.APIAddr(), "big", body); code != 200 {
+		t.Fatalf("Lua POST = %d %q", code, got)
+	}
+	ngx.settle(t)
+	start = time.Now()
+	if code, _ := balanceGet(t, lua.ProxyURL(), "big", "/?k=first", "127.0.0.1"); code != 200 {
+		t.Fatalf("Lua first request: status %d", code)
+	}
+	took := time.Since(start)
+	t.Logf("FIGURE Lua module: first request after that POST (bounded ring) took %v", took.Round(time.Millisecond))
+	if took > time.Second {
+		t.Errorf("the Lua module's first request took %v, want the bounded ring within 1s", took)
+	}
+	same, spreadReal, spreadLua := 0, map[string]int{}, map[string]int{}
+	const keys = 200
+	for i := range keys {
+		path := fmt.Sprintf("/?k=key-%d", i)
+		_, real1 := balanceGet(t, ngx.proxyURL(), "big", path, "127.0.0.1")
+		_, real2 := balanceGet(t, ngx.proxyURL(), "big", path, "127.0.0.1")
+		_, lua1 := balanceGet(t, lua.ProxyURL(), "big", path, "127.0.0.1")
+		_, lua2 := balanceGet(t, lua.ProxyURL(), "big", path, "127.0.0.1")
+		if real1 != real2 || lua1 != lua2 {
+			t.Errorf("key %d not sticky: real dyups %s then %s, Lua %s then %s", i, real1, real2, lua1, lua2)
+		}
+		if real1 == lua1 {
+			same++
+		}
+		spreadReal[real1]++
+		spreadLua[lua1]++
+	}
+	t.Logf("FIGURE weights 10000/9999: %d of %d keys on the same server on real dyups and the Lua module; real dyups %v, Lua %v", same, keys, spreadReal, spreadLua)
+	for _, s := range []map[string]int{spreadReal, spreadLua} {
+		if s["a"] < keys/4 || s["b"] < keys/4 {
+			t.Errorf("keys over %v, want both servers about half", s)
+		}
+	}
+}

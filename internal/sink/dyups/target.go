@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,7 @@ type Target struct {
 	detailBuf   []byte                                  // the last /detail answer's buffer, for the next read
 	detailFirst []byte                                  // a drift check's first answer, to tell the next ones from it
 	procs       Processes                               // nginx's processes, when watched (Options.NginxPID)
+	onRepush    atomic.Pointer[func()]                  // see OnRepush
 }
 
 var (
@@ -58,6 +60,18 @@ var (
 // ReportDriftTo makes the drift check report the upstreams it repairs to
 // f (the engine's change history). Call it before Run.
 func (t *Target) ReportDriftTo(f func(target string, upstreams []string)) { t.onDrift = f }
+
+// OnRepush makes f run after the target pushed upstreams again because
+// nginx lost them (a new worker or master, or a drift repair): the split
+// sink then restores the split rules nginx lost with them. Safe while Run
+// runs: a SIGHUP hands a kept target to the new configuration's sink.
+func (t *Target) OnRepush(f func()) { t.onRepush.Store(&f) }
+
+func (t *Target) repushed() {
+	if f := t.onRepush.Load(); f != nil {
+		(*f)()
+	}
+}
 
 // Options tune a target.
 type Options struct {
@@ -352,6 +366,7 @@ func (t *Target) repush(ctx context.Context, desired upstream.State, reason stri
 	t.smu.Unlock()
 	t.log.Info("pushing every upstream again", "reason", reason, "upstreams", len(desired))
 	t.acked = upstream.State{}
+	defer t.repushed()
 	return t.Sync(ctx, desired)
 }
 
@@ -406,6 +421,9 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 	}
 	if len(names) > 0 && t.onDrift != nil {
 		t.onDrift(t.url, names)
+	}
+	if len(names) > 0 {
+		defer t.repushed()
 	}
 	t.smu.Lock()
 	t.status.Drift, t.status.LastCheck = names, time.Now()

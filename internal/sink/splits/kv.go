@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/split"
 )
 
@@ -18,10 +19,11 @@ type KV interface {
 }
 
 // UseKV makes Run watch the keys <prefix>/<upstream> of Consul KV, each
-// holding a rule as JSON (split.ParseJSON), with blocking queries. Call it
-// before Run.
-func (s *Sink) UseKV(kv KV, prefix string, wait time.Duration) {
-	s.kvAPI, s.kvPrefix, s.kvWait = kv, strings.Trim(prefix, "/"), wait
+// holding a rule as JSON (split.ParseJSON), with blocking queries.
+// closeIdle, if not nil, closes the KV client's idle connections when Run
+// ends. Call it before Run.
+func (s *Sink) UseKV(kv KV, prefix string, wait time.Duration, closeIdle func()) {
+	s.kvAPI, s.kvPrefix, s.kvWait, s.kvClose = kv, strings.Trim(prefix, "/"), wait, closeIdle
 }
 
 // KVRules turns the pairs under prefix into rules. A key that is not
@@ -56,12 +58,24 @@ func KVRules(prefix string, pairs api.KVPairs, prev split.Table, bad func(key st
 		}
 		out[name] = r
 	}
-	for _, pr := range split.CheckTable(out) {
-		name := strings.SplitN(pr.Field, ".", 2)[0]
-		bad(prefix+name, pr)
-		keep(name)
+	// A rule can be wrong only beside others (a group split again, two
+	// names differing in case). Each such rule falls back to its previous
+	// one; if that is still wrong beside the rest, it is dropped, so that
+	// what is returned always passes CheckTable.
+	for round := 0; ; round++ {
+		problems := split.CheckTable(out)
+		if len(problems) == 0 {
+			return out
+		}
+		for _, pr := range problems {
+			if round == 0 {
+				bad(prefix+pr.Upstream, pr)
+				keep(pr.Upstream)
+			} else {
+				delete(out, pr.Upstream)
+			}
+		}
 	}
-	return out
 }
 
 type kvError string
@@ -85,6 +99,16 @@ func (s *Sink) watchKV(ctx context.Context) {
 			}
 			s.log.Warn("splits: consul kv read failed; the rules read before stay", "prefix", s.kvPrefix, "err", err)
 			s.SetKV(nil, err.Error())
+			if backoff.Sleep(ctx, b.Next()) != nil {
+				return
+			}
+			continue
+		}
+		if why := consul.DoubtOf(meta, s.opt.AllowACLFiltered, "every key under "+s.kvPrefix+"/"); why != "" {
+			// A missing key would delete its rule from nginx: an answer
+			// that may lack keys changes nothing.
+			s.log.Warn("splits: consul kv answered "+why+"; the rules read before stay", "prefix", s.kvPrefix)
+			s.SetKV(nil, "consul kv answered "+why+"; the rules read before stay")
 			if backoff.Sleep(ctx, b.Next()) != nil {
 				return
 			}

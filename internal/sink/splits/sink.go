@@ -22,7 +22,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -32,7 +31,10 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/split"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 var _ engine.Sink = (*Sink)(nil)
@@ -50,6 +52,22 @@ type Options struct {
 	Resync  time.Duration // re-read every target this often; 0: only on changes
 	// RetryBase and RetryCap bound the backoff after a failed sync.
 	RetryBase, RetryCap time.Duration
+	// Reserved are names no split may send requests to
+	// (upstreams.reserved: nginx.conf's own upstream blocks).
+	Reserved []string
+	// AllowACLFiltered trusts Consul KV answers filtered by ACLs
+	// (consul.allow_acl_filtered); otherwise such an answer, which may
+	// lack rules the token cannot see, changes nothing.
+	AllowACLFiltered bool
+	// Groupless says the registry layout has no services of its own
+	// (Consul KV mode, the upsync layouts of etcd and ZooKeeper's plain
+	// layout): every upstream is built from itself, so a group is known by
+	// its name alone (<name>_<group>) and not by the service that built it.
+	Groupless bool
+	// OneShot (the once command) acknowledges a state only once every
+	// target holds the rules (and Consul KV, if used, was read): the
+	// command ends on the acknowledgement.
+	OneShot bool
 }
 
 // Sources of a rule, as status shows them.
@@ -74,11 +92,17 @@ type Sink struct {
 	kv     split.Table // nil: no KV rules (none read yet, or no prefix)
 	kvErr  string
 	groups map[string]bool // upstreams of the last state, lowercased
+	// services maps the last state's upstreams, lowercased, to the
+	// service each was built from ("" when not known: a state loaded
+	// from the persisted file); nil before the first state.
+	services map[string]string
+	pending  []engine.Change // one-shot: changes to acknowledge after a full sync
 
 	kvAPI    KV // nil: no rules from Consul KV
 	kvPrefix string
 	kvWait   time.Duration
-	kvRead   bool // the KV rules were read once: until then nothing is pushed
+	kvRead   bool   // the KV rules were read once: until then nothing is pushed
+	kvClose  func() // closes the KV client's idle connections when Run ends
 }
 
 type target struct {
@@ -117,23 +141,13 @@ func New(targets []Target, rules split.Table, opt Options, log *slog.Logger) *Si
 }
 
 func newTarget(t Target, timeout time.Duration) *target {
-	dialer := &net.Dialer{Timeout: timeout}
-	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 1, IdleConnTimeout: 30 * time.Second, DisableCompression: true,
-		DialContext: dialer.DialContext}
-	base := t.URL
-	if base.Scheme == "unix" {
-		sock := base.Opaque
-		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "unix", sock)
-		}
-		base = &url.URL{Scheme: "http", Host: "localhost"}
-	}
+	tr, base := dyups.Transport(t.URL, timeout)
 	return &target{url: t.URL.String(), base: base, secret: t.Secret, hc: &http.Client{Transport: tr, Timeout: timeout}}
 }
 
 // SetKV replaces the rules read from Consul KV (nil: none) and pushes the
 // result. errMsg, when not empty, is shown in status: the KV rules could
-// not be read and the last ones read stay.
+// not be read and the last ones read stay (a one-shot run fails on it).
 func (s *Sink) SetKV(rules split.Table, errMsg string) {
 	s.mu.Lock()
 	changed := errMsg == "" && (!s.kvRead || !maps.EqualFunc(s.kv, rules, ruleEqual))
@@ -141,20 +155,36 @@ func (s *Sink) SetKV(rules split.Table, errMsg string) {
 		s.kv, s.kvRead = rules, true
 	}
 	s.kvErr = errMsg
+	var failed []engine.Change
+	if errMsg != "" && s.opt.OneShot {
+		failed = s.pending
+	}
 	s.mu.Unlock()
+	for _, c := range failed {
+		c.Fail(fmt.Errorf("splits: consul kv %s: %s", s.kvPrefix, errMsg))
+	}
 	if changed {
-		s.wake()
+		s.Wake()
 	}
 }
 
 // Inherit takes over what prev (the sink of the previous configuration,
 // before a SIGHUP) knows of the targets both have: which of them may hold
 // rules, so that removing the last rule from the configuration deletes it
-// from nginx. Call it before Run.
+// from nginx; and the services of the last state, which the state the new
+// engine loads from the persisted file lacks. Call it before Run.
 func (s *Sink) Inherit(prev *Sink) {
 	if prev == nil {
 		return
 	}
+	prev.mu.Lock()
+	services := prev.services
+	prev.mu.Unlock()
+	s.mu.Lock()
+	if s.services == nil {
+		s.services = services // until a state comes: the last one's services
+	}
+	s.mu.Unlock()
 	for _, t := range s.targets {
 		for _, o := range prev.targets {
 			if o.url == t.url {
@@ -168,7 +198,9 @@ func (s *Sink) Inherit(prev *Sink) {
 
 func ruleEqual(a, b split.Rule) bool { return split.Body(a) == split.Body(b) }
 
-func (s *Sink) wake() {
+// Wake makes Run sync every target now: the rules changed, or a target's
+// nginx was restarted (its shared dict, and so its rules, emptied).
+func (s *Sink) Wake() {
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -185,7 +217,8 @@ func (s *Sink) Wanted() (split.Table, map[string]string) {
 	for name, r := range s.config {
 		out[name], from[name] = r, FromConfig
 	}
-	for name, r := range s.kv {
+	for _, name := range slices.Sorted(maps.Keys(s.kv)) { // a fixed order, whatever the table holds
+		r := s.kv[name]
 		for old := range out {
 			if strings.EqualFold(old, name) {
 				delete(out, old)
@@ -197,34 +230,134 @@ func (s *Sink) Wanted() (split.Table, map[string]string) {
 	return out, from
 }
 
-// Update takes note of the upstreams nginx should hold (status tells
-// whether a split's group exists) and acknowledges at once: the upstream
-// state is the dyups targets' business.
+// Update takes note of the upstreams nginx should hold: a rule is pushed
+// only when its group is one of the split upstream's own (see refusal),
+// and status tells whether a split's group exists. It acknowledges at
+// once (the upstream state is the dyups targets' business), except in a
+// one-shot run, where it acknowledges after the next full sync. When the
+// rules that may be pushed change with the state, it wakes Run.
 func (s *Sink) Update(c engine.Change) {
-	groups := make(map[string]bool, len(c.State))
-	for name := range c.State {
-		groups[strings.ToLower(name)] = true
+	s.learn(c.State, func() {
+		if s.opt.OneShot {
+			s.pending = append(s.pending, c)
+		}
+	})
+	if !s.opt.OneShot {
+		c.Ack()
+	} else {
+		s.Wake()
 	}
+}
+
+var _ engine.PlanObserver = (*Sink)(nil)
+
+// Planned learns the services of a planned state that the engine does not
+// hand over (Equal to the one delivered: a state loaded from the persisted
+// file, which lacks them, stays in force).
+func (s *Sink) Planned(st upstream.State) { s.learn(st, nil) }
+
+// learn takes st's upstreams and their services, and wakes Run when that
+// changes which rules may be pushed. A service not known in st (a state
+// loaded from the persisted file) keeps the one learnt before for that
+// name. also runs under s.mu.
+func (s *Sink) learn(st upstream.State, also func()) {
+	groups := make(map[string]bool, len(st))
+	services := make(map[string]string, len(st))
+	want, _ := s.Wanted()
 	s.mu.Lock()
-	s.groups = groups
+	for name, u := range st {
+		key := strings.ToLower(name)
+		groups[key] = true
+		services[key] = u.Service
+		if u.Service == "" {
+			services[key] = s.services[key]
+		}
+	}
+	before := s.verdicts(want)
+	s.groups, s.services = groups, services
+	after := s.verdicts(want)
+	if also != nil {
+		also()
+	}
 	s.mu.Unlock()
-	c.Ack()
+	if !maps.Equal(before, after) {
+		s.Wake()
+	}
+}
+
+// Verdicts of refusal, beside a reason.
+const (
+	pushable = ""
+	unknown  = "?" // the services are not known yet: nginx keeps what it holds
+)
+
+// refusal says why rule r of upstream name may not be pushed now, or
+// pushable. A split may send requests only to a group of the same service:
+// a name such as web_canary (split.Check) that is not a reserved name and
+// that the last state built from the same registry service as name. A
+// group missing from the state is refused too (nothing to route to; the
+// rule comes back with the group), so that an upstream that appears later
+// under that name is checked before any request reaches it. Call with
+// s.mu held.
+func (s *Sink) refusal(name string, r split.Rule) string {
+	if registry.IsReserved(s.opt.Reserved, r.To) {
+		return fmt.Sprintf("%q is a reserved name (upstreams.reserved)", r.To)
+	}
+	if !split.IsGroupOf(r.To, name) {
+		return fmt.Sprintf("%q is not a group of %s", r.To, name)
+	}
+	if s.services == nil {
+		return unknown
+	}
+	main, okMain := s.services[strings.ToLower(name)]
+	group, okGroup := s.services[strings.ToLower(r.To)]
+	switch {
+	case !okMain:
+		return noUpstream(name)
+	case !okGroup:
+		return noUpstream(r.To)
+	case s.opt.Groupless: // every upstream is its own service: the name is all there is
+		return pushable
+	case main == "" || group == "":
+		return unknown
+	case !strings.EqualFold(main, group):
+		return fmt.Sprintf("%q is built from service %q, not %s's service %q: a split sends requests only to its own service's groups", r.To, group, name, main)
+	}
+	return pushable
+}
+
+func noUpstream(name string) string { return "no upstream " + name + " in the applied state" }
+
+// verdicts is refusal for every rule, by lowercased name. Call with s.mu
+// held.
+func (s *Sink) verdicts(want split.Table) map[string]string {
+	out := make(map[string]string, len(want))
+	for name, r := range want {
+		out[strings.ToLower(name)] = s.refusal(name, r)
+	}
+	return out
 }
 
 // Run syncs every target now, on every change of the rules, every
 // Resync, and after a failure with backoff, until stop ends.
 func (s *Sink) Run(stop, work context.Context) {
-	var resync <-chan time.Time
-	if s.opt.Resync > 0 {
-		tk := time.NewTicker(s.opt.Resync)
-		defer tk.Stop()
-		resync = tk.C
-	}
+	resync, stopResync := backoff.Every(s.opt.Resync)
+	defer stopResync()
 	if s.kvAPI != nil {
 		done := make(chan struct{})
 		go func() { defer close(done); s.watchKV(stop) }()
 		defer func() { <-done }()
 	}
+	defer func() {
+		// A SIGHUP replaces this sink: its connections would otherwise
+		// stay open until nginx or Consul closes them.
+		for _, t := range s.targets {
+			t.hc.CloseIdleConnections()
+		}
+		if s.kvClose != nil {
+			s.kvClose()
+		}
+	}()
 	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 	retry := time.NewTimer(0)
 	defer retry.Stop()
@@ -247,27 +380,59 @@ func (s *Sink) Run(stop, work context.Context) {
 }
 
 // SyncAll brings every target to the wanted rules and returns the
-// failures, joined.
+// failures, joined. In a one-shot run it acknowledges (or fails) the
+// changes Update took, once the sync is complete.
 func (s *Sink) SyncAll(ctx context.Context) error {
+	complete, err := s.syncAll(ctx)
 	s.mu.Lock()
-	waiting := s.kvAPI != nil && !s.kvRead
+	var pending []engine.Change
+	if complete || err != nil {
+		pending = s.pending
+	}
+	if complete && err == nil {
+		s.pending = nil
+	}
+	s.mu.Unlock()
+	for _, c := range pending {
+		if err != nil {
+			c.Fail(err)
+		} else {
+			c.Ack()
+		}
+	}
+	return err
+}
+
+// syncAll is SyncAll; complete is false when it waited (for Consul KV,
+// or for a first state) instead of syncing.
+func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
+	want, _ := s.Wanted()
+	s.mu.Lock()
+	waiting := (s.kvAPI != nil && !s.kvRead) || s.services == nil
+	verdicts := s.verdicts(want)
 	s.mu.Unlock()
 	if waiting {
 		// Until Consul KV answered, the configured rules may be the wrong
-		// ones (a KV rule replaces them): nginx keeps what it has.
-		return nil
+		// ones (a KV rule replaces them); until a state came, no rule can
+		// be checked against it: nginx keeps what it has.
+		return false, nil
 	}
-	want, _ := s.Wanted()
 	bodies := map[string]string{} // lowercased name → body
 	names := map[string]string{}  // lowercased name → name
+	keep := map[string]bool{}     // lowercased names left as nginx holds them
 	for name, r := range want {
-		bodies[strings.ToLower(name)] = split.Body(r)
-		names[strings.ToLower(name)] = name
+		key := strings.ToLower(name)
+		switch v := verdicts[key]; v {
+		case pushable:
+			bodies[key], names[key] = split.Body(r), name
+		case unknown:
+			keep[key] = true
+		}
 	}
 	var errs []error
 	for _, t := range s.targets {
 		t.mu.Lock()
-		t.mayHold = t.mayHold || len(bodies) > 0 || s.kvAPI != nil
+		t.mayHold = t.mayHold || len(want) > 0 || s.kvAPI != nil // a refused rule may be held: it is deleted
 		idle := !t.mayHold
 		t.mu.Unlock()
 		if idle {
@@ -275,19 +440,19 @@ func (s *Sink) SyncAll(ctx context.Context) error {
 			// that a daemon without splits sends nginx no request of this API.
 			continue
 		}
-		err := s.sync(ctx, t, names, bodies)
+		err := s.sync(ctx, t, names, bodies, keep)
 		t.record(err)
 		if err != nil && !errors.Is(err, errNoAPI) {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
 }
 
 // errNoAPI marks a target that answered GET /split with 404.
 var errNoAPI = errors.New("no split API")
 
-func (s *Sink) sync(ctx context.Context, t *target, names, bodies map[string]string) error {
+func (s *Sink) sync(ctx context.Context, t *target, names, bodies map[string]string, keep map[string]bool) error {
 	status, body, err := t.do(ctx, http.MethodGet, "", "")
 	if err != nil {
 		return err
@@ -327,7 +492,7 @@ func (s *Sink) sync(ctx context.Context, t *target, names, bodies map[string]str
 		s.log.Info("split set", "target", t.url, "upstream", names[key], "rule", strings.ReplaceAll(strings.TrimSpace(bodies[key]), "\n", "; "))
 	}
 	for _, key := range slices.Sorted(maps.Keys(held)) {
-		if _, ok := bodies[key]; ok {
+		if _, ok := bodies[key]; ok || keep[key] {
 			continue
 		}
 		status, answer, err := t.do(ctx, http.MethodDelete, key, "")
@@ -381,6 +546,9 @@ func (t *target) do(ctx context.Context, method, name, body string) (int, string
 }
 
 func (t *target) record(err error) {
+	if errors.Is(err, context.Canceled) {
+		return // the sink is stopping: that says nothing of the target
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.checked = true
@@ -415,6 +583,9 @@ type RuleStatus struct {
 	// GroupMissing: the last state has no upstream To, so every request
 	// stays on Upstream.
 	GroupMissing bool `json:"group_missing,omitempty"`
+	// Refused says why the rule is not pushed (and is deleted where
+	// nginx holds it): its group is not one of Upstream's own.
+	Refused string `json:"refused,omitempty"`
 }
 
 // TargetStatus is one target's split state.
@@ -434,12 +605,16 @@ func (s *Sink) Status() Status {
 	want, from := s.Wanted()
 	s.mu.Lock()
 	groups, kvErr := s.groups, s.kvErr
+	verdicts := s.verdicts(want)
 	s.mu.Unlock()
 	st := Status{Rules: []RuleStatus{}, Targets: []TargetStatus{}, KVError: kvErr}
 	for _, name := range slices.Sorted(maps.Keys(want)) {
 		r := want[name]
 		rs := RuleStatus{Upstream: name, To: r.To, Percent: r.Percent, Sticky: r.Sticky, From: from[name],
 			GroupMissing: groups != nil && !groups[strings.ToLower(r.To)]}
+		if v := verdicts[strings.ToLower(name)]; v != pushable && v != unknown && v != noUpstream(r.To) { // group_missing says that one
+			rs.Refused = v
+		}
 		for _, k := range slices.Sorted(maps.Keys(r.Match.Header)) {
 			rs.Match = append(rs.Match, "header "+k+"="+r.Match.Header[k])
 		}

@@ -19,7 +19,18 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/split"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
+
+// stateOf is a state of upstreams with no servers, given as name,
+// service, name, service...: what the split sink looks at.
+func stateOf(pairs ...string) upstream.State {
+	st := upstream.State{}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		st[pairs[i]] = upstream.Upstream{Name: pairs[i], Service: pairs[i+1]}
+	}
+	return st
+}
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -79,6 +90,7 @@ func TestSinkPushesToLuaTarget(t *testing.T) {
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{APISocket: true, Init: `secret_file = "` + secretFile(t) + `",`})
 	web := split.Rule{To: "web_canary", Percent: 10, Sticky: "cookie:sid", Match: split.Match{Header: split.Values{"X-Canary": "1"}}}
 	s := New([]Target{targetOf(t, ngx.APIURL(), "s3cret")}, split.Table{"web": web}, Options{Resync: 200 * time.Millisecond}, quiet())
+	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web", "web_green", "web", "api", "api", "api_canary", "api")})
 	running(t, s)
 
 	holds := func(want string) func() (bool, string) {
@@ -109,7 +121,7 @@ func TestSinkPushesToLuaTarget(t *testing.T) {
 	s.mu.Lock()
 	s.config = nil
 	s.mu.Unlock()
-	s.wake()
+	s.Wake()
 	waitFor(t, "rule no longer wanted deleted", func() (bool, string) {
 		code, body := apiGetSecret(t, ngx, "/split")
 		return code == 204, fmt.Sprintf("%d %q", code, body)
@@ -167,6 +179,7 @@ func TestSinkLeavesRealDyupsAlone(t *testing.T) {
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	s := New([]Target{targetOf(t, srv.URL, "")}, split.Table{"web": {To: "web_canary", Percent: 10}}, Options{}, quiet())
+	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web")})
 	if err := s.SyncAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +260,8 @@ func TestKVRulesReachNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New([]Target{targetOf(t, ngx.APIURL(), "")}, nil, Options{}, quiet())
-	s.UseKV(client.KV(), "swallowkeeper/splits", time.Minute)
+	s.UseKV(client.KV(), "swallowkeeper/splits", time.Minute, nil)
+	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web", "api", "api", "api_canary", "api")})
 	running(t, s)
 
 	for _, p := range []string{"10", "50", "100"} {
@@ -301,7 +315,8 @@ func TestSinkWaitsForKV(t *testing.T) {
 	t.Parallel()
 	ngx := testenv.StartNginx(t, testenv.NginxOptions{})
 	s := New([]Target{targetOf(t, ngx.APIURL(), "")}, split.Table{"web": {To: "web_canary", Percent: 0}}, Options{}, quiet())
-	s.UseKV(blockedKV{}, "swallowkeeper/splits", time.Minute)
+	s.UseKV(blockedKV{}, "swallowkeeper/splits", time.Minute, nil)
+	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web")})
 	if err := s.SyncAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -80,7 +79,7 @@ type KVSource struct {
 	opt    KVOptions
 	dir    string // the prefix with its trailing slash
 	log    *slog.Logger
-	m      *kvMetrics
+	m      *modeMetrics
 	reach  engine.Reachability
 }
 
@@ -90,15 +89,7 @@ var _ engine.Source = (*KVSource)(nil)
 // may be nil.
 func NewKV(client *Client, rules registry.Rules, opt KVOptions, log *slog.Logger, reg prometheus.Registerer) *KVSource {
 	opt.Prefix = CleanKVPrefix(opt.Prefix)
-	if opt.WaitTime <= 0 {
-		opt.WaitTime = 5 * time.Minute
-	}
-	if opt.RetryBase <= 0 {
-		opt.RetryBase = 250 * time.Millisecond
-	}
-	if opt.RetryCap <= 0 {
-		opt.RetryCap = 30 * time.Second
-	}
+	pollDefaults(&opt.WaitTime, &opt.RetryBase, &opt.RetryCap)
 	return &KVSource{client: client, rules: rules, opt: opt, dir: opt.Prefix + "/",
 		log: log.With("source", "consul", "kv_prefix", opt.Prefix), m: newKVMetrics(reg)}
 }
@@ -114,11 +105,10 @@ func (s *KVSource) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		<-ctx.Done()
 		return
 	}
-	defer s.m.registryUp.Set(0)
 	var (
 		index uint64
 		b     = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
-		pub   kvPublisher
+		pub   = layout.Publisher{Report: s.report}
 	)
 	for ctx.Err() == nil {
 		wait := index
@@ -151,7 +141,7 @@ func (s *KVSource) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		s.m.registryUp.Set(1)
 		s.reach.Report("kv", nil)
 		s.m.wakes.WithLabelValues("kv").Inc()
-		if meta.LastIndex == index && index != 0 && pub.sent {
+		if meta.LastIndex == index && index != 0 && pub.HasSent() {
 			continue // the wait timed out: nothing changed
 		}
 		if meta.LastIndex < index {
@@ -160,7 +150,7 @@ func (s *KVSource) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		index = max(meta.LastIndex, 1) // never block on 0: it would return at once forever
 		snap := s.snapshot(pairs)
 		snap.Doubt = s.doubt(meta)
-		if !pub.publish(ctx, out, snap, s.report) {
+		if !pub.Publish(ctx, out, snap) {
 			return
 		}
 	}
@@ -172,16 +162,10 @@ func (s *KVSource) report(d registry.Dropped) {
 	s.log.Warn("invalid key dropped", "key", d.Instance, "reason", d.Reason)
 }
 
-// doubt says why an answer is not to be trusted, or "" (see
-// Source.doubt).
+// doubt says why an answer is not to be trusted, or "" (see DoubtOf).
 func (s *KVSource) doubt(meta *api.QueryMeta) string {
-	var why string
-	switch {
-	case !meta.KnownLeader:
-		why = "without a known leader (X-Consul-KnownLeader: false)"
-	case meta.ResultsFilteredByACLs && !s.opt.AllowACLFiltered:
-		why = "with results filtered by ACLs (X-Consul-Results-Filtered-By-ACLs: true); give the token read access to every key under the prefix, or set consul.allow_acl_filtered"
-	default:
+	why := DoubtOf(meta, s.opt.AllowACLFiltered, "every key under the prefix")
+	if why == "" {
 		return ""
 	}
 	s.m.doubted.WithLabelValues("kv").Inc()
@@ -235,37 +219,6 @@ func KVTree(prefix string, pairs api.KVPairs) layout.Tree {
 	return t
 }
 
-// kvPublisher sends a snapshot when it differs from the last one sent,
-// Doubt included (a doubt that clears must reach the engine), after
-// reporting each newly dropped entry once while it stays dropped.
-type kvPublisher struct {
-	sent     bool
-	last     engine.Snapshot
-	reported map[registry.Dropped]bool
-}
-
-func (p *kvPublisher) publish(ctx context.Context, out chan<- engine.Snapshot, snap engine.Snapshot, report func(registry.Dropped)) bool {
-	now := make(map[registry.Dropped]bool, len(snap.Dropped))
-	for _, d := range snap.Dropped {
-		now[d] = true
-		if !p.reported[d] {
-			report(d)
-		}
-	}
-	p.reported = now
-	if p.sent && snap.Services == p.last.Services && snap.Doubt == p.last.Doubt &&
-		snap.Upstreams.Equal(p.last.Upstreams) && slices.Equal(snap.Dropped, p.last.Dropped) {
-		return true
-	}
-	select {
-	case out <- snap:
-	case <-ctx.Done():
-		return false
-	}
-	p.sent, p.last = true, snap
-	return true
-}
-
 // waitForAgent sleeps d, or less if the agent answers a status request
 // before; it returns ctx's error when ctx ends. It is not a retry of the
 // watch: a dead agent still sees the watch's jittered, capped backoff,
@@ -293,31 +246,12 @@ func waitForAgent(ctx context.Context, c *Client, d time.Duration) error {
 	}
 }
 
-type kvMetrics struct {
-	registryUp prometheus.Gauge
-	errors     *prometheus.CounterVec
-	doubted    *prometheus.CounterVec
-	wakes      *prometheus.CounterVec // one watch, "kv"
-	dropped    prometheus.Counter
-}
-
-// newKVMetrics declares the KV mode's metrics: families of the services
-// mode, with the same help and labels (a SIGHUP switching the mode
-// replaces them in one registry), the watch labelled "kv".
-func newKVMetrics(reg prometheus.Registerer) *kvMetrics {
-	m := &kvMetrics{
-		registryUp: metric.RegistryUp("consul"),
-		errors: metric.CounterVec("swallowkeeper_consul_errors_total",
-			"Failed Consul requests, by endpoint.", "endpoint"),
-		doubted: metric.CounterVec("swallowkeeper_consul_doubted_answers_total",
-			"Consul answers not trusted (no known leader, or filtered by ACLs), by endpoint; while any is, nothing changes.", "endpoint"),
-		wakes: metric.CounterVec("swallowkeeper_consul_watch_wakes_total",
-			"Blocking queries that returned, by watch.", "watch"),
-		dropped: metric.Counter("swallowkeeper_invalid_instances_dropped_total",
-			"Registry instances dropped because their data failed validation (each counted once while it stays invalid)."),
-	}
+// newKVMetrics declares the KV mode's metrics: the families both modes
+// share (modeMetrics), its one watch labelled "kv".
+func newKVMetrics(reg prometheus.Registerer) *modeMetrics {
+	m := newModeMetrics()
 	m.errors.WithLabelValues("kv")
 	m.wakes.WithLabelValues("kv")
 	metric.Register(reg, m.registryUp, m.errors, m.doubted, m.wakes, m.dropped)
-	return m
+	return &m
 }

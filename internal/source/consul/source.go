@@ -83,17 +83,23 @@ var _ engine.Source = (*Source)(nil)
 // requests succeeded.
 func (s *Source) Health() engine.Health { return s.reach.Health() }
 
+// pollDefaults fills the blocking-query and backoff options left zero,
+// the same for the services and the KV mode.
+func pollDefaults(wait, retryBase, retryCap *time.Duration) {
+	if *wait <= 0 {
+		*wait = 5 * time.Minute
+	}
+	if *retryBase <= 0 {
+		*retryBase = 250 * time.Millisecond
+	}
+	if *retryCap <= 0 {
+		*retryCap = 30 * time.Second
+	}
+}
+
 // New returns a source reading through client (see NewClient).
 func New(client *Client, rules registry.Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
-	if opt.WaitTime <= 0 {
-		opt.WaitTime = 5 * time.Minute
-	}
-	if opt.RetryBase <= 0 {
-		opt.RetryBase = 250 * time.Millisecond
-	}
-	if opt.RetryCap <= 0 {
-		opt.RetryCap = 30 * time.Second
-	}
+	pollDefaults(&opt.WaitTime, &opt.RetryBase, &opt.RetryCap)
 	return &Source{client: client, rules: rules, opt: opt, log: log.With("source", "consul"), m: newMetrics(reg), spare: make(chan []byte, 1)}
 }
 
@@ -219,15 +225,10 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		retryC   <-chan time.Time
 		reread   = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 		rereadC  <-chan time.Time
-		resync   *time.Ticker
-		resyncC  <-chan time.Time
 		haveBoth = func() bool { return st.catalog != nil && st.haveChecks }
 	)
-	if s.opt.Resync > 0 {
-		resync = time.NewTicker(s.opt.Resync)
-		defer resync.Stop()
-		resyncC = resync.C
-	}
+	resyncC, stopResync := backoff.Every(s.opt.Resync)
+	defer stopResync()
 	for {
 		select {
 		case <-ctx.Done():
@@ -712,47 +713,68 @@ func (t *tracker) setDoubt(what, why string) {
 	t.removed = true // forces a snapshot (see refresh)
 }
 
-// doubt says why an answer is not to be trusted, or "" if it is: without a
-// known leader the data may be stale or partial; filtered by ACLs it may
-// lack services the token cannot see, which would look like removals.
-func (s *Source) doubt(what string, meta *api.QueryMeta) string {
-	var why string
+// DoubtOf says why an answer is not to be trusted, or "" if it is: without
+// a known leader the data may be stale or partial; filtered by ACLs (and
+// not allowed to be) it may lack what the token cannot see, which would
+// look like removals. readAll names what the token must be able to read.
+func DoubtOf(meta *api.QueryMeta, allowACLFiltered bool, readAll string) string {
 	switch {
 	case !meta.KnownLeader:
-		why = "without a known leader (X-Consul-KnownLeader: false)"
-	case meta.ResultsFilteredByACLs && !s.opt.AllowACLFiltered:
-		why = "with results filtered by ACLs (X-Consul-Results-Filtered-By-ACLs: true); give the token read access to every service, or set consul.allow_acl_filtered"
-	default:
-		return ""
+		return "without a known leader (X-Consul-KnownLeader: false)"
+	case meta.ResultsFilteredByACLs && !allowACLFiltered:
+		return "with results filtered by ACLs (X-Consul-Results-Filtered-By-ACLs: true); give the token read access to " +
+			readAll + ", or set consul.allow_acl_filtered"
 	}
-	s.m.doubted.WithLabelValues(what).Inc()
+	return ""
+}
+
+// doubt is DoubtOf for the services mode, counted under what.
+func (s *Source) doubt(what string, meta *api.QueryMeta) string {
+	why := DoubtOf(meta, s.opt.AllowACLFiltered, "every service")
+	if why != "" {
+		s.m.doubted.WithLabelValues(what).Inc()
+	}
 	return why
 }
 
-type metrics struct {
-	registryUp      prometheus.Gauge
-	watchMu         sync.Mutex
-	watchUp         map[string]bool // the watches of startWatches → last request succeeded
-	errors          *prometheus.CounterVec
-	wakes           *prometheus.CounterVec
-	up              *prometheus.GaugeVec
-	reads           prometheus.Counter
-	sweeps          prometheus.Counter
-	fullChecksReads prometheus.Counter
-	dropped         prometheus.Counter
-	doubted         *prometheus.CounterVec
+// modeMetrics are the families both modes declare, with the same help and
+// labels: a SIGHUP switching the mode replaces them in one registry.
+type modeMetrics struct {
+	registryUp prometheus.Gauge
+	errors     *prometheus.CounterVec
+	doubted    *prometheus.CounterVec
+	wakes      *prometheus.CounterVec
+	dropped    prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
+func newModeMetrics() modeMetrics {
+	return modeMetrics{
 		registryUp: metric.RegistryUp("consul"),
-		watchUp:    map[string]bool{"catalog/services": false, "health/state/any": false},
 		errors: metric.CounterVec("swallowkeeper_consul_errors_total",
 			"Failed Consul requests, by endpoint.", "endpoint"),
 		doubted: metric.CounterVec("swallowkeeper_consul_doubted_answers_total",
 			"Consul answers not trusted (no known leader, or filtered by ACLs), by endpoint; while any is, nothing changes.", "endpoint"),
 		wakes: metric.CounterVec("swallowkeeper_consul_watch_wakes_total",
 			"Blocking queries that returned, by watch.", "watch"),
+		dropped: metric.Counter("swallowkeeper_invalid_instances_dropped_total",
+			"Registry instances dropped because their data failed validation (each counted once while it stays invalid)."),
+	}
+}
+
+type metrics struct {
+	modeMetrics
+	watchMu         sync.Mutex
+	watchUp         map[string]bool // the watches of startWatches → last request succeeded
+	up              *prometheus.GaugeVec
+	reads           prometheus.Counter
+	sweeps          prometheus.Counter
+	fullChecksReads prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		modeMetrics: newModeMetrics(),
+		watchUp:     map[string]bool{"catalog/services": false, "health/state/any": false},
 		up: metric.GaugeVec("swallowkeeper_consul_watch_up",
 			"1 while the watch's last request succeeded, 0 after an error.", "watch"),
 		reads: metric.Counter("swallowkeeper_consul_service_reads_total",
@@ -761,8 +783,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			"Answers of /v1/health/state/any decoded whole; the others were compared with the previous answer and only the checks that differ decoded."),
 		sweeps: metric.Counter("swallowkeeper_consul_sweeps_total",
 			"Re-reads of every service after a catalog change nothing else explained."),
-		dropped: metric.Counter("swallowkeeper_invalid_instances_dropped_total",
-			"Registry instances dropped because their data failed validation (each counted once while it stays invalid)."),
 	}
 	metric.Register(reg, m.registryUp, m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
 	return m

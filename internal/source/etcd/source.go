@@ -331,7 +331,7 @@ func (f *follower) run(ctx context.Context, out chan<- engine.Snapshot) {
 		retry  = backoff.New(s.retryBase, s.retryCap)
 		retryC <-chan time.Time
 	)
-	resyncC, stopResync := runloop.Resync(s.opt.Resync)
+	resyncC, stopResync := backoff.Every(s.opt.Resync)
 	defer stopResync()
 	relist := func(reason string, wait bool) {
 		f.stopWatch()

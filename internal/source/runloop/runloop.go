@@ -1,6 +1,7 @@
 // Package runloop holds the parts of a registry source's Run that do not
-// depend on the registry: refusing options it cannot run with, setting its
-// client up with retries, and the optional periodic resync.
+// depend on the registry: refusing options it cannot run with and setting
+// its client up with retries. The optional periodic resync is
+// backoff.Every.
 package runloop
 
 import (
@@ -51,14 +52,4 @@ func Connect[C any](ctx context.Context, b *backoff.Backoff, open func() (C, err
 			return none, false
 		}
 	}
-}
-
-// Resync ticks every period, a full re-read behind the watches; with
-// period 0 (resync off) it never ticks. stop releases the ticker.
-func Resync(period time.Duration) (tick <-chan time.Time, stop func()) {
-	if period <= 0 {
-		return nil, func() {}
-	}
-	t := time.NewTicker(period)
-	return t.C, t.Stop
 }

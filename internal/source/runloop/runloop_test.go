@@ -66,21 +66,6 @@ func TestConnectGivesUpWhenCtxEnds(t *testing.T) {
 	}
 }
 
-func TestResyncOffNeverTicks(t *testing.T) {
-	tick, stop := Resync(0)
-	defer stop()
-	if tick != nil {
-		t.Fatal("resync 0 has a ticker")
-	}
-	tick, stop = Resync(time.Millisecond)
-	defer stop()
-	select {
-	case <-tick:
-	case <-time.After(10 * time.Second):
-		t.Fatal("resync 1ms did not tick in 10s")
-	}
-}
-
 type validator struct{ err error }
 
 func (v validator) Validate() error { return v.err }

@@ -142,7 +142,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		retry  = backoff.New(s.retryBase, s.retryCap)
 		retryC <-chan time.Time
 	)
-	resyncC, stopResync := runloop.Resync(s.opt.Resync)
+	resyncC, stopResync := backoff.Every(s.opt.Resync)
 	defer stopResync()
 	for {
 		select {

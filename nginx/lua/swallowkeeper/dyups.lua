@@ -353,7 +353,8 @@ end
 --                   "forbidden\n". Unset: no check.
 --   sweep_interval  seconds between each worker's housekeeping runs
 --                   (default 30): dropping copies of deleted upstreams,
---                   freeing records left by racing writes.
+--                   freeing records left by racing writes, releasing
+--                   least_conn counts of requests that ended without log().
 function _M.init(opts)
     opts = opts or {}
     for k, v in pairs(opts) do
@@ -533,15 +534,8 @@ local function get_peer(peers, tried, now, single)
     local best, total = nil, 0
     for i = 1, #peers do
         local p = peers[i]
-        if not tried[p] and not p.down
-            and not (p.max_fails > 0 and p.fails >= p.max_fails
-                     and now - p.checked <= p.fail_timeout)
-        then
-            p.current_weight = p.current_weight + p.effective_weight
-            total = total + p.effective_weight
-            if p.effective_weight < p.weight then
-                p.effective_weight = p.effective_weight + 1
-            end
+        if not tried[p] and not p.down and not methods.failed(p, now) then
+            total = methods.weigh(p, total)
             if not best or p.current_weight > best.current_weight then
                 best = p
             end
@@ -656,10 +650,7 @@ function _M.balance()
             peer_failed(st.cur, st.ups.name)
         end
     end
-    if st.held then -- this request's previous try is over
-        methods.release(st.key, st.held)
-        st.held = nil
-    end
+    methods.unhold() -- this request's previous try, if any, is over
 
     local p = pick(st)
     if not p then
@@ -669,8 +660,7 @@ function _M.balance()
     st.cur = p
     local m = st.ups.balance
     if m and m.kind == "least_conn" then -- only least_conn counts connections
-        st.held = p
-        methods.acquire(st.key, p)
+        methods.hold(st.key, p, ctx)
     end
 
     local ok, err = balancer.set_current_peer(p.host, p.port)
@@ -686,15 +676,15 @@ end
 -- (nginx counts it), anything else is a success, which clears the failure
 -- count the way ngx_http_upstream_free_round_robin_peer does.
 function _M.log()
+    -- Before the ctx check: after an internal redirect this location's
+    -- ngx.ctx is new, yet the request may hold a connection of its try
+    -- before the redirect.
+    methods.unhold()
     local st = ngx.ctx[CTX_KEY]
     if not st or not st.cur then
         return
     end
     local p = st.cur
-    if st.held then
-        methods.release(st.key, st.held)
-        st.held = nil
-    end
     local status = match(ngx.var.upstream_status or "", "(%d+)[^%d]*$")
     local header_time = match(ngx.var.upstream_header_time or "", "([^%s,:]+)[%s,:]*$")
     if (status == "502" or status == "504") and header_time == "-" then
@@ -742,7 +732,8 @@ local function collect_orphans(dict)
 end
 
 -- Drop cached upstreams that were deleted but are no longer requested
--- (lookup() drops the requested ones itself), and free orphaned records.
+-- (lookup() drops the requested ones itself), free orphaned records, and
+-- release least_conn counts of tries that ended without log().
 local function sweep(premature)
     if premature or not conf then
         return
@@ -753,6 +744,12 @@ local function sweep(premature)
         end
     end
     collect_orphans(conf.dict)
+    local n = methods.sweep_holds()
+    if n > 0 then
+        log(WARN, "swallowkeeper: released ", n, " least_conn connection count(s) of requests ",
+            "that ended without log(); wire log_by_lua_block { require(\"swallowkeeper.dyups\").log() } ",
+            "where requests are proxied")
+    end
 end
 
 function _M.init_worker()
@@ -843,15 +840,25 @@ local function do_get(res)
     return respond(200, body)
 end
 
-local function do_delete(res)
+-- path_upstream is NAME of a path /upstream/NAME, or nil and what dyups
+-- says of any other path (ngx_http_dyups_do_delete and _do_post).
+local function path_upstream(res)
     if #res ~= 2 then
-        return respond(405, "not support this interface")
+        return nil, "not support this interface"
     end
     if lower(res[1]) ~= "upstream" then
-        return respond(405, "not support this api")
+        return nil, "not support this api"
+    end
+    return res[2]
+end
+
+local function do_delete(res)
+    local name, why = path_upstream(res)
+    if not name then
+        return respond(405, why)
     end
 
-    local dict, name = conf.dict, res[2]
+    local dict = conf.dict
     if not valid_name(name) then
         -- No such upstream can exist.
         log(ERR, "swallowkeeper: upstream \"", printable(name), "\": name is not ", NAME_RULE,
@@ -979,14 +986,11 @@ function _M.api()
         return respond(500, "add server failed")
     end
 
-    local res = split_path(v.uri)
-    if #res ~= 2 then
-        return respond(404, "not support this interface")
+    local name, why = path_upstream(split_path(v.uri))
+    if not name then
+        return respond(404, why)
     end
-    if lower(res[1]) ~= "upstream" then
-        return respond(404, "not support this api")
-    end
-    return do_post(res[2], body)
+    return do_post(name, body)
 end
 
 -- ---------------------------------------------------------------------
@@ -1018,13 +1022,16 @@ function _M.usable(name)
     local now = ngx.now()
     for _, set in ipairs({ ups.primary, ups.backup }) do
         for _, p in ipairs(set) do
-            if not p.down and not (p.max_fails > 0 and p.fails >= p.max_fails
-                                   and now - p.checked <= p.fail_timeout) then
+            if not p.down and not methods.failed(p, now) then
                 return true
             end
         end
     end
     return false
 end
+
+-- valid_name and printable, for swallowkeeper.split: one alphabet of
+-- upstream names, one escaping of what goes into error.log.
+_M.valid_name, _M.printable = valid_name, printable
 
 return _M

@@ -6,6 +6,8 @@
 --   hash KEY           ngx_http_upstream_hash_module (Cache::Memcached)
 --   hash KEY consistent  the same module's ketama ring: 160 points per
 --                      weight unit, crc32 of "host\0port" + previous point
+--                      (weights summing above 100 are scaled down: see
+--                      ring_weights)
 --
 -- Same inputs as nginx, same choice: peers in the order of the body, the
 -- same weights (down peers included in the total, as nginx counts them),
@@ -20,8 +22,10 @@
 local ngx = ngx
 local byte, sub, find, char, concat = string.byte, string.sub, string.find,
     string.char, table.concat
-local floor, tonumber, sort, type = math.floor, tonumber, table.sort, type
+local floor, max, tonumber, sort, type = math.floor, math.max, tonumber, table.sort, type
 local crc32 = ngx.crc32_long
+local ffi_cast = require("ffi").cast
+local get_request = require("resty.core.base").get_request
 
 local _M = {}
 
@@ -84,8 +88,41 @@ end
 -- Shared pieces
 -- ---------------------------------------------------------------------
 
+-- failed says whether p sits out its fail_timeout after max_fails
+-- failures (ngx_http_upstream_get_peer's test, in every method).
 local function failed(p, now)
     return p.max_fails > 0 and p.fails >= p.max_fails and now - p.checked <= p.fail_timeout
+end
+_M.failed = failed
+
+-- available says whether p may take this request: not tried by it yet, not
+-- down, not failed.
+local function available(st, p, now)
+    return not st.tried[p] and not p.down and not failed(p, now)
+end
+
+-- weigh is one peer's step of smooth weighted round robin: its current
+-- weight grows by its effective weight, which recovers by one towards its
+-- weight after failures lowered it. Returns total plus the effective weight.
+local function weigh(p, total)
+    p.current_weight = p.current_weight + p.effective_weight
+    total = total + p.effective_weight
+    if p.effective_weight < p.weight then
+        p.effective_weight = p.effective_weight + 1
+    end
+    return total
+end
+_M.weigh = weigh
+
+-- MAX_TRIES is how many picks the hash methods try before they fall back
+-- to round robin, as nginx does.
+local MAX_TRIES = 20
+
+-- gave_up counts one more missed pick and says whether the method should
+-- now fall back to round robin.
+local function gave_up(st)
+    st.tries = st.tries + 1
+    return st.tries > MAX_TRIES
 end
 
 -- take marks p as this request's pick the way nginx does after any method.
@@ -145,7 +182,7 @@ function _M.least_conn(st, peers, now)
     local best, many, bi = nil, false, 0
     for i = 1, #peers do
         local p = peers[i]
-        if not st.tried[p] and not p.down and not failed(p, now) then
+        if available(st, p, now) then
             local c = cn[p.name] or 0
             if not best then
                 best, bi, many = p, i, false
@@ -166,14 +203,8 @@ function _M.least_conn(st, peers, now)
         local total, bc, bw = 0, cn[best.name] or 0, best.weight
         for i = bi, #peers do
             local p = peers[i]
-            if not st.tried[p] and not p.down and not failed(p, now)
-                and (cn[p.name] or 0) * bw == bc * p.weight
-            then
-                p.current_weight = p.current_weight + p.effective_weight
-                total = total + p.effective_weight
-                if p.effective_weight < p.weight then
-                    p.effective_weight = p.effective_weight + 1
-                end
+            if available(st, p, now) and (cn[p.name] or 0) * bw == bc * p.weight then
+                total = weigh(p, total)
                 if p.current_weight > best.current_weight then
                     best = p
                 end
@@ -184,28 +215,100 @@ function _M.least_conn(st, peers, now)
     return take(st, best, now)
 end
 
--- acquire and release count a request's connection to a peer, for
--- least_conn: a pick acquires, the end of that try (a retry elsewhere, or
--- the log phase) releases.
-function _M.acquire(key, p)
+local function acquire(key, name)
     local cn = conns[key]
     if not cn then
         cn = {}
         conns[key] = cn
     end
-    cn[p.name] = (cn[p.name] or 0) + 1
+    cn[name] = (cn[name] or 0) + 1
 end
 
-function _M.release(key, p)
+local function release(key, name)
     local cn = conns[key]
-    local c = cn and cn[p.name]
+    local c = cn and cn[name]
     if c then
         if c <= 1 then
-            cn[p.name] = nil
+            cn[name] = nil
         else
-            cn[p.name] = c - 1
+            cn[name] = c - 1
         end
     end
+end
+
+-- The connection each request holds for least_conn, per worker:
+-- holds[request] = { key, name }, at most one per request (a new try
+-- releases the previous one). A request is keyed by its ngx_http_request_t
+-- address, which an internal redirect keeps -- `error_page 502 =
+-- @fallback` clears ngx.ctx, so a count kept there would leak -- and
+-- which each subrequest has of its own (a subrequest shares its parent's
+-- $request_id); a later request at the same address releases whatever
+-- an ended one left there. ctxs[request] weakly holds the ngx.ctx of the
+-- request's try: once it is collected, that try is over (the request
+-- ended, or was redirected) whatever the log phase did, and sweep_holds
+-- releases it.
+local holds, nholds = {}, 0
+local ctxs = setmetatable({}, { __mode = "v" })
+
+local function request_key()
+    local r = get_request()
+    return r and tonumber(ffi_cast("uintptr_t", r))
+end
+
+local function drop(rk)
+    local h = holds[rk]
+    if h then
+        holds[rk], ctxs[rk] = nil, nil
+        nholds = nholds - 1
+        release(h.key, h.name)
+    end
+end
+
+-- hold counts p as the connection of the current request's try, in
+-- upstream key, after releasing the request's previous one; ctx is the
+-- request's ngx.ctx.
+function _M.hold(key, p, ctx)
+    local rk = request_key()
+    if not rk then
+        return
+    end
+    drop(rk)
+    acquire(key, p.name)
+    holds[rk] = { key = key, name = p.name }
+    ctxs[rk] = ctx
+    nholds = nholds + 1
+end
+
+-- unhold releases the current request's connection, if it holds one:
+-- balance() calls it before each try (a retry, or the first try after an
+-- internal redirect), log() at the end.
+function _M.unhold()
+    if nholds == 0 then
+        return
+    end
+    local rk = request_key()
+    if rk then
+        drop(rk)
+    end
+end
+
+-- held is how many connections this worker counts now (diagnostics).
+function _M.held()
+    return nholds
+end
+
+-- sweep_holds releases the holds whose try is over without log() having
+-- run (a location without log_by_lua): its ngx.ctx was collected. Returns
+-- how many it released.
+function _M.sweep_holds()
+    local n = 0
+    for rk in pairs(holds) do
+        if ctxs[rk] == nil then
+            drop(rk)
+            n = n + 1
+        end
+    end
+    return n
 end
 
 -- ---------------------------------------------------------------------
@@ -228,7 +331,7 @@ function _M.ip_hash(st, peers, now)
         end
         st.addr, st.hash, st.tries = a, 89, 0
     end
-    if st.tries > 20 or #peers < 2 then
+    if st.tries > MAX_TRIES or #peers < 2 then
         return nil, true
     end
     local addr, hash, tw = st.addr, st.hash, total_weight(peers)
@@ -237,12 +340,11 @@ function _M.ip_hash(st, peers, now)
             hash = (hash * 113 + byte(addr, i)) % 6271
         end
         local p = by_weight(peers, hash % tw)
-        if not st.tried[p] and not p.down and not failed(p, now) then
+        if available(st, p, now) then
             st.hash = hash
             return take(st, p, now)
         end
-        st.tries = st.tries + 1
-        if st.tries > 20 then
+        if gave_up(st) then
             st.hash = hash
             return nil, true
         end
@@ -260,7 +362,7 @@ function _M.hash(st, peers, now, parts)
     if not st.key_text then
         st.key_text, st.hash, st.rehash, st.tries = eval_key(parts), 0, 0, 0
     end
-    if st.tries > 20 or #peers < 2 or st.key_text == "" then
+    if st.tries > MAX_TRIES or #peers < 2 or st.key_text == "" then
         return nil, true
     end
     local tw = total_weight(peers)
@@ -274,11 +376,10 @@ function _M.hash(st, peers, now, parts)
         st.hash = st.hash + floor(h / 65536) % 32768
         st.rehash = st.rehash + 1
         local p = by_weight(peers, st.hash % tw)
-        if not st.tried[p] and not p.down and not failed(p, now) then
+        if available(st, p, now) then
             return take(st, p, now)
         end
-        st.tries = st.tries + 1
-        if st.tries > 20 then
+        if gave_up(st) then
             return nil, true
         end
     end
@@ -296,14 +397,60 @@ local function le32(v)
     return char(v % 256, floor(v / 256) % 256, floor(v / 65536) % 256, floor(v / 16777216) % 256)
 end
 
--- ring is ngx_http_upstream_update_chash: weight * 160 points per peer,
--- from crc32 over host, a NUL, port and the previous point's 4 bytes;
--- sorted, equal hashes kept once (the first peer's). Built once per
--- upstream revision and worker, on the first request that needs it.
+-- RING_UNITS bounds the weight units of a ring (RING_UNITS * 160 points
+-- when every server fits): nginx builds its ring in C at configuration
+-- time, this one is built in Lua on a request, blocking the worker, about
+-- a microsecond a point. Weights come from the registry (up to 10000):
+-- two servers of weight 10000 would be 3.2 million points, seconds of a
+-- blocked worker.
+local RING_UNITS = 100
+
+local function gcd(a, b)
+    while b > 0 do
+        a, b = b, a % b
+    end
+    return a
+end
+
+-- ring_weights is the weight of each peer on the ring: nginx's weights
+-- when their sum is at most RING_UNITS (the ring, so every choice, is
+-- nginx's); else the same proportions in at most RING_UNITS units (plus
+-- one per peer, the least a peer gets): divided by their common divisor,
+-- then, if still too many, scaled down and rounded. Such a ring is not
+-- nginx's: keys map differently than on stock nginx with these weights,
+-- though as stable and in the same shares.
+local function ring_weights(peers)
+    local sum, g, out = 0, 0, {}
+    for i = 1, #peers do
+        local w = peers[i].weight
+        sum, g, out[i] = sum + w, gcd(w, g), w
+    end
+    if sum <= RING_UNITS then
+        return out
+    end
+    sum = sum / g
+    for i = 1, #out do
+        out[i] = out[i] / g
+    end
+    if sum <= RING_UNITS then
+        return out
+    end
+    for i = 1, #out do
+        out[i] = max(1, floor(out[i] * RING_UNITS / sum + 0.5))
+    end
+    return out
+end
+
+-- ring is ngx_http_upstream_update_chash: weight * 160 points per peer
+-- (weights bounded by ring_weights), from crc32 over host, a NUL, port and
+-- the previous point's 4 bytes; sorted, equal hashes kept once (the first
+-- peer's). Built once per upstream revision and worker, on the first
+-- request that needs it.
 local function ring(peers)
     if peers.ring then
         return peers.ring
     end
+    local weights = ring_weights(peers)
     local packed = {}
     for i = 1, #peers do
         local name = peers[i].name
@@ -318,7 +465,7 @@ local function ring(peers)
         end
         local base = host .. "\0" .. port
         local prev = 0
-        for _ = 1, peers[i].weight * 160 do
+        for _ = 1, weights[i] * 160 do
             local h = crc32(base .. le32(prev))
             packed[#packed + 1] = h * TWO20 + i
             prev = h
@@ -363,7 +510,7 @@ function _M.chash(st, peers, now, parts)
             st.hash = find_point(ring(peers).hashes, crc32(st.key_text))
         end
     end
-    if st.tries > 20 or #peers < 2 or st.key_text == "" then
+    if st.tries > MAX_TRIES or #peers < 2 or st.key_text == "" then
         return nil, true
     end
     local r = ring(peers)
@@ -373,12 +520,11 @@ function _M.chash(st, peers, now, parts)
         -- nginx runs round robin among the peers of the point's server
         -- name (one name may resolve to several addresses); here a name
         -- is one peer.
-        if not st.tried[p] and not p.down and not failed(p, now) then
+        if available(st, p, now) then
             return take(st, p, now)
         end
         st.hash = st.hash + 1
-        st.tries = st.tries + 1
-        if st.tries > 20 then
+        if gave_up(st) then
             return nil, true
         end
     end

@@ -672,39 +672,39 @@ local function param_error(arg)
     return fmt('invalid parameter "%s"', arg)
 end
 
+-- The numeric `server` parameters (NAME=VALUE): each reader returns the
+-- canonical text and the number, or nil for a value nginx refuses.
+local SERVER_NUMBERS = {
+    weight = function(v)
+        local t, n = atoi(v)
+        if n == 0 then
+            return nil
+        end
+        return t, n
+    end,
+    max_conns = atoi,
+    max_fails = atoi,
+    fail_timeout = function(v) return parse_time(v, true) end,
+}
+
 -- ngx_http_upstream_server: parameters first, then the address, as nginx
 -- does (so a bad parameter is reported before a bad address).
 local function do_server(b, args)
-    local weight, max_conns, max_fails, fail_timeout = "1", "0", "1", "10"
-    local wn, mcn, mfn, ftn = 1, 0, 1, 10
+    -- nginx's defaults, as text (t) and as numbers (n).
+    local t = { weight = "1", max_conns = "0", max_fails = "1", fail_timeout = "10" }
+    local n = { weight = 1, max_conns = 0, max_fails = 1, fail_timeout = 10 }
     local backup, down = false, false
 
     for i = 3, #args do
         local a = args[i]
-        if sub(a, 1, 7) == "weight=" then
-            local t, v = atoi(sub(a, 8))
-            if not t or v == 0 then
+        local name, value = a:match("^([%l_]+)=(.*)$")
+        local read = name and SERVER_NUMBERS[name]
+        if read then
+            local text, num = read(value)
+            if not text then
                 return param_error(a)
             end
-            weight, wn = t, v
-        elseif sub(a, 1, 10) == "max_conns=" then
-            local t, v = atoi(sub(a, 11))
-            if not t then
-                return param_error(a)
-            end
-            max_conns, mcn = t, v
-        elseif sub(a, 1, 10) == "max_fails=" then
-            local t, v = atoi(sub(a, 11))
-            if not t then
-                return param_error(a)
-            end
-            max_fails, mfn = t, v
-        elseif sub(a, 1, 13) == "fail_timeout=" then
-            local t, v = parse_time(sub(a, 14), true)
-            if not t then
-                return param_error(a)
-            end
-            fail_timeout, ftn = t, v
+            t[name], n[name] = text, num
         elseif a == "backup" then
             if not b.backup_ok then
                 return fmt('balancing method does not support parameter "%s"', a)
@@ -725,9 +725,10 @@ local function do_server(b, args)
     local s = b.servers
     s[#s + 1] = {
         name = addr.name, host = addr.host, port = addr.port, unix = addr.unix,
-        weight = weight, max_conns = max_conns, max_fails = max_fails,
-        fail_timeout = fail_timeout,
-        weight_n = wn, max_conns_n = mcn, max_fails_n = mfn, fail_timeout_n = ftn,
+        weight = t.weight, max_conns = t.max_conns, max_fails = t.max_fails,
+        fail_timeout = t.fail_timeout,
+        weight_n = n.weight, max_conns_n = n.max_conns, max_fails_n = n.max_fails,
+        fail_timeout_n = n.fail_timeout,
         backup = backup, down = down,
     }
     return nil
@@ -742,6 +743,39 @@ end
 local function set_method(b, text, backup_ok)
     b.method = text
     b.backup_ok = backup_ok
+end
+
+-- A method without parameters (ip_hash, least_conn).
+local function plain_method(name, backup_ok)
+    return function(b, args)
+        if #args ~= 1 then
+            return nargs_error(name)
+        end
+        set_method(b, name, backup_ok)
+        return nil
+    end
+end
+
+-- A directive nginx refuses to see twice, with one value that valid
+-- checks; what names the value in the error ("number", "value").
+local function once(name, valid, what)
+    return function(b, args)
+        if #args ~= 2 then
+            return nargs_error(name)
+        end
+        if b.seen[name] then
+            return fmt('"%s" directive is duplicate', name)
+        end
+        if not valid(args[2]) then
+            return fmt('"%s" directive invalid %s', name, what)
+        end
+        b.seen[name] = true
+        return nil
+    end
+end
+
+local function msec(v)
+    return parse_time(v, false)
 end
 
 -- Directive handlers: nil on success, else nginx's error text.
@@ -768,35 +802,13 @@ local directives = {
         return nil
     end,
 
-    keepalive_requests = function(b, args)
-        if #args ~= 2 then
-            return nargs_error("keepalive_requests")
-        end
-        if b.seen.keepalive_requests then
-            return '"keepalive_requests" directive is duplicate'
-        end
-        if not atoi(args[2]) then
-            return '"keepalive_requests" directive invalid number'
-        end
-        b.seen.keepalive_requests = true
-        return nil
-    end,
+    keepalive_requests = once("keepalive_requests", atoi, "number"),
+    -- keepalive_timeout and keepalive_time are ngx_conf_set_msec_slot.
+    keepalive_timeout = once("keepalive_timeout", msec, "value"),
+    keepalive_time = once("keepalive_time", msec, "value"),
 
-    ip_hash = function(b, args)
-        if #args ~= 1 then
-            return nargs_error("ip_hash")
-        end
-        set_method(b, "ip_hash", false)
-        return nil
-    end,
-
-    least_conn = function(b, args)
-        if #args ~= 1 then
-            return nargs_error("least_conn")
-        end
-        set_method(b, "least_conn", true)
-        return nil
-    end,
+    ip_hash = plain_method("ip_hash", false),
+    least_conn = plain_method("least_conn", true),
 
     hash = function(b, args)
         if #args ~= 2 and #args ~= 3 then
@@ -828,23 +840,6 @@ local directives = {
     end,
 }
 
--- keepalive_timeout and keepalive_time are ngx_conf_set_msec_slot.
-for _, name in ipairs({ "keepalive_timeout", "keepalive_time" }) do
-    directives[name] = function(b, args)
-        if #args ~= 2 then
-            return nargs_error(name)
-        end
-        if b.seen[name] then
-            return fmt('"%s" directive is duplicate', name)
-        end
-        if not parse_time(args[2], false) then
-            return fmt('"%s" directive invalid value', name)
-        end
-        b.seen[name] = true
-        return nil
-    end
-end
-
 local function do_statement(b, args)
     local h = directives[args[1]]
     if not h then
@@ -869,32 +864,50 @@ local function finish_block(b)
     return nil, "no servers in upstream"
 end
 
--- parse_body(text) parses a POST body: the inside of an `upstream {}` block.
--- Returns the upstream { servers = {...}, method =, keepalive = } or nil and
--- an error message in nginx's words.
-function _M.parse_body(text)
-    local b = new_block()
-    local pos = 1
+-- read_block reads the statements of one upstream into b from pos: up to
+-- the end of a POST body, or (file_mode) up to the "}" of a block of the
+-- persisted file. Returns the position after it, or nil and the error.
+local function read_block(b, text, pos, file_mode)
     while true do
         local args = {}
         local rc, err
-        rc, pos, err = read_token(text, pos, args, false)
+        rc, pos, err = read_token(text, pos, args, file_mode)
         if not rc then
             return nil, err
         end
         if rc == "eof" then
-            break
+            if file_mode then
+                return nil, 'unexpected end of file, expecting "}"'
+            end
+            return pos
         end
         if rc == "block_done" then
-            return nil, 'unexpected "}"'
+            if not file_mode then
+                return nil, 'unexpected "}"'
+            end
+            return pos
         end
         if rc == "block_start" then
+            if file_mode then
+                return nil, 'unexpected "{"'
+            end
             return nil, 'unexpected "{": block directives are not allowed here'
         end
         err = do_statement(b, args)
         if err then
             return nil, err
         end
+    end
+end
+
+-- parse_body(text) parses a POST body: the inside of an `upstream {}` block.
+-- Returns the upstream { servers = {...}, method =, keepalive = } or nil and
+-- an error message in nginx's words.
+function _M.parse_body(text)
+    local b = new_block()
+    local pos, err = read_block(b, text, 1, false)
+    if not pos then
+        return nil, err
     end
     return finish_block(b)
 end
@@ -932,25 +945,9 @@ function _M.parse_file(text)
         names[key] = true
 
         local b = new_block()
-        while true do
-            local inner = {}
-            rc, pos, err = read_token(text, pos, inner, true)
-            if not rc then
-                return nil, fmt('upstream "%s": %s', name, err)
-            end
-            if rc == "eof" then
-                return nil, fmt('upstream "%s": unexpected end of file, expecting "}"', name)
-            end
-            if rc == "block_done" then
-                break
-            end
-            if rc == "block_start" then
-                return nil, fmt('upstream "%s": unexpected "{"', name)
-            end
-            err = do_statement(b, inner)
-            if err then
-                return nil, fmt('upstream "%s": %s', name, err)
-            end
+        pos, err = read_block(b, text, pos, true)
+        if not pos then
+            return nil, fmt('upstream "%s": %s', name, err)
         end
 
         local ups

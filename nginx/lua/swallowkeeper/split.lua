@@ -11,7 +11,8 @@
 --                  a request its group failed goes to `name` instead.
 --
 -- A rule (POST body, one directive a line, single spaces):
---   to web_canary            the group's upstream (required)
+--   to web_canary            the group's upstream (required): NAME_<group>,
+--                            never another service's upstream
 --   percent 10               share of the remaining requests, 0 to 100
 --                            with at most two decimals (default 0)
 --   sticky addr              hash of the client address,
@@ -37,9 +38,9 @@ local dyups = require "swallowkeeper.dyups"
 
 local ngx = ngx
 local log, ERR, WARN, INFO = ngx.log, ngx.ERR, ngx.WARN, ngx.INFO
-local find, sub, lower, gsub, fmt, concat, gmatch, byte =
+local find, sub, lower, gsub, fmt, concat, gmatch =
     string.find, string.sub, string.lower, string.gsub, string.format,
-    table.concat, string.gmatch, string.byte
+    table.concat, string.gmatch
 local tonumber, ipairs, floor, sort, random = tonumber, ipairs, math.floor, table.sort, math.random
 
 local _M = { _VERSION = "1.0" }
@@ -49,9 +50,16 @@ local SCALE = 10000 -- shares are kept in hundredths of a percent
 local MAX_VALUE = 256
 local MAX_TOKEN = 64
 
--- Same alphabet as upstream names in swallowkeeper.dyups.
-local function valid_name(name)
-    return #name >= 1 and #name <= 200 and find(name, "^[A-Za-z0-9][A-Za-z0-9_.%-]*$") ~= nil
+local valid_name, printable = dyups.valid_name, dyups.printable
+
+-- is_group says whether upstream `to` is one of upstream `name`'s groups
+-- by its name: name, "_", then at least one character, without case. A
+-- split moves a service's requests only to its own groups (web to
+-- web_canary), never to another service's upstream (web to admin), even
+-- if whoever writes rules says so. The daemon applies the same rule.
+local function is_group(to, name)
+    local p = lower(name) .. "_"
+    return #to > #p and sub(lower(to), 1, #p) == p
 end
 
 -- RFC 9110 token characters: header and cookie names.
@@ -62,13 +70,6 @@ end
 -- Visible ASCII, no spaces: a header or cookie value to match exactly.
 local function valid_value(s)
     return #s >= 1 and #s <= MAX_VALUE and find(s, "^[\33-\126]+$") ~= nil
-end
-
-local function printable(s)
-    if #s > 128 then
-        s = sub(s, 1, 128) .. "..."
-    end
-    return (gsub(s, '[%c\128-\255"\\]', function(c) return fmt("\\x%02X", byte(c)) end))
 end
 
 -- percent_text writes hundredths of a percent the way the daemon does:
@@ -179,6 +180,9 @@ local function parse(name, body)
     if lower(r.to) == lower(name) then
         return nil, "\"to\" names the split's own upstream"
     end
+    if not is_group(r.to, name) then
+        return nil, fmt("\"to\" %s is not a group of %s: want %s_<group>", r.to, name, name)
+    end
     local by_name = function(a, b) return lower(a.name) < lower(b.name) end
     sort(r.header, by_name)
     sort(r.cookie, by_name)
@@ -208,8 +212,11 @@ end
 -- Request path
 -- ---------------------------------------------------------------------
 
--- cache[lowercased name] = { version = sk:splitver when read, rule = rule or false }
-local cache = {}
+-- cache[lowercased name] = the compiled rule (false: stored but
+-- unreadable), as of sk:splitver cache_version. Only names that have a
+-- rule are kept: route() is called with any Host a client sends, and a
+-- miss costs one dict get, not an entry.
+local cache, cache_version = {}, nil
 local seeded = false
 
 -- group_failed[lowercased group] = when a request last failed on every
@@ -221,22 +228,26 @@ local GROUP_HOLD = 10
 
 local function rule_for(dict, key)
     local version = dict:get(K_VERSION) or 0
-    local c = cache[key]
-    if c and c.version == version then
-        return c.rule
+    if version ~= cache_version then
+        cache, cache_version = {}, version
+    end
+    local rule = cache[key]
+    if rule ~= nil then
+        return rule
     end
     local rec = dict:get(P_SPLIT .. key)
-    local rule = false
-    if rec then
-        local nl = find(rec, "\n", 1, true)
-        local r, err = parse(sub(rec, 1, nl - 1), sub(rec, nl + 1))
-        if r then
-            rule = compile(key, r)
-        else
-            log(ERR, "swallowkeeper: split \"", key, "\": stored rule unreadable: ", err)
-        end
+    if not rec then
+        return false
     end
-    cache[key] = { version = version, rule = rule }
+    local nl = find(rec, "\n", 1, true)
+    local r, err = parse(sub(rec, 1, nl - 1), sub(rec, nl + 1))
+    rule = false
+    if r then
+        rule = compile(key, r)
+    else
+        log(ERR, "swallowkeeper: split \"", key, "\": stored rule unreadable: ", err)
+    end
+    cache[key] = rule
     return rule
 end
 
@@ -287,7 +298,9 @@ function _M.route(name)
         end
     end
 
-    if group and dyups.usable(rule.to) then
+    -- is_group: parse() refused the rule already; checked again here
+    -- because this line is what sends the request.
+    if group and is_group(rule.to, name) and dyups.usable(rule.to) then
         local failed = group_failed[lower(rule.to)]
         if not failed or ngx.now() - failed > GROUP_HOLD then
             return rule.to
@@ -304,18 +317,23 @@ local NON_IDEMPOTENT = { POST = true, LOCK = true, PATCH = true }
 -- sends a request whose group answered 502 -- every server of the group
 -- dead, found only by trying -- to its main upstream `name`, once. A
 -- request that went to the main upstream already, or whose method is not
--- idempotent, keeps its 502.
+-- idempotent, keeps its 502; the group is skipped for GROUP_HOLD seconds
+-- either way, so that the next requests, of any method, go to `name`.
 function _M.fallback(name)
     local var = ngx.var
     local chosen = var.sk_upstream
-    if not name or name == "" or not chosen or lower(chosen) == lower(name)
-        or NON_IDEMPOTENT[ngx.req.get_method()]
-    then
+    if not name or name == "" or not chosen or lower(chosen) == lower(name) then
+        return ngx.exit(502)
+    end
+    group_failed[lower(chosen)] = ngx.now()
+    local method = ngx.req.get_method()
+    if NON_IDEMPOTENT[method] then
+        log(WARN, "swallowkeeper: split \"", name, "\": group \"", chosen, "\" failed; ", method,
+            " not sent again (not idempotent); group skipped for ", GROUP_HOLD, "s")
         return ngx.exit(502)
     end
     log(WARN, "swallowkeeper: split \"", name, "\": group \"", chosen,
         "\" failed, request sent to \"", name, "\"; group skipped for ", GROUP_HOLD, "s")
-    group_failed[lower(chosen)] = ngx.now()
     var.sk_upstream = name
 end
 
@@ -360,6 +378,15 @@ local function get_all(dict)
         return respond(204, "")
     end
     return respond(200, concat(out))
+end
+
+-- not_announced answers a change whose version bump failed (dict full, or
+-- sk:splitver not a number): the change was undone, nothing is in force.
+local function not_announced(name, err)
+    log(ERR, "swallowkeeper: split \"", name, "\": lua_shared_dict: ", K_VERSION, ": ", err,
+        "; change undone")
+    ngx.header["X-SwallowKeeper-Error"] = err == "no memory" and "shared dict full" or err
+    return respond(500, "split not stored\n")
 end
 
 local function read_body()
@@ -420,8 +447,13 @@ function _M.api()
         if not dict:get(P_SPLIT .. key) then
             return respond(404, "not found split\n")
         end
+        local rec = dict:get(P_SPLIT .. key)
         dict:delete(P_SPLIT .. key)
-        dict:incr(K_VERSION, 1, 0)
+        local ok, ierr = dict:incr(K_VERSION, 1, 0)
+        if not ok then
+            dict:set(P_SPLIT .. key, rec) -- the workers would not see the change
+            return not_announced(name, ierr)
+        end
         log(INFO, "swallowkeeper: split \"", name, "\" deleted")
         return respond(200, "success")
     end
@@ -440,6 +472,7 @@ function _M.api()
         return respond(400, "invalid split: " .. err .. "\n")
     end
     local text = canonical(r)
+    local prev = dict:get(P_SPLIT .. key)
     local ok
     ok, err = dict:safe_set(P_SPLIT .. key, name .. "\n" .. text)
     if not ok then
@@ -447,7 +480,18 @@ function _M.api()
         ngx.header["X-SwallowKeeper-Error"] = err == "no memory" and "shared dict full" or err
         return respond(500, "split not stored\n")
     end
-    dict:incr(K_VERSION, 1, 0)
+    ok, err = dict:incr(K_VERSION, 1, 0)
+    if not ok then
+        -- The workers would go on with the rule they cached: put the old
+        -- one back, so that GET shows what is in force and the daemon
+        -- tries again.
+        if prev then
+            dict:set(P_SPLIT .. key, prev)
+        else
+            dict:delete(P_SPLIT .. key)
+        end
+        return not_announced(name, err)
+    end
     log(INFO, "swallowkeeper: split \"", name, "\" set: to ", r.to, " ", percent_text(r.bp), "%")
     return respond(200, "success")
 end
