@@ -4,16 +4,15 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/cli"
+	"github.com/swallowkeeper/swallowkeeper/internal/cmdmain"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
-	stop()
-	os.Exit(code)
+	cmdmain.Run(func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+		return cli.Run(ctx, args, stdout, stderr, os.Getenv)
+	})
 }

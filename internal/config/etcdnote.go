@@ -24,7 +24,7 @@ func (cfg *Config) EtcdWrapperNote() string {
 	if string(opt.Layout) != Default().Etcd.Layout {
 		flags = append(flags, "-etcd-layout "+string(opt.Layout))
 	}
-	if p := layout.CleanRoot(opt.Prefix); p != layout.CleanRoot(opt.Layout.DefaultPrefix()) {
+	if p := layout.CleanRoot(opt.Prefix); p != layout.CleanRoot(opt.Layout.DefaultRoot()) {
 		flags = append(flags, "-etcd-prefix "+p)
 	}
 	if len(flags) == 0 {

@@ -3,6 +3,7 @@ package config
 import (
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
@@ -11,19 +12,16 @@ import (
 // EtcdOptions are the etcd source's options, every default resolved: an
 // unset prefix is the layout's (/upstreams for upsync, /services for
 // service), the password comes from password_file, and resync 0 is off,
-// as in every source.
+// as in every source. The layout, like every option, is checked by the
+// source's Validate: the source knows which layouts it reads.
 func (cfg *Config) EtcdOptions() (etcd.Options, error) {
 	e := cfg.Etcd
-	layout, err := etcd.ParseLayout(e.Layout)
-	if err != nil {
-		return etcd.Options{}, err
-	}
 	password, err := cfg.ReadPassword()
 	if err != nil {
 		return etcd.Options{}, err
 	}
 	opt := etcd.Options{
-		Layout:      layout,
+		Layout:      layout.Layout(e.Layout),
 		Prefix:      e.Prefix,
 		DialTimeout: time.Duration(e.DialTimeout),
 		Resync:      time.Duration(e.Resync),
@@ -34,7 +32,7 @@ func (cfg *Config) EtcdOptions() (etcd.Options, error) {
 		KeyFile:     e.TLS.KeyFile,
 	}
 	if opt.Prefix == "" {
-		opt.Prefix = layout.DefaultPrefix()
+		opt.Prefix = opt.Layout.DefaultRoot()
 	}
 	return opt, opt.Validate()
 }
@@ -44,13 +42,9 @@ func (cfg *Config) EtcdOptions() (etcd.Options, error) {
 // defaults of the zookeeper section; resync 0 is off).
 func (cfg *Config) ZooKeeperOptions() (zookeeper.Options, error) {
 	z := cfg.ZooKeeper
-	layout, err := zookeeper.ParseLayout(z.Layout)
-	if err != nil {
-		return zookeeper.Options{}, err
-	}
 	opt := zookeeper.Options{
 		Root:           z.Root,
-		Layout:         layout,
+		Layout:         layout.Layout(z.Layout),
 		SessionTimeout: time.Duration(z.SessionTimeout),
 		Resync:         time.Duration(z.Resync),
 	}

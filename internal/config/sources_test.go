@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
 )
 
@@ -20,12 +20,12 @@ func TestSourceOptionsResolveEveryDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Layout != etcd.Upsync || e.Prefix != "/upstreams" || e.DialTimeout != 5*time.Second || e.Resync != 10*time.Minute ||
+	if e.Layout != layout.Upsync || e.Prefix != "/upstreams" || e.DialTimeout != 5*time.Second || e.Resync != 10*time.Minute ||
 		e.Username != "" || e.Password != "" {
 		t.Errorf("etcd options from the defaults: %+v", e)
 	}
 	c.Etcd.Layout = "service"
-	if e, err := c.EtcdOptions(); err != nil || e.Layout != etcd.Service || e.Prefix != "/services" {
+	if e, err := c.EtcdOptions(); err != nil || e.Layout != layout.Service || e.Prefix != "/services" {
 		t.Errorf("service layout: %+v, %v; want prefix /services", e, err)
 	}
 	c.Etcd.Prefix = "/sd/"
@@ -37,11 +37,11 @@ func TestSourceOptionsResolveEveryDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if z != (zookeeper.Options{Root: "/services", Layout: zookeeper.Curator, SessionTimeout: 10 * time.Second, Resync: 10 * time.Minute}) {
+	if z != (zookeeper.Options{Root: "/services", Layout: layout.Curator, SessionTimeout: 10 * time.Second, Resync: 10 * time.Minute}) {
 		t.Errorf("zookeeper options from the defaults: %+v", z)
 	}
 	c.ZooKeeper.Layout = "plain"
-	if z, err := c.ZooKeeperOptions(); err != nil || z.Layout != zookeeper.Plain {
+	if z, err := c.ZooKeeperOptions(); err != nil || z.Layout != layout.Plain {
 		t.Errorf("plain layout: %+v, %v", z, err)
 	}
 }
@@ -97,9 +97,14 @@ func TestSourceOptionsAreValidated(t *testing.T) {
 		t.Errorf("etcd prefix /a/../b: %v", err)
 	}
 	c.Etcd.Prefix, c.Etcd.Layout = "", "curator"
-	if _, err := c.EtcdOptions(); err == nil || !strings.Contains(err.Error(), `unknown layout "curator"`) {
+	if _, err := c.EtcdOptions(); err == nil || err.Error() != `etcd: unknown layout "curator" (want "upsync" or "service")` {
 		t.Errorf("etcd layout curator: %v", err)
 	}
+	c.ZooKeeper.Layout = "upsync"
+	if _, err := c.ZooKeeperOptions(); err == nil || err.Error() != `zookeeper: unknown layout "upsync" (want "curator" or "plain")` {
+		t.Errorf("zookeeper layout upsync: %v", err)
+	}
+	c.ZooKeeper.Layout = "curator"
 	c.ZooKeeper.Root = "/a//b"
 	if _, err := c.ZooKeeperOptions(); err == nil || !strings.Contains(err.Error(), "zookeeper: root") {
 		t.Errorf("zookeeper root /a//b: %v", err)

@@ -132,6 +132,11 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q): %v, want an error naming the layouts offered", s, err)
 		}
 	}
+	for l, want := range map[Layout]string{Upsync: "/upstreams", Service: "/services", Curator: "/services", Plain: "/services"} {
+		if got := l.DefaultRoot(); got != want {
+			t.Errorf("%s: default root %q, want %q", l, got, want)
+		}
+	}
 	if _, err := Layout("x").Decode("web", "10.0.0.1:80", nil); err == nil {
 		t.Error("an unknown layout decoded an entry")
 	}

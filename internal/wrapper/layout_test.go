@@ -11,7 +11,6 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/etcd"
-	"github.com/swallowkeeper/swallowkeeper/internal/source/zookeeper"
 )
 
 // The wrapper writes what the daemon's sources read: an instance the etcd
@@ -47,11 +46,7 @@ func TestRegistrarEntriesReadBackThroughTheSources(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l, err := etcd.ParseLayout(c.layout)
-			if err != nil {
-				t.Fatal(err)
-			}
-			snap, invalid := l.Snapshot(c.dir, []etcd.KV{{Key: key, Value: []byte(value)}}, rules)
+			snap, invalid := etcd.Snapshot(layout.Layout(c.layout), c.dir, []etcd.KV{{Key: key, Value: []byte(value)}}, rules)
 			check("etcd "+c.layout+" under "+c.dir, snap, invalid)
 		}
 		for _, c := range []struct{ layout, root string }{{"curator", ""}, {"plain", ""}, {"curator", "/sd"}, {"plain", "/"}} {
@@ -64,11 +59,7 @@ func TestRegistrarEntriesReadBackThroughTheSources(t *testing.T) {
 				root = "/services"
 			}
 			dir, name, _ := strings.Cut(strings.TrimPrefix(path, layout.Join(root)), "/")
-			l, err := zookeeper.ParseLayout(c.layout)
-			if err != nil {
-				t.Fatal(err)
-			}
-			snap, invalid := l.Snapshot(root, map[string][]zookeeper.Znode{dir: {{Name: name, Value: data}}}, rules)
+			snap, invalid := layout.Layout(c.layout).Snapshot(layout.Tree{Root: root, Dirs: map[string][]layout.Entry{dir: {{Name: name, Value: data}}}}, rules)
 			check("zookeeper "+c.layout+" under "+root, snap, invalid)
 		}
 	}
@@ -116,7 +107,7 @@ func TestDefaultEtcdRegistrationIsReadByTheDefaultDaemon(t *testing.T) {
 	}
 	dir := layout.Join(layout.CleanRoot(opt.Prefix))
 	rules := registry.Rules{Weight: 1, FailTimeout: 10 * time.Second}
-	snap, invalid := opt.Layout.Snapshot(dir, []etcd.KV{{Key: key, Value: []byte(value)}}, rules)
+	snap, invalid := etcd.Snapshot(opt.Layout, dir, []etcd.KV{{Key: key, Value: []byte(value)}}, rules)
 	u := snap.Upstreams[c.o.Upstream]
 	if len(invalid) != 0 || len(u.Servers) != 1 || u.Servers[0].Addr.String() != "10.0.0.1:8080" {
 		t.Fatalf("the default registration %s = %q reads back, under the daemon's default %s layout at %s, as %v (dropped %v), want 10.0.0.1:8080 in %s",

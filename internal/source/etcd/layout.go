@@ -11,37 +11,6 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 )
 
-// Layout is how services and their instances are stored under the prefix:
-// always one key per instance, <prefix>/<service>/<name>; the layout says
-// what the name and the value mean (package layout reads and writes them).
-type Layout string
-
-const (
-	// Upsync is nginx-upsync-module's layout: the key is
-	// <prefix>/<upstream>/<ip>:<port> ("[<ipv6>]:<port>") and the value is
-	// empty or a JSON object of server parameters, read as the module reads
-	// it (see layout.Upsync).
-	Upsync = Layout(layout.Upsync)
-	// Service is a service registry layout: the key is
-	// <prefix>/<service>/<instance-id> and the value a JSON object
-	// {"address":"10.0.0.1","port":8080,"tags":[…],"meta":{…},"healthy":true}.
-	// Instances usually hold a lease, so that a dead one disappears.
-	Service = Layout(layout.Service)
-)
-
-// ParseLayout checks a layout name from the configuration.
-func ParseLayout(s string) (Layout, error) {
-	l, err := layout.Parse(s, layout.Upsync, layout.Service)
-	if err != nil {
-		return "", fmt.Errorf("etcd: %w", err)
-	}
-	return Layout(l), nil
-}
-
-// DefaultPrefix is where the layout's registrations live by default:
-// /upstreams for Upsync, /services for Service.
-func (l Layout) DefaultPrefix() string { return layout.Layout(l).DefaultRoot() }
-
 // KV is one key and its value as read from etcd.
 type KV struct {
 	Key   string
@@ -51,13 +20,14 @@ type KV struct {
 // Invalid is a key left out of a snapshot, and why.
 type Invalid = layout.Invalid
 
-// Snapshot converts one complete read of the prefix into the engine's
-// snapshot (see layout.Layout.Snapshot). dir is the prefix with its
-// trailing slash ("/upstreams/"); every key in kvs starts with it.
+// Snapshot converts one complete read of the prefix, whose keys and values
+// are in layout l, into the engine's snapshot (see layout.Layout.Snapshot).
+// dir is the prefix with its trailing slash ("/upstreams/"); every key in
+// kvs starts with it.
 //
 // A service is seen when at least one key lies under <dir><service>/; a
 // key of another shape is invalid and makes no service.
-func (l Layout) Snapshot(dir string, kvs []KV, r registry.Rules) (engine.Snapshot, []Invalid) {
+func Snapshot(l layout.Layout, dir string, kvs []KV, r registry.Rules) (engine.Snapshot, []Invalid) {
 	t := layout.Tree{Root: dir, Dirs: map[string][]layout.Entry{}}
 	for _, kv := range kvs {
 		svc, name, err := splitKey(dir, kv.Key)
@@ -67,7 +37,7 @@ func (l Layout) Snapshot(dir string, kvs []KV, r registry.Rules) (engine.Snapsho
 		}
 		t.Dirs[svc] = append(t.Dirs[svc], layout.Entry{Name: name, Value: kv.Value})
 	}
-	return layout.Layout(l).Snapshot(t, r)
+	return l.Snapshot(t, r)
 }
 
 // splitKey cuts <dir><service>/<name> into its two names; both must be

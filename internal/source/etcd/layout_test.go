@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -29,7 +30,7 @@ func svc(addr string, port int, extra string) string {
 func TestLayoutSnapshot(t *testing.T) {
 	tests := []struct {
 		name     string
-		layout   Layout
+		layout   layout.Layout
 		dir      string
 		kvs      []KV
 		r        func(*registry.Rules)
@@ -39,7 +40,7 @@ func TestLayoutSnapshot(t *testing.T) {
 	}{
 		{
 			name:   "an nginx-upsync tree is picked up unchanged, one upstream per directory",
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			kvs: []KV{
 				kv("/upstreams/test/192.168.1.100:8080", upsyncDefault),
 				kv("/upstreams/test/192.168.1.101:8080", ""),
@@ -50,12 +51,12 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "no keys at all is an empty snapshot, which the engine holds",
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			want: map[string][]string{}, services: 0,
 		},
 		{
 			name:   "a service whose keys are all invalid keeps its upstream with no servers, so a bad write cannot empty nginx",
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			kvs: []KV{
 				kv("/upstreams/web/10.0.0.1:80", `{"weight":0}`),
 				kv("/upstreams/web/evil.example.com:80", ""),
@@ -67,7 +68,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "instances of a service become one sorted upstream, in the service layout",
-			layout: Service, dir: "/services/",
+			layout: layout.Service, dir: "/services/",
 			kvs: []KV{
 				kv("/services/web/b", svc("10.0.0.2", 80, "")),
 				kv("/services/web/a", svc("10.0.0.1", 80, "")),
@@ -76,13 +77,13 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "unhealthy instances leave the upstream known with no servers",
-			layout: Service, dir: "/services/",
+			layout: layout.Service, dir: "/services/",
 			kvs:  []KV{kv("/services/web/a", svc("10.0.0.1", 80, `,"healthy":false`))},
 			want: map[string][]string{"web": nil}, services: 1,
 		},
 		{
 			name:   "tag gray=canary goes to its own upstream and weight meta applies",
-			layout: Service, dir: "/services/",
+			layout: layout.Service, dir: "/services/",
 			kvs: []KV{
 				kv("/services/web/a", svc("10.0.0.1", 80, "")),
 				kv("/services/web/b", svc("10.0.0.2", 80, `,"tags":["gray=canary"],"meta":{"weight":"7"}`)),
@@ -91,7 +92,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "excluded services are neither built nor counted",
-			layout: Service, dir: "/services/",
+			layout: layout.Service, dir: "/services/",
 			kvs: []KV{
 				kv("/services/skipped/a", svc("10.0.0.1", 80, "")),
 				kv("/services/web/a", svc("10.0.0.2", 80, "")),
@@ -100,7 +101,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "a service whose readable instances lack the required tags yields nothing",
-			layout: Service, dir: "/services/",
+			layout: layout.Service, dir: "/services/",
 			kvs: []KV{
 				kv("/services/web/a", svc("10.0.0.1", 80, "")),
 				kv("/services/api/a", svc("10.0.0.2", 80, `,"tags":["env=prod"]`)),
@@ -110,7 +111,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "a service with an invalid name is counted but never built",
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			kvs: []KV{
 				kv("/upstreams/we b/10.0.0.1:80", ""),
 				kv("/upstreams/web/10.0.0.2:80", ""),
@@ -120,7 +121,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "keys that do not have the shape <prefix>/<service>/<name> are invalid and do not make a service",
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			kvs: []KV{
 				kv("/upstreams/web", ""),
 				kv("/upstreams//10.0.0.1:80", ""),
@@ -134,7 +135,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "two keys naming one address: the first by name wins, the other is reported by its key",
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			kvs: []KV{
 				kv("/upstreams/web/10.0.0.1:80", ""),
 				kv("/upstreams/web/10.0.0.1:080", `{"weight":9}`),
@@ -144,7 +145,7 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "the root prefix works: every top-level directory is a service",
-			layout: Upsync, dir: "/",
+			layout: layout.Upsync, dir: "/",
 			kvs:  []KV{kv("/web/10.0.0.1:80", "")},
 			want: map[string][]string{"web": {"10.0.0.1:80"}}, services: 1,
 		},
@@ -155,7 +156,7 @@ func TestLayoutSnapshot(t *testing.T) {
 			if tt.r != nil {
 				tt.r(&r)
 			}
-			snap, invalid := tt.layout.Snapshot(tt.dir, tt.kvs, r)
+			snap, invalid := Snapshot(tt.layout, tt.dir, tt.kvs, r)
 			testenv.CheckUpstreams(t, snap, tt.want, tt.services)
 			var keys []string
 			for _, iv := range invalid {
@@ -175,13 +176,13 @@ func TestLayoutSnapshot(t *testing.T) {
 // names the key, and nothing of them reaches the rendered file.
 func TestLayoutSnapshotDropsHostileKeys(t *testing.T) {
 	tests := []struct {
-		layout Layout
+		layout layout.Layout
 		dir    string
 		good   KV
 		bad    []KV
 	}{
 		{
-			layout: Upsync, dir: "/upstreams/",
+			layout: layout.Upsync, dir: "/upstreams/",
 			good: kv("/upstreams/web/10.0.0.1:8080", upsyncDefault),
 			bad: []KV{
 				kv("/upstreams/web/10.0.0.2:80;server 6.6.6.6:80", ""),
@@ -206,7 +207,7 @@ func TestLayoutSnapshotDropsHostileKeys(t *testing.T) {
 			},
 		},
 		{
-			layout: Service, dir: "/services/",
+			layout: layout.Service, dir: "/services/",
 			good: kv("/services/web/good", svc("10.0.0.1", 8080, "")),
 			bad: []KV{
 				kv("/services/web/semicolon", svc("10.0.0.2;server 6.6.6.6:80", 8080, "")),
@@ -232,7 +233,7 @@ func TestLayoutSnapshotDropsHostileKeys(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(string(tt.layout), func(t *testing.T) {
 			kvs := append([]KV{tt.good}, tt.bad...)
-			snap, invalid := tt.layout.Snapshot(tt.dir, kvs, rules)
+			snap, invalid := Snapshot(tt.layout, tt.dir, kvs, rules)
 			if got := servers(snap.Upstreams["web"]); !slices.Equal(got, []string{"10.0.0.1:8080"}) {
 				t.Fatalf("web servers %v, want only the good one", got)
 			}
@@ -275,7 +276,7 @@ func TestLayoutUpsyncParamsReachTheServer(t *testing.T) {
 		{`{"down":1}`, "server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s down;"},
 		{"", "server 10.0.0.1:80 weight=1 max_fails=3 fail_timeout=10s;"},
 	} {
-		snap, invalid := Upsync.Snapshot("/upstreams/", []KV{kv("/upstreams/web/10.0.0.1:80", tt.value)}, rules)
+		snap, invalid := Snapshot(layout.Upsync, "/upstreams/", []KV{kv("/upstreams/web/10.0.0.1:80", tt.value)}, rules)
 		if len(invalid) != 0 {
 			t.Fatalf("%s: %v", tt.value, invalid)
 		}
@@ -285,21 +286,24 @@ func TestLayoutUpsyncParamsReachTheServer(t *testing.T) {
 	}
 }
 
-func TestParseLayout(t *testing.T) {
-	for s, want := range map[string]Layout{"upsync": Upsync, "service": Service} {
-		if got, err := ParseLayout(s); err != nil || got != want {
-			t.Errorf("ParseLayout(%q) = %q, %v", s, got, err)
+// The source reads the two etcd layouts and no other: any other name is
+// refused at start and reads no instance.
+func TestLayouts(t *testing.T) {
+	for _, l := range []layout.Layout{layout.Upsync, layout.Service} {
+		o := upsyncOptions
+		o.Layout = l
+		if err := o.Validate(); err != nil {
+			t.Errorf("layout %q: %v", l, err)
 		}
 	}
-	for _, s := range []string{"", "Upsync", "plain", "curator"} {
-		if _, err := ParseLayout(s); err == nil {
-			t.Errorf("ParseLayout(%q) accepted", s)
+	for _, l := range []layout.Layout{"", "Upsync", "plain", "curator"} {
+		o := upsyncOptions
+		o.Layout = l
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), `(want "upsync" or "service")`) {
+			t.Errorf("layout %q: %v, want it refused", l, err)
 		}
 	}
-	if Upsync.DefaultPrefix() != "/upstreams" || Service.DefaultPrefix() != "/services" {
-		t.Errorf("default prefixes %q, %q", Upsync.DefaultPrefix(), Service.DefaultPrefix())
-	}
-	if snap, invalid := Layout("x").Snapshot("/upstreams/", []KV{kv("/upstreams/web/10.0.0.1:80", "")}, rules); len(invalid) != 1 || len(servers(snap.Upstreams["web"])) != 0 {
+	if snap, invalid := Snapshot("x", "/upstreams/", []KV{kv("/upstreams/web/10.0.0.1:80", "")}, rules); len(invalid) != 1 || len(servers(snap.Upstreams["web"])) != 0 {
 		t.Errorf("an unknown layout read an instance: %v, dropped %v", snap.Upstreams, invalid)
 	}
 }

@@ -54,8 +54,13 @@ import (
 // configuration resolves every default (config.Config.EtcdOptions), and a
 // zero value means what it says.
 type Options struct {
-	// Layout says how keys and values are read.
-	Layout Layout
+	// Layout says what a key's instance name and its value mean; the keys
+	// are always <prefix>/<service>/<name>, one per instance.
+	// layout.Upsync is nginx-upsync-module's (<ip>:<port> names, a value
+	// of server parameters); layout.Service holds a JSON registration
+	// under the instance id, usually with a lease so that a dead instance
+	// disappears.
+	Layout layout.Layout
 	// Prefix is where the service directories live, an absolute key path;
 	// "/" is allowed, a trailing slash is dropped.
 	Prefix string
@@ -105,8 +110,8 @@ const pageSize = 1000
 // Validate reports options the source cannot run with, so that the
 // configuration can refuse them at start.
 func (o Options) Validate() error {
-	if _, err := ParseLayout(string(o.Layout)); err != nil {
-		return err
+	if _, err := layout.Parse(string(o.Layout), layout.Upsync, layout.Service); err != nil {
+		return fmt.Errorf("etcd: %w", err)
 	}
 	if err := layout.CheckRoot(layout.CleanRoot(o.Prefix), "key"); err != nil {
 		return fmt.Errorf("etcd: prefix %q: %w", o.Prefix, err)
@@ -641,7 +646,7 @@ func (f *follower) send(ctx context.Context, out chan<- engine.Snapshot) bool {
 	for _, k := range slices.Sorted(maps.Keys(f.kvs)) {
 		list = append(list, KV{Key: k, Value: f.kvs[k]})
 	}
-	snap, _ := f.s.opt.Layout.Snapshot(f.dir, list, f.s.rules)
+	snap, _ := Snapshot(f.s.opt.Layout, f.dir, list, f.s.rules)
 	return f.pub.Publish(ctx, out, snap)
 }
 

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -30,7 +31,7 @@ func newSource(endpoints []string, opt Options, reg prometheus.Registerer) *Sour
 
 // upsyncOptions are the options of most tests: nginx-upsync's tree under
 // /upstreams, a 2s dial timeout.
-var upsyncOptions = Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second}
+var upsyncOptions = Options{Layout: layout.Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second}
 
 func run(t *testing.T, src *Source) <-chan engine.Snapshot {
 	t.Helper()
@@ -234,7 +235,7 @@ func TestSourceFollowsServiceRegistrations(t *testing.T) {
 	a.put("/services/api/y", svc("127.0.0.1", 9101, `,"healthy":false`))
 	a.put("/services/web/a", svc("127.0.0.1", 9001, `,"meta":{"weight":"4"}`))
 
-	snaps := startSource(t, e.Endpoints(), Options{Layout: Service, Prefix: "/services", DialTimeout: 2 * time.Second}, nil)
+	snaps := startSource(t, e.Endpoints(), Options{Layout: layout.Service, Prefix: "/services", DialTimeout: 2 * time.Second}, nil)
 	s := waitFor(t, snaps, "api/x and web/a are found", all(hasServers("api", "127.0.0.1:9100"), hasServers("web", "127.0.0.1:9001")))
 	if w := s.Upstreams["web"].Servers[0].Weight; w != 4 {
 		t.Errorf("weight meta not applied: %d", w)
@@ -452,7 +453,7 @@ func TestSourceResyncSendsOnlyChanges(t *testing.T) {
 	a := newApp(t, e)
 	reg := prometheus.NewRegistry()
 	a.put("/upstreams/web/127.0.0.1:9001", "")
-	snaps := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Resync: 150 * time.Millisecond}, reg)
+	snaps := startSource(t, e.Endpoints(), Options{Layout: layout.Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Resync: 150 * time.Millisecond}, reg)
 	waitFor(t, snaps, "web is found", hasServers("web", "127.0.0.1:9001"))
 	quiet(t, snaps, time.Second, "nothing changed across several resyncs")
 	if n := sample(t, reg, "swallowkeeper_etcd_relists_total", "reason", "resync"); n < 3 {
@@ -495,11 +496,11 @@ func TestSourceLogsIn(t *testing.T) {
 		return nil
 	})
 
-	snaps := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "s3cret"}, nil)
+	snaps := startSource(t, e.Endpoints(), Options{Layout: layout.Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "s3cret"}, nil)
 	waitFor(t, snaps, "web is read with the reader's credentials", hasServers("web", "127.0.0.1:9001"))
 
 	reg := prometheus.NewRegistry()
-	bad := startSource(t, e.Endpoints(), Options{Layout: Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "wrong"}, reg)
+	bad := startSource(t, e.Endpoints(), Options{Layout: layout.Upsync, Prefix: "/upstreams", DialTimeout: 2 * time.Second, Username: "swallowkeeper", Password: "wrong"}, reg)
 	quiet(t, bad, time.Second, "the password is wrong")
 	if n := sample(t, reg, "swallowkeeper_etcd_errors_total", "op", "connect"); n < 1 {
 		t.Errorf("connect errors %v, want at least 1", n)
@@ -528,16 +529,13 @@ func TestSourceSendsNothingWithoutEtcd(t *testing.T) {
 // defaulted here (config.EtcdOptions resolves the defaults): the zero
 // Options are refused.
 func TestOptions(t *testing.T) {
-	src := New(nil, Options{Layout: Service, Prefix: "/a/b/", DialTimeout: time.Second}, rules, testenv.Logger(), nil)
+	src := New(nil, Options{Layout: layout.Service, Prefix: "/a/b/", DialTimeout: time.Second}, rules, testenv.Logger(), nil)
 	if src.opt.Prefix != "/a/b" || src.opt.dir() != "/a/b/" || src.opt.Resync != 0 || src.requestTimeout != 10*time.Second ||
 		src.retryBase != 250*time.Millisecond || src.retryCap != 30*time.Second {
 		t.Errorf("prefix %q (dir %q), resync %v (want 0: off), request timeout %v, retry %v to %v", src.opt.Prefix, src.opt.dir(), src.opt.Resync, src.requestTimeout, src.retryBase, src.retryCap)
 	}
 	if got := (Options{Prefix: "/"}).dir(); got != "/" {
 		t.Errorf("dir of / = %q", got)
-	}
-	if Upsync.DefaultPrefix() != "/upstreams" || Service.DefaultPrefix() != "/services" {
-		t.Errorf("default prefixes %q, %q", Upsync.DefaultPrefix(), Service.DefaultPrefix())
 	}
 	with := func(f func(*Options)) Options { o := upsyncOptions; f(&o); return o }
 	for _, p := range []string{"/", "/upstreams", "/v2/keys/upstreams", "/a/b-c/d.e", "/a/b/"} {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
@@ -26,14 +27,14 @@ func spring(metadata string) string {
 }
 
 // node is a Curator znode of service web on addr:port.
-func node(name, addr string, port int) Znode {
-	return Znode{Name: name, Value: []byte(curator(`"address":"` + addr + `","port":` + strconv.Itoa(port)))}
+func node(name, addr string, port int) layout.Entry {
+	return layout.Entry{Name: name, Value: []byte(curator(`"address":"` + addr + `","port":` + strconv.Itoa(port)))}
 }
 
 var servers = testenv.Addrs
 
 func TestLayoutSnapshotDropsHostileZnodes(t *testing.T) {
-	tree := map[string][]Znode{
+	tree := map[string][]layout.Entry{
 		"web": {
 			node("good", "10.0.0.1", 8080),
 			node("semicolon", "10.0.0.2;server 6.6.6.6:80", 8080),
@@ -55,7 +56,7 @@ func TestLayoutSnapshotDropsHostileZnodes(t *testing.T) {
 		},
 		"we#b": {node("bad-name", "10.0.0.12", 8080)},
 	}
-	snap, invalid := Curator.Snapshot("/services", tree, rules)
+	snap, invalid := layout.Curator.Snapshot(layout.Tree{Root: "/services", Dirs: tree}, rules)
 	if got := servers(snap.Upstreams["web"]); !reflect.DeepEqual(got, []string{"10.0.0.1:8080"}) {
 		t.Fatalf("web servers %v, want only the good one", got)
 	}
@@ -92,40 +93,40 @@ func TestLayoutSnapshotDropsHostileZnodes(t *testing.T) {
 func TestLayoutSnapshot(t *testing.T) {
 	tests := []struct {
 		name     string
-		layout   Layout
-		tree     map[string][]Znode
+		layout   layout.Layout
+		tree     map[string][]layout.Entry
 		r        func(*registry.Rules)
 		want     map[string][]string // upstream → servers; a nil list is an upstream with no servers
 		services int
 	}{
 		{
 			name:   "instances of a service become one upstream, sorted",
-			layout: Curator,
-			tree:   map[string][]Znode{"web": {node("b", "10.0.0.2", 80), node("a", "10.0.0.1", 80)}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"web": {node("b", "10.0.0.2", 80), node("a", "10.0.0.1", 80)}},
 			want:   map[string][]string{"web": {"10.0.0.1:80", "10.0.0.2:80"}}, services: 1,
 		},
 		{
 			name:   "an empty service directory is an upstream with no servers, so the engine holds its last ones",
-			layout: Curator,
-			tree:   map[string][]Znode{"web": nil, "api": {node("a", "10.0.0.1", 80)}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"web": nil, "api": {node("a", "10.0.0.1", 80)}},
 			want:   map[string][]string{"web": nil, "api": {"10.0.0.1:80"}}, services: 2,
 		},
 		{
 			name:   "a service with only invalid znodes is held the same way",
-			layout: Curator,
-			tree:   map[string][]Znode{"web": {{Name: "x", Value: []byte("{")}, node("y", "evil.example.com", 80)}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"web": {{Name: "x", Value: []byte("{")}, node("y", "evil.example.com", 80)}},
 			want:   map[string][]string{"web": nil}, services: 1,
 		},
 		{
 			name:   "unhealthy instances leave the upstream known with no servers",
-			layout: Curator,
-			tree:   map[string][]Znode{"web": {{Name: "a", Value: []byte(spring(`{"instance_status":"OUT_OF_SERVICE"}`))}}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"web": {{Name: "a", Value: []byte(spring(`{"instance_status":"OUT_OF_SERVICE"}`))}}},
 			want:   map[string][]string{"web": nil}, services: 1,
 		},
 		{
 			name:   "metadata gray=canary goes to its own upstream and weight meta applies",
-			layout: Curator,
-			tree: map[string][]Znode{"web": {
+			layout: layout.Curator,
+			tree: map[string][]layout.Entry{"web": {
 				node("a", "10.0.0.1", 80),
 				{Name: "b", Value: []byte(spring(`{"gray":"canary"}`))},
 			}},
@@ -133,27 +134,27 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "excluded services are neither built nor counted",
-			layout: Curator,
-			tree:   map[string][]Znode{"zookeeper": {node("a", "10.0.0.1", 80)}, "web": {node("a", "10.0.0.2", 80)}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"zookeeper": {node("a", "10.0.0.1", 80)}, "web": {node("a", "10.0.0.2", 80)}},
 			want:   map[string][]string{"web": {"10.0.0.2:80"}}, services: 1,
 		},
 		{
 			name:   "a service whose valid instances lack the required tags yields nothing",
-			layout: Curator,
-			tree:   map[string][]Znode{"web": {node("a", "10.0.0.1", 80)}, "api": {{Name: "a", Value: []byte(spring(`{"env":"prod"}`))}}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"web": {node("a", "10.0.0.1", 80)}, "api": {{Name: "a", Value: []byte(spring(`{"env":"prod"}`))}}},
 			r:      func(r *registry.Rules) { r.RequireTags = []string{"env=prod"} },
 			want:   map[string][]string{"api": {"10.0.0.1:8080"}}, services: 2,
 		},
 		{
 			name:   "a service directory with an invalid name is counted but never built",
-			layout: Curator,
-			tree:   map[string][]Znode{"we b": nil, "web": {node("a", "10.0.0.1", 80)}},
+			layout: layout.Curator,
+			tree:   map[string][]layout.Entry{"we b": nil, "web": {node("a", "10.0.0.1", 80)}},
 			want:   map[string][]string{"web": {"10.0.0.1:80"}}, services: 2,
 		},
 		{
 			name:   "plain znodes carry their own parameters",
-			layout: Plain,
-			tree: map[string][]Znode{"web": {
+			layout: layout.Plain,
+			tree: map[string][]layout.Entry{"web": {
 				{Name: "10.0.0.1:80", Value: []byte(`{"weight":5}`)},
 				{Name: "[2001:db8::1]:80"},
 			}},
@@ -161,8 +162,8 @@ func TestLayoutSnapshot(t *testing.T) {
 		},
 		{
 			name:   "no services at all is an empty snapshot the engine holds",
-			layout: Plain,
-			tree:   map[string][]Znode{},
+			layout: layout.Plain,
+			tree:   map[string][]layout.Entry{},
 			want:   map[string][]string{}, services: 0,
 		},
 	}
@@ -172,15 +173,15 @@ func TestLayoutSnapshot(t *testing.T) {
 			if tt.r != nil {
 				tt.r(&r)
 			}
-			snap, _ := tt.layout.Snapshot("/services", tt.tree, r)
+			snap, _ := tt.layout.Snapshot(layout.Tree{Root: "/services", Dirs: tt.tree}, r)
 			testenv.CheckUpstreams(t, snap, tt.want, tt.services)
 		})
 	}
 }
 
 func TestLayoutPlainParamsReachTheServer(t *testing.T) {
-	tree := map[string][]Znode{"web": {{Name: "10.0.0.1:80", Value: []byte(`{"weight":5,"max_fails":0,"fail_timeout":30,"down":1}`)}}}
-	snap, invalid := Plain.Snapshot("/", tree, rules)
+	tree := map[string][]layout.Entry{"web": {{Name: "10.0.0.1:80", Value: []byte(`{"weight":5,"max_fails":0,"fail_timeout":30,"down":1}`)}}}
+	snap, invalid := layout.Plain.Snapshot(layout.Tree{Root: "/", Dirs: tree}, rules)
 	if len(invalid) != 0 {
 		t.Fatal(invalid)
 	}
@@ -191,24 +192,19 @@ func TestLayoutPlainParamsReachTheServer(t *testing.T) {
 }
 
 func TestLayoutParseAndOptions(t *testing.T) {
-	for _, s := range []string{"curator", "plain"} {
-		if _, err := ParseLayout(s); err != nil {
-			t.Errorf("ParseLayout(%q): %v", s, err)
-		}
-	}
-	if _, err := ParseLayout("Curator"); err == nil {
-		t.Error("ParseLayout accepted a miscased name")
-	}
 	// Nothing is defaulted here (config.ZooKeeperOptions resolves the
 	// defaults): the zero value is refused, not taken as /services.
 	if err := (Options{}).Validate(); err == nil {
 		t.Error("the zero Options were accepted")
 	}
-	valid := Options{Root: "/services", Layout: Curator, SessionTimeout: 10 * time.Second}
+	valid := Options{Root: "/services", Layout: layout.Curator, SessionTimeout: 10 * time.Second}
 	if err := valid.Validate(); err != nil {
 		t.Errorf("%+v: %v", valid, err)
 	}
 	with := func(f func(*Options)) Options { o := valid; f(&o); return o }
+	if err := with(func(o *Options) { o.Layout = layout.Plain }).Validate(); err != nil {
+		t.Errorf("the plain layout: %v", err)
+	}
 	if got := New(nil, with(func(o *Options) { o.Root = "/a/b/" }), rules, slog.New(slog.DiscardHandler), nil).opt.Root; got != "/a/b" {
 		t.Errorf("trailing slash kept: %q", got)
 	}
@@ -224,6 +220,8 @@ func TestLayoutParseAndOptions(t *testing.T) {
 	}
 	for name, o := range map[string]Options{
 		"an unknown layout":  with(func(o *Options) { o.Layout = "etcd" }),
+		"a miscased layout":  with(func(o *Options) { o.Layout = "Curator" }),
+		"an etcd layout":     with(func(o *Options) { o.Layout = layout.Upsync }),
 		"no layout":          with(func(o *Options) { o.Layout = "" }),
 		"no session timeout": with(func(o *Options) { o.SessionTimeout = 0 }),
 		"a negative resync":  with(func(o *Options) { o.Resync = -time.Second }),
@@ -231,11 +229,5 @@ func TestLayoutParseAndOptions(t *testing.T) {
 		if err := o.Validate(); err == nil || !strings.HasPrefix(err.Error(), "zookeeper: ") {
 			t.Errorf("%s: %v, want a zookeeper: error", name, err)
 		}
-	}
-	if got := Join("/", "web", "a"); got != "/web/a" {
-		t.Errorf("Join under / = %q", got)
-	}
-	if got := Join("/services", "web"); got != "/services/web" {
-		t.Errorf("Join = %q", got)
 	}
 }

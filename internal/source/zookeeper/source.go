@@ -51,8 +51,14 @@ type Options struct {
 	// Zookeeper register). "/" is allowed; its "zookeeper" child is
 	// skipped. A trailing slash is dropped.
 	Root string
-	// Layout says how instance znodes are read.
-	Layout Layout
+	// Layout says what an instance znode's name and data mean:
+	// layout.Curator is Apache Curator service discovery (Spring Cloud
+	// Zookeeper), a znode named by the instance id holding Curator's
+	// ServiceInstance JSON; layout.Plain names the znode "<ip>:<port>"
+	// ("[<ipv6>]:<port>") and its data is empty or nginx-upsync-module's
+	// server parameters (weight, max_fails, fail_timeout in seconds,
+	// max_conns, backup, down).
+	Layout layout.Layout
 	// SessionTimeout is the session timeout asked of ZooKeeper; the server
 	// clamps it to 2-20 ticks. Losing the connection is noticed after
 	// about two thirds of it.
@@ -72,8 +78,8 @@ const (
 // Validate reports options the source cannot run with, so that the
 // configuration can refuse them at start.
 func (o Options) Validate() error {
-	if _, err := ParseLayout(string(o.Layout)); err != nil {
-		return err
+	if _, err := layout.Parse(string(o.Layout), layout.Curator, layout.Plain); err != nil {
+		return fmt.Errorf("zookeeper: %w", err)
 	}
 	if err := layout.CheckRoot(layout.CleanRoot(o.Root), "znode"); err != nil {
 		return fmt.Errorf("zookeeper: root %q: %w", o.Root, err)
@@ -293,7 +299,7 @@ type tracker struct {
 	session bool
 
 	rootDirty bool
-	services  map[string]map[string]Znode // service → znode name → last read
+	services  map[string]map[string]layout.Entry // service → znode name → last read
 	dirtySvc  map[string]bool
 	dirtyNode map[nodeKey]bool
 	svcErr    map[string]error // directories that cannot be listed
@@ -307,7 +313,7 @@ func newTracker(s *Source) *tracker {
 		root:      s.opt.Root,
 		armed:     map[watchKey]bool{},
 		rootDirty: true,
-		services:  map[string]map[string]Znode{},
+		services:  map[string]map[string]layout.Entry{},
 		dirtySvc:  map[string]bool{},
 		dirtyNode: map[nodeKey]bool{},
 		svcErr:    map[string]error{},
@@ -498,7 +504,7 @@ func (t *tracker) readRoot(conn *zk.Conn) error {
 		}
 		seen[svc] = true
 		if _, ok := t.services[svc]; !ok {
-			t.services[svc] = map[string]Znode{}
+			t.services[svc] = map[string]layout.Entry{}
 			t.dirtySvc[svc] = true
 		}
 	}
@@ -526,7 +532,7 @@ func (t *tracker) readService(conn *zk.Conn, svc string) error {
 		delete(t.dirtySvc, svc)
 		return nil
 	}
-	path := Join(t.root, svc)
+	path := layout.Join(t.root, svc)
 	names, err := t.children(conn, path)
 	switch {
 	case errors.Is(err, zk.ErrNoNode):
@@ -549,7 +555,7 @@ func (t *tracker) readService(conn *zk.Conn, svc string) error {
 	for _, n := range names {
 		seen[n] = true
 		if _, ok := nodes[n]; !ok {
-			nodes[n] = Znode{Name: n}
+			nodes[n] = layout.Entry{Name: n}
 			t.dirtyNode[nodeKey{svc, n}] = true
 		}
 	}
@@ -569,7 +575,7 @@ func (t *tracker) readNode(conn *zk.Conn, k nodeKey) error {
 		delete(t.dirtyNode, k)
 		return nil
 	}
-	path := Join(t.root, k.service, k.node)
+	path := layout.Join(t.root, k.service, k.node)
 	data, err := t.get(conn, path)
 	switch {
 	case errors.Is(err, zk.ErrNoNode):
@@ -578,11 +584,11 @@ func (t *tracker) readNode(conn *zk.Conn, k nodeKey) error {
 		delete(nodes, k.node)
 		t.dirtySvc[k.service] = true
 	case permanent(err):
-		nodes[k.node] = Znode{Name: k.node, Err: err}
+		nodes[k.node] = layout.Entry{Name: k.node, Err: err}
 	case err != nil:
 		return fmt.Errorf("zookeeper: read %s: %w", path, err)
 	default:
-		nodes[k.node] = Znode{Name: k.node, Value: data}
+		nodes[k.node] = layout.Entry{Name: k.node, Value: data}
 	}
 	delete(t.dirtyNode, k)
 	return nil
@@ -648,18 +654,18 @@ func (t *tracker) exists(conn *zk.Conn, path string) (bool, error) {
 // snapshot builds the complete state from the last reads; a directory
 // that cannot be listed is reported invalid.
 func (t *tracker) snapshot() engine.Snapshot {
-	tree := layout.Tree{Root: t.root, Dirs: make(map[string][]Znode, len(t.services))}
+	tree := layout.Tree{Root: t.root, Dirs: make(map[string][]layout.Entry, len(t.services))}
 	for svc, nodes := range t.services {
-		list := make([]Znode, 0, len(nodes))
+		list := make([]layout.Entry, 0, len(nodes))
 		for _, n := range slices.Sorted(maps.Keys(nodes)) {
 			list = append(list, nodes[n])
 		}
 		tree.Dirs[svc] = list
 	}
 	for svc, err := range t.svcErr {
-		tree.Invalid = append(tree.Invalid, Invalid{Path: Join(t.root, svc), Reason: "unreadable service directory: " + err.Error()})
+		tree.Invalid = append(tree.Invalid, layout.Invalid{Path: layout.Join(t.root, svc), Reason: "unreadable service directory: " + err.Error()})
 	}
-	snap, _ := layout.Layout(t.src.opt.Layout).Snapshot(tree, t.src.rules)
+	snap, _ := t.src.opt.Layout.Snapshot(tree, t.src.rules)
 	return snap
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -30,7 +31,7 @@ func startSource(t *testing.T, servers []string, opt Options, reg prometheus.Reg
 
 // curatorOptions are the options of most tests: Spring Cloud Zookeeper's
 // Curator registrations under /services, a 2s session.
-var curatorOptions = Options{Root: "/services", Layout: Curator, SessionTimeout: 2 * time.Second}
+var curatorOptions = Options{Root: "/services", Layout: layout.Curator, SessionTimeout: 2 * time.Second}
 
 var (
 	waitFor    = testenv.WaitSnapshot
@@ -209,7 +210,7 @@ func TestSourceFollowsPlainRegistrations(t *testing.T) {
 	a := newApp(t, z)
 	a.mkdirs("/upstreams/web")
 	reg := prometheus.NewRegistry()
-	snaps := startSource(t, []string{z.Addr()}, Options{Root: "/upstreams", Layout: Plain, SessionTimeout: 2 * time.Second}, reg)
+	snaps := startSource(t, []string{z.Addr()}, Options{Root: "/upstreams", Layout: layout.Plain, SessionTimeout: 2 * time.Second}, reg)
 
 	first := next(t, snaps, "the first snapshot arrives")
 	if u, ok := first.Upstreams["web"]; !ok || len(u.Servers) != 0 || first.Services != 1 {
@@ -339,7 +340,7 @@ func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
 	a := newApp(t, z)
 	a.register("/services/web/a", instance("web", "a", "127.0.0.1", 9001, `{}`))
 	a.register("/services/api/x", instance("api", "x", "127.0.0.1", 9100, `{}`))
-	snaps := startSource(t, []string{p.Addr()}, Options{Root: "/services", Layout: Curator, SessionTimeout: time.Second}, reg)
+	snaps := startSource(t, []string{p.Addr()}, Options{Root: "/services", Layout: layout.Curator, SessionTimeout: time.Second}, reg)
 	waitFor(t, snaps, "web/a and api/x are found", func(s engine.Snapshot) bool {
 		return hasServers("web", "127.0.0.1:9001")(s) && hasServers("api", "127.0.0.1:9100")(s)
 	})
@@ -374,7 +375,7 @@ func TestSourceReReadsEverythingAfterSessionExpiry(t *testing.T) {
 // included).
 func TestSourceSendsNothingWithoutZooKeeper(t *testing.T) {
 	dead := testenv.Addr(testenv.FreePort(t))
-	src := New([]string{dead}, Options{Root: "/services", Layout: Curator, SessionTimeout: 10 * time.Second}, rules, testenv.Logger(), nil)
+	src := New([]string{dead}, Options{Root: "/services", Layout: layout.Curator, SessionTimeout: 10 * time.Second}, rules, testenv.Logger(), nil)
 	src.retryBase = 50 * time.Millisecond
 	testenv.SourceSendsNothing(t, src, 1500*time.Millisecond, nil)
 }
@@ -409,7 +410,7 @@ func TestSourceBoundsTheSessionHandshake(t *testing.T) {
 			c.Close()
 		}
 	})
-	snaps := startSource(t, []string{l.Addr().String()}, Options{Root: "/services", Layout: Curator, SessionTimeout: time.Second}, nil)
+	snaps := startSource(t, []string{l.Addr().String()}, Options{Root: "/services", Layout: layout.Curator, SessionTimeout: time.Second}, nil)
 	var at []time.Time
 	for len(at) < 2 {
 		select {
@@ -460,7 +461,7 @@ func TestSourceRefusesHostAddressesByDefault(t *testing.T) {
 	a.register("/upstreams/web/10.1.2.3:8080", "")
 	r := rules
 	r.Addresses = upstream.AddressPolicy{}
-	src := New([]string{z.Addr()}, Options{Root: "/upstreams", Layout: Plain, SessionTimeout: 2 * time.Second}, r, testenv.Logger(), nil)
+	src := New([]string{z.Addr()}, Options{Root: "/upstreams", Layout: layout.Plain, SessionTimeout: 2 * time.Second}, r, testenv.Logger(), nil)
 	src.retryBase, src.retryCap = 50*time.Millisecond, 500*time.Millisecond
 	snaps := testenv.RunSource(t, src)
 	s := waitFor(t, snaps, "only the good server is in web", hasServers("web", "10.1.2.3:8080"))

@@ -521,35 +521,17 @@ end
 -- get_peer is ngx_http_upstream_get_peer: smooth weighted round robin over
 -- the peers not yet tried by this request, not down and not in their
 -- fail_timeout penalty.
-local function get_peer(peers, tried, now, single)
+local function get_peer(st, peers, now, single)
     if single then
         local p = peers[1]
-        if p.down or tried[p] then
+        if p.down or st.tried[p] then
             return nil
         end
-        tried[p] = true
+        st.tried[p] = true
         return p
     end
-
-    local best, total = nil, 0
-    for i = 1, #peers do
-        local p = peers[i]
-        if not tried[p] and not p.down and not methods.failed(p, now) then
-            total = methods.weigh(p, total)
-            if not best or p.current_weight > best.current_weight then
-                best = p
-            end
-        end
-    end
-    if not best then
-        return nil
-    end
-    best.current_weight = best.current_weight - total
-    if now - best.checked > best.fail_timeout then
-        best.checked = now
-    end
-    tried[best] = true
-    return best
+    local best = methods.smooth(st, peers, 1, now)
+    return best and methods.take(st, best, now)
 end
 
 -- pick_method runs the upstream's balancing method: least_conn over the
@@ -594,13 +576,13 @@ local function pick(st)
         st.rr = true -- for the rest of this request, as nginx does
     end
     if not st.on_backup then
-        local p = get_peer(ups.primary, st.tried, now, ups.single)
+        local p = get_peer(st, ups.primary, now, ups.single)
         if p or #ups.backup == 0 then
             return p
         end
         st.on_backup = true
     end
-    return get_peer(ups.backup, st.tried, now, false)
+    return get_peer(st, ups.backup, now, false)
 end
 
 -- ---------------------------------------------------------------------

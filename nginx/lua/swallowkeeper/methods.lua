@@ -112,7 +112,6 @@ local function weigh(p, total)
     end
     return total
 end
-_M.weigh = weigh
 
 -- MAX_TRIES is how many picks the hash methods try before they fall back
 -- to round robin, as nginx does.
@@ -133,6 +132,30 @@ local function take(st, p, now)
     st.tried[p] = true
     return p
 end
+_M.take = take
+
+-- smooth is the smooth weighted round robin of ngx_http_upstream_get_peer
+-- over peers[from..#peers] this request may use and, when cn is given,
+-- only those holding bc connections per weight bw (least_conn's
+-- tie-break): each one's current weight grows, the highest wins and gives
+-- up the total. Returns the winner, not yet taken, or nil.
+local function smooth(st, peers, from, now, cn, bc, bw)
+    local best, total = nil, 0
+    for i = from, #peers do
+        local p = peers[i]
+        if available(st, p, now) and (not cn or (cn[p.name] or 0) * bw == bc * p.weight) then
+            total = weigh(p, total)
+            if not best or p.current_weight > best.current_weight then
+                best = p
+            end
+        end
+    end
+    if best then
+        best.current_weight = best.current_weight - total
+    end
+    return best
+end
+_M.smooth = smooth
 
 -- total_weight is peers->total_weight: every primary peer, down or not.
 local function total_weight(peers)
@@ -200,17 +223,7 @@ function _M.least_conn(st, peers, now)
         return nil
     end
     if many then
-        local total, bc, bw = 0, cn[best.name] or 0, best.weight
-        for i = bi, #peers do
-            local p = peers[i]
-            if available(st, p, now) and (cn[p.name] or 0) * bw == bc * p.weight then
-                total = weigh(p, total)
-                if p.current_weight > best.current_weight then
-                    best = p
-                end
-            end
-        end
-        best.current_weight = best.current_weight - total
+        best = smooth(st, peers, bi, now, cn, cn[best.name] or 0, best.weight)
     end
     return take(st, best, now)
 end
