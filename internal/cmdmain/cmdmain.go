@@ -1,6 +1,6 @@
-// Package cmdmain starts and ends the demo and the bench commands alike:
-// a context that SIGINT or SIGTERM cancels, and the exit code their Main
-// returns.
+// Package cmdmain starts and ends every command (swallowkeeper, the demo,
+// the bench) alike: a context that SIGINT or SIGTERM cancels, and the exit
+// code their Main returns.
 package cmdmain
 
 import (

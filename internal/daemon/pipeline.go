@@ -175,9 +175,6 @@ func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registr
 	if ss != nil {
 		g.splits = ss
 		sinks = append(sinks, ss)
-		for _, kt := range g.targets {
-			kt.t.OnRepush(ss.Wake) // nginx lost its split rules with its upstreams
-		}
 	}
 	file, sinks, err := withReload(cfg, log, staged, sinks)
 	if err != nil {
@@ -231,5 +228,15 @@ func (g *generation) commit(reg *prometheus.Registry) error {
 		}
 	}
 	g.staged.cs = nil
+	// Only now, when this generation replaces the running one: a reload
+	// that fails after build must leave the kept targets waking the
+	// running split sink.
+	wake := func() {}
+	if g.splits != nil {
+		wake = g.splits.Wake // nginx lost its split rules with its upstreams
+	}
+	for _, kt := range g.targets {
+		kt.t.OnRepush(wake)
+	}
 	return nil
 }

@@ -43,6 +43,8 @@ type File struct {
 	// is cheap, and unlike a directory watch it needs no dependency and
 	// sees every way the file can be replaced (rename, edit, restore).
 	Poll time.Duration
+
+	canRead func(path string) bool // nil: readable; a test sets it
 }
 
 var _ engine.DrainStore = (*File)(nil)
@@ -155,7 +157,13 @@ func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
 	if poll <= 0 {
 		poll = DefaultPoll
 	}
-	last := store.StampOf(f.Path)
+	// chmod and chown move none of the stamp's fields: readability is
+	// watched beside it, so that a file made readable again is read.
+	canRead := f.canRead
+	if canRead == nil {
+		canRead = readable
+	}
+	last, lastReadable := store.StampOf(f.Path), canRead(f.Path)
 	// A change between the caller's first Load and the first stamp would
 	// go unseen: one cue now makes the caller look again.
 	select {
@@ -171,8 +179,8 @@ func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
 			return
 		case <-t.C:
 		}
-		if now := store.StampOf(f.Path); now != last {
-			last = now
+		if now, r := store.StampOf(f.Path), canRead(f.Path); now != last || r != lastReadable {
+			last, lastReadable = now, r
 			select {
 			case changed <- struct{}{}:
 			case <-ctx.Done():
@@ -180,6 +188,17 @@ func (f *File) Watch(ctx context.Context, changed chan<- struct{}) {
 			}
 		}
 	}
+}
+
+// readable says whether path can be opened for reading now (a missing
+// file counts as readable: it means no marks).
+func readable(path string) bool {
+	fh, err := os.Open(path)
+	if err != nil {
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	fh.Close()
+	return true
 }
 
 // ParseAddress reads a server address as ip:port, by the same rules as a

@@ -118,8 +118,8 @@ func TestOverridesMatchNamesCaseInsensitively(t *testing.T) {
 }
 
 // TestConsistentHashWeightsAreBounded: registry weights up to 10000 under
-// hash … consistent are scaled into upstream.RingUnits, in proportion, so
-// that neither nginx nor the Lua module builds a ring of millions of points.
+// hash … consistent count as upstream.RingMaxWeight each, so that neither
+// nginx nor the Lua module builds a ring of millions of points.
 func TestConsistentHashWeightsAreBounded(t *testing.T) {
 	r := Rules{Weight: 1, MaxFails: 1, FailTimeout: 10 * time.Second, WeightMeta: "weight",
 		BalanceFor: map[string]upstream.Balance{"web": {Method: upstream.Hash, Key: "$remote_addr", Consistent: true}}}
@@ -134,7 +134,7 @@ func TestConsistentHashWeightsAreBounded(t *testing.T) {
 	for _, s := range st["web"].Servers {
 		got = append(got, s.Weight)
 	}
-	if len(got) != 2 || got[0] != 2 || got[1] != 1 {
-		t.Fatalf("weights %v, want [2 1] (10000:5000 in the fewest units)", got)
+	if len(got) != 2 || got[0] != upstream.RingMaxWeight || got[1] != upstream.RingMaxWeight {
+		t.Fatalf("weights %v, want both at the bound %d", got, upstream.RingMaxWeight)
 	}
 }

@@ -207,63 +207,29 @@ func (b Balance) directive() string {
 	return b.Method
 }
 
-// RingUnits bounds the weight units of a consistent-hash upstream. nginx
-// builds 160 ring points per unit of weight, and real dyups rebuilds the
-// ring in its workers on every POST; the Lua module builds it on a
-// request. Registry weights go up to MaxWeight: two servers of weight
-// 10000 make 3.2 million points, a POST that blocked real dyups for 1.5 s
-// and a Lua request for seconds.
-const RingUnits = 100
+// RingMaxWeight bounds each server's weight in a consistent-hash upstream.
+// nginx builds 160 ring points per unit of weight, real dyups rebuilds the
+// ring in its workers on every POST, and the Lua module builds it on a
+// request (about a microsecond a point). Registry weights go up to
+// MaxWeight: two servers of weight 10000 make 3.2 million points, a POST
+// that blocked real dyups for 1.5 s and a Lua request for seconds. The
+// bound is per server, never a scaling of the whole set: a server's points
+// then depend on that server alone, so a server joining or leaving moves
+// only its own keys, which is what consistent hashing is for.
+const RingMaxWeight = 10
 
-// BoundRingWeights keeps a consistent-hash upstream's weights within
-// RingUnits, in the same proportions: weights summing to RingUnits or less
-// are kept; else they are divided by their common divisor and, if still
-// above, scaled down (floor, at least 1 each, the heaviest giving back what
-// the raise to 1 added). The sum ends at RingUnits or less unless the upstream has so many servers that 1 each is more; the
-// Lua module then bounds the ring itself (methods.lua ring_weights), and
-// only such an upstream may map keys differently on the two planes. It
+// BoundRingWeights caps the weights of a consistent-hash upstream's
+// servers at RingMaxWeight (weights above count as RingMaxWeight). It
 // reports whether it changed a weight.
 func (u *Upstream) BoundRingWeights() bool {
 	if u.Balance.Method != Hash || !u.Balance.Consistent {
 		return false
 	}
-	sum, g := 0, 0
-	for _, s := range u.Servers {
-		sum, g = sum+s.Weight, gcd(s.Weight, g)
-	}
-	if sum <= RingUnits || g == 0 {
-		return false
-	}
+	changed := false
 	for i := range u.Servers {
-		u.Servers[i].Weight /= g
-	}
-	if sum /= g; sum > RingUnits {
-		scaled := 0
-		for i := range u.Servers {
-			u.Servers[i].Weight = max(1, u.Servers[i].Weight*RingUnits/sum)
-			scaled += u.Servers[i].Weight
-		}
-		// The servers raised to 1 may push the sum above: take the excess
-		// from the heaviest, one unit at a time (at most one per server).
-		for ; scaled > RingUnits; scaled-- {
-			top := 0
-			for i, s := range u.Servers {
-				if s.Weight > u.Servers[top].Weight {
-					top = i
-				}
-			}
-			if u.Servers[top].Weight == 1 {
-				break // more servers than units: the Lua module bounds its ring itself
-			}
-			u.Servers[top].Weight--
+		if u.Servers[i].Weight > RingMaxWeight {
+			u.Servers[i].Weight, changed = RingMaxWeight, true
 		}
 	}
-	return true
-}
-
-func gcd(a, b int) int {
-	for b > 0 {
-		a, b = b, a%b
-	}
-	return a
+	return changed
 }

@@ -14,35 +14,55 @@ func TestBoundRingWeights(t *testing.T) {
 		weights []int
 		want    []int
 	}{
-		{"small weights are nginx's own", consistent, []int{1, 2, 97}, []int{1, 2, 97}},
-		{"divided by their common divisor", consistent, []int{10000, 5000}, []int{2, 1}},
-		{"equal huge weights become 1 each", consistent, []int{10000, 10000, 10000}, []int{1, 1, 1}},
-		{"scaled, proportions kept", consistent, []int{10000, 9999}, []int{50, 49}},
-		{"scaled, never below 1, the sum kept", consistent, []int{10000, 1, 3}, []int{98, 1, 1}},
-		{"more servers than units keep 1 each", consistent, slices.Repeat([]int{10000}, 150), slices.Repeat([]int{1}, 150)},
+		{"weights up to the bound are nginx's own", consistent, []int{1, 2, 10}, []int{1, 2, 10}},
+		{"each weight above the bound counts as the bound", consistent, []int{10000, 5000, 3}, []int{10, 10, 3}},
 		{"plain hash keeps its weights", Balance{Method: Hash, Key: "$uri"}, []int{10000, 9999}, []int{10000, 9999}},
 		{"round robin keeps its weights", Balance{}, []int{10000, 9999}, []int{10000, 9999}},
 	}
 	for _, c := range cases {
-		u := Upstream{Name: "web", Balance: c.balance}
-		for i, w := range c.weights {
-			u.Servers = append(u.Servers, Server{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 80), Weight: w})
-		}
+		u := upstreamOfWeights(c.balance, c.weights...)
 		changed := u.BoundRingWeights()
-		var got []int
-		sum := 0
-		for _, s := range u.Servers {
-			got = append(got, s.Weight)
-			sum += s.Weight
-		}
-		if !slices.Equal(got, c.want) {
+		if got := weightsOf(u); !slices.Equal(got, c.want) {
 			t.Errorf("%s: weights %v → %v, want %v", c.name, c.weights, got, c.want)
 		}
 		if changed != !slices.Equal(c.weights, c.want) {
 			t.Errorf("%s: reported changed=%v", c.name, changed)
 		}
-		if c.balance.Consistent && sum > max(RingUnits, len(c.weights)) {
-			t.Errorf("%s: weights sum to %d, above RingUnits %d", c.name, sum, RingUnits)
+	}
+}
+
+// TestBoundRingWeightsKeepEachServersOwn: a server joining or leaving
+// changes no other server's bounded weight, so no other server's ring
+// points (and keys) move. Scaling the whole set into a budget did: three
+// servers of weight 50 became 1,1,1 and, with a fourth of weight 40, 5,5,5,4.
+func TestBoundRingWeightsKeepEachServersOwn(t *testing.T) {
+	consistent := Balance{Method: Hash, Key: "$remote_addr", Consistent: true}
+	for _, c := range []struct{ before, after []int }{
+		{[]int{50, 50, 50}, []int{50, 50, 50, 40}},
+		{[]int{10000, 5000, 3}, []int{10000, 5000, 3, 7}},
+		{[]int{2, 3, 4}, []int{2, 3, 4, 10000}},
+	} {
+		b, a := upstreamOfWeights(consistent, c.before...), upstreamOfWeights(consistent, c.after...)
+		b.BoundRingWeights()
+		a.BoundRingWeights()
+		if got, want := weightsOf(a)[:len(c.before)], weightsOf(b); !slices.Equal(got, want) {
+			t.Errorf("weights %v then %v: the staying servers' bounded weights %v → %v", c.before, c.after, want, got)
 		}
 	}
+}
+
+func upstreamOfWeights(b Balance, weights ...int) Upstream {
+	u := Upstream{Name: "web", Balance: b}
+	for i, w := range weights {
+		u.Servers = append(u.Servers, Server{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), 80), Weight: w})
+	}
+	return u
+}
+
+func weightsOf(u Upstream) []int {
+	var out []int
+	for _, s := range u.Servers {
+		out = append(out, s.Weight)
+	}
+	return out
 }

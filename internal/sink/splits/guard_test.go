@@ -337,3 +337,24 @@ func (emptyKV) List(_ string, q *api.QueryOptions) (api.KVPairs, *api.QueryMeta,
 	}
 	return nil, &api.QueryMeta{LastIndex: 1, KnownLeader: true}, nil
 }
+
+// TestTakenOverGroupIsWithdrawnBeforePlannedReturns: the engine hands a
+// planned state to Planned before it pushes that state's upstreams. When
+// the state makes a pushed rule refused (its group now built from another
+// service), the rule is gone from nginx by the time Planned returns, so no
+// request can follow it to the new owner's servers once they are pushed.
+func TestTakenOverGroupIsWithdrawnBeforePlannedReturns(t *testing.T) {
+	t.Parallel()
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{})
+	s := New([]Target{targetOf(t, ngx.APIURL(), "")}, split.Table{"web": {To: "web_canary", Percent: 100}}, Options{}, quiet())
+	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web")})
+	running(t, s)
+	waitFor(t, "the rule in nginx", func() (bool, string) {
+		code, body := apiGet(t, ngx, "/split/web")
+		return code == 200, fmt.Sprintf("%d %q", code, body)
+	})
+	s.Planned(stateOf("web", "web", "web_canary", "billing"))
+	if code, body := apiGet(t, ngx, "/split/web"); code != 404 {
+		t.Fatalf("right after Planned, GET /split/web answers %d %q; want 404 (the rule withdrawn before the push)", code, body)
+	}
+}

@@ -280,9 +280,58 @@ func (s *Sink) learn(st upstream.State, also func()) {
 		also()
 	}
 	s.mu.Unlock()
+	var refused []string
+	for key, v := range after {
+		if before[key] == pushable && v != pushable && v != unknown {
+			refused = append(refused, key)
+		}
+	}
+	if len(refused) > 0 {
+		s.withdraw(refused)
+	}
 	if !maps.Equal(before, after) {
 		s.Wake()
 	}
+}
+
+// withdraw deletes at once, from every target that may hold them, the rules
+// (lowercased names) that a new state refuses: a group that another
+// service took over, or that left. The engine hands a state to Planned
+// before it pushes its upstreams, so no request follows such a rule to the
+// new owner's servers, unless a target does not answer within the request
+// timeout (the targets are asked concurrently). Run's next sync deletes
+// what is left, and reports it.
+func (s *Sink) withdraw(keys []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opt.Timeout)
+	defer cancel()
+	slices.Sort(keys)
+	var wg sync.WaitGroup
+	for _, t := range s.targets {
+		t.mu.Lock()
+		may := t.mayHold && (t.supported || !t.checked)
+		t.mu.Unlock()
+		if !may {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, key := range keys {
+				status, answer, err := t.do(ctx, http.MethodDelete, key, "")
+				switch {
+				case err != nil:
+					s.log.Warn("splits: withdrawing a refused rule failed; the next sync tries again", "target", t.url, "upstream", key, "err", err)
+					return
+				case status != http.StatusOK && status != http.StatusNotFound:
+					s.log.Warn("splits: withdrawing a refused rule failed; the next sync tries again", "target", t.url, "upstream", key,
+						"status", status, "answer", strings.TrimSpace(answer))
+				case status == http.StatusOK:
+					s.log.Info("split withdrawn", "target", t.url, "upstream", key)
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // Verdicts of refusal, beside a reason.

@@ -6,7 +6,7 @@
 --   hash KEY           ngx_http_upstream_hash_module (Cache::Memcached)
 --   hash KEY consistent  the same module's ketama ring: 160 points per
 --                      weight unit, crc32 of "host\0port" + previous point
---                      (weights summing above 100 are scaled down: see
+--                      (a weight above 10 counts as 10: see
 --                      ring_weights)
 --
 -- Same inputs as nginx, same choice: peers in the order of the body, the
@@ -22,7 +22,7 @@
 local ngx = ngx
 local byte, sub, find, char, concat = string.byte, string.sub, string.find,
     string.char, table.concat
-local floor, max, tonumber, sort, type = math.floor, math.max, tonumber, table.sort, type
+local floor, tonumber, sort, type = math.floor, tonumber, table.sort, type
 local crc32 = ngx.crc32_long
 local ffi_cast = require("ffi").cast
 local get_request = require("resty.core.base").get_request
@@ -410,46 +410,28 @@ local function le32(v)
     return char(v % 256, floor(v / 256) % 256, floor(v / 65536) % 256, floor(v / 16777216) % 256)
 end
 
--- RING_UNITS bounds the weight units of a ring (RING_UNITS * 160 points
--- when every server fits): nginx builds its ring in C at configuration
+-- RING_MAX_WEIGHT bounds each peer's weight on a ring (RING_MAX_WEIGHT *
+-- 160 points a peer at most): nginx builds its ring in C at configuration
 -- time, this one is built in Lua on a request, blocking the worker, about
--- a microsecond a point. Weights come from the registry (up to 10000):
--- two servers of weight 10000 would be 3.2 million points, seconds of a
--- blocked worker.
-local RING_UNITS = 100
+-- a microsecond a point. Weights come from the registry (up to 10000): two
+-- servers of weight 10000 would be 3.2 million points, seconds of a
+-- blocked worker. The bound is per peer, as the daemon's own
+-- (upstream.RingMaxWeight, applied before it sends a body): a peer's
+-- points depend on that peer alone, so a peer joining or leaving moves
+-- only its own keys.
+local RING_MAX_WEIGHT = 10
 
-local function gcd(a, b)
-    while b > 0 do
-        a, b = b, a % b
-    end
-    return a
-end
-
--- ring_weights is the weight of each peer on the ring: nginx's weights
--- when their sum is at most RING_UNITS (the ring, so every choice, is
--- nginx's); else the same proportions in at most RING_UNITS units (plus
--- one per peer, the least a peer gets): divided by their common divisor,
--- then, if still too many, scaled down and rounded. Such a ring is not
--- nginx's: keys map differently than on stock nginx with these weights,
--- though as stable and in the same shares.
+-- ring_weights is the weight of each peer on the ring: nginx's weight, or
+-- RING_MAX_WEIGHT above it. A ring with every weight at most
+-- RING_MAX_WEIGHT (all the daemon sends) is nginx's.
 local function ring_weights(peers)
-    local sum, g, out = 0, 0, {}
+    local out = {}
     for i = 1, #peers do
         local w = peers[i].weight
-        sum, g, out[i] = sum + w, gcd(w, g), w
-    end
-    if sum <= RING_UNITS then
-        return out
-    end
-    sum = sum / g
-    for i = 1, #out do
-        out[i] = out[i] / g
-    end
-    if sum <= RING_UNITS then
-        return out
-    end
-    for i = 1, #out do
-        out[i] = max(1, floor(out[i] * RING_UNITS / sum + 0.5))
+        if w > RING_MAX_WEIGHT then
+            w = RING_MAX_WEIGHT
+        end
+        out[i] = w
     end
     return out
 end
