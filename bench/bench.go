@@ -3,7 +3,10 @@
 // compares SwallowKeeper with the Lua dyups module (ours-lua), SwallowKeeper
 // in reload mode (ours-reload) and consul-template driving nginx reloads,
 // on five scenarios: propagation latency, rolling restarts, a crashed
-// backend, scale (ours-lua only) and churn under load. It writes
+// backend, scale (ours-lua only) and churn under load. Three more run only
+// when asked for (-scenarios fanout,fleet or -soak; extra_results.go): one
+// daemon fanning out to many nginx, fleets of daemons against one Consul
+// server, and a long rolling-restart soak. It writes
 // results.json, PNG plots and the Markdown report, which is rendered from
 // results.json alone (-render re-renders without measuring).
 //
@@ -54,6 +57,7 @@ type options struct {
 	profileDir           string
 	command              string
 	render, keep, shared bool
+	fleetBaseline        string // -fleet-baseline
 }
 
 // parseFlags parses args into options, with -quick's smaller defaults for
@@ -66,7 +70,12 @@ func parseFlags(args []string, stderr io.Writer) (options, bool) {
 		churn            time.Duration
 	)
 	fs := newFlagSet(stderr, &o, &modes, &scenarios, &churn)
+	x := extraFlags(fs, &o.p)
 	if err := fs.Parse(args); err != nil {
+		return o, false
+	}
+	if err := x.apply(fs, &o, &scenarios); err != nil {
+		fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
 		return o, false
 	}
 	if o.p.Quick {
@@ -79,8 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (options, bool) {
 		fmt.Fprintf(stderr, "swallowkeeper-bench: unknown mode %q (want %v)\n", bad, AllModes)
 		return o, false
 	}
-	if bad := unknown(o.p.Scenarios, AllScenarios); bad != "" {
-		fmt.Fprintf(stderr, "swallowkeeper-bench: unknown scenario %q (want %v)\n", bad, AllScenarios)
+	if bad := unknown(o.p.Scenarios, append(slices.Clone(AllScenarios), ExtraScenarios...)); bad != "" {
+		fmt.Fprintf(stderr, "swallowkeeper-bench: unknown scenario %q (want %v, or opt-in %v)\n", bad, AllScenarios, ExtraScenarios)
 		return o, false
 	}
 	if o.jsonPath == "" {
@@ -127,7 +136,7 @@ func newFlagSet(stderr io.Writer, o *options, modes, scenarios *string, churn *t
 	fs.Float64Var(&p.CheckInterval, "check-interval", 1, "Consul HTTP check interval, seconds (rolling, crash)")
 	fs.IntVar(&p.Probers, "probers", 3, "propagation: concurrent fresh-connection probers")
 	fs.StringVar(modes, "modes", strings.Join(AllModes, ","), "modes to compare")
-	fs.StringVar(scenarios, "scenarios", strings.Join(AllScenarios, ","), "scenarios to run")
+	fs.StringVar(scenarios, "scenarios", strings.Join(AllScenarios, ","), "scenarios to run; opt-in, never in the default: "+strings.Join(ExtraScenarios, ", "))
 	bin.Programs.Flags(fs) // -repo is also where the report goes by default
 	fs.StringVar(&bin.ConsulTemplate, "consul-template", "consul-template", "consul-template binary")
 	fs.StringVar(&o.jsonPath, "json", "", "results file (default <repo>/docs/bench/results.json)")
@@ -197,7 +206,7 @@ func newRunner(o options, proc procs, stdout io.Writer) *runner {
 	res.Machine = proc.machine()
 	res.Machine.Shared = o.shared
 	res.Versions = versions(o.bin, o.p.Modes)
-	r := &runner{bin: o.bin, p: o.p, res: res, proc: proc, keep: o.keep, profileDir: o.profileDir, logf: func(format string, args ...any) {
+	r := &runner{bin: o.bin, p: o.p, res: res, proc: proc, keep: o.keep, profileDir: o.profileDir, fleetBaseline: o.fleetBaseline, logf: func(format string, args ...any) {
 		fmt.Fprintf(stdout, "[%7.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}}
 	r.logf("machine: %d cores, %s; load average %s", res.Machine.Cores, res.Machine.CPUModel, res.Machine.LoadAvgStart)
@@ -234,6 +243,12 @@ func (r *runner) runAll(ctx context.Context) {
 		ScenarioChurn:       {StackOptions{MaxFails: 1}, 4, 0, r.churn},
 	}
 	for _, scen := range r.p.Scenarios {
+		if slices.Contains(ExtraScenarios, scen) {
+			if ctx.Err() == nil {
+				r.runExtra(ctx, scen)
+			}
+			continue
+		}
 		for run := 1; run <= r.p.Runs && ctx.Err() == nil; run++ {
 			if scen == ScenarioScale {
 				if !slices.Contains(r.p.Modes, ModeLua) {

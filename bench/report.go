@@ -102,6 +102,9 @@ func RenderMarkdown(r *Results, plotDir string) string {
 		{"Crash", len(r.Crash) > 0, func() { renderCrash(w, r) }},
 		{"Scale (ours-lua)", r.Scale != nil && len(r.Scale.Runs) > 0, func() { renderScale(w, r) }},
 		{"Churn under load", len(r.Churn) > 0, func() { renderChurn(w, img, r) }},
+		{"Fan-out to many nginx (ours-lua)", r.Fanout != nil, func() { renderFanout(w, r) }},
+		{"Fleet: what a change costs Consul", r.Fleet != nil && len(r.Fleet.Runs) > 0, func() { renderFleet(w, r) }},
+		{"Rolling-restart soak (ours-lua)", r.Soak != nil, func() { renderSoak(w, r) }},
 	}
 	for i, sec := range sections {
 		if sec.has {
@@ -118,6 +121,7 @@ func RenderMarkdown(r *Results, plotDir string) string {
 		fullRunTime, quickRunTime, bigRunTime)
 	w("The default sizes are the issue's per-mode sizes spread over the 3 runs: %d propagation changes, %d restart cycles and %g s of churn per mode in all. `scripts/bench.sh` builds the daemon and the bench, installs consul-template into `~/.cache/swallowkeeper/bin` from the Go module proxy when missing, uses the Consul that `scripts/build-consul.sh` caches, and writes `docs/BENCHMARKS.md`, `docs/bench/results.json` and the plots. On a fresh machine it first runs `scripts/install-deps.sh` (%s: Debian packages, and Consul built from the Go module proxy), once.\n",
 		p.Changes*p.Runs, p.Cycles*p.Runs, p.ChurnSeconds*float64(p.Runs), installTime)
+	w("\nOpt-in scenarios, never in the default set (each runs once): `scripts/bench.sh -scenarios fanout` (one daemon, 20 nginx targets, then one of them hung), `scripts/bench.sh -scenarios fleet` (1, 10 and 50 daemons against one Consul server at 1,000 × 10; `-fleet-daemons`, `-fleet-services`, `-fleet-changes`), `scripts/bench.sh -soak` (ours-lua, rolling restarts for 510 s at 1,000 req/s; `-soak-duration`, `-soak-rate`). `-json` and `-md` write them elsewhere than docs/.\n")
 	return b.String()
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -44,6 +45,10 @@ type Results struct {
 	Crash       map[string]*CrashMode       `json:"crash,omitempty"`
 	Scale       *ScaleResult                `json:"scale,omitempty"`
 	Churn       map[string]*LoadMode        `json:"churn,omitempty"`
+	// The opt-in scenarios of issue 18 (extra_results.go).
+	Fanout *FanoutResult `json:"fanout,omitempty"`
+	Fleet  *FleetResult  `json:"fleet,omitempty"`
+	Soak   *SoakResult   `json:"soak,omitempty"`
 
 	Targets []Target `json:"targets"`
 	Errors  []string `json:"errors,omitempty"` // scenario runs that failed
@@ -69,6 +74,15 @@ type Params struct {
 	WarmupSeconds   float64  `json:"warmup_s"`         // load before the baseline of rolling and churn, not counted
 	CheckInterval   float64  `json:"check_interval_s"` // Consul HTTP check interval (crash, rolling)
 	Probers         int      `json:"probers"`          // propagation: concurrent fresh-connection probers
+	// The opt-in scenarios (fanout, fleet, soak).
+	FanoutTargets int     `json:"fanout_targets,omitempty"`  // nginx processes, 1 worker each
+	FanoutChanges int     `json:"fanout_changes,omitempty"`  // joins timed per phase
+	FanoutProbeMs float64 `json:"fanout_probe_ms,omitempty"` // pause between two probes of one target
+	FleetDaemons  []int   `json:"fleet_daemons,omitempty"`   // fleet sizes
+	FleetServices int     `json:"fleet_services,omitempty"`  // services (× Instances) in Consul
+	FleetChanges  int     `json:"fleet_changes,omitempty"`   // single-instance changes per fleet size
+	SoakSeconds   float64 `json:"soak_s,omitempty"`          // rolling restarts for this long
+	SoakRate      int     `json:"soak_rate,omitempty"`       // offered requests/s during the soak
 }
 
 // Machine describes where the figures were taken.
@@ -444,7 +458,10 @@ func EvaluateTargets(r *Results) []Target {
 		}
 		add(ScenarioChurn, "churn: failed requests", "0", fmt.Sprintf("%d of %d", m.During.Failed, m.During.Requests), m.During.Failed == 0)
 	}
-	if !r.Params.Quick && r.DurationS > 0 {
+	extraTargets(r, add)
+	// The run-time budget is the default set's; the opt-in scenarios are
+	// long by design (the soak alone runs 8.5 minutes).
+	if !r.Params.Quick && r.DurationS > 0 && !slices.ContainsFunc(r.Params.Scenarios, func(s string) bool { return slices.Contains(ExtraScenarios, s) }) {
 		add("whole run", "bench run time", fmt.Sprintf("≤ %v", targetRunTime),
 			(time.Duration(r.DurationS) * time.Second).String(), r.DurationS <= targetRunTime.Seconds())
 	}

@@ -28,6 +28,9 @@ type runner struct {
 	// changes and its heap profile after them (scale-cpu-runN.pprof,
 	// scale-heap-runN.pprof), for `go tool pprof`.
 	profileDir string
+	// fleetBaseline, when set, is a second daemon binary (the one before a
+	// change, say) the fleet scenario also runs, for the ratio to it.
+	fleetBaseline string
 
 	// pooled latencies of the load scenarios: scenario → mode → phase
 	pool map[string]map[string]map[string][]float64
@@ -218,34 +221,17 @@ func (r *runner) propagation(ctx context.Context, st *Stack, bs []*Backend, mode
 // request for drainQuiet), stop gracefully, start, register, wait for
 // traffic.
 func (r *runner) rolling(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
-	const drainQuiet = 300 * time.Millisecond
 	var slowestDrain, slowestRejoin time.Duration
 	restarts := 0
 	lp, err := r.underLoad(ctx, st, ScenarioRolling, mode, run, time.Second, func() ([]time.Time, error) {
 		var rejoins []time.Time // when each restarted backend answered again
 		for cycle := range r.p.Cycles {
 			for _, b := range bs {
-				if err := st.Deregister(b.ID); err != nil {
+				drain, rejoin, err := r.restartBackend(ctx, st, b, cycle)
+				if err != nil {
 					return nil, err
 				}
-				t := time.Now()
-				if !poll(ctx, 20*time.Second, 5*time.Millisecond, func() bool { return time.Since(b.LastRequest()) >= drainQuiet }) {
-					return nil, fmt.Errorf("cycle %d: %s still receives requests 20s after deregistering", cycle, b.ID)
-				}
-				slowestDrain = max(slowestDrain, time.Since(t)-drainQuiet)
-				b.Stop()
-				if err := b.Start(); err != nil {
-					return nil, fmt.Errorf("cycle %d: restart %s: %w", cycle, b.ID, err)
-				}
-				served := b.Served()
-				t = time.Now()
-				if err := st.Register(service, b, r.secs(r.p.CheckInterval)); err != nil {
-					return nil, err
-				}
-				if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
-					return nil, fmt.Errorf("cycle %d: %s gets no traffic 20s after registering; %s", cycle, b.ID, st.diagnose(b))
-				}
-				slowestRejoin = max(slowestRejoin, time.Since(t))
+				slowestDrain, slowestRejoin = max(slowestDrain, drain), max(slowestRejoin, rejoin)
 				rejoins = append(rejoins, b.LastRequest()) // its first request back, within the 2 ms poll
 				restarts++
 			}
@@ -261,6 +247,38 @@ func (r *runner) rolling(ctx context.Context, st *Stack, bs []*Backend, mode str
 	r.logf("    %s run %d: %d restarts, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms)",
 		mode, run, restarts, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99)
 	return nil
+}
+
+// drainQuiet: a deregistered backend is drained once it has had no request
+// for this long.
+const drainQuiet = 300 * time.Millisecond
+
+// restartBackend restarts b as a rolling restart does: deregister, drain,
+// graceful stop, start, register (check passing), wait for traffic. It
+// returns how long the drain took (less drainQuiet) and how long after its
+// registration the backend got its first request.
+func (r *runner) restartBackend(ctx context.Context, st *Stack, b *Backend, cycle int) (drain, rejoin time.Duration, err error) {
+	if err := st.Deregister(b.ID); err != nil {
+		return 0, 0, err
+	}
+	t := time.Now()
+	if !poll(ctx, 20*time.Second, 5*time.Millisecond, func() bool { return time.Since(b.LastRequest()) >= drainQuiet }) {
+		return 0, 0, fmt.Errorf("cycle %d: %s still receives requests 20s after deregistering", cycle, b.ID)
+	}
+	drain = time.Since(t) - drainQuiet
+	b.Stop()
+	if err := b.Start(); err != nil {
+		return 0, 0, fmt.Errorf("cycle %d: restart %s: %w", cycle, b.ID, err)
+	}
+	served := b.Served()
+	t = time.Now()
+	if err := st.Register(service, b, r.secs(r.p.CheckInterval)); err != nil {
+		return 0, 0, err
+	}
+	if !poll(ctx, 20*time.Second, 2*time.Millisecond, func() bool { return b.Served() > served }) {
+		return 0, 0, fmt.Errorf("cycle %d: %s gets no traffic 20s after registering; %s", cycle, b.ID, st.diagnose(b))
+	}
+	return drain, time.Since(t), nil
 }
 
 // eventWindow: requests due this soon after a registry event count as

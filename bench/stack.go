@@ -141,6 +141,8 @@ type StackOptions struct {
 	// every JSON answer: at 10,000 checks that nearly doubles the bytes
 	// the daemon reads on each change.
 	ConsulServer bool
+	// ConsulHCL is more agent configuration, one -hcl flag each.
+	ConsulHCL []string
 }
 
 // Stack is one mode's world on loopback: Consul, nginx, and the program
@@ -216,6 +218,9 @@ func (s *Stack) startConsul(ctx context.Context) error {
 			"-hcl=performance { raft_multiplier = 1 }"} // -dev's election timing
 	}
 	args := append([]string{"agent"}, mode...)
+	for _, h := range s.opt.ConsulHCL {
+		args = append(args, "-hcl="+h)
+	}
 	s.consul, err = startProc(s.Dir, "consul", s.bin.Consul, append(args, "-node=bench",
 		"-bind=127.0.0.1", "-client=127.0.0.1",
 		"-http-port="+strconv.Itoa(p["http"]), "-server-port="+strconv.Itoa(p["server"]),

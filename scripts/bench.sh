@@ -9,6 +9,8 @@
 # A full run takes about 13 minutes on 2 cores (the issue's per-mode sizes
 # spread over 3 runs); -quick about 3 minutes; installing what is missing
 # on a fresh machine about 11 minutes more, once.
+# Opt-in scenarios (never in the default set, nor in -quick): -scenarios
+# fanout, -scenarios fleet, -soak; with -json/-md elsewhere than docs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"

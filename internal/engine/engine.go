@@ -285,7 +285,6 @@ func (e *Engine) Run(ctx context.Context) error {
 		delivered: len(prev) == 0, // an empty state needs no push
 		latest:    make([]*Snapshot, len(e.sources)),
 		seen:      time.Now(),
-		drops:     Drops{},
 		retry:     backoff.New(200*time.Millisecond, 10*time.Second),
 		base:      prev,
 	}
@@ -315,8 +314,8 @@ type loop struct {
 	snapshots  int         // taken in so far
 	lastApply  time.Time
 	holds      []Hold
-	persistErr error // the last Save's, until one succeeds or nothing needs saving
-	drops      Drops
+	persistErr error   // the last Save's, until one succeeds or nothing needs saving
+	planner    Planner // carries the drops awaiting confirmation
 	retry      *backoff.Backoff
 
 	settle    *time.Timer // fires when the quiescence window closes
@@ -426,7 +425,10 @@ func (l *loop) apply() {
 	} else if l.e.drains != nil {
 		next = l.drainsOnly()
 	}
-	changed := !next.Equal(l.prev)
+	// One pass over every upstream finds both whether anything changed
+	// and what, for the log.
+	diff := upstream.Diff(l.prev, next)
+	changed := !diff.Empty()
 	l.e.tellPlanned(next)
 	if !changed && l.delivered {
 		l.base = l.planned
@@ -446,7 +448,7 @@ func (l *loop) apply() {
 		return
 	}
 	if changed {
-		l.e.logChanges(l.prev, next)
+		l.e.logDiff(l.prev, next, diff)
 		l.e.m.applies.Inc()
 		l.e.m.upstreams.Set(float64(len(next)))
 		l.e.m.lastApply.SetToCurrentTime()
@@ -459,7 +461,7 @@ func (l *loop) apply() {
 // plan runs Plan over the newest snapshots and arms the timer that
 // confirms a held drop.
 func (l *loop) plan() upstream.State {
-	next, holds, at := Plan(l.base, deref(l.latest), l.e.guards, l.drops, time.Now())
+	next, holds, at := l.planner.Plan(l.base, deref(l.latest), l.e.guards, time.Now())
 	l.planned = next
 	next, holds = l.overlay(next, holds)
 	if l.recheck != nil {
@@ -576,7 +578,11 @@ func (e *Engine) reportHolds(before, now []Hold) {
 
 // logChanges logs the delta, a line per server, never the whole state.
 func (e *Engine) logChanges(prev, next upstream.State) {
-	c := upstream.Diff(prev, next)
+	e.logDiff(prev, next, upstream.Diff(prev, next))
+}
+
+// logDiff is logChanges with c, the Diff of prev and next.
+func (e *Engine) logDiff(prev, next upstream.State, c upstream.Changes) {
 	for _, name := range c.Set {
 		added, removed := upstream.ServerDelta(prev[name], next[name])
 		// A server in both lists stayed and changed its parameters: one

@@ -17,6 +17,8 @@ type Snapshot struct {
 	// Upstreams holds every upstream the registry knows, built only from
 	// validated instances. An upstream with no servers is one whose instances
 	// are all unhealthy or invalid: it is known, and must not be emptied.
+	// Neither the map nor its server lists change once sent: the engine
+	// keeps the map as its applied state while nothing is held.
 	Upstreams upstream.State
 	// Services counts the registry services seen after filtering; the
 	// min_services guard compares against it.
@@ -101,6 +103,65 @@ func (h Hold) String() string {
 // next (Plan updates it); now is the time of the call. recheck, when not
 // zero, is when a held drop can be confirmed: the caller plans again then.
 func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time.Time) (next upstream.State, holds []Hold, recheck time.Time) {
+	p := Planner{Drops: drops}
+	return p.Plan(prev, snaps, g, now)
+}
+
+// Planner plans as Plan does, and carries from one plan to the next what
+// lets a plan cost what changed rather than the catalog: the drops
+// awaiting confirmation, and the upstreams it has already checked. A
+// single-instance change at thousands of upstreams then checks one
+// upstream's servers, names and method, not every server of every
+// upstream on each change.
+//
+// What it remembers is keyed by the identity of an upstream's server list:
+// sources hand on the list of an unchanged upstream itself and lists are
+// never changed in place (upstream.Upstream.Equal relies on the same), and
+// the memory holds the list, so its array cannot be reused for another.
+// Results equal Plan's; TestPlannerMatchesPlan compares them.
+//
+// The zero Planner is ready; it is not safe for concurrent use.
+type Planner struct {
+	Drops Drops
+	// guards is what the memories below were built under: other guards
+	// void them.
+	guards Guards
+	// allowed: upstreams of a prev whose name is not reserved and whose
+	// servers the address policy allows, by name.
+	allowed map[string][]upstream.Server
+	// valid: upstreams of an applied next that nginx -t accepts (a primary
+	// server, a method that takes their servers), by name; its names have
+	// no two that differ only in case.
+	valid map[string]validUpstream
+	// distinct: the names of the last merged state, which had no two that
+	// differ only in case.
+	distinct map[string]struct{}
+}
+
+type validUpstream struct {
+	servers []upstream.Server
+	balance upstream.Balance
+}
+
+// same reports whether a and b are the same list, not only equal ones.
+func same(a, b []upstream.Server) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// sameGuards reports whether a and b check upstreams alike.
+func sameGuards(a, b Guards) bool {
+	return slices.Equal(a.Reserved, b.Reserved) && slices.Equal(a.Addresses.Allow, b.Addresses.Allow) && slices.Equal(a.Addresses.Deny, b.Addresses.Deny)
+}
+
+// Plan is the package's Plan with what p carries.
+func (p *Planner) Plan(prev upstream.State, snaps []Snapshot, g Guards, now time.Time) (next upstream.State, holds []Hold, recheck time.Time) {
+	if p.Drops == nil {
+		p.Drops = Drops{}
+	}
+	if !sameGuards(p.guards, g) {
+		p.guards, p.allowed, p.valid = g, nil, nil
+	}
+	drops := p.Drops
 	merged, services, doubts, holds := mergeSnapshots(snaps)
 	switch {
 	case len(doubts) > 0:
@@ -111,35 +172,39 @@ func Plan(prev upstream.State, snaps []Snapshot, g Guards, drops Drops, now time
 		return prev, []Hold{{Upstream: "", Guard: GuardMinServices, Reason: fmt.Sprintf("the registry reports %d services, fewer than min_services %d; keeping the last known state", services, g.MinServices)}}, time.Time{}
 	}
 
-	prev, refused := withoutRefused(prev, g)
+	prev, refused := p.withoutRefused(prev, g)
 	holds = append(holds, refused...)
-	holds = append(holds, dropCollisions(prev, merged)...)
+	merged, collisions := p.dropCollisions(prev, merged)
+	holds = append(holds, collisions...)
 	next, empty := keepLastServers(prev, merged, invalidByService(snaps))
 	holds = append(holds, empty...)
 
 	if g.ConfirmAfter <= 0 {
 		clear(drops)
-		return checked(prev, next, holds, time.Time{})
+		return p.checked(prev, next, holds, time.Time{})
 	}
 	d := dropGuard{g: g, drops: drops, now: now, seen: map[string]bool{}}
 	// The total: a registry losing most servers at once is more likely
 	// broken than right. It is weighed on the registry's answer, before
 	// the upstreams' guards put servers back; their clocks run meanwhile.
 	before, after := prev.ServerCount(), next.ServerCount()
-	holds = append(holds, d.upstreams(prev, next)...)
+	next, held := d.upstreams(prev, next)
+	holds = append(holds, held...)
 	if hold, ok := d.total(before, after); !ok {
 		forget(drops, d.seen)
 		return prev, append(holds, hold), d.recheck
 	}
 	forget(drops, d.seen)
-	return checked(prev, next, holds, d.recheck)
+	return p.checked(prev, next, holds, d.recheck)
 }
 
 // withoutRefused returns prev without what the rules refuse now: reserved
 // names, and servers on refused addresses (an upstream left without a
 // primary server goes too). Guards then never keep them; the plan's diff
-// against nginx removes them. It copies prev only when something goes.
-func withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
+// against nginx removes them. It copies prev only when something goes,
+// and looks again only at the upstreams whose servers it has not allowed
+// before.
+func (p *Planner) withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
 	var out upstream.State
 	var holds []Hold
 	drop := func(name, why string) {
@@ -149,22 +214,37 @@ func withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
 		delete(out, name)
 		holds = append(holds, Hold{Upstream: name, Guard: GuardRefused, Reason: why})
 	}
+	if p.allowed == nil || len(p.allowed) > 2*len(prev)+64 {
+		p.allowed = make(map[string][]upstream.Server, len(prev)) // a map never gives back its room
+	}
 	for name, u := range prev { // unsorted: it runs on every plan, and holds are rare
+		if ok, known := p.allowed[name]; known && same(ok, u.Servers) {
+			continue
+		}
+		delete(p.allowed, name)
 		if registry.IsReserved(g.Reserved, name) {
 			drop(name, "the name is reserved (upstreams.reserved); removed")
 			continue
 		}
-		var kept []upstream.Server
+		refused := -1
+		for i, s := range u.Servers {
+			if g.Addresses.Check(s.Addr.Addr()) != nil {
+				refused = i
+				break
+			}
+		}
+		if refused < 0 {
+			p.allowed[name] = u.Servers
+			continue
+		}
+		kept := slices.Clone(u.Servers[:refused])
 		var why error
-		for _, s := range u.Servers {
+		for _, s := range u.Servers[refused:] {
 			if err := g.Addresses.Check(s.Addr.Addr()); err != nil {
 				why = err
 				continue
 			}
 			kept = append(kept, s)
-		}
-		if why == nil {
-			continue
 		}
 		u.Servers = kept
 		if !u.HasPrimary() {
@@ -185,21 +265,37 @@ func withoutRefused(prev upstream.State, g Guards) (upstream.State, []Hold) {
 }
 
 // mergeSnapshots merges the sources' upstreams in order (the first source
-// to claim a name keeps it) and adds up their services and doubts.
+// to claim a name keeps it) and adds up their services and doubts. With a
+// single source the merged state is that source's own map, which nothing
+// after must change (dropCollisions copies it first).
 func mergeSnapshots(snaps []Snapshot) (merged upstream.State, services int, doubts []string, holds []Hold) {
+	if len(snaps) == 1 {
+		s := snaps[0]
+		if s.Doubt != "" {
+			doubts = append(doubts, s.Doubt)
+		}
+		merged = s.Upstreams
+		if merged == nil {
+			merged = upstream.State{}
+		}
+		return merged, s.Services, doubts, nil
+	}
 	merged = upstream.State{}
 	for i, s := range snaps {
 		services += s.Services
 		if s.Doubt != "" {
 			doubts = append(doubts, s.Doubt)
 		}
-		for _, name := range s.Upstreams.Names() {
+		var contested []Hold
+		for name, u := range s.Upstreams { // names are distinct within one source
 			if _, taken := merged[name]; taken {
-				holds = append(holds, Hold{Upstream: name, Guard: GuardContested, Reason: fmt.Sprintf("also reported by source %d; the first source keeps it", i+1)})
+				contested = append(contested, Hold{Upstream: name, Guard: GuardContested, Reason: fmt.Sprintf("also reported by source %d; the first source keeps it", i+1)})
 				continue
 			}
-			merged[name] = s.Upstreams[name]
+			merged[name] = u
 		}
+		slices.SortFunc(contested, func(a, b Hold) int { return strings.Compare(a.Upstream, b.Upstream) })
+		holds = append(holds, contested...)
 	}
 	return merged, services, doubts, holds
 }
@@ -215,15 +311,23 @@ func mergeSnapshots(snaps []Snapshot) (merged upstream.State, services int, doub
 // place (one POST; the file never holds both), and an empty newcomer keeps
 // the name nginx has.
 func keepLastServers(prev, merged upstream.State, invalid map[string]int) (upstream.State, []Hold) {
-	prevByKey := foldIndex(prev)
-	next := make(upstream.State, len(merged))
-	var holds []Hold
-	for _, name := range merged.Names() {
-		u := merged[name]
+	// Nearly always every upstream goes as merged: next is merged itself
+	// (a source's map, not to be changed) until one must not.
+	var next upstream.State
+	var prevByKey map[string]string
+	type keyed struct {
+		name string // the merged name, which orders the holds
+		hold Hold
+	}
+	var found []keyed
+	for name, u := range merged { // unsorted: holds are sorted below, and rare
 		if u.HasPrimary() {
-			next[name] = u
 			continue
 		}
+		if next == nil {
+			next = maps.Clone(merged)
+		}
+		delete(next, name)
 		why := "no healthy instances"
 		if n := invalid[u.Service]; n > 0 {
 			why = fmt.Sprintf("no healthy valid instances (%d of service %s dropped as invalid)", n, u.Service)
@@ -231,13 +335,26 @@ func keepLastServers(prev, merged upstream.State, invalid map[string]int) (upstr
 		if len(u.Servers) > 0 {
 			why = fmt.Sprintf("only backup servers (%d), which nginx refuses without a primary", len(u.Servers))
 		}
+		if prevByKey == nil {
+			prevByKey = foldIndex(prev)
+		}
+		// merged holds no two names that fold alike (dropCollisions), so
+		// the name put back here is no other upstream's.
 		if oldName, ok := prevByKey[upstream.FoldKey(name)]; ok && prev[oldName].HasPrimary() {
 			old := prev[oldName]
 			next[oldName] = old
-			holds = append(holds, Hold{Upstream: oldName, Guard: GuardEmpty, Reason: fmt.Sprintf("%s; keeping %d last known servers", why, len(old.Servers))})
+			found = append(found, keyed{name, Hold{Upstream: oldName, Guard: GuardEmpty, Reason: fmt.Sprintf("%s; keeping %d last known servers", why, len(old.Servers))}})
 		} else {
-			holds = append(holds, Hold{Upstream: name, Guard: GuardEmpty, Reason: why + " yet; not created"})
+			found = append(found, keyed{name, Hold{Upstream: name, Guard: GuardEmpty, Reason: why + " yet; not created"}})
 		}
+	}
+	if next == nil {
+		next = merged
+	}
+	slices.SortFunc(found, func(a, b keyed) int { return strings.Compare(a.name, b.name) })
+	var holds []Hold
+	for _, f := range found {
+		holds = append(holds, f.hold)
 	}
 	return next, holds
 }
@@ -251,15 +368,59 @@ func foldIndex(s upstream.State) map[string]string {
 	return idx
 }
 
-// checked is the last line of defence for "every file nginx -t accepts":
-// a state that breaks it is never applied, whatever bug let it through.
-func checked(prev, next upstream.State, holds []Hold, recheck time.Time) (upstream.State, []Hold, time.Time) {
-	err := next.CheckNames()
+// checkState is the last line of defence for "every file nginx -t
+// accepts": a state that breaks it is never applied, whatever bug let it
+// through.
+func checkState(s upstream.State) error {
+	err := s.CheckNames()
 	if err == nil {
-		err = checkBalances(next)
+		err = checkBalances(s)
 	}
-	if err != nil {
-		return prev, append(holds, Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}), recheck
+	return err
+}
+
+func invalidHold(err error) Hold {
+	return Hold{Upstream: "", Guard: GuardInvalid, Reason: fmt.Sprintf("the planned state would not pass nginx -t (%v); keeping the last known state", err)}
+}
+
+// checked returns next when checkState passes, else prev with a hold. It
+// checks again only the upstreams p has not seen valid under the same
+// name, servers and method. While the names are those of the last valid
+// state, no two of them differ only in case, and only the changed
+// upstreams can break the file: the errors are those the whole state's
+// check would give.
+func (p *Planner) checked(prev, next upstream.State, holds []Hold, recheck time.Time) (upstream.State, []Hold, time.Time) {
+	sameNames := p.valid != nil && len(p.valid) == len(next)
+	var changed upstream.State
+	for name, u := range next {
+		v, ok := p.valid[name]
+		if !ok {
+			sameNames = false
+			break
+		}
+		if !same(v.servers, u.Servers) || v.balance != u.Balance {
+			if changed == nil {
+				changed = upstream.State{}
+			}
+			changed[name] = u
+		}
+	}
+	if !sameNames {
+		p.valid = nil
+		if err := checkState(next); err != nil {
+			return prev, append(holds, invalidHold(err)), recheck
+		}
+		p.valid = make(map[string]validUpstream, len(next))
+		for name, u := range next {
+			p.valid[name] = validUpstream{u.Servers, u.Balance}
+		}
+		return next, holds, recheck
+	}
+	if err := checkState(changed); err != nil {
+		return prev, append(holds, invalidHold(err)), recheck
+	}
+	for name, u := range changed {
+		p.valid[name] = validUpstream{u.Servers, u.Balance}
 	}
 	return next, holds, recheck
 }
@@ -309,18 +470,28 @@ func (d *dropGuard) confirmed(key string) bool {
 	return false
 }
 
-// upstreams puts back, in next, every upstream that would lose more than
-// MaxDrop of its servers and has not been confirmed yet.
-func (d *dropGuard) upstreams(prev, next upstream.State) []Hold {
+// upstreams puts back every upstream that would lose more than MaxDrop of
+// its servers and has not been confirmed yet, in a copy of next (which
+// may be a source's map) made when one is.
+func (d *dropGuard) upstreams(prev, next upstream.State) (upstream.State, []Hold) {
 	var holds []Hold
-	nextByKey := foldIndex(next)
+	copied := false
+	var nextByKey map[string]string // made when a name is not found as it is
 	maxDrop := d.g.MaxDrop
-	for _, name := range prev.Names() {
-		old := prev[name]
+	for name, old := range prev { // unsorted: holds are sorted below, and rare
 		if !old.HasPrimary() {
 			continue // nginx refuses it: losing it can only mend the file
 		}
-		curName, ok := nextByKey[upstream.FoldKey(name)] // the same upstream for nginx, maybe renamed by case
+		// The same upstream for nginx, maybe renamed by case: next holds
+		// no two names that fold alike, so a name found as it is is the
+		// one its folded name finds.
+		curName, ok := name, false
+		if _, ok = next[name]; !ok {
+			if nextByKey == nil {
+				nextByKey = foldIndex(next)
+			}
+			curName, ok = nextByKey[upstream.FoldKey(name)]
+		}
 		n := len(next[curName].Servers)
 		if !ok {
 			n = 0
@@ -328,6 +499,9 @@ func (d *dropGuard) upstreams(prev, next upstream.State) []Hold {
 		share := dropShare(len(old.Servers), n)
 		if share <= maxDrop || d.confirmed(name) {
 			continue
+		}
+		if !copied {
+			next, copied = maps.Clone(next), true
 		}
 		if ok && curName != name {
 			delete(next, curName) // the rename waits with the drop
@@ -339,7 +513,8 @@ func (d *dropGuard) upstreams(prev, next upstream.State) []Hold {
 		}
 		holds = append(holds, Hold{Upstream: name, Guard: GuardDrop, Reason: fmt.Sprintf("%s; applied only if the registry still says so %v after it was first seen", what, d.g.ConfirmAfter)})
 	}
-	return holds
+	slices.SortFunc(holds, func(a, b Hold) int { return strings.Compare(a.Upstream, b.Upstream) })
+	return next, holds
 }
 
 // total checks the fall of all servers together, from before to after;
@@ -385,6 +560,34 @@ func forget(drops Drops, seen map[string]bool) {
 			delete(drops, k)
 		}
 	}
+}
+
+// dropCollisions is the package's dropCollisions on a copy of merged (a
+// source's own map, with a single source), made only when names collide;
+// while merged has the names of the last merged state without a
+// collision, it looks no further.
+func (p *Planner) dropCollisions(prev, merged upstream.State) (upstream.State, []Hold) {
+	if p.distinct != nil && len(p.distinct) == len(merged) {
+		known := true
+		for name := range merged {
+			if _, known = p.distinct[name]; !known {
+				break
+			}
+		}
+		if known {
+			return merged, nil
+		}
+	}
+	p.distinct = nil
+	merged = maps.Clone(merged)
+	holds := dropCollisions(prev, merged)
+	if holds == nil {
+		p.distinct = make(map[string]struct{}, len(merged))
+		for name := range merged {
+			p.distinct[name] = struct{}{}
+		}
+	}
+	return merged, holds
 }
 
 // dropCollisions removes upstreams whose names differ only in case: dyups

@@ -35,6 +35,7 @@ type File struct {
 	mu       sync.Mutex
 	renderer upstream.FileRenderer
 	written  []byte // what the last Save wrote or found on disk
+	spare    []byte // a rendered file nothing refers to, to render the next into
 	stamp    Stamp  // the file's size and time right after
 }
 
@@ -118,9 +119,11 @@ func (f *File) removeLeftovers() {
 func (f *File) Save(s upstream.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	data := f.renderer.Render(s)
+	data := f.renderer.RenderTo(f.spare, s)
+	f.spare = nil
 	ours := f.stamp != (Stamp{}) && StampOf(f.Path) == f.stamp // the file holds f.written
 	if ours && bytes.Equal(f.written, data) {
+		f.spare = data
 		return nil
 	}
 	// before is what a refused file is replaced with.
@@ -142,11 +145,13 @@ func (f *File) Save(s upstream.State) error {
 		}
 	}
 	f.written, f.stamp = data, StampOf(f.Path)
-	if f.Verifier == nil {
-		return nil
+	if f.Verifier != nil {
+		if err := f.Verifier.Verify(context.Background()); err != nil {
+			return f.putBack(before, beforeErr, same, err)
+		}
 	}
-	if err := f.Verifier.Verify(context.Background()); err != nil {
-		return f.putBack(before, beforeErr, same, err)
+	if ours && !same {
+		f.spare = before // the file it held is replaced: nothing refers to it
 	}
 	return nil
 }

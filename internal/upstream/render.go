@@ -60,7 +60,13 @@ type renderedBlock struct {
 }
 
 // Render renders s as RenderFile does.
-func (r *FileRenderer) Render(s State) []byte {
+func (r *FileRenderer) Render(s State) []byte { return r.RenderTo(nil, s) }
+
+// RenderTo is Render into dst's array when it has the room (dst's bytes
+// are overwritten): a caller that keeps the last file to compare with can
+// hand back the one before it, rather than make the garbage collector
+// take back a file's worth of memory on every change.
+func (r *FileRenderer) RenderTo(dst []byte, s State) []byte {
 	if !r.sameNames(s) {
 		r.names = s.Names()
 		if len(r.blocks) > 2*len(s)+64 {
@@ -83,7 +89,10 @@ func (r *FileRenderer) Render(s State) []byte {
 	if r.blocks == nil {
 		r.blocks = make(map[string]renderedBlock, len(s))
 	}
-	out := make([]byte, 0, r.size+r.size/8+len(FileHeader))
+	out := dst[:0]
+	if want := r.size + r.size/8 + len(FileHeader); cap(out) < want {
+		out = make([]byte, 0, want)
+	}
 	out = append(out, FileHeader...)
 	for _, name := range r.names {
 		u := s[name]

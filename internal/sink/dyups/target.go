@@ -442,14 +442,16 @@ var errSuperseded = errors.New("superseded by a newer state")
 // failure.
 func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 	defer func() { t.record(err, 0) }()
-	for name := range desired {
-		t.owned[name] = true
-	}
 	// Only what differs is sorted (for a stable order of requests and
 	// logs): at thousands of upstreams, sorting every name on each change
-	// cost more than finding the few that changed.
+	// cost more than finding the few that changed. One pass over desired
+	// finds them and owns the new names; a name owned already is only
+	// read, not written again.
 	var post, del []string
 	for name, u := range desired {
+		if !t.owned[name] {
+			t.owned[name] = true
+		}
 		if old, ok := t.acked[name]; !ok || !old.Equal(u) {
 			post = append(post, name)
 		}

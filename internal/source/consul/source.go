@@ -242,15 +242,18 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 				// deregistration), and the checks watch answers within
 				// milliseconds: wait briefly for it rather than read every
 				// check of the datacenter once more.
+				st.waitChecks(time.Now())
 				select {
 				case cev := <-checksC:
+					st.checksCame(time.Now())
 					st.onChecks(cev)
-				case <-time.After(probeGrace):
+				case <-time.After(st.grace()):
 				case <-ctx.Done():
 					return
 				}
 			}
 		case ev := <-checksC:
+			st.checksCame(time.Now())
 			st.onChecks(ev)
 			retryC = nil
 		case <-resyncC:
@@ -370,7 +373,17 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 // answer holds every check of the datacenter, and decoding it takes tens of
 // milliseconds at thousands of instances, so the wait must cover that;
 // only an instance registered or removed without any check pays it.
-const probeGrace = 250 * time.Millisecond
+//
+// At tens of thousands of checks Consul takes longer than that to answer
+// (the answer is megabytes): the grace then grows to twice how late the
+// watch answered the last time (see tracker.grace), up to maxProbeGrace,
+// so that a change is not read twice, once by the source after the grace
+// and again when the watch answers. What that costs: an instance
+// registered or removed without any check waits up to that grace.
+const (
+	probeGrace    = 250 * time.Millisecond
+	maxProbeGrace = 2 * time.Second
+)
 
 // agentProbeEvery is how often a watch in backoff asks whether the agent
 // answers again: a cheap request, so that the catch-up after an outage
@@ -425,6 +438,61 @@ type tracker struct {
 	removed                     bool              // a service left the catalog since the last snapshot
 	sent                        bool
 	doubts                      map[string]string // what → why its last answer is doubted
+	// merged is the last snapshot's state when its merge refused and
+	// dropped nothing; changed holds, by service, the part that service
+	// had in it, for each service read anew since. The next snapshot
+	// then replaces only those services' upstreams (see mergeChanged).
+	merged  upstream.State
+	changed map[string]registry.Part
+	// checksLag is how long after a catalog change that needed the checks
+	// the checks watch last answered; waitSince, when set, is when the
+	// last such change began to wait, and no answer has come since.
+	checksLag time.Duration
+	waitSince time.Time
+}
+
+// waitChecks notes that a catalog change began at now to wait for the
+// checks watch.
+func (t *tracker) waitChecks(now time.Time) { t.waitSince = now }
+
+// checksCame notes that the checks watch answered at now: how long after
+// the change that waited for it, within the grace or after it, unless so
+// long after that the answer is surely for another change.
+func (t *tracker) checksCame(now time.Time) {
+	if !t.waitSince.IsZero() {
+		if lag := now.Sub(t.waitSince); lag <= maxProbeGrace {
+			t.checksLag = lag
+		}
+	}
+	t.waitSince = time.Time{}
+}
+
+// grace is how long a catalog change waits for the checks watch: probeGrace,
+// or twice the watch's last lag when that is longer, up to maxProbeGrace.
+func (t *tracker) grace() time.Duration {
+	return min(max(probeGrace, 2*t.checksLag), maxProbeGrace)
+}
+
+// setService keeps what a read of the service name gave, noting the part
+// it replaces for mergeChanged.
+func (t *tracker) setService(name string, d serviceData) {
+	old, had := t.services[name]
+	if _, noted := t.changed[name]; !noted {
+		if !had {
+			t.merged = nil // a new service: its names may take others'
+		}
+		if t.changed == nil {
+			t.changed = map[string]registry.Part{}
+		}
+		t.changed[name] = old.part
+	}
+	t.services[name] = d
+}
+
+// forgetService drops a service that left the catalog.
+func (t *tracker) forgetService(name string) {
+	delete(t.services, name)
+	t.merged = nil
 }
 
 func (t *tracker) markAll() {
@@ -474,6 +542,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 	}
 	if !maps.Equal(badNames, t.badNames) {
 		t.badNames = badNames
+		t.merged = nil
 		t.removed = true // the snapshot's dropped list changed
 	}
 	first := t.catalog == nil
@@ -487,7 +556,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 	}
 	for name := range t.catalog {
 		if _, ok := selected[name]; !ok {
-			delete(t.services, name)
+			t.forgetService(name)
 			delete(t.dirty, name)
 			delete(t.doubts, "health/service/"+name)
 			t.removed = true
@@ -651,8 +720,8 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			continue
 		}
 		changed = true
-		t.services[name] = serviceData{index: meta.LastIndex, versions: versions,
-			part: t.src.opt.convert().BuildService(name, entries, t.src.rules)}
+		t.setService(name, serviceData{index: meta.LastIndex, versions: versions,
+			part: t.src.opt.convert().BuildService(name, entries, t.src.rules)})
 		delete(t.dirty, name)
 	}
 	return changed, nil
@@ -669,11 +738,19 @@ func (t *tracker) maxIndex() uint64 {
 // snapshot builds the complete state from the last read of every selected
 // service, logging and counting each newly invalid instance once.
 func (t *tracker) snapshot() engine.Snapshot {
-	parts := make([]registry.Part, 0, len(t.services))
-	for _, d := range t.services {
-		parts = append(parts, d.part)
+	st, ok := t.mergeChanged()
+	var dropped []registry.Dropped
+	if !ok {
+		parts := make([]registry.Part, 0, len(t.services))
+		for _, d := range t.services {
+			parts = append(parts, d.part)
+		}
+		st, dropped = registry.Merge(parts)
 	}
-	st, dropped := registry.Merge(parts)
+	t.merged, t.changed = nil, nil
+	if len(dropped) == 0 && len(t.badNames) == 0 {
+		t.merged = st
+	}
 	for _, name := range slices.Sorted(maps.Keys(t.badNames)) {
 		dropped = append(dropped, registry.Dropped{Service: name, Instance: "(every instance)", Reason: "service name: " + t.badNames[name]})
 	}
@@ -696,6 +773,38 @@ func (t *tracker) snapshot() engine.Snapshot {
 		}
 	}
 	return snap
+}
+
+// mergeChanged is registry.Merge of every service's part, made from the
+// last snapshot's state when that is known to give the same: the merge
+// before refused and dropped nothing, no service came or went since, and
+// each service read anew still builds upstreams of the names it had, in
+// the same order, and drops nothing. Each name then still belongs to its
+// service, and replacing those upstreams is the whole change: a copy of
+// the state, not a merge that sorts every service. ok is false when it
+// cannot tell.
+func (t *tracker) mergeChanged() (st upstream.State, ok bool) {
+	if t.merged == nil || len(t.badNames) > 0 {
+		return nil, false
+	}
+	for name, old := range t.changed {
+		now := t.services[name].part
+		if len(old.Dropped) > 0 || len(now.Dropped) > 0 || len(old.Upstreams) != len(now.Upstreams) {
+			return nil, false
+		}
+		for i, u := range now.Upstreams {
+			if u.Name != old.Upstreams[i].Name || t.merged[u.Name].Service != name {
+				return nil, false
+			}
+		}
+	}
+	st = maps.Clone(t.merged) // the engine holds the last snapshot's
+	for name := range t.changed {
+		for _, u := range t.services[name].part.Upstreams {
+			st[u.Name] = u
+		}
+	}
+	return st, true
 }
 
 // setDoubt records whether the newest answer of what is doubted. A change
