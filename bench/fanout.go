@@ -247,31 +247,11 @@ func (r *runner) fanout(ctx context.Context) (err error) {
 
 // startFanoutDaemon starts the daemon with every target's API listed.
 func (s *Stack) startFanoutDaemon(urls []string) error {
-	cfg := fmt.Sprintf(`# Written by swallowkeeper-bench (fanout).
-consul:
-  address: 127.0.0.1:%d
-file: %s
-guards:
-  confirm_after: 0s
-upstreams:
-  max_fails: %d
-  fail_timeout: 10s
-  keepalive: 16
-  allow_addresses: [127.0.0.0/8]
-metrics:
-  listen: 127.0.0.1:%d
-targets:
-`, s.ConsulPort, s.File, s.opt.MaxFails, s.ports["metrics"])
+	cfg := s.daemonConfig("fanout") + "targets:\n"
 	for _, u := range urls {
 		cfg += "  - url: " + u + "\n"
 	}
-	path := filepath.Join(s.Dir, "swallowkeeper.yml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return err
-	}
-	var err error
-	s.controller, err = startProc(s.Dir, "swallowkeeper", s.bin.Daemon, "run", "-config", path)
-	return err
+	return s.startDaemon(cfg)
 }
 
 // waitAllRoute waits until every target but skip routes to exactly want.

@@ -23,19 +23,16 @@ func newConsulStack(ctx context.Context, b Binaries, name string, opt StackOptio
 	if err != nil {
 		return nil, err
 	}
-	s = &Stack{Mode: ModeLua, Dir: dir, bin: b, opt: opt, File: filepath.Join(dir, "upstreams.conf")}
+	s, err = newStackDir(dir, b, ModeLua, opt, "metrics")
+	if err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	p, err := freePorts(5)
-	if err != nil {
-		return nil, err
-	}
-	s.ports = map[string]int{"http": p[0], "server": p[1], "serf_lan": p[2], "serf_wan": p[3], "metrics": p[4]}
-	s.ConsulPort = p[0]
-	s.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", p[4])
+	s.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", s.ports["metrics"])
 	if err := os.WriteFile(s.File, []byte("# Empty until the first sync.\n"), 0o644); err != nil {
 		return nil, err
 	}

@@ -221,12 +221,29 @@ func (r *runner) propagation(ctx context.Context, st *Stack, bs []*Backend, mode
 // request for drainQuiet), stop gracefully, start, register, wait for
 // traffic.
 func (r *runner) rolling(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
+	lr, restarts, err := r.restarting(ctx, st, bs, ScenarioRolling, mode, run, func(cycle int) bool { return cycle < r.p.Cycles })
+	if err != nil {
+		return err
+	}
+	r.addLoadRun(&r.res.Rolling, ScenarioRolling, mode, lr)
+	r.logf("    %s run %d: %d restarts, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms)",
+		mode, run, restarts, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99)
+	return nil
+}
+
+// restarting restarts bs one after the other (restartBackend) under load,
+// while more(cycle) holds before each restart, and returns the load run
+// with the restarts' figures and how many restarts there were.
+func (r *runner) restarting(ctx context.Context, st *Stack, bs []*Backend, scen, mode string, run int, more func(cycle int) bool) (LoadRun, int, error) {
 	var slowestDrain, slowestRejoin time.Duration
 	restarts := 0
-	lp, err := r.underLoad(ctx, st, ScenarioRolling, mode, run, time.Second, func() ([]time.Time, error) {
+	lp, err := r.underLoad(ctx, st, scen, mode, run, time.Second, func() ([]time.Time, error) {
 		var rejoins []time.Time // when each restarted backend answered again
-		for cycle := range r.p.Cycles {
+		for cycle := 0; ; cycle++ {
 			for _, b := range bs {
+				if !more(cycle) {
+					return rejoins, nil
+				}
 				drain, rejoin, err := r.restartBackend(ctx, st, b, cycle)
 				if err != nil {
 					return nil, err
@@ -236,17 +253,13 @@ func (r *runner) rolling(ctx context.Context, st *Stack, bs []*Backend, mode str
 				restarts++
 			}
 		}
-		return rejoins, nil
 	})
 	if err != nil {
-		return err
+		return LoadRun{}, 0, err
 	}
 	lr := lp.run
 	lr.Changes, lr.SlowestDrainMs, lr.SlowestRejoinMs = 2*restarts, ms(slowestDrain), ms(slowestRejoin)
-	r.addLoadRun(&r.res.Rolling, ScenarioRolling, mode, lr)
-	r.logf("    %s run %d: %d restarts, %d of %d requests failed, p99 %.1f ms (baseline %.1f ms)",
-		mode, run, restarts, lr.During.Failed, lr.During.Requests, lr.During.Latency.P99, lr.Baseline.Latency.P99)
-	return nil
+	return lr, restarts, nil
 }
 
 // drainQuiet: a deregistered backend is drained once it has had no request

@@ -14,32 +14,16 @@ func (r *runner) soak(ctx context.Context) error {
 	defer func() { r.p.Rate = rate }()
 	check := r.secs(r.p.CheckInterval)
 	return r.onStack(ctx, stackScenario{StackOptions{MaxFails: 1}, 3, check, func(ctx context.Context, st *Stack, bs []*Backend, mode string, run int) error {
-		var slowestDrain, slowestRejoin time.Duration
-		restarts := 0
-		lp, err := r.underLoad(ctx, st, ScenarioSoak, mode, run, time.Second, func() ([]time.Time, error) {
-			var rejoins []time.Time
-			until := time.Now().Add(r.secs(r.p.SoakSeconds))
-			for cycle := 0; time.Now().Before(until); cycle++ {
-				for _, b := range bs {
-					if !time.Now().Before(until) {
-						break
-					}
-					drain, rejoin, err := r.restartBackend(ctx, st, b, cycle)
-					if err != nil {
-						return nil, err
-					}
-					slowestDrain, slowestRejoin = max(slowestDrain, drain), max(slowestRejoin, rejoin)
-					rejoins = append(rejoins, b.LastRequest())
-					restarts++
-				}
+		var until time.Time // set at the first restart, after the warm-up and baseline
+		lr, restarts, err := r.restarting(ctx, st, bs, ScenarioSoak, mode, run, func(int) bool {
+			if until.IsZero() {
+				until = time.Now().Add(r.secs(r.p.SoakSeconds))
 			}
-			return rejoins, nil
+			return time.Now().Before(until)
 		})
 		if err != nil {
 			return err
 		}
-		lr := lp.run
-		lr.Changes, lr.SlowestDrainMs, lr.SlowestRejoinMs = 2*restarts, ms(slowestDrain), ms(slowestRejoin)
 		r.res.Soak = &SoakResult{Rate: r.p.SoakRate, Seconds: r.p.SoakSeconds, Restarts: restarts, Run: lr}
 		failed, sent := r.res.Soak.Failed()
 		r.logf("    %d restarts in %.0f s: %d of %d requests failed (%d during the restarts), p50 %.1f / p99 %.1f / max %.1f ms (baseline p99 %.1f ms)",

@@ -174,31 +174,21 @@ func NewStack(ctx context.Context, b Binaries, mode string, opt StackOptions) (s
 	if err != nil {
 		return nil, err
 	}
-	if opt.FailTimeout == 0 {
-		opt.FailTimeout = 10
+	s, err = newStackDir(dir, b, mode, opt, "proxy", "api", "metrics")
+	if err != nil {
+		return nil, err
 	}
-	if opt.DictMB == 0 {
-		opt.DictMB = 16
-	}
-	s = &Stack{Mode: mode, Dir: dir, bin: b, opt: opt, File: filepath.Join(dir, "upstreams.conf")}
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
-	p, err := freePorts(7)
-	if err != nil {
-		return nil, err
-	}
-	s.ports = map[string]int{"http": p[0], "server": p[1], "serf_lan": p[2], "serf_wan": p[3],
-		"proxy": p[4], "api": p[5], "metrics": p[6]}
-	s.ConsulPort = p[0]
-	s.ProxyURL = fmt.Sprintf("http://127.0.0.1:%d/", p[4])
+	s.ProxyURL = fmt.Sprintf("http://127.0.0.1:%d/", s.ports["proxy"])
 	if mode == ModeLua {
-		s.APIURL = fmt.Sprintf("http://127.0.0.1:%d", p[5])
+		s.APIURL = fmt.Sprintf("http://127.0.0.1:%d", s.ports["api"])
 	}
 	if mode != ModeConsulTemplate {
-		s.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", p[6])
+		s.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", s.ports["metrics"])
 	}
 	if err := s.startConsul(ctx); err != nil {
 		return nil, err
@@ -206,6 +196,62 @@ func NewStack(ctx context.Context, b Binaries, mode string, opt StackOptions) (s
 	if err := s.startNginx(ctx); err != nil {
 		return nil, err
 	}
+	return s, nil
+}
+
+// daemonConfig is the daemon configuration every bench daemon shares,
+// up to its targets; what says which scenario or mode wrote it.
+func (s *Stack) daemonConfig(what string) string {
+	return fmt.Sprintf(`# Written by swallowkeeper-bench (%s).
+consul:
+  address: 127.0.0.1:%d
+file: %s
+guards:
+  confirm_after: 0s
+upstreams:
+  max_fails: %d
+  fail_timeout: %ds
+  keepalive: 16
+  allow_addresses: [127.0.0.0/8]   # the bench backends are on loopback
+metrics:
+  listen: 127.0.0.1:%d
+  pprof: true   # the scale scenario fetches CPU and heap profiles
+`, what, s.ConsulPort, s.File, s.opt.MaxFails, s.opt.FailTimeout, s.ports["metrics"])
+}
+
+// startDaemon writes cfg to the stack's directory and starts the daemon
+// on it.
+func (s *Stack) startDaemon(cfg string) error {
+	path := filepath.Join(s.Dir, "swallowkeeper.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	var err error
+	s.controller, err = startProc(s.Dir, "swallowkeeper", s.bin.Daemon, "run", "-config", path)
+	return err
+}
+
+// newStackDir is a Stack in dir with free ports for Consul (http, server,
+// serf_lan, serf_wan) and for each of more, by name; it starts nothing.
+// dir is removed if it fails.
+func newStackDir(dir string, b Binaries, mode string, opt StackOptions, more ...string) (*Stack, error) {
+	if opt.FailTimeout == 0 {
+		opt.FailTimeout = 10
+	}
+	if opt.DictMB == 0 {
+		opt.DictMB = 16
+	}
+	names := append([]string{"http", "server", "serf_lan", "serf_wan"}, more...)
+	p, err := freePorts(len(names))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s := &Stack{Mode: mode, Dir: dir, bin: b, opt: opt, File: filepath.Join(dir, "upstreams.conf"), ports: map[string]int{}}
+	for i, name := range names {
+		s.ports[name] = p[i]
+	}
+	s.ConsulPort = p[0]
 	return s, nil
 }
 
@@ -413,32 +459,14 @@ func (s *Stack) StartController() error {
 	var err error
 	switch s.Mode {
 	case ModeLua, ModeReload:
-		cfg := fmt.Sprintf(`# Written by swallowkeeper-bench (mode %s).
-consul:
-  address: 127.0.0.1:%d
-file: %s
-guards:
-  confirm_after: 0s
-upstreams:
-  max_fails: %d
-  fail_timeout: %ds
-  keepalive: 16
-  allow_addresses: [127.0.0.0/8]   # the bench backends are on loopback
-metrics:
-  listen: 127.0.0.1:%d
-  pprof: true   # the scale scenario fetches CPU and heap profiles
-`, s.Mode, s.ConsulPort, s.File, s.opt.MaxFails, s.opt.FailTimeout, s.ports["metrics"])
+		cfg := s.daemonConfig("mode " + s.Mode)
 		if s.Mode == ModeLua {
 			cfg += fmt.Sprintf("targets:\n  - url: %s\n", s.APIURL)
 		} else {
 			cfg += fmt.Sprintf("targets: []\nreload:\n  enabled: true\n  test: %s\n  command: %s\n  min_wait: 0s\n  max_wait: 1s\n",
 				nginxArgs("-t", "-q"), nginxArgs("-s", "reload"))
 		}
-		path := filepath.Join(s.Dir, "swallowkeeper.yml")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			return err
-		}
-		s.controller, err = startProc(s.Dir, "swallowkeeper", s.bin.Daemon, "run", "-config", path)
+		err = s.startDaemon(cfg)
 	case ModeConsulTemplate:
 		tmpl := strings.NewReplacer("MAXFAILS", strconv.Itoa(s.opt.MaxFails), "FAILTIMEOUT", strconv.Itoa(s.opt.FailTimeout)).Replace(consulTemplateText)
 		tpath := filepath.Join(s.Dir, "upstreams.ctmpl")
