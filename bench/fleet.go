@@ -19,19 +19,10 @@ import (
 // newConsulStack starts a Stack that holds Consul alone (no nginx, no
 // controller): the fan-out and fleet scenarios add their own processes.
 func newConsulStack(ctx context.Context, b Binaries, name string, opt StackOptions) (s *Stack, err error) {
-	dir, err := os.MkdirTemp("", "swallowkeeper-bench-"+name+"-")
-	if err != nil {
+	if s, err = newStackDir(name, b, ModeLua, opt, "metrics"); err != nil {
 		return nil, err
 	}
-	s, err = newStackDir(dir, b, ModeLua, opt, "metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			s.Close()
-		}
-	}()
+	defer s.closeIfFailed(&err)
 	s.MetricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", s.ports["metrics"])
 	if err := os.WriteFile(s.File, []byte("# Empty until the first sync.\n"), 0o644); err != nil {
 		return nil, err

@@ -170,19 +170,10 @@ type Stack struct {
 // NewStack starts Consul and nginx for mode; StartController starts the
 // daemon or consul-template once the caller has registered services.
 func NewStack(ctx context.Context, b Binaries, mode string, opt StackOptions) (s *Stack, err error) {
-	dir, err := os.MkdirTemp("", "swallowkeeper-bench-"+mode+"-")
-	if err != nil {
+	if s, err = newStackDir(mode, b, mode, opt, "proxy", "api", "metrics"); err != nil {
 		return nil, err
 	}
-	s, err = newStackDir(dir, b, mode, opt, "proxy", "api", "metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			s.Close()
-		}
-	}()
+	defer s.closeIfFailed(&err)
 	s.ProxyURL = fmt.Sprintf("http://127.0.0.1:%d/", s.ports["proxy"])
 	if mode == ModeLua {
 		s.APIURL = fmt.Sprintf("http://127.0.0.1:%d", s.ports["api"])
@@ -231,10 +222,14 @@ func (s *Stack) startDaemon(cfg string) error {
 	return err
 }
 
-// newStackDir is a Stack in dir with free ports for Consul (http, server,
-// serf_lan, serf_wan) and for each of more, by name; it starts nothing.
-// dir is removed if it fails.
-func newStackDir(dir string, b Binaries, mode string, opt StackOptions, more ...string) (*Stack, error) {
+// newStackDir is a Stack in a new directory named after name, with free
+// ports for Consul (http, server, serf_lan, serf_wan) and for each of
+// more, by name; it starts nothing.
+func newStackDir(name string, b Binaries, mode string, opt StackOptions, more ...string) (*Stack, error) {
+	dir, err := os.MkdirTemp("", "swallowkeeper-bench-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
 	if opt.FailTimeout == 0 {
 		opt.FailTimeout = 10
 	}
@@ -253,6 +248,14 @@ func newStackDir(dir string, b Binaries, mode string, opt StackOptions, more ...
 	}
 	s.ConsulPort = p[0]
 	return s, nil
+}
+
+// closeIfFailed closes s if *err is set: a deferred clean-up of a stack
+// whose start failed half-way.
+func (s *Stack) closeIfFailed(err *error) {
+	if *err != nil {
+		s.Close()
+	}
 }
 
 func (s *Stack) startConsul(ctx context.Context) error {
