@@ -110,17 +110,9 @@ const pageSize = 1000
 // Validate reports options the source cannot run with, so that the
 // configuration can refuse them at start.
 func (o Options) Validate() error {
-	if _, err := layout.Parse(string(o.Layout), layout.Upsync, layout.Service); err != nil {
-		return fmt.Errorf("etcd: %w", err)
-	}
-	if err := layout.CheckRoot(layout.CleanRoot(o.Prefix), "key"); err != nil {
-		return fmt.Errorf("etcd: prefix %q: %w", o.Prefix, err)
-	}
-	if o.DialTimeout <= 0 {
-		return fmt.Errorf("etcd: dial timeout %v: want a positive duration", o.DialTimeout)
-	}
-	if o.Resync < 0 {
-		return fmt.Errorf("etcd: resync %v: want 0 (off) or a positive period", o.Resync)
+	if err := (runloop.Tree{Kind: "etcd", Layout: string(o.Layout), Offered: []layout.Layout{layout.Upsync, layout.Service},
+		RootName: "prefix", Root: o.Prefix, RootNoun: "key", TimeoutName: "dial timeout", Timeout: o.DialTimeout, Resync: o.Resync}).Validate(); err != nil {
+		return err
 	}
 	if (o.Username == "") != (o.Password == "") {
 		return errors.New("etcd: set both username and password, or neither")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 )
 
 // Check is the start-up check of a source of the registry kind: it needs
@@ -21,6 +22,38 @@ func Check(kind, noun string, addrs []string, opt interface{ Validate() error })
 		return fmt.Errorf("%s: no %s", kind, noun)
 	}
 	return opt.Validate()
+}
+
+// Tree is what the etcd and ZooKeeper sources' options share: a key
+// layout read from a root, a timeout of the client's, and the optional
+// resync period.
+type Tree struct {
+	Kind     string          // the registry: etcd, zookeeper
+	Layout   string          // as configured
+	Offered  []layout.Layout // the layouts this registry offers
+	RootName string          // the option that holds the root: prefix, root
+	Root     string
+	RootNoun string // what the root is: key, znode
+	// TimeoutName names Timeout in errors: dial timeout, session timeout.
+	TimeoutName     string
+	Timeout, Resync time.Duration
+}
+
+// Validate reports the first of t's options the source cannot run with.
+func (t Tree) Validate() error {
+	if _, err := layout.Parse(t.Layout, t.Offered...); err != nil {
+		return fmt.Errorf("%s: %w", t.Kind, err)
+	}
+	if err := layout.CheckRoot(layout.CleanRoot(t.Root), t.RootNoun); err != nil {
+		return fmt.Errorf("%s: %s %q: %w", t.Kind, t.RootName, t.Root, err)
+	}
+	if t.Timeout <= 0 {
+		return fmt.Errorf("%s: %s %v: want a positive duration", t.Kind, t.TimeoutName, t.Timeout)
+	}
+	if t.Resync < 0 {
+		return fmt.Errorf("%s: resync %v: want 0 (off) or a positive period", t.Kind, t.Resync)
+	}
+	return nil
 }
 
 // Usable reports whether err, the check of a source's options, is nil.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
+	"github.com/swallowkeeper/swallowkeeper/internal/layout"
 )
 
 func TestUsableWaitsForTheEndWhenTheOptionsAreNot(t *testing.T) {
@@ -85,6 +86,31 @@ func TestCheckWantsAddressesThenValidOptions(t *testing.T) {
 		err := Check("etcd", "endpoints", tt.addrs, tt.opt)
 		if got := fmt.Sprint(err); (err == nil) != (tt.want == "") || err != nil && got != tt.want {
 			t.Errorf("Check(%v, %v) = %v, want %q", tt.addrs, tt.opt.err, err, tt.want)
+		}
+	}
+}
+
+func TestTreeNamesTheOptionAtFault(t *testing.T) {
+	good := Tree{Kind: "zookeeper", Layout: "curator", Offered: []layout.Layout{layout.Curator, layout.Plain},
+		RootName: "root", Root: "/services", RootNoun: "znode", TimeoutName: "session timeout", Timeout: time.Second}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("valid options refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*Tree)
+		want string
+	}{
+		{"layout not offered", func(t *Tree) { t.Layout = "upsync" }, "zookeeper: "},
+		{"root", func(t *Tree) { t.Root = "/a//b" }, `zookeeper: root "/a//b": `},
+		{"timeout", func(t *Tree) { t.Timeout = 0 }, "zookeeper: session timeout 0s: want a positive duration"},
+		{"resync", func(t *Tree) { t.Resync = -time.Second }, "zookeeper: resync -1s: want 0 (off) or a positive period"},
+	} {
+		tr := good
+		tc.edit(&tr)
+		err := tr.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error starting %q", tc.name, err, tc.want)
 		}
 	}
 }

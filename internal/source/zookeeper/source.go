@@ -78,19 +78,8 @@ const (
 // Validate reports options the source cannot run with, so that the
 // configuration can refuse them at start.
 func (o Options) Validate() error {
-	if _, err := layout.Parse(string(o.Layout), layout.Curator, layout.Plain); err != nil {
-		return fmt.Errorf("zookeeper: %w", err)
-	}
-	if err := layout.CheckRoot(layout.CleanRoot(o.Root), "znode"); err != nil {
-		return fmt.Errorf("zookeeper: root %q: %w", o.Root, err)
-	}
-	if o.SessionTimeout <= 0 {
-		return fmt.Errorf("zookeeper: session timeout %v: want a positive duration", o.SessionTimeout)
-	}
-	if o.Resync < 0 {
-		return fmt.Errorf("zookeeper: resync %v: want 0 (off) or a positive period", o.Resync)
-	}
-	return nil
+	return runloop.Tree{Kind: "zookeeper", Layout: string(o.Layout), Offered: []layout.Layout{layout.Curator, layout.Plain},
+		RootName: "root", Root: o.Root, RootNoun: "znode", TimeoutName: "session timeout", Timeout: o.SessionTimeout, Resync: o.Resync}.Validate()
 }
 
 // Source watches one ZooKeeper ensemble.
