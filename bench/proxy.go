@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
 // countingProxy forwards TCP connections to one address and counts the
@@ -36,22 +38,12 @@ func newCountingProxy(target string) (*countingProxy, error) {
 		return nil, err
 	}
 	p := &countingProxy{ln: ln, target: target, paths: map[string]int{}, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.accept)
+	p.wg.Go(func() { loopback.ServeEach(ln, &p.wg, p.serve) })
 	return p, nil
 }
 
 // Addr is the proxy's host:port.
 func (p *countingProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *countingProxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.wg.Go(func() { p.serve(c) })
-	}
-}
 
 func (p *countingProxy) track(c net.Conn, on bool) {
 	p.mu.Lock()

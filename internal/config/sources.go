@@ -89,10 +89,6 @@ func (cfg *Config) ConsulOptions() consul.Options {
 
 // ConsulKVOptions are the Consul source's options in kv mode.
 func (cfg *Config) ConsulKVOptions() consul.KVOptions {
-	k := cfg.Consul
-	return consul.KVOptions{
-		Prefix:           consul.CleanKVPrefix(k.KVPrefix),
-		WaitTime:         time.Duration(k.WaitTime),
-		AllowACLFiltered: k.AllowACLFiltered,
-	}
+	o := cfg.ConsulOptions()
+	return consul.KVOptions{Prefix: consul.CleanKVPrefix(cfg.Consul.KVPrefix), WaitTime: o.WaitTime, AllowACLFiltered: o.AllowACLFiltered}
 }

@@ -106,3 +106,16 @@ func (b *Backend) Served() int64 { return b.served.Load() }
 
 // LastRequest is when it last received a request to /.
 func (b *Backend) LastRequest() time.Time { return time.Unix(0, b.last.Load()) }
+
+// ServeEach accepts connections on l until it is closed, serving each in
+// a goroutine of wg: the accept loop of the proxies that tests and the
+// bench put between the daemon and a registry.
+func ServeEach(l net.Listener, wg *sync.WaitGroup, serve func(net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		wg.Go(func() { serve(c) })
+	}
+}

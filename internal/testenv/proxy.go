@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
 // Proxy forwards TCP connections to a target. Cut closes every connection
@@ -25,7 +27,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 		t.Fatal(err)
 	}
 	p := &Proxy{target: target, l: l, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.accept)
+	p.wg.Go(func() { loopback.ServeEach(l, &p.wg, p.serve) })
 	t.Cleanup(func() {
 		l.Close()
 		p.Cut()
@@ -36,38 +38,33 @@ func StartProxy(t testing.TB, target string) *Proxy {
 
 func (p *Proxy) Addr() string { return p.l.Addr().String() }
 
-func (p *Proxy) accept() {
-	for {
-		c, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			c.Close()
-			up.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = true, true
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		p.wg.Go(func() { pipe(c, up) })
-		p.wg.Go(func() { pipe(up, c) })
+// serve forwards c to the target, unless the proxy is cut.
+func (p *Proxy) serve(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
 	}
+	p.mu.Lock()
+	if p.cut {
+		p.mu.Unlock()
+		c.Close()
+		up.Close()
+		return
+	}
+	p.conns[c], p.conns[up] = true, true
+	p.mu.Unlock()
+	pipe := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		dst.Close()
+		src.Close()
+		p.mu.Lock()
+		delete(p.conns, dst)
+		delete(p.conns, src)
+		p.mu.Unlock()
+	}
+	p.wg.Go(func() { pipe(c, up) })
+	pipe(up, c)
 }
 
 func (p *Proxy) Cut() {
