@@ -6,6 +6,7 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -72,7 +73,7 @@ type demo struct {
 	opt   Options
 	out   io.Writer
 	dir   string
-	procs []*exec.Cmd
+	procs []*proc
 	ports map[string]int
 
 	consul   *api.Client
@@ -165,7 +166,7 @@ func (d *demo) setUp(ctx context.Context) error {
 		return err
 	}
 	d.say("Starting nginx (stock Debian nginx + lua) — proxy on 127.0.0.1:%d, dyups API on 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
-	if err := d.startNginx(); err != nil {
+	if err := d.startNginxOnFreePorts(); err != nil {
 		return err
 	}
 	d.say("Starting three backends (each answers its own name)")
@@ -293,17 +294,63 @@ func (d *demo) startNginx() error {
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
 	}
-	if err := d.start("nginx", d.opt.Nginx, "-p", d.dir, "-c", path, "-g", "daemon off;"); err != nil {
+	n, err := d.startProc("nginx", d.opt.Nginx, "-p", d.dir, "-c", path, "-g", "daemon off;")
+	if err != nil {
 		return err
 	}
-	return poll(context.Background(), 10*time.Second, "nginx", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", d.ports["nginx_api"]))
-		if err == nil {
-			c.Close()
+	// Ready when this nginx has bound its ports (it writes its pid file
+	// after binding them) and its API answers: a port found free can be
+	// taken by another program before nginx binds it, and that program may
+	// accept connections too.
+	api := fmt.Sprintf("http://127.0.0.1:%d/list", d.ports["nginx_api"])
+	pidFile, pid := filepath.Join(d.dir, "nginx.pid"), strconv.Itoa(n.cmd.Process.Pid)
+	exited := false
+	err = poll(context.Background(), 10*time.Second, "nginx", func() bool {
+		select {
+		case <-n.done:
+			exited = true
+			return true
+		default:
 		}
-		return err == nil
+		if b, _ := os.ReadFile(pidFile); strings.TrimSpace(string(b)) != pid {
+			return false
+		}
+		resp, err := http.Get(api)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
 	})
+	if err == nil && exited {
+		log, _ := os.ReadFile(filepath.Join(d.dir, "nginx-error.log"))
+		if bytes.Contains(log, []byte("Address already in use")) {
+			return errPortTaken
+		}
+		return fmt.Errorf("nginx exited at start; %s:\n%s", filepath.Join(d.dir, "nginx-error.log"), log)
+	}
+	return err
 }
+
+// startNginxOnFreePorts starts nginx, on new ports when another program
+// took one of them first (three tries).
+func (d *demo) startNginxOnFreePorts() error {
+	err := d.startNginx()
+	for try := 1; errors.Is(err, errPortTaken) && try < 3; try++ {
+		for _, name := range []string{"nginx_proxy", "nginx_api"} {
+			if d.ports[name], err = freePort(); err != nil {
+				return err
+			}
+		}
+		d.say("A port was taken meanwhile; starting nginx again on 127.0.0.1:%d and 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
+		err = d.startNginx()
+	}
+	return err
+}
+
+// errPortTaken: another program bound one of nginx's ports between the
+// demo finding it free and nginx binding it.
+var errPortTaken = errors.New("nginx: a port was taken before nginx could bind it")
 
 func (d *demo) startDaemon() error {
 	conf := fmt.Sprintf(`%sfile: %s
@@ -328,10 +375,21 @@ upstreams:
 
 // start runs a program with its output in the demo dir; swallowkeeper's
 // own log lines are also shown, indented.
+// proc is a program the demo started; done closes when it has exited.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
 func (d *demo) start(name, bin string, args ...string) error {
+	_, err := d.startProc(name, bin, args...)
+	return err
+}
+
+func (d *demo) startProc(name, bin string, args ...string) (*proc, error) {
 	logf, err := os.Create(filepath.Join(d.dir, name+".log"))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -341,10 +399,12 @@ func (d *demo) start(name, bin string, args ...string) error {
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	d.procs = append(d.procs, cmd)
-	return nil
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	d.procs = append(d.procs, p)
+	return p, nil
 }
 
 func (d *demo) cleanup() {
@@ -352,15 +412,13 @@ func (d *demo) cleanup() {
 		d.load.stop()
 	}
 	for i := len(d.procs) - 1; i >= 0; i-- {
-		p := d.procs[i].Process
-		syscall.Kill(-p.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { d.procs[i].Wait(); close(done) }()
+		p := d.procs[i]
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 		select {
-		case <-done:
+		case <-p.done:
 		case <-time.After(5 * time.Second):
-			syscall.Kill(-p.Pid, syscall.SIGKILL)
-			<-done
+			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
 		}
 	}
 	for _, b := range d.backends {

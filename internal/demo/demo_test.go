@@ -3,13 +3,18 @@ package demo
 import (
 	"bytes"
 	"context"
+	"errors"
+	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 )
 
@@ -49,5 +54,45 @@ func TestDemoRunsWithEveryRegistry(t *testing.T) {
 			}
 			t.Logf("%s: %s requests, 0 failed", reg, m[1])
 		})
+	}
+}
+
+// TestNginxStartsAgainWhenItsPortIsTaken takes the port chosen for nginx's
+// API before nginx starts, as another program on the machine may: the
+// demo must see that its nginx did not bind (rather than take the other
+// program's answers for its API) and start it again on other ports.
+func TestNginxStartsAgainWhenItsPortIsTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	go http.Serve(taken, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})) // answers 200 to anything
+	var out bytes.Buffer
+	d := &demo{opt: Options{Programs: loopback.Programs{Nginx: testenv.Binary(t, "NGINX", "nginx", "Debian package nginx"), RepoRoot: "../.."}},
+		out: &out, dir: t.TempDir(), ports: map[string]int{"nginx_api": taken.Addr().(*net.TCPAddr).Port}}
+	if d.ports["nginx_proxy"], err = freePort(); err != nil {
+		t.Fatal(err)
+	}
+	defer d.cleanup()
+	if err := d.startNginx(); !errors.Is(err, errPortTaken) {
+		t.Fatalf("nginx on a taken port: got %v, want errPortTaken", err)
+	}
+	if err := d.startNginxOnFreePorts(); err != nil {
+		t.Fatalf("second start: %v\n%s", err, out.String())
+	}
+	if d.ports["nginx_api"] == taken.Addr().(*net.TCPAddr).Port {
+		t.Fatal("nginx started again on the taken port")
+	}
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(d.ports["nginx_api"]) + "/list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !strings.Contains(resp.Header.Get("Server"), "nginx") {
+		t.Fatalf("the API port answers as %q, not nginx", resp.Header.Get("Server"))
+	}
+	if !strings.Contains(out.String(), "A port was taken meanwhile") {
+		t.Errorf("no word of the new ports:\n%s", out.String())
 	}
 }
