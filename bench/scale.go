@@ -405,20 +405,32 @@ func collectLua(ctx context.Context, pr procs, st *Stack, master int) (float64, 
 	}
 	workers := len(kids)
 	heaps := map[string]float64{}
+	// As many requests at once as there are workers: a worker busy with a
+	// long collection (hundreds of ms at 100,000 servers) leaves the next
+	// connections to the others, so one after the other could reach the
+	// same worker every time.
 	for try := 0; try < 200 && (len(heaps) < workers || workers == 0) && ctx.Err() == nil; try++ {
-		body, err := st.apiGet("/_bench/lua-gc")
-		if err != nil {
-			return 0, fmt.Errorf("lua gc: %w", err)
+		bodies := make([]string, max(workers, 1))
+		errs := make([]error, len(bodies))
+		var wg sync.WaitGroup
+		for i := range bodies {
+			wg.Go(func() { bodies[i], errs[i] = st.apiGet("/_bench/lua-gc") })
 		}
-		f := strings.Fields(body)
-		if len(f) != 2 {
-			return 0, fmt.Errorf("lua gc: answer %q", body)
+		wg.Wait()
+		for i, body := range bodies {
+			if errs[i] != nil {
+				return 0, fmt.Errorf("lua gc: %w", errs[i])
+			}
+			f := strings.Fields(body)
+			if len(f) != 2 {
+				return 0, fmt.Errorf("lua gc: answer %q", body)
+			}
+			kb, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				return 0, fmt.Errorf("lua gc: answer %q", body)
+			}
+			heaps[f[0]] = kb
 		}
-		kb, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			return 0, fmt.Errorf("lua gc: answer %q", body)
-		}
-		heaps[f[0]] = kb
 	}
 	if len(heaps) < workers {
 		return 0, fmt.Errorf("lua gc: %d of %d workers answered", len(heaps), workers)
