@@ -60,8 +60,8 @@ func renderFleet(w writer, r *Results) {
 			run.CPUPerChangeMs, run.CPURawPerChange, bytesCell(run.IdleBytesPerS), run.IdleCPUMsPerS,
 			float64(run.ConsulRequests)/float64(max(run.Changes, 1)))
 	}
-	if len(f.Baseline) > 0 {
-		w("\nThe same fleets with the baseline daemon (%s), run right after each size above against the same Consul, and what the daemon measured above costs Consul per change as a ratio to it:\n\n", orDash(f.BaselineDaemon))
+	if f.Baseline != nil && len(f.Baseline.Runs) > 0 {
+		w("\nThe same fleets with the baseline daemon (%s), run right after each size above against the same Consul, and what the daemon measured above costs Consul per change as a ratio to it:\n\n", orDash(f.Baseline.Daemon))
 		w("| daemons | baseline: Consul served per change | baseline: Consul CPU per change | bytes, ratio to baseline | CPU, ratio to baseline | baseline: change → last daemon p50 / p99 |\n|---|---|---|---|---|---|\n")
 		for _, run := range f.Runs {
 			b, ok := f.BaselineOf(run)
@@ -76,7 +76,7 @@ func renderFleet(w writer, r *Results) {
 	for _, run := range f.Runs {
 		w("| %d | %s |\n", run.Daemons, errorsCell(run.RequestsByPath))
 	}
-	for _, run := range f.Baseline {
+	for _, run := range f.baselineRuns() {
 		w("| %d, baseline | %s |\n", run.Daemons, errorsCell(run.RequestsByPath))
 	}
 	w("\n")

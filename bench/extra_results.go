@@ -169,17 +169,32 @@ type FleetResult struct {
 	Instances int `json:"instances"`
 	// ChecksAnswerBytes is the size of /v1/health/state/any at this
 	// catalog: what every daemon read on each change before issue 18.
-	ChecksAnswerBytes int64      `json:"checks_answer_bytes"`
-	Runs              []FleetRun `json:"runs"`
-	// Baseline, with -fleet-baseline: the same fleet sizes with another
-	// daemon binary (BaselineDaemon is its version), in the same order.
-	Baseline       []FleetRun `json:"baseline,omitempty"`
-	BaselineDaemon string     `json:"baseline_daemon,omitempty"`
+	ChecksAnswerBytes int64          `json:"checks_answer_bytes"`
+	Runs              []FleetRun     `json:"runs"`
+	Baseline          *FleetBaseline `json:"baseline,omitempty"` // with -fleet-baseline
+}
+
+// FleetBaseline is the same fleet sizes run with another daemon binary, in
+// the same order, for the ratio of each figure to it.
+type FleetBaseline struct {
+	Daemon string     `json:"daemon"` // its version and path
+	Runs   []FleetRun `json:"runs"`
+}
+
+// baselineRuns is the baseline's runs, none without one.
+func (f *FleetResult) baselineRuns() []FleetRun {
+	if f.Baseline == nil {
+		return nil
+	}
+	return f.Baseline.Runs
 }
 
 // BaselineOf returns the baseline run with the fleet size of run.
 func (f *FleetResult) BaselineOf(run FleetRun) (FleetRun, bool) {
-	for _, b := range f.Baseline {
+	if f.Baseline == nil {
+		return FleetRun{}, false
+	}
+	for _, b := range f.Baseline.Runs {
 		if b.Daemons == run.Daemons {
 			return b, true
 		}

@@ -310,8 +310,8 @@ func TestRenderMarkdownOptInSections(t *testing.T) {
 		{Daemons: 10, ColdSyncMs: 2500, MaxConns: 40, Changes: 20, ChangeLatency: Summary{P50: 30, P99: 80},
 			BytesPerChange: 3 << 20, CPUPerChangeMs: 12.5, CPURawPerChange: 13, IdleBytesPerS: 10, IdleCPUMsPerS: 1.5,
 			ConsulRequests: 60, RequestsByPath: []string{"GET /v1/health/service/svc-0001?index (×40)"}}},
-		BaselineDaemon: "swallowkeeper 1.0", Baseline: []FleetRun{{Daemons: 10, BytesPerChange: 30 << 20, CPUPerChangeMs: 50,
-			ChangeLatency: Summary{P50: 300, P99: 900}}}}
+		Baseline: &FleetBaseline{Daemon: "swallowkeeper 1.0", Runs: []FleetRun{{Daemons: 10, BytesPerChange: 30 << 20, CPUPerChangeMs: 50,
+			ChangeLatency: Summary{P50: 300, P99: 900}}}}}
 	r.Soak = &SoakResult{Rate: 1000, Seconds: 510, Restarts: 300, Run: LoadRun{During: LoadStats{Requests: 510000, Latency: Summary{P50: 1, P99: 4, Max: 30}}}}
 	r.Targets = EvaluateTargets(r)
 	md := RenderMarkdown(r, "bench")

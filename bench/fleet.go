@@ -127,7 +127,7 @@ func (r *runner) fleet(ctx context.Context) (err error) {
 	defer proxy.Close()
 	r.res.Fleet = fr
 	if r.fleetBaseline != "" {
-		fr.BaselineDaemon = version(r.fleetBaseline, "version") + ", " + r.fleetBaseline
+		fr.Baseline = &FleetBaseline{Daemon: version(r.fleetBaseline, "version") + ", " + r.fleetBaseline}
 	}
 	change := 0
 	for _, n := range r.p.FleetDaemons {
@@ -146,7 +146,7 @@ func (r *runner) fleet(ctx context.Context) (err error) {
 			which := "measured"
 			if base {
 				which = "baseline"
-				fr.Baseline = append(fr.Baseline, run)
+				fr.Baseline.Runs = append(fr.Baseline.Runs, run)
 			} else {
 				fr.Runs = append(fr.Runs, run)
 			}
