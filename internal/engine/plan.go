@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
@@ -219,6 +220,7 @@ func (p *Planner) withoutRefused(prev upstream.State, g Guards) (upstream.State,
 	}
 	for name, u := range prev { // unsorted: it runs on every plan, and holds are rare
 		if ok, known := p.allowed[name]; known && same(ok, u.Servers) {
+			assertUnchanged(name, u.Servers, func(s upstream.Server) error { return g.Addresses.Check(s.Addr.Addr()) })
 			continue
 		}
 		delete(p.allowed, name)
@@ -419,10 +421,32 @@ func (p *Planner) checked(prev, next upstream.State, holds []Hold, recheck time.
 	if err := checkState(changed); err != nil {
 		return prev, append(holds, invalidHold(err)), recheck
 	}
+	if testing.Testing() {
+		// See assertUnchanged: what was skipped must pass as a whole.
+		if err := checkState(next); err != nil {
+			panic(fmt.Sprintf("engine: a server list changed in place after it was checked: %v", err))
+		}
+	}
 	for name, u := range changed {
 		p.valid[name] = validUpstream{u.Servers, u.Balance}
 	}
 	return next, holds, recheck
+}
+
+// assertUnchanged is, in tests only, the check of a list the Planner skips
+// because it checked the same list before. The skip is sound only while no
+// list changes in place once sent (Snapshot.Upstreams); a change in place
+// would let a refused address or a broken upstream through, so every test
+// that runs the engine checks the contract here.
+func assertUnchanged(name string, servers []upstream.Server, check func(upstream.Server) error) {
+	if !testing.Testing() {
+		return
+	}
+	for _, s := range servers {
+		if err := check(s); err != nil {
+			panic(fmt.Sprintf("engine: upstream %s: a server list changed in place after it was checked: %v", name, err))
+		}
+	}
 }
 
 // checkBalances runs upstream.CheckBalance over every upstream of s.

@@ -139,3 +139,37 @@ func TestPlannerMatchesPlan(t *testing.T) {
 		}
 	}
 }
+
+// TestPlannerRefusesListsChangedInPlace: the Planner skips lists it has
+// checked before, which is sound only while no list changes in place once
+// sent. In tests a change in place must not pass silently: a loopback
+// address slipped into a checked list, or a backup under hash, panics.
+func TestPlannerRefusesListsChangedInPlace(t *testing.T) {
+	g := Guards{MinServices: 1, MaxDrop: 0.5, MaxTotalDrop: 0.9}
+	for _, tc := range []struct {
+		name string
+		edit func(u *upstream.Upstream)
+	}{
+		{"a loopback address", func(u *upstream.Upstream) {
+			u.Servers[0].Addr = netip.MustParseAddrPort("127.0.0.1:80")
+		}},
+		{"a backup under hash", func(u *upstream.Upstream) { u.Servers[1].Backup = true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			web := up("web", "10.0.0.1:80", "10.0.0.2:80")
+			web.Balance = upstream.Balance{Method: upstream.Hash, Key: "$remote_addr"}
+			var p Planner
+			prev := upstream.State{}
+			for range 2 { // the second plan finds the list in prev and in next
+				prev, _, _ = p.Plan(prev, []Snapshot{snap(1, web)}, g, time.Now())
+			}
+			tc.edit(&web)
+			defer func() {
+				if recover() == nil {
+					t.Fatal("a list changed in place after it was checked went through unnoticed")
+				}
+			}()
+			p.Plan(prev, []Snapshot{snap(1, web)}, g, time.Now())
+		})
+	}
+}
