@@ -448,7 +448,7 @@ func (l *loop) apply() {
 		return
 	}
 	if changed {
-		l.e.logDiff(l.prev, next, diff)
+		l.e.logChanges(l.prev, next, diff)
 		l.e.m.applies.Inc()
 		l.e.m.upstreams.Set(float64(len(next)))
 		l.e.m.lastApply.SetToCurrentTime()
@@ -576,13 +576,9 @@ func (e *Engine) reportHolds(before, now []Hold) {
 	}
 }
 
-// logChanges logs the delta, a line per server, never the whole state.
-func (e *Engine) logChanges(prev, next upstream.State) {
-	e.logDiff(prev, next, upstream.Diff(prev, next))
-}
-
-// logDiff is logChanges with c, the Diff of prev and next.
-func (e *Engine) logDiff(prev, next upstream.State, c upstream.Changes) {
+// logChanges logs c, the Diff of prev and next, a line per server, never
+// the whole state.
+func (e *Engine) logChanges(prev, next upstream.State, c upstream.Changes) {
 	for _, name := range c.Set {
 		added, removed := upstream.ServerDelta(prev[name], next[name])
 		// A server in both lists stayed and changed its parameters: one

@@ -144,14 +144,9 @@ type validUpstream struct {
 	balance upstream.Balance
 }
 
-// same reports whether a and b are the same list, not only equal ones.
-func same(a, b []upstream.Server) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
 // sameGuards reports whether a and b check upstreams alike.
 func sameGuards(a, b Guards) bool {
-	return slices.Equal(a.Reserved, b.Reserved) && slices.Equal(a.Addresses.Allow, b.Addresses.Allow) && slices.Equal(a.Addresses.Deny, b.Addresses.Deny)
+	return slices.Equal(a.Reserved, b.Reserved) && a.Addresses.Equal(b.Addresses)
 }
 
 // Plan is the package's Plan with what p carries.
@@ -219,7 +214,7 @@ func (p *Planner) withoutRefused(prev upstream.State, g Guards) (upstream.State,
 		p.allowed = make(map[string][]upstream.Server, len(prev)) // a map never gives back its room
 	}
 	for name, u := range prev { // unsorted: it runs on every plan, and holds are rare
-		if ok, known := p.allowed[name]; known && same(ok, u.Servers) {
+		if ok, known := p.allowed[name]; known && upstream.SameServers(ok, u.Servers) {
 			assertUnchanged(name, u.Servers, func(s upstream.Server) error { return g.Addresses.Check(s.Addr.Addr()) })
 			continue
 		}
@@ -400,7 +395,7 @@ func (p *Planner) checked(prev, next upstream.State, holds []Hold, recheck time.
 			sameNames = false
 			break
 		}
-		if !same(v.servers, u.Servers) || v.balance != u.Balance {
+		if !upstream.SameServers(v.servers, u.Servers) || v.balance != u.Balance {
 			if changed == nil {
 				changed = upstream.State{}
 			}

@@ -426,7 +426,7 @@ func TestLogChangesSaysWhatChangedOnAServer(t *testing.T) {
 	before := up("web", "10.0.0.1:80", "10.0.0.2:80")
 	after := up("web", "10.0.0.1:80", "10.0.0.3:80")
 	after.Servers[0].Weight = 5
-	e.logChanges(state(before), state(after))
+	e.logChanges(state(before), state(after), upstream.Diff(state(before), state(after)))
 	want := []string{
 		`msg="~ server" upstream=web server=10.0.0.1:80 instance="" change="weight 1→5"`,
 		`msg="- server" upstream=web server=10.0.0.2:80`,

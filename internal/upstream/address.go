@@ -3,6 +3,7 @@ package upstream
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -24,6 +25,13 @@ import (
 type AddressPolicy struct {
 	Allow []netip.Prefix
 	Deny  []netip.Prefix
+}
+
+// Equal reports whether p and o refuse the same addresses. What the engine
+// remembers as allowed is voided when the policy is not Equal to the one
+// it was checked under: a field added here must be compared here.
+func (p AddressPolicy) Equal(o AddressPolicy) bool {
+	return slices.Equal(p.Allow, o.Allow) && slices.Equal(p.Deny, o.Deny)
 }
 
 // RefusedByDefault lists the ranges no registry entry may use unless the

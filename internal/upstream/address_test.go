@@ -152,3 +152,30 @@ func TestStateCheckNames(t *testing.T) {
 		})
 	}
 }
+
+func TestAddressPolicyEqualComparesEveryList(t *testing.T) {
+	p := func(allow, deny string) AddressPolicy {
+		var a AddressPolicy
+		if allow != "" {
+			a.Allow = []netip.Prefix{netip.MustParsePrefix(allow)}
+		}
+		if deny != "" {
+			a.Deny = []netip.Prefix{netip.MustParsePrefix(deny)}
+		}
+		return a
+	}
+	base := p("127.0.0.0/8", "10.9.0.0/16")
+	for _, tc := range []struct {
+		other AddressPolicy
+		want  bool
+	}{
+		{p("127.0.0.0/8", "10.9.0.0/16"), true},
+		{p("", "10.9.0.0/16"), false},
+		{p("127.0.0.0/8", ""), false},
+		{p("127.0.0.1/32", "10.9.0.0/16"), false},
+	} {
+		if got := base.Equal(tc.other); got != tc.want {
+			t.Errorf("%v Equal %v = %v, want %v", base, tc.other, got, tc.want)
+		}
+	}
+}

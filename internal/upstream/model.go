@@ -80,10 +80,17 @@ func (u Upstream) Equal(o Upstream) bool {
 	// Sources hand on the server list of an unchanged upstream itself, and
 	// lists are never changed in place: the same list is equal without a
 	// look at its thousands of servers.
-	if len(u.Servers) == 0 || &u.Servers[0] == &o.Servers[0] {
+	if SameServers(u.Servers, o.Servers) {
 		return true
 	}
 	return slices.EqualFunc(u.Servers, o.Servers, Server.sameConfig)
+}
+
+// SameServers reports whether a and b are the same list (one array, same
+// length), not only equal ones. Sound only because a server list, once
+// handed on, is never changed in place.
+func SameServers(a, b []Server) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // Names returns the upstream names in sorted order.
