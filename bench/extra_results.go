@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"slices"
@@ -57,22 +58,12 @@ func (p *FanoutPhase) Slowest(n int, from time.Time) []string {
 			cs = append(cs, c{s.At, hi})
 		}
 	}
-	slices.SortStableFunc(cs, func(a, b c) int { return cmpFloat(b.last, a.last) })
+	slices.SortStableFunc(cs, func(a, b c) int { return cmp.Compare(b.last, a.last) })
 	var out []string
 	for _, x := range cs[:min(n, len(cs))] {
 		out = append(out, fmt.Sprintf("+%.1f s: %.1f ms", x.at.Sub(from).Seconds(), x.last))
 	}
 	return out
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // FanoutPhase holds one phase's changes and their summaries.
@@ -223,15 +214,6 @@ type FleetRun struct {
 	CPURawPerChange float64  `json:"cpu_per_change_raw_ms"`
 	ConsulRequests  int64    `json:"consul_requests"`            // HTTP requests through the proxy over the changes
 	RequestsByPath  []string `json:"requests_by_path,omitempty"` // the most frequent, "path (×n)"
-}
-
-// PerChange turns totals over a window of seconds into per-change figures
-// net of an idle rate (never below 0).
-func PerChange(total, idlePerS, seconds float64, changes int) float64 {
-	if changes <= 0 {
-		return 0
-	}
-	return max(total-idlePerS*seconds, 0) / float64(changes)
 }
 
 // BytesRatio is what a change made Consul serve, per daemon, against the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
-	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
 // fanTarget is one nginx of the fan-out: Lua dyups, one worker, its own
@@ -33,48 +31,21 @@ type fanTarget struct {
 // startFanTarget starts nginx number i under st.Dir.
 func startFanTarget(ctx context.Context, st *Stack, i int) (*fanTarget, error) {
 	dir := filepath.Join(st.Dir, fmt.Sprintf("nginx-%02d", i))
-	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	repo, err := filepath.Abs(st.bin.RepoRoot)
-	if err != nil {
-		return nil, err
-	}
-	modules, err := loopback.LuaModules(st.bin.Nginx)
-	if err != nil {
-		return nil, err
-	}
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;\n"
-	}
-	text := fanoutConfText()
-	conf := strings.NewReplacer("{{dir}}", dir, "{{repo}}", repo, "{{file}}", st.File, "{{user}}", user,
-		"{{modules}}", modules, "{{dict}}", "16",
-		"{{api}}", strconv.Itoa(ports[0]), "{{proxy}}", strconv.Itoa(ports[1])).Replace(text)
-	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
 	t := &fanTarget{dir: dir, apiLog: filepath.Join(dir, "api-access.log"), apiURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), proxyURL: fmt.Sprintf("http://127.0.0.1:%d/", ports[1]),
 		client: &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 2}}}
-	t.nginx, err = startProc(dir, "nginx", st.bin.Nginx, "-p", dir, "-c", confPath, "-g", "daemon off;")
+	t.nginx, _, err = startNginxIn(ctx, st.bin, dir, fanoutConfText(), true, st.File, 16, ports[0], ports[1])
 	if err != nil {
-		return nil, err
-	}
-	if !poll(ctx, 15*time.Second, 20*time.Millisecond, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ports[1]))
-		if err == nil {
-			c.Close()
+		if t.nginx == nil {
+			t = nil // nothing started, nothing to stop
 		}
-		return err == nil && !t.nginx.exited()
-	}) {
-		b, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
-		return t, fmt.Errorf("nginx %d did not start: %s\n%s", i, t.nginx.tail(), b)
+		return t, fmt.Errorf("nginx %d: %w", i, err)
 	}
 	return t, nil
 }

@@ -508,3 +508,12 @@ func ReadJSON(path string) (*Results, error) {
 	}
 	return &r, nil
 }
+
+// PerChange turns totals over a window of seconds into per-change figures
+// net of an idle rate (never below 0).
+func PerChange(total, idlePerS, seconds float64, changes int) float64 {
+	if changes <= 0 {
+		return 0
+	}
+	return max(total-idlePerS*seconds, 0) / float64(changes)
+}

@@ -203,7 +203,7 @@ func (r *runner) scaleChanges(ctx context.Context, st *Stack, pid int, sr *Scale
 	sr.ChangesSeconds = tB.Sub(tA).Seconds()
 	sr.CPUChangesMs = ms(cpuB - cpuA)
 	sr.CPUPerChangeRawMs = sr.CPUChangesMs / float64(sr.Changes)
-	sr.CPUPerChangeMs = max(sr.CPUChangesMs-sr.IdleCPUMsPerS*sr.ChangesSeconds, 0) / float64(sr.Changes)
+	sr.CPUPerChangeMs = PerChange(sr.CPUChangesMs, sr.IdleCPUMsPerS, sr.ChangesSeconds, sr.Changes)
 	sr.Pushes = dyupsPushes(m1) - dyupsPushes(m0)
 	sr.PushesPerChange = float64(sr.Pushes) / float64(sr.Changes)
 	sr.ChangeLatency = Summarize(lat)

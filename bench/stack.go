@@ -389,50 +389,65 @@ func nginxConfText(mode string) string {
 }
 
 func (s *Stack) startNginx(ctx context.Context) error {
-	if err := os.MkdirAll(filepath.Join(s.Dir, "tmp"), 0o755); err != nil {
-		return err
-	}
-	repo, err := filepath.Abs(s.bin.RepoRoot)
-	if err != nil {
-		return err
-	}
-	text := nginxConfText(s.Mode)
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;\n" // workers must reach the 0700 temp directory
-	}
-	modules, err := loopback.LuaModules(s.bin.Nginx)
-	if err != nil && s.Mode == ModeLua {
-		return err
-	}
-	conf := strings.NewReplacer("{{dir}}", s.Dir, "{{repo}}", repo, "{{file}}", s.File, "{{user}}", user,
-		"{{modules}}", modules, "{{dict}}", strconv.Itoa(s.opt.DictMB),
-		"{{api}}", strconv.Itoa(s.ports["api"]), "{{proxy}}", strconv.Itoa(s.ports["proxy"])).Replace(text)
-	s.nginxConf = filepath.Join(s.Dir, "nginx.conf")
-	if err := os.WriteFile(s.nginxConf, []byte(conf), 0o644); err != nil {
-		return err
-	}
 	// nginx includes the file (reload modes) or loads it (Lua): it must
 	// exist, and starts empty.
 	if err := os.WriteFile(s.File, []byte("# Empty until the first sync.\n"), 0o644); err != nil {
 		return err
 	}
-	s.nginx, err = startProc(s.Dir, "nginx", s.bin.Nginx, "-p", s.Dir, "-c", s.nginxConf, "-g", "daemon off;")
+	var err error
+	s.nginx, s.nginxConf, err = startNginxIn(ctx, s.bin, s.Dir, nginxConfText(s.Mode), s.Mode == ModeLua,
+		s.File, s.opt.DictMB, s.ports["api"], s.ports["proxy"])
+	return err
+}
+
+// startNginxIn writes text, an nginx.conf template, into dir with its
+// placeholders filled, starts nginx on it and waits until it serves: its
+// own pid in its pid file (nginx writes it once it has bound its ports, so
+// a port another program took first cannot pass for it) and the proxy
+// port accepting. lua says the template loads the Lua modules. It returns
+// the process (also on a failed start, for clean-up) and the conf's path.
+func startNginxIn(ctx context.Context, bin Binaries, dir, text string, lua bool, file string, dictMB, api, proxy int) (*proc, string, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, "", err
+	}
+	repo, err := filepath.Abs(bin.RepoRoot)
 	if err != nil {
-		return err
+		return nil, "", err
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;\n" // workers must reach the 0700 temp directory
+	}
+	modules, err := loopback.LuaModules(bin.Nginx)
+	if err != nil && lua {
+		return nil, "", err
+	}
+	conf := strings.NewReplacer("{{dir}}", dir, "{{repo}}", repo, "{{file}}", file, "{{user}}", user,
+		"{{modules}}", modules, "{{dict}}", strconv.Itoa(dictMB),
+		"{{api}}", strconv.Itoa(api), "{{proxy}}", strconv.Itoa(proxy)).Replace(text)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return nil, "", err
+	}
+	p, err := startProc(dir, "nginx", bin.Nginx, "-p", dir, "-c", confPath, "-g", "daemon off;")
+	if err != nil {
+		return nil, "", err
 	}
 	ok := poll(ctx, 15*time.Second, 20*time.Millisecond, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.ports["proxy"]))
+		if p.exited() || !loopback.NginxBound(filepath.Join(dir, "nginx.pid"), p.pid()) {
+			return false
+		}
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", proxy))
 		if err == nil {
 			c.Close()
 		}
-		return err == nil && !s.nginx.exited()
+		return err == nil
 	})
 	if !ok {
-		b, _ := os.ReadFile(filepath.Join(s.Dir, "nginx-error.log"))
-		return fmt.Errorf("nginx did not start: %s\n%s", s.nginx.tail(), b)
+		b, _ := os.ReadFile(filepath.Join(dir, "nginx-error.log"))
+		return p, confPath, fmt.Errorf("nginx in %s did not start: %s\n%s", dir, p.tail(), b)
 	}
-	return nil
+	return p, confPath, nil
 }
 
 // consulTemplateText renders the same upstream blocks as the daemon (same

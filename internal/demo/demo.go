@@ -298,12 +298,8 @@ func (d *demo) startNginx() error {
 	if err != nil {
 		return err
 	}
-	// Ready when this nginx has bound its ports (it writes its pid file
-	// after binding them) and its API answers: a port found free can be
-	// taken by another program before nginx binds it, and that program may
-	// accept connections too.
+	// Ready when this nginx has bound its ports and its API answers.
 	api := fmt.Sprintf("http://127.0.0.1:%d/list", d.ports["nginx_api"])
-	pidFile, pid := filepath.Join(d.dir, "nginx.pid"), strconv.Itoa(n.cmd.Process.Pid)
 	exited := false
 	err = poll(context.Background(), 10*time.Second, "nginx", func() bool {
 		select {
@@ -312,7 +308,7 @@ func (d *demo) startNginx() error {
 			return true
 		default:
 		}
-		if b, _ := os.ReadFile(pidFile); strings.TrimSpace(string(b)) != pid {
+		if !loopback.NginxBound(filepath.Join(d.dir, "nginx.pid"), n.cmd.Process.Pid) {
 			return false
 		}
 		resp, err := http.Get(api)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -35,4 +36,14 @@ func LuaModules(bin string) (string, error) {
 		lines += "load_module " + p + ";\n"
 	}
 	return lines, nil
+}
+
+// NginxBound reports whether the nginx whose master is pid has bound its
+// listening ports: nginx writes its pid file only after binding them. A
+// port found free can be taken by another program before nginx binds it,
+// and that program may accept connections too, so a connection alone does
+// not show that this nginx serves.
+func NginxBound(pidFile string, pid int) bool {
+	b, err := os.ReadFile(pidFile)
+	return err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid)
 }

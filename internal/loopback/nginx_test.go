@@ -42,3 +42,22 @@ func TestLuaModulesNamesTheDynamicModulesOrNoneWhenBuiltIn(t *testing.T) {
 		t.Error("a binary that does not run: no error")
 	}
 }
+
+func TestNginxBoundWantsItsOwnPid(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "nginx.pid")
+	if NginxBound(pidFile, 4242) {
+		t.Fatal("no pid file yet: bound")
+	}
+	if err := os.WriteFile(pidFile, []byte("4141\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if NginxBound(pidFile, 4242) {
+		t.Fatal("another nginx's pid file: bound")
+	}
+	if err := os.WriteFile(pidFile, []byte("4242\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !NginxBound(pidFile, 4242) {
+		t.Fatal("its own pid, newline and all: not bound")
+	}
+}
