@@ -234,7 +234,7 @@ func TestCountingProxyCountsBytesAndRequests(t *testing.T) {
 	body := strings.Repeat("x", 100000)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }))
 	defer srv.Close()
-	p, err := newCountingProxy(strings.TrimPrefix(srv.URL, "http://"))
+	p, err := newCountingProxy(strings.TrimPrefix(srv.URL, "http://"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +273,7 @@ func TestCountingProxyCountsBytesAndRequests(t *testing.T) {
 // these configurations, and this checks what the scenarios rely on.
 func TestDaemonConfigsOfTheScenarios(t *testing.T) {
 	dir := t.TempDir()
-	fleet := fleetDaemonConfig("127.0.0.1:8500", dir+"/upstreams.conf", dir+"/reloads")
+	fleet := fleetDaemonConfig("consul:\n  address: 127.0.0.1:8500\n", dir+"/upstreams.conf", dir+"/reloads")
 	for _, want := range []string{
 		"  address: 127.0.0.1:8500\n", "file: " + dir + "/upstreams.conf\n",
 		"metrics:\n  listen: \"\"\n", "targets: []\n", "reload:\n  enabled: true\n  test: []\n",
@@ -282,6 +282,11 @@ func TestDaemonConfigsOfTheScenarios(t *testing.T) {
 		if !strings.Contains(fleet, want) {
 			t.Errorf("fleet config lacks %q:\n%s", want, fleet)
 		}
+	}
+	tls := &Stack{Dir: dir, ConsulPort: 8500, ports: map[string]int{"https": 8501}, opt: StackOptions{ConsulWatch: "per_service"}}
+	if got, want := tls.consulConfig(fmt.Sprintf("127.0.0.1:%d", tls.DaemonConsulPort())),
+		"consul:\n  address: https://127.0.0.1:8501\n  watch: per_service\n  tls:\n    ca_file: "+dir+"/tls/consul-agent-ca.pem\n"; got != want {
+		t.Errorf("per_service consul block:\n%s\nwant:\n%s", got, want)
 	}
 	st := &Stack{Dir: dir, File: dir + "/upstreams.conf", ConsulPort: 8500, ports: map[string]int{"metrics": 9999}}
 	st.bin.Daemon = "/bin/true" // exits at once: the file it was given is what is checked
@@ -340,5 +345,34 @@ func TestRenderMarkdownOptInSections(t *testing.T) {
 	}
 	if strings.Contains(RenderMarkdown(sampleResults(), "bench"), "## 6.") {
 		t.Error("opt-in sections rendered without their results")
+	}
+}
+
+// Over TLS there are no request lines to read: the proxy copies the
+// stream as it comes (a line-by-line copy held the handshake until the
+// client gave up) and counts its bytes.
+func TestCountingProxyCarriesTLS(t *testing.T) {
+	body := strings.Repeat("y", 50000)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }))
+	defer srv.Close()
+	p, err := newCountingProxy(strings.TrimPrefix(srv.URL, "https://"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	client := srv.Client()
+	client.Timeout = 10 * time.Second
+	resp, err := client.Get("https://" + p.Addr() + "/v1/health/service/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(got) != body {
+		t.Fatalf("read %d bytes (%v), want the %d-byte body", len(got), err, len(body))
+	}
+	d := p.snapshot()
+	if d.served < int64(len(body)) || d.requested == 0 || d.requests() != 0 {
+		t.Fatalf("served %d requested %d requests %d, want ≥ %d served, some requested, no requests by path", d.served, d.requested, d.requests(), len(body))
 	}
 }

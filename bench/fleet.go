@@ -40,11 +40,9 @@ type fleetDaemon struct {
 }
 
 // fleetDaemonConfig is a fleet daemon's configuration.
-func fleetDaemonConfig(consulAddr, file, marker string) string {
+func fleetDaemonConfig(consul, file, marker string) string {
 	return fmt.Sprintf(`# Written by swallowkeeper-bench (fleet).
-consul:
-  address: %s
-file: %s
+%sfile: %s
 guards:
   confirm_after: 0s
 upstreams:
@@ -58,16 +56,16 @@ reload:
   command: ["/bin/sh", "-c", %s]
   min_wait: 0s
   max_wait: 1s
-`, consulAddr, file, strconv.Quote("echo >> "+marker))
+`, consul, file, strconv.Quote("echo >> "+marker))
 }
 
-func startFleetDaemon(daemon, dir, consulAddr string) (*fleetDaemon, error) {
+func startFleetDaemon(daemon, dir, consul string) (*fleetDaemon, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
 	d := &fleetDaemon{dir: dir, file: filepath.Join(dir, "upstreams.conf"), marker: filepath.Join(dir, "reloads")}
 	cfg := filepath.Join(dir, "swallowkeeper.yml")
-	if err := os.WriteFile(cfg, []byte(fleetDaemonConfig(consulAddr, d.file, d.marker)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fleetDaemonConfig(consul, d.file, d.marker)), 0o644); err != nil {
 		return nil, err
 	}
 	var err error
@@ -104,7 +102,8 @@ func (r *runner) fleet(ctx context.Context) (err error) {
 		// Every daemon connects from 127.0.0.1 (through the proxy): Consul's
 		// default of 200 connections per client address would refuse a
 		// large fleet.
-		ConsulHCL: []string{"limits { http_max_conns_per_client = 4000 }"}})
+		ConsulHCL:   []string{"limits { http_max_conns_per_client = 4000 }"},
+		ConsulWatch: r.p.ConsulWatch})
 	if err != nil {
 		return err
 	}
@@ -120,7 +119,7 @@ func (r *runner) fleet(ctx context.Context) (err error) {
 	}
 	fr.ChecksAnswerBytes = int64(len(checks))
 	r.logf("    %d × %d instances registered in %.1f s; /v1/health/state/any answers %.0f KB", fr.Services, fr.Instances, time.Since(t).Seconds(), float64(len(checks))/1024)
-	proxy, err := newCountingProxy(fmt.Sprintf("127.0.0.1:%d", st.ConsulPort))
+	proxy, err := newCountingProxy(fmt.Sprintf("127.0.0.1:%d", st.DaemonConsulPort()), st.opt.consulTLS())
 	if err != nil {
 		return err
 	}
@@ -169,7 +168,7 @@ func (r *runner) fleetRun(ctx context.Context, st *Stack, proxy *countingProxy, 
 	proxy.resetMost()
 	t0 := time.Now()
 	for i := range n {
-		d, err := startFleetDaemon(daemon, filepath.Join(st.Dir, fmt.Sprintf("fleet-%d-%d-%d", n, *change, i)), proxy.Addr())
+		d, err := startFleetDaemon(daemon, filepath.Join(st.Dir, fmt.Sprintf("fleet-%d-%d-%d", n, *change, i)), st.consulConfig(proxy.Addr()))
 		ds[i] = d
 		if err != nil {
 			return run, err

@@ -21,6 +21,9 @@ import (
 type countingProxy struct {
 	ln     net.Listener
 	target string
+	// opaque: the stream is not HTTP/1 text (TLS): copied as it comes,
+	// counted in bytes only, no requests by path.
+	opaque bool
 
 	served, requested atomic.Int64 // target → clients, clients → target
 	open, most        atomic.Int64
@@ -32,12 +35,12 @@ type countingProxy struct {
 }
 
 // newCountingProxy listens on a free loopback port and forwards to target.
-func newCountingProxy(target string) (*countingProxy, error) {
+func newCountingProxy(target string, opaque bool) (*countingProxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &countingProxy{ln: ln, target: target, paths: map[string]int{}, conns: map[net.Conn]bool{}}
+	p := &countingProxy{ln: ln, target: target, opaque: opaque, paths: map[string]int{}, conns: map[net.Conn]bool{}}
 	p.wg.Go(func() { loopback.ServeEach(ln, &p.wg, p.serve) })
 	return p, nil
 }
@@ -84,6 +87,12 @@ func (p *countingProxy) serve(c net.Conn) {
 // copyRequests copies the client's stream to the target line by line,
 // counting the bytes and the request lines.
 func (p *countingProxy) copyRequests(dst io.Writer, src io.Reader) {
+	if p.opaque {
+		// Reading up to a line end would hold a TLS handshake, which has
+		// none, until the client gave up.
+		io.Copy(countWriter{dst, &p.requested}, src)
+		return
+	}
 	br := bufio.NewReaderSize(src, 64<<10)
 	for {
 		line, err := br.ReadSlice('\n')

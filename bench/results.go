@@ -82,7 +82,10 @@ type Params struct {
 	FleetServices int     `json:"fleet_services,omitempty"`  // services (× Instances) in Consul
 	FleetChanges  int     `json:"fleet_changes,omitempty"`   // single-instance changes per fleet size
 	SoakSeconds   float64 `json:"soak_s,omitempty"`          // rolling restarts for this long
-	SoakRate      int     `json:"soak_rate,omitempty"`       // offered requests/s during the soak
+	// ConsulWatch is the daemons' consul.watch in the scale and fleet
+	// scenarios: catalog, or per_service (then over https, HTTP/2).
+	ConsulWatch string `json:"consul_watch,omitempty"`
+	SoakRate    int    `json:"soak_rate,omitempty"` // offered requests/s during the soak
 }
 
 // Machine describes where the figures were taken.

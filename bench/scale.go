@@ -32,7 +32,7 @@ func scaleService(i int) string { return fmt.Sprintf("svc-%04d", i) }
 // connections to Consul, its memory, and the CPU time and dyups pushes of
 // single-instance changes.
 func (r *runner) scale(ctx context.Context, run int) (err error) {
-	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256, ConsulServer: true})
+	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256, ConsulServer: true, ConsulWatch: r.p.ConsulWatch})
 	if err != nil {
 		return err
 	}
@@ -47,7 +47,7 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		return err
 	}
 	pid := st.ControllerPID()
-	conns := r.sampleConns(ctx, pid, st.ConsulPort)
+	conns := r.sampleConns(ctx, pid, st.DaemonConsulPort())
 	defer conns.stop()
 	if err := r.coldSync(ctx, st, t0, &sr); err != nil {
 		return err

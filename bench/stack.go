@@ -143,7 +143,14 @@ type StackOptions struct {
 	ConsulServer bool
 	// ConsulHCL is more agent configuration, one -hcl flag each.
 	ConsulHCL []string
+	// ConsulWatch is the daemon's consul.watch; with per_service Consul
+	// also serves https (a CA and certificate made for the stack), and the
+	// daemon uses it: over HTTP/2 its long polls share a few connections.
+	ConsulWatch string
 }
+
+// consulTLS: the daemons talk https to Consul.
+func (o StackOptions) consulTLS() bool { return o.ConsulWatch == "per_service" }
 
 // Stack is one mode's world on loopback: Consul, nginx, and the program
 // that keeps nginx's upstreams in step (the daemon or consul-template).
@@ -194,9 +201,7 @@ func NewStack(ctx context.Context, b Binaries, mode string, opt StackOptions) (s
 // up to its targets; what says which scenario or mode wrote it.
 func (s *Stack) daemonConfig(what string) string {
 	return fmt.Sprintf(`# Written by swallowkeeper-bench (%s).
-consul:
-  address: 127.0.0.1:%d
-file: %s
+%sfile: %s
 guards:
   confirm_after: 0s
 upstreams:
@@ -207,7 +212,45 @@ upstreams:
 metrics:
   listen: 127.0.0.1:%d
   pprof: true   # the scale scenario fetches CPU and heap profiles
-`, what, s.ConsulPort, s.File, s.opt.MaxFails, s.opt.FailTimeout, s.ports["metrics"])
+`, what, s.consulConfig(fmt.Sprintf("127.0.0.1:%d", s.DaemonConsulPort())), s.File, s.opt.MaxFails, s.opt.FailTimeout, s.ports["metrics"])
+}
+
+// DaemonConsulPort is the Consul port the daemons use: https with
+// per_service, else http.
+func (s *Stack) DaemonConsulPort() int {
+	if s.opt.consulTLS() {
+		return s.ports["https"]
+	}
+	return s.ConsulPort
+}
+
+// consulConfig is the daemon configuration's consul block, for the agent
+// (or a proxy of it) at hostport.
+func (s *Stack) consulConfig(hostport string) string {
+	if !s.opt.consulTLS() {
+		return "consul:\n  address: " + hostport + "\n"
+	}
+	return fmt.Sprintf("consul:\n  address: https://%s\n  watch: %s\n  tls:\n    ca_file: %s\n", hostport, s.opt.ConsulWatch, filepath.Join(s.Dir, "tls", "consul-agent-ca.pem"))
+}
+
+// makeConsulTLS makes a CA and a server certificate for 127.0.0.1 in
+// s.Dir/tls with the consul binary, and returns the agent configuration
+// that serves https on the stack's https port with them.
+func (s *Stack) makeConsulTLS() ([]string, error) {
+	dir := filepath.Join(s.Dir, "tls")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1", "-additional-ipaddress", "127.0.0.1"}} {
+		cmd := exec.Command(s.bin.Consul, args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("consul %v: %w\n%s", args, err, out)
+		}
+	}
+	return []string{fmt.Sprintf("ports { https = %d }", s.ports["https"]),
+		fmt.Sprintf("tls { defaults { ca_file = %q cert_file = %q key_file = %q verify_incoming = false } }",
+			filepath.Join(dir, "consul-agent-ca.pem"), filepath.Join(dir, "dc1-server-consul-0.pem"), filepath.Join(dir, "dc1-server-consul-0-key.pem"))}, nil
 }
 
 // startDaemon writes cfg to the stack's directory and starts the daemon
@@ -237,6 +280,9 @@ func newStackDir(name string, b Binaries, mode string, opt StackOptions, more ..
 		opt.DictMB = 16
 	}
 	names := append([]string{"http", "server", "serf_lan", "serf_wan"}, more...)
+	if opt.consulTLS() {
+		names = append(names, "https")
+	}
 	p, err := freePorts(len(names))
 	if err != nil {
 		os.RemoveAll(dir)
@@ -267,7 +313,15 @@ func (s *Stack) startConsul(ctx context.Context) error {
 			"-hcl=performance { raft_multiplier = 1 }"} // -dev's election timing
 	}
 	args := append([]string{"agent"}, mode...)
-	for _, h := range s.opt.ConsulHCL {
+	hcl := s.opt.ConsulHCL
+	if s.opt.consulTLS() {
+		more, err := s.makeConsulTLS()
+		if err != nil {
+			return err
+		}
+		hcl = append(slices.Clip(hcl), more...)
+	}
+	for _, h := range hcl {
 		args = append(args, "-hcl="+h)
 	}
 	s.consul, err = startProc(s.Dir, "consul", s.bin.Consul, append(args, "-node=bench",

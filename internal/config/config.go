@@ -25,6 +25,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 	"github.com/swallowkeeper/swallowkeeper/internal/secret"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/split"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -91,6 +92,9 @@ type Consul struct {
 	// AddressFrom (services mode): a tagged address key (lan_ipv4, wan, ...)
 	// to take the address from; empty: Service.Address, else Node.Address.
 	AddressFrom string `yaml:"address_from"`
+	// Watch (services mode): catalog (two datacenter-wide long polls) or
+	// per_service (one long poll per service); see consul.WatchCatalog.
+	Watch string `yaml:"watch"`
 }
 
 // Consul modes and weight sources.
@@ -409,6 +413,7 @@ func Default() Config {
 			Mode:     ConsulModeServices,
 			KVPrefix: defaultConsulKVPrefix,
 			Weights:  ConsulWeightsMeta,
+			Watch:    consul.WatchCatalog,
 		},
 		Services: Services{Exclude: []string{"consul"}},
 		Upstreams: Upstreams{

@@ -33,6 +33,13 @@ func TestConsulModeNotes(t *testing.T) {
 			want: []string{`consul.kv_prefix: "nginx/upstreams" does not apply in services mode`}},
 		{name: "services named, with a kv prefix", yaml: "consul:\n  mode: services\n  kv_prefix: /\n",
 			want: []string{`consul.kv_prefix: "/" does not apply in services mode`}},
+		{name: "kv with a watch mode", yaml: "consul:\n  mode: kv\n  watch: per_service\n",
+			want: []string{`consul.watch: "per_service" does not apply in kv mode`}},
+		{name: "per_service over https", yaml: "consul:\n  address: https://127.0.0.1:8501\n  watch: per_service\n"},
+		{name: "per_service over http", yaml: "consul:\n  watch: per_service\n",
+			want: []string{`per_service over plain http holds one connection per service`}},
+		{name: "per_service with a resync", yaml: "consul:\n  scheme: https\n  watch: per_service\n  resync: 1m\n",
+			want: []string{`consul.resync does not apply with consul.watch: per_service`}},
 		{name: "etcd source: no consul setting applies", yaml: "source: etcd\nconsul:\n  mode: kv\n  weights: native\n  address_from: wan\n"},
 	}
 	for _, tc := range cases {

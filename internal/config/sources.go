@@ -69,6 +69,9 @@ func (c *Config) validateConsulMode(bad badFunc) {
 	if k.Weights != ConsulWeightsMeta && k.Weights != ConsulWeightsNative {
 		bad("consul.weights", "%q: want meta or native", k.Weights)
 	}
+	if k.Watch != consul.WatchCatalog && k.Watch != consul.WatchPerService {
+		bad("consul.watch", "%q: want %s or %s", k.Watch, consul.WatchCatalog, consul.WatchPerService)
+	}
 	if err := consul.CheckAddressFrom(k.AddressFrom); err != nil {
 		bad("consul.address_from", "%v", err)
 	}
@@ -84,6 +87,7 @@ func (cfg *Config) ConsulOptions() consul.Options {
 		AllowACLFiltered: k.AllowACLFiltered,
 		NativeWeights:    k.Weights == ConsulWeightsNative,
 		AddressFrom:      k.AddressFrom,
+		Watch:            k.Watch,
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 // newConsulClient is the client of the Consul agent the configuration
 // names (validated), for the source and for the split rules in KV alike.
 func newConsulClient(cfg *config.Config) (*consul.Client, error) {
-	return consul.NewClient(consulAPIConfig(cfg))
+	return consul.NewClient(consulAPIConfig(cfg), cfg.Consul.Watch)
 }
 
 // consulAPIConfig is the api.Config of newConsulClient, for a caller that

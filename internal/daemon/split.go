@@ -38,7 +38,7 @@ func splitSink(cfg *config.Config, secrets []config.Secret, oneShot bool, log *s
 	}, log)
 	if prefix := cfg.Upstreams.SplitsConsulPrefix; prefix != "" {
 		acfg := consulAPIConfig(cfg)
-		client, err := consul.NewClient(acfg)
+		client, err := consul.NewClient(acfg, consul.WatchCatalog)
 		if err != nil {
 			return nil, fmt.Errorf("splits: consul: %w", err)
 		}

@@ -200,13 +200,23 @@ func (e *Engine) publish(applied upstream.State, holds []Hold, latest []*Snapsho
 		st.PersistError = persistErr.Error()
 	}
 	if now := time.Now(); e.histDirty || now.Sub(e.histBuilt) > time.Minute {
-		e.histDirty, e.histBuilt = false, now
+		full := now.Sub(e.histBuilt) > time.Minute
+		e.histDirty = false
 		if e.hist != nil {
 			e.pubHistory = e.hist.Events()
 		}
 		if e.timeline != nil {
-			e.timeline.Expire(now)
-			e.pubTimeline = e.timeline.All(now)
+			// Once a minute every series again, with what left the window
+			// dropped; in between only the upstreams a change touched.
+			if full {
+				e.histBuilt = now
+				e.timeline.Expire(now)
+				e.pubTimeline = e.timeline.All(now)
+			} else {
+				e.pubTimeline = e.timeline.Update(e.pubTimeline, now)
+			}
+		} else if full {
+			e.histBuilt = now
 		}
 	}
 	st.History, st.Timeline = e.pubHistory, e.pubTimeline

@@ -45,11 +45,17 @@ func (r *Reachability) Report(key string, err error) {
 		}
 	}
 	r.state[key] = msg
+	r.settle(r.since.IsZero())
+}
+
+// settle recomputes up from every connection's last outcome, moving since
+// when up changes (or when first is set).
+func (r *Reachability) settle(first bool) {
 	up := true
 	for _, e := range r.state {
 		up = up && e == ""
 	}
-	if up != r.up || r.since.IsZero() {
+	if up != r.up || first {
 		r.up, r.since = up, time.Now()
 	}
 }
@@ -69,4 +75,16 @@ func (r *Reachability) Health() Health {
 		}
 	}
 	return h
+}
+
+// Forget drops the connection named key, as if never reported: a
+// connection that no longer exists must not keep the source down.
+func (r *Reachability) Forget(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.state[key]; !ok {
+		return
+	}
+	delete(r.state, key)
+	r.settle(false)
 }

@@ -29,3 +29,24 @@ func TestReachability(t *testing.T) {
 		t.Fatalf("recovered: %+v", h4)
 	}
 }
+
+// A connection that is gone (a service that left the catalog, with its
+// long poll) no longer counts, failed or not.
+func TestReachabilityForgetsAConnection(t *testing.T) {
+	var r Reachability
+	r.Report("catalog", nil)
+	r.Report("health/service/web", errors.New("403 (ACL not found)"))
+	if h := r.Health(); h.Up {
+		t.Fatalf("one down: %+v", h)
+	}
+	r.Forget("health/service/web")
+	if h := r.Health(); !h.Up || h.Error != "" {
+		t.Fatalf("after the failing one is forgotten: %+v", h)
+	}
+	r.Forget("never-reported") // no effect
+	r.Report("health/service/api", errors.New("timeout"))
+	r.Forget("catalog")
+	if h := r.Health(); h.Up || h.Error != "timeout" {
+		t.Fatalf("forgetting a good one leaves the failing one: %+v", h)
+	}
+}

@@ -5,6 +5,7 @@
 package history
 
 import (
+	"maps"
 	"slices"
 	"time"
 )
@@ -74,6 +75,7 @@ type Timeline struct {
 	Window    time.Duration
 	MaxPoints int
 	series    map[string][]Point
+	touched   map[string]bool // recorded since the last All or Update
 }
 
 // Record notes that the upstream has n servers from at on (0 when it was
@@ -88,6 +90,10 @@ func (t *Timeline) Record(name string, at time.Time, n int) {
 	}
 	s = append(s, Point{at, n})
 	t.series[name] = prune(s, at.Add(-t.Window), t.MaxPoints)
+	if t.touched == nil {
+		t.touched = map[string]bool{}
+	}
+	t.touched[name] = true
 }
 
 // Has reports whether the upstream has any point yet.
@@ -122,6 +128,29 @@ func (t *Timeline) All(now time.Time) map[string][]Point {
 			out[name] = s
 		}
 	}
+	clear(t.touched)
+	return out
+}
+
+// Update is All made from last, an earlier answer of All or Update that
+// nothing changes: only the upstreams recorded since are copied again,
+// the others' series are last's, as pruned then. A change then copies
+// what changed, not every upstream's points (10,000 of them at scale);
+// a caller that must show the window moving calls All now and then.
+// last is not modified.
+func (t *Timeline) Update(last map[string][]Point, now time.Time) map[string][]Point {
+	if last == nil {
+		return t.All(now)
+	}
+	out := maps.Clone(last)
+	for name := range t.touched {
+		if s := t.Series(name, now); len(s) > 0 {
+			out[name] = s
+		} else {
+			delete(out, name)
+		}
+	}
+	clear(t.touched)
 	return out
 }
 

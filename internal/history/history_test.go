@@ -2,6 +2,7 @@ package history
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -91,5 +92,36 @@ func TestTimeline(t *testing.T) {
 				t.Errorf("All has %d points for web, want %d", len(all["web"]), len(tt.want))
 			}
 		})
+	}
+}
+
+// Update gives what All gives for the upstreams recorded since the last
+// answer, keeps the others' series from that answer as they were, and
+// never changes the answer it starts from.
+func TestTimelineUpdateCopiesOnlyWhatChanged(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	tl := &Timeline{Window: time.Hour, MaxPoints: 10}
+	tl.Record("web", t0, 2)
+	tl.Record("api", t0, 3)
+	first := tl.Update(nil, t0) // nil: every series
+	if len(first) != 2 || first["web"][0].Servers != 2 || first["api"][0].Servers != 3 {
+		t.Fatalf("first answer: %v", first)
+	}
+	tl.Record("web", t0.Add(time.Minute), 4)
+	tl.Record("new", t0.Add(time.Minute), 1)
+	second := tl.Update(first, t0.Add(time.Minute))
+	if want := tl.All(t0.Add(time.Minute)); !reflect.DeepEqual(second, want) {
+		t.Fatalf("Update %v, All %v", second, want)
+	}
+	if len(first) != 2 || len(first["web"]) != 1 {
+		t.Fatalf("Update changed the answer it started from: %v", first)
+	}
+	if &second["api"][0] != &first["api"][0] {
+		t.Error("an untouched series was copied again")
+	}
+	// Nothing recorded since All: Update gives the same series.
+	third := tl.Update(second, t0.Add(2*time.Minute))
+	if !reflect.DeepEqual(third, second) {
+		t.Fatalf("nothing recorded: %v, want %v", third, second)
 	}
 }

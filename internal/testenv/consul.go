@@ -24,6 +24,7 @@ type Consul struct {
 	ports                 map[string]int
 	process
 	hcl       []string // extra agent configuration
+	CAFile    string   // the CA of the https certificate (StartConsulTLS)
 	Client    *api.Client
 	transport *http.Transport // Client's
 }
@@ -61,7 +62,39 @@ func StartConsulACL(t testing.TB, token string) *Consul {
 	return startConsul(t, token)
 }
 
+// StartConsulTLS starts a Consul that also serves its API over https
+// (HTTPSAddr), with a certificate for 127.0.0.1 from a CA made for the
+// test (CAFile); over https it speaks HTTP/2.
+func StartConsulTLS(t testing.TB) *Consul {
+	t.Helper()
+	c := newConsul(t)
+	c.ports["https"] = FreePort(t)
+	dir := filepath.Join(c.dataDir, "tls")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1", "-additional-ipaddress", "127.0.0.1"}} {
+		cmd := exec.Command(c.bin, args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("consul %v: %v\n%s", args, err, out)
+		}
+	}
+	c.CAFile = filepath.Join(dir, "consul-agent-ca.pem")
+	c.hcl = append(c.hcl, fmt.Sprintf(`ports { https = %d }`, c.ports["https"]),
+		fmt.Sprintf(`tls { defaults { ca_file = %q cert_file = %q key_file = %q verify_incoming = false } }`,
+			c.CAFile, filepath.Join(dir, "dc1-server-consul-0.pem"), filepath.Join(dir, "dc1-server-consul-0-key.pem")))
+	return c.open(t, "")
+}
+
+// HTTPSAddr is the agent's https address, host:port (StartConsulTLS).
+func (c *Consul) HTTPSAddr() string { return Addr(c.ports["https"]) }
+
 func startConsul(t testing.TB, aclToken string) *Consul {
+	return newConsul(t).open(t, aclToken)
+}
+
+func newConsul(t testing.TB) *Consul {
 	c := &Consul{
 		bin:     ConsulBinary(t),
 		dataDir: t.TempDir(),
@@ -70,6 +103,12 @@ func startConsul(t testing.TB, aclToken string) *Consul {
 		},
 	}
 	c.logPath = filepath.Join(c.dataDir, "consul.log")
+	return c
+}
+
+// open makes c's client (with the management token aclToken, if any) and
+// starts the agent.
+func (c *Consul) open(t testing.TB, aclToken string) *Consul {
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr()
 	if aclToken != "" {

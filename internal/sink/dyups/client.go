@@ -5,7 +5,6 @@
 package dyups
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/swallowkeeper/swallowkeeper/internal/readbuf"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -214,17 +214,20 @@ func (c *Client) DetailBody(ctx context.Context, buf []byte) ([]byte, error) {
 		return buf[:0], fmt.Errorf("GET %s: %w", where, c.transportError(err))
 	}
 	defer resp.Body.Close()
-	b := bytes.NewBuffer(buf[:0])
-	if _, err := b.ReadFrom(io.LimitReader(resp.Body, maxDetail)); err != nil {
-		return b.Bytes()[:0], fmt.Errorf("GET %s: read answer: %w", where, err)
+	if n := resp.ContentLength; n > int64(cap(buf)) && n <= maxDetail {
+		buf = make([]byte, 0, n)
+	}
+	body, err := readbuf.Into(io.LimitReader(resp.Body, maxDetail), buf[:0])
+	if err != nil {
+		return body[:0], fmt.Errorf("GET %s: read answer: %w", where, err)
 	}
 	switch resp.StatusCode {
 	case http.StatusNoContent:
-		return b.Bytes()[:0], nil
+		return body[:0], nil
 	case http.StatusOK:
-		return b.Bytes(), nil
+		return body, nil
 	default:
-		return b.Bytes()[:0], &APIError{Op: "GET", Name: "/detail", Status: resp.StatusCode, Body: b.String(),
+		return body[:0], &APIError{Op: "GET", Name: "/detail", Status: resp.StatusCode, Body: string(body),
 			Reason: reason(resp.Header), Retry: transient(resp.StatusCode)}
 	}
 }

@@ -40,3 +40,32 @@ func TestGrouplessLayoutsKnowGroupsByName(t *testing.T) {
 		}
 	}
 }
+
+// learn skips a state with the names and services it took last, and
+// only that: the same names with a group now built from another service
+// change the verdict.
+func TestLearnSkipsOnlyTheSameState(t *testing.T) {
+	s := New(nil, nil, Options{}, quiet())
+	verdict := func() string {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.refusal("web", split.Rule{To: "web_green", Percent: 10})
+	}
+	s.learn(stateOf("web", "web", "web_green", "web"), nil)
+	if v := verdict(); v != pushable {
+		t.Fatalf("web_green built from web: %q, want pushable", v)
+	}
+	calls := 0
+	s.learn(stateOf("web", "web", "web_green", "web"), func() { calls++ })
+	if v := verdict(); v != pushable || calls != 1 {
+		t.Fatalf("the same state again: %q, also ran %d times, want pushable and 1", v, calls)
+	}
+	s.learn(stateOf("web", "web", "web_green", "web_green"), nil)
+	if v := verdict(); !strings.Contains(v, `built from service "web_green"`) {
+		t.Fatalf("web_green now built from its own service: %q, want refused", v)
+	}
+	s.learn(stateOf("web", "web"), nil)
+	if v := verdict(); !strings.Contains(v, "no upstream web_green") {
+		t.Fatalf("web_green gone: %q, want refused", v)
+	}
+}

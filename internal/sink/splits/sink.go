@@ -92,6 +92,9 @@ type Sink struct {
 	kv     split.Table // nil: no KV rules (none read yet, or no prefix)
 	kvErr  string
 	groups map[string]bool // upstreams of the last state, lowercased
+	// learnt is the last state learn took, name → service as given (not
+	// lowercased, not filled in): the same again changes nothing.
+	learnt map[string]string
 	// services maps the last state's upstreams, lowercased, to the
 	// service each was built from ("" when not known: a state loaded
 	// from the persisted file); nil before the first state.
@@ -261,6 +264,20 @@ func (s *Sink) Planned(st upstream.State) { s.learn(st, nil) }
 // loaded from the persisted file) keeps the one learnt before for that
 // name. also runs under s.mu.
 func (s *Sink) learn(st upstream.State, also func()) {
+	s.mu.Lock()
+	if s.sameAsLearnt(st) {
+		// The same names and services as last time give the same groups
+		// and services, so the same verdicts: nothing to withdraw or wake
+		// for. The engine hands over every change, and rebuilding both
+		// maps each time cost as much as a change's own work at 1,000
+		// upstreams.
+		if also != nil {
+			also()
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
 	groups := make(map[string]bool, len(st))
 	services := make(map[string]string, len(st))
 	want, _ := s.Wanted()
@@ -275,6 +292,10 @@ func (s *Sink) learn(st upstream.State, also func()) {
 	}
 	before := s.verdicts(want)
 	s.groups, s.services = groups, services
+	s.learnt = make(map[string]string, len(st))
+	for name, u := range st {
+		s.learnt[name] = u.Service
+	}
 	after := s.verdicts(want)
 	if also != nil {
 		also()
@@ -708,4 +729,18 @@ func (s *Sink) SinkStatus() engine.SinkStatus {
 		}
 	}
 	return out
+}
+
+// sameAsLearnt reports whether st has the names and services of the last
+// state learn took. s.mu must be held.
+func (s *Sink) sameAsLearnt(st upstream.State) bool {
+	if s.learnt == nil || len(st) != len(s.learnt) {
+		return false
+	}
+	for name, u := range st {
+		if svc, ok := s.learnt[name]; !ok || svc != u.Service {
+			return false
+		}
+	}
+	return true
 }

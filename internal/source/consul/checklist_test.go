@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"testing/iotest"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -210,14 +209,14 @@ func TestCheckListSingleChangeDecodesOneCheck(t *testing.T) {
 	removed := lite(list[10])
 	list = slices.Delete(list, 10, 11)
 	gone, came, full, err = l.apply(encode(t, list, true))
-	g, c := net(gone, came)
+	g, c := netChanges(gone, came)
 	if err != nil || full || len(gone) > 2 || len(g) != 1 || g[0] != removed || len(c) != 0 {
 		t.Fatalf("removal: full=%v gone=%v came=%v err=%v", full, gone, came, err)
 	}
 	n := newCheck(5000, r)
 	list = slices.Insert(list, 900, n)
 	gone, came, full, err = l.apply(encode(t, list, true))
-	g, c = net(gone, came)
+	g, c = netChanges(gone, came)
 	if err != nil || full || len(came) > 2 || len(g) != 0 || len(c) != 1 || c[0] != lite(n) {
 		t.Fatalf("insertion: full=%v gone=%v came=%v err=%v", full, gone, came, err)
 	}
@@ -390,8 +389,8 @@ func TestBlockDiffMatchesByteCompare(t *testing.T) {
 	}
 }
 
-// net drops the checks that are in both gone and came unchanged.
-func net(gone, came []checkLite) (g, c []checkLite) {
+// netChanges drops the checks that are in both gone and came unchanged.
+func netChanges(gone, came []checkLite) (g, c []checkLite) {
 	for _, x := range gone {
 		if !slices.Contains(came, x) {
 			g = append(g, x)
@@ -439,22 +438,4 @@ func BenchmarkCheckList(b *testing.B) {
 			}
 		}
 	})
-}
-
-// readInto reads answers of every size into reused buffers, including
-// one that fills its buffer exactly, without growing it then.
-func TestReadInto(t *testing.T) {
-	for _, size := range []int{0, 1, 511, 512, 513, 64 << 10, 100000} {
-		want := strings.Repeat("x", size)
-		for _, capacity := range []int{0, size, size + 1, size / 2} {
-			buf := make([]byte, 0, capacity)
-			got, err := readInto(iotest.OneByteReader(strings.NewReader(want)), buf)
-			if err != nil || string(got) != want {
-				t.Fatalf("size %d cap %d: %d bytes, %v", size, capacity, len(got), err)
-			}
-			if capacity == size && size > 0 && cap(got) != capacity {
-				t.Errorf("size %d: an exactly fitting buffer grew to %d", size, cap(got))
-			}
-		}
-	}
 }

@@ -2,15 +2,20 @@ package consul
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/net/http2"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/readbuf"
 )
 
 // MaxConns is the most connections the source opens to the agent: two long
@@ -27,17 +32,64 @@ type Client struct {
 	cfg api.Config // as api.NewClient completed it: scheme, address, token, HTTP client
 }
 
-// NewClient returns a Consul API client whose transport opens at most
-// MaxConns connections to the agent.
-func NewClient(cfg *api.Config) (*Client, error) {
+// NewClient returns a Consul API client for the source in watch mode
+// watch (WatchCatalog when empty). With WatchCatalog its transport opens
+// at most MaxConns connections to the agent.
+//
+// With WatchPerService over https it speaks HTTP/2 only, with a transport
+// that dials a new connection only when the others carry as many long
+// polls as the agent allows on one (250 for Consul): net/http's own
+// HTTP/2 support dials one connection per request waiting when they are
+// all full, which made 151 connections for 1,000 long polls (and an agent
+// refuses more than limits.http_max_conns_per_client, 200 by default,
+// from one address). Over plain http each long poll holds a connection.
+func NewClient(cfg *api.Config, watch string) (*Client, error) {
 	if cfg.Transport == nil {
 		cfg.Transport = api.DefaultConfig().Transport
 	}
-	cfg.Transport.MaxConnsPerHost = MaxConns
-	cfg.Transport.MaxIdleConnsPerHost = MaxConns
+	maxConns := MaxConnsFor(watch)
+	cfg.Transport.MaxConnsPerHost = maxConns
+	cfg.Transport.MaxIdleConnsPerHost = max(maxConns, MaxConns)
 	c, err := api.NewClient(cfg) // fills in cfg: the scheme, the token file's token, the HTTP client
 	if err != nil {
 		return nil, err
+	}
+	if watch == WatchPerService && cfg.Scheme == "https" {
+		// cfg.HttpClient is the client c uses: its transport, with the TLS
+		// settings api.NewClient applied, becomes an HTTP/2 one.
+		t1, ok := cfg.HttpClient.Transport.(*http.Transport)
+		if !ok {
+			return nil, fmt.Errorf("consul: per_service over https: unexpected transport %T", cfg.HttpClient.Transport)
+		}
+		tlsConf := t1.TLSClientConfig
+		if tlsConf != nil {
+			tlsConf = tlsConf.Clone()
+		}
+		h2 := &http2.Transport{
+			TLSClientConfig:    tlsConf,
+			DisableCompression: t1.DisableCompression,
+			// A connection quiet for this long is pinged; one that does not
+			// answer within PingTimeout is closed and its long polls fail
+			// (and retry), rather than waiting out their wait time on a
+			// dead connection.
+			ReadIdleTimeout: 30 * time.Second,
+			PingTimeout:     10 * time.Second,
+		}
+		if dial := t1.DialContext; dial != nil { // the api package's dialer, with its timeouts
+			h2.DialTLSContext = func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+				raw, err := dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				conn := tls.Client(raw, cfg)
+				if err := conn.HandshakeContext(ctx); err != nil {
+					raw.Close()
+					return nil, err
+				}
+				return conn, nil
+			}
+		}
+		cfg.HttpClient.Transport = h2
 	}
 	return &Client{Client: c, cfg: *cfg}, nil
 }
@@ -112,7 +164,7 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 	if n := resp.ContentLength; n > int64(cap(buf)) && n <= maxPresize {
 		buf = make([]byte, 0, n)
 	}
-	body, err := readInto(resp.Body, buf[:0])
+	body, err := readbuf.Into(resp.Body, buf[:0])
 	if err != nil {
 		return nil, nil, fmt.Errorf("read body: %w", err)
 	}
@@ -122,35 +174,3 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 // maxPresize bounds the buffer a Content-Length header alone can make the
 // source allocate; a longer answer still reads, growing as it comes.
 const maxPresize = 256 << 20
-
-// readInto appends all of r to buf, growing it by half when full.
-func readInto(r io.Reader, buf []byte) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			// Full: the answer may also be complete, as when a reused
-			// buffer is exactly its size; look before growing (and
-			// copying) megabytes.
-			var probe [512]byte
-			n, err := r.Read(probe[:])
-			if n == 0 && err == io.EOF {
-				return buf, nil
-			}
-			buf = append(slices.Grow(buf, max(cap(buf)/2, 64<<10)), probe[:n]...)
-			if err == io.EOF {
-				return buf, nil
-			}
-			if err != nil {
-				return buf, err
-			}
-			continue
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
-}

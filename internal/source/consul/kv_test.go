@@ -321,7 +321,7 @@ func TestKVSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 	run := func(token string, allow bool) <-chan engine.Snapshot {
 		cfg := api.DefaultConfig()
 		cfg.Address, cfg.Token = c.HTTPAddr(), token
-		client, err := NewClient(cfg)
+		client, err := NewClient(cfg, WatchCatalog)
 		if err != nil {
 			t.Fatal(err)
 		}

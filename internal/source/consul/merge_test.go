@@ -17,7 +17,7 @@ import (
 // dropped as invalid, a group that comes and goes, a service that comes
 // and goes. It also checks that the shortcut is taken for a plain change.
 func TestSnapshotMergesOnlyChangedServices(t *testing.T) {
-	tr := newTracker()
+	tr := newTestTracker()
 	build := func(svc string, addrs ...string) registry.Part {
 		var list []registry.Instance
 		for i, a := range addrs {
@@ -85,7 +85,7 @@ func TestSnapshotMergesOnlyChangedServices(t *testing.T) {
 // first grace the change is not read twice; an answer long after, surely
 // for another change, does not stretch the wait.
 func TestProbeGraceFollowsTheChecksWatch(t *testing.T) {
-	tr := newTracker()
+	tr := newTestTracker()
 	at := time.Unix(1000, 0)
 	if g := tr.grace(); g != probeGrace {
 		t.Fatalf("first grace %v, want %v", g, probeGrace)

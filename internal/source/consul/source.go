@@ -15,6 +15,13 @@
 // instance without checks, an address change) is followed by one plain read
 // of the checks and, if still unexplained, by a re-read of every service.
 // A periodic full re-read is the safety net.
+//
+// That is the default watch mode, WatchCatalog. WatchPerService
+// (perservice.go) keeps the catalog watch and replaces the checks watch
+// with one long poll per selected service: a change then costs one
+// service's answer instead of every check of the datacenter, for the
+// source and for Consul, at the price of a connection per poll over
+// HTTP/1.1 (over https, HTTP/2 carries them on a few).
 package consul
 
 import (
@@ -58,6 +65,8 @@ type Options struct {
 	// NativeWeights and AddressFrom: see Convert.
 	NativeWeights bool
 	AddressFrom   string
+	// Watch is WatchCatalog (the default when empty) or WatchPerService.
+	Watch string
 }
 
 // Source watches one Consul datacenter.
@@ -75,6 +84,10 @@ type Source struct {
 	// made that size (and a bit), not grown by halves through copies,
 	// which left up to half of it unused for the life of the daemon.
 	checksLen atomic.Int64
+	// failing holds the services whose follower's last request failed
+	// (WatchPerService).
+	failingMu sync.Mutex
+	failing   map[string]bool
 }
 
 var _ engine.Source = (*Source)(nil)
@@ -100,7 +113,12 @@ func pollDefaults(wait, retryBase, retryCap *time.Duration) {
 // New returns a source reading through client (see NewClient).
 func New(client *Client, rules registry.Rules, opt Options, log *slog.Logger, reg prometheus.Registerer) *Source {
 	pollDefaults(&opt.WaitTime, &opt.RetryBase, &opt.RetryCap)
-	return &Source{client: client, rules: rules, opt: opt, log: log.With("source", "consul"), m: newMetrics(reg), spare: make(chan []byte, 1)}
+	watches := []string{"catalog/services", "health/state/any"}
+	if opt.Watch == WatchPerService {
+		watches = []string{"catalog/services", "health/service"}
+	}
+	return &Source{client: client, rules: rules, opt: opt, log: log.With("source", "consul"), m: newMetrics(reg, watches...),
+		spare: make(chan []byte, 1), failing: map[string]bool{}}
 }
 
 type catalogEvent struct {
@@ -211,15 +229,12 @@ func sameVersions(a, b []entryVersion) bool {
 
 // Run implements engine.Source.
 func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
-	catalogC, checksC := s.startWatches(ctx)
-	st := &tracker{
-		src:      s,
-		doubts:   map[string]string{},
-		catalog:  nil,
-		services: map[string]serviceData{},
-		dirty:    map[string]bool{},
-		dropped:  map[string]bool{},
+	if s.opt.Watch == WatchPerService {
+		s.runPerService(ctx, out)
+		return
 	}
+	catalogC, checksC := s.startWatches(ctx)
+	st := newTracker(s)
 	var (
 		retry    = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 		retryC   <-chan time.Time
@@ -416,6 +431,10 @@ func (s *Source) startWatches(ctx context.Context) (<-chan catalogEvent, <-chan 
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
 	return catalogC, checksC
+}
+
+func newTracker(s *Source) *tracker {
+	return &tracker{src: s, doubts: map[string]string{}, services: map[string]serviceData{}, dirty: map[string]bool{}, dropped: map[string]bool{}}
 }
 
 // tracker holds what the source knows, in the Run goroutine only.
@@ -880,10 +899,12 @@ type metrics struct {
 	fullChecksReads prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics declares the source's series; registry_up is 1 once every
+// one of watches has succeeded.
+func newMetrics(reg prometheus.Registerer, watches ...string) *metrics {
 	m := &metrics{
 		modeMetrics: newModeMetrics(),
-		watchUp:     map[string]bool{"catalog/services": false, "health/state/any": false},
+		watchUp:     map[string]bool{},
 		up: metric.GaugeVec("swallowkeeper_consul_watch_up",
 			"1 while the watch's last request succeeded, 0 after an error.", "watch"),
 		reads: metric.Counter("swallowkeeper_consul_service_reads_total",
@@ -892,6 +913,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			"Answers of /v1/health/state/any decoded whole; the others were compared with the previous answer and only the checks that differ decoded."),
 		sweeps: metric.Counter("swallowkeeper_consul_sweeps_total",
 			"Re-reads of every service after a catalog change nothing else explained."),
+	}
+	for _, w := range watches {
+		m.watchUp[w] = false
 	}
 	metric.Register(reg, m.registryUp, m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
 	return m

@@ -27,7 +27,7 @@ func testClient(t *testing.T, c *testenv.Consul) *Client {
 	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr()
-	client, err := NewClient(cfg)
+	client, err := NewClient(cfg, WatchCatalog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,12 +37,17 @@ func testClient(t *testing.T, c *testenv.Consul) *Client {
 // startSource runs a Source against c and returns its snapshots.
 func startSource(t *testing.T, c *testenv.Consul, reg prometheus.Registerer) <-chan engine.Snapshot {
 	t.Helper()
-	client := testClient(t, c)
+	return runSource(t, testClient(t, c), WatchCatalog, reg)
+}
+
+// runSource runs a Source in watch mode w through client.
+func runSource(t *testing.T, client *Client, w string, reg prometheus.Registerer) <-chan engine.Snapshot {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return testenv.RunSource(t, New(client, rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond}, log, reg))
+	return testenv.RunSource(t, New(client, rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond, Watch: w}, log, reg))
 }
 
 // waitFor reads snapshots until cond holds for one, or fails after 10s.
@@ -55,14 +60,32 @@ func servers(s engine.Snapshot, name string) []string { return testenv.Servers(s
 
 var hasServers = testenv.HasServers
 
+// TestSourceFollowsRealConsul runs the same registrations, health changes
+// and removals through both watch modes.
 func TestSourceFollowsRealConsul(t *testing.T) {
+	for _, w := range []string{WatchCatalog, WatchPerService} {
+		t.Run(w, func(t *testing.T) { followsRealConsul(t, w) })
+	}
+}
+
+func followsRealConsul(t *testing.T, w string) {
 	c := testenv.StartConsul(t)
 	reg := prometheus.NewRegistry()
-	snaps := startSource(t, c, reg)
+	snaps := runSource(t, testClient(t, c), w, reg)
+	// Every snapshot waited for must be trusted: a doubted one changes
+	// nothing in nginx.
+	waitFor := func(t *testing.T, snaps <-chan engine.Snapshot, what string, cond func(engine.Snapshot) bool) engine.Snapshot {
+		t.Helper()
+		return waitFor(t, snaps, what, func(s engine.Snapshot) bool { return s.Doubt == "" && cond(s) })
+	}
 
 	first := waitFor(t, snaps, "the first snapshot arrives", func(engine.Snapshot) bool { return true })
 	if first.Services != 0 || len(first.Upstreams) != 0 {
 		t.Fatalf("fresh Consul (consul service excluded) gave %d services: %v", first.Services, first.Upstreams)
+	}
+	// Up with no service to follow too (per_service: no long poll yet).
+	if v := metricValue(t, reg, "swallowkeeper_registry_up"); v != 1 {
+		t.Fatalf("registry_up = %v at the first snapshot, want 1", v)
 	}
 
 	c.Register(t, "web", "web-1", "127.0.0.1", 9001, nil, nil)
@@ -261,7 +284,7 @@ func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 	run := func(token string, opt Options, reg prometheus.Registerer) <-chan engine.Snapshot {
 		cfg := api.DefaultConfig()
 		cfg.Address, cfg.Token = c.HTTPAddr(), token
-		client, err := NewClient(cfg)
+		client, err := NewClient(cfg, WatchCatalog)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -323,7 +346,7 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 func TestBrokenAnswersAreReadAgain(t *testing.T) {
 	c := testenv.StartConsul(t)
 	c.Register(t, "web", "web-1", "127.0.0.1", 9001, nil, nil)
-	tr := newTracker()
+	tr := newTestTracker()
 	tr.src.client = testClient(t, c)
 	tr.onCatalog(catalogEvent{index: 9, body: []byte(`{"web":[`)})
 	tr.onChecks(checksEvent{index: 9, body: []byte(`[{"Node":`)})

@@ -7,16 +7,16 @@ import (
 	"testing"
 )
 
-func newTracker() *tracker {
-	src := &Source{rules: rules, log: slog.New(slog.NewTextHandler(io.Discard, nil)), m: newMetrics(nil), spare: make(chan []byte, 1)}
-	return &tracker{src: src, doubts: map[string]string{}, services: map[string]serviceData{}, dirty: map[string]bool{}, dropped: map[string]bool{}}
+func newTestTracker() *tracker {
+	src := &Source{rules: rules, log: slog.New(slog.NewTextHandler(io.Discard, nil)), m: newMetrics(nil, "catalog/services", "health/state/any"), spare: make(chan []byte, 1)}
+	return newTracker(src)
 }
 
 // A broken answer from either watch is doubted (the engine holds every
 // change) and changes nothing the tracker knows; the next good answer
 // clears the doubt and is compared with the last good one.
 func TestTrackerDoubtsBrokenAnswers(t *testing.T) {
-	tr := newTracker()
+	tr := newTestTracker()
 	tr.onCatalog(catalogEvent{index: 5, body: []byte(`{"web":["a"],"consul":[]}`)})
 	if len(tr.catalog) != 1 || !tr.dirty["web"] || len(tr.doubts) != 0 {
 		t.Fatalf("first catalog: catalog %v dirty %v doubts %v", tr.catalog, tr.dirty, tr.doubts)
