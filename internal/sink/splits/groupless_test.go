@@ -56,9 +56,14 @@ func TestLearnSkipsOnlyTheSameState(t *testing.T) {
 		t.Fatalf("web_green built from web: %q, want pushable", v)
 	}
 	calls := 0
-	s.learn(stateOf("web", "web", "web_green", "web"), func() { calls++ })
+	same := stateOf("web", "web", "web_green", "web")
+	s.learn(same, func() { calls++ })
 	if v := verdict(); v != pushable || calls != 1 {
 		t.Fatalf("the same state again: %q, also ran %d times, want pushable and 1", v, calls)
+	}
+	// Skipped, not redone: the maps learn builds are not built again.
+	if n := testing.AllocsPerRun(20, func() { s.learn(same, nil) }); n != 0 {
+		t.Fatalf("learning the same state again allocated %v times, want 0", n)
 	}
 	s.learn(stateOf("web", "web", "web_green", "web_green"), nil)
 	if v := verdict(); !strings.Contains(v, `built from service "web_green"`) {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -356,5 +357,44 @@ func TestTakenOverGroupIsWithdrawnBeforePlannedReturns(t *testing.T) {
 	s.Planned(stateOf("web", "web", "web_canary", "billing"))
 	if code, body := apiGet(t, ngx, "/split/web"); code != 404 {
 		t.Fatalf("right after Planned, GET /split/web answers %d %q; want 404 (the rule withdrawn before the push)", code, body)
+	}
+}
+
+// A sync that chose its rules before a new state refused one must not
+// POST it after withdraw deleted it: here the sync's GET /split is held
+// until Planned has returned, then the sync goes on with what it chose.
+func TestSyncDoesNotPushBackAWithdrawnRule(t *testing.T) {
+	getting, release := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	var posts []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			close(getting)
+			<-release
+			w.WriteHeader(http.StatusNoContent) // nginx holds no rule
+		case http.MethodPost:
+			mu.Lock()
+			posts = append(posts, r.URL.Path)
+			mu.Unlock()
+		case http.MethodDelete:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	s := New([]Target{targetOf(t, srv.URL, "")}, split.Table{"web": {To: "web_canary", Percent: 100}}, Options{}, quiet())
+	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web")})
+	done := make(chan error, 1)
+	go func() { done <- s.SyncAll(context.Background()) }()
+	<-getting // the sync chose to push web → web_canary
+	s.Planned(stateOf("web", "web", "web_canary", "billing"))
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(posts) != 0 {
+		t.Fatalf("the sync pushed %v after the rule was refused and withdrawn", posts)
 	}
 }

@@ -86,12 +86,18 @@ type Sink struct {
 	opt     Options
 	targets []*target
 	kick    chan struct{}
+	// pushMu orders a sync's POSTs with withdraw: a sync POSTs only while
+	// the verdicts it computed are still the newest (verdictGen), so a rule
+	// that a new state refuses is never pushed back after withdraw
+	// deleted it.
+	pushMu sync.Mutex
 
-	mu     sync.Mutex
-	config split.Table
-	kv     split.Table // nil: no KV rules (none read yet, or no prefix)
-	kvErr  string
-	groups map[string]bool // upstreams of the last state, lowercased
+	mu         sync.Mutex
+	verdictGen uint64 // moves each time learn changes what may be pushed
+	config     split.Table
+	kv         split.Table // nil: no KV rules (none read yet, or no prefix)
+	kvErr      string
+	groups     map[string]bool // upstreams of the last state, lowercased
 	// learnt is the last state learn took, name → service as given (not
 	// lowercased, not filled in): the same again changes nothing.
 	learnt map[string]string
@@ -297,6 +303,10 @@ func (s *Sink) learn(st upstream.State, also func()) {
 		s.learnt[name] = u.Service
 	}
 	after := s.verdicts(want)
+	changed := !maps.Equal(before, after)
+	if changed {
+		s.verdictGen++
+	}
 	if also != nil {
 		also()
 	}
@@ -310,7 +320,7 @@ func (s *Sink) learn(st upstream.State, also func()) {
 	if len(refused) > 0 {
 		s.withdraw(refused)
 	}
-	if !maps.Equal(before, after) {
+	if changed {
 		s.Wake()
 	}
 }
@@ -323,6 +333,8 @@ func (s *Sink) learn(st upstream.State, also func()) {
 // timeout (the targets are asked concurrently). Run's next sync deletes
 // what is left, and reports it.
 func (s *Sink) withdraw(keys []string) {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), s.opt.Timeout)
 	defer cancel()
 	slices.Sort(keys)
@@ -479,7 +491,7 @@ func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
 	want, _ := s.Wanted()
 	s.mu.Lock()
 	waiting := (s.kvAPI != nil && !s.kvRead) || s.services == nil
-	verdicts := s.verdicts(want)
+	verdicts, gen := s.verdicts(want), s.verdictGen
 	s.mu.Unlock()
 	if waiting {
 		// Until Consul KV answered, the configured rules may be the wrong
@@ -510,7 +522,7 @@ func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
 			// that a daemon without splits sends nginx no request of this API.
 			continue
 		}
-		err := s.sync(ctx, t, names, bodies, keep)
+		err := s.sync(ctx, t, gen, names, bodies, keep)
 		t.record(err)
 		if err != nil && !errors.Is(err, errNoAPI) {
 			errs = append(errs, err)
@@ -522,7 +534,7 @@ func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
 // errNoAPI marks a target that answered GET /split with 404.
 var errNoAPI = errors.New("no split API")
 
-func (s *Sink) sync(ctx context.Context, t *target, names, bodies map[string]string, keep map[string]bool) error {
+func (s *Sink) sync(ctx context.Context, t *target, gen uint64, names, bodies map[string]string, keep map[string]bool) error {
 	status, body, err := t.do(ctx, http.MethodGet, "", "")
 	if err != nil {
 		return err
@@ -552,7 +564,12 @@ func (s *Sink) sync(ctx context.Context, t *target, names, bodies map[string]str
 		if held[key] == bodies[key] {
 			continue
 		}
-		status, answer, err := t.do(ctx, http.MethodPost, names[key], bodies[key])
+		status, answer, stale, err := s.post(ctx, t, gen, names[key], bodies[key])
+		if stale {
+			// A newer state changed what may be pushed since this sync
+			// began (learn woke Run for it): what is left is that sync's.
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -575,6 +592,21 @@ func (s *Sink) sync(ctx context.Context, t *target, names, bodies map[string]str
 		s.log.Info("split removed", "target", t.url, "upstream", key)
 	}
 	return nil
+}
+
+// post POSTs a rule to t unless the verdicts moved past gen, the
+// generation the caller's bodies were chosen under (stale).
+func (s *Sink) post(ctx context.Context, t *target, gen uint64, name, body string) (status int, answer string, stale bool, err error) {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	s.mu.Lock()
+	stale = s.verdictGen != gen
+	s.mu.Unlock()
+	if stale {
+		return 0, "", true, nil
+	}
+	status, answer, err = t.do(ctx, http.MethodPost, name, body)
+	return status, answer, false, err
 }
 
 // do sends one request to /split or /split/NAME and returns the status

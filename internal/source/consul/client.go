@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -74,20 +75,38 @@ func NewClient(cfg *api.Config, watch string) (*Client, error) {
 			// dead connection.
 			ReadIdleTimeout: 30 * time.Second,
 			PingTimeout:     10 * time.Second,
+			// Connections a SIGHUP's new client no longer uses close.
+			IdleConnTimeout: t1.IdleConnTimeout,
 		}
-		if dial := t1.DialContext; dial != nil { // the api package's dialer, with its timeouts
-			h2.DialTLSContext = func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
-				raw, err := dial(ctx, network, addr)
-				if err != nil {
-					return nil, err
-				}
-				conn := tls.Client(raw, cfg)
-				if err := conn.HandshakeContext(ctx); err != nil {
-					raw.Close()
-					return nil, err
-				}
-				return conn, nil
+		dial := t1.DialContext // the api package's dialer, with its timeouts
+		if dial == nil {
+			dial = (&net.Dialer{Timeout: 30 * time.Second}).DialContext
+		}
+		handshake := cmp.Or(t1.TLSHandshakeTimeout, 10*time.Second)
+		h2.DialTLSContext = func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+			raw, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
 			}
+			// One dial serves every long poll waiting for a connection: a
+			// peer that stalls the handshake must not hold them all.
+			hctx, cancel := context.WithTimeout(ctx, handshake)
+			defer cancel()
+			// Offer HTTP/1.1 too: an endpoint that speaks only that then
+			// completes the handshake and is named below, rather than
+			// refusing it with "no application protocol".
+			cfg = cfg.Clone()
+			cfg.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
+			conn := tls.Client(raw, cfg)
+			if err := conn.HandshakeContext(hctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			if p := conn.ConnectionState().NegotiatedProtocol; p != http2.NextProtoTLS {
+				conn.Close()
+				return nil, fmt.Errorf("%s speaks %q, not HTTP/2 (h2), over TLS: consul.watch: per_service over https needs the agent's own https port, not a proxy that speaks HTTP/1.1 only; or use consul.watch: catalog", addr, p)
+			}
+			return conn, nil
 		}
 		cfg.HttpClient.Transport = h2
 	}

@@ -3,7 +3,9 @@ package consul
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 
@@ -67,26 +69,18 @@ type follower struct {
 // answered once, so that a slow service is not taken for an empty one.
 func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) {
 	catalogC := make(chan catalogEvent, 1)
-	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
+	go watch(ctx, s, "catalog/services", catalogC, true, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
 		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
 		return catalogEvent{body: body}, meta, err
 	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
 	events := make(chan serviceEvent, 64)
-	st := newTracker(s)
-	followers := map[string]follower{}
-	var (
-		gen    uint64
-		wg     sync.WaitGroup
-		warned bool // about plain http
-	)
-	defer func() {
-		for _, f := range followers {
-			f.cancel()
-		}
-		wg.Wait()
-	}()
+	f := &followers{src: s, st: newTracker(s), events: events, running: map[string]follower{}}
+	defer f.stopAll()
+	st := f.st
+	reread := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+	var rereadC <-chan time.Time
 	for {
 		changed := false
 		select {
@@ -94,44 +88,43 @@ func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) 
 			return
 		case ev := <-catalogC:
 			st.onCatalog(ev)
-			// The followers see every change of their services; the
-			// catalog only says which services there are.
-			st.probe = false
-			clear(st.dirty)
-			if !warned && s.client.cfg.Scheme != "https" && len(st.catalog) > plainHTTPPolls {
-				warned = true
-				s.log.Warn("consul.watch: per_service over plain http holds one connection per service; an agent refuses more than limits.http_max_conns_per_client (default 200) from one address: use https (HTTP/2) or raise that limit",
-					"services", len(st.catalog))
+			f.follow(ctx)
+		case <-rereadC:
+			rereadC = nil
+			if err := st.reread(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("re-read after a broken answer failed; will retry", "err", err)
 			}
-			for name := range st.catalog {
-				if _, ok := followers[name]; !ok {
-					gen++
-					fctx, cancel := context.WithCancel(ctx)
-					followers[name] = follower{gen: gen, cancel: cancel}
-					g := gen
-					wg.Go(func() { s.follow(fctx, name, g, events) })
-				}
-			}
-			for name, f := range followers {
-				if _, ok := st.catalog[name]; !ok {
-					f.cancel()
-					delete(followers, name)
-					s.followerGone(name)
-				}
-			}
-			// With no follower (no service selected) nothing else would
-			// set health/service, and registry_up would stay 0.
-			s.followerGone("")
+			f.follow(ctx)
 		case ev := <-events:
-			if f, ok := followers[ev.name]; !ok || f.gen != ev.gen {
-				continue // from a follower stopped since
-			}
-			st.setDoubt("health/service/"+ev.name, ev.doubt)
-			if old, had := st.services[ev.name]; !had || old.index != ev.data.index || !sameVersions(old.versions, ev.data.versions) {
-				st.setService(ev.name, ev.data)
-				changed = true
+			changed = f.take(ev)
+			// Take what else came meanwhile (a node's failure wakes every
+			// service on it): one snapshot for all of it, not one each.
+			for more := true; more; {
+				select {
+				case ev := <-events:
+					changed = f.take(ev) || changed
+				default:
+					more = false
+				}
 			}
 		}
+		// A catalog answer that did not decode moved the watch's index: read
+		// it again, with backoff, until one does (see Run).
+		if st.rereadCatalog {
+			if rereadC == nil {
+				rereadC = time.After(reread.Next())
+			}
+		} else {
+			reread.Reset()
+		}
+		// The followers' streaming answers say nothing of the servers'
+		// leader: while the catalog watch, which does, fails, nothing is
+		// trusted (see streamingMeta).
+		why := ""
+		if !s.m.isUp("catalog/services") && st.catalog != nil {
+			why = "no answer (the catalog watch is failing; the services' answers may be stale)"
+		}
+		st.setDoubt("catalog/services (watch)", why)
 		if st.catalog == nil || (!st.sent && !st.everyServiceRead()) {
 			continue
 		}
@@ -148,6 +141,75 @@ func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) 
 			return
 		}
 	}
+}
+
+// followers are the long polls of runPerService, one per selected
+// service, and the tracker they feed; Run's goroutine only.
+type followers struct {
+	src     *Source
+	st      *tracker
+	events  chan serviceEvent
+	running map[string]follower
+	gen     uint64
+	wg      sync.WaitGroup
+	warned  bool // about plain http
+}
+
+// follow starts a follower for each selected service that has none and
+// stops those of services no longer selected.
+func (f *followers) follow(ctx context.Context) {
+	s, st := f.src, f.st
+	// The followers see every change of their services; the catalog only
+	// says which services there are.
+	st.probe = false
+	clear(st.dirty)
+	if !f.warned && s.client.cfg.Scheme != "https" && len(st.catalog) > plainHTTPPolls {
+		f.warned = true
+		s.log.Warn("consul.watch: per_service over plain http holds one connection per service; an agent refuses more than limits.http_max_conns_per_client (default 200) from one address: use https (HTTP/2) or raise that limit",
+			"services", len(st.catalog))
+	}
+	for name := range st.catalog {
+		if _, ok := f.running[name]; !ok {
+			f.gen++
+			fctx, cancel := context.WithCancel(ctx)
+			f.running[name] = follower{gen: f.gen, cancel: cancel}
+			g := f.gen
+			f.wg.Go(func() { s.follow(fctx, name, g, f.events) })
+		}
+	}
+	for name, fl := range f.running {
+		if _, ok := st.catalog[name]; !ok {
+			fl.cancel()
+			delete(f.running, name)
+			s.followerGone(name)
+		}
+	}
+	// With no follower (no service selected) nothing else would set
+	// health/service, and registry_up would stay 0.
+	s.followerGone("")
+}
+
+// take applies a follower's answer; it reports whether the service's data
+// changed. An answer of a follower stopped since is dropped.
+func (f *followers) take(ev serviceEvent) bool {
+	if fl, ok := f.running[ev.name]; !ok || fl.gen != ev.gen {
+		return false
+	}
+	st := f.st
+	st.setDoubt("health/service/"+ev.name, ev.doubt)
+	if old, had := st.services[ev.name]; had && old.index == ev.data.index && sameVersions(old.versions, ev.data.versions) {
+		return false
+	}
+	st.setService(ev.name, ev.data)
+	return true
+}
+
+// stopAll stops every follower and waits for them.
+func (f *followers) stopAll() {
+	for _, fl := range f.running {
+		fl.cancel()
+	}
+	f.wg.Wait()
 }
 
 // everyServiceRead reports whether every selected service has answered.
@@ -177,21 +239,29 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		lastSent bool
 		doubt    string
 		b        = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
+		// filtered is what the last answer of the blocking-query backend
+		// said of ACL filtering; streaming answers do not say (see
+		// streamingMeta), so they carry it. A read without an index is
+		// such an answer: one comes at start, after a failure, and every
+		// ACLRecheck.
+		filtered bool
+		recheck  = time.Now().Add(jitter(s.aclRecheck()))
 	)
 	for ctx.Err() == nil {
 		wait := index
-		if b.Attempts() > 0 {
+		if b.Attempts() > 0 || !time.Now().Before(recheck) {
 			wait = 0 // see watch: ask without blocking after a failure
+			recheck = time.Now().Add(jitter(s.aclRecheck()))
 		}
 		o := (&api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}).WithContext(ctx)
 		entries, meta, err := s.client.Health().Service(name, "", false, o)
 		s.m.reads.Inc()
 		if ctx.Err() != nil {
-			return // stopped: followerGone has forgotten it, nothing may report it again
+			return // stopped: followerGone has forgotten it
 		}
 		if err != nil {
 			s.m.errors.WithLabelValues("health/service").Inc()
-			s.followerFailed(name, fmt.Errorf("consul: watch %s: %w", what, err))
+			s.followerFailed(ctx, name, fmt.Errorf("consul: watch %s: %w", what, err))
 			d := b.Next()
 			s.log.Warn("watch failed; retrying", "watch", what, "err", err, "retry_in", d, "attempt", b.Attempts())
 			if s.waitForAgent(ctx, d) != nil {
@@ -200,8 +270,11 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 			continue
 		}
 		b.Reset()
-		s.followerFailed(name, nil)
-		if meta.LastIndex == index && index != 0 {
+		s.followerFailed(ctx, name, nil)
+		if meta.QueryBackend != api.QueryBackendStreaming {
+			filtered = meta.ResultsFilteredByACLs
+		}
+		if meta.LastIndex == index && index != 0 && wait != 0 {
 			continue // the wait timed out: nothing changed
 		}
 		if meta.LastIndex < index {
@@ -210,7 +283,7 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		index = max(meta.LastIndex, 1) // never block on 0
 		entries = OnlyService(entries, name)
 		versions := versionsOf(entries)
-		why := s.doubt("health/service", streamingMeta(meta))
+		why := s.doubt("health/service", streamingMeta(meta, filtered))
 		if lastSent && why == doubt && last != nil && sameVersions(last, versions) {
 			continue
 		}
@@ -229,10 +302,17 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 // the source's health (each follower its own connection) and in
 // swallowkeeper_consul_watch_up{watch="health/service"}, 1 while no
 // follower's last request failed.
-func (s *Source) followerFailed(name string, err error) {
-	s.reach.Report("health/service/"+name, err)
+//
+// It does nothing once ctx (the follower's) has ended: Run cancels a
+// follower before followerGone forgets it, both under failingMu here, so
+// a request that was in flight then cannot report a service that left.
+func (s *Source) followerFailed(ctx context.Context, name string, err error) {
 	s.failingMu.Lock()
 	defer s.failingMu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
+	s.reach.Report("health/service/"+name, err)
 	if err != nil {
 		s.failing[name] = true
 	} else {
@@ -246,9 +326,9 @@ func (s *Source) followerFailed(name string, err error) {
 // sets swallowkeeper_consul_watch_up{watch="health/service"} from the
 // followers left ("": no follower to forget).
 func (s *Source) followerGone(name string) {
-	s.reach.Forget("health/service/" + name)
 	s.failingMu.Lock()
 	defer s.failingMu.Unlock()
+	s.reach.Forget("health/service/" + name)
 	delete(s.failing, name)
 	s.m.setWatch("health/service", len(s.failing) == 0)
 }
@@ -261,11 +341,37 @@ func (s *Source) followerGone(name string) {
 // and knows nothing of their leader. Whether the servers have one is then
 // what the catalog watch says: its answers come from the blocking-query
 // backend, carry the header, and a doubted one holds every change.
-func streamingMeta(meta *api.QueryMeta) *api.QueryMeta {
-	if meta.QueryBackend != api.QueryBackendStreaming || meta.KnownLeader {
+//
+// Streaming answers do not say whether ACLs filtered them either (the
+// servers drop the events the token cannot read): filtered is what the
+// follower's last answer of the blocking-query backend said.
+func streamingMeta(meta *api.QueryMeta, filtered bool) *api.QueryMeta {
+	if meta.QueryBackend != api.QueryBackendStreaming {
 		return meta
 	}
 	m := *meta
 	m.KnownLeader = true
+	m.ResultsFilteredByACLs = filtered
 	return &m
+}
+
+// defaultACLRecheck is how often a follower reads its service without an
+// index when consul.resync is 0.
+const defaultACLRecheck = 10 * time.Minute
+
+// aclRecheck is how often each follower reads its service once without
+// an index, from Consul's blocking-query backend, whose answer says
+// whether ACLs filtered it: consul.resync, which per_service uses for
+// nothing else.
+func (s *Source) aclRecheck() time.Duration {
+	if s.opt.Resync > 0 {
+		return s.opt.Resync
+	}
+	return defaultACLRecheck
+}
+
+// jitter is d plus up to a quarter more, so that thousands of followers
+// started together do not read again together.
+func jitter(d time.Duration) time.Duration {
+	return d + rand.N(d/4+1)
 }

@@ -2,10 +2,12 @@ package consul
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"strconv"
@@ -143,25 +145,28 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return sum
 }
 
-// Consul's streaming backend answers X-Consul-KnownLeader: false always;
-// only its answers are judged without that header, and an ACL filter is
-// still doubted.
+// Consul's streaming backend answers X-Consul-KnownLeader: false always,
+// and never says whether ACLs filtered it: a streaming answer is judged
+// without the leader header (the catalog watch carries it) and with the
+// ACL verdict of the follower's last blocking-query answer.
 func TestStreamingAnswersLeaveTheLeaderToTheCatalog(t *testing.T) {
 	cases := []struct {
-		name  string
-		meta  api.QueryMeta
-		doubt string // a part of DoubtOf's answer, "" for none
+		name     string
+		meta     api.QueryMeta
+		filtered bool   // the last blocking-query answer's verdict
+		doubt    string // a part of DoubtOf's answer, "" for none
 	}{
-		{"streaming, no leader header", api.QueryMeta{QueryBackend: api.QueryBackendStreaming}, ""},
-		{"blocking query without a leader", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery}, "without a known leader"},
-		{"no backend header, no leader", api.QueryMeta{}, "without a known leader"},
-		{"streaming, filtered by ACLs", api.QueryMeta{QueryBackend: api.QueryBackendStreaming, ResultsFilteredByACLs: true}, "filtered by ACLs"},
-		{"blocking query with a leader", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery, KnownLeader: true}, ""},
+		{"streaming, no leader header", api.QueryMeta{QueryBackend: api.QueryBackendStreaming}, false, ""},
+		{"streaming after a filtered blocking-query answer", api.QueryMeta{QueryBackend: api.QueryBackendStreaming}, true, "filtered by ACLs"},
+		{"blocking query without a leader", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery}, false, "without a known leader"},
+		{"no backend header, no leader", api.QueryMeta{}, false, "without a known leader"},
+		{"blocking query filtered by ACLs", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery, KnownLeader: true, ResultsFilteredByACLs: true}, false, "filtered by ACLs"},
+		{"blocking query with a leader, an old verdict ignored", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery, KnownLeader: true}, true, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			in := tc.meta
-			got := DoubtOf(streamingMeta(&in), false, "every service")
+			got := DoubtOf(streamingMeta(&in, tc.filtered), false, "every service")
 			if (tc.doubt == "") != (got == "") || !strings.Contains(got, tc.doubt) {
 				t.Fatalf("doubt %q, want %q", got, tc.doubt)
 			}
@@ -170,4 +175,73 @@ func TestStreamingAnswersLeaveTheLeaderToTheCatalog(t *testing.T) {
 			}
 		})
 	}
+}
+
+// per_service over https speaks HTTP/2 only; an endpoint that speaks
+// HTTP/1.1 over TLS (a proxy in front of the agent) is named as such,
+// not left to fail with framing errors.
+func TestPerServiceRefusesAnHTTP1OnlyEndpoint(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{}`)
+	}))
+	srv.TLS = &tls.Config{NextProtos: []string{"http/1.1"}}
+	srv.StartTLS()
+	defer srv.Close()
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Scheme = strings.TrimPrefix(srv.URL, "https://"), "https"
+	cfg.TLSConfig.InsecureSkipVerify = true
+	client, err := NewClient(cfg, WatchPerService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = client.Catalog().Services(nil)
+	if err == nil || !strings.Contains(err.Error(), `not HTTP/2`) || !strings.Contains(err.Error(), "consul.watch: catalog") {
+		t.Fatalf("error %v, want one naming the missing HTTP/2 and the way out", err)
+	}
+}
+
+// A token that cannot read one of a service's nodes gets answers without
+// that node's instances. The first read (Consul's blocking-query backend)
+// says so; the streaming answers after it do not, and must stay doubted
+// all the same, or nginx would lose the hidden instances.
+func TestPerServiceKeepsDoubtingAnACLFilteredService(t *testing.T) {
+	const root = "f0e1d2c3-0000-4000-8000-00000000beef"
+	c := testenv.StartConsulACL(t, root)
+	c.Register(t, "web", "web-1", "10.1.0.1", 8080, nil, nil)
+	if _, err := c.Client.Catalog().Register(&api.CatalogRegistration{Node: "hidden", Address: "10.9.0.1",
+		Service: &api.AgentService{ID: "web-2", Service: "web", Address: "10.9.0.1", Port: 8080}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{
+		Name:  "not-hidden",
+		Rules: `service_prefix "" { policy = "read" } node "sk-test" { policy = "read" }`,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Token = c.HTTPAddr(), tok.SecretID
+	client, err := NewClient(cfg, WatchPerService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps := runSource(t, client, WatchPerService, nil)
+	s := waitFor(t, snaps, "web's first answer", hasServers("web", "10.1.0.1:8080"))
+	if !strings.Contains(s.Doubt, "filtered by ACLs") {
+		t.Fatalf("first answer: doubt %q, want the ACL filtering", s.Doubt)
+	}
+	// A change of web-1 comes as a streaming answer.
+	c.SetHealth(t, "web-1", api.HealthCritical)
+	s = waitFor(t, snaps, "the streaming answer with web-1 critical", func(s engine.Snapshot) bool {
+		u, ok := s.Upstreams["web"]
+		return ok && len(u.Servers) == 0
+	})
+	if !strings.Contains(s.Doubt, "filtered by ACLs") {
+		t.Fatalf("streaming answer: doubt %q, want the ACL filtering still", s.Doubt)
+	}
+	t.Logf("doubt: %s", s.Doubt)
 }

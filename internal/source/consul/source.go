@@ -324,7 +324,11 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 // watch runs one blocking query forever, following Consul's documented
 // index rules, and hands each changed result to ch, replacing an unread
 // older one.
-func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
+//
+// With passRecovery, the first answer after a failure is handed over even
+// when the index did not move, for a reader that holds changes while the
+// watch fails (runPerService) to learn that it answers again.
+func watch[E any](ctx context.Context, s *Source, what string, ch chan E, passRecovery bool,
 	query func(*api.QueryOptions) (E, *api.QueryMeta, error), stamp func(*E, uint64, bool, string)) {
 	var index uint64
 	b := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
@@ -354,7 +358,8 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 			}
 			continue
 		}
-		if b.Attempts() > 0 {
+		recovered := b.Attempts() > 0
+		if recovered {
 			s.log.Info("watch recovered", "watch", what, "after_attempts", b.Attempts())
 		}
 		b.Reset()
@@ -363,7 +368,7 @@ func watch[E any](ctx context.Context, s *Source, what string, ch chan E,
 		s.m.wakes.WithLabelValues(what).Inc()
 		reset := false
 		switch {
-		case meta.LastIndex == index && index != 0:
+		case meta.LastIndex == index && index != 0 && !(recovered && passRecovery):
 			continue // the wait timed out: nothing changed
 		case meta.LastIndex < index:
 			// The index went backwards (a snapshot restore, a new
@@ -418,13 +423,13 @@ func (s *Source) waitForAgent(ctx context.Context, d time.Duration) error {
 func (s *Source) startWatches(ctx context.Context) (<-chan catalogEvent, <-chan checksEvent) {
 	catalogC := make(chan catalogEvent, 1)
 	checksC := make(chan checksEvent, 1)
-	go watch(ctx, s, "catalog/services", catalogC, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
+	go watch(ctx, s, "catalog/services", catalogC, false, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
 		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
 		return catalogEvent{body: body}, meta, err
 	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
-	go watch(ctx, s, "health/state/any", checksC, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
+	go watch(ctx, s, "health/state/any", checksC, false, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
 		body, meta, err := s.readChecks(ctx, o)
 		return checksEvent{body: body}, meta, err
 	}, func(e *checksEvent, idx uint64, reset bool, doubt string) {
@@ -919,6 +924,13 @@ func newMetrics(reg prometheus.Registerer, watches ...string) *metrics {
 	}
 	metric.Register(reg, m.registryUp, m.errors, m.wakes, m.up, m.reads, m.sweeps, m.fullChecksReads, m.dropped, m.doubted)
 	return m
+}
+
+// isUp reports whether the watch what's last request succeeded.
+func (m *metrics) isUp(what string) bool {
+	m.watchMu.Lock()
+	defer m.watchMu.Unlock()
+	return m.watchUp[what]
 }
 
 // setWatch records the outcome of the watch what's last request in

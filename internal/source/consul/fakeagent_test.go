@@ -1,0 +1,155 @@
+package consul
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+)
+
+// fakeAgent answers the endpoints consul.watch: per_service reads, the
+// way a Consul agent does, and lets a test break them on purpose, which
+// a real agent cannot be made to do one endpoint at a time. Blocking
+// queries wait for the next change of their endpoint, and the health
+// endpoint's blocking answers come as streaming ones do: without
+// X-Consul-KnownLeader.
+type fakeAgent struct {
+	mu       sync.Mutex
+	changed  chan struct{} // closed at each change
+	index    uint64
+	catalog  string        // "ok", "fail" (500) or "broken" (a cut answer)
+	services string        // the ok catalog answer
+	web      string        // /v1/health/service/web's answer
+	broke    chan struct{} // closed once a broken catalog answer went out
+}
+
+func newFakeAgent(t *testing.T) (*fakeAgent, *Client) {
+	f := &fakeAgent{changed: make(chan struct{}), broke: make(chan struct{}), index: 10, catalog: "ok", services: `{"web":[]}`, web: fakeEntries("10.1.0.1")}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	cfg := api.DefaultConfig()
+	cfg.Address = strings.TrimPrefix(srv.URL, "http://")
+	client, err := NewClient(cfg, WatchPerService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, client
+}
+
+func fakeEntries(addrs ...string) string {
+	var es []string
+	for i, a := range addrs {
+		es = append(es, fmt.Sprintf(`{"Node":{"Node":"n%d","Address":%q,"ModifyIndex":1},"Service":{"ID":"web-%d","Service":"web","Address":%q,"Port":8080,"ModifyIndex":%d},"Checks":[]}`, i, a, i, a, 100+i+len(addrs)*7))
+	}
+	return "[" + strings.Join(es, ",") + "]"
+}
+
+// set changes the agent's state under its lock and wakes every blocking
+// query.
+func (f *fakeAgent) set(change func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change()
+	f.index++
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1/status/leader" {
+		fmt.Fprint(w, `"127.0.0.1:8300"`)
+		return
+	}
+	f.mu.Lock()
+	if idx, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64); idx != 0 && idx >= f.index {
+		ch := f.changed
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-r.Context().Done():
+			return
+		case <-time.After(20 * time.Second):
+		}
+		f.mu.Lock()
+	}
+	defer f.mu.Unlock()
+	blocking := r.URL.Query().Get("index") != ""
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(f.index, 10))
+	w.Header().Set("X-Consul-LastContact", "0") // the api package reads nothing after it when absent
+	switch r.URL.Path {
+	case "/v1/catalog/services":
+		w.Header().Set("X-Consul-KnownLeader", "true")
+		switch f.catalog {
+		case "fail":
+			http.Error(w, "No cluster leader", http.StatusInternalServerError)
+		case "broken":
+			fmt.Fprint(w, `{"web":`)
+			select {
+			case <-f.broke:
+			default:
+				close(f.broke)
+			}
+		default:
+			fmt.Fprint(w, f.services)
+		}
+	case "/v1/health/service/web":
+		if blocking {
+			w.Header().Set("X-Consul-Query-Backend", api.QueryBackendStreaming)
+		} else {
+			w.Header().Set("X-Consul-KnownLeader", "true")
+			w.Header().Set("X-Consul-Query-Backend", api.QueryBackendBlockingQuery)
+		}
+		fmt.Fprint(w, f.web)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// While the catalog watch fails, the followers' streaming answers (which
+// say nothing of the servers' leader) change nothing; once it answers
+// again, what they brought goes through.
+func TestPerServiceHoldsWhileTheCatalogWatchFails(t *testing.T) {
+	f, client := newFakeAgent(t)
+	snaps := runSource(t, client, WatchPerService, nil)
+	waitFor(t, snaps, "web's first answer, trusted", func(s engine.Snapshot) bool {
+		return s.Doubt == "" && hasServers("web", "10.1.0.1:8080")(s)
+	})
+	f.set(func() { f.catalog = "fail" })
+	f.set(func() { f.web = fakeEntries("10.1.0.1", "10.1.0.2") })
+	s := waitFor(t, snaps, "the follower's answer while the catalog fails", hasServers("web", "10.1.0.1:8080", "10.1.0.2:8080"))
+	if !strings.Contains(s.Doubt, "catalog watch is failing") {
+		t.Fatalf("doubt %q, want the failing catalog watch named", s.Doubt)
+	}
+	f.set(func() { f.catalog = "ok" })
+	waitFor(t, snaps, "trusted again once the catalog answers", func(s engine.Snapshot) bool {
+		return s.Doubt == "" && hasServers("web", "10.1.0.1:8080", "10.1.0.2:8080")(s)
+	})
+}
+
+// A catalog answer that does not decode is read again until one does,
+// even though the catalog's index does not move: here the first answer is
+// broken, and the source must still send its first snapshot.
+func TestPerServiceReadsABrokenCatalogAgain(t *testing.T) {
+	f, client := newFakeAgent(t)
+	f.set(func() { f.catalog = "broken" })
+	snaps := runSource(t, client, WatchPerService, nil)
+	select {
+	case <-f.broke:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the source never read the catalog")
+	}
+	f.mu.Lock()
+	f.catalog = "ok" // no index move: only a re-read sees it
+	f.mu.Unlock()
+	waitFor(t, snaps, "web arrives once the catalog decodes", func(s engine.Snapshot) bool {
+		return s.Doubt == "" && hasServers("web", "10.1.0.1:8080")(s)
+	})
+}
