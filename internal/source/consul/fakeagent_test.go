@@ -1,18 +1,23 @@
 package consul
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 )
 
 // fakeAgent answers the endpoints consul.watch: per_service reads, the
@@ -118,11 +123,22 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // again, what they brought goes through.
 func TestPerServiceHoldsWhileTheCatalogWatchFails(t *testing.T) {
 	f, client := newFakeAgent(t)
-	snaps := runSource(t, client, WatchPerService, nil)
+	src := New(client, rules, Options{WaitTime: 30 * time.Second, RetryBase: 50 * time.Millisecond, RetryCap: 500 * time.Millisecond, Watch: WatchPerService},
+		slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	snaps := testenv.RunSource(t, src)
 	waitFor(t, snaps, "web's first answer, trusted", func(s engine.Snapshot) bool {
 		return s.Doubt == "" && hasServers("web", "10.1.0.1:8080")(s)
 	})
 	f.set(func() { f.catalog = "fail" })
+	// The follower's next answer must come while the catalog watch is
+	// known to fail (two goroutines: wait for the watch's outcome first).
+	deadline := time.Now().Add(10 * time.Second)
+	for src.m.isUp("catalog/services") {
+		if time.Now().After(deadline) {
+			t.Fatal("the catalog watch never failed")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	f.set(func() { f.web = fakeEntries("10.1.0.1", "10.1.0.2") })
 	s := waitFor(t, snaps, "the follower's answer while the catalog fails", hasServers("web", "10.1.0.1:8080", "10.1.0.2:8080"))
 	if !strings.Contains(s.Doubt, "catalog watch is failing") {
@@ -152,4 +168,47 @@ func TestPerServiceReadsABrokenCatalogAgain(t *testing.T) {
 	waitFor(t, snaps, "web arrives once the catalog decodes", func(s engine.Snapshot) bool {
 		return s.Doubt == "" && hasServers("web", "10.1.0.1:8080")(s)
 	})
+}
+
+// Followers in backoff share one status request a second while they wait
+// for the agent, and all go on once it answers.
+func TestFollowersShareTheAgentProbe(t *testing.T) {
+	var asked atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if asked.Add(1) <= 2 {
+			http.Error(w, "No cluster leader", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("X-Consul-LastContact", "0")
+		fmt.Fprint(w, `"127.0.0.1:8300"`)
+	}))
+	defer srv.Close()
+	cfg := api.DefaultConfig()
+	cfg.Address = strings.TrimPrefix(srv.URL, "http://")
+	client, err := NewClient(cfg, WatchPerService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	p := &agentProbe{ctx: ctx}
+	const waiters = 100
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range waiters {
+		wg.Go(func() {
+			if err := p.wait(ctx, client, time.Minute); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if took > 30*time.Second {
+		t.Fatalf("waiters went on after %v: they waited out their backoff, not the agent", took)
+	}
+	if n := asked.Load(); n != 3 {
+		t.Fatalf("%d waiters asked the agent %d times, want 3 (two failed, one answered)", waiters, n)
+	}
+	t.Logf("%d waiters went on %v after the start, after %d status requests", waiters, took.Round(time.Millisecond), asked.Load())
 }
