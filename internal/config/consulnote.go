@@ -38,6 +38,9 @@ func (c *Config) ConsulModeNotes() []string {
 		if _, scheme, err := SplitConsulAddress(k.Address, k.Scheme); err == nil && k.Watch == consul.WatchPerService && scheme != "https" {
 			notes = append(notes, "consul.watch: per_service over plain http holds one connection per service, and a Consul agent refuses more than limits.http_max_conns_per_client (default 200) from one address: use https, where HTTP/2 carries the long polls over a few connections, or raise that limit")
 		}
+		if k.Watch == consul.WatchPerService && k.Resync != Default().Consul.Resync {
+			notes = append(notes, "consul.resync does not apply with consul.watch: per_service: each change of a service is read whole")
+		}
 	}
 	return notes
 }

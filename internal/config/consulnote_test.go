@@ -38,7 +38,8 @@ func TestConsulModeNotes(t *testing.T) {
 		{name: "per_service over https", yaml: "consul:\n  address: https://127.0.0.1:8501\n  watch: per_service\n"},
 		{name: "per_service over http", yaml: "consul:\n  watch: per_service\n",
 			want: []string{`per_service over plain http holds one connection per service`}},
-		{name: "per_service with a resync (its ACL re-check)", yaml: "consul:\n  scheme: https\n  watch: per_service\n  resync: 1m\n"},
+		{name: "per_service with a resync", yaml: "consul:\n  scheme: https\n  watch: per_service\n  resync: 1m\n",
+			want: []string{`consul.resync does not apply with consul.watch: per_service`}},
 		{name: "etcd source: no consul setting applies", yaml: "source: etcd\nconsul:\n  mode: kv\n  weights: native\n  address_from: wan\n"},
 	}
 	for _, tc := range cases {

@@ -384,13 +384,20 @@ func TestSyncDoesNotPushBackAWithdrawnRule(t *testing.T) {
 	defer srv.Close()
 	s := New([]Target{targetOf(t, srv.URL, "")}, split.Table{"web": {To: "web_canary", Percent: 100}}, Options{}, quiet())
 	s.Update(engine.Change{State: stateOf("web", "web", "web_canary", "web")})
-	done := make(chan error, 1)
-	go func() { done <- s.SyncAll(context.Background()) }()
+	type result struct {
+		complete bool
+		err      error
+	}
+	done := make(chan result, 1)
+	go func() {
+		complete, err := s.syncAll(context.Background())
+		done <- result{complete, err}
+	}()
 	<-getting // the sync chose to push web → web_canary
 	s.Planned(stateOf("web", "web", "web_canary", "billing"))
 	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if r := <-done; r.err != nil || r.complete {
+		t.Fatalf("the sync cut short: complete %v, err %v; want incomplete and no error", r.complete, r.err)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -486,7 +486,8 @@ func (s *Sink) SyncAll(ctx context.Context) error {
 }
 
 // syncAll is SyncAll; complete is false when it waited (for Consul KV,
-// or for a first state) instead of syncing.
+// or for a first state) instead of syncing, or when a newer state cut a
+// target's sync short.
 func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
 	want, _ := s.Wanted()
 	s.mu.Lock()
@@ -499,6 +500,7 @@ func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
 		// be checked against it: nginx keeps what it has.
 		return false, nil
 	}
+	complete = true
 	bodies := map[string]string{} // lowercased name → body
 	names := map[string]string{}  // lowercased name → name
 	keep := map[string]bool{}     // lowercased names left as nginx holds them
@@ -523,16 +525,25 @@ func (s *Sink) syncAll(ctx context.Context) (complete bool, err error) {
 			continue
 		}
 		err := s.sync(ctx, t, gen, names, bodies, keep)
+		if errors.Is(err, errStaleSync) {
+			complete = false
+			continue
+		}
 		t.record(err)
 		if err != nil && !errors.Is(err, errNoAPI) {
 			errs = append(errs, err)
 		}
 	}
-	return true, errors.Join(errs...)
+	return complete, errors.Join(errs...)
 }
 
 // errNoAPI marks a target that answered GET /split with 404.
 var errNoAPI = errors.New("no split API")
+
+// errStaleSync marks a sync that stopped because a newer state changed
+// what may be pushed: not a failure of the target, and not a complete
+// sync either (the next one, which learn woke, completes it).
+var errStaleSync = errors.New("a newer state came during the sync")
 
 func (s *Sink) sync(ctx context.Context, t *target, gen uint64, names, bodies map[string]string, keep map[string]bool) error {
 	status, body, err := t.do(ctx, http.MethodGet, "", "")
@@ -568,7 +579,7 @@ func (s *Sink) sync(ctx context.Context, t *target, gen uint64, names, bodies ma
 		if stale {
 			// A newer state changed what may be pushed since this sync
 			// began (learn woke Run for it): what is left is that sync's.
-			return nil
+			return errStaleSync
 		}
 		if err != nil {
 			return err

@@ -33,6 +33,7 @@ type fakeAgent struct {
 	catalog  string        // "ok", "fail" (500) or "broken" (a cut answer)
 	services string        // the ok catalog answer
 	web      string        // /v1/health/service/web's answer
+	noLeader bool          // answers of the blocking-query backend say no leader
 	broke    chan struct{} // closed once a broken catalog answer went out
 }
 
@@ -109,7 +110,7 @@ func (f *fakeAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if blocking {
 			w.Header().Set("X-Consul-Query-Backend", api.QueryBackendStreaming)
 		} else {
-			w.Header().Set("X-Consul-KnownLeader", "true")
+			w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(!f.noLeader))
 			w.Header().Set("X-Consul-Query-Backend", api.QueryBackendBlockingQuery)
 		}
 		fmt.Fprint(w, f.web)
@@ -211,4 +212,28 @@ func TestFollowersShareTheAgentProbe(t *testing.T) {
 		t.Fatalf("%d waiters asked the agent %d times, want 3 (two failed, one answered)", waiters, n)
 	}
 	t.Logf("%d waiters went on %v after the start, after %d status requests", waiters, took.Round(time.Millisecond), asked.Load())
+}
+
+// A streaming answer says nothing of the leader: it is only a cue, and
+// the source trusts what a read without an index then says. Here the
+// servers lost their leader while the agent's stream still brings a
+// change: the change is doubted, not applied.
+func TestPerServiceDoubtsWhatAStreamingAnswerCannotVouchFor(t *testing.T) {
+	f, client := newFakeAgent(t)
+	snaps := runSource(t, client, WatchPerService, nil)
+	waitFor(t, snaps, "web's first answer, trusted", func(s engine.Snapshot) bool {
+		return s.Doubt == "" && hasServers("web", "10.1.0.1:8080")(s)
+	})
+	f.set(func() {
+		f.noLeader = true
+		f.web = fakeEntries("10.1.0.2")
+	})
+	s := waitFor(t, snaps, "the change, read again", hasServers("web", "10.1.0.2:8080"))
+	if !strings.Contains(s.Doubt, "without a known leader") {
+		t.Fatalf("doubt %q, want the missing leader named", s.Doubt)
+	}
+	f.set(func() { f.noLeader = false })
+	waitFor(t, snaps, "trusted once the leader is back", func(s engine.Snapshot) bool {
+		return s.Doubt == "" && hasServers("web", "10.1.0.2:8080")(s)
+	})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -24,10 +23,11 @@ const (
 	WatchCatalog = "catalog"
 	// WatchPerService follows the catalog's service list and holds one
 	// long poll of /v1/health/service/<name> per selected service, as
-	// consul-template and Prometheus do. A change then costs one answer of
-	// the service that changed, for Consul and for the source, and Consul
-	// agents serve these queries from their streaming backend (or cache)
-	// rather than asking the servers. The polls need one connection each
+	// consul-template and Prometheus do. A change then costs the answers
+	// of the service that changed (the agent's streaming answer, a cue,
+	// and one read it prompts; see follow), for Consul and for the
+	// source, and agents hold the long polls on their streaming backend
+	// rather than on the servers. The polls need one connection each
 	// over HTTP/1.1: use https, where HTTP/2 carries them over a few
 	// connections, or raise the agent's limits.http_max_conns_per_client.
 	WatchPerService = "per_service"
@@ -119,9 +119,9 @@ func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) 
 		} else {
 			reread.Reset()
 		}
-		// The followers' streaming answers say nothing of the servers'
-		// leader: while the catalog watch, which does, fails, nothing is
-		// trusted (see streamingMeta).
+		// While the catalog watch fails, nothing is trusted: the agent
+		// or the servers are in trouble, and a follower's answer may come
+		// from the agent's view of a server that lost touch.
 		why := ""
 		if !s.m.isUp("catalog/services") && st.catalog != nil {
 			why = "no answer (the catalog watch is failing; the services' answers may be stale)"
@@ -285,6 +285,15 @@ func (t *tracker) everyServiceRead() bool {
 // doubted. It follows Consul's index rules as watch does; an answer whose
 // index moved for nothing of this service (a node the service does not
 // run on, say) is dropped here, not sent.
+//
+// An answer of Consul's streaming backend (which agents use for these
+// long polls) is only a cue: it says neither whether the servers have a
+// leader nor whether ACLs filtered it (X-Consul-KnownLeader is always
+// false, and the servers drop what the token cannot read without a
+// word), so the service is read again at once without an index, from the
+// blocking-query backend, whose answer says both, and that answer is the
+// one sent. A change costs one more small read, and every answer the
+// source trusts is one it can doubt, as in catalog mode.
 func (s *Source) follow(ctx context.Context, name string, gen uint64, events chan<- serviceEvent, probe *agentProbe) {
 	what := "health/service/" + name
 	var (
@@ -292,20 +301,14 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		last     []entryVersion
 		lastSent bool
 		doubt    string
+		reread   bool   // the last answer was a streaming one: read without an index
+		cue      uint64 // its index: the next long poll waits past it
 		b        = backoff.New(s.opt.RetryBase, s.opt.RetryCap)
-		// filtered is what the last answer of the blocking-query backend
-		// said of ACL filtering; streaming answers do not say (see
-		// streamingMeta), so they carry it. A read without an index is
-		// such an answer: one comes at start, after a failure, and every
-		// ACLRecheck.
-		filtered bool
-		recheck  = time.Now().Add(jitter(s.aclRecheck()))
 	)
 	for ctx.Err() == nil {
 		wait := index
-		if b.Attempts() > 0 || !time.Now().Before(recheck) {
+		if b.Attempts() > 0 || reread {
 			wait = 0 // see watch: ask without blocking after a failure
-			recheck = time.Now().Add(jitter(s.aclRecheck()))
 		}
 		o := (&api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}).WithContext(ctx)
 		entries, meta, err := s.client.Health().Service(name, "", false, o)
@@ -317,33 +320,46 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 			s.m.errors.WithLabelValues("health/service").Inc()
 			s.followerFailed(ctx, name, fmt.Errorf("consul: watch %s: %w", what, err))
 			d := b.Next()
+			agentDown := !s.m.isUp("catalog/services")
 			// While the catalog watch fails too, the agent is what fails,
 			// and the catalog watch says so: one line, not one per service.
 			level := slog.LevelDebug
-			if s.m.isUp("catalog/services") && (b.Attempts() == 1 || b.Attempts()%10 == 0) {
+			if !agentDown && (b.Attempts() == 1 || b.Attempts()%10 == 0) {
 				level = slog.LevelWarn
 			}
 			s.log.Log(ctx, level, "watch failed; retrying", "watch", what, "err", err, "retry_in", d, "attempt", b.Attempts())
-			if probe.wait(ctx, s.client, d) != nil {
+			// Only an agent that does not answer is worth waiting for with
+			// the shared probe; an error of this service alone (a 403, a
+			// 429) waits out its backoff.
+			if agentDown {
+				err = probe.wait(ctx, s.client, d)
+			} else {
+				err = backoff.Sleep(ctx, d)
+			}
+			if err != nil {
 				return
 			}
 			continue
 		}
 		b.Reset()
 		s.followerFailed(ctx, name, nil)
-		if meta.QueryBackend != api.QueryBackendStreaming {
-			filtered = meta.ResultsFilteredByACLs
-		}
 		if meta.LastIndex == index && index != 0 && wait != 0 {
 			continue // the wait timed out: nothing changed
 		}
+		if meta.QueryBackend == api.QueryBackendStreaming && wait != 0 {
+			reread, cue = true, meta.LastIndex // a cue: read it again without an index
+			continue
+		}
+		reread = false
 		if meta.LastIndex < index {
 			last = nil // the index went backwards: this answer is a full read
 		}
-		index = max(meta.LastIndex, 1) // never block on 0
+		// Never block on 0; and not below the cue, or a server behind the
+		// agent's view would make every long poll return at once.
+		index = max(meta.LastIndex, cue, 1)
 		entries = OnlyService(entries, name)
 		versions := versionsOf(entries)
-		why := s.doubt("health/service", streamingMeta(meta, filtered))
+		why := s.doubt("health/service", meta)
 		if lastSent && why == doubt && last != nil && sameVersions(last, versions) {
 			continue
 		}
@@ -391,47 +407,4 @@ func (s *Source) followerGone(name string) {
 	s.reach.Forget("health/service/" + name)
 	delete(s.failing, name)
 	s.m.setWatch("health/service", len(s.failing) == 0)
-}
-
-// streamingMeta is meta as DoubtOf should judge it. Consul's streaming
-// backend, which an agent uses for blocking queries of
-// /v1/health/service/<name> (X-Consul-Query-Backend: streaming), always
-// answers X-Consul-KnownLeader: false (seen on 1.20.1, for a server agent
-// with a leader too): the agent's view is fed by events from the servers
-// and knows nothing of their leader. Whether the servers have one is then
-// what the catalog watch says: its answers come from the blocking-query
-// backend, carry the header, and a doubted one holds every change.
-//
-// Streaming answers do not say whether ACLs filtered them either (the
-// servers drop the events the token cannot read): filtered is what the
-// follower's last answer of the blocking-query backend said.
-func streamingMeta(meta *api.QueryMeta, filtered bool) *api.QueryMeta {
-	if meta.QueryBackend != api.QueryBackendStreaming {
-		return meta
-	}
-	m := *meta
-	m.KnownLeader = true
-	m.ResultsFilteredByACLs = filtered
-	return &m
-}
-
-// defaultACLRecheck is how often a follower reads its service without an
-// index when consul.resync is 0.
-const defaultACLRecheck = 10 * time.Minute
-
-// aclRecheck is how often each follower reads its service once without
-// an index, from Consul's blocking-query backend, whose answer says
-// whether ACLs filtered it: consul.resync, which per_service uses for
-// nothing else.
-func (s *Source) aclRecheck() time.Duration {
-	if s.opt.Resync > 0 {
-		return s.opt.Resync
-	}
-	return defaultACLRecheck
-}
-
-// jitter is d plus up to a quarter more, so that thousands of followers
-// started together do not read again together.
-func jitter(d time.Duration) time.Duration {
-	return d + rand.N(d/4+1)
 }

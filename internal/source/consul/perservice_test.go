@@ -145,38 +145,6 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return sum
 }
 
-// Consul's streaming backend answers X-Consul-KnownLeader: false always,
-// and never says whether ACLs filtered it: a streaming answer is judged
-// without the leader header (the catalog watch carries it) and with the
-// ACL verdict of the follower's last blocking-query answer.
-func TestStreamingAnswersLeaveTheLeaderToTheCatalog(t *testing.T) {
-	cases := []struct {
-		name     string
-		meta     api.QueryMeta
-		filtered bool   // the last blocking-query answer's verdict
-		doubt    string // a part of DoubtOf's answer, "" for none
-	}{
-		{"streaming, no leader header", api.QueryMeta{QueryBackend: api.QueryBackendStreaming}, false, ""},
-		{"streaming after a filtered blocking-query answer", api.QueryMeta{QueryBackend: api.QueryBackendStreaming}, true, "filtered by ACLs"},
-		{"blocking query without a leader", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery}, false, "without a known leader"},
-		{"no backend header, no leader", api.QueryMeta{}, false, "without a known leader"},
-		{"blocking query filtered by ACLs", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery, KnownLeader: true, ResultsFilteredByACLs: true}, false, "filtered by ACLs"},
-		{"blocking query with a leader, an old verdict ignored", api.QueryMeta{QueryBackend: api.QueryBackendBlockingQuery, KnownLeader: true}, true, ""},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			in := tc.meta
-			got := DoubtOf(streamingMeta(&in, tc.filtered), false, "every service")
-			if (tc.doubt == "") != (got == "") || !strings.Contains(got, tc.doubt) {
-				t.Fatalf("doubt %q, want %q", got, tc.doubt)
-			}
-			if in != tc.meta {
-				t.Fatalf("streamingMeta changed its argument: %+v", in)
-			}
-		})
-	}
-}
-
 // per_service over https speaks HTTP/2 only; an endpoint that speaks
 // HTTP/1.1 over TLS (a proxy in front of the agent) is named as such,
 // not left to fail with framing errors.
@@ -201,9 +169,10 @@ func TestPerServiceRefusesAnHTTP1OnlyEndpoint(t *testing.T) {
 }
 
 // A token that cannot read one of a service's nodes gets answers without
-// that node's instances. The first read (Consul's blocking-query backend)
-// says so; the streaming answers after it do not, and must stay doubted
-// all the same, or nginx would lose the hidden instances.
+// that node's instances. Consul's blocking-query backend says so; its
+// streaming backend, which answers the long polls, does not: a change
+// that comes that way must still be doubted, or nginx would lose the
+// hidden instances.
 func TestPerServiceKeepsDoubtingAnACLFilteredService(t *testing.T) {
 	const root = "f0e1d2c3-0000-4000-8000-00000000beef"
 	c := testenv.StartConsulACL(t, root)

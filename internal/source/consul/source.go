@@ -18,10 +18,11 @@
 //
 // That is the default watch mode, WatchCatalog. WatchPerService
 // (perservice.go) keeps the catalog watch and replaces the checks watch
-// with one long poll per selected service: a change then costs one
-// service's answer instead of every check of the datacenter, for the
-// source and for Consul, at the price of a connection per poll over
-// HTTP/1.1 (over https, HTTP/2 carries them on a few).
+// with one long poll per selected service: a change then costs two small
+// answers of one service (the streaming cue and the read it prompts)
+// instead of every check of the datacenter, for the source and for
+// Consul, at the price of a connection per poll over HTTP/1.1 (over
+// https, HTTP/2 carries them on a few).
 package consul
 
 import (
