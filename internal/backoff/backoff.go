@@ -40,13 +40,19 @@ func (b *Backoff) Attempts() int { return b.attempt }
 
 // Sleep waits for d or until ctx ends, whichever comes first, and reports
 // ctx's error in the second case.
-func Sleep(ctx context.Context, d time.Duration) error {
+func Sleep(ctx context.Context, d time.Duration) error { return SleepOr(ctx, d, nil) }
+
+// SleepOr is Sleep that also ends, without an error, when wake is closed
+// (nil: never).
+func SleepOr(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-t.C:
+		return nil
+	case <-wake:
 		return nil
 	}
 }

@@ -94,3 +94,18 @@ func TestPollRetriesUntilSuccessOrContextEnd(t *testing.T) {
 		t.Fatalf("Poll tried %d times in 50ms at a 5ms period; want it to retry", tries)
 	}
 }
+
+// SleepOr ends when wake is closed, long before d, without an error; a
+// nil wake leaves it to d or ctx.
+func TestSleepOrWakes(t *testing.T) {
+	wake := make(chan struct{})
+	close(wake)
+	if err := SleepOr(context.Background(), time.Hour, wake); err != nil {
+		t.Fatalf("closed wake: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := SleepOr(ctx, time.Hour, nil); err != context.Canceled {
+		t.Fatalf("ended ctx, nil wake: %v, want context.Canceled", err)
+	}
+}

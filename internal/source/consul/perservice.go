@@ -135,11 +135,7 @@ func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) 
 		if !changed && st.sent {
 			continue
 		}
-		snap := st.snapshot()
-		select {
-		case out <- snap:
-			st.sent = true
-		case <-ctx.Done():
+		if !st.send(ctx, out) {
 			return
 		}
 	}
@@ -178,15 +174,7 @@ func (p *agentProbe) wait(ctx context.Context, c *Client, d time.Duration) error
 	}
 	back := p.back
 	p.mu.Unlock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-	case <-back:
-	}
-	return nil
+	return backoff.SleepOr(ctx, d, back)
 }
 
 // run asks the agent every agentProbeEvery until it answers, then closes

@@ -181,19 +181,8 @@ func TestPerServiceKeepsDoubtingAnACLFilteredService(t *testing.T) {
 		Service: &api.AgentService{ID: "web-2", Service: "web", Address: "10.9.0.1", Port: 8080}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{
-		Name:  "not-hidden",
-		Rules: `service_prefix "" { policy = "read" } node "sk-test" { policy = "read" }`,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := api.DefaultConfig()
-	cfg.Address, cfg.Token = c.HTTPAddr(), tok.SecretID
+	cfg.Address, cfg.Token = c.HTTPAddr(), scopedToken(t, c, "not-hidden", `service_prefix "" { policy = "read" } node "sk-test" { policy = "read" }`)
 	client, err := NewClient(cfg, WatchPerService)
 	if err != nil {
 		t.Fatal(err)

@@ -312,13 +312,22 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		if !changed && st.sent {
 			continue
 		}
-		snap := st.snapshot()
-		select {
-		case out <- snap:
-			st.sent = true
-		case <-ctx.Done():
+		if !st.send(ctx, out) {
 			return
 		}
+	}
+}
+
+// send hands out a snapshot of what the tracker knows; false when ctx
+// ended first.
+func (t *tracker) send(ctx context.Context, out chan<- engine.Snapshot) bool {
+	snap := t.snapshot()
+	select {
+	case out <- snap:
+		t.sent = true
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

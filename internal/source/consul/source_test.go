@@ -270,17 +270,7 @@ func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 	c := testenv.StartConsulACL(t, root)
 	c.Register(t, "web", "web-1", "10.1.0.1", 8080, nil, nil)
 	c.Register(t, "api", "api-1", "10.1.0.2", 8080, nil, nil)
-	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{
-		Name:  "web-only",
-		Rules: `service "web" { policy = "read" } node_prefix "" { policy = "read" }`,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	scoped := scopedToken(t, c, "web-only", `service "web" { policy = "read" } node_prefix "" { policy = "read" }`)
 	run := func(token string, opt Options, reg prometheus.Registerer) <-chan engine.Snapshot {
 		cfg := api.DefaultConfig()
 		cfg.Address, cfg.Token = c.HTTPAddr(), token
@@ -298,7 +288,7 @@ func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 	}
 
 	reg := prometheus.NewRegistry()
-	s := waitFor(t, run(tok.SecretID, Options{}, reg), "the scoped token's answer arrives", func(engine.Snapshot) bool { return true })
+	s := waitFor(t, run(scoped, Options{}, reg), "the scoped token's answer arrives", func(engine.Snapshot) bool { return true })
 	if !strings.Contains(s.Doubt, "filtered by ACLs") {
 		t.Fatalf("scoped token: doubt %q, want one naming the ACL filtering", s.Doubt)
 	}
@@ -309,7 +299,7 @@ func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 		t.Fatalf("doubted answers counted %v", n)
 	}
 
-	s = waitFor(t, run(tok.SecretID, Options{AllowACLFiltered: true}, nil), "web arrives", hasServers("web", "10.1.0.1:8080"))
+	s = waitFor(t, run(scoped, Options{AllowACLFiltered: true}, nil), "web arrives", hasServers("web", "10.1.0.1:8080"))
 	if s.Doubt != "" {
 		t.Fatalf("allow_acl_filtered: doubt %q", s.Doubt)
 	}
@@ -318,6 +308,21 @@ func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 	if s.Doubt != "" {
 		t.Fatalf("management token: doubt %q", s.Doubt)
 	}
+}
+
+// scopedToken makes a policy of rules, named name, and returns the secret
+// of a token that has only it (c runs with ACLs; its client is management).
+func scopedToken(t *testing.T, c *testenv.Consul, name, rules string) string {
+	t.Helper()
+	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok.SecretID
 }
 
 // testutilCounter sums a counter family from reg.
