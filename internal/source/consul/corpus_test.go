@@ -69,7 +69,7 @@ func TestSourceDropsAGeneratedHostileCorpus(t *testing.T) {
 	s := waitFor(t, snaps, "every accepted hostile instance is dropped", func(s engine.Snapshot) bool {
 		return len(s.Dropped) >= registered && hasServers("web", "127.0.0.1:9001")(s)
 	})
-	if n := testutilCounter(t, reg, "swallowkeeper_invalid_instances_dropped_total"); n < float64(registered) {
+	if n := metricValue(t, reg, "swallowkeeper_invalid_instances_dropped_total"); n < float64(registered) {
 		t.Errorf("swallowkeeper_invalid_instances_dropped_total is %v, want at least %d", n, registered)
 	}
 	if len(s.Upstreams) != 1 {

@@ -126,7 +126,8 @@ func TestPerServiceCostsWhatChanged(t *testing.T) {
 	})
 }
 
-// metricValue is the sum of a family's samples in reg.
+// metricValue is the sum of a family's samples in reg (counters and
+// gauges).
 func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()

@@ -295,7 +295,7 @@ func TestSourceDoubtsAnswersFilteredByACLs(t *testing.T) {
 	if _, ok := s.Upstreams["api"]; ok {
 		t.Fatalf("scoped token saw api: %v", s.Upstreams.Names())
 	}
-	if n := testutilCounter(t, reg, "swallowkeeper_consul_doubted_answers_total"); n < 1 {
+	if n := metricValue(t, reg, "swallowkeeper_consul_doubted_answers_total"); n < 1 {
 		t.Fatalf("doubted answers counted %v", n)
 	}
 
@@ -323,24 +323,6 @@ func scopedToken(t *testing.T, c *testenv.Consul, name, rules string) string {
 		t.Fatal(err)
 	}
 	return tok.SecretID
-}
-
-// testutilCounter sums a counter family from reg.
-func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }
 
 // A watch answer that does not decode moves the watch's index like any
