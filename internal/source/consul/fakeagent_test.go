@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -195,16 +196,30 @@ func TestFollowersShareTheAgentProbe(t *testing.T) {
 	p := &agentProbe{ctx: ctx}
 	const waiters = 100
 	start := time.Now()
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		returned []time.Time
+	)
 	for range waiters {
 		wg.Go(func() {
 			if err := p.wait(ctx, client, time.Minute); err != nil {
 				t.Error(err)
 			}
+			mu.Lock()
+			returned = append(returned, time.Now())
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	took := time.Since(start)
+	// Woken together, they go on spread over catchUpSpread, not at once:
+	// 100 draws over a second all falling within 100 ms has a chance of
+	// about 10^-99.
+	first, last := slices.MinFunc(returned, time.Time.Compare), slices.MaxFunc(returned, time.Time.Compare)
+	if spread := last.Sub(first); spread < catchUpSpread/10 || spread > catchUpSpread+time.Second {
+		t.Errorf("the waiters went on within %v of each other, want spread over about %v", spread, catchUpSpread)
+	}
 	if took > 30*time.Second {
 		t.Fatalf("waiters went on after %v: they waited out their backoff, not the agent", took)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -174,8 +175,22 @@ func (p *agentProbe) wait(ctx context.Context, c *Client, d time.Duration) error
 	}
 	back := p.back
 	p.mu.Unlock()
-	return backoff.SleepOr(ctx, d, back)
+	if err := backoff.SleepOr(ctx, d, back); err != nil {
+		return err
+	}
+	select {
+	case <-back:
+		// Woken with every other follower waiting: spread the reads that
+		// follow over catchUpSpread instead of sending them all at once.
+		return backoff.Sleep(ctx, rand.N(catchUpSpread))
+	default:
+		return nil
+	}
 }
+
+// catchUpSpread is how long the followers woken together by the agent's
+// answer take to read again, spread at random.
+const catchUpSpread = time.Second
 
 // run asks the agent every agentProbeEvery until it answers, then closes
 // back for every waiter.
