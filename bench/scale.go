@@ -305,7 +305,7 @@ func (r *runner) nginxMemory(ctx context.Context, st *Stack, sr *ScaleRun) error
 		if first != nil {
 			return fmt.Errorf("nginx updates: %w", first)
 		}
-		for k := range names {
+		for k := range min(n, names) { // the names the updates made: fewer when n < names
 			if err := do(http.MethodDelete, fmt.Sprintf("/upstream/bench-mem-%d", k), ""); err != nil {
 				return fmt.Errorf("nginx updates: %w", err)
 			}

@@ -233,26 +233,6 @@ func (s *Stack) consulConfig(hostport string) string {
 	return fmt.Sprintf("consul:\n  address: https://%s\n  watch: %s\n  tls:\n    ca_file: %s\n", hostport, s.opt.ConsulWatch, filepath.Join(s.Dir, "tls", "consul-agent-ca.pem"))
 }
 
-// makeConsulTLS makes a CA and a server certificate for 127.0.0.1 in
-// s.Dir/tls with the consul binary, and returns the agent configuration
-// that serves https on the stack's https port with them.
-func (s *Stack) makeConsulTLS() ([]string, error) {
-	dir := filepath.Join(s.Dir, "tls")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1", "-additional-ipaddress", "127.0.0.1"}} {
-		cmd := exec.Command(s.bin.Consul, args...)
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("consul %v: %w\n%s", args, err, out)
-		}
-	}
-	return []string{fmt.Sprintf("ports { https = %d }", s.ports["https"]),
-		fmt.Sprintf("tls { defaults { ca_file = %q cert_file = %q key_file = %q verify_incoming = false } }",
-			filepath.Join(dir, "consul-agent-ca.pem"), filepath.Join(dir, "dc1-server-consul-0.pem"), filepath.Join(dir, "dc1-server-consul-0-key.pem"))}, nil
-}
-
 // startDaemon writes cfg to the stack's directory and starts the daemon
 // on it.
 func (s *Stack) startDaemon(cfg string) error {
@@ -315,7 +295,7 @@ func (s *Stack) startConsul(ctx context.Context) error {
 	args := append([]string{"agent"}, mode...)
 	hcl := s.opt.ConsulHCL
 	if s.opt.consulTLS() {
-		more, err := s.makeConsulTLS()
+		more, _, err := loopback.ConsulTLS(s.bin.Consul, filepath.Join(s.Dir, "tls"), s.ports["https"])
 		if err != nil {
 			return err
 		}

@@ -2,7 +2,6 @@ package cli_test
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -19,25 +18,8 @@ func TestEndToEndPerServiceOverHTTPS(t *testing.T) {
 	c := testenv.StartConsulTLS(t)
 	ng := testenv.StartNginx(t, testenv.NginxOptions{})
 	file := filepath.Join(t.TempDir(), "upstreams.conf")
-	cfg := fmt.Sprintf(`consul:
-  address: https://%s
-  watch: per_service
-  wait_time: 30s
-  tls:
-    ca_file: %s
-file: %s
-targets:
-  - url: %s
-    timeout: 2s
-upstreams:
-  allow_addresses: [127.0.0.0/8]   # the test backends are on loopback
-metrics:
-  listen: ""
-`, c.HTTPSAddr(), c.CAFile, file, ng.APIURL())
-	path := filepath.Join(t.TempDir(), "swallowkeeper.yml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	path := writeConfigConsul(t, fmt.Sprintf("  address: https://%s\n  watch: per_service\n  wait_time: 30s\n  tls:\n    ca_file: %s\n",
+		c.HTTPSAddr(), c.CAFile), ng, file)
 	metricsAddr := testenv.Addr(testenv.FreePort(t))
 	b1, b2, b3 := startBackend(t, "web-1"), startBackend(t, "web-2"), startBackend(t, "web-3")
 	d := startDaemon(t, "-config", path, "-metrics-listen", metricsAddr)

@@ -141,10 +141,15 @@ func apiGet(t *testing.T, ng *testenv.Nginx, path string) string {
 
 func writeConfig(t testing.TB, c *testenv.Consul, ng *testenv.Nginx, file string) string {
 	t.Helper()
+	return writeConfigConsul(t, fmt.Sprintf("  address: %s\n  wait_time: 30s\n", c.HTTPAddr()), ng, file)
+}
+
+// writeConfigConsul is writeConfig with consul, the lines of the consul
+// block, written out.
+func writeConfigConsul(t testing.TB, consul string, ng *testenv.Nginx, file string) string {
+	t.Helper()
 	cfg := fmt.Sprintf(`consul:
-  address: %s
-  wait_time: 30s
-file: %s
+%sfile: %s
 targets:
   - url: %s
     timeout: 2s
@@ -155,7 +160,7 @@ upstreams:
   allow_addresses: [127.0.0.0/8]   # the test backends are on loopback
 metrics:
   listen: ""
-`, c.HTTPAddr(), file, ng.APIURL())
+`, consul, file, ng.APIURL())
 	path := filepath.Join(t.TempDir(), "swallowkeeper.yml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -41,3 +41,14 @@ func Into(r io.Reader, buf []byte) ([]byte, error) {
 		}
 	}
 }
+
+// Sized is Into for an answer that says its length (n, -1 when it does
+// not): a buffer too small for it is replaced by one of that size at once,
+// rather than grown through copies, unless n is above limit, which a
+// header alone must not make the caller allocate.
+func Sized(r io.Reader, n, limit int64, buf []byte) ([]byte, error) {
+	if n > int64(cap(buf)) && n <= limit {
+		buf = make([]byte, 0, n)
+	}
+	return Into(r, buf[:0])
+}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/loopback"
 )
 
 // ConsulVersion is the version scripts/build-consul.sh builds and caches.
@@ -69,21 +71,11 @@ func StartConsulTLS(t testing.TB) *Consul {
 	t.Helper()
 	c := newConsul(t)
 	c.ports["https"] = FreePort(t)
-	dir := filepath.Join(c.dataDir, "tls")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	hcl, ca, err := loopback.ConsulTLS(c.bin, filepath.Join(c.dataDir, "tls"), c.ports["https"])
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1", "-additional-ipaddress", "127.0.0.1"}} {
-		cmd := exec.Command(c.bin, args...)
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("consul %v: %v\n%s", args, err, out)
-		}
-	}
-	c.CAFile = filepath.Join(dir, "consul-agent-ca.pem")
-	c.hcl = append(c.hcl, fmt.Sprintf(`ports { https = %d }`, c.ports["https"]),
-		fmt.Sprintf(`tls { defaults { ca_file = %q cert_file = %q key_file = %q verify_incoming = false } }`,
-			c.CAFile, filepath.Join(dir, "dc1-server-consul-0.pem"), filepath.Join(dir, "dc1-server-consul-0-key.pem")))
+	c.CAFile, c.hcl = ca, append(c.hcl, hcl...)
 	return c.open(t, "")
 }
 

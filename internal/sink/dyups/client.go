@@ -214,10 +214,7 @@ func (c *Client) DetailBody(ctx context.Context, buf []byte) ([]byte, error) {
 		return buf[:0], fmt.Errorf("GET %s: %w", where, c.transportError(err))
 	}
 	defer resp.Body.Close()
-	if n := resp.ContentLength; n > int64(cap(buf)) && n <= maxDetail {
-		buf = make([]byte, 0, n)
-	}
-	body, err := readbuf.Into(io.LimitReader(resp.Body, maxDetail), buf[:0])
+	body, err := readbuf.Sized(io.LimitReader(resp.Body, maxDetail), resp.ContentLength, maxDetail, buf)
 	if err != nil {
 		return body[:0], fmt.Errorf("GET %s: read answer: %w", where, err)
 	}

@@ -180,10 +180,7 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 	if buffer != nil {
 		buf = buffer()
 	}
-	if n := resp.ContentLength; n > int64(cap(buf)) && n <= maxPresize {
-		buf = make([]byte, 0, n)
-	}
-	body, err := readbuf.Into(resp.Body, buf[:0])
+	body, err := readbuf.Sized(resp.Body, resp.ContentLength, maxPresize, buf)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read body: %w", err)
 	}

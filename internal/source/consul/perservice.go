@@ -70,13 +70,7 @@ type follower struct {
 // each holds. The first snapshot waits until every selected service has
 // answered once, so that a slow service is not taken for an empty one.
 func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) {
-	catalogC := make(chan catalogEvent, 1)
-	go watch(ctx, s, "catalog/services", catalogC, true, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
-		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
-		return catalogEvent{body: body}, meta, err
-	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
-		e.index, e.reset, e.doubt = idx, reset, doubt
-	})
+	catalogC := s.watchCatalog(ctx, true)
 	events := make(chan serviceEvent, 64)
 	f := &followers{src: s, st: newTracker(s), events: events, running: map[string]follower{}}
 	f.probe.ctx = ctx
@@ -113,13 +107,7 @@ func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) 
 		}
 		// A catalog answer that did not decode moved the watch's index: read
 		// it again, with backoff, until one does (see Run).
-		if st.rereadCatalog {
-			if rereadC == nil {
-				rereadC = time.After(reread.Next())
-			}
-		} else {
-			reread.Reset()
-		}
+		armReread(st.rereadCatalog, reread, &rereadC)
 		// While the catalog watch fails, nothing is trusted: the agent
 		// or the servers are in trouble, and a follower's answer may come
 		// from the agent's view of a server that lost touch.

@@ -287,13 +287,7 @@ func (s *Source) Run(ctx context.Context, out chan<- engine.Snapshot) {
 		// long time: read the endpoint again, with backoff, until it
 		// answers well. Until then the answer is doubted and nothing
 		// changes.
-		if st.rereadCatalog || st.rereadChecks {
-			if rereadC == nil {
-				rereadC = time.After(reread.Next())
-			}
-		} else {
-			reread.Reset()
-		}
+		armReread(st.rereadCatalog || st.rereadChecks, reread, &rereadC)
 		if !haveBoth() || retryC != nil {
 			continue
 		}
@@ -431,14 +425,8 @@ func (s *Source) waitForAgent(ctx context.Context, d time.Duration) error {
 // startWatches starts the two blocking queries, whose answers come on the
 // channels until ctx ends.
 func (s *Source) startWatches(ctx context.Context) (<-chan catalogEvent, <-chan checksEvent) {
-	catalogC := make(chan catalogEvent, 1)
+	catalogC := s.watchCatalog(ctx, false)
 	checksC := make(chan checksEvent, 1)
-	go watch(ctx, s, "catalog/services", catalogC, false, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
-		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
-		return catalogEvent{body: body}, meta, err
-	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
-		e.index, e.reset, e.doubt = idx, reset, doubt
-	})
 	go watch(ctx, s, "health/state/any", checksC, false, func(o *api.QueryOptions) (checksEvent, *api.QueryMeta, error) {
 		body, meta, err := s.readChecks(ctx, o)
 		return checksEvent{body: body}, meta, err
@@ -446,6 +434,31 @@ func (s *Source) startWatches(ctx context.Context) (<-chan catalogEvent, <-chan 
 		e.index, e.reset, e.doubt = idx, reset, doubt
 	})
 	return catalogC, checksC
+}
+
+// armReread sets *c to fire after the backoff's next delay when an
+// endpoint must be read again (need) and no re-read is due yet, and resets
+// the backoff when none must.
+func armReread(need bool, b *backoff.Backoff, c *<-chan time.Time) {
+	switch {
+	case !need:
+		b.Reset()
+	case *c == nil:
+		*c = time.After(b.Next())
+	}
+}
+
+// watchCatalog starts the catalog watch (/v1/catalog/services), whose
+// answers come on the channel until ctx ends; passRecovery: see watch.
+func (s *Source) watchCatalog(ctx context.Context, passRecovery bool) <-chan catalogEvent {
+	catalogC := make(chan catalogEvent, 1)
+	go watch(ctx, s, "catalog/services", catalogC, passRecovery, func(o *api.QueryOptions) (catalogEvent, *api.QueryMeta, error) {
+		body, meta, err := s.client.getRaw(ctx, "/v1/catalog/services", o, nil)
+		return catalogEvent{body: body}, meta, err
+	}, func(e *catalogEvent, idx uint64, reset bool, doubt string) {
+		e.index, e.reset, e.doubt = idx, reset, doubt
+	})
+	return catalogC
 }
 
 func newTracker(s *Source) *tracker {
