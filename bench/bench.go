@@ -84,6 +84,10 @@ func parseFlags(args []string, stderr io.Writer) (options, bool) {
 	o.p.ChurnSeconds = churn.Seconds()
 	o.p.Modes = splitList(modes)
 	o.p.Scenarios = splitList(scenarios)
+	if o.p.Store != "file" && o.p.Store != "directory" {
+		fmt.Fprintf(stderr, "swallowkeeper-bench: -store %q: want file or directory\n", o.p.Store)
+		return o, false
+	}
 	if bad := unknown(o.p.Modes, AllModes); bad != "" {
 		fmt.Fprintf(stderr, "swallowkeeper-bench: unknown mode %q (want %v)\n", bad, AllModes)
 		return o, false
@@ -128,6 +132,7 @@ func newFlagSet(stderr io.Writer, o *options, modes, scenarios *string, churn *t
 	fs.IntVar(&p.Services, "services", 1000, "scale: services, each with -instances instances (quick: 100)")
 	fs.IntVar(&p.Instances, "instances", 10, "scale: instances per service")
 	fs.StringVar(&p.ConsulWatch, "consul-watch", "catalog", "scale and fleet: the daemons' consul.watch, catalog or per_service (per_service talks https to Consul, so that HTTP/2 carries one long poll per service)")
+	fs.StringVar(&p.Store, "store", "file", "scale: how the daemon persists: file (one upstream file) or directory (file: DIR/*.conf, one file per upstream)")
 	fs.IntVar(&p.ScaleChanges, "scale-changes", 100, "scale: single-instance changes measured (quick: 20)")
 	fs.IntVar(&p.NginxUpdates, "nginx-updates", 100000, "scale: upstream updates POSTed to nginx's dyups API to watch its memory (quick: 5000)")
 	fs.DurationVar(churn, "churn", 20*time.Second, "churn: duration per run; 3 runs give 60s per mode (quick: 15s)")

@@ -377,7 +377,7 @@ func renderScale(w writer, r *Results) {
 	wst := r.Scale.Worst()
 	w("%d services × %d instances in Consul's catalog (spread over %d nodes) before the daemon starts. Consul runs here as a single production server (`-server -bootstrap-expect=1`, data on disk): `-dev` indents every JSON answer, which nearly doubles the bytes the daemon reads on each change at this size. Cold sync: from starting the daemon process to nginx's `/detail` listing every server. Connections to Consul: the daemon's established TCP connections to the agent's HTTP port (its socket inodes matched in `/proc/net/tcp`), sampled every 20 ms for the whole run, maximum. Idle CPU: `utime+stime` of `/proc/PID/stat` over 10 s without changes, from 6 s after the cold sync (so that the first drift check after the sync, which parses every upstream of `/detail` once, counts with the sync; later checks parse only what changed). RSS: `VmRSS` of `/proc/PID/status` after the changes (peak: `VmHWM`), split into `RssAnon` and `RssFile`; the Go heap figures are the daemon's `go_memstats_heap_alloc_bytes`, `go_memstats_heap_inuse_bytes` and `go_memstats_sys_bytes` at the same moment. Then %d single-instance changes (an 11th instance added to a service, then removed), each waited for in nginx's API: CPU per change is `utime+stime` over the changes, less the idle rate (the drift check reads `/detail` every 5 s; \"raw\" keeps it in), divided by the number of changes; pushes per change are the POST and DELETE requests counted by `swallowkeeper_dyups_requests_total`. utime and stime tick in 10 ms steps.\n\n",
 		wst.Services, wst.Instances, scaleNodes, runs[0].Changes)
-	w("%s\n\n", consulWatchNote(r.Params.ConsulWatch))
+	w("%s %s\n\n", consulWatchNote(r.Params.ConsulWatch), storeNote(r.Params.Store))
 	answer := "its size was not recorded"
 	if kb := slices.MaxFunc(runs, func(a, b ScaleRun) int { return cmp.Compare(a.ChecksAnswerKB, b.ChecksAnswerKB) }).ChecksAnswerKB; kb > 0 {
 		answer = fmt.Sprintf("%.1f MB", kb/1024)
@@ -487,4 +487,12 @@ func consulWatchNote(watch string) string {
 		return "The daemons ran with `consul.watch: per_service`: one long poll of `/v1/health/service/<name>` per service, over https to Consul's https port, where HTTP/2 carries them (up to 250 on each connection); connections are counted on that port. The checks answer is not read."
 	}
 	return "The daemons ran with `consul.watch: catalog` (the default): the catalog's service list and every check (`/v1/health/state/any`) in two long polls, so each change reads the whole checks answer."
+}
+
+// storeNote says how the daemon persisted in the scale scenario.
+func storeNote(store string) string {
+	if store == "directory" {
+		return "The daemon persisted into a directory, one file per upstream (`file: DIR/*.conf`): a change writes and fsyncs the files of the upstreams that changed, then fsyncs the directory once."
+	}
+	return "The daemon persisted into one file (`file: upstreams.conf`): every change writes and fsyncs the whole file."
 }

@@ -85,7 +85,10 @@ type Params struct {
 	// ConsulWatch is the daemons' consul.watch in the scale and fleet
 	// scenarios: catalog, or per_service (then over https, HTTP/2).
 	ConsulWatch string `json:"consul_watch,omitempty"`
-	SoakRate    int    `json:"soak_rate,omitempty"` // offered requests/s during the soak
+	// Store is how the daemon persists in the scale scenario: file, or
+	// directory (one file per upstream).
+	Store    string `json:"store,omitempty"`
+	SoakRate int    `json:"soak_rate,omitempty"` // offered requests/s during the soak
 }
 
 // Machine describes where the figures were taken.

@@ -32,7 +32,8 @@ func scaleService(i int) string { return fmt.Sprintf("svc-%04d", i) }
 // connections to Consul, its memory, and the CPU time and dyups pushes of
 // single-instance changes.
 func (r *runner) scale(ctx context.Context, run int) (err error) {
-	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256, ConsulServer: true, ConsulWatch: r.p.ConsulWatch})
+	st, err := NewStack(ctx, r.bin, ModeLua, StackOptions{MaxFails: 1, DictMB: 256, ConsulServer: true, ConsulWatch: r.p.ConsulWatch,
+		PerUpstreamFiles: r.p.Store == "directory"})
 	if err != nil {
 		return err
 	}

@@ -147,6 +147,9 @@ type StackOptions struct {
 	// also serves https (a CA and certificate made for the stack), and the
 	// daemon uses it: over HTTP/2 its long polls share a few connections.
 	ConsulWatch string
+	// PerUpstreamFiles: the daemon persists into a directory, one file per
+	// upstream (file: DIR/*.conf), which nginx includes or loads whole.
+	PerUpstreamFiles bool
 }
 
 // consulTLS: the daemons talk https to Consul.
@@ -269,6 +272,9 @@ func newStackDir(name string, b Binaries, mode string, opt StackOptions, more ..
 		return nil, err
 	}
 	s := &Stack{Mode: mode, Dir: dir, bin: b, opt: opt, File: filepath.Join(dir, "upstreams.conf"), ports: map[string]int{}}
+	if opt.PerUpstreamFiles {
+		s.File = filepath.Join(dir, "upstreams.d", "*.conf")
+	}
 	for i, name := range names {
 		s.ports[name] = p[i]
 	}
@@ -424,8 +430,13 @@ func nginxConfText(mode string) string {
 
 func (s *Stack) startNginx(ctx context.Context) error {
 	// nginx includes the file (reload modes) or loads it (Lua): it must
-	// exist, and starts empty.
-	if err := os.WriteFile(s.File, []byte("# Empty until the first sync.\n"), 0o644); err != nil {
+	// exist, and starts empty; a directory of upstream files starts with
+	// none.
+	if s.opt.PerUpstreamFiles {
+		if err := os.MkdirAll(filepath.Dir(s.File), 0o755); err != nil {
+			return err
+		}
+	} else if err := os.WriteFile(s.File, []byte("# Empty until the first sync.\n"), 0o644); err != nil {
 		return err
 	}
 	var err error
@@ -658,9 +669,30 @@ func (s *Stack) diagnose(b *Backend) string {
 	if len(checks) == 0 {
 		parts = append(parts, "consul lists no check of "+service)
 	}
-	file, err := os.ReadFile(s.File)
+	file, err := readPersisted(s.File)
 	listed := err == nil && strings.Contains(string(file), b.Addr())
 	parts = append(parts, fmt.Sprintf("%s lists it: %v", filepath.Base(s.File), listed))
 	parts = append(parts, "controller log: "+strings.TrimSpace(s.controller.tail()))
 	return strings.Join(parts, "; ")
+}
+
+// readPersisted reads the persisted file, or every file of a directory
+// store (DIR/*.conf) joined.
+func readPersisted(file string) ([]byte, error) {
+	if filepath.Base(file) != "*.conf" {
+		return os.ReadFile(file)
+	}
+	paths, err := filepath.Glob(file)
+	if err != nil {
+		return nil, err
+	}
+	var all []byte
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, b...)
+	}
+	return all, nil
 }

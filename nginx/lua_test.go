@@ -1017,6 +1017,61 @@ func TestRestartLoadsPersistedFile(t *testing.T) {
 	}
 }
 
+// TestStartLoadsPersistedDirectory: with the directory store (file:
+// DIR/*.conf) the module loads every upstream file the glob matches, as
+// the daemon's store wrote them, and skips the temp files a crash left; a
+// corrupt file loads nothing; a directory not there yet is an empty start.
+func TestStartLoadsPersistedDirectory(t *testing.T) {
+	t.Parallel()
+	a := startBackend(t, "a")
+	dir := filepath.Join(t.TempDir(), "upstreams.d")
+	files := map[string]string{
+		"web.conf":              "# Managed by swallowkeeper. Do not edit: changes are overwritten.\n\nupstream web {\n    server " + a.addr + " weight=1 max_fails=3 fail_timeout=10s;\n    keepalive 16;\n}\n",
+		"api.conf":              "# Managed by swallowkeeper. Do not edit: changes are overwritten.\n\nupstream Api {\n    server 10.0.0.1:9000 weight=5 max_fails=3 fail_timeout=10s;\n}\n",
+		".web.conf.tmp-crashed": "upstream web {\n    server 10.9.9.9:1",
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ngx := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: filepath.Join(dir, "*.conf")})
+	want := "Api\n" +
+		"server 10.0.0.1:9000 weight=5 max_conns=0 max_fails=3 fail_timeout=10 backup=0 down=0\n" +
+		"\n" +
+		"web\n" +
+		"server " + a.addr + " weight=1 max_conns=0 max_fails=3 fail_timeout=10 backup=0 down=0\n" +
+		"\n"
+	expect(t, "GET /detail at start", get(t, ngx, "/detail"), 200, want)
+	if got, _ := spread(t, ngx, "web", 5); got["a"] != 5 {
+		t.Errorf("routing from the directory: %v", got)
+	}
+	if log := ngx.ErrorLog(); !strings.Contains(log, "loaded 2 upstream(s) from "+filepath.Join(dir, "*.conf")) {
+		t.Errorf("error.log does not say what was loaded:\n%s", log)
+	}
+
+	// One corrupt file among them: nothing is loaded.
+	if err := os.WriteFile(filepath.Join(dir, "bad.conf"), []byte("upstream bad {\n    server 10.0.0.2:99999;\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ngx.Stop(t)
+	ngx.Start(t)
+	expect(t, "GET /list with a corrupt file", get(t, ngx, "/list"), 204, "")
+	if log := ngx.ErrorLog(); !strings.Contains(log, `upstream "bad": invalid port`) {
+		t.Errorf("error.log does not explain the corrupt file:\n%s", log)
+	}
+
+	// A directory not created yet: an empty start, no error.
+	empty := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: filepath.Join(t.TempDir(), "absent", "*.conf")})
+	expect(t, "GET /list of a missing directory", get(t, empty, "/list"), 204, "")
+	if log := empty.ErrorLog(); !strings.Contains(log, "does not exist yet, starting with no upstreams") {
+		t.Errorf("error.log of a missing directory:\n%s", log)
+	}
+}
+
 // TestCorruptPersistedFileLoadsNothing: one bad block and no upstream is
 // loaded (half a state would route the missing services nowhere).
 func TestCorruptPersistedFileLoadsNothing(t *testing.T) {

@@ -837,6 +837,12 @@ func (c *Config) validateUpstreams(bad badFunc) {
 func (c *Config) validateOutputs(bad badFunc) {
 	if c.File == "" {
 		bad("file", "the persisted upstream file is required")
+	} else if dir, base := filepath.Split(c.File); strings.ContainsAny(dir, "*?[\\") || base != "*.conf" && strings.ContainsAny(base, "*?[\\") {
+		bad("file", "%s: the only pattern taken is DIR/*.conf (one file per upstream in DIR, the glob nginx.conf includes); otherwise name one file", c.File)
+	} else if base == "*.conf" {
+		if fi, err := os.Stat(filepath.Dir(c.File)); err != nil || !fi.IsDir() {
+			bad("file", "directory %s does not exist: create it (install -d -o swallowkeeper %s), or name a file in an existing directory", filepath.Dir(c.File), filepath.Dir(c.File))
+		}
 	} else if fi, err := os.Stat(filepath.Dir(c.File)); err != nil || !fi.IsDir() {
 		bad("file", "directory of %s does not exist: create it (install -d -o swallowkeeper %s; the systemd unit's StateDirectory= does), or set file to a path in an existing directory", c.File, filepath.Dir(c.File))
 	}

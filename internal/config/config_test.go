@@ -339,3 +339,30 @@ func TestConfigTakesTargetURLsAndExplainsTokens(t *testing.T) {
 		t.Errorf("the error echoes the token: %v", err)
 	}
 }
+
+// file names one file, or DIR/*.conf for one file per upstream; no other
+// pattern, and the directory must exist.
+func TestFileTakesOneFileOrADirectoryGlob(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		file, want string // want "": valid
+	}{
+		{filepath.Join(dir, "upstreams.conf"), ""},
+		{filepath.Join(dir, "*.conf"), ""},
+		{filepath.Join(dir, "absent", "*.conf"), "directory " + filepath.Join(dir, "absent") + " does not exist"},
+		{filepath.Join(dir, "absent", "u.conf"), "directory of " + filepath.Join(dir, "absent", "u.conf") + " does not exist"},
+		{filepath.Join(dir, "*"), "the only pattern taken is DIR/*.conf"},
+		{filepath.Join(dir, "up?.conf"), "the only pattern taken is DIR/*.conf"},
+		{filepath.Join(dir, "*", "*.conf"), "the only pattern taken is DIR/*.conf"},
+	} {
+		c := Default()
+		c.File = tc.file
+		err := c.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("file %s: %v", tc.file, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("file %s: error %v, want %q", tc.file, err, tc.want)
+		}
+	}
+}

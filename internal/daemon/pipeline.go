@@ -57,7 +57,7 @@ type keyedTarget struct {
 // anything is pushed: by the verify command, then in reload mode by
 // reload.test (nginx -t), which the store runs as it writes the file; the
 // reload sink only reloads.
-func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Registerer, sinks []engine.Sink) (*store.File, []engine.Sink, error) {
+func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Registerer, sinks []engine.Sink) (store.Persisted, []engine.Sink, error) {
 	var verify store.Verifiers
 	for _, argv := range VerifyCommands(cfg) {
 		verify = append(verify, store.Command{Argv: argv})
@@ -69,9 +69,9 @@ func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Register
 		}
 		sinks = append(sinks, rs)
 	}
-	file := store.New(cfg.File)
+	file := store.Open(cfg.File)
 	if len(verify) > 0 {
-		file.Verifier = verify
+		file.SetVerifier(verify)
 	}
 	return file, sinks, nil
 }

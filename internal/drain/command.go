@@ -80,7 +80,7 @@ func Command(undrain bool, args []string, stdout, stderr io.Writer, defaultConfi
 	if undrain {
 		msg, err = Undrain(marks, ups, addr)
 	} else {
-		msg, err = Drain(marks, store.New(upstreamFile), ups, addr, force, time.Now())
+		msg, err = Drain(marks, store.Open(upstreamFile), ups, addr, force, time.Now())
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", name, err)
@@ -198,8 +198,8 @@ func inState(st upstream.State, name string, addr netip.AddrPort) bool {
 }
 
 func persistedPath(s engine.Store) string {
-	if f, ok := s.(*store.File); ok {
-		return f.Path
+	if f, ok := s.(store.Persisted); ok {
+		return f.Where()
 	}
 	return "the persisted file"
 }

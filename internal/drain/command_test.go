@@ -119,6 +119,11 @@ func TestPathForIsHiddenNextToTheFile(t *testing.T) {
 	if got := drain.PathFor("/var/lib/swallowkeeper/upstreams.conf"); got != "/var/lib/swallowkeeper/.upstreams.conf.drains.json" {
 		t.Fatalf("PathFor = %s", got)
 	}
+	// A directory store's marks sit next to the directory, outside the
+	// glob nginx includes.
+	if got := drain.PathFor("/var/lib/swallowkeeper/upstreams.d/*.conf"); got != "/var/lib/swallowkeeper/.upstreams.d.drains.json" {
+		t.Fatalf("PathFor of a directory store = %s", got)
+	}
 }
 
 // TestLockFileServesEveryDrainingUser: the lock is taken on a read-only

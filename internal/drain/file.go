@@ -28,8 +28,13 @@ import (
 )
 
 // PathFor is the marks file kept next to the persisted upstream file: a
-// hidden name, so that no `include` glob of nginx's can pick it up.
+// hidden name, so that no `include` glob of nginx's can pick it up. For a
+// directory of upstream files (DIR/*.conf) it sits next to the directory,
+// outside what nginx includes.
 func PathFor(upstreamFile string) string {
+	if store.IsDirGlob(upstreamFile) {
+		upstreamFile = filepath.Dir(upstreamFile)
+	}
 	return filepath.Join(filepath.Dir(upstreamFile), "."+filepath.Base(upstreamFile)+".drains.json")
 }
 

@@ -45,6 +45,14 @@ type Store interface {
 	Save(upstream.State) error
 }
 
+// DeltaSaver is a Store that saves a state faster when told how it
+// differs from prev, the state of its last successful Save (or Load): c
+// is the Diff of prev and s. A store that finds prev is not what it
+// saved last saves s as Save does.
+type DeltaSaver interface {
+	SaveDelta(prev, s upstream.State, c upstream.Changes) error
+}
+
 // ErrVerifyFailed is wrapped by a Store's Save error when the file was
 // written but its verify command (nginx -t) refused it, and the previous
 // file was put back.
@@ -90,6 +98,18 @@ type Engine struct {
 	// (see Resume).
 	planCause string
 	drifts    chan driftNote // repairs the sinks report, for Run's goroutine
+
+	// FullPlanEvery is how often at least a plan compares every upstream
+	// rather than the ones the snapshots touched; 0 is
+	// DefaultFullPlanEvery. Set it before Run.
+	FullPlanEvery time.Duration
+}
+
+func (e *Engine) fullPlanEvery() time.Duration {
+	if e.FullPlanEvery > 0 {
+		return e.FullPlanEvery
+	}
+	return DefaultFullPlanEvery
 }
 
 // DriftReporter is implemented by a sink that repairs drift (a dyups
@@ -342,7 +362,24 @@ type loop struct {
 	// the base of the state being applied.
 	base, planned upstream.State
 	dm            drainMarks
+
+	// What the snapshots touched since the last plan (Snapshot.Touched),
+	// relative to since, the source's map that plan took; known is false
+	// when a snapshot since said nothing, or before the first plan.
+	// touched is what the plan in progress says changed (nil: unknown);
+	// lastFull is when a plan last looked at every upstream.
+	since    upstream.State
+	pending  []string
+	known    bool
+	touched  []string
+	lastFull time.Time
 }
+
+// DefaultFullPlanEvery bounds how long plans go on trusting the sources'
+// Touched: at least this often a plan compares every upstream, also with
+// no new snapshot, a safety net for a source that would leave a change
+// out (Engine.FullPlanEvery).
+const DefaultFullPlanEvery = time.Minute
 
 func (l *loop) publish() {
 	l.e.publish(l.prev, l.holds, l.latest, l.snapshots, l.lastApply, l.persistErr)
@@ -350,6 +387,8 @@ func (l *loop) publish() {
 
 // follow takes in snapshots and timers until ctx ends.
 func (l *loop) follow(ctx context.Context, in <-chan tagged, drainC <-chan struct{}) {
+	compare := time.NewTicker(l.e.fullPlanEvery())
+	defer compare.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -357,6 +396,14 @@ func (l *loop) follow(ctx context.Context, in <-chan tagged, drainC <-chan struc
 				l.settle.Stop()
 			}
 			return
+		case <-compare.C:
+			// Plans have trusted the snapshots' Touched since the last
+			// full one: compare every upstream now, even with no new
+			// snapshot. Nothing is written or pushed when all is well.
+			if l.known && l.settleC == nil && !slices.Contains(l.latest, nil) && time.Since(l.lastFull) >= l.e.fullPlanEvery() {
+				l.known, l.cause = false, history.CauseCompare
+				l.apply()
+			}
 		case t := <-in:
 			l.take(t)
 		case <-l.settleC:
@@ -390,6 +437,11 @@ func (l *loop) take(t tagged) {
 	l.latest[t.source] = &snap
 	l.seen = time.Now()
 	l.snapshots++
+	if snap.Touched == nil || len(l.latest) != 1 || len(l.pending)+len(snap.Touched) > len(snap.Upstreams) {
+		l.known, l.pending = false, l.pending[:0]
+	} else if l.known {
+		l.pending = append(l.pending, snap.Touched...)
+	}
 	if slices.Contains(l.latest, nil) {
 		l.publish() // apply nothing until every source has answered once
 		return
@@ -426,7 +478,7 @@ func (l *loop) apply() {
 		l.e.cause = history.CauseStart
 	}
 	next := l.prev
-	l.planned = l.base
+	l.planned, l.touched = l.base, nil
 	if !slices.Contains(l.latest, nil) {
 		if l.e.planCause != "" {
 			l.e.cause, l.e.planCause = l.e.planCause, ""
@@ -436,10 +488,20 @@ func (l *loop) apply() {
 		next = l.drainsOnly()
 	}
 	// One pass over every upstream finds both whether anything changed
-	// and what, for the log.
-	diff := upstream.Diff(l.prev, next)
+	// and what, for the log; over the touched ones only when the plan
+	// tells them and nothing else moved (no drain laid over either).
+	// touched, when known, names every upstream in which next may differ
+	// from l.prev in any field (its service too, which Diff ignores).
+	var diff upstream.Changes
+	var touched []string
+	if l.touched != nil && sameMap(l.prev, l.base) && sameMap(next, l.planned) {
+		touched = l.touched
+		diff = upstream.DiffNames(l.prev, next, touched)
+	} else {
+		diff = upstream.Diff(l.prev, next)
+	}
 	changed := !diff.Empty()
-	l.e.tellPlanned(next)
+	l.e.tellPlanned(next, l.prev, touched)
 	if !changed && l.delivered {
 		l.base = l.planned
 		l.persisted(nil) // nothing (any more) to persist: a pending retry has no work
@@ -448,7 +510,9 @@ func (l *loop) apply() {
 	// Persist first: nothing reaches nginx that the file would not bring
 	// back after a restart.
 	var err error
-	if changed {
+	if ds, ok := l.e.store.(DeltaSaver); changed && ok {
+		err = ds.SaveDelta(l.prev, next, diff)
+	} else if changed {
 		err = l.e.store.Save(next)
 	} else if c, ok := l.e.store.(Checker); ok {
 		err = c.Check()
@@ -464,15 +528,28 @@ func (l *loop) apply() {
 		l.e.m.lastApply.SetToCurrentTime()
 		l.lastApply = time.Now()
 	}
-	l.e.push(next, l.seen)
+	l.e.push(next, l.prev, touched, l.seen)
 	l.prev, l.delivered, l.base = next, true, l.planned
 }
 
 // plan runs Plan over the newest snapshots and arms the timer that
 // confirms a held drop.
 func (l *loop) plan() upstream.State {
-	next, holds, at := l.planner.Plan(l.base, deref(l.latest), l.e.guards, time.Now())
-	l.planned = next
+	d := Delta{}
+	if l.known && time.Since(l.lastFull) < l.e.fullPlanEvery() {
+		d = Delta{Since: l.since, Touched: l.pending}
+	}
+	next, holds, at, touched := l.planner.PlanDelta(l.base, deref(l.latest), l.e.guards, time.Now(), d)
+	if touched == nil {
+		l.lastFull = time.Now()
+		l.e.m.plans.WithLabelValues("full").Inc()
+	} else {
+		l.e.m.plans.WithLabelValues("delta").Inc()
+	}
+	l.planned, l.touched = next, touched
+	if len(l.latest) == 1 {
+		l.since, l.pending, l.known = l.latest[0].Upstreams, l.pending[:0], true
+	}
 	next, holds = l.overlay(next, holds)
 	if l.recheck != nil {
 		l.recheck.Stop()
@@ -657,6 +734,7 @@ type metrics struct {
 	applies, storeErrors        prometheus.Counter
 	verifyFailures              prometheus.Counter
 	holdsStarted                *prometheus.CounterVec
+	plans                       *prometheus.CounterVec
 	upstreams, holds, lastApply prometheus.Gauge
 	propagation                 prometheus.Histogram
 }
@@ -671,6 +749,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			"Written upstream files the verify command refused; the previous file was put back and nothing pushed (also counted in swallowkeeper_engine_persist_errors_total)."),
 		holdsStarted: metric.CounterVec("swallowkeeper_guard_holds_total",
 			"Times a guard started holding back part of the registry's answer, by guard.", "guard"),
+		plans: metric.CounterVec("swallowkeeper_engine_plans_total",
+			"Plans of the next state, by kind: delta (only the upstreams the source's snapshots touched were looked at) or full (every upstream).", "kind"),
 		upstreams: metric.Gauge("swallowkeeper_upstreams",
 			"Upstreams in the applied state."),
 		holds: metric.Gauge("swallowkeeper_guard_holds_active",
@@ -689,6 +769,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.storeErrors = reuse(reg, m.storeErrors)
 		m.verifyFailures = reuse(reg, m.verifyFailures)
 		m.holdsStarted = reuse(reg, m.holdsStarted)
+		m.plans = reuse(reg, m.plans)
 		m.upstreams = reuse(reg, m.upstreams)
 		m.holds = reuse(reg, m.holds)
 		m.lastApply = reuse(reg, m.lastApply)

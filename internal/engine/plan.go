@@ -31,6 +31,12 @@ type Snapshot struct {
 	// (Consul without a known leader, results filtered by ACLs): the engine
 	// changes nothing while any source doubts, and shows the reason.
 	Doubt string
+	// Touched, when not nil, names every upstream whose entry may differ
+	// from the same source's previous snapshot (present in either): any
+	// other name maps to the very same Upstream, server list and all, in
+	// both. It lets a change cost what changed; nil says nothing, and the
+	// engine compares every upstream. A source's first snapshot has none.
+	Touched []string
 }
 
 // Guards are the safety rules that keep a bogus registry answer from
@@ -137,6 +143,8 @@ type Planner struct {
 	// distinct: the names of the last merged state, which had no two that
 	// differ only in case.
 	distinct map[string]struct{}
+	// fast: what the last plan left for PlanDelta, when it was clean.
+	fast *fastMemory
 }
 
 type validUpstream struct {

@@ -31,11 +31,20 @@ type Sink interface {
 
 // Change is a desired state handed to the sinks.
 type Change struct {
+	// State is never changed in place once handed over, nor are its
+	// server lists: a sink may tell it from the last one by identity.
 	State upstream.State
 	// Prior is what the data plane may hold already without this sink
 	// having sent it (the persisted state, in a one-shot run): a sink that
 	// deletes the upstreams no longer wanted deletes these names too.
 	Prior upstream.State
+	// From and Touched, when Touched is not nil, say how State differs
+	// from the state handed over before it: in the Touched names only, in
+	// any field (the service too). A sink whose data plane holds From
+	// exactly can bring it to State by looking at those alone; any other
+	// sink compares every upstream.
+	From    upstream.State
+	Touched []string
 	// Done reports on the change: nil once the data plane holds State, an
 	// error when an attempt to bring it there failed (a sink that retries
 	// may report again, and nil once it succeeds). It is not called for a
@@ -141,7 +150,7 @@ func (e *Engine) runSinks(ctx context.Context) (wait func()) {
 
 // push hands the state to every sink, and observes the propagation time
 // (registry change seen → every sink acknowledged) when the last one acks.
-func (e *Engine) push(s upstream.State, seen time.Time) {
+func (e *Engine) push(s, from upstream.State, touched []string, seen time.Time) {
 	remaining := atomic.Int64{}
 	remaining.Store(int64(len(e.sinks)))
 	done := func() {
@@ -151,7 +160,7 @@ func (e *Engine) push(s upstream.State, seen time.Time) {
 	}
 	for _, sink := range e.sinks {
 		var once sync.Once
-		sink.Update(Change{State: s, Done: func(err error) {
+		sink.Update(Change{State: s, From: from, Touched: touched, Done: func(err error) {
 			if err == nil {
 				once.Do(done)
 			}
@@ -168,9 +177,21 @@ type PlanObserver interface {
 }
 
 // tellPlanned passes a planned state to the sinks that watch plans.
-func (e *Engine) tellPlanned(s upstream.State) {
+// DeltaPlanObserver is a PlanObserver that can be told how a planned
+// state differs from the one planned before: from, in the touched names
+// only. It must compare every upstream when from is not the state it was
+// told last.
+type DeltaPlanObserver interface {
+	PlannedFrom(s, from upstream.State, touched []string)
+}
+
+// tellPlanned tells the observers of s, which differs from from in the
+// touched names only (nil: not known).
+func (e *Engine) tellPlanned(s, from upstream.State, touched []string) {
 	for _, sink := range e.sinks {
-		if o, ok := sink.(PlanObserver); ok {
+		if d, ok := sink.(DeltaPlanObserver); ok && touched != nil {
+			d.PlannedFrom(s, from, touched)
+		} else if o, ok := sink.(PlanObserver); ok {
 			o.Planned(s)
 		}
 	}

@@ -11,7 +11,7 @@
 // "FIGURE ", so that CI logs carry the numbers.
 //
 // Environment: SK_OUTAGE shortens the Consul outage (default 60s) and
-// SK_KILLS sets the number of SIGKILL iterations (default 50) for local
+// SK_KILLS sets the number of SIGKILL iterations (default 40 per layout) for local
 // runs; CONSUL_BIN and SWALLOWKEEPER_NGINX pick the binaries as everywhere
 // else in the tests. The package has no code of its own: everything is in
 // its _test.go files.

@@ -31,12 +31,28 @@ import (
 // what the renderer writes), nginx -t accepts a configuration that
 // includes the whole directory, no leftover is something nginx would
 // include, and the next daemon starts from the file.
+//
+// The directory store (file: DIR/*.conf) goes through the same: after
+// every kill each file is a complete version of its upstream, and the
+// files together hold every upstream.
 func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
+	t.Run("one file", func(t *testing.T) { testSurvivesSIGKILL(t, false) })
+	t.Run("directory", func(t *testing.T) { testSurvivesSIGKILL(t, true) })
+}
+
+func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 	const services, instances = 20, 8
-	iterations := envInt(t, "SK_KILLS", 50)
+	iterations := envInt(t, "SK_KILLS", 40)
 	c := testenv.StartConsul(t)
 	dir := t.TempDir()
-	file := filepath.Join(dir, "upstreams.conf")
+	file, own := filepath.Join(dir, "upstreams.conf"), "upstreams.conf"
+	if perUpstream {
+		dir = filepath.Join(dir, "upstreams.d")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		file, own = filepath.Join(dir, "*.conf"), ""
+	}
 	ng := testenv.StartNginx(t, testenv.NginxOptions{PersistedFile: file})
 	metrics := testenv.Addr(testenv.FreePort(t))
 	cfg := writeConfig(t, daemonConfig{Consul: c.HTTPAddr(), File: file, Target: ng.APIURL(), Metrics: metrics})
@@ -76,22 +92,31 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 	defer func() { cancel(); churn.Wait() }()
 
 	// complete checks one version of the file: it must be exactly what the
-	// renderer writes for a full state.
+	// renderer writes for a full state. In a directory each file must be
+	// exactly what the renderer writes for its upstream alone.
 	complete := func(when string) {
 		t.Helper()
-		data, err := os.ReadFile(file)
+		data, err := readPersisted(dir, own)
 		if err != nil {
 			t.Fatalf("%s: %v", when, err)
 		}
-		if !bytes.HasPrefix(data, []byte(upstream.FileHeader)) {
+		if !perUpstream && !bytes.HasPrefix(data, []byte(upstream.FileHeader)) {
 			t.Fatalf("%s: the file lacks its header:\n%s", when, data)
 		}
 		st, err := upstream.ParseFile(data)
 		if err != nil {
 			t.Fatalf("%s: the file does not parse: %v\n%s", when, err, data)
 		}
-		if !bytes.Equal(upstream.RenderFile(st), data) {
+		if !perUpstream && !bytes.Equal(upstream.RenderFile(st), data) {
 			t.Fatalf("%s: the file is not a complete rendering:\n%s", when, data)
+		}
+		if perUpstream {
+			for name, u := range st {
+				one := filepath.Join(dir, upstream.FoldKey(name)+".conf")
+				if got := must(os.ReadFile(one)); !bytes.Equal(got, upstream.RenderFile(upstream.State{name: u})) {
+					t.Fatalf("%s: %s is not a complete rendering of upstream %s:\n%s", when, one, name, got)
+				}
+			}
 		}
 		if n := bytes.Count(data, []byte("{")); n != services || bytes.Count(data, []byte("}")) != n {
 			t.Fatalf("%s: %d blocks opened, %d closed, want %d", when, n, bytes.Count(data, []byte("}")), services)
@@ -115,7 +140,7 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 		}
 		out := map[string]bool{}
 		for _, e := range entries {
-			if e.Name() == "upstreams.conf" {
+			if e.Name() == own || own == "" && !strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".conf") {
 				continue
 			}
 			if ok, _ := filepath.Match("*.conf", e.Name()); ok || !strings.HasPrefix(e.Name(), ".") {
@@ -138,7 +163,7 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 	// the file under this churn.
 	d := startDaemon(t, cfg, metrics)
 	if _, ok := waitFor(ctx, 30*time.Second, func() bool {
-		st, err := upstream.ParseFile(must(os.ReadFile(file)))
+		st, err := upstream.ParseFile(must(readPersisted(dir, own)))
 		return err == nil && len(st) == services && st.ServerCount() == services*instances
 	}); !ok {
 		t.Fatalf("the daemon never wrote the full state; log:\n%s", d.log.String())
@@ -154,7 +179,11 @@ func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
 	// A temp file as a crash mid-write leaves it: the first kill below
 	// waits for a write in progress with this leftover present, and the
 	// next daemon must remove it.
-	if err := os.WriteFile(filepath.Join(dir, ".upstreams.conf.tmp-left-by-a-crash"), []byte("upstream svc-00 {\n"), 0o644); err != nil {
+	leftover := ".upstreams.conf.tmp-left-by-a-crash"
+	if perUpstream {
+		leftover = ".svc-00.conf.tmp-left-by-a-crash"
+	}
+	if err := os.WriteFile(filepath.Join(dir, leftover), []byte("upstream svc-00 {\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -230,7 +259,7 @@ func waitForNewTemp(dir string, before map[string]bool, timeout time.Duration) b
 	for time.Now().Before(deadline) {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".upstreams.conf.tmp-") && !before[e.Name()] {
+			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".conf.tmp-") && !before[e.Name()] {
 				return true
 			}
 		}
@@ -288,3 +317,25 @@ func waitLogLine(t *testing.T, d *daemon, substr string) {
 }
 
 func must(b []byte, _ error) []byte { return b }
+
+// readPersisted reads the persisted file own in dir, or with own "" every
+// file of the directory store in dir (its *.conf, no dotfile), joined in
+// name order as nginx's include reads them.
+func readPersisted(dir, own string) ([]byte, error) {
+	if own != "" {
+		return os.ReadFile(filepath.Join(dir, own))
+	}
+	paths, err := filepath.Glob(filepath.Join(dir, "*.conf"))
+	if err != nil {
+		return nil, err
+	}
+	var all []byte
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, data...)
+	}
+	return all, nil
+}

@@ -18,6 +18,7 @@ const (
 	CauseRetry    = "persist retry" // a failed write tried again
 	CauseConfirm  = "guard confirm" // a held drop confirmed by a later read
 	CauseDrift    = "drift"         // nginx differed from the applied state
+	CauseCompare  = "full compare"  // the periodic plan over every upstream found what a change's delta left out
 )
 
 // Event is one applied change.

@@ -290,11 +290,33 @@ func trimOutput(out []byte) string {
 // moment, sees either the old or the new complete file: a temp file in the
 // same directory is written, fsynced and closed, renamed over path, and the
 // directory is fsynced so the rename itself survives a power cut.
-func WriteAtomic(path string, data []byte, mode fs.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+func WriteAtomic(path string, data []byte, mode fs.FileMode) error {
+	if err := writeReplace(path, data, mode); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// writeReplace is WriteAtomic without the directory's fsync, for a caller
+// that replaces several files and fsyncs their directory once.
+func writeReplace(path string, data []byte, mode fs.FileMode) error {
+	tmp, err := writeTemp(path, data, mode, true)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return err
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	return nil
+}
+
+// writeTemp writes data to a new temp file next to path, fsynced when
+// sync is set, closed, and returns its name; the caller renames it.
+func writeTemp(path string, data []byte, mode fs.FileMode, sync bool) (name string, err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	defer func() {
 		if err != nil {
@@ -303,21 +325,20 @@ func WriteAtomic(path string, data []byte, mode fs.FileMode) (err error) {
 		}
 	}()
 	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+		return "", fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
 	if err = tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
+		return "", fmt.Errorf("chmod %s: %w", tmp.Name(), err)
 	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+	if sync {
+		if err = tmp.Sync(); err != nil {
+			return "", fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+		}
 	}
 	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+		return "", fmt.Errorf("close %s: %w", tmp.Name(), err)
 	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
-	}
-	return syncDir(dir)
+	return tmp.Name(), nil
 }
 
 // syncDir fsyncs a directory, so that a rename or removal in it survives

@@ -35,6 +35,26 @@ func Diff(old, next State) Changes {
 	return c
 }
 
+// DiffNames is Diff for old and next that differ in no name outside
+// names: it looks only at those, so that a change costs what changed.
+func DiffNames(old, next State, names []string) Changes {
+	var c Changes
+	for _, name := range names {
+		u, inNext := next[name]
+		o, inOld := old[name]
+		switch {
+		case inNext && (!inOld || !o.Equal(u)):
+			c.Set = append(c.Set, name)
+		case inOld && !inNext:
+			c.Removed = append(c.Removed, name)
+		}
+	}
+	slices.Sort(c.Set)
+	slices.Sort(c.Removed)
+	c.Set, c.Removed = slices.Compact(c.Set), slices.Compact(c.Removed)
+	return c
+}
+
 // ServerDelta lists the servers only in next (added) and only in old
 // (removed), by address; a server whose parameters changed is in both.
 // It drives the "+ web 10.0.0.3:8080" log lines.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,8 +43,13 @@ type Target struct {
 	status Status
 
 	// Owned by the Run goroutine (or the caller of Sync).
-	acked       upstream.State                          // what the target acknowledged, per upstream
-	owned       map[string]bool                         // names the target may hold because we put them there
+	acked upstream.State  // what the target acknowledged, per upstream
+	owned map[string]bool // names the target may hold because we put them there
+	// synced is the state of the last Sync that ended without an error,
+	// while acked and owned still say exactly that it is what the target
+	// holds: a change from it (Change.From) then syncs from its Touched
+	// names alone. nil: unknown.
+	synced      upstream.State
 	onDrift     func(target string, upstreams []string) // set before Run; the engine's history
 	details     detailMemory                            // /detail sections that showed their desired upstream
 	detailBuf   []byte                                  // the last /detail answer's buffer, for the next read
@@ -273,6 +279,7 @@ func (t *Target) take() (engine.Change, bool) {
 func (t *Target) Own(s upstream.State) {
 	for name := range s {
 		t.owned[name] = true
+		t.synced = nil
 	}
 }
 
@@ -331,7 +338,12 @@ func (t *Target) Run(stop, work context.Context) {
 			}
 			current = c.State
 			t.Own(c.Prior)
-			if err = t.Sync(ctx, c.State); err == nil {
+			if c.Touched != nil && t.synced != nil && sameMap(c.From, t.synced) {
+				err = t.sync(ctx, c.State, c.Touched)
+			} else {
+				err = t.Sync(ctx, c.State)
+			}
+			if err == nil {
 				c.Ack()
 			} else if !errors.Is(err, errSuperseded) && ctx.Err() == nil {
 				c.Fail(err)
@@ -365,7 +377,7 @@ func (t *Target) repush(ctx context.Context, desired upstream.State, reason stri
 	t.status.WorkerRepushes++
 	t.smu.Unlock()
 	t.log.Info("pushing every upstream again", "reason", reason, "upstreams", len(desired))
-	t.acked = upstream.State{}
+	t.acked, t.synced = upstream.State{}, nil
 	defer t.repushed()
 	return t.Sync(ctx, desired)
 }
@@ -418,6 +430,7 @@ func (t *Target) Reconcile(ctx context.Context, desired upstream.State) error {
 		t.m.drift.WithLabelValues(t.url).Inc()
 		t.log.Warn("drift: nginx does not hold what it should; repairing", "upstream", name)
 		delete(t.acked, name)
+		t.synced = nil
 	}
 	if len(names) > 0 && t.onDrift != nil {
 		t.onDrift(t.url, names)
@@ -441,27 +454,65 @@ var errSuperseded = errors.New("superseded by a newer state")
 // logged with the body and the rest goes on; the error returned joins every
 // failure.
 func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
+	return t.sync(ctx, desired, nil)
+}
+
+// sameMap reports whether a and b are the same map (not merely equal).
+func sameMap(a, b upstream.State) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+}
+
+// sync is Sync; only, when not nil, names every upstream in which desired
+// differs from t.synced, and sync looks at no other.
+func (t *Target) sync(ctx context.Context, desired upstream.State, only []string) (err error) {
 	defer func() { t.record(err, 0) }()
+	t.synced = nil
+	defer func() {
+		if err == nil {
+			t.synced = desired
+		}
+	}()
 	// Only what differs is sorted (for a stable order of requests and
 	// logs): at thousands of upstreams, sorting every name on each change
 	// cost more than finding the few that changed. One pass over desired
 	// finds them and owns the new names; a name owned already is only
 	// read, not written again.
 	var post, del []string
-	for name, u := range desired {
-		if !t.owned[name] {
-			t.owned[name] = true
+	if only == nil {
+		for name, u := range desired {
+			if !t.owned[name] {
+				t.owned[name] = true
+			}
+			if old, ok := t.acked[name]; !ok || !old.Equal(u) {
+				post = append(post, name)
+			}
 		}
-		if old, ok := t.acked[name]; !ok || !old.Equal(u) {
-			post = append(post, name)
+		for name := range t.owned {
+			if _, ok := desired[name]; !ok {
+				del = append(del, name)
+			}
 		}
+		del = t.dropRenamed(desired, del)
+	} else {
+		// From the state synced last: only these names can differ, and
+		// only one of them can be the new case of a name that goes.
+		came := upstream.State{}
+		for _, name := range only {
+			u, ok := desired[name]
+			switch {
+			case ok:
+				t.owned[name] = true
+				came[name] = u
+				if old, ok := t.acked[name]; !ok || !old.Equal(u) {
+					post = append(post, name)
+				}
+			case t.owned[name]:
+				del = append(del, name)
+			}
+		}
+		post, del = slices.Compact(slices.Sorted(slices.Values(post))), slices.Compact(slices.Sorted(slices.Values(del)))
+		del = t.dropRenamed(came, del)
 	}
-	for name := range t.owned {
-		if _, ok := desired[name]; !ok {
-			del = append(del, name)
-		}
-	}
-	del = t.dropRenamed(desired, del)
 	slices.Sort(post)
 	slices.Sort(del)
 	var errs []error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -110,7 +111,9 @@ func TestHostileKVSplitsNeverReachNginx(t *testing.T) {
 		t.Errorf("split shop → admin is in force: %v", refused)
 	}
 
-	// web_canary now built from another service: the rule goes.
+	// web_canary now built from another service: the rule goes. (A new
+	// map: a state handed over is never changed in place.)
+	state = maps.Clone(state)
 	state["web_canary"] = upstream.Upstream{Name: "web_canary", Service: "billing"}
 	s.Update(engine.Change{State: state})
 	waitFor(t, "rule withdrawn once its group is another service's", func() (bool, string) {

@@ -24,6 +24,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -101,6 +102,10 @@ type Sink struct {
 	// learnt is the last state learn took, name → service as given (not
 	// lowercased, not filled in): the same again changes nothing.
 	learnt map[string]string
+	// learntState is the state learnt holds, the map itself: a state
+	// told as a change from it (engine.DeltaPlanObserver, Change.From)
+	// is compared in its touched names only.
+	learntState upstream.State
 	// services maps the last state's upstreams, lowercased, to the
 	// service each was built from ("" when not known: a state loaded
 	// from the persisted file); nil before the first state.
@@ -246,7 +251,7 @@ func (s *Sink) Wanted() (split.Table, map[string]string) {
 // one-shot run, where it acknowledges after the next full sync. When the
 // rules that may be pushed change with the state, it wakes Run.
 func (s *Sink) Update(c engine.Change) {
-	s.learn(c.State, func() {
+	s.learnFrom(c.State, c.From, c.Touched, func() {
 		if s.opt.OneShot {
 			s.pending = append(s.pending, c)
 		}
@@ -258,12 +263,57 @@ func (s *Sink) Update(c engine.Change) {
 	}
 }
 
-var _ engine.PlanObserver = (*Sink)(nil)
+var (
+	_ engine.PlanObserver      = (*Sink)(nil)
+	_ engine.DeltaPlanObserver = (*Sink)(nil)
+)
 
 // Planned learns the services of a planned state that the engine does not
 // hand over (Equal to the one delivered: a state loaded from the persisted
 // file, which lacks them, stays in force).
 func (s *Sink) Planned(st upstream.State) { s.learn(st, nil) }
+
+// PlannedFrom is Planned told how st differs from the state planned
+// before it.
+func (s *Sink) PlannedFrom(st, from upstream.State, touched []string) {
+	s.learnFrom(st, from, touched, nil)
+}
+
+// learnFrom is learn for st, which differs from the state from in the
+// touched names only (nil: not known): when from is the state learnt
+// last, and the touched names keep their services, nothing else can
+// have changed what learn builds.
+func (s *Sink) learnFrom(st, from upstream.State, touched []string, also func()) {
+	s.mu.Lock()
+	if s.learnt != nil && (sameMap(st, s.learntState) || touched != nil && sameMap(from, s.learntState) && s.sameTouched(st, touched)) {
+		s.learntState = st
+		if also != nil {
+			also()
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.learn(st, also)
+}
+
+// sameTouched reports whether the touched names of st are, present or
+// not, and with their services, what learnt holds.
+func (s *Sink) sameTouched(st upstream.State, touched []string) bool {
+	for _, name := range touched {
+		u, ok := st[name]
+		svc, had := s.learnt[name]
+		if ok != had || ok && svc != u.Service {
+			return false
+		}
+	}
+	return true
+}
+
+// sameMap reports whether a and b are the same map (not merely equal).
+func sameMap(a, b upstream.State) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+}
 
 // learn takes st's upstreams and their services, and wakes Run when that
 // changes which rules may be pushed. A service not known in st (a state
@@ -272,6 +322,7 @@ func (s *Sink) Planned(st upstream.State) { s.learn(st, nil) }
 func (s *Sink) learn(st upstream.State, also func()) {
 	s.mu.Lock()
 	if s.sameAsLearnt(st) {
+		s.learntState = st
 		// The same names and services as last time give the same groups
 		// and services, so the same verdicts: nothing to withdraw or wake
 		// for. The engine hands over every change, and rebuilding both
@@ -302,6 +353,7 @@ func (s *Sink) learn(st upstream.State, also func()) {
 	for name, u := range st {
 		s.learnt[name] = u.Service
 	}
+	s.learntState = st
 	after := s.verdicts(want)
 	changed := !maps.Equal(before, after)
 	if changed {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/registry"
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 // TestSnapshotMergesOnlyChangedServices: a snapshot made from the last
@@ -56,9 +57,10 @@ func TestSnapshotMergesOnlyChangedServices(t *testing.T) {
 		{"a service goes", func() { tr.forgetService("cache") }, false},
 		{"plain change at last", func() { set("web", "10.0.0.9") }, true},
 	}
+	var last upstream.State
 	for _, st := range steps {
 		st.do()
-		_, shortcut := tr.mergeChanged()
+		_, _, shortcut := tr.mergeChanged()
 		got := tr.snapshot()
 		var parts []registry.Part
 		for _, name := range slices.Sorted(maps.Keys(tr.services)) {
@@ -76,6 +78,28 @@ func TestSnapshotMergesOnlyChangedServices(t *testing.T) {
 		if shortcut != st.shortcut {
 			t.Fatalf("%s: made from the last snapshot %v, want %v", st.what, shortcut, st.shortcut)
 		}
+		// Touched (Snapshot's contract): with the shortcut, every name it
+		// leaves out keeps the very Upstream of the last snapshot.
+		if (got.Touched != nil) != shortcut {
+			t.Fatalf("%s: touched %v, want it exactly when made from the last snapshot", st.what, got.Touched)
+		}
+		if got.Touched != nil {
+			for _, name := range slices.Sorted(maps.Keys(last)) {
+				if slices.Contains(got.Touched, name) {
+					continue
+				}
+				u, ok := got.Upstreams[name]
+				if o := last[name]; !ok || !upstream.SameServers(o.Servers, u.Servers) || o.Name != u.Name || o.Balance != u.Balance || o.Keepalive != u.Keepalive {
+					t.Fatalf("%s: %s is not in touched %v but changed: %v → %v", st.what, name, got.Touched, o, u)
+				}
+			}
+			for name := range got.Upstreams {
+				if _, ok := last[name]; !ok && !slices.Contains(got.Touched, name) {
+					t.Fatalf("%s: %s came and is not in touched %v", st.what, name, got.Touched)
+				}
+			}
+		}
+		last = got.Upstreams
 	}
 }
 

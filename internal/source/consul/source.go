@@ -785,7 +785,7 @@ func (t *tracker) maxIndex() uint64 {
 // snapshot builds the complete state from the last read of every selected
 // service, logging and counting each newly invalid instance once.
 func (t *tracker) snapshot() engine.Snapshot {
-	st, ok := t.mergeChanged()
+	st, touched, ok := t.mergeChanged()
 	var dropped []registry.Dropped
 	if !ok {
 		parts := make([]registry.Part, 0, len(t.services))
@@ -811,7 +811,7 @@ func (t *tracker) snapshot() engine.Snapshot {
 		}
 	}
 	t.dropped = now
-	snap := engine.Snapshot{Upstreams: st, Services: len(t.services), Dropped: dropped}
+	snap := engine.Snapshot{Upstreams: st, Services: len(t.services), Dropped: dropped, Touched: touched}
 	if len(t.doubts) > 0 {
 		what := slices.Sorted(maps.Keys(t.doubts))[0]
 		snap.Doubt = fmt.Sprintf("consul: %s answered %s", what, t.doubts[what])
@@ -829,29 +829,32 @@ func (t *tracker) snapshot() engine.Snapshot {
 // the same order, and drops nothing. Each name then still belongs to its
 // service, and replacing those upstreams is the whole change: a copy of
 // the state, not a merge that sorts every service. ok is false when it
-// cannot tell.
-func (t *tracker) mergeChanged() (st upstream.State, ok bool) {
+// cannot tell. touched names the upstreams of the services read anew
+// (Snapshot.Touched): every other name keeps its Upstream.
+func (t *tracker) mergeChanged() (st upstream.State, touched []string, ok bool) {
 	if t.merged == nil || len(t.badNames) > 0 {
-		return nil, false
+		return nil, nil, false
 	}
 	for name, old := range t.changed {
 		now := t.services[name].part
 		if len(old.Dropped) > 0 || len(now.Dropped) > 0 || len(old.Upstreams) != len(now.Upstreams) {
-			return nil, false
+			return nil, nil, false
 		}
 		for i, u := range now.Upstreams {
 			if u.Name != old.Upstreams[i].Name || t.merged[u.Name].Service != name {
-				return nil, false
+				return nil, nil, false
 			}
 		}
 	}
 	st = maps.Clone(t.merged) // the engine holds the last snapshot's
+	touched = []string{}      // not nil: a doubt alone touches nothing
 	for name := range t.changed {
 		for _, u := range t.services[name].part.Upstreams {
 			st[u.Name] = u
+			touched = append(touched, u.Name) // the same names as before
 		}
 	}
-	return st, true
+	return st, touched, true
 }
 
 // setDoubt records whether the newest answer of what is doubted. A change

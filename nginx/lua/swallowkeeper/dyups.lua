@@ -271,12 +271,85 @@ local function read_file(path)
     return text
 end
 
+-- glob lists the files a pattern matches, sorted, as nginx's own `include`
+-- does (glob(3), through LuaJIT's FFI: Lua has no directory listing). The
+-- pattern DIR/*.conf is SwallowKeeper's directory store, one file per
+-- upstream; its temp files start with a dot, which `*` does not match.
+local ffi_glob
+local function glob(pattern)
+    if not ffi_glob then
+        local ffi = require "ffi"
+        -- glibc's and musl's glob_t share this layout: the count and the
+        -- list first, then room for five function pointers.
+        ffi.cdef[[
+            typedef struct {
+                size_t gl_pathc;
+                char **gl_pathv;
+                size_t gl_offs;
+                int gl_flags;
+                void *gl_fns[5];
+            } sk_glob_t;
+            int glob(const char *pattern, int flags, void *errfunc, sk_glob_t *pglob);
+            void globfree(sk_glob_t *pglob);
+        ]]
+        ffi_glob = { ffi = ffi, GLOB_ERR = 1, GLOB_NOMATCH = 3 }
+    end
+    local ffi = ffi_glob.ffi
+    local g = ffi.new("sk_glob_t[1]")
+    local rc = ffi.C.glob(pattern, ffi_glob.GLOB_ERR, nil, g)
+    if rc == ffi_glob.GLOB_NOMATCH then
+        ffi.C.globfree(g)
+        return {}
+    end
+    if rc ~= 0 then
+        ffi.C.globfree(g)
+        return nil, "cannot list " .. pattern .. " (glob error " .. tostring(rc) .. ")"
+    end
+    local paths = {}
+    for i = 0, tonumber(g[0].gl_pathc) - 1 do
+        paths[#paths + 1] = ffi.string(g[0].gl_pathv[i])
+    end
+    ffi.C.globfree(g)
+    sort(paths)
+    return paths
+end
+
+-- read_persisted reads the persisted file, or for a directory store
+-- (DIR/*.conf) every file in it, joined: each holds one upstream block.
+local function read_persisted(path)
+    if sub(path, -7) ~= "/*.conf" then
+        return read_file(path)
+    end
+    local paths, err = glob(path)
+    if not paths then
+        -- A directory not created yet is a first start, as a missing
+        -- file is; one that cannot be read is an error.
+        local f, open_err = io_open(sub(path, 1, -8), "rb")
+        if not f then
+            return nil, open_err
+        end
+        f:close()
+        return nil, err
+    end
+    local texts = {}
+    for _, p in ipairs(paths) do
+        local text
+        text, err = read_file(p)
+        if not text then
+            return nil, p .. ": " .. tostring(err)
+        end
+        texts[#texts + 1] = text
+    end
+    return concat(texts, "\n")
+end
+
 -- load_persisted fills an empty dict from the file SwallowKeeper writes
--- (the one a dyups nginx would `include`). All or nothing: a corrupt file,
--- or a zone too small for all of it, loads no upstream at all, because a
--- partial set would route traffic for the missing services nowhere.
+-- (the one a dyups nginx would `include`), or the files of its directory
+-- store. All or nothing: a corrupt file, or a zone too small for all of
+-- it, loads no upstream at all, because a partial set would route traffic
+-- for the missing services nowhere.
 local function load_persisted(dict, path)
-    local text, err = read_file(path)
+    local text, err = read_persisted(path)
     if not text then
         if find(err, "No such file", 1, true) then
             log(NOTICE, "swallowkeeper: persisted file ", path,
@@ -342,7 +415,8 @@ end
 --                   without "$" (default "sk_upstream")
 --   persisted_file  file to load when the dict is empty (first start, full
 --                   restart); ignored on reload, when the dict already
---                   holds the live state.
+--                   holds the live state. DIR/*.conf loads every file of
+--                   SwallowKeeper's directory store (file: DIR/*.conf).
 --   allow_unix_servers  accept `server unix:/path` in POST bodies (default
 --                   false: a unix socket on this host -- the API's own, an
 --                   admin socket -- must not become a backend of public
