@@ -92,7 +92,7 @@ type Engine struct {
 	histDirty   bool
 	histBuilt   time.Time
 	pubHistory  []history.Event
-	pubTimeline map[string][]history.Point
+	pubTimeline history.Published
 	cause       string
 	// planCause, when set, is the cause of the first apply that plans
 	// (see Resume).
@@ -190,7 +190,7 @@ type Status struct {
 	// HistoryWindow, by upstream name: the points in the window and the
 	// last one before it. An upstream that did not change in this run has
 	// none; its count is the applied one.
-	Timeline map[string][]history.Point
+	Timeline history.Published
 	// Drains is every drain mark, active or not, by upstream and address.
 	Drains []DrainState
 }

@@ -56,10 +56,10 @@ func TestEngineRecordsAppliedChangesWithTheirCause(t *testing.T) {
 			t.Errorf("history[%d] = %q, want %q", i, got[i], want[i])
 		}
 	}
-	if pts := st.Timeline["api"]; len(pts) != 3 || pts[0].Servers != 0 || pts[1].Servers != 1 || pts[2].Servers != 2 {
+	if pts, _ := st.Timeline.Get("api"); len(pts) != 3 || pts[0].Servers != 0 || pts[1].Servers != 1 || pts[2].Servers != 2 {
 		t.Errorf("api timeline %+v, want 0, 1, 2 servers", pts)
 	}
-	if pts, ok := st.Timeline["web"]; ok {
+	if pts, ok := st.Timeline.Get("web"); ok {
 		t.Errorf("web kept 2 servers, its timeline has %+v, want none", pts)
 	}
 }
@@ -103,7 +103,7 @@ func TestEngineHistoryNamesAConfirmedDrop(t *testing.T) {
 	if got := changes(st); len(got) == 0 || !slices.ContainsFunc(got, func(s string) bool { return len(s) > 12 && s[:12] == "web hold dro" }) {
 		t.Errorf("history %q lacks the drop hold", got)
 	}
-	if pts := st.Timeline["web"]; len(pts) != 2 || pts[0].Servers != 4 || pts[1].Servers != 1 {
+	if pts, _ := st.Timeline.Get("web"); len(pts) != 2 || pts[0].Servers != 4 || pts[1].Servers != 1 {
 		t.Errorf("web timeline %+v, want 4 then 1 servers", pts)
 	}
 }

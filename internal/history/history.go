@@ -121,12 +121,69 @@ func (t *Timeline) Expire(now time.Time) {
 	}
 }
 
-// All returns every upstream's series at now, by name.
-func (t *Timeline) All(now time.Time) map[string][]Point {
-	out := make(map[string][]Point, len(t.series))
+// Published is every upstream's series as All or Update gave it, read
+// only: the status a change publishes holds one, and Update copies only
+// the shards of the upstreams recorded since, not every upstream's series
+// (10,000 of them at scale). The zero Published holds none.
+type Published struct {
+	shards *[publishedShards]map[string][]Point
+}
+
+const publishedShards = 64
+
+func shardOf(name string) int {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(name); i++ {
+		h = (h ^ uint32(name[i])) * 16777619
+	}
+	return int(h % publishedShards)
+}
+
+// Get returns the upstream's series.
+func (p Published) Get(name string) ([]Point, bool) {
+	if p.shards == nil {
+		return nil, false
+	}
+	s, ok := p.shards[shardOf(name)][name]
+	return s, ok
+}
+
+// Names returns the upstreams with a series, sorted.
+func (p Published) Names() []string {
+	if p.shards == nil {
+		return nil
+	}
+	var names []string
+	for _, m := range p.shards {
+		for name := range m {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Map returns every series by name, a copy.
+func (p Published) Map() map[string][]Point {
+	out := map[string][]Point{}
+	if p.shards != nil {
+		for _, m := range p.shards {
+			maps.Copy(out, m)
+		}
+	}
+	return out
+}
+
+// All returns every upstream's series at now.
+func (t *Timeline) All(now time.Time) Published {
+	out := Published{shards: new([publishedShards]map[string][]Point)}
 	for name := range t.series {
 		if s := t.Series(name, now); len(s) > 0 {
-			out[name] = s
+			m := &out.shards[shardOf(name)]
+			if *m == nil {
+				*m = map[string][]Point{}
+			}
+			(*m)[name] = s
 		}
 	}
 	clear(t.touched)
@@ -136,19 +193,28 @@ func (t *Timeline) All(now time.Time) map[string][]Point {
 // Update is All made from last, an earlier answer of All or Update that
 // nothing changes: only the upstreams recorded since are copied again,
 // the others' series are last's, as pruned then. A change then copies
-// what changed, not every upstream's points (10,000 of them at scale);
-// a caller that must show the window moving calls All now and then.
-// last is not modified.
-func (t *Timeline) Update(last map[string][]Point, now time.Time) map[string][]Point {
-	if last == nil {
+// the shards of what changed, not every upstream's points; a caller that
+// must show the window moving calls All now and then. last is not
+// modified.
+func (t *Timeline) Update(last Published, now time.Time) Published {
+	if last.shards == nil {
 		return t.All(now)
 	}
-	out := maps.Clone(last)
+	out := Published{shards: new([publishedShards]map[string][]Point)}
+	*out.shards = *last.shards // the same shard maps, until one is copied
+	var copied [publishedShards]bool
 	for name := range t.touched {
+		i := shardOf(name)
+		if !copied[i] {
+			out.shards[i], copied[i] = maps.Clone(out.shards[i]), true
+			if out.shards[i] == nil {
+				out.shards[i] = map[string][]Point{}
+			}
+		}
 		if s := t.Series(name, now); len(s) > 0 {
-			out[name] = s
+			out.shards[i][name] = s
 		} else {
-			delete(out, name)
+			delete(out.shards[i], name)
 		}
 	}
 	clear(t.touched)

@@ -88,8 +88,8 @@ func TestTimeline(t *testing.T) {
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("series %v, want %v", got, tt.want)
 			}
-			if all := tl.All(at(tt.now)); len(all["web"]) != len(tt.want) {
-				t.Errorf("All has %d points for web, want %d", len(all["web"]), len(tt.want))
+			if all, _ := tl.All(at(tt.now)).Get("web"); len(all) != len(tt.want) {
+				t.Errorf("All has %d points for web, want %d", len(all), len(tt.want))
 			}
 		})
 	}
@@ -103,25 +103,27 @@ func TestTimelineUpdateCopiesOnlyWhatChanged(t *testing.T) {
 	tl := &Timeline{Window: time.Hour, MaxPoints: 10}
 	tl.Record("web", t0, 2)
 	tl.Record("api", t0, 3)
-	first := tl.Update(nil, t0) // nil: every series
-	if len(first) != 2 || first["web"][0].Servers != 2 || first["api"][0].Servers != 3 {
-		t.Fatalf("first answer: %v", first)
+	first := tl.Update(Published{}, t0) // none yet: every series
+	if f := first.Map(); len(f) != 2 || f["web"][0].Servers != 2 || f["api"][0].Servers != 3 {
+		t.Fatalf("first answer: %v", f)
 	}
 	tl.Record("web", t0.Add(time.Minute), 4)
 	tl.Record("new", t0.Add(time.Minute), 1)
 	second := tl.Update(first, t0.Add(time.Minute))
-	if want := tl.All(t0.Add(time.Minute)); !reflect.DeepEqual(second, want) {
-		t.Fatalf("Update %v, All %v", second, want)
+	if want := tl.All(t0.Add(time.Minute)); !reflect.DeepEqual(second.Map(), want.Map()) || !slices.Equal(second.Names(), []string{"api", "new", "web"}) {
+		t.Fatalf("Update %v, All %v", second.Map(), want.Map())
 	}
-	if len(first) != 2 || len(first["web"]) != 1 {
-		t.Fatalf("Update changed the answer it started from: %v", first)
+	if f := first.Map(); len(f) != 2 || len(f["web"]) != 1 {
+		t.Fatalf("Update changed the answer it started from: %v", f)
 	}
-	if &second["api"][0] != &first["api"][0] {
+	a1, _ := first.Get("api")
+	a2, _ := second.Get("api")
+	if &a2[0] != &a1[0] {
 		t.Error("an untouched series was copied again")
 	}
 	// Nothing recorded since All: Update gives the same series.
 	third := tl.Update(second, t0.Add(2*time.Minute))
-	if !reflect.DeepEqual(third, second) {
-		t.Fatalf("nothing recorded: %v, want %v", third, second)
+	if !reflect.DeepEqual(third.Map(), second.Map()) {
+		t.Fatalf("nothing recorded: %v, want %v", third.Map(), second.Map())
 	}
 }

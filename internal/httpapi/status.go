@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"maps"
-	"slices"
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
@@ -196,8 +194,9 @@ func fill(doc *document[json.RawMessage], st *engine.Status) {
 		doc.Upstreams = append(doc.Upstreams, ud)
 	}
 	doc.History = append(doc.History, st.History...)
-	for _, name := range slices.Sorted(maps.Keys(st.Timeline)) {
-		doc.Timeline = append(doc.Timeline, Series{name, st.Timeline[name]})
+	for _, name := range st.Timeline.Names() {
+		points, _ := st.Timeline.Get(name)
+		doc.Timeline = append(doc.Timeline, Series{name, points})
 	}
 	for _, d := range st.Drains {
 		doc.Drains = append(doc.Drains, Drain{d.Upstream, d.Addr.String(), d.Since, d.Active, d.Note})
