@@ -74,6 +74,13 @@ func parseFlags(args []string, stderr io.Writer) (options, bool) {
 	if err := fs.Parse(args); err != nil {
 		return o, false
 	}
+	if fs.NArg() > 0 {
+		// A stray word stops flag parsing: every flag after it would be
+		// ignored, -json and -md among them, and the run would overwrite
+		// docs/.
+		fmt.Fprintf(stderr, "swallowkeeper-bench: unexpected argument %q (flags only; a boolean flag takes no value)\n", fs.Arg(0))
+		return o, false
+	}
 	if err := x.apply(fs, &o, &scenarios); err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
 		return o, false

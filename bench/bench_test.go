@@ -39,7 +39,9 @@ func TestParseFlagsQuickKeepsWhatIsGiven(t *testing.T) {
 }
 
 func TestParseFlagsRefusesUnknownNames(t *testing.T) {
-	for _, args := range [][]string{{"-modes", "ours-lua,nope"}, {"-scenarios", "propagation,nope"}, {"-no-such-flag"}} {
+	for _, args := range [][]string{{"-modes", "ours-lua,nope"}, {"-scenarios", "propagation,nope"}, {"-no-such-flag"},
+		{"-keep", "nope", "-md", "/tmp/x.md"}, // a value given to a boolean flag: -md would be ignored
+		{"-store", "nope"}} {
 		var stderr strings.Builder
 		if _, ok := parseFlags(args, &stderr); ok {
 			t.Errorf("%v: accepted", args)

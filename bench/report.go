@@ -431,6 +431,9 @@ func renderScale(w writer, r *Results) {
 	row("idle CPU", func(s ScaleRun) string { return fmt.Sprintf("%.1f ms/s", s.IdleCPUMsPerS) }, fmt.Sprintf("≤ %.0f ms/s", targetIdleCPU), find("idle CPU"))
 	row("CPU per change", func(s ScaleRun) string { return fmt.Sprintf("%.2f ms", s.CPUPerChangeMs) }, fmt.Sprintf("≤ %.0f ms", targetCPUPerChange), find("CPU"))
 	row("CPU per change, raw", func(s ScaleRun) string { return fmt.Sprintf("%.2f ms", s.CPUPerChangeRawMs) }, "", nil)
+	if r.Scale.Runs[0].FileReplaceCPUMs > 0 {
+		row("of which the kernel's floor: one atomic file replace on this disk (measured apart)", func(s ScaleRun) string { return fmt.Sprintf("%.2f ms", s.FileReplaceCPUMs) }, "", nil)
+	}
 	row("upstreams pushed per change", func(s ScaleRun) string { return fmt.Sprintf("%.2f (%d / %d)", s.PushesPerChange, s.Pushes, s.Changes) }, "exactly 1", find("upstreams pushed"))
 	row("services re-read from Consul per change", func(s ScaleRun) string { return f1(s.ServiceReadsPerChange) }, "", nil)
 	row("full re-reads of every service (sweeps)", func(s ScaleRun) string { return fmt.Sprint(s.Sweeps) }, "", nil)

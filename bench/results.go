@@ -302,6 +302,10 @@ type ScaleRun struct {
 	// Consul, and full re-reads of every service.
 	ServiceReadsPerChange float64 `json:"service_reads_per_change"`
 	Sweeps                int     `json:"sweeps"`
+	// FileReplaceCPUMs is the bench's own CPU for one atomic replace of a
+	// small file in the daemon's directory (fileReplaceCPU): the floor of
+	// a change's CPU on this disk.
+	FileReplaceCPUMs float64 `json:"file_replace_cpu_ms,omitempty"`
 	// nginx's memory (PSS of the master and workers: the shared dict
 	// counted once) before and after NginxUpdates POSTs and the DELETEs
 	// that end them.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -118,10 +119,16 @@ func (w *deltaWorld) step() (upstream.State, []string) {
 // (prev stays), some name more than changed, and the guards change now
 // and then.
 func TestPlanDeltaMatchesPlan(t *testing.T) {
+	deny := upstream.AddressPolicy{Deny: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}}
 	guardSets := []Guards{
 		{MinServices: 1, MaxDrop: 0.5, MaxTotalDrop: 0.5, ConfirmAfter: 3 * time.Second},
 		{MinServices: 1, MaxDrop: 0.5, MaxTotalDrop: 0.9, ConfirmAfter: 0},
 		{MinServices: 1, MaxDrop: 0.3, MaxTotalDrop: 0.9, ConfirmAfter: 2 * time.Second, Reserved: []string{"reserved-x"}},
+		// now and then (a reload's guards): every drop held, a denied
+		// range, a reserved name in use
+		{MinServices: 3, MaxDrop: 0, MaxTotalDrop: 0, ConfirmAfter: time.Second},
+		{MinServices: 1, MaxDrop: 1, MaxTotalDrop: 1, ConfirmAfter: time.Second, Addresses: deny},
+		{MinServices: 1, MaxDrop: 0.5, MaxTotalDrop: 0.9, ConfirmAfter: 2 * time.Second, Reserved: []string{"reserved-x", "db"}},
 	}
 	fast, total, clean := 0, 0, 0
 	guardsSeen := map[string]int{}
@@ -147,18 +154,24 @@ func TestPlanDeltaMatchesPlan(t *testing.T) {
 			if rng.IntN(40) == 0 {
 				g = guardSets[rng.IntN(len(guardSets))]
 			}
+			if rng.IntN(10) == 0 {
+				g = guardSets[rng.IntN(3)] // back to the usual ones
+			}
 			cur, touched := w.step()
 			pending = append(pending, touched...)
-			if rng.IntN(4) == 0 { // a name that did not change
+			switch rng.IntN(8) {
+			case 0, 1: // a name that did not change
 				names := slices.Sorted(maps.Keys(cur))
 				if len(names) > 0 {
 					pending = append(pending, names[rng.IntN(len(names))])
 				}
+			case 2: // names in neither map, or in another case
+				pending = append(pending, "absent-name", "WEB", "Api")
 			}
 			if rng.IntN(3) == 0 {
 				continue // debounced: the next plan takes this step and the next
 			}
-			s := Snapshot{Upstreams: cur, Services: len(cur)}
+			s := Snapshot{Upstreams: cur, Services: len(cur) + rng.IntN(2)}
 			switch rng.IntN(30) {
 			case 0:
 				s.Doubt = "no known leader"
@@ -388,5 +401,71 @@ func TestEngineComparesEverythingNowAndThen(t *testing.T) {
 	st := e.Status()
 	if len(st.History) == 0 || st.History[len(st.History)-1].Cause != "full compare" {
 		t.Fatalf("history %+v, want the change with cause full compare", st.History)
+	}
+}
+
+// touchSink records the Touched of every change it is handed.
+type touchSink struct {
+	mu      sync.Mutex
+	touched [][]string
+	changed chan struct{}
+}
+
+func (r *touchSink) Update(c Change) {
+	r.mu.Lock()
+	r.touched = append(r.touched, c.Touched)
+	r.mu.Unlock()
+	c.Ack()
+	r.changed <- struct{}{}
+}
+func (r *touchSink) Run(stop, _ context.Context) { <-stop.Done() }
+func (r *touchSink) SinkStatus() SinkStatus      { return SinkStatus{Kind: "touch", Name: "touch", Ready: true} }
+
+// TestFullCompareHealsAnOmissionThatCameWithAChange: a snapshot changes
+// web and api but names only api; the delta saves and pushes api alone,
+// while the applied state is the snapshot's map, web's change in it. The
+// periodic full compare then has the store save the whole state and the
+// sinks compare every upstream (Touched nil), which is what brings web
+// to them. (Found by review.)
+func TestFullCompareHealsAnOmissionThatCameWithAChange(t *testing.T) {
+	web, api := up("web", "10.0.0.1:80", "10.0.0.2:80"), up("api", "10.0.1.1:80")
+	j := newJournal(upstream.State{})
+	ds := &deltaStore{memStore: memStore{j}}
+	ts := &touchSink{changed: make(chan struct{}, 100)}
+	src := make(chanSource)
+	e := New([]Source{src}, ds, []Sink{ts}, Guards{MinServices: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	e.FullPlanEvery = 300 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- e.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	first := state(web, api)
+	src <- Snapshot{Upstreams: first, Services: 2}
+	<-ts.changed
+	second := maps.Clone(first)
+	second["web"] = up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
+	second["api"] = up("api", "10.0.1.1:80", "10.0.1.2:80")
+	src <- Snapshot{Upstreams: second, Services: 2, Touched: []string{"api"}} // web left out
+	<-ts.changed                                                             // the delta: api alone
+	<-ts.changed                                                             // the full compare
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if len(ts.touched) != 3 || !slices.Equal(ts.touched[1], []string{"api"}) || ts.touched[2] != nil {
+		t.Fatalf("the sink was handed touched %q, want [api] then nil (compare every upstream)", ts.touched)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if last := j.states[len(j.states)-1]; !last.Equal(second) || j.events[len(j.events)-1] != "save" {
+		t.Fatalf("journal %v; the full compare saved %v, want a full Save of %v", j.events, last, second)
+	}
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if len(ds.deltas) != 2 {
+		t.Fatalf("the store was given %d diffs %+v, want 2: the compare saves in full", len(ds.deltas), ds.deltas)
 	}
 }

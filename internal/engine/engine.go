@@ -373,6 +373,12 @@ type loop struct {
 	known    bool
 	touched  []string
 	lastFull time.Time
+	// compare: the apply in progress is the periodic full compare, which
+	// also has the store and the sinks look at every upstream. A delta
+	// that left a change out took the source's map, that change included,
+	// as the applied state: only they can still tell it was not saved or
+	// pushed.
+	compare bool
 }
 
 // DefaultFullPlanEvery bounds how long plans go on trusting the sources'
@@ -401,7 +407,7 @@ func (l *loop) follow(ctx context.Context, in <-chan tagged, drainC <-chan struc
 			// full one: compare every upstream now, even with no new
 			// snapshot. Nothing is written or pushed when all is well.
 			if l.known && l.settleC == nil && !slices.Contains(l.latest, nil) && time.Since(l.lastFull) >= l.e.fullPlanEvery() {
-				l.known, l.cause = false, history.CauseCompare
+				l.known, l.compare, l.cause = false, true, history.CauseCompare
 				l.apply()
 			}
 		case t := <-in:
@@ -502,7 +508,9 @@ func (l *loop) apply() {
 	}
 	changed := !diff.Empty()
 	l.e.tellPlanned(next, l.prev, touched)
-	if !changed && l.delivered {
+	compare := l.compare
+	l.compare = false
+	if !changed && l.delivered && !compare {
 		l.base = l.planned
 		l.persisted(nil) // nothing (any more) to persist: a pending retry has no work
 		return
@@ -510,10 +518,10 @@ func (l *loop) apply() {
 	// Persist first: nothing reaches nginx that the file would not bring
 	// back after a restart.
 	var err error
-	if ds, ok := l.e.store.(DeltaSaver); changed && ok {
+	if ds, ok := l.e.store.(DeltaSaver); changed && ok && !compare {
 		err = ds.SaveDelta(l.prev, next, diff)
-	} else if changed {
-		err = l.e.store.Save(next)
+	} else if changed || compare {
+		err = l.e.store.Save(next) // writes nothing when the disk holds it
 	} else if c, ok := l.e.store.(Checker); ok {
 		err = c.Check()
 	}
@@ -528,7 +536,11 @@ func (l *loop) apply() {
 		l.e.m.lastApply.SetToCurrentTime()
 		l.lastApply = time.Now()
 	}
-	l.e.push(next, l.prev, touched, l.seen)
+	seen := l.seen
+	if compare && !changed {
+		seen = time.Time{} // no registry change to time: a check of what is held
+	}
+	l.e.push(next, l.prev, touched, seen)
 	l.prev, l.delivered, l.base = next, true, l.planned
 }
 

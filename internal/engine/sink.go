@@ -154,7 +154,7 @@ func (e *Engine) push(s, from upstream.State, touched []string, seen time.Time) 
 	remaining := atomic.Int64{}
 	remaining.Store(int64(len(e.sinks)))
 	done := func() {
-		if remaining.Add(-1) == 0 {
+		if remaining.Add(-1) == 0 && !seen.IsZero() {
 			e.m.propagation.Observe(time.Since(seen).Seconds())
 		}
 	}

@@ -233,8 +233,14 @@ func sameMap(a, b upstream.State) bool {
 // differ from the last state saved, and save looks at no other.
 func (d *Dir) save(s upstream.State, only []string) error {
 	if d.files == nil {
-		d.files = map[string]*dirFile{}
-		d.lastFull = time.Time{} // nothing remembered: look at the disk
+		// Nothing remembered (no Load, or a Save that failed part way):
+		// look at the disk, every file the glob matches, so that one of
+		// an upstream that went is removed too.
+		if err := d.listDisk(); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		d.lastFull = time.Time{}
+		only = nil
 	}
 	full := only == nil && d.fullDue()
 	d.gen++
@@ -332,6 +338,25 @@ func (d *Dir) save(s upstream.State, only []string) error {
 		}
 	}
 	d.last = s
+	return nil
+}
+
+// listDisk remembers every file the glob matches, known by its name
+// only: a Save reads, compares and rewrites or removes each.
+func (d *Dir) listDisk() error {
+	d.files = map[string]*dirFile{}
+	entries, err := os.ReadDir(d.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if stem, ok := strings.CutSuffix(e.Name(), ".conf"); ok && !strings.HasPrefix(e.Name(), ".") {
+			d.files[stem] = &dirFile{} // no stamp: never taken for ours as it is
+		}
+	}
 	return nil
 }
 

@@ -408,3 +408,36 @@ func TestDirSavesManyUpstreamsInOneBatch(t *testing.T) {
 		t.Fatalf("Load after the batches = %v, %v", got, err)
 	}
 }
+
+// After a Save that failed part way, the next Save looks at the disk
+// again, every file the glob matches: the file of an upstream that went
+// meanwhile is removed, not left for nginx to bring back at its next
+// start. (Found by review; a directory where b.conf goes stands for a
+// full disk.)
+func TestDirSaveAfterAFailureRemovesWhatWent(t *testing.T) {
+	dir := t.TempDir()
+	d := NewDir(dir)
+	if _, err := d.Load(); err != nil {
+		t.Fatal(err)
+	}
+	s1 := stateOf(ups("a", "10.0.0.1:80"), ups("old", "10.0.0.9:80"))
+	if err := d.Save(s1); err != nil {
+		t.Fatal(err)
+	}
+	blocker := filepath.Join(dir, "b.conf")
+	if err := os.MkdirAll(filepath.Join(blocker, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s2 := stateOf(ups("a", "10.0.0.1:80"), ups("b", "10.0.0.2:80"))
+	if err := d.SaveDelta(s1, s2, upstream.Diff(s1, s2)); err == nil {
+		t.Fatal("the write of b.conf went through a directory in its place")
+	}
+	if err := os.RemoveAll(blocker); err != nil { // the disk recovers
+		t.Fatal(err)
+	}
+	// The engine tries again from the state it saved last.
+	if err := d.SaveDelta(s1, s2, upstream.Diff(s1, s2)); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(t, dir, s2)
+}
