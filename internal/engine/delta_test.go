@@ -419,7 +419,9 @@ func (r *touchSink) Update(c Change) {
 	r.changed <- struct{}{}
 }
 func (r *touchSink) Run(stop, _ context.Context) { <-stop.Done() }
-func (r *touchSink) SinkStatus() SinkStatus      { return SinkStatus{Kind: "touch", Name: "touch", Ready: true} }
+func (r *touchSink) SinkStatus() SinkStatus {
+	return SinkStatus{Kind: "touch", Name: "touch", Ready: true}
+}
 
 // TestFullCompareHealsAnOmissionThatCameWithAChange: a snapshot changes
 // web and api but names only api; the delta saves and pushes api alone,
@@ -451,8 +453,8 @@ func TestFullCompareHealsAnOmissionThatCameWithAChange(t *testing.T) {
 	second["web"] = up("web", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80")
 	second["api"] = up("api", "10.0.1.1:80", "10.0.1.2:80")
 	src <- Snapshot{Upstreams: second, Services: 2, Touched: []string{"api"}} // web left out
-	<-ts.changed                                                             // the delta: api alone
-	<-ts.changed                                                             // the full compare
+	<-ts.changed                                                              // the delta: api alone
+	<-ts.changed                                                              // the full compare
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	if len(ts.touched) != 3 || !slices.Equal(ts.touched[1], []string{"api"}) || ts.touched[2] != nil {
