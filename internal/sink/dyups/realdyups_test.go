@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
@@ -65,6 +66,9 @@ type realOptions struct {
 	// Included is the upstream file nginx includes at start (the persisted
 	// state): what a worker that replaces a crashed one serves.
 	Included upstream.State
+	// IncludedDir is the same as a directory store (file: DIR/*.conf),
+	// written by the daemon's store.
+	IncludedDir upstream.State
 }
 
 // realTimer is dyups_read_msg_timeout: SWALLOWKEEPER_REAL_DYUPS_TIMER or 1s.
@@ -134,6 +138,8 @@ http {
 
     # The persisted file; the glob makes a missing one an empty include.
     include %[3]s/upstreams*.conf;
+    # The directory store, one file per upstream.
+    include %[3]s/upstreams.d/*.conf;
 
     dyups_read_msg_timeout %[4]dms;
     # Each worker logs its timer ticks ("[dyups] has N upstreams"): tests
@@ -194,6 +200,11 @@ func startRealDyups(t *testing.T, opt realOptions) *realNginx {
 	}
 	if opt.Included != nil {
 		if err := os.WriteFile(filepath.Join(n.prefix, "upstreams.conf"), upstream.RenderFile(opt.Included), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opt.IncludedDir != nil {
+		if err := store.NewDir(filepath.Join(n.prefix, "upstreams.d")).Save(opt.IncludedDir); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -824,6 +835,78 @@ func TestRealDyupsCaseOnlyRename(t *testing.T) {
 		t.Errorf("GET /list = %q, want Rn", body)
 	}
 	t.Logf("FIGURE rename rn → Rn under traffic: %s; POSTs %d, DELETEs 0", summary(hits), sent.count("POST", "/"))
+}
+
+// TestRealDyupsDeltaSyncFromADirectoryStore: a real dyups nginx starts
+// from the directory store the daemon writes (include DIR/*.conf), and
+// the changes the engine hands over with From and Touched (the delta
+// path) bring it to each state with only their own requests: a change is
+// one POST, a case-only rename one POST and no DELETE, a removal one
+// DELETE.
+func TestRealDyupsDeltaSyncFromADirectoryStore(t *testing.T) {
+	a, b := testenv.StartBackend(t, "A"), testenv.StartBackend(t, "B")
+	s0 := upstream.State{"web": named("web", a.Addr()), "rn": named("rn", a.Addr())}
+	ngx := startRealDyups(t, realOptions{IncludedDir: s0})
+	if code, body := ngx.get(t, "/list"); code != 200 || body != "rn\nweb\n" && body != "web\nrn\n" {
+		t.Fatalf("at start GET /list = %d %q, want the upstreams of the directory store", code, body)
+	}
+	tg, sent := newRealTarget(t, ngx, Options{MaxAttempts: 3}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tg.Run(ctx, ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	hand := func(c engine.Change) {
+		t.Helper()
+		reported := make(chan error, 1)
+		c.Done = func(err error) { reported <- err }
+		tg.Update(c)
+		if err := <-reported; err != nil {
+			t.Fatalf("change to %v: %v", c.State.Names(), err)
+		}
+	}
+	holds := func(want upstream.State) {
+		t.Helper()
+		for range 4 { // either worker may answer; an API call makes it catch up
+			code, body := ngx.get(t, "/detail")
+			d, err := ParseDetail(body)
+			if err != nil || code != 200 || len(d) != len(want) {
+				t.Fatalf("GET /detail = %d (%v), want %v:\n%s", code, err, want.Names(), body)
+			}
+			for name, u := range want {
+				if !d.Matches(u) {
+					t.Fatalf("GET /detail does not show %s as sent:\n%s", name, body)
+				}
+			}
+		}
+	}
+	requests := func() (posts, dels int) { return sent.count("POST", "/upstream/"), sent.count("DELETE", "/upstream/") }
+	expect := func(what string, p0, d0, posts, dels int) {
+		t.Helper()
+		if p, d := requests(); p-p0 != posts || d-d0 != dels {
+			t.Errorf("%s: %d POSTs and %d DELETEs, want %d and %d", what, p-p0, d-d0, posts, dels)
+		}
+	}
+
+	hand(engine.Change{State: s0}) // at start: the loaded state, in full
+	holds(s0)
+
+	p0, d0 := requests()
+	s1 := upstream.State{"web": named("web", b.Addr()), "rn": s0["rn"]}
+	hand(engine.Change{State: s1, From: s0, Touched: []string{"web"}})
+	holds(s1)
+	expect("a change", p0, d0, 1, 0)
+
+	p0, d0 = requests()
+	s2 := upstream.State{"web": s1["web"], "Rn": named("Rn", b.Addr())}
+	hand(engine.Change{State: s2, From: s1, Touched: []string{"Rn", "rn"}})
+	holds(s2)
+	expect("a case-only rename", p0, d0, 1, 0)
+
+	p0, d0 = requests()
+	s3 := upstream.State{"Rn": s2["Rn"]}
+	hand(engine.Change{State: s3, From: s2, Touched: []string{"web"}})
+	holds(s3)
+	expect("a removal", p0, d0, 0, 1)
 }
 
 // crash is what happened to nginx's processes after a worker was killed.
