@@ -39,6 +39,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if o.render {
 		return rerender(o, stdout, stderr)
 	}
+	if o.growth != "" {
+		if err := Growth(splitList(o.growth), o.mdPath); err != nil {
+			fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "wrote %s and %s\n", o.mdPath, filepath.Join(filepath.Dir(o.mdPath), PlotGrowth))
+		return 0
+	}
 	proc, err := newProcs(procfs.DefaultMountPoint)
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper-bench: %v\n", err)
@@ -58,6 +66,7 @@ type options struct {
 	command              string
 	render, keep, shared bool
 	fleetBaseline        string // -fleet-baseline
+	growth               string // -growth: results files, comma-separated
 }
 
 // parseFlags parses args into options, with -quick's smaller defaults for
@@ -105,6 +114,9 @@ func parseFlags(args []string, stderr io.Writer) (options, bool) {
 	}
 	if o.jsonPath == "" {
 		o.jsonPath = filepath.Join(o.bin.RepoRoot, "docs", "bench", "results.json")
+	}
+	if o.mdPath == "" && o.growth != "" {
+		o.mdPath = filepath.Join(o.bin.RepoRoot, "docs", "SCALE.md")
 	}
 	if o.mdPath == "" {
 		o.mdPath = filepath.Join(o.bin.RepoRoot, "docs", "BENCHMARKS.md")
@@ -155,6 +167,7 @@ func newFlagSet(stderr io.Writer, o *options, modes, scenarios *string, churn *t
 	fs.StringVar(&o.jsonPath, "json", "", "results file (default <repo>/docs/bench/results.json)")
 	fs.StringVar(&o.mdPath, "md", "", "report (default <repo>/docs/BENCHMARKS.md); plots go to <dir of -json>")
 	fs.BoolVar(&o.render, "render", false, "only render the report and plots again from -json (rewriting it in the current format)")
+	fs.StringVar(&o.growth, "growth", "", "only write the scale growth report (CPU per change, p50 and RSS against the catalog's size) from these results files, comma-separated, each from -scenarios scale at one -services; to -md (default <repo>/docs/SCALE.md), its plot next to it")
 	fs.BoolVar(&o.shared, "shared", false, "say in the report that the machine was shared with other work")
 	fs.BoolVar(&o.keep, "keep", false, "keep the files of failed scenario runs")
 	fs.StringVar(&o.profileDir, "profile", "", "save the daemon's CPU profile of the scale changes and its heap profile after them in this directory")
