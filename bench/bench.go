@@ -116,7 +116,7 @@ func parseFlags(args []string, stderr io.Writer) (options, bool) {
 		o.jsonPath = filepath.Join(o.bin.RepoRoot, "docs", "bench", "results.json")
 	}
 	if o.mdPath == "" && o.growth != "" {
-		o.mdPath = filepath.Join(o.bin.RepoRoot, "docs", "SCALE.md")
+		o.mdPath = filepath.Join(o.bin.RepoRoot, "docs", "bench", "SCALE.md")
 	}
 	if o.mdPath == "" {
 		o.mdPath = filepath.Join(o.bin.RepoRoot, "docs", "BENCHMARKS.md")
@@ -167,7 +167,7 @@ func newFlagSet(stderr io.Writer, o *options, modes, scenarios *string, churn *t
 	fs.StringVar(&o.jsonPath, "json", "", "results file (default <repo>/docs/bench/results.json)")
 	fs.StringVar(&o.mdPath, "md", "", "report (default <repo>/docs/BENCHMARKS.md); plots go to <dir of -json>")
 	fs.BoolVar(&o.render, "render", false, "only render the report and plots again from -json (rewriting it in the current format)")
-	fs.StringVar(&o.growth, "growth", "", "only write the scale growth report (CPU per change, p50 and RSS against the catalog's size) from these results files, comma-separated, each from -scenarios scale at one -services; to -md (default <repo>/docs/SCALE.md), its plot next to it")
+	fs.StringVar(&o.growth, "growth", "", "only write the scale growth report (CPU per change, p50 and RSS against the catalog's size) from these results files, comma-separated, each from -scenarios scale at one -services; to -md (default <repo>/docs/bench/SCALE.md), its plot next to it")
 	fs.BoolVar(&o.shared, "shared", false, "say in the report that the machine was shared with other work")
 	fs.BoolVar(&o.keep, "keep", false, "keep the files of failed scenario runs")
 	fs.StringVar(&o.profileDir, "profile", "", "save the daemon's CPU profile of the scale changes and its heap profile after them in this directory")

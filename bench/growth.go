@@ -28,7 +28,13 @@ type growthPoint struct {
 	watch, store        string
 	worst               ScaleRun
 	p50, p99            float64 // the highest p50 and p99 over the runs
+	replace             float64 // the highest FileReplaceCPUMs over the runs
 	file                string
+}
+
+// config names how the daemon ran: its consul.watch and store.
+func (g growthPoint) config() string {
+	return orDefault(g.watch, "catalog") + ", " + orDefault(g.store, "file")
 }
 
 // Growth reads the results files at paths and writes the growth report
@@ -46,12 +52,34 @@ func Growth(paths []string, mdPath string) error {
 		g := growthPoint{services: r.Params.Services, instances: r.Params.Instances, watch: r.Params.ConsulWatch, store: r.Params.Store, worst: r.Scale.Worst(), file: p}
 		for _, run := range r.Scale.Runs {
 			g.p50, g.p99 = max(g.p50, run.ChangeLatency.P50), max(g.p99, run.ChangeLatency.P99)
+			g.replace = max(g.replace, run.FileReplaceCPUMs)
 		}
 		points = append(points, g)
 	}
-	slices.SortFunc(points, func(a, b growthPoint) int { return a.services - b.services })
+	slices.SortFunc(points, func(a, b growthPoint) int {
+		if c := strings.Compare(a.config(), b.config()); c != 0 {
+			return c
+		}
+		return a.services - b.services
+	})
+	// The plot draws the configuration measured at the most sizes; the
+	// table lists every file.
+	count := map[string]int{}
+	curve := ""
+	for _, g := range points {
+		count[g.config()]++
+		if count[g.config()] > count[curve] {
+			curve = g.config()
+		}
+	}
+	var drawn []growthPoint
+	for _, g := range points {
+		if g.config() == curve {
+			drawn = append(drawn, g)
+		}
+	}
 	dir := filepath.Dir(mdPath)
-	if err := plotGrowth(points, filepath.Join(dir, PlotGrowth)); err != nil {
+	if err := plotGrowth(drawn, curve, filepath.Join(dir, PlotGrowth)); err != nil {
 		return err
 	}
 	return os.WriteFile(mdPath, []byte(growthMarkdown(points)), 0o644)
@@ -63,6 +91,7 @@ func growthMarkdown(points []growthPoint) string {
 	w("# Scale: growth with the catalog\n\n")
 	w("Made by `swallowkeeper-bench -growth` from the scale results of each size (`scripts/bench.sh -scenarios scale -services N`), one file per size; each figure is the worst of that size's runs. Targets (issue 18): at 1,000 × 10, CPU per change ≤ 2 ms, change p50 / p99 ≤ 10 / 30 ms, RSS ≤ 60 MB; at 10,000 × 10, ≤ 5 ms, ≤ 20 / 50 ms, ≤ 200 MB; cold sync ≤ 2 s and ≤ 20 s; Consul connections ≤ 20; idle CPU ≤ 10 ms/s.\n\n")
 	w("![CPU per change, change p50 and RSS against the number of services](%s)\n\n", PlotGrowth)
+	w("The plot draws the configuration measured at the most sizes; the table lists every results file, by configuration.\n\n")
 	w("| services × instances | consul.watch | store | cold sync | CPU per change | change p50 / p99 | RSS (peak) | Consul connections | idle CPU | one file replace on this disk | results |\n")
 	w("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range points {
@@ -71,8 +100,8 @@ func growthMarkdown(points []growthPoint) string {
 			store = "file"
 		}
 		replace := "—"
-		if g.worst.FileReplaceCPUMs > 0 {
-			replace = fmt.Sprintf("%.2f ms", g.worst.FileReplaceCPUMs)
+		if g.replace > 0 {
+			replace = fmt.Sprintf("%.2f ms", g.replace)
 		}
 		w("| %d × %d | %s | %s | %.2f s | %.2f ms | %.1f / %.1f ms | %.1f MB (%.1f) | %d | %.1f ms/s | %s | `%s` |\n",
 			g.services, g.instances, orDefault(g.watch, "catalog"), store, g.worst.ColdSyncMs/1000, g.worst.CPUPerChangeMs, g.p50, g.p99,
@@ -92,12 +121,12 @@ func orDefault(s, d string) string {
 // plotGrowth draws the three growth curves on log–log axes: a cost that
 // grows with the catalog rises to the right, one that does not stays
 // flat.
-func plotGrowth(points []growthPoint, path string) error {
+func plotGrowth(points []growthPoint, config, path string) error {
 	if len(points) == 0 {
 		return fmt.Errorf("growth: no results")
 	}
 	p := plot.New()
-	p.Title.Text = "Scale: a single-instance change against the catalog's size"
+	p.Title.Text = "Scale: a single-instance change against the catalog's size (" + config + ")"
 	p.X.Label.Text = "services (× instances each)"
 	p.Y.Label.Text = "value"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}

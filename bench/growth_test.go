@@ -38,10 +38,13 @@ func TestGrowthReportsEachSizeInOrder(t *testing.T) {
 	}
 	text := string(b)
 	i100, i1000, i10000 := strings.Index(text, "| 100 × 10 |"), strings.Index(text, "| 1000 × 10 |"), strings.Index(text, "| 10000 × 10 |")
+	if !strings.Contains(text, "per_service | directory") {
+		t.Errorf("the configuration is not named:\n%s", text)
+	}
 	if i100 < 0 || i1000 < i100 || i10000 < i1000 {
 		t.Fatalf("sizes missing or out of order:\n%s", text)
 	}
-	if !strings.Contains(text[i100:i1000], "| 1.30 ms | 10.0 / 20.0 ms |") {
+	if !strings.Contains(text[i100:i1000], "| 1.30 ms | 10.0 / 20.0 ms |") || !strings.Contains(text[i100:i1000], "| 0.70 ms |") {
 		t.Errorf("100 services: want the worst run's CPU (1.30 ms) and the highest p50 (10.0):\n%s", text[i100:i1000])
 	}
 	if fi, err := os.Stat(filepath.Join(dir, PlotGrowth)); err != nil || fi.Size() == 0 {

@@ -357,7 +357,11 @@ const nginxLuaConf = `# Written by swallowkeeper-bench (mode ours-lua).
         keepalive 64;
     }
     server {
-        listen 127.0.0.1:{{api}};
+        # reuseport: each worker its own socket, so that fresh connections
+        # spread over the workers by address (the bench's /_bench/lua-gc
+        # must reach every one; with one shared socket the same worker
+        # could take them all).
+        listen 127.0.0.1:{{api}} reuseport;
         allow 127.0.0.1; deny all;
         client_max_body_size 4m; client_body_buffer_size 4m;
         location / { content_by_lua_block { require("swallowkeeper.dyups").api() } }

@@ -280,8 +280,10 @@ local function glob(pattern)
     if not ffi_glob then
         local ffi = require "ffi"
         -- glibc's and musl's glob_t share this layout: the count and the
-        -- list first, then room for five function pointers.
-        ffi.cdef[[
+        -- list first, then room for five function pointers. pcall: another
+        -- module may have declared glob already (then its declaration
+        -- serves, or the call below fails and says so).
+        pcall(ffi.cdef, [[
             typedef struct {
                 size_t gl_pathc;
                 char **gl_pathv;
@@ -291,12 +293,18 @@ local function glob(pattern)
             } sk_glob_t;
             int glob(const char *pattern, int flags, void *errfunc, sk_glob_t *pglob);
             void globfree(sk_glob_t *pglob);
-        ]]
+        ]])
         ffi_glob = { ffi = ffi, GLOB_ERR = 1, GLOB_NOMATCH = 3 }
     end
     local ffi = ffi_glob.ffi
-    local g = ffi.new("sk_glob_t[1]")
-    local rc = ffi.C.glob(pattern, ffi_glob.GLOB_ERR, nil, g)
+    local ok, g = pcall(ffi.new, "sk_glob_t[1]")
+    if not ok then
+        return nil, "cannot list " .. pattern .. ": " .. tostring(g)
+    end
+    local called, rc = pcall(function() return ffi.C.glob(pattern, ffi_glob.GLOB_ERR, nil, g) end)
+    if not called then
+        return nil, "cannot list " .. pattern .. ": " .. tostring(rc)
+    end
     if rc == ffi_glob.GLOB_NOMATCH then
         ffi.C.globfree(g)
         return {}
