@@ -277,6 +277,15 @@ func BenchmarkPlanDeltaOneChange(b *testing.B) {
 	}
 }
 
+// runEngine runs an engine over one source, a store and sinks until the
+// test ends; fullEvery, when not 0, is its FullPlanEvery.
+func runEngine(t *testing.T, src Source, st Store, fullEvery time.Duration, sinks ...Sink) *Engine {
+	t.Helper()
+	e := New([]Source{src}, st, sinks, Guards{MinServices: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	e.FullPlanEvery = fullEvery
+	return running(t, e)
+}
+
 // deltaStore is memStore that also saves from a diff, and records the
 // diffs it was given.
 type deltaStore struct {
@@ -303,16 +312,7 @@ func TestEngineSavesWhatTheSnapshotTouched(t *testing.T) {
 	j := newJournal(upstream.State{})
 	ds := &deltaStore{memStore: memStore{j}}
 	src := make(chanSource)
-	e := New([]Source{src}, ds, []Sink{recSink{j}}, Guards{MinServices: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	e := runEngine(t, src, ds, 0, recSink{j})
 
 	first := state(web, api)
 	src <- Snapshot{Upstreams: first, Services: 2}
@@ -376,17 +376,7 @@ func TestEngineComparesEverythingNowAndThen(t *testing.T) {
 	web, api := up("web", "10.0.0.1:80", "10.0.0.2:80"), up("api", "10.0.1.1:80")
 	j := newJournal(upstream.State{})
 	src := make(chanSource)
-	e := New([]Source{src}, memStore{j}, []Sink{recSink{j}}, Guards{MinServices: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	e.FullPlanEvery = 500 * time.Millisecond // far beyond the few ms handled takes to look
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	e := runEngine(t, src, memStore{j}, 500*time.Millisecond, recSink{j}) // far beyond the few ms handled takes to look
 	first := state(web, api)
 	src <- Snapshot{Upstreams: first, Services: 2}
 	j.wait(t, 2) // save, push
@@ -398,9 +388,13 @@ func TestEngineComparesEverythingNowAndThen(t *testing.T) {
 	if !slices.Equal(ev, []string{"save", "push", "save", "push"}) || !j.states[2].Equal(second) {
 		t.Fatalf("journal %v; the full compare saved %v, want %v", ev, j.states[2], second)
 	}
-	st := e.Status()
-	if len(st.History) == 0 || st.History[len(st.History)-1].Cause != "full compare" {
-		t.Fatalf("history %+v, want the change with cause full compare", st.History)
+	// The status is published once the apply is done, just after the push.
+	deadline := time.Now().Add(5 * time.Second)
+	for st := e.Status(); len(st.History) == 0 || st.History[len(st.History)-1].Cause != "full compare"; st = e.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("history %+v, want the change with cause full compare", st.History)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -435,17 +429,7 @@ func TestFullCompareHealsAnOmissionThatCameWithAChange(t *testing.T) {
 	ds := &deltaStore{memStore: memStore{j}}
 	ts := &touchSink{changed: make(chan struct{}, 100)}
 	src := make(chanSource)
-	e := New([]Source{src}, ds, []Sink{ts}, Guards{MinServices: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	e.FullPlanEvery = 300 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- e.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runEngine(t, src, ds, 300*time.Millisecond, ts)
 	first := state(web, api)
 	src <- Snapshot{Upstreams: first, Services: 2}
 	<-ts.changed

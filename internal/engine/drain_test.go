@@ -205,16 +205,7 @@ func startDrainEngine(t *testing.T, src Source, j *journal, d *memDrains) *Engin
 	t.Helper()
 	e := New([]Source{src}, memStore{j}, []Sink{recSink{j}}, Guards{MinServices: 1, MaxDrop: 1, MaxTotalDrop: 1}, Wait{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	e.UseDrains(d)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	return e
+	return running(t, e)
 }
 
 // lastState is the state of the journal's newest event.

@@ -142,7 +142,12 @@ func startEngine(t *testing.T, srcs []Source, j *journal, w Wait) *Engine {
 
 func startEngineGuarded(t *testing.T, srcs []Source, j *journal, w Wait, g Guards) *Engine {
 	t.Helper()
-	e := New(srcs, memStore{j}, []Sink{recSink{j}}, g, w, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	return running(t, New(srcs, memStore{j}, []Sink{recSink{j}}, g, w, slog.New(slog.NewTextHandler(io.Discard, nil)), nil))
+}
+
+// running runs e until the test ends, and returns it.
+func running(t *testing.T, e *Engine) *Engine {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- e.Run(ctx) }()

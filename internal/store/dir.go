@@ -378,10 +378,9 @@ func (d *Dir) apply(changes []dirChange) error {
 	for _, c := range changes {
 		p := d.fileOf(c.stem)
 		if c.after == nil {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := d.remove(c.stem); err != nil {
 				return err
 			}
-			delete(d.files, c.stem)
 			continue
 		}
 		if err := writeReplace(p, c.after.data, d.Mode); err != nil {
@@ -391,6 +390,16 @@ func (d *Dir) apply(changes []dirChange) error {
 		d.files[c.stem] = c.after
 	}
 	return syncDir(d.Path)
+}
+
+// remove removes the file of stem and forgets it (the directory's fsync
+// is the caller's).
+func (d *Dir) remove(stem string) error {
+	if err := os.Remove(d.fileOf(stem)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	delete(d.files, stem)
+	return nil
 }
 
 // batchWrites is how many files a Save writes before it flushes them
@@ -424,10 +433,9 @@ func (d *Dir) applyBatch(changes []dirChange) (err error) {
 	for i, c := range changes {
 		p := d.fileOf(c.stem)
 		if c.after == nil {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := d.remove(c.stem); err != nil {
 				return err
 			}
-			delete(d.files, c.stem)
 			continue
 		}
 		if err := os.Rename(temps[i], p); err != nil {
@@ -486,15 +494,7 @@ func (d *Dir) putBack(changes []dirChange, refusal error) error {
 // Check verifies the directory as it is with the Verifier (nil without
 // one), as File's Check.
 func (d *Dir) Check() error {
-	if d.Verifier == nil {
-		return nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err := d.Verifier.Verify(context.Background()); err != nil {
-		return fmt.Errorf("store: %s: %w: %w; the files stay, nothing older is known", d.Where(), engine.ErrVerifyFailed, err)
-	}
-	return nil
+	return check(&d.mu, d.Verifier, d.Where(), "the files stay")
 }
 
 // readIfAny reads p; a missing file is nil data and no error.

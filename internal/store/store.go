@@ -161,13 +161,19 @@ func (f *File) Save(s upstream.State) error {
 // at start, which no Save has verified yet. A refusal wraps
 // engine.ErrVerifyFailed; the file stays, since nothing older is known.
 func (f *File) Check() error {
-	if f.Verifier == nil {
+	return check(&f.mu, f.Verifier, f.Path, "the file stays")
+}
+
+// check is Check of a store locked by mu, named where; stays says what
+// is left after a refusal.
+func check(mu *sync.Mutex, v Verifier, where, stays string) error {
+	if v == nil {
 		return nil
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.Verifier.Verify(context.Background()); err != nil {
-		return fmt.Errorf("store: %s: %w: %w; the file stays, nothing older is known", f.Path, engine.ErrVerifyFailed, err)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := v.Verify(context.Background()); err != nil {
+		return fmt.Errorf("store: %s: %w: %w; %s, nothing older is known", where, engine.ErrVerifyFailed, err, stays)
 	}
 	return nil
 }
