@@ -65,7 +65,7 @@ func TestFirstPostOfTheAPIAccessLog(t *testing.T) {
 func TestFanoutConfTextLogsTheAPIWithOneWorker(t *testing.T) {
 	text := fanoutConfText()
 	for _, want := range []string{"worker_processes 1;", "log_format sk_api '$msec $request_method $request_uri $status';\n    upstream swallowkeeper_backend {",
-		"listen 127.0.0.1:{{api}};\n        access_log {{dir}}/api-access.log sk_api;\n"} {
+		"listen 127.0.0.1:{{api}} reuseport;\n        access_log {{dir}}/api-access.log sk_api;\n"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("fan-out nginx.conf lacks %q", want)
 		}

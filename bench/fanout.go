@@ -58,8 +58,8 @@ func fanoutConfText() string {
 	text := strings.Replace(nginxConfText(ModeLua), "worker_processes 2;", "worker_processes 1;", 1)
 	text = strings.Replace(text, "    upstream swallowkeeper_backend {",
 		"    log_format sk_api '$msec $request_method $request_uri $status';\n    upstream swallowkeeper_backend {", 1)
-	return strings.Replace(text, "        listen 127.0.0.1:{{api}};\n",
-		"        listen 127.0.0.1:{{api}};\n        access_log {{dir}}/api-access.log sk_api;\n", 1)
+	return strings.Replace(text, "        listen 127.0.0.1:{{api}} reuseport;\n",
+		"        listen 127.0.0.1:{{api}} reuseport;\n        access_log {{dir}}/api-access.log sk_api;\n", 1)
 }
 
 // FirstPost returns when the first "POST uri" answered 200 at or after
