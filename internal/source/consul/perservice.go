@@ -84,8 +84,14 @@ func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) 
 		case <-ctx.Done():
 			return
 		case ev := <-catalogC:
-			st.onCatalog(ev)
-			f.follow(ctx)
+			if st.onCatalog(ev) {
+				f.follow(ctx)
+			} else {
+				// The same services: only an instance came, went or
+				// changed, which its follower sees. Not a pass over
+				// every service on each such change.
+				f.settle()
+			}
 		case <-rereadC:
 			rereadC = nil
 			if err := st.reread(ctx); err != nil && ctx.Err() == nil {
@@ -204,10 +210,7 @@ func (p *agentProbe) run(c *Client, back chan struct{}) {
 // stops those of services no longer selected.
 func (f *followers) follow(ctx context.Context) {
 	s, st := f.src, f.st
-	// The followers see every change of their services; the catalog only
-	// says which services there are.
-	st.probe = false
-	clear(st.dirty)
+	f.settle()
 	if !f.warned && s.client.cfg.Scheme != "https" && len(st.catalog) > plainHTTPPolls {
 		f.warned = true
 		s.log.Warn("consul.watch: per_service over plain http holds one connection per service; an agent refuses more than limits.http_max_conns_per_client (default 200) from one address: use https (HTTP/2) or raise that limit",
@@ -232,6 +235,14 @@ func (f *followers) follow(ctx context.Context) {
 	// With no follower (no service selected) nothing else would set
 	// health/service, and registry_up would stay 0.
 	s.followerGone("")
+}
+
+// settle drops what a catalog answer asks of the catalog mode (a probe
+// of the checks, services to read): the followers see every change of
+// their services; the catalog only says which services there are.
+func (f *followers) settle() {
+	f.st.probe = false
+	clear(f.st.dirty)
 }
 
 // take applies a follower's answer; it reports whether the service's data

@@ -548,7 +548,10 @@ func (t *tracker) markAll() {
 	}
 }
 
-func (t *tracker) onCatalog(ev catalogEvent) {
+// onCatalog takes a catalog answer; it reports whether it took a new list
+// of services (one with other names or tags, or the first), which may
+// start or stop the services' followers.
+func (t *tracker) onCatalog(ev catalogEvent) bool {
 	if t.catalog != nil && !ev.reset && bytes.Equal(ev.body, t.catalogBody) {
 		t.rereadCatalog = false
 		// The same names and tags, so nothing to decode, yet the index
@@ -560,13 +563,13 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 		if t.catalogSize > 0 {
 			t.probe = true
 		}
-		return
+		return false
 	}
 	var services map[string][]string
 	if err := json.Unmarshal(ev.body, &services); err != nil {
 		t.broken("catalog/services", "a map of services", err)
 		t.rereadCatalog = true
-		return
+		return false
 	}
 	t.rereadCatalog = false
 	t.setDoubt("catalog/services", ev.doubt)
@@ -617,6 +620,7 @@ func (t *tracker) onCatalog(ev catalogEvent) {
 		// tag lists; refresh decides whether the checks explain it.
 		t.probe = true
 	}
+	return true
 }
 
 // broken records an answer of the endpoint what that does not decode as
