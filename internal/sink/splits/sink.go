@@ -251,7 +251,7 @@ func (s *Sink) Wanted() (split.Table, map[string]string) {
 // one-shot run, where it acknowledges after the next full sync. When the
 // rules that may be pushed change with the state, it wakes Run.
 func (s *Sink) Update(c engine.Change) {
-	s.learnFrom(c.State, c.From, c.Touched, func() {
+	s.learnChange(c.State, c.From, c.Touched, func() {
 		if s.opt.OneShot {
 			s.pending = append(s.pending, c)
 		}
@@ -276,25 +276,17 @@ func (s *Sink) Planned(st upstream.State) { s.learn(st, nil) }
 // PlannedFrom is Planned told how st differs from the state planned
 // before it.
 func (s *Sink) PlannedFrom(st, from upstream.State, touched []string) {
-	s.learnFrom(st, from, touched, nil)
+	s.learnChange(st, from, touched, nil)
 }
 
-// learnFrom is learn for st, which differs from the state from in the
-// touched names only (nil: not known): when from is the state learnt
-// last, and the touched names keep their services, nothing else can
-// have changed what learn builds.
-func (s *Sink) learnFrom(st, from upstream.State, touched []string, also func()) {
-	s.mu.Lock()
+// unchanged reports, under s.mu, whether st gives what learn built last:
+// the same map, or one that differs from it (from) only in touched names
+// that keep their services, or the same names and services.
+func (s *Sink) unchanged(st, from upstream.State, touched []string) bool {
 	if s.learnt != nil && (sameMap(st, s.learntState) || touched != nil && sameMap(from, s.learntState) && s.sameTouched(st, touched)) {
-		s.learntState = st
-		if also != nil {
-			also()
-		}
-		s.mu.Unlock()
-		return
+		return true
 	}
-	s.mu.Unlock()
-	s.learn(st, also)
+	return s.sameAsLearnt(st)
 }
 
 // sameTouched reports whether the touched names of st are, present or
@@ -319,9 +311,15 @@ func sameMap(a, b upstream.State) bool {
 // changes which rules may be pushed. A service not known in st (a state
 // loaded from the persisted file) keeps the one learnt before for that
 // name. also runs under s.mu.
-func (s *Sink) learn(st upstream.State, also func()) {
+func (s *Sink) learn(st upstream.State, also func()) { s.learnChange(st, nil, nil, also) }
+
+// learnChange is learn for st, told how it differs from the state from
+// (touched; nil: not known): when from is the state learnt last and the
+// touched names keep their services, nothing else can have changed what
+// learn builds.
+func (s *Sink) learnChange(st, from upstream.State, touched []string, also func()) {
 	s.mu.Lock()
-	if s.sameAsLearnt(st) {
+	if s.unchanged(st, from, touched) {
 		s.learntState = st
 		// The same names and services as last time give the same groups
 		// and services, so the same verdicts: nothing to withdraw or wake
