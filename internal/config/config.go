@@ -27,6 +27,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
 	"github.com/swallowkeeper/swallowkeeper/internal/source/consul"
 	"github.com/swallowkeeper/swallowkeeper/internal/split"
+	"github.com/swallowkeeper/swallowkeeper/internal/store"
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
@@ -837,9 +838,9 @@ func (c *Config) validateUpstreams(bad badFunc) {
 func (c *Config) validateOutputs(bad badFunc) {
 	if c.File == "" {
 		bad("file", "the persisted upstream file is required")
-	} else if dir, base := filepath.Split(c.File); strings.ContainsAny(dir, "*?[\\") || base != "*.conf" && strings.ContainsAny(base, "*?[\\") {
+	} else if dir, base := filepath.Split(c.File); strings.ContainsAny(dir, "*?[\\") || base != store.DirGlob && strings.ContainsAny(base, "*?[\\") {
 		bad("file", "%s: the only pattern taken is DIR/*.conf (one file per upstream in DIR, the glob nginx.conf includes); otherwise name one file", c.File)
-	} else if base == "*.conf" {
+	} else if base == store.DirGlob {
 		if fi, err := os.Stat(filepath.Dir(c.File)); err != nil || !fi.IsDir() {
 			bad("file", "directory %s does not exist: create it (install -d -o swallowkeeper %s), or name a file in an existing directory", filepath.Dir(c.File), filepath.Dir(c.File))
 		}

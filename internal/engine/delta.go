@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"reflect"
 	"slices"
 	"time"
 
@@ -29,11 +28,6 @@ type fastMemory struct {
 	merged, next upstream.State
 	total        int
 	folded       map[string]string // folded name → name, of next
-}
-
-// sameMap reports whether a and b are the same map (not merely equal).
-func sameMap(a, b upstream.State) bool {
-	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // PlanDelta is Plan with a Delta: when the plan before was clean, prev is
@@ -100,7 +94,7 @@ func (p *Planner) allow(name string, u upstream.Upstream, g Guards) bool {
 func (p *Planner) planTouched(prev upstream.State, snaps []Snapshot, g Guards, d Delta) (upstream.State, []string, bool) {
 	f := p.fast
 	if f == nil || d.Touched == nil || len(snaps) != 1 || len(p.Drops) > 0 || !sameGuards(p.guards, g) ||
-		!sameMap(d.Since, f.merged) || !sameMap(prev, f.next) {
+		!upstream.SameState(d.Since, f.merged) || !upstream.SameState(prev, f.next) {
 		return nil, nil, false
 	}
 	s := snaps[0]

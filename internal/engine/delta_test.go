@@ -346,7 +346,7 @@ func TestEngineSavesWhatTheSnapshotTouched(t *testing.T) {
 			t.Errorf("save %d: diff %+v, want %+v", i, ds.deltas[i], w)
 		}
 	}
-	if !sameMap(ds.prevs[1], j.states[0]) || !sameMap(ds.prevs[2], j.states[2]) {
+	if !upstream.SameState(ds.prevs[1], j.states[0]) || !upstream.SameState(ds.prevs[2], j.states[2]) {
 		t.Error("a diff was not given from the state saved last")
 	}
 	for i, s := range []upstream.State{first, second, third} {

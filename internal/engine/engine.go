@@ -500,7 +500,7 @@ func (l *loop) apply() {
 	// from l.prev in any field (its service too, which Diff ignores).
 	var diff upstream.Changes
 	var touched []string
-	if l.touched != nil && sameMap(l.prev, l.base) && sameMap(next, l.planned) {
+	if l.touched != nil && upstream.SameState(l.prev, l.base) && upstream.SameState(next, l.planned) {
 		touched = l.touched
 		diff = upstream.DiffNames(l.prev, next, touched)
 	} else {

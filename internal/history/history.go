@@ -163,17 +163,6 @@ func (p Published) Names() []string {
 	return names
 }
 
-// Map returns every series by name, a copy.
-func (p Published) Map() map[string][]Point {
-	out := map[string][]Point{}
-	if p.shards != nil {
-		for _, m := range p.shards {
-			maps.Copy(out, m)
-		}
-	}
-	return out
-}
-
 // All returns every upstream's series at now.
 func (t *Timeline) All(now time.Time) Published {
 	out := Published{shards: new([publishedShards]map[string][]Point)}

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -208,7 +207,7 @@ func (d *Dir) Save(s upstream.State) error {
 func (d *Dir) SaveDelta(prev, s upstream.State, c upstream.Changes) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.files == nil || !sameMap(prev, d.last) || d.fullDue() {
+	if d.files == nil || !upstream.SameState(prev, d.last) || d.fullDue() {
 		return d.save(s, nil)
 	}
 	return d.save(s, append(slices.Clone(c.Set), c.Removed...))
@@ -222,11 +221,6 @@ func (d *Dir) fullDue() bool {
 		every = DefaultFullCheck
 	}
 	return time.Since(d.lastFull) >= every
-}
-
-// sameMap reports whether a and b are the same map (not merely equal).
-func sameMap(a, b upstream.State) bool {
-	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // save saves s; only, when not nil, names every upstream in which s may

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -338,7 +337,7 @@ func (t *Target) Run(stop, work context.Context) {
 			}
 			current = c.State
 			t.Own(c.Prior)
-			if c.Touched != nil && t.synced != nil && sameMap(c.From, t.synced) {
+			if c.Touched != nil && t.synced != nil && upstream.SameState(c.From, t.synced) {
 				err = t.sync(ctx, c.State, c.Touched)
 			} else {
 				err = t.Sync(ctx, c.State)
@@ -455,11 +454,6 @@ var errSuperseded = errors.New("superseded by a newer state")
 // failure.
 func (t *Target) Sync(ctx context.Context, desired upstream.State) (err error) {
 	return t.sync(ctx, desired, nil)
-}
-
-// sameMap reports whether a and b are the same map (not merely equal).
-func sameMap(a, b upstream.State) bool {
-	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // sync is Sync; only, when not nil, names every upstream in which desired

@@ -24,7 +24,6 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -283,7 +282,7 @@ func (s *Sink) PlannedFrom(st, from upstream.State, touched []string) {
 // the same map, or one that differs from it (from) only in touched names
 // that keep their services, or the same names and services.
 func (s *Sink) unchanged(st, from upstream.State, touched []string) bool {
-	if s.learnt != nil && (sameMap(st, s.learntState) || touched != nil && sameMap(from, s.learntState) && s.sameTouched(st, touched)) {
+	if s.learnt != nil && (upstream.SameState(st, s.learntState) || touched != nil && upstream.SameState(from, s.learntState) && s.sameTouched(st, touched)) {
 		return true
 	}
 	return s.sameAsLearnt(st)
@@ -300,11 +299,6 @@ func (s *Sink) sameTouched(st upstream.State, touched []string) bool {
 		}
 	}
 	return true
-}
-
-// sameMap reports whether a and b are the same map (not merely equal).
-func sameMap(a, b upstream.State) bool {
-	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 
 // learn takes st's upstreams and their services, and wakes Run when that
