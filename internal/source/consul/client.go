@@ -23,11 +23,13 @@ import (
 // polls, and reads beside them.
 const MaxConns = 4
 
-// Client is a Consul API client, plus what the source needs to read one
-// endpoint as raw bytes: /v1/health/state/any, whose answer holds every
+// Client is a Consul API client, plus what the source needs to read two
+// endpoints as raw bytes: /v1/health/state/any, whose answer holds every
 // check of the datacenter and which the source compares with the previous
-// answer by block hashes instead of decoding it (see checkList). Everything
-// else goes through the api package.
+// answer by block hashes instead of decoding it (see checkList), and
+// /v1/health/service/<name>, read on every change and decoded only as far
+// as the source needs (readService). Everything else goes through the api
+// package.
 type Client struct {
 	*api.Client
 	cfg api.Config // as api.NewClient completed it: scheme, address, token, HTTP client
@@ -167,6 +169,10 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 	meta := &api.QueryMeta{
 		KnownLeader:           resp.Header.Get("X-Consul-KnownLeader") == "true",
 		ResultsFilteredByACLs: resp.Header.Get("X-Consul-Results-Filtered-By-ACLs") == "true",
+	}
+	switch b := resp.Header.Get("X-Consul-Query-Backend"); b {
+	case api.QueryBackendStreaming, api.QueryBackendBlockingQuery:
+		meta.QueryBackend = b // as the api package sets it
 	}
 	if s := resp.Header.Get("X-Consul-Index"); s != "" {
 		if meta.LastIndex, err = strconv.ParseUint(s, 10, 64); err != nil {

@@ -153,6 +153,9 @@ func OnlyService(entries []*api.ServiceEntry, name string) []*api.ServiceEntry {
 func aggregate(checks api.HealthChecks) string {
 	status := api.HealthPassing
 	for _, c := range checks {
+		if c == nil {
+			return api.HealthCritical // a null in the list: nothing says it passes
+		}
 		switch c.Status {
 		case api.HealthPassing:
 		case api.HealthWarning:

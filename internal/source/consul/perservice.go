@@ -312,8 +312,10 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		if b.Attempts() > 0 || reread {
 			wait = 0 // see watch: ask without blocking after a failure
 		}
-		o := (&api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}).WithContext(ctx)
-		entries, meta, err := s.client.Health().Service(name, "", false, o)
+		o := &api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}
+		entries, meta, err := s.client.readService(ctx, name, o, func(m *api.QueryMeta) bool {
+			return !isCue(m, wait) // a cue's entries are never used
+		})
 		s.m.reads.Inc()
 		if ctx.Err() != nil {
 			return // stopped: followerGone has forgotten it
@@ -348,7 +350,7 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		if meta.LastIndex == index && index != 0 && wait != 0 {
 			continue // the wait timed out: nothing changed
 		}
-		if meta.QueryBackend == api.QueryBackendStreaming && wait != 0 {
+		if isCue(meta, wait) {
 			reread, cue = true, meta.LastIndex // a cue: read it again without an index
 			continue
 		}
@@ -374,6 +376,13 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 			return
 		}
 	}
+}
+
+// isCue reports whether an answer to a long poll that waited past index
+// wait is one of the streaming backend: only a cue to read again (see
+// follow).
+func isCue(meta *api.QueryMeta, wait uint64) bool {
+	return meta.QueryBackend == api.QueryBackendStreaming && wait != 0
 }
 
 // followerFailed records the outcome of service name's last request: in

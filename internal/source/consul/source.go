@@ -756,8 +756,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			delete(t.dirty, name) // excluded, or gone from the catalog
 			continue
 		}
-		o := (&api.QueryOptions{}).WithContext(ctx)
-		entries, meta, err := t.src.client.Health().Service(name, "", false, o)
+		entries, meta, err := t.src.client.readService(ctx, name, &api.QueryOptions{}, always)
 		t.src.m.reads.Inc()
 		if err != nil {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)

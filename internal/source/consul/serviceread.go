@@ -1,0 +1,135 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"sync"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// readService reads /v1/health/service/<name> (a long poll when q has a
+// WaitIndex) as the api package's Health().Service(name, "", false, q)
+// would, and decodes the answer only when decode, given the answer's meta,
+// says to: an answer of the streaming backend is only a cue to read again
+// (see follow), and decoding it would be wasted.
+//
+// It reads the answer uncompressed, into a pooled buffer, and decodes only
+// the fields the source uses (decodeServiceEntries). Per change this was the
+// largest part of the source's CPU: the api package asks for gzip and
+// decodes every field of every entry and check (check outputs, proxy and
+// connect blocks, definitions), twice per change in per_service mode.
+func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptions, decode func(*api.QueryMeta) bool) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	body, meta, err := c.getRaw(ctx, "/v1/health/service/"+url.PathEscape(name), q, takeAnswerBuffer)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer giveAnswerBuffer(body)
+	if !decode(meta) {
+		return nil, meta, nil
+	}
+	entries, err := decodeServiceEntries(body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("decode /v1/health/service/%s: %w", name, err)
+	}
+	return entries, meta, nil
+}
+
+// always is readService's decode for a read whose answer is always used.
+func always(*api.QueryMeta) bool { return true }
+
+// answerBuffers hold the bodies of service answers between reads: decoding
+// copies what it keeps, so a body is garbage once decoded. Only buffers up
+// to maxPooledAnswer go back, so that one huge service does not pin its
+// buffer for ever.
+var answerBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledAnswer = 1 << 20
+
+func takeAnswerBuffer() []byte { return (*answerBuffers.Get().(*[]byte))[:0] }
+
+func giveAnswerBuffer(b []byte) {
+	if cap(b) == 0 || cap(b) > maxPooledAnswer {
+		return
+	}
+	b = b[:0]
+	answerBuffers.Put(&b)
+}
+
+// The fields of a /v1/health/service answer the source uses (Convert,
+// versionsOf, OnlyService), under the api package's names, so that JSON
+// decodes them as it would into api.ServiceEntry; every other field is
+// skipped rather than allocated.
+type (
+	leanEntry struct {
+		Node    *leanNode
+		Service *leanService
+		Checks  []*leanCheck
+	}
+	leanNode struct {
+		Node            string
+		Address         string
+		TaggedAddresses map[string]string
+		ModifyIndex     uint64
+	}
+	leanService struct {
+		ID              string
+		Service         string
+		Address         string
+		Port            int
+		Tags            []string
+		Meta            map[string]string
+		TaggedAddresses map[string]api.ServiceAddress
+		Weights         api.AgentWeights
+		ModifyIndex     uint64
+	}
+	leanCheck struct {
+		Status      string
+		ModifyIndex uint64
+	}
+)
+
+// decodeServiceEntries decodes a /v1/health/service answer into the api
+// package's types, filling only the fields the source uses. A field the
+// source uses decodes, or fails, as it would into api.ServiceEntry; a field
+// it does not use is never looked at, so a malformed one there does not
+// hold the service's changes.
+func decodeServiceEntries(body []byte) ([]*api.ServiceEntry, error) {
+	var lean []*leanEntry
+	if err := json.Unmarshal(body, &lean); err != nil {
+		return nil, err
+	}
+	if lean == nil {
+		return nil, nil
+	}
+	out := make([]*api.ServiceEntry, len(lean))
+	for i, l := range lean {
+		if l == nil {
+			continue
+		}
+		e := &api.ServiceEntry{}
+		if n := l.Node; n != nil {
+			e.Node = &api.Node{Node: n.Node, Address: n.Address, TaggedAddresses: n.TaggedAddresses, ModifyIndex: n.ModifyIndex}
+		}
+		if s := l.Service; s != nil {
+			e.Service = &api.AgentService{ID: s.ID, Service: s.Service, Address: s.Address, Port: s.Port, Tags: s.Tags,
+				Meta: s.Meta, TaggedAddresses: s.TaggedAddresses, Weights: s.Weights, ModifyIndex: s.ModifyIndex}
+		}
+		if l.Checks != nil {
+			// One allocation for the entry's checks, not one each.
+			checks := make([]api.HealthCheck, len(l.Checks))
+			e.Checks = make(api.HealthChecks, len(l.Checks))
+			for j, c := range l.Checks {
+				if c == nil {
+					continue
+				}
+				checks[j] = api.HealthCheck{Status: c.Status, ModifyIndex: c.ModifyIndex}
+				e.Checks[j] = &checks[j]
+			}
+		}
+		out[i] = e
+	}
+	return out, nil
+}

@@ -1,0 +1,203 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/testenv"
+)
+
+// apiDecode is how the api package decodes a /v1/health/service answer.
+func apiDecode(body []byte) ([]*api.ServiceEntry, error) {
+	var out []*api.ServiceEntry
+	err := json.NewDecoder(strings.NewReader(string(body))).Decode(&out)
+	return out, err
+}
+
+// sameUse fails t unless a and b give the source the same instances under
+// every conversion option, the same versions and the same entries of name.
+func sameUse(t *testing.T, name string, a, b []*api.ServiceEntry) {
+	t.Helper()
+	for _, c := range []Convert{{}, {OnlyPassing: true}, {NativeWeights: true}, {AddressFrom: "lan"}, {AddressFrom: "wan_ipv4"}} {
+		ia, na := c.Instances(a)
+		ib, nb := c.Instances(b)
+		if !reflect.DeepEqual(ia, ib) || !reflect.DeepEqual(na, nb) {
+			t.Fatalf("%+v: instances differ:\napi:  %+v %v\nlean: %+v %v", c, ia, na, ib, nb)
+		}
+	}
+	if va, vb := versionsOf(a), versionsOf(b); !sameVersions(va, vb) {
+		t.Fatalf("versions differ: api %+v, lean %+v", va, vb)
+	}
+	if oa, ob := versionsOf(OnlyService(a, name)), versionsOf(OnlyService(b, name)); !sameVersions(oa, ob) {
+		t.Fatalf("OnlyService differs: api %+v, lean %+v", oa, ob)
+	}
+}
+
+// A full entry as Consul 1.20 writes it, with the fields the source skips
+// (check outputs, definitions, proxy and connect blocks) filled in.
+const fullEntry = `{"Node":{"ID":"0b6d","Node":"n1","Address":"10.0.0.1","Datacenter":"dc1",
+ "TaggedAddresses":{"lan":"10.0.0.1","wan_ipv4":"192.0.2.1"},"Meta":{"rack":"r1"},"CreateIndex":5,"ModifyIndex":7},
+ "Service":{"Kind":"","ID":"web-1","Service":"web","Tags":["v1","canary"],"Address":"10.0.1.1",
+ "TaggedAddresses":{"lan":{"Address":"10.0.1.2","Port":8081},"wan_ipv4":{"Address":"192.0.2.9","Port":0}},
+ "Meta":{"weight":"3"},"Port":8080,"Weights":{"Passing":5,"Warning":1},"EnableTagOverride":false,
+ "Proxy":{"Mode":"","MeshGateway":{},"Expose":{}},"Connect":{},"PeerName":"","CreateIndex":9,"ModifyIndex":11},
+ "Checks":[{"Node":"n1","CheckID":"serfHealth","Name":"Serf Health Status","Status":"passing","Notes":"",
+  "Output":"Agent alive and reachable","ServiceID":"","ServiceName":"","ServiceTags":[],"Type":"","Interval":"",
+  "Timeout":"","ExposedPort":0,"Definition":{},"CreateIndex":5,"ModifyIndex":5},
+  {"Node":"n1","CheckID":"service:web-1","Name":"web","Status":"warning","Output":"slow\n","ServiceID":"web-1",
+  "ServiceName":"web","ServiceTags":["v1"],"Type":"ttl","Definition":{"Interval":"0s"},"CreateIndex":12,"ModifyIndex":14}]}`
+
+func TestDecodeServiceEntriesMatchesTheAPI(t *testing.T) {
+	cases := []struct {
+		name, body string
+		// apiFails: the api package refuses the answer over a field the
+		// source never uses; the lean decode takes it.
+		apiFails bool
+		// bothFail: a field the source uses is malformed.
+		bothFail bool
+	}{
+		{name: "full entry", body: "[" + fullEntry + "]"},
+		{name: "two entries, one of another service", body: "[" + fullEntry + "," + strings.Replace(fullEntry, `"Service":"web"`, `"Service":"api"`, 1) + "]"},
+		{name: "empty", body: "[]"},
+		{name: "null", body: "null"},
+		{name: "null entry", body: "[null," + fullEntry + "]"},
+		{name: "entry without node or service", body: `[{"Checks":[]},{"Node":{"Node":"n"}},{"Service":{"Service":"web","ID":"x"}}]`},
+		{name: "null checks", body: `[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"Service":"web","ID":"x","Port":1},"Checks":null}]`},
+		{name: "a null check", body: `[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"Service":"web","ID":"x","Port":1},"Checks":[null,{"Status":"passing"}]}]`},
+		{name: "lower-case keys", body: `[{"node":{"node":"n","address":"10.0.0.1"},"service":{"service":"web","id":"x","port":1},"checks":[{"status":"critical","modifyindex":3}]}]`},
+		{name: "unused field malformed", body: `[{"Node":{"Node":"n","Address":"10.0.0.1","Meta":7},"Service":{"Service":"web","ID":"x","Port":1,"Proxy":"no"},"Checks":[{"Status":"passing","Output":5}]}]`, apiFails: true},
+		{name: "port malformed", body: `[{"Node":{"Node":"n"},"Service":{"Service":"web","ID":"x","Port":"80"}}]`, bothFail: true},
+		{name: "status malformed", body: `[{"Node":{"Node":"n"},"Service":{"Service":"web","ID":"x","Port":80},"Checks":[{"Status":1}]}]`, bothFail: true},
+		{name: "not a list", body: `{"Node":{}}`, bothFail: true},
+		{name: "truncated", body: "[" + fullEntry[:200], bothFail: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			lean, lerr := decodeServiceEntries([]byte(tc.body))
+			full, aerr := apiDecode([]byte(tc.body))
+			switch {
+			case tc.bothFail:
+				if lerr == nil || aerr == nil {
+					t.Fatalf("want both to fail: lean %v, api %v", lerr, aerr)
+				}
+				return
+			case tc.apiFails:
+				if aerr == nil {
+					t.Fatal("the api package took it: the case no longer shows what it is for")
+				}
+				if lerr != nil {
+					t.Fatalf("lean decode: %v", lerr)
+				}
+				// What the source uses must be what it would be with the
+				// unused fields left out.
+				var raw []map[string]any
+				if err := json.Unmarshal([]byte(tc.body), &raw); err != nil {
+					t.Fatal(err)
+				}
+				delete(raw[0]["Node"].(map[string]any), "Meta")
+				delete(raw[0]["Service"].(map[string]any), "Proxy")
+				delete(raw[0]["Checks"].([]any)[0].(map[string]any), "Output")
+				clean, _ := json.Marshal(raw)
+				if full, aerr = apiDecode(clean); aerr != nil {
+					t.Fatal(aerr)
+				}
+			default:
+				if lerr != nil || aerr != nil {
+					t.Fatalf("lean %v, api %v", lerr, aerr)
+				}
+			}
+			if len(lean) != len(full) {
+				t.Fatalf("%d entries, the api package %d", len(lean), len(full))
+			}
+			sameUse(t, "web", full, lean)
+		})
+	}
+}
+
+// TestReadServiceMatchesTheAPIOnRealConsul reads the answers of a real
+// Consul both ways, the api package's and readService's, for instances
+// that use every field the source reads: the source must see the same.
+func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
+	c := testenv.StartConsul(t)
+	agent := c.Client.Agent()
+	regs := []*api.AgentServiceRegistration{
+		{ID: "web-1", Name: "web", Address: "127.0.0.1", Port: 8081, Tags: []string{"v1", "canary"}, Meta: map[string]string{"weight": "3"},
+			TaggedAddresses: map[string]api.ServiceAddress{"lan": {Address: "127.0.0.2", Port: 9081}, "wan_ipv4": {Address: "192.0.2.1"}},
+			Weights:         &api.AgentWeights{Passing: 5, Warning: 2},
+			Checks: api.AgentServiceChecks{
+				{CheckID: "web-1-a", TTL: "10m", Status: api.HealthPassing, Notes: "a note"},
+				{CheckID: "web-1-b", TTL: "10m", Status: api.HealthWarning},
+			}},
+		{ID: "web-2", Name: "web", Port: 8082, Check: &api.AgentServiceCheck{CheckID: "web-2-a", TTL: "10m", Status: api.HealthCritical}},
+		{ID: "web-3", Name: "web", Address: "127.0.0.3", Port: 8083},
+		{ID: "api-1", Name: "api", Address: "127.0.0.4", Port: 8084, Check: &api.AgentServiceCheck{TTL: "10m", Status: api.HealthPassing}},
+	}
+	for _, r := range regs {
+		if err := agent.ServiceRegister(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := agent.UpdateTTL("web-1-a", strings.Repeat("output ", 100), api.HealthPassing); err != nil {
+		t.Fatal(err)
+	}
+	client := testClient(t, c)
+	ctx := context.Background()
+	for _, name := range []string{"web", "api", "absent"} {
+		want, wmeta, err := client.Health().Service(name, "", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, gmeta, err := client.readService(ctx, name, &api.QueryOptions{}, always)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d entries, the api package %d", name, len(got), len(want))
+		}
+		if gmeta.LastIndex != wmeta.LastIndex || gmeta.KnownLeader != wmeta.KnownLeader ||
+			gmeta.ResultsFilteredByACLs != wmeta.ResultsFilteredByACLs || gmeta.QueryBackend != wmeta.QueryBackend {
+			t.Fatalf("%s: meta %+v, the api package %+v", name, *gmeta, *wmeta)
+		}
+		sameUse(t, name, want, got)
+		if name == "web" { // not two empty answers compared
+			healthy := map[string]bool{}
+			ins, _ := Convert{}.Instances(got)
+			for _, in := range ins {
+				healthy[in.ID] = in.Healthy
+			}
+			if want := map[string]bool{"web-1": true, "web-2": false, "web-3": true}; !reflect.DeepEqual(healthy, want) {
+				t.Fatalf("web: healthy by instance %v, want %v", healthy, want)
+			}
+		}
+	}
+
+	// A long poll past an index it has passed answers at once; the meta
+	// must name the backend as the api package does, since a streaming
+	// answer is only a cue, and decode is not asked for one.
+	_, meta, err := client.Health().Service("web", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &api.QueryOptions{WaitIndex: meta.LastIndex - 1}
+	_, wmeta, err := client.Health().Service("web", "", false, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := false
+	got, gmeta, err := client.readService(ctx, "web", q, func(m *api.QueryMeta) bool { asked = true; return m.QueryBackend != api.QueryBackendStreaming })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !asked || gmeta.QueryBackend != wmeta.QueryBackend || gmeta.QueryBackend == "" {
+		t.Fatalf("long poll: backend %q (decode asked: %v), the api package %q", gmeta.QueryBackend, asked, wmeta.QueryBackend)
+	}
+	if (got == nil) != (gmeta.QueryBackend == api.QueryBackendStreaming) {
+		t.Fatalf("long poll answered by %q: decoded %d entries, want none only for a streaming answer", gmeta.QueryBackend, len(got))
+	}
+	t.Logf("a long poll is answered by the %q backend", gmeta.QueryBackend)
+}
