@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
@@ -22,7 +21,8 @@ import (
 // decodes every field of every entry and check (check outputs, proxy and
 // connect blocks, definitions), twice per change in per_service mode.
 func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptions, decode func(*api.QueryMeta) bool) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	body, meta, err := c.getRaw(ctx, "/v1/health/service/"+url.PathEscape(name), q, takeAnswerBuffer)
+	// getRaw's URL escapes the path: the name goes in as it is.
+	body, meta, err := c.getRaw(ctx, "/v1/health/service/"+name, q, takeAnswerBuffer)
 	if err != nil {
 		return nil, nil, err
 	}
