@@ -30,6 +30,8 @@ type growthPoint struct {
 	p50, p99            float64 // the highest p50 and p99 over the runs
 	replace             float64 // the highest FileReplaceCPUMs over the runs
 	file                string
+	runs                int
+	commit              string // of the daemon measured, from its version line
 }
 
 // config names how the daemon ran: its consul.watch and store.
@@ -49,7 +51,8 @@ func Growth(paths []string, mdPath string) error {
 		if r.Scale == nil || len(r.Scale.Runs) == 0 {
 			return fmt.Errorf("growth: %s holds no scale run (make it with -scenarios scale)", p)
 		}
-		g := growthPoint{services: r.Params.Services, instances: r.Params.Instances, watch: r.Params.ConsulWatch, store: r.Params.Store, worst: r.Scale.Worst(), file: p}
+		g := growthPoint{services: r.Params.Services, instances: r.Params.Instances, watch: r.Params.ConsulWatch, store: r.Params.Store, worst: r.Scale.Worst(), file: p,
+			runs: len(r.Scale.Runs), commit: commitOf(r.Versions.SwallowKeeper)}
 		for _, run := range r.Scale.Runs {
 			g.p50, g.p99 = max(g.p50, run.ChangeLatency.P50), max(g.p99, run.ChangeLatency.P99)
 			g.replace = max(g.replace, run.FileReplaceCPUMs)
@@ -92,8 +95,8 @@ func growthMarkdown(points []growthPoint) string {
 	w("Made by `swallowkeeper-bench -growth` from the scale results of each size (`scripts/bench.sh -scenarios scale -services N`), one file per size; each figure is the worst of that size's runs. Targets (issue 18): at 1,000 × 10, CPU per change ≤ 2 ms, change p50 / p99 ≤ 10 / 30 ms, RSS ≤ 60 MB; at 10,000 × 10, ≤ 5 ms, ≤ 20 / 50 ms, ≤ 200 MB; cold sync ≤ 2 s and ≤ 20 s; Consul connections ≤ 20; idle CPU ≤ 10 ms/s.\n\n")
 	w("![CPU per change, change p50 and RSS against the number of services](%s)\n\n", PlotGrowth)
 	w("The plot draws the configuration measured at the most sizes; the table lists every results file, by configuration.\n\n")
-	w("| services × instances | consul.watch | store | cold sync | CPU per change | change p50 / p99 | RSS (peak) | Consul connections | idle CPU | one file replace on this disk | results |\n")
-	w("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	w("| services × instances | consul.watch | store | cold sync | CPU per change | change p50 / p99 | RSS (peak) | Consul connections | idle CPU | one file replace on this disk | runs | commit | results |\n")
+	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, g := range points {
 		store := g.store
 		if store == "" {
@@ -103,12 +106,23 @@ func growthMarkdown(points []growthPoint) string {
 		if g.replace > 0 {
 			replace = fmt.Sprintf("%.2f ms", g.replace)
 		}
-		w("| %d × %d | %s | %s | %.2f s | %.2f ms | %.1f / %.1f ms | %.1f MB (%.1f) | %d | %.1f ms/s | %s | `%s` |\n",
+		w("| %d × %d | %s | %s | %.2f s | %.2f ms | %.1f / %.1f ms | %.1f MB (%.1f) | %d | %.1f ms/s | %s | %d | %s | `%s` |\n",
 			g.services, g.instances, orDefault(g.watch, "catalog"), store, g.worst.ColdSyncMs/1000, g.worst.CPUPerChangeMs, g.p50, g.p99,
-			g.worst.RSSMB, g.worst.PeakRSSMB, g.worst.MaxConsulConns, g.worst.IdleCPUMsPerS, replace, filepath.Base(g.file))
+			g.worst.RSSMB, g.worst.PeakRSSMB, g.worst.MaxConsulConns, g.worst.IdleCPUMsPerS, replace, g.runs, orDefault(g.commit, "—"), filepath.Base(g.file))
 	}
 	w("\nCPU per change is the daemon's `utime+stime` over the changes less the idle rate, per change; it includes the kernel's work for the file writes (the column before last: the bench's own CPU for one atomic replace of a small file in the daemon's directory, measured apart).\n")
 	return b.String()
+}
+
+// commitOf is the commit in a version line such as "swallowkeeper dev
+// (go1.26.8 linux/amd64), commit f851846" ("" when it names none): rows
+// measured by different code must say so.
+func commitOf(version string) string {
+	_, after, ok := strings.Cut(version, "commit ")
+	if f := strings.Fields(after); ok && len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }
 
 func orDefault(s, d string) string {

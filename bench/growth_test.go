@@ -18,6 +18,9 @@ func TestGrowthReportsEachSizeInOrder(t *testing.T) {
 		cpu      []float64
 	}{{10000, []float64{4.5}}, {100, []float64{1.1, 1.3}}, {1000, []float64{2.2}}} {
 		r := &Results{Params: Params{Services: size.services, Instances: 10, ConsulWatch: "per_service", Store: "directory"}, Scale: &ScaleResult{}}
+		if size.services == 100 {
+			r.Versions.SwallowKeeper = "swallowkeeper dev (go1.26.8 linux/amd64), commit abc1234"
+		}
 		for i, cpu := range size.cpu {
 			r.Scale.Runs = append(r.Scale.Runs, ScaleRun{Run: i + 1, Services: size.services, Synced: true, CPUPerChangeMs: cpu, RSSMB: float64(size.services) / 50,
 				ColdSyncMs: 1500, ChangeLatency: Summary{P50: 9 + float64(i), P99: 20}, FileReplaceCPUMs: 0.7})
@@ -46,6 +49,9 @@ func TestGrowthReportsEachSizeInOrder(t *testing.T) {
 	}
 	if !strings.Contains(text[i100:i1000], "| 1.30 ms | 10.0 / 20.0 ms |") || !strings.Contains(text[i100:i1000], "| 0.70 ms |") {
 		t.Errorf("100 services: want the worst run's CPU (1.30 ms) and the highest p50 (10.0):\n%s", text[i100:i1000])
+	}
+	if !strings.Contains(text[i100:i1000], "| 0.70 ms | 2 | abc1234 |") || !strings.Contains(text[i1000:i10000], "| 1 | — |") {
+		t.Errorf("want each row's number of runs and the commit measured (— when its version names none):\n%s", text)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, PlotGrowth)); err != nil || fi.Size() == 0 {
 		t.Fatalf("plot: %v", err)

@@ -382,8 +382,7 @@ func renderScale(w writer, r *Results) {
 	if kb := slices.MaxFunc(runs, func(a, b ScaleRun) int { return cmp.Compare(a.ChecksAnswerKB, b.ChecksAnswerKB) }).ChecksAnswerKB; kb > 0 {
 		answer = fmt.Sprintf("%.1f MB", kb/1024)
 	}
-	w("Every instance carries a passing check of its own, as instances registered through an agent do. Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d checks, %s). The daemon compares each answer with the previous one by hashes of 1 KB blocks from both ends (it keeps the hashes, not the 2.8 MB answer) and decodes only the checks between the unchanged ends, re-reads the one service that changed, rebuilds only that service's upstreams and re-renders only their blocks of the file. What a change still costs grows with the catalog, by design: reading the whole checks answer, writing and fsyncing the whole persisted file (every upstream, so that nginx can start from it), and the engine's passes over every upstream of the full snapshot it compares (`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile). Memory is mostly the buffer each checks answer is read into, kept for the next one, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); the file-backed part of the RSS is the daemon's own binary (code and data of every registry client it links), whatever the catalog holds.\n\n",
-		wst.Services*wst.Instances+1, answer)
+	w("%s\n\n", scaleCostNote(r.Params.ConsulWatch, r.Params.Store, wst.Services*wst.Instances+1, answer))
 	w("| figure |")
 	for _, run := range runs {
 		w(" run %d |", run.Run)
@@ -493,6 +492,34 @@ func consulWatchNote(watch string) string {
 		return "The daemons ran with `consul.watch: per_service`: one long poll of `/v1/health/service/<name>` per service, over https to Consul's https port, where HTTP/2 carries them (up to 250 on each connection); connections are counted on that port. The checks answer is not read."
 	}
 	return "The daemons ran with `consul.watch: catalog` (the default): the catalog's service list and every check (`/v1/health/state/any`) in two long polls, so each change reads the whole checks answer."
+}
+
+// scaleCostNote says what one change reads, writes and passes over in the
+// scale scenario, for the watch mode and store the daemon ran with, and
+// what its memory is (checks: how many checks the catalog held; answer: the
+// size of the checks answer).
+func scaleCostNote(watch, store string, checks int, answer string) string {
+	var b strings.Builder
+	b.WriteString("Every instance carries a passing check of its own, as instances registered through an agent do. ")
+	if watch == "per_service" {
+		b.WriteString("Each change wakes the long poll of the one service that changed: the agent's streaming answer, only a cue, is read but not decoded, and the service is read once more without an index from the blocking-query backend, whose answer says whether the servers have a leader and whether ACLs filtered it (the `service reads per change` row); that answer is decoded only as far as the daemon uses it, into the service's upstreams. ")
+	} else {
+		fmt.Fprintf(&b, "Each change wakes the daemon's two watches, `/v1/catalog/services` and `/v1/health/state/any`; the latter answers with every check of the catalog (here %d checks, %s). The daemon compares each answer with the previous one by hashes of 1 KB blocks from both ends (it keeps the hashes, not the answer) and decodes only the checks between the unchanged ends, then re-reads the one service that changed. ", checks, answer)
+	}
+	b.WriteString("The engine plans only the upstreams the snapshot marks touched (a full plan at least once a minute), and the source still copies its map of every upstream for each snapshot. ")
+	if store == "directory" {
+		b.WriteString("The store writes and fsyncs the changed upstream's file and fsyncs the directory; \"one file replace\" below is what that costs the kernel on this disk, measured apart. ")
+	} else {
+		b.WriteString("The store writes and fsyncs the whole persisted file (every upstream, so that nginx can start from it). ")
+	}
+	b.WriteString("`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile. ")
+	if watch == "per_service" {
+		b.WriteString("Memory is mostly goroutine stacks, two per long poll in flight (the daemon's and the HTTP/2 transport's, about 10 KB each; see the goroutine row), the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); ")
+	} else {
+		b.WriteString("Memory is mostly the buffer each checks answer is read into, kept for the next one, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); ")
+	}
+	b.WriteString("the file-backed part of the RSS is the daemon's own binary (code and data of every registry client it links), whatever the catalog holds.")
+	return b.String()
 }
 
 // storeNote says how the daemon persisted in the scale scenario.
