@@ -2,6 +2,7 @@ package consul
 
 import (
 	"cmp"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -164,6 +165,9 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		// Read a little more, so that an HTTP/1.1 connection can be used
+		// again; an error page larger than that costs a new connection.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, nil, fmt.Errorf("unexpected response code: %d (%s)", resp.StatusCode, strings.TrimSpace(string(msg)))
 	}
 	meta := &api.QueryMeta{
@@ -186,7 +190,19 @@ func (c *Client) getRaw(ctx context.Context, path string, q *api.QueryOptions, b
 	if buffer != nil {
 		buf = buffer()
 	}
-	body, err := readbuf.Sized(resp.Body, resp.ContentLength, maxPresize, buf)
+	var r io.Reader = resp.Body
+	n := resp.ContentLength
+	if strings.EqualFold(resp.Header.Get("Content-Encoding"), "gzip") {
+		// Asked for identity, yet compressed: a proxy between the daemon
+		// and the agent that compresses whatever it is asked. Read it
+		// rather than fail on every answer.
+		zr, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read gzip body: %w", err)
+		}
+		r, n = zr, -1
+	}
+	body, err := readbuf.Sized(r, n, maxPresize, buf)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read body: %w", err)
 	}

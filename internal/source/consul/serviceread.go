@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -98,7 +99,9 @@ type (
 // hold the service's changes.
 func decodeServiceEntries(body []byte) ([]*api.ServiceEntry, error) {
 	var lean []*leanEntry
-	if err := json.Unmarshal(body, &lean); err != nil {
+	// A Decoder, as the api package reads it: what follows the list (no
+	// Consul sends anything) is ignored there, and so here.
+	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&lean); err != nil {
 		return nil, err
 	}
 	if lean == nil {

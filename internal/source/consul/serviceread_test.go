@@ -1,8 +1,11 @@
 package consul
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
@@ -75,6 +78,7 @@ func TestDecodeServiceEntriesMatchesTheAPI(t *testing.T) {
 		{name: "status malformed", body: `[{"Node":{"Node":"n"},"Service":{"Service":"web","ID":"x","Port":80},"Checks":[{"Status":1}]}]`, bothFail: true},
 		{name: "not a list", body: `{"Node":{}}`, bothFail: true},
 		{name: "truncated", body: "[" + fullEntry[:200], bothFail: true},
+		{name: "something after the list", body: "[" + fullEntry + "] []"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,4 +204,67 @@ func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
 		t.Fatalf("long poll answered by %q: decoded %d entries, want none only for a streaming answer", gmeta.QueryBackend, len(got))
 	}
 	t.Logf("a long poll is answered by the %q backend", gmeta.QueryBackend)
+}
+
+// TestVersionsSeeANullCheckComeAndGo: a null in an entry's check list makes
+// the instance fail, so its coming or going must be a change the follower
+// passes on, not an answer it drops as the same as the last.
+func TestVersionsSeeANullCheckComeAndGo(t *testing.T) {
+	with, err := decodeServiceEntries([]byte(`[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"Service":"web","ID":"x","Port":1},"Checks":[null,{"Status":"passing","ModifyIndex":5}]}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := decodeServiceEntries([]byte(`[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"Service":"web","ID":"x","Port":1},"Checks":[{"Status":"passing","ModifyIndex":5}]}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := Convert{}.Instances(with)
+	b, _ := Convert{}.Instances(without)
+	if a[0].Healthy || !b[0].Healthy {
+		t.Fatalf("healthy with a null check %v, without %v: want false, true", a[0].Healthy, b[0].Healthy)
+	}
+	if sameVersions(versionsOf(with), versionsOf(without)) {
+		t.Fatal("the versions do not tell the two answers apart: the follower would drop the second")
+	}
+}
+
+// TestGetRawReadsAnAnswerCompressedAnyway: the source asks for identity;
+// something between it and the agent (a proxy) may compress anyway, and
+// the answer must read, not fail on every poll.
+func TestGetRawReadsAnAnswerCompressedAnyway(t *testing.T) {
+	const body = `[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"Service":"web","ID":"x","Port":80}}]`
+	var asked string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked = r.Header.Get("Accept-Encoding")
+		if r.URL.Path != "/v1/health/service/web" {
+			http.Error(w, strings.Repeat("no such path ", 1000), http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("X-Consul-Index", "42")
+		w.Header().Set("X-Consul-KnownLeader", "true")
+		zw := gzip.NewWriter(w)
+		zw.Write([]byte(body))
+		zw.Close()
+	}))
+	defer srv.Close()
+	cfg := api.DefaultConfig()
+	cfg.Address = strings.TrimPrefix(srv.URL, "http://")
+	client, err := NewClient(cfg, WatchCatalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, meta, err := client.readService(context.Background(), "web", &api.QueryOptions{}, always)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != "identity" {
+		t.Errorf("Accept-Encoding %q, want identity", asked)
+	}
+	if meta.LastIndex != 42 || !meta.KnownLeader || len(entries) != 1 || entries[0].Service.Port != 80 {
+		t.Fatalf("meta %+v, %d entries: want index 42, a known leader and the one entry", *meta, len(entries))
+	}
+	if _, _, err := client.readService(context.Background(), "absent/x", &api.QueryOptions{}, always); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("a 404 gave %v, want an error naming it", err)
+	}
 }

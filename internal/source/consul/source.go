@@ -213,9 +213,13 @@ func versionsOf(entries []*api.ServiceEntry) []entryVersion {
 		}
 		v := entryVersion{node: e.Node.Node, service: e.Service.ModifyIndex, nodeIdx: e.Node.ModifyIndex}
 		for _, c := range e.Checks {
-			if c != nil {
-				v.checks = append(v.checks, checkVersion{c.Status, c.ModifyIndex})
+			if c == nil {
+				// A null in the list makes the instance fail (aggregate):
+				// its coming or going is a change like any other.
+				v.checks = append(v.checks, checkVersion{status: "(null)"})
+				continue
 			}
+			v.checks = append(v.checks, checkVersion{c.Status, c.ModifyIndex})
 		}
 		out = append(out, v)
 	}
