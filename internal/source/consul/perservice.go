@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/swallowkeeper/swallowkeeper/internal/backoff"
 	"github.com/swallowkeeper/swallowkeeper/internal/engine"
+	"github.com/swallowkeeper/swallowkeeper/internal/registry"
 )
 
 // Watch modes of the services mode (Options.Watch).
@@ -72,9 +74,15 @@ type follower struct {
 func (s *Source) runPerService(ctx context.Context, out chan<- engine.Snapshot) {
 	catalogC := s.watchCatalog(ctx, true)
 	events := make(chan serviceEvent, 64)
-	f := &followers{src: s, st: newTracker(s), events: events, running: map[string]follower{}}
+	deepCtx, stopDeep := context.WithCancel(ctx)
+	f := &followers{src: s, st: newTracker(s), events: events, running: map[string]follower{},
+		deep: newDeepPool(deepCtx, runtime.GOMAXPROCS(0))}
 	f.probe.ctx = ctx
-	defer f.stopAll()
+	defer func() {
+		f.stopAll() // the followers first: a job they handed the pool runs to its end
+		stopDeep()
+		f.deep.stop()
+	}()
 	st := f.st
 	reread := backoff.New(s.opt.RetryBase, s.opt.RetryCap)
 	var rereadC <-chan time.Time
@@ -147,6 +155,7 @@ type followers struct {
 	wg      sync.WaitGroup
 	warned  bool // about plain http
 	probe   agentProbe
+	deep    *deepPool // decodes and builds for the followers
 }
 
 // agentProbe lets the followers in backoff wait together for the agent to
@@ -222,7 +231,7 @@ func (f *followers) follow(ctx context.Context) {
 			fctx, cancel := context.WithCancel(ctx)
 			f.running[name] = follower{gen: f.gen, cancel: cancel}
 			g := f.gen
-			f.wg.Go(func() { s.follow(fctx, name, g, f.events, &f.probe) })
+			f.wg.Go(func() { s.follow(fctx, name, g, f.events, &f.probe, f.deep.run) })
 		}
 	}
 	for name, fl := range f.running {
@@ -296,7 +305,7 @@ func (t *tracker) everyServiceRead() bool {
 // blocking-query backend, whose answer says both, and that answer is the
 // one sent. A change costs one more small read, and every answer the
 // source trusts is one it can doubt, as in catalog mode.
-func (s *Source) follow(ctx context.Context, name string, gen uint64, events chan<- serviceEvent, probe *agentProbe) {
+func (s *Source) follow(ctx context.Context, name string, gen uint64, events chan<- serviceEvent, probe *agentProbe, deep runner) {
 	what := "health/service/" + name
 	var (
 		index    uint64
@@ -315,7 +324,7 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		o := &api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}
 		entries, meta, err := s.client.readService(ctx, name, o, func(m *api.QueryMeta) bool {
 			return !isCue(m, wait) // a cue's entries are never used
-		})
+		}, deep)
 		s.m.reads.Inc()
 		if ctx.Err() != nil {
 			return // stopped: followerGone has forgotten it
@@ -361,15 +370,20 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		// Never block on 0; and not below the cue, or a server behind the
 		// agent's view would make every long poll return at once.
 		index = max(meta.LastIndex, cue, 1)
-		entries = OnlyService(entries, name)
-		versions := versionsOf(entries)
+		var versions []entryVersion
+		if !deep(ctx, func() { entries = OnlyService(entries, name); versions = versionsOf(entries) }) {
+			return
+		}
 		why := s.doubt("health/service", meta)
 		if lastSent && why == doubt && last != nil && sameVersions(last, versions) {
 			continue
 		}
 		last, doubt, lastSent = versions, why, true
-		ev := serviceEvent{name: name, gen: gen, doubt: why, data: serviceData{index: meta.LastIndex, versions: versions,
-			part: s.opt.convert().BuildService(name, entries, s.rules)}}
+		var part registry.Part
+		if !deep(ctx, func() { part = s.opt.convert().BuildService(name, entries, s.rules) }) {
+			return
+		}
+		ev := serviceEvent{name: name, gen: gen, doubt: why, data: serviceData{index: meta.LastIndex, versions: versions, part: part}}
 		select {
 		case events <- ev:
 		case <-ctx.Done():

@@ -21,7 +21,10 @@ import (
 // largest part of the source's CPU: the api package asks for gzip and
 // decodes every field of every entry and check (check outputs, proxy and
 // connect blocks, definitions), twice per change in per_service mode.
-func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptions, decode func(*api.QueryMeta) bool) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+//
+// deep runs the decoding (see deepPool; inline runs it on the caller's
+// goroutine).
+func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptions, decode func(*api.QueryMeta) bool, deep runner) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	// getRaw's URL escapes the path: the name goes in as it is.
 	body, meta, err := c.getRaw(ctx, "/v1/health/service/"+name, q, takeAnswerBuffer)
 	if err != nil {
@@ -31,7 +34,10 @@ func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptio
 	if !decode(meta) {
 		return nil, meta, nil
 	}
-	entries, err := decodeServiceEntries(body)
+	var entries []*api.ServiceEntry
+	if !deep(ctx, func() { entries, err = decodeServiceEntries(body) }) {
+		return nil, nil, ctx.Err()
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("decode /v1/health/service/%s: %w", name, err)
 	}
@@ -40,6 +46,68 @@ func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptio
 
 // always is readService's decode for a read whose answer is always used.
 func always(*api.QueryMeta) bool { return true }
+
+// A runner runs f and waits for it; it reports false, without running f,
+// when ctx ended first.
+type runner func(ctx context.Context, f func()) bool
+
+// inline is the runner that runs f on the caller's goroutine.
+func inline(_ context.Context, f func()) bool { f(); return true }
+
+// deepPool runs, for the per-service followers, the work that needs a
+// deep stack (decoding an answer, building a service's upstreams) on a few
+// goroutines of its own. A goroutine keeps a stack as large as its deepest
+// call needed until the garbage collector halves it, and the runtime never
+// halves a stack to less than four times what its goroutine uses while it
+// waits: a follower that decoded its own answers held 8–16 KB of stack
+// through every long poll instead of the 4 KB the poll needs, and every
+// new goroutine of the HTTP/2 transport started as large (Go sizes new
+// stacks by the average). At 1,000 services that was 20 MB of stacks.
+type deepPool struct {
+	ctx  context.Context // the workers'
+	jobs chan func()
+	wg   sync.WaitGroup
+}
+
+// newDeepPool starts n workers; they end with ctx (stop waits for them).
+func newDeepPool(ctx context.Context, n int) *deepPool {
+	p := &deepPool{ctx: ctx, jobs: make(chan func())}
+	for range n {
+		p.wg.Go(func() {
+			for {
+				select {
+				case f := <-p.jobs:
+					f()
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	return p
+}
+
+// run is the pool's runner. A job taken by a worker always runs to the
+// end, so run returns only once f has run, or never started (ctx or the
+// pool's own ended first).
+func (p *deepPool) run(ctx context.Context, f func()) bool {
+	if ctx.Err() != nil || p.ctx.Err() != nil {
+		return false // not left to select's random pick between ready cases
+	}
+	done := make(chan struct{})
+	select {
+	case p.jobs <- func() { defer close(done); f() }:
+	case <-ctx.Done():
+		return false
+	case <-p.ctx.Done():
+		return false
+	}
+	<-done
+	return true
+}
+
+// stop waits for the workers, once the pool's ctx has ended.
+func (p *deepPool) stop() { p.wg.Wait() }
 
 // answerBuffers hold the bodies of service answers between reads: decoding
 // copies what it keeps, so a body is garbage once decoded. Only buffers up

@@ -156,7 +156,7 @@ func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, gmeta, err := client.readService(ctx, name, &api.QueryOptions{}, always)
+		got, gmeta, err := client.readService(ctx, name, &api.QueryOptions{}, always, inline)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,7 +193,7 @@ func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	asked := false
-	got, gmeta, err := client.readService(ctx, "web", q, func(m *api.QueryMeta) bool { asked = true; return m.QueryBackend != api.QueryBackendStreaming })
+	got, gmeta, err := client.readService(ctx, "web", q, func(m *api.QueryMeta) bool { asked = true; return m.QueryBackend != api.QueryBackendStreaming }, inline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestGetRawReadsAnAnswerCompressedAnyway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, meta, err := client.readService(context.Background(), "web", &api.QueryOptions{}, always)
+	entries, meta, err := client.readService(context.Background(), "web", &api.QueryOptions{}, always, inline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,29 @@ func TestGetRawReadsAnAnswerCompressedAnyway(t *testing.T) {
 	if meta.LastIndex != 42 || !meta.KnownLeader || len(entries) != 1 || entries[0].Service.Port != 80 {
 		t.Fatalf("meta %+v, %d entries: want index 42, a known leader and the one entry", *meta, len(entries))
 	}
-	if _, _, err := client.readService(context.Background(), "absent/x", &api.QueryOptions{}, always); err == nil || !strings.Contains(err.Error(), "404") {
+	if _, _, err := client.readService(context.Background(), "absent/x", &api.QueryOptions{}, always, inline); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("a 404 gave %v, want an error naming it", err)
+	}
+}
+
+func TestDeepPoolRunsOnItsOwnGoroutines(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := newDeepPool(ctx, 2)
+	ran := 0
+	if !p.run(context.Background(), func() { ran++ }) || ran != 1 {
+		t.Fatalf("run: ran %d times, want once", ran)
+	}
+	// A job runs to its end even when the caller's ctx ends meanwhile.
+	callerCtx, callerCancel := context.WithCancel(context.Background())
+	if !p.run(callerCtx, func() { callerCancel(); ran++ }) || ran != 2 {
+		t.Fatalf("a job that outlived its caller's ctx: ran %d, want 2", ran)
+	}
+	if p.run(callerCtx, func() { ran++ }) || ran != 2 {
+		t.Fatalf("an ended caller ctx: run ran the job (%d)", ran)
+	}
+	cancel()
+	p.stop() // returns: the workers ended with the pool's ctx
+	if p.run(context.Background(), func() { ran++ }) || ran != 2 {
+		t.Fatalf("a stopped pool ran a job (%d), or run did not say so", ran)
 	}
 }

@@ -760,7 +760,7 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			delete(t.dirty, name) // excluded, or gone from the catalog
 			continue
 		}
-		entries, meta, err := t.src.client.readService(ctx, name, &api.QueryOptions{}, always)
+		entries, meta, err := t.src.client.readService(ctx, name, &api.QueryOptions{}, always, inline)
 		t.src.m.reads.Inc()
 		if err != nil {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
