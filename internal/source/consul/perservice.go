@@ -322,7 +322,7 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 			wait = 0 // see watch: ask without blocking after a failure
 		}
 		o := &api.QueryOptions{WaitIndex: wait, WaitTime: s.opt.WaitTime}
-		entries, meta, err := s.client.readService(ctx, name, o, func(m *api.QueryMeta) bool {
+		entries, versions, meta, err := s.client.readService(ctx, name, o, func(m *api.QueryMeta) bool {
 			return !isCue(m, wait) // a cue's entries are never used
 		}, deep)
 		s.m.reads.Inc()
@@ -370,10 +370,6 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		// Never block on 0; and not below the cue, or a server behind the
 		// agent's view would make every long poll return at once.
 		index = max(meta.LastIndex, cue, 1)
-		var versions []entryVersion
-		if !deep(ctx, func() { entries = OnlyService(entries, name); versions = versionsOf(entries) }) {
-			return
-		}
 		why := s.doubt("health/service", meta)
 		if lastSent && why == doubt && last != nil && sameVersions(last, versions) {
 			continue

@@ -156,9 +156,12 @@ func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, gmeta, err := client.readService(ctx, name, &api.QueryOptions{}, always, inline)
+		got, gotVersions, gmeta, err := client.readService(ctx, name, &api.QueryOptions{}, always, inline)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if !sameVersions(gotVersions, versionsOf(OnlyService(want, name))) {
+			t.Fatalf("%s: versions %+v, want those of the api package's entries", name, gotVersions)
 		}
 		if len(got) != len(want) {
 			t.Fatalf("%s: %d entries, the api package %d", name, len(got), len(want))
@@ -193,7 +196,7 @@ func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	asked := false
-	got, gmeta, err := client.readService(ctx, "web", q, func(m *api.QueryMeta) bool { asked = true; return m.QueryBackend != api.QueryBackendStreaming }, inline)
+	got, _, gmeta, err := client.readService(ctx, "web", q, func(m *api.QueryMeta) bool { asked = true; return m.QueryBackend != api.QueryBackendStreaming }, inline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +257,7 @@ func TestGetRawReadsAnAnswerCompressedAnyway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, meta, err := client.readService(context.Background(), "web", &api.QueryOptions{}, always, inline)
+	entries, _, meta, err := client.readService(context.Background(), "web", &api.QueryOptions{}, always, inline)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +267,7 @@ func TestGetRawReadsAnAnswerCompressedAnyway(t *testing.T) {
 	if meta.LastIndex != 42 || !meta.KnownLeader || len(entries) != 1 || entries[0].Service.Port != 80 {
 		t.Fatalf("meta %+v, %d entries: want index 42, a known leader and the one entry", *meta, len(entries))
 	}
-	if _, _, err := client.readService(context.Background(), "absent/x", &api.QueryOptions{}, always, inline); err == nil || !strings.Contains(err.Error(), "404") {
+	if _, _, _, err := client.readService(context.Background(), "absent/x", &api.QueryOptions{}, always, inline); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("a 404 gave %v, want an error naming it", err)
 	}
 }

@@ -760,14 +760,12 @@ func (t *tracker) readDirty(ctx context.Context) (bool, error) {
 			delete(t.dirty, name) // excluded, or gone from the catalog
 			continue
 		}
-		entries, meta, err := t.src.client.readService(ctx, name, &api.QueryOptions{}, always, inline)
+		entries, versions, meta, err := t.src.client.readService(ctx, name, &api.QueryOptions{}, always, inline)
 		t.src.m.reads.Inc()
 		if err != nil {
 			return changed, fmt.Errorf("consul: read service %s: %w", name, err)
 		}
 		t.setDoubt("health/service/"+name, t.src.doubt("health/service", meta))
-		entries = OnlyService(entries, name)
-		versions := versionsOf(entries)
 		old, had := t.services[name]
 		if had && old.index == meta.LastIndex && sameVersions(old.versions, versions) {
 			delete(t.dirty, name)
