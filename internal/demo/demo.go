@@ -66,6 +66,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
+	// A run that passed leaves nothing behind: its logs and registry data
+	// are kept only when something failed, to read.
+	if d.dir != "" {
+		if err := os.RemoveAll(d.dir); err != nil {
+			fmt.Fprintf(stderr, "demo: remove %s: %v\n", d.dir, err)
+		}
+	}
 	return 0
 }
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -53,6 +55,13 @@ func TestDemoRunsWithEveryRegistry(t *testing.T) {
 				t.Fatalf("no zero-failure summary:\n%s", plain)
 			}
 			t.Logf("%s: %s requests, 0 failed", reg, m[1])
+			conf := regexp.MustCompile(`→ (\S+)/upstreams\.conf →`).FindStringSubmatch(plain)
+			if conf == nil {
+				t.Fatalf("the demo did not say where its files are:\n%s", plain)
+			}
+			if _, err := os.Stat(conf[1]); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("a demo that passed left %s behind (stat: %v)", conf[1], err)
+			}
 		})
 	}
 }
