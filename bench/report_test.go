@@ -22,7 +22,7 @@ func TestRenderMarkdown(t *testing.T) {
 		"| date | 2026-12-02T04:00:00Z |",
 		"`guards.confirm_after: 0s`",
 		"11 of 15 met.",
-		"| scale | CPU per single-instance change | ≤ 2 ms | 35.00 ms (raw 36.00 ms) | ❌ not met |",
+		"| scale | CPU per single-instance change | ≤ 2 ms (the target at 1000 × 10) | 35.00 ms (raw 36.00 ms) | ❌ not met |",
 		// propagation: ours-lua p50 9.0, with its target; ratio to consul-template's 250 ms
 		"| ours-lua | 4 | 9.0 (≤ 20: ✅ met) |",
 		"0.04×",
@@ -35,7 +35,7 @@ func TestRenderMarkdown(t *testing.T) {
 		// crash
 		"| ours-lua | 1200 | 0 (target 0: ✅ met) | 1 | 900 ms (≤ 1.3s: ✅ met) | 850 ms | none |",
 		// scale
-		"| cold sync into nginx | 0.40 s | ≤ 5s | ✅ met |",
+		"| cold sync into nginx | 0.40 s | ≤ 2s (the target at 1000 × 10) | ✅ met |",
 		"| upstreams pushed per change | 1.00 (20 / 20) | exactly 1 | ✅ met |",
 		// churn
 		"![Latency over time during churn, ours-lua](bench/churn_ours-lua.png)",

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -107,6 +108,46 @@ func TestEvaluateTargetsFailsOnWhatWasNotMet(t *testing.T) {
 	}
 	if met[`cold sync of 100 × 10`] {
 		t.Error("the slowest cold sync (6 s) counts")
+	}
+}
+
+// A scale run is judged by issue 18's targets for its catalog size: those
+// of the smallest size the issue names at or above it.
+func TestScaleTargetsFollowTheCatalogSize(t *testing.T) {
+	// The same figures meet the targets at 10,000 services, and miss every
+	// size-bound one at 1,000.
+	run := ScaleRun{Run: 1, Instances: 10, Synced: true, ColdSyncMs: 17000, MaxConsulConns: 12, RSSMB: 150,
+		CPUPerChangeMs: 4, IdleCPUMsPerS: 5, PushesPerChange: 1, ChangeLatency: Summary{P50: 15, P99: 40}}
+	for _, tc := range []struct {
+		services int
+		goals    map[string]string // target name → goal
+		met      bool              // every size-bound target
+	}{
+		{100, map[string]string{"cold sync of 100 × 10": "≤ 2s (the target at 1000 × 10)", "CPU per single-instance change": "≤ 2 ms (the target at 1000 × 10)"}, false},
+		{1000, map[string]string{"cold sync of 1000 × 10": "≤ 2s", "daemon RSS": "≤ 60 MB", "single-instance change → nginx, p50 / p99": "≤ 10 / 30 ms"}, false},
+		{5000, map[string]string{"cold sync of 5000 × 10": "≤ 20s (the target at 10000 × 10)", "daemon RSS": "≤ 200 MB (the target at 10000 × 10)"}, true},
+		{10000, map[string]string{"cold sync of 10000 × 10": "≤ 20s", "CPU per single-instance change": "≤ 5 ms", "single-instance change → nginx, p50 / p99": "≤ 20 / 50 ms"}, true},
+		{20000, map[string]string{"daemon RSS": "≤ 200 MB (the target at 10000 × 10)"}, true},
+	} {
+		r := &Results{Scale: &ScaleResult{Runs: []ScaleRun{run}}}
+		r.Scale.Runs[0].Services = tc.services
+		got := map[string]Target{}
+		for _, tg := range EvaluateTargets(r) {
+			got[tg.Name] = tg
+		}
+		for name, goal := range tc.goals {
+			if got[name].Goal != goal {
+				t.Errorf("%d services, %s: goal %q, want %q", tc.services, name, got[name].Goal, goal)
+			}
+		}
+		for _, name := range []string{fmt.Sprintf("cold sync of %d × 10", tc.services), "daemon RSS", "CPU per single-instance change", "single-instance change → nginx, p50 / p99"} {
+			if tg, ok := got[name]; !ok || tg.Met != tc.met {
+				t.Errorf("%d services, %s: %+v, want met %v", tc.services, name, tg, tc.met)
+			}
+		}
+		if !got["connections to Consul"].Met || !got["idle CPU"].Met {
+			t.Errorf("%d services: the size-free targets are met by these figures: %+v %+v", tc.services, got["connections to Consul"], got["idle CPU"])
+		}
 	}
 }
 

@@ -24,13 +24,16 @@ type HealthReporter interface {
 // outcome succeeded. Safe for concurrent use; the zero value is "not
 // connected yet".
 type Reachability struct {
-	mu    sync.Mutex
-	state map[string]string // key → last error, "" when up
-	since time.Time
-	up    bool
+	mu      sync.Mutex
+	state   map[string]string // key → last error, "" when up
+	failing int               // keys in state with an error
+	since   time.Time
+	up      bool
 }
 
-// Report records the outcome of the connection named key.
+// Report records the outcome of the connection named key. It costs the
+// same whatever the number of keys: a Consul source with a follower per
+// service reports on every answer of each of thousands of long polls.
 func (r *Reachability) Report(key string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -44,17 +47,20 @@ func (r *Reachability) Report(key string, err error) {
 			msg = "error"
 		}
 	}
+	if old, ok := r.state[key]; ok && old != "" {
+		r.failing--
+	}
+	if msg != "" {
+		r.failing++
+	}
 	r.state[key] = msg
 	r.settle(r.since.IsZero())
 }
 
-// settle recomputes up from every connection's last outcome, moving since
-// when up changes (or when first is set).
+// settle sets up from the count of failing connections, moving since when
+// up changes (or when first is set).
 func (r *Reachability) settle(first bool) {
-	up := true
-	for _, e := range r.state {
-		up = up && e == ""
-	}
+	up := r.failing == 0
 	if up != r.up || first {
 		r.up, r.since = up, time.Now()
 	}
@@ -68,6 +74,9 @@ func (r *Reachability) Health() Health {
 		return Health{Error: "not connected yet"}
 	}
 	h := Health{Up: r.up, Since: r.since}
+	if r.failing == 0 {
+		return h
+	}
 	for _, e := range r.state {
 		if e != "" {
 			h.Error = e
@@ -82,8 +91,12 @@ func (r *Reachability) Health() Health {
 func (r *Reachability) Forget(key string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.state[key]; !ok {
+	old, ok := r.state[key]
+	if !ok {
 		return
+	}
+	if old != "" {
+		r.failing--
 	}
 	delete(r.state, key)
 	r.settle(false)

@@ -50,3 +50,44 @@ func TestReachabilityForgetsAConnection(t *testing.T) {
 		t.Fatalf("forgetting a good one leaves the failing one: %+v", h)
 	}
 }
+
+// Health follows the count of failing connections: a connection that fails
+// again, or fails with another error, is still one; up comes back when its
+// last outcome succeeds, or when it is forgotten.
+func TestReachabilityCountsEachConnectionOnce(t *testing.T) {
+	type step struct {
+		key    string
+		err    error
+		forget bool
+		wantUp bool
+	}
+	refused, timeout := errors.New("connection refused"), errors.New("timeout")
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"fails twice, recovers once", []step{{"a", nil, false, true}, {"a", refused, false, false}, {"a", refused, false, false}, {"a", nil, false, true}}},
+		{"another error, same connection", []step{{"a", refused, false, false}, {"a", timeout, false, false}, {"a", nil, false, true}}},
+		{"two failing, one recovers", []step{{"a", refused, false, false}, {"b", timeout, false, false}, {"a", nil, false, false}, {"b", nil, false, true}}},
+		{"a failing one forgotten twice", []step{{"a", refused, false, false}, {"b", nil, false, false}, {"a", nil, true, true}, {"a", nil, true, true}, {"b", refused, false, false}}},
+		{"forgotten then failing again", []step{{"a", refused, false, false}, {"a", nil, true, true}, {"a", refused, false, false}, {"a", nil, false, true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r Reachability
+			for i, s := range tc.steps {
+				if s.forget {
+					r.Forget(s.key)
+				} else {
+					r.Report(s.key, s.err)
+				}
+				h := r.Health()
+				if h.Up != s.wantUp {
+					t.Fatalf("step %d (%+v): up %v, want %v", i, s, h.Up, s.wantUp)
+				}
+				if !h.Up && h.Error == "" {
+					t.Fatalf("step %d: down without an error", i)
+				}
+			}
+		})
+	}
+}
