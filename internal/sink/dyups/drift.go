@@ -3,19 +3,29 @@ package dyups
 import (
 	"bytes"
 	"fmt"
+	"hash/maphash"
 
 	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
 )
 
 // detailMemory reads /detail answers for drift checks at the cost of what
 // changed. An answer is a list of sections, one per upstream: its name line
-// and its server lines. The memory keeps the text of the sections found to
+// and its server lines. The memory keeps a digest of the sections found to
 // show their desired upstream, and read parses only the sections it does
 // not know for the same desired upstream. An nginx that did not change
 // then costs a split and a map lookup per upstream, and a change the parse
 // of its own sections, where parsing the whole answer costs a parse of
-// every server line on every read (BenchmarkDriftCheck measures both). It
-// costs the memory of one copy of the sections that matched.
+// every server line on every read (BenchmarkDriftCheck measures both).
+//
+// Sections are remembered by their length and a 64-bit hash of their
+// text, not the text: at 10,000 upstreams the text was 15 MB of the
+// daemon's live heap. The hash is seeded at random per process, so what a
+// registry writes cannot be made to collide on purpose; a changed section
+// of the same name and length shares its hash by chance at odds of 2^-64
+// per compare, and that drift would then go unrepaired (the drift check is
+// a safety net behind the pushes) until that upstream changes again.
+// Digests keep a check as fast as the text did (BenchmarkDriftCheck); two
+// hashes for 128 bits cost a quarter more.
 //
 // What read returns is what ParseDetail of the whole answer returns, but
 // for the upstreams it confirms from memory
@@ -25,9 +35,21 @@ import (
 //
 // A drift check is begin, then compare for each answer read, then end.
 type detailMemory struct {
-	sections map[string]*shownAs // by section text
-	check    uint64              // the drift check in progress
-	answer   detailAnswer        // read's result, kept for its maps' buckets
+	sections map[sectionDigest]*shownAs // by the digest of the section's text
+	seed     maphash.Seed
+	check    uint64       // the drift check in progress
+	answer   detailAnswer // read's result, kept for its maps' buckets
+}
+
+// sectionDigest stands for the text of one /detail section: its length
+// and a seeded 64-bit hash of it.
+type sectionDigest struct {
+	len  int
+	hash uint64
+}
+
+func (m *detailMemory) digest(sec []byte) sectionDigest {
+	return sectionDigest{len(sec), maphash.Bytes(m.seed, sec)}
 }
 
 // shownAs is the desired upstream a section of /detail was found to show,
@@ -41,10 +63,10 @@ type shownAs struct {
 // upstreams it shows, each either confirmed from memory to show its
 // desired upstream, or parsed.
 type detailAnswer struct {
-	shown   map[string]bool   // every name in the answer → confirmed from memory
-	parsed  Detail            // the servers of the names not confirmed
-	section map[string]string // and the text of their sections, by name
-	folded  map[string]string // shown names by upstream.FoldKey, built when first needed
+	shown   map[string]bool          // every name in the answer → confirmed from memory
+	parsed  Detail                   // the servers of the names not confirmed
+	section map[string]sectionDigest // and the digests of their sections, by name
+	folded  map[string]string        // shown names by upstream.FoldKey, built when first needed
 }
 
 // begin starts a drift check: one or more answers, compared in turn.
@@ -53,9 +75,9 @@ func (m *detailMemory) begin() { m.check++ }
 // end closes a drift check that compared every answer: sections that none
 // of them showed are forgotten.
 func (m *detailMemory) end() {
-	for text, s := range m.sections {
+	for d, s := range m.sections {
 		if s.check != m.check {
-			delete(m.sections, text)
+			delete(m.sections, d)
 		}
 	}
 }
@@ -65,7 +87,8 @@ func (m *detailMemory) end() {
 // valid until the next read. Its errors are those of ParseDetail(body).
 func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer, error) {
 	if m.sections == nil {
-		m.sections, m.answer.shown = map[string]*shownAs{}, map[string]bool{}
+		m.sections, m.answer.shown = map[sectionDigest]*shownAs{}, map[string]bool{}
+		m.seed = maphash.MakeSeed()
 	}
 	a := &m.answer
 	clear(a.shown)
@@ -80,7 +103,7 @@ func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer,
 		name, _, _ := bytes.Cut(sec, []byte("\n"))
 		// Map lookups keyed by string(bytes) do not copy the bytes.
 		if u, ok := desired[string(name)]; ok {
-			if s := m.sections[string(sec)]; s != nil && s.up.Equal(u) {
+			if s := m.sections[m.digest(sec)]; s != nil && s.up.Equal(u) {
 				if _, dup := a.shown[u.Name]; dup {
 					return nil, wholeParseError(body, fmt.Errorf("upstream %s listed twice", u.Name))
 				}
@@ -98,9 +121,9 @@ func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer,
 			}
 			a.shown[n] = false
 			if a.parsed == nil {
-				a.parsed, a.section = Detail{}, map[string]string{}
+				a.parsed, a.section = Detail{}, map[string]sectionDigest{}
 			}
-			a.parsed[n], a.section[n] = servers, string(sec)
+			a.parsed[n], a.section[n] = servers, m.digest(sec)
 		}
 	}
 	return a, nil
@@ -109,8 +132,8 @@ func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer,
 // remember records that the section a shows for name was found to show u,
 // the desired upstream of that name: the next reads take it as read.
 func (m *detailMemory) remember(a *detailAnswer, name string, u upstream.Upstream) {
-	if sec, ok := a.section[name]; ok {
-		m.sections[sec] = &shownAs{up: u, check: m.check}
+	if d, ok := a.section[name]; ok {
+		m.sections[d] = &shownAs{up: u, check: m.check}
 	}
 }
 

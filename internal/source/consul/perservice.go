@@ -262,7 +262,7 @@ func (f *followers) take(ev serviceEvent) bool {
 	}
 	st := f.st
 	st.setDoubt("health/service/"+ev.name, ev.doubt)
-	if old, had := st.services[ev.name]; had && old.index == ev.data.index && sameVersions(old.versions, ev.data.versions) {
+	if old, had := st.services[ev.name]; had && old.index == ev.data.index && old.versions == ev.data.versions {
 		return false
 	}
 	st.setService(ev.name, ev.data)
@@ -309,7 +309,7 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 	what := "health/service/" + name
 	var (
 		index    uint64
-		last     []entryVersion
+		last     serviceVersion
 		lastSent bool
 		doubt    string
 		reread   bool   // the last answer was a streaming one: read without an index
@@ -365,13 +365,13 @@ func (s *Source) follow(ctx context.Context, name string, gen uint64, events cha
 		}
 		reread = false
 		if meta.LastIndex < index {
-			last = nil // the index went backwards: this answer is a full read
+			lastSent = false // the index went backwards: this answer is a full read
 		}
 		// Never block on 0; and not below the cue, or a server behind the
 		// agent's view would make every long poll return at once.
 		index = max(meta.LastIndex, cue, 1)
 		why := s.doubt("health/service", meta)
-		if lastSent && why == doubt && last != nil && sameVersions(last, versions) {
+		if lastSent && why == doubt && last == versions {
 			continue
 		}
 		last, doubt, lastSent = versions, why, true

@@ -26,19 +26,19 @@ import (
 // versions (versionsOf), what every caller compares before it builds.
 // deep runs the decoding (see deepPool; inline runs it on the caller's
 // goroutine).
-func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptions, decode func(*api.QueryMeta) bool, deep runner) ([]*api.ServiceEntry, []entryVersion, *api.QueryMeta, error) {
+func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptions, decode func(*api.QueryMeta) bool, deep runner) ([]*api.ServiceEntry, serviceVersion, *api.QueryMeta, error) {
 	// getRaw's URL escapes the path: the name goes in as it is.
 	body, meta, err := c.getRaw(ctx, "/v1/health/service/"+name, q, takeAnswerBuffer)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, serviceVersion{}, nil, err
 	}
 	defer giveAnswerBuffer(body)
 	if !decode(meta) {
-		return nil, nil, meta, nil
+		return nil, serviceVersion{}, meta, nil
 	}
 	var (
 		entries  []*api.ServiceEntry
-		versions []entryVersion
+		versions serviceVersion
 	)
 	if !deep(ctx, func() {
 		if entries, err = decodeServiceEntries(body); err == nil {
@@ -46,10 +46,10 @@ func (c *Client) readService(ctx context.Context, name string, q *api.QueryOptio
 			versions = versionsOf(entries)
 		}
 	}) {
-		return nil, nil, nil, ctx.Err()
+		return nil, serviceVersion{}, nil, ctx.Err()
 	}
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("decode /v1/health/service/%s: %w", name, err)
+		return nil, serviceVersion{}, nil, fmt.Errorf("decode /v1/health/service/%s: %w", name, err)
 	}
 	return entries, versions, meta, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,10 +34,10 @@ func sameUse(t *testing.T, name string, a, b []*api.ServiceEntry) {
 			t.Fatalf("%+v: instances differ:\napi:  %+v %v\nlean: %+v %v", c, ia, na, ib, nb)
 		}
 	}
-	if va, vb := versionsOf(a), versionsOf(b); !sameVersions(va, vb) {
+	if va, vb := versionsOf(a), versionsOf(b); va != vb {
 		t.Fatalf("versions differ: api %+v, lean %+v", va, vb)
 	}
-	if oa, ob := versionsOf(OnlyService(a, name)), versionsOf(OnlyService(b, name)); !sameVersions(oa, ob) {
+	if oa, ob := versionsOf(OnlyService(a, name)), versionsOf(OnlyService(b, name)); oa != ob {
 		t.Fatalf("OnlyService differs: api %+v, lean %+v", oa, ob)
 	}
 }
@@ -160,7 +161,7 @@ func TestReadServiceMatchesTheAPIOnRealConsul(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !sameVersions(gotVersions, versionsOf(OnlyService(want, name))) {
+		if gotVersions != versionsOf(OnlyService(want, name)) {
 			t.Fatalf("%s: versions %+v, want those of the api package's entries", name, gotVersions)
 		}
 		if len(got) != len(want) {
@@ -226,8 +227,88 @@ func TestVersionsSeeANullCheckComeAndGo(t *testing.T) {
 	if a[0].Healthy || !b[0].Healthy {
 		t.Fatalf("healthy with a null check %v, without %v: want false, true", a[0].Healthy, b[0].Healthy)
 	}
-	if sameVersions(versionsOf(with), versionsOf(without)) {
+	if versionsOf(with) == versionsOf(without) {
 		t.Fatal("the versions do not tell the two answers apart: the follower would drop the second")
+	}
+}
+
+// TestVersionsTellEveryChangeApart: the digest must differ whenever any
+// field it stands for differs (a node, a modify index, a check's status,
+// index or presence, the entries' order), also where fields could run
+// into each other, and agree for answers that differ only elsewhere.
+func TestVersionsTellEveryChangeApart(t *testing.T) {
+	type check struct {
+		status string
+		index  uint64
+		null   bool
+	}
+	type entry struct {
+		node         string
+		svcIdx, nIdx uint64
+		checks       []check
+		output, addr string // not part of the version
+	}
+	build := func(es ...entry) []*api.ServiceEntry {
+		var out []*api.ServiceEntry
+		for _, e := range es {
+			se := &api.ServiceEntry{Node: &api.Node{Node: e.node, ModifyIndex: e.nIdx, Address: e.addr},
+				Service: &api.AgentService{Service: "web", ModifyIndex: e.svcIdx}}
+			for _, c := range e.checks {
+				if c.null {
+					se.Checks = append(se.Checks, nil)
+					continue
+				}
+				se.Checks = append(se.Checks, &api.HealthCheck{Status: c.status, ModifyIndex: c.index, Output: e.output})
+			}
+			out = append(out, se)
+		}
+		return out
+	}
+	pass := check{status: "passing", index: 7}
+	base := entry{node: "n1", svcIdx: 10, nIdx: 3, checks: []check{pass}}
+	with := func(f func(*entry)) entry {
+		e := base
+		e.checks = slices.Clone(base.checks)
+		f(&e)
+		return e
+	}
+	v := versionsOf(build(base))
+	for _, tc := range []struct {
+		name    string
+		entries []*api.ServiceEntry
+		same    bool
+	}{
+		{"the same answer again", build(base), true},
+		{"another check output and node address", build(with(func(e *entry) { e.output, e.addr = "HTTP 200", "10.0.0.9" })), true},
+		{"another node", build(with(func(e *entry) { e.node = "n2" })), false},
+		{"service modify index", build(with(func(e *entry) { e.svcIdx = 11 })), false},
+		{"node modify index", build(with(func(e *entry) { e.nIdx = 4 })), false},
+		{"check status", build(with(func(e *entry) { e.checks[0].status = "critical" })), false},
+		{"check modify index", build(with(func(e *entry) { e.checks[0].index = 8 })), false},
+		{"a check more", build(with(func(e *entry) { e.checks = append(e.checks, pass) })), false},
+		{"a null check more", build(with(func(e *entry) { e.checks = append(e.checks, check{null: true}) })), false},
+		{"no check", build(with(func(e *entry) { e.checks = nil })), false},
+		{"an entry more", build(base, with(func(e *entry) { e.node = "n2" })), false},
+		{"no entry", build(), false},
+	} {
+		if got := versionsOf(tc.entries) == v; got != tc.same {
+			t.Errorf("%s: same version %v, want %v", tc.name, got, tc.same)
+		}
+	}
+	// Fields that would run into each other without their lengths: node
+	// "n1" with status "passing" against node "n1p" with status "assing".
+	a := build(entry{node: "n1", checks: []check{{status: "passing"}}})
+	b := build(entry{node: "n1p", checks: []check{{status: "assing"}}})
+	if versionsOf(a) == versionsOf(b) {
+		t.Error("fields run into each other: two different answers share a version")
+	}
+	// Order counts: the follower compares the answer as Consul sent it.
+	x, y := with(func(e *entry) { e.node = "x" }), with(func(e *entry) { e.node = "y" })
+	if versionsOf(build(x, y)) == versionsOf(build(y, x)) {
+		t.Error("the entries' order is not part of the version")
+	}
+	if got := nodesOf(build(y, x, y)); !slices.Equal(got, []string{"x", "y"}) {
+		t.Errorf("nodesOf: %v, want [x y]", got)
 	}
 }
 
