@@ -25,8 +25,9 @@ import (
 
 // TestPersistedFileSurvivesSIGKILL kills the daemon with SIGKILL, many
 // times, while it rewrites the persisted file under heavy churn: half the
-// kills land the moment a temp file shows up (a write in progress), half at
-// a random moment. After every kill the file is a complete version (the
+// kills land the moment a write shows (a new temp file, or with the
+// directory store a spare rewritten: a write in progress), half at a
+// random moment. After every kill the file is a complete version (the
 // header, every upstream with every server, every block closed, exactly
 // what the renderer writes), nginx -t accepts a configuration that
 // includes the whole directory, no leftover is something nginx would
@@ -35,12 +36,20 @@ import (
 // The directory store (file: DIR/*.conf) goes through the same: after
 // every kill each file is a complete version of its upstream, and the
 // files together hold every upstream.
+//
+// With the churn on a few upstreams, each write of the directory store
+// changes fewer files than it batches (16): it rewrites each file's spare
+// and exchanges it in (internal/store/spare.go), and kills land on those
+// writes too.
 func TestPersistedFileSurvivesSIGKILL(t *testing.T) {
-	t.Run("one file", func(t *testing.T) { testSurvivesSIGKILL(t, false) })
-	t.Run("directory", func(t *testing.T) { testSurvivesSIGKILL(t, true) })
+	const services = 20
+	t.Run("one file", func(t *testing.T) { testSurvivesSIGKILL(t, false, services) })
+	t.Run("directory", func(t *testing.T) { testSurvivesSIGKILL(t, true, services) })
+	t.Run("directory, few upstreams per write", func(t *testing.T) { testSurvivesSIGKILL(t, true, 3) })
 }
 
-func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
+// testSurvivesSIGKILL churns the first churned of 20 services.
+func testSurvivesSIGKILL(t *testing.T, perUpstream bool, churned int) {
 	const services, instances = 20, 8
 	iterations := envInt(t, "SK_KILLS", 40)
 	c := testenv.StartConsul(t)
@@ -83,7 +92,7 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 		churn.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(w)))
 			for ctx.Err() == nil {
-				if register(rng.IntN(services), rng.IntN(instances), 1+rng.IntN(100)) == nil {
+				if register(rng.IntN(churned), rng.IntN(instances), 1+rng.IntN(100)) == nil {
 					changes.Add(1)
 				}
 			}
@@ -130,15 +139,19 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 			t.Fatalf("%s: nginx -t refuses the file: %v\n%s\n%s", when, err, out, data)
 		}
 	}
-	// temps lists the temp files in the include directory. A daemon
-	// removes the leftovers of cut writes when it starts, so a write in
-	// progress shows as a name not seen before, not as a higher count.
-	temps := func() map[string]bool {
+	// temps lists the dot files in the include directory, with a stamp of
+	// each: the temp files of writes, and with the directory store the
+	// spares, each file's previous version, which a write rewrites and
+	// exchanges with the file (internal/store/spare.go). A daemon removes
+	// the leftovers of cut writes when it starts, so a write in progress
+	// shows as a temp file not seen before or a spare whose stamp moved,
+	// not as a higher count.
+	temps := func() map[string]string {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := map[string]bool{}
+		out := map[string]string{}
 		for _, e := range entries {
 			if e.Name() == own || own == "" && !strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".conf") {
 				continue
@@ -146,13 +159,14 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 			if ok, _ := filepath.Match("*.conf", e.Name()); ok || !strings.HasPrefix(e.Name(), ".") {
 				t.Fatalf("%s is in the include directory; nginx would include it", e.Name())
 			}
-			out[e.Name()] = true
+			out[e.Name()] = stampOf(filepath.Join(dir, e.Name()))
 		}
 		return out
 	}
-	newTemp := func(before map[string]bool) bool {
+	isTemp := func(name string) bool { return strings.Contains(name, ".conf.tmp-") }
+	newTemp := func(before map[string]string) bool {
 		for name := range temps() {
-			if !before[name] {
+			if _, seen := before[name]; !seen && isTemp(name) {
 				return true
 			}
 		}
@@ -187,7 +201,7 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 		t.Fatal(err)
 	}
 
-	midWrite, random, cut := 0, 0, 0
+	midWrite, onSpare, random, cut := 0, 0, 0, 0
 	start := time.Now()
 	for i := range iterations {
 		before := temps()
@@ -196,13 +210,17 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 			// Wait for a write in progress, then kill at once. Writes come
 			// two or three times a second here (the figure below).
 			c0 := changes.Load()
-			if !waitForNewTemp(dir, before, 30*time.Second) {
+			seen := waitForWrite(dir, before, 30*time.Second)
+			if seen == "" {
 				m := d.scrape(t)
 				t.Fatalf("kill %d: no write within 30s; registry changes meanwhile: %d; daemon: %.0f applies, %.0f persist errors, %.0f Consul watch wakes, %.0f sweeps, %.0f service reads; log:\n%s",
 					i, changes.Load()-c0, m.sum("swallowkeeper_engine_applies_total"), m.sum("swallowkeeper_engine_persist_errors_total"),
 					m.sum("swallowkeeper_consul_watch_wakes_total"), m.sum("swallowkeeper_consul_sweeps_total"), m.sum("swallowkeeper_consul_service_reads_total"), d.log.String())
 			}
 			midWrite++
+			if seen == "spare" {
+				onSpare++
+			}
 		} else {
 			time.Sleep(time.Duration(rand.N(400)) * time.Millisecond)
 			random++
@@ -225,6 +243,7 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 	}
 	elapsed := time.Since(start)
 	left := temps()
+	maps.DeleteFunc(left, func(name, _ string) bool { return !isTemp(name) })
 	names := slices.Sorted(maps.Keys(left))
 
 	// The last word: a daemon starts from the file, serves it and stops
@@ -235,12 +254,19 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 	waitLogLine(t, d, fmt.Sprintf(`msg="loaded persisted state" upstreams=%d`, services))
 	d.stop(t)
 	complete("after a clean stop")
-	if after := temps(); len(after) != 0 {
-		t.Errorf("temp files left after a daemon started and stopped cleanly: %v", slices.Sorted(maps.Keys(after)))
+	after := temps()
+	for name := range after {
+		if isTemp(name) {
+			t.Errorf("temp file %s left after a daemon started and stopped cleanly", name)
+		} else if base, ok := strings.CutSuffix(strings.TrimPrefix(name, "."), ".spare"); !ok || !perUpstream {
+			t.Errorf("%s left in the include directory", name)
+		} else if _, err := os.Stat(filepath.Join(dir, base)); err != nil {
+			t.Errorf("spare %s left without its file %s", name, base)
+		}
 	}
 
-	figure(t, "%d SIGKILLs in %v (%d the moment a write was in progress, %d at random moments); churn %d registry changes, about %.1f file writes/s",
-		iterations, elapsed.Round(time.Millisecond), midWrite, random, changes.Load(), writes)
+	figure(t, "%d SIGKILLs in %v (%d the moment a write was in progress, %d of them a spare's; %d at random moments); churn %d registry changes, about %.1f file writes/s",
+		iterations, elapsed.Round(time.Millisecond), midWrite, onSpare, random, changes.Load(), writes)
 	figure(t, "after every kill: file complete (%d upstreams, %d servers), nginx -t passed; %d kills cut a write short; %d temp files left behind, none includable (%s)",
 		services, services*instances, cut, len(left), strings.Join(names[:min(len(names), 3)], " "))
 	// 2–3 writes/s were measured here (the engine's debounce batches the
@@ -249,22 +275,44 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool) {
 	if writes < 1 {
 		t.Errorf("only %.2f file writes/s: the churn did not drive the daemon hard", writes)
 	}
+	if perUpstream && churned < 16 && onSpare < midWrite/2 {
+		t.Errorf("%d of %d kills mid-write landed on a spare's write: the churn of %d upstreams did not make the store write through its spares", onSpare, midWrite, churned)
+	}
 }
 
-// waitForNewTemp polls dir until it holds a temp file of the persisted
-// file that is not in before, i.e. a write is in progress. The temp file
+// waitForWrite polls dir until a write of the persisted file is in
+// progress, and says what showed it: "temp", a temp file that is not in
+// before, or "spare", a spare whose stamp differs from before's (a
+// directory store rewriting a spare); "" when none came in time. Either
 // lives only for one write, so the poll does not sleep.
-func waitForNewTemp(dir string, before map[string]bool, timeout time.Duration) bool {
+func waitForWrite(dir string, before map[string]string, timeout time.Duration) string {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".conf.tmp-") && !before[e.Name()] {
-				return true
+			name := e.Name()
+			if !strings.HasPrefix(name, ".") {
+				continue
+			}
+			if strings.Contains(name, ".conf.tmp-") {
+				if _, seen := before[name]; !seen {
+					return "temp"
+				}
+			} else if strings.HasSuffix(name, ".conf.spare") && stampOf(filepath.Join(dir, name)) != before[name] {
+				return "spare"
 			}
 		}
 	}
-	return false
+	return ""
+}
+
+// stampOf is a file's inode, size and modification time, "" if it is gone.
+func stampOf(p string) string {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d:%d", fi.Sys().(*syscall.Stat_t).Ino, fi.Size(), fi.ModTime().UnixNano())
 }
 
 // nginxTestCommand writes an nginx.conf that includes everything in dir,

@@ -66,7 +66,8 @@ func (f *File) Where() string { return f.Path }
 // Each file is named after its upstream's folded name (lowercase) and
 // holds exactly that upstream, rendered as File renders it. Each file is
 // replaced atomically (temp file, fsync, rename) and the directory is
-// fsynced once per Save, after every write and removal. A crash in the
+// fsynced once per Save, after every write and removal (spare.go says how
+// a file's previous version is kept to be written next). A crash in the
 // middle of a Save leaves some upstreams at their new version and the
 // others at their old one; nginx accepts any such mix, because every
 // version of every file does (a primary server, no reserved name, a
@@ -94,6 +95,7 @@ type Dir struct {
 	files    map[string]*dirFile // by file stem: the folded upstream name
 	gen      uint64              // of the current Save, to find what it did not visit
 	lastFull time.Time
+	noSpares bool // the filesystem cannot exchange names or lease files (see spare.go)
 }
 
 // DefaultFullCheck is how often a Dir looks at every file's stamp.
@@ -177,6 +179,14 @@ func (d *Dir) removeLeftovers() {
 	left, _ := filepath.Glob(filepath.Join(d.Path, ".*.conf.tmp-*"))
 	for _, p := range left {
 		os.Remove(p)
+	}
+	// Spares of files that are gone (a crash between the two removals).
+	spares, _ := filepath.Glob(filepath.Join(d.Path, ".*.conf.spare"))
+	for _, sp := range spares {
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(sp), "."), ".spare")
+		if _, err := os.Lstat(filepath.Join(d.Path, name)); errors.Is(err, fs.ErrNotExist) {
+			os.Remove(sp)
+		}
 	}
 }
 
@@ -377,7 +387,7 @@ func (d *Dir) apply(changes []dirChange) error {
 			}
 			continue
 		}
-		if err := writeReplace(p, c.after.data, d.Mode); err != nil {
+		if err := d.replace(p, c.after.data); err != nil {
 			return err
 		}
 		c.after.stamp = StampOf(p)
@@ -386,12 +396,32 @@ func (d *Dir) apply(changes []dirChange) error {
 	return syncDir(d.Path)
 }
 
+// replace writes data to the file p atomically and durably (the
+// directory's fsync is the caller's): through p's spare when it can, else
+// as a new file renamed in, whose predecessor becomes the spare.
+func (d *Dir) replace(p string, data []byte) error {
+	if !d.noSpares {
+		unsupported, err := replaceViaSpare(p, data, d.Mode)
+		if err == nil {
+			return nil
+		}
+		d.noSpares = unsupported
+	}
+	if d.noSpares {
+		return writeReplace(p, data, d.Mode)
+	}
+	unsupported, err := replaceKeepingSpare(p, data, d.Mode)
+	d.noSpares = unsupported
+	return err
+}
+
 // remove removes the file of stem and forgets it (the directory's fsync
 // is the caller's).
 func (d *Dir) remove(stem string) error {
 	if err := os.Remove(d.fileOf(stem)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	os.Remove(spareOf(d.fileOf(stem))) // outside the glob: a failure is harmless
 	delete(d.files, stem)
 	return nil
 }

@@ -48,14 +48,30 @@ func listing(t *testing.T, dir string) map[string]string {
 	return out
 }
 
+// included is what of a listing nginx's glob includes: no dot file.
+func included(l map[string]string) map[string]string {
+	maps.DeleteFunc(l, func(name, _ string) bool { return strings.HasPrefix(name, ".") })
+	return l
+}
+
 // wantFiles checks that dir holds exactly one file per upstream of s,
-// named by its folded name, each exactly what RenderFile gives for it.
+// named by its folded name, each exactly what RenderFile gives for it;
+// besides them, only the spares of those files (no temp file, no spare of
+// a file that went).
 func wantFiles(t *testing.T, dir string, s upstream.State) {
 	t.Helper()
 	got := listing(t, dir)
 	want := map[string]string{}
 	for name, u := range s {
 		want[upstream.FoldKey(name)+".conf"] = string(upstream.RenderFile(upstream.State{name: u}))
+	}
+	for name := range got {
+		if conf, ok := strings.CutSuffix(strings.TrimPrefix(name, "."), ".spare"); ok && strings.HasPrefix(name, ".") {
+			if _, wanted := want[conf]; !wanted {
+				t.Fatalf("directory holds %s, the spare of %s, which is not wanted", name, conf)
+			}
+			delete(got, name)
+		}
 	}
 	if !maps.Equal(got, want) {
 		t.Fatalf("directory holds %v\nwant %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
@@ -256,6 +272,9 @@ func (r *dirRefuser) Verify(context.Context) error {
 		return err
 	}
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // as nginx's glob: temp files and spares are not read
+		}
 		data, err := os.ReadFile(filepath.Join(r.dir, e.Name()))
 		if err != nil {
 			return err
@@ -279,14 +298,14 @@ func TestDirSaveRefusedPutsEveryTouchedFileBack(t *testing.T) {
 	if err := d.Save(s); err != nil {
 		t.Fatal(err)
 	}
-	before := listing(t, dir)
+	before := included(listing(t, dir))
 	next := stateOf(ups("a", "10.0.0.1:80"), ups("b", "10.0.0.66:80"), ups("d", "10.0.0.4:80"))
 	r.bad = "10.0.0.66"
 	err := d.Save(next)
 	if !errors.Is(err, engine.ErrVerifyFailed) || !strings.Contains(err.Error(), "refused b.conf") || !strings.Contains(err.Error(), "3 file(s)") {
 		t.Fatalf("Save = %v; want a verify refusal that put 3 files back", err)
 	}
-	if got := listing(t, dir); !maps.Equal(got, before) {
+	if got := included(listing(t, dir)); !maps.Equal(got, before) {
 		t.Fatalf("after the refusal the directory holds %v, want %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(before)))
 	}
 	r.mu.Lock()

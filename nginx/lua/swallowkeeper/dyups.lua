@@ -274,7 +274,8 @@ end
 -- glob lists the files a pattern matches, sorted, as nginx's own `include`
 -- does (glob(3), through LuaJIT's FFI: Lua has no directory listing). The
 -- pattern DIR/*.conf is SwallowKeeper's directory store, one file per
--- upstream; its temp files start with a dot, which `*` does not match.
+-- upstream; its temp files and spares start with a dot, which `*` does not
+-- match.
 local ffi_glob
 local function glob(pattern)
     if not ffi_glob then

@@ -1,0 +1,206 @@
+package store
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/swallowkeeper/swallowkeeper/internal/upstream"
+)
+
+func inodeOf(t *testing.T, p string) uint64 {
+	t.Helper()
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func rendered(u upstream.Upstream) string {
+	return string(upstream.RenderFile(upstream.State{u.Name: u}))
+}
+
+// version n of upstream web: one server more per version.
+func webV(n int) upstream.Upstream {
+	var addrs []string
+	for i := range n {
+		addrs = append(addrs, fmt.Sprintf("10.0.0.%d:80", i+1))
+	}
+	return ups("web", addrs...)
+}
+
+// A change writes the file's spare (its previous version) and exchanges
+// the two names: from the third version on, the file is the inode that
+// was the spare, and the spare holds the version before.
+func TestDirWritesTheSpareAndExchangesIt(t *testing.T) {
+	dir := t.TempDir()
+	d := NewDir(dir)
+	p, spare := filepath.Join(dir, "web.conf"), filepath.Join(dir, ".web.conf.spare")
+	for n := 1; n <= 4; n++ {
+		var spareIno uint64
+		if n >= 3 {
+			spareIno = inodeOf(t, spare)
+		}
+		if err := d.Save(stateOf(webV(n))); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, p); got != rendered(webV(n)) {
+			t.Fatalf("version %d: web.conf holds\n%s", n, got)
+		}
+		if d.noSpares {
+			t.Fatal("this filesystem cannot exchange names or lease files: the store fell back to new files")
+		}
+		if n >= 2 {
+			if got := read(t, spare); got != rendered(webV(n-1)) {
+				t.Fatalf("version %d: the spare holds\n%s\nwant version %d", n, got, n-1)
+			}
+		}
+		if n >= 3 && inodeOf(t, p) != spareIno {
+			t.Fatalf("version %d: web.conf is inode %d, not the spare's %d: a new file was created", n, inodeOf(t, p), spareIno)
+		}
+	}
+	got, err := NewDir(dir).Load()
+	if err != nil || !got.Equal(stateOf(webV(4))) {
+		t.Fatalf("Load = %v, %v; want web alone (the spare is not an upstream)", got, err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, DirGlob)); len(m) != 1 {
+		t.Fatalf("nginx's glob matches %v, want web.conf alone", m)
+	}
+}
+
+// A reader that opened the file before it became the spare (nginx -t, a
+// reload) reads its version whole: the spare it holds is not rewritten,
+// the next change goes to a new file instead.
+func TestDirNeverRewritesAFileSomeoneReads(t *testing.T) {
+	dir := t.TempDir()
+	d := NewDir(dir)
+	p := filepath.Join(dir, "web.conf")
+	for n := 1; n <= 2; n++ {
+		if err := d.Save(stateOf(webV(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reader, err := os.Open(p) // version 2
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	heldIno := inodeOf(t, p)
+	// Version 3 makes the held file the spare; version 4 would rewrite
+	// it, and must not while it is open.
+	for n := 3; n <= 4; n++ {
+		if err := d.Save(stateOf(webV(n))); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(t, p); got != rendered(webV(n)) {
+			t.Fatalf("version %d: web.conf holds\n%s", n, got)
+		}
+	}
+	if inodeOf(t, p) == heldIno {
+		t.Fatal("web.conf is the file the reader holds")
+	}
+	got, err := io.ReadAll(reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != rendered(webV(2)) {
+		t.Fatalf("the reader of version 2 read\n%s", got)
+	}
+	// Once the reader is gone, the spare is written in place again.
+	reader.Close()
+	spareIno := inodeOf(t, filepath.Join(dir, ".web.conf.spare"))
+	if err := d.Save(stateOf(webV(5))); err != nil {
+		t.Fatal(err)
+	}
+	if inodeOf(t, p) != spareIno || read(t, p) != rendered(webV(5)) {
+		t.Fatal("after the reader closed, version 5 did not go through the spare")
+	}
+}
+
+// A spare that is not a plain file with one name of its own is never
+// written through: not a link's target, not a FIFO (which would block),
+// not a file that also has a name elsewhere.
+func TestDirWritesNoSpareThatIsNotItsOwn(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T, spare, outside string)
+	}{
+		{"symbolic link", func(t *testing.T, spare, outside string) {
+			if err := os.Symlink(outside, spare); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"hard link", func(t *testing.T, spare, outside string) {
+			if err := os.Link(outside, spare); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"FIFO", func(t *testing.T, spare, outside string) {
+			if err := unix.Mkfifo(spare, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			outside := filepath.Join(t.TempDir(), "precious")
+			if err := os.WriteFile(outside, []byte("precious\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d := NewDir(dir)
+			if err := d.Save(stateOf(webV(1))); err != nil {
+				t.Fatal(err)
+			}
+			tc.plant(t, filepath.Join(dir, ".web.conf.spare"), outside)
+			for n := 2; n <= 3; n++ {
+				if err := d.Save(stateOf(webV(n))); err != nil {
+					t.Fatal(err)
+				}
+				if got := read(t, filepath.Join(dir, "web.conf")); got != rendered(webV(n)) {
+					t.Fatalf("version %d: web.conf holds\n%s", n, got)
+				}
+			}
+			if got := read(t, outside); got != "precious\n" {
+				t.Fatalf("the file outside was written through the spare: %q", got)
+			}
+		})
+	}
+}
+
+// The spare goes with its file: when the upstream goes, and at Load when
+// a crash left a spare without its file.
+func TestDirRemovesSparesWithTheirFiles(t *testing.T) {
+	dir := t.TempDir()
+	d := NewDir(dir)
+	for n := 1; n <= 2; n++ {
+		if err := d.Save(stateOf(webV(n), ups("api", "10.0.1.1:80"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(dir, ".web.conf.spare")); err != nil {
+		t.Fatalf("no spare after a change: %v", err)
+	}
+	if err := d.Save(stateOf(ups("api", "10.0.1.1:80"))); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(t, dir, stateOf(ups("api", "10.0.1.1:80")))
+	if _, err := os.Lstat(filepath.Join(dir, ".web.conf.spare")); err == nil {
+		t.Fatal("web went, its spare stayed")
+	}
+	orphan := filepath.Join(dir, ".gone.conf.spare")
+	if err := os.WriteFile(orphan, []byte("upstream gone {\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewDir(dir).Load(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(orphan); err == nil {
+		t.Fatal("Load left the spare of a file that is gone")
+	}
+}
