@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net/http"
 	"os"
@@ -211,20 +212,32 @@ func (r *runner) scaleChanges(ctx context.Context, st *Stack, pid int, sr *Scale
 	sr.ChangeLatency = Summarize(lat)
 	sr.ServiceReadsPerChange = (metricSum(m1, "swallowkeeper_consul_service_reads_total") - metricSum(m0, "swallowkeeper_consul_service_reads_total")) / float64(sr.Changes)
 	sr.Sweeps = int(metricSum(m1, "swallowkeeper_consul_sweeps_total") - metricSum(m0, "swallowkeeper_consul_sweeps_total"))
-	sr.FileReplaceCPUMs = fileReplaceCPU(filepath.Dir(st.File))
+	sr.FileReplaceCPUMs = fileReplaceCPU(filepath.Dir(st.File), r.p.Store == "directory")
 	return nil
 }
 
 // fileReplaceCPU is the CPU (this process's utime+stime) of one atomic
 // replace of a 600-byte file in dir, as the daemon's store does it on
-// each change (temp file, write, fsync, rename, fsync of the directory),
+// each change: the one-file store writes a temp file, fsyncs it, renames
+// it in and fsyncs the directory; the directory store (spare) rewrites
+// the file's spare under a write lease, fsyncs it, exchanges the two
+// names and fsyncs the directory (internal/store/spare.go),
 // over 50 replaces: the kernel's part of a change's CPU on this disk,
 // which no change to the daemon removes.
-func fileReplaceCPU(dir string) float64 {
+func fileReplaceCPU(dir string, spare bool) float64 {
 	const n = 50
 	data := make([]byte, 600)
 	target := filepath.Join(dir, ".bench-replace")
+	spareName := target + ".spare"
 	defer os.Remove(target)
+	defer os.Remove(spareName)
+	if spare {
+		for _, p := range []string{target, spareName} {
+			if os.WriteFile(p, data, 0o644) != nil {
+				return 0
+			}
+		}
+	}
 	cpu := func() time.Duration {
 		var ru syscall.Rusage
 		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -232,16 +245,35 @@ func fileReplaceCPU(dir string) float64 {
 	}
 	c0 := cpu()
 	for range n {
-		f, err := os.CreateTemp(dir, ".bench-replace.tmp-*")
-		if err != nil {
-			return 0
-		}
-		f.Write(data)
-		f.Sync()
-		f.Close()
-		if os.Rename(f.Name(), target) != nil {
-			os.Remove(f.Name())
-			return 0
+		if spare {
+			f, err := os.OpenFile(spareName, os.O_WRONLY|syscall.O_NOFOLLOW, 0)
+			if err != nil {
+				return 0
+			}
+			_, err = unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_WRLCK)
+			f.Truncate(0)
+			f.WriteAt(data, 0)
+			f.Chmod(0o644)
+			if err == nil {
+				unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_UNLCK)
+			}
+			f.Sync()
+			f.Close()
+			if err != nil || unix.Renameat2(unix.AT_FDCWD, spareName, unix.AT_FDCWD, target, unix.RENAME_EXCHANGE) != nil {
+				return 0 // no leases or exchange here: the store falls back to new files
+			}
+		} else {
+			f, err := os.CreateTemp(dir, ".bench-replace.tmp-*")
+			if err != nil {
+				return 0
+			}
+			f.Write(data)
+			f.Sync()
+			f.Close()
+			if os.Rename(f.Name(), target) != nil {
+				os.Remove(f.Name())
+				return 0
+			}
 		}
 		if d, err := os.Open(dir); err == nil {
 			d.Sync()
