@@ -424,7 +424,7 @@ func renderScale(w writer, r *Results) {
 	row("daemon peak RSS (VmHWM)", func(s ScaleRun) string { return fmt.Sprintf("%.1f MB", s.PeakRSSMB) }, "", nil)
 	if r.Scale.Runs[0].RSSAnonMB > 0 {
 		row("RSS: anonymous / file-backed", func(s ScaleRun) string { return fmt.Sprintf("%.1f / %.1f MB", s.RSSAnonMB, s.RSSFileMB) }, "", nil)
-		row("Go heap: live / in use / all the runtime holds", func(s ScaleRun) string {
+		row("Go heap: allocated (live and not yet collected) / in use / all the runtime holds", func(s ScaleRun) string {
 			return fmt.Sprintf("%.1f / %.1f / %.1f MB", s.HeapLiveMB, s.HeapInuseMB, s.GoSysMB)
 		}, "", nil)
 		if r.Scale.Runs[0].Goroutines > 0 {

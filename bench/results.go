@@ -287,7 +287,7 @@ type ScaleRun struct {
 	RSSAnonMB         float64 `json:"rss_anon_mb,omitempty"`
 	RSSFileMB         float64 `json:"rss_file_mb,omitempty"`
 	HeapInuseMB       float64 `json:"heap_inuse_mb,omitempty"`  // go_memstats_heap_inuse_bytes
-	HeapLiveMB        float64 `json:"heap_live_mb,omitempty"`   // go_memstats_heap_alloc_bytes
+	HeapLiveMB        float64 `json:"heap_live_mb,omitempty"`   // go_memstats_heap_alloc_bytes: live and not yet collected
 	GoSysMB           float64 `json:"go_sys_mb,omitempty"`      // go_memstats_sys_bytes: all the runtime took from the OS
 	StackInuseMB      float64 `json:"stack_inuse_mb,omitempty"` // go_memstats_stack_inuse_bytes: goroutine stacks
 	Goroutines        int     `json:"goroutines,omitempty"`     // go_goroutines

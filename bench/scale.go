@@ -82,7 +82,7 @@ func (r *runner) scale(ctx context.Context, run int) (err error) {
 		r.res.Scale = &ScaleResult{}
 	}
 	r.res.Scale.Runs = append(r.res.Scale.Runs, sr)
-	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f; anonymous %.1f, file %.1f; Go heap in use %.1f, live %.1f, runtime total %.1f; stacks %.1f of %d goroutines), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 / p99 %.1f / %.1f ms, service reads/change %.1f, sweeps %d; one file replace here costs %.2f ms of CPU",
+	r.logf("    run %d: cold sync %.0f ms, %d Consul connections, RSS %.1f MB (peak %.1f; anonymous %.1f, file %.1f; Go heap in use %.1f, allocated %.1f, runtime total %.1f; stacks %.1f of %d goroutines), CPU/change %.2f ms (raw %.2f, idle %.1f ms/s), pushes/change %.2f, change p50 / p99 %.1f / %.1f ms, service reads/change %.1f, sweeps %d; one file replace here costs %.2f ms of CPU",
 		run, sr.ColdSyncMs, sr.MaxConsulConns, sr.RSSMB, sr.PeakRSSMB, sr.RSSAnonMB, sr.RSSFileMB, sr.HeapInuseMB, sr.HeapLiveMB, sr.GoSysMB, sr.StackInuseMB, sr.Goroutines, sr.CPUPerChangeMs, sr.CPUPerChangeRawMs, sr.IdleCPUMsPerS, sr.PushesPerChange, sr.ChangeLatency.P50, sr.ChangeLatency.P99, sr.ServiceReadsPerChange, sr.Sweeps, sr.FileReplaceCPUMs)
 	return nil
 }
