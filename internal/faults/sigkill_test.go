@@ -282,9 +282,10 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool, churned int) {
 
 // waitForWrite polls dir until a write of the persisted file is in
 // progress, and says what showed it: "temp", a temp file that is not in
-// before, or "spare", a spare whose stamp differs from before's (a
-// directory store rewriting a spare); "" when none came in time. Either
-// lives only for one write, so the poll does not sleep.
+// before, or "spare", a spare rewritten in place (the same inode as in
+// before, another size or time: a directory store writing it, before the
+// exchange); "" when none came in time. Either lasts only for one write,
+// so the poll does not sleep.
 func waitForWrite(dir string, before map[string]string, timeout time.Duration) string {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -298,12 +299,24 @@ func waitForWrite(dir string, before map[string]string, timeout time.Duration) s
 				if _, seen := before[name]; !seen {
 					return "temp"
 				}
-			} else if strings.HasSuffix(name, ".conf.spare") && stampOf(filepath.Join(dir, name)) != before[name] {
-				return "spare"
+			} else if strings.HasSuffix(name, ".conf.spare") && before[name] != "" {
+				// The same file as before with another size or time: being
+				// rewritten in place, not yet exchanged (an exchange or a
+				// fallback's rename puts another file under the name).
+				now := stampOf(filepath.Join(dir, name))
+				if now != before[name] && inodeOfStamp(now) == inodeOfStamp(before[name]) {
+					return "spare"
+				}
 			}
 		}
 	}
 	return ""
+}
+
+// inodeOfStamp is the inode part of a stampOf.
+func inodeOfStamp(stamp string) string {
+	ino, _, _ := strings.Cut(stamp, ":")
+	return ino
 }
 
 // stampOf is a file's inode, size and modification time, "" if it is gone.

@@ -65,15 +65,16 @@ func (f *File) Where() string { return f.Path }
 //
 // Each file is named after its upstream's folded name (lowercase) and
 // holds exactly that upstream, rendered as File renders it. Each file is
-// replaced atomically (temp file, fsync, rename) and the directory is
-// fsynced once per Save, after every write and removal (spare.go says how
-// a file's previous version is kept to be written next). A crash in the
+// replaced atomically (its spare, the previous version, rewritten, fsynced
+// and exchanged in, see spare.go; else a temp file, fsync, rename) and
+// the directory is fsynced once per Save, after every write and removal.
+// A crash in the
 // middle of a Save leaves some upstreams at their new version and the
 // others at their old one; nginx accepts any such mix, because every
 // version of every file does (a primary server, no reserved name, a
 // method that takes its servers) and names that differ only in case
 // share one file name, so no two files can hold the same upstream. Temp
-// files start with a dot, which the glob does not match.
+// files and spares start with a dot, which the glob does not match.
 //
 // Dir remembers what it wrote, with each file's size and time, and reads
 // or rewrites only the files of the upstreams that changed; once every
@@ -95,7 +96,12 @@ type Dir struct {
 	files    map[string]*dirFile // by file stem: the folded upstream name
 	gen      uint64              // of the current Save, to find what it did not visit
 	lastFull time.Time
-	noSpares bool // the filesystem cannot exchange names or lease files (see spare.go)
+	// Spares (spare.go): noSpares once the filesystem cannot use them;
+	// unsynced, the files whose names were exchanged since the directory's
+	// last fsync (nil: none known since this process started, which may
+	// follow a crash that left some).
+	noSpares, sparesChecked bool
+	unsynced                map[string]bool
 }
 
 // DefaultFullCheck is how often a Dir looks at every file's stamp.
@@ -123,7 +129,8 @@ func (d *Dir) fileOf(stem string) string { return filepath.Join(d.Path, stem+".c
 // Load reads every file the glob matches. A missing or empty directory
 // is an empty state; a file that does not parse, or that holds anything
 // but the one upstream its name says, is an error naming the file, never
-// an empty state. Load also removes the temp files a crash left.
+// an empty state. Load also removes the temp files a crash left, and
+// spares whose file is gone.
 func (d *Dir) Load() (upstream.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -393,26 +400,54 @@ func (d *Dir) apply(changes []dirChange) error {
 		c.after.stamp = StampOf(p)
 		d.files[c.stem] = c.after
 	}
-	return syncDir(d.Path)
+	if err := syncDir(d.Path); err != nil {
+		return err
+	}
+	d.synced()
+	return nil
 }
 
 // replace writes data to the file p atomically and durably (the
 // directory's fsync is the caller's): through p's spare when it can, else
 // as a new file renamed in, whose predecessor becomes the spare.
 func (d *Dir) replace(p string, data []byte) error {
-	if !d.noSpares {
-		unsupported, err := replaceViaSpare(p, data, d.Mode)
-		if err == nil {
-			return nil
-		}
-		d.noSpares = unsupported
+	if !d.sparesChecked {
+		d.sparesChecked, d.noSpares = true, !sparesWork(d.Path)
 	}
 	if d.noSpares {
 		return writeReplace(p, data, d.Mode)
 	}
+	// The spare is rewritten in place only if the exchange that made it
+	// the spare is durable: a power cut must not bring it back as p.
+	if d.unsynced == nil || d.unsynced[p] {
+		if err := syncDir(d.Path); err == nil {
+			d.unsynced = map[string]bool{}
+		}
+	}
+	if d.unsynced != nil && !d.unsynced[p] {
+		unsupported, err := replaceViaSpare(p, data, d.Mode)
+		if err == nil {
+			d.unsynced[p] = true
+			return nil
+		}
+		if unsupported {
+			d.noSpares = true
+			return writeReplace(p, data, d.Mode)
+		}
+	}
 	unsupported, err := replaceKeepingSpare(p, data, d.Mode)
 	d.noSpares = unsupported
+	if err == nil && d.unsynced != nil {
+		d.unsynced[p] = true // when exchanged; a plain rename does no harm
+	}
 	return err
+}
+
+// synced records a successful fsync of the directory.
+func (d *Dir) synced() {
+	if d.unsynced != nil {
+		clear(d.unsynced)
+	}
 }
 
 // remove removes the file of stem and forgets it (the directory's fsync
@@ -469,7 +504,11 @@ func (d *Dir) applyBatch(changes []dirChange) (err error) {
 		c.after.stamp = StampOf(p)
 		d.files[c.stem] = c.after
 	}
-	return syncDir(d.Path)
+	if err := syncDir(d.Path); err != nil {
+		return err
+	}
+	d.synced()
+	return nil
 }
 
 // syncFS flushes the filesystem that holds dir (syncfs(2)).

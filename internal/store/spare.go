@@ -27,11 +27,23 @@ import (
 // that opened the file before it became the spare (an nginx -t, a reload,
 // an operator's cat) must go on reading that version whole. So the spare
 // is written only under a write lease (fcntl F_SETLEASE), which Linux
-// grants only while no other open file description of the file exists,
-// and which makes anyone opening it meanwhile wait. Where that cannot be
-// had (a reader holds the spare, no spare yet, a filesystem without leases
-// or without exchange, a spare that is not a plain file of ours), the
-// replace writes a new file and renames it in, as before.
+// grants only while no other open file description of the file exists
+// (an mmap counts too), and which makes anyone opening it meanwhile wait,
+// up to fs.lease-break-time (45 s; the write takes far less). The spare
+// stays open for writing until the exchange, so that no second writer (a
+// second daemon on the same directory, by mistake) can take a lease and
+// rewrite it in between. Leases see only this machine's readers, so
+// spares are used only on local filesystems known to keep them (ext4,
+// XFS, btrfs, tmpfs), and only once the directory has been fsynced since
+// this process last exchanged names in it: a spare must never be the file
+// a power cut would bring back. Where any of this cannot be had (a reader
+// holds the spare, no spare yet, another filesystem, no leases or
+// exchange, a spare that is not a plain file), the replace writes a new
+// file and renames it in, as before.
+//
+// The spare normally holds the file's previous version; after a crash
+// mid-rewrite or a failed exchange it holds something else, and nothing
+// ever reads it.
 
 // spareOf names the file that keeps p's previous version.
 func spareOf(p string) string {
@@ -51,13 +63,19 @@ func replaceViaSpare(p string, data []byte, mode fs.FileMode) (unsupported bool,
 		return false, fmt.Errorf("%w: %s is not a plain file", errNoSpare, p)
 	}
 	spare := spareOf(p)
-	// O_NONBLOCK: a FIFO put there must not hang the daemon; O_NOFOLLOW:
-	// nor may a symbolic link send the write elsewhere.
+	// Looked at before it is opened: opening a device planted there could
+	// do something by itself.
+	if !isPlainFile(spare) {
+		return false, fmt.Errorf("%w: %s is not a plain file", errNoSpare, spare)
+	}
+	// O_NONBLOCK: a FIFO put there since must not hang the daemon, nor may
+	// a lease someone else holds on it; O_NOFOLLOW: nor may a symbolic
+	// link send the write elsewhere.
 	f, err := os.OpenFile(spare, os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return false, fmt.Errorf("%w: %v", errNoSpare, err)
 	}
-	defer f.Close()
+	defer f.Close() // after the exchange: see the comment at the top
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return false, fmt.Errorf("%w: %v", errNoSpare, err)
@@ -67,8 +85,8 @@ func replaceViaSpare(p string, data []byte, mode fs.FileMode) (unsupported bool,
 		return false, fmt.Errorf("%w: %s is not a plain file with one name", errNoSpare, spare)
 	}
 	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
-		// EAGAIN: someone has it open. EINVAL: no leases here (a
-		// filesystem without them, or fs.leases-enable = 0).
+		// EAGAIN: someone has it open. EINVAL: no leases here
+		// (fs.leases-enable = 0). EACCES: not our file.
 		return errors.Is(err, unix.EINVAL), fmt.Errorf("%w: lease %s: %v", errNoSpare, spare, err)
 	}
 	leased := true
@@ -91,15 +109,13 @@ func replaceViaSpare(p string, data []byte, mode fs.FileMode) (unsupported bool,
 		return false, fmt.Errorf("%w: chmod %s: %v", errNoSpare, spare, err)
 	}
 	// Written: whoever opens it from now on reads it whole, so the lease
-	// need not last through the fsync, which may take long.
+	// need not last through the fsync, which may take long. (A lease
+	// broken by an opener who waited out lease-break-time fails here.)
 	if err := unlease(); err != nil {
 		return false, fmt.Errorf("%w: release lease %s: %v", errNoSpare, spare, err)
 	}
 	if err := f.Sync(); err != nil {
 		return false, fmt.Errorf("%w: fsync %s: %v", errNoSpare, spare, err)
-	}
-	if err := f.Close(); err != nil {
-		return false, fmt.Errorf("%w: close %s: %v", errNoSpare, spare, err)
 	}
 	if err := unix.Renameat2(unix.AT_FDCWD, spare, unix.AT_FDCWD, p, unix.RENAME_EXCHANGE); err != nil {
 		// ENOENT: p is gone (removed behind our back).
@@ -148,6 +164,24 @@ func isPlainFile(p string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
+// exchangeUnsupported: renameat2 with RENAME_EXCHANGE will not work here
+// (no such call, a filesystem without it, or a sandbox that forbids it).
 func exchangeUnsupported(err error) bool {
-	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) ||
+		errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)
+}
+
+// sparesWork reports whether dir is on a local filesystem where leases
+// see every reader: ext4, XFS, btrfs or tmpfs. On a network filesystem a
+// lease can be granted while another host reads the file.
+func sparesWork(dir string) bool {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return false
+	}
+	switch uint32(fs.Type) {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC:
+		return true
+	}
+	return false
 }
