@@ -271,7 +271,7 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 }
 
 func check(cfg *config.Config, stdout io.Writer) error {
-	st, err := store.Open(cfg.File).Load()
+	st, err := store.OpenToRead(cfg.File).Load()
 	if err != nil {
 		return err
 	}

@@ -80,7 +80,7 @@ func Command(undrain bool, args []string, stdout, stderr io.Writer, defaultConfi
 	if undrain {
 		msg, err = Undrain(marks, ups, addr)
 	} else {
-		msg, err = Drain(marks, store.Open(upstreamFile), ups, addr, force, time.Now())
+		msg, err = Drain(marks, store.OpenToRead(upstreamFile), ups, addr, force, time.Now())
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "swallowkeeper %s: %v\n", name, err)

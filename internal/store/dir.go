@@ -52,6 +52,20 @@ func Open(p string) Persisted {
 	return New(p)
 }
 
+// OpenToRead is Open for a command that only reads what a daemon may be
+// writing at the same moment (check, drain): its Load removes nothing,
+// since a temp file there may be the running daemon's write in progress.
+func OpenToRead(p string) Persisted {
+	if IsDirGlob(p) {
+		d := NewDir(filepath.Dir(p))
+		d.readOnly = true
+		return d
+	}
+	f := New(p)
+	f.readOnly = true
+	return f
+}
+
 // SetVerifier sets f's Verifier.
 func (f *File) SetVerifier(v Verifier) { f.Verifier = v }
 
@@ -102,6 +116,7 @@ type Dir struct {
 	// follow a crash that left some).
 	noSpares, sparesChecked bool
 	unsynced                map[string]bool
+	readOnly                bool // OpenToRead: Load removes no leftovers
 }
 
 // DefaultFullCheck is how often a Dir looks at every file's stamp.
@@ -134,7 +149,9 @@ func (d *Dir) fileOf(stem string) string { return filepath.Join(d.Path, stem+".c
 func (d *Dir) Load() (upstream.State, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.removeLeftovers()
+	if !d.readOnly {
+		d.removeLeftovers()
+	}
 	d.files = nil
 	entries, err := os.ReadDir(d.Path)
 	if errors.Is(err, fs.ErrNotExist) {

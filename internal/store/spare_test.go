@@ -285,3 +285,36 @@ func TestDirRemovesSparesWithTheirFiles(t *testing.T) {
 		t.Fatalf("Load removed the spare of api.conf, which is there: %v", err)
 	}
 }
+
+// A command that only reads (check, drain) may run while the daemon
+// writes: its Load must not remove a temp file, which may be the daemon's
+// write in progress. The daemon's own Load does remove them.
+func TestOpenToReadRemovesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name, persisted, temp string
+	}{
+		{"file", "upstreams.conf", ".upstreams.conf.tmp-123"},
+		{"directory", "*.conf", ".web.conf.tmp-123"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			temp := filepath.Join(dir, tc.temp)
+			if err := os.WriteFile(temp, []byte("upstream web {\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, tc.persisted)
+			if _, err := OpenToRead(p).Load(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Lstat(temp); err != nil {
+				t.Fatalf("a read-only Load removed %s: %v", tc.temp, err)
+			}
+			if _, err := Open(p).Load(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Lstat(temp); err == nil {
+				t.Fatalf("the daemon's Load left %s", tc.temp)
+			}
+		})
+	}
+}

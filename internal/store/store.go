@@ -37,6 +37,7 @@ type File struct {
 	written  []byte // what the last Save wrote or found on disk
 	spare    []byte // a rendered file nothing refers to, to render the next into
 	stamp    Stamp  // the file's size and time right after
+	readOnly bool   // OpenToRead: Load removes no leftovers
 }
 
 // Stamp tells a file's version apart without reading it: a write that
@@ -81,9 +82,11 @@ func New(path string) *File { return &File{Path: path, Mode: 0o644} }
 //
 // Load also removes temp files a crash left in the middle of a write: at
 // start nothing else writes this file, so they are leftovers, and in a
-// crash loop they would pile up.
+// crash loop they would pile up. (Not when opened with OpenToRead.)
 func (f *File) Load() (upstream.State, error) {
-	f.removeLeftovers()
+	if !f.readOnly {
+		f.removeLeftovers()
+	}
 	data, err := os.ReadFile(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return upstream.State{}, nil
