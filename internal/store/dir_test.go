@@ -51,7 +51,9 @@ func listing(t *testing.T, dir string) map[string]string {
 
 // withoutSpares is a listing without the spares (temp files stay).
 func withoutSpares(l map[string]string) map[string]string {
-	maps.DeleteFunc(l, func(name, _ string) bool { return strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".conf.spare") })
+	maps.DeleteFunc(l, func(name, _ string) bool {
+		return strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".conf.spare")
+	})
 	return l
 }
 
