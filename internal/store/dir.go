@@ -82,13 +82,13 @@ func (f *File) Where() string { return f.Path }
 // replaced atomically (its spare, the previous version, rewritten, fsynced
 // and exchanged in, see spare.go; else a temp file, fsync, rename) and
 // the directory is fsynced once per Save, after every write and removal.
-// A crash in the
-// middle of a Save leaves some upstreams at their new version and the
-// others at their old one; nginx accepts any such mix, because every
-// version of every file does (a primary server, no reserved name, a
-// method that takes its servers) and names that differ only in case
-// share one file name, so no two files can hold the same upstream. Temp
-// files and spares start with a dot, which the glob does not match.
+// A crash in the middle of a Save leaves some upstreams at their new
+// version and the others at their old one; nginx accepts any such mix,
+// because every version of every file does (a primary server, no
+// reserved name, a method that takes its servers) and names that differ
+// only in case share one file name, so no two files can hold the same
+// upstream. Temp files and spares start with a dot, which the glob does
+// not match.
 //
 // Dir remembers what it wrote, with each file's size and time, and reads
 // or rewrites only the files of the upstreams that changed; once every
