@@ -509,13 +509,13 @@ func scaleCostNote(watch, store string, checks int, answer string) string {
 	}
 	b.WriteString("The engine plans only the upstreams the snapshot marks touched (a full plan at least once a minute), and the source still copies its map of every upstream for each snapshot. ")
 	if store == "directory" {
-		b.WriteString("The store writes and fsyncs the changed upstream's file and fsyncs the directory; \"one file replace\" below is what that costs the kernel on this disk, measured apart. ")
+		b.WriteString("The store rewrites and fsyncs the changed upstream's spare (its previous version), exchanges it with the file in one `renameat2` and fsyncs the directory; \"one file replace\" below is what that costs the kernel on this disk, measured apart. ")
 	} else {
 		b.WriteString("The store writes and fsyncs the whole persisted file (every upstream, so that nginx can start from it). ")
 	}
 	b.WriteString("`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile. ")
 	if watch == "per_service" {
-		b.WriteString("Memory is mostly goroutine stacks, two per long poll in flight (the daemon's and the HTTP/2 transport's, about 10 KB each; see the goroutine row), the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); ")
+		b.WriteString("Memory is mostly goroutine stacks, two per long poll in flight (the daemon's and the HTTP/2 transport's, about 6 KB each here; see the goroutine row), the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); ")
 	} else {
 		b.WriteString("Memory is mostly the buffer each checks answer is read into, kept for the next one, the services' data, and the Go garbage collector's headroom (by default the heap may grow to twice what is live before a collection); ")
 	}
@@ -526,7 +526,7 @@ func scaleCostNote(watch, store string, checks int, answer string) string {
 // storeNote says how the daemon persisted in the scale scenario.
 func storeNote(store string) string {
 	if store == "directory" {
-		return "The daemon persisted into a directory, one file per upstream (`file: DIR/*.conf`): a change writes and fsyncs the files of the upstreams that changed, then fsyncs the directory once."
+		return "The daemon persisted into a directory, one file per upstream (`file: DIR/*.conf`): a change rewrites and fsyncs the spare of each upstream that changed and exchanges it with the file (a new file where no spare can be used), then fsyncs the directory once."
 	}
 	return "The daemon persisted into one file (`file: upstreams.conf`): every change writes and fsyncs the whole file."
 }
