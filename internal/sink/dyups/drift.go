@@ -48,6 +48,7 @@ type sectionDigest struct {
 	hash uint64
 }
 
+// digest needs the seed read sets on its first call.
 func (m *detailMemory) digest(sec []byte) sectionDigest {
 	return sectionDigest{len(sec), maphash.Bytes(m.seed, sec)}
 }
@@ -101,9 +102,13 @@ func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer,
 			rest = nil
 		}
 		name, _, _ := bytes.Cut(sec, []byte("\n"))
-		// Map lookups keyed by string(bytes) do not copy the bytes.
-		if u, ok := desired[string(name)]; ok {
-			if s := m.sections[m.digest(sec)]; s != nil && s.up.Equal(u) {
+		// Map lookups keyed by string(bytes) do not copy the bytes. Only a
+		// desired upstream's section is hashed: only those are remembered.
+		var dg sectionDigest
+		u, desiredName := desired[string(name)]
+		if desiredName {
+			dg = m.digest(sec)
+			if s := m.sections[dg]; s != nil && s.up.Equal(u) {
 				if _, dup := a.shown[u.Name]; dup {
 					return nil, wholeParseError(body, fmt.Errorf("upstream %s listed twice", u.Name))
 				}
@@ -123,7 +128,10 @@ func (m *detailMemory) read(body []byte, desired upstream.State) (*detailAnswer,
 			if a.parsed == nil {
 				a.parsed, a.section = Detail{}, map[string]sectionDigest{}
 			}
-			a.parsed[n], a.section[n] = servers, m.digest(sec)
+			a.parsed[n] = servers
+			if desiredName {
+				a.section[n] = dg
+			}
 		}
 	}
 	return a, nil

@@ -198,11 +198,13 @@ type serviceData struct {
 // serviceVersion stands for what changes in a service's answer when an
 // instance, its node or one of its checks does: every entry's node, the
 // modify indexes of its service and node, and each check's status and
-// modify index, in the answer's order. It is a 128-bit digest of them, not
-// the list (at 10,000 services × 10 the lists were 11.5 MB of the
-// daemon's live heap): two different lists share it with odds of 2^-128,
-// under two hashes seeded at random per process.
-type serviceVersion [2]uint64
+// modify index, in the answer's order. It is the length of an encoding of
+// them and two hashes of it seeded at random per process, not the list (at
+// 10,000 services × 10 the lists were 11.5 MB of the daemon's live heap).
+// Two different lists share it only if both hashes collide at the same
+// length: both come from the runtime's hash, so that is as unlikely as the
+// runtime's hash is sound, about 2^-64 or less per compare.
+type serviceVersion [3]uint64
 
 var versionSeeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
 
@@ -233,10 +235,12 @@ func versionsOf(entries []*api.ServiceEntry) serviceVersion {
 			b = binary.AppendUvarint(b, c.ModifyIndex)
 		}
 	}
-	return serviceVersion{maphash.Bytes(versionSeeds[0], b), maphash.Bytes(versionSeeds[1], b)}
+	return serviceVersion{uint64(len(b)), maphash.Bytes(versionSeeds[0], b), maphash.Bytes(versionSeeds[1], b)}
 }
 
-// nodesOf returns the distinct nodes of entries, sorted.
+// nodesOf returns the distinct nodes of entries, sorted: those of every
+// entry with a node (a superset of what versionsOf counts, which also
+// skips entries without a service).
 func nodesOf(entries []*api.ServiceEntry) []string {
 	var nodes []string
 	for _, e := range entries {
@@ -245,7 +249,7 @@ func nodesOf(entries []*api.ServiceEntry) []string {
 		}
 	}
 	slices.Sort(nodes)
-	return slices.Compact(nodes)
+	return slices.Clip(slices.Compact(nodes))
 }
 
 // Run implements engine.Source.
