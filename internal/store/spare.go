@@ -15,13 +15,13 @@ import (
 // exchanging the two names (renameat2 RENAME_EXCHANGE), rather than by
 // creating a temp file and renaming it over the old one. The spare is the
 // file's previous version, kept as .NAME.conf.spare, which the glob nginx
-// includes does not match. No inode is created or freed. On ext4, on this
-// project's 2-core VM, BenchmarkDirSaveOneChange (a Save of one changed
-// upstream, directory fsync included) cost 0.27-0.39 ms of CPU among
-// 1,000 files against 0.77-1.47 ms with a new file each time; among
-// 10,000 files it measured no gain (0.58-0.97 against 0.51-0.71 ms). At
-// 1,000 services the replace had been a third of the daemon's CPU per
-// change.
+// includes does not match. A replace through the spare creates and frees
+// no inode. On ext4, on this project's 2-core VM,
+// BenchmarkDirSaveOneChange (a Save of one changed upstream, directory
+// fsync included) cost 0.27-0.39 ms of CPU among 1,000 files against
+// 0.77-1.47 ms with a new file each time; among 10,000 files it measured
+// no gain (0.58-0.97 against 0.51-0.71 ms). At 1,000 services the replace
+// had been a third of the daemon's CPU per change.
 //
 // Rewriting a file in place is safe only while nobody reads it: a reader
 // that opened the file before it became the spare (an nginx -t, a reload,
@@ -34,9 +34,10 @@ import (
 // second daemon on the same directory, by mistake) can take a lease and
 // rewrite it in between. Leases see only this machine's readers, so
 // spares are used only on local filesystems known to keep them (ext4,
-// XFS, btrfs, tmpfs), and only once the directory has been fsynced since
-// this process last exchanged names in it: a spare must never be the file
-// a power cut would bring back. Where any of this cannot be had (a reader
+// XFS, btrfs, tmpfs), and a spare is rewritten only once the directory
+// has been fsynced since the exchange that made it the spare (and once
+// since this process started): a spare must never be the file a power cut
+// would bring back. Where any of this cannot be had (a reader
 // holds the spare, no spare yet, another filesystem, no leases or
 // exchange, a spare that is not a plain file), the replace writes a new
 // file and renames it in, as before.
