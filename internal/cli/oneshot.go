@@ -155,7 +155,7 @@ func oneShot(ctx context.Context, cmd string, cfg *config.Config, opts *flagValu
 		srcLog = slog.New(quiet)
 		defer quiet.summary(log)
 	}
-	e, err := daemon.OneShot(cfg, log, srcLog)
+	e, err := daemon.OneShot(cfg, log, srcLog, cmd == "render")
 	if err != nil {
 		return false, err
 	}

@@ -53,6 +53,42 @@ func TestRenderNeedsNoStateDirectory(t *testing.T) {
 	}
 }
 
+// render and check only read the persisted file, and may run while a
+// daemon writes it: they must not remove a temp file next to it, which
+// may be the daemon's write in progress (found by review: its rename then
+// failed). The file store and the directory store alike.
+func TestReadOnlyCommandsLeaveTempFiles(t *testing.T) {
+	c := testenv.StartConsul(t)
+	b := startBackend(t, "api-1")
+	c.Register(t, "api", "api-1", "127.0.0.1", b.Port, nil, nil)
+	conf := renderConfig(t)
+	for _, tc := range []struct{ name, file, temp string }{
+		{"file", "upstreams.conf", ".upstreams.conf.tmp-4242"},
+		{"directory", "*.conf", ".api.conf.tmp-4242"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			temp := filepath.Join(dir, tc.temp)
+			if err := os.WriteFile(temp, []byte("upstream api {\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(dir, tc.file)
+			if code, out, errs := runCLI(t, nil, "render", "-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file); code != 0 || !strings.Contains(out, "upstream api {") {
+				t.Fatalf("render: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+			}
+			if _, err := os.Lstat(temp); err != nil {
+				t.Fatalf("render removed %s: %v", tc.temp, err)
+			}
+			if code, out, errs := runCLI(t, nil, "check", "-config", conf, "-consul-addr", c.HTTPAddr(), "-file", file); code != 0 {
+				t.Fatalf("check: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+			}
+			if _, err := os.Lstat(temp); err != nil {
+				t.Fatalf("check removed %s: %v", tc.temp, err)
+			}
+		})
+	}
+}
+
 // With the registry down, render fails once, within -timeout, with one
 // line that names the registry and the last error, and none of the
 // source's retry warnings.

@@ -54,7 +54,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(o.Version, o.Revision))
 	dm := dyups.NewMetrics(reg)
-	gen, err := build(cfg, log, nil, reg, dm, false, nil)
+	gen, err := build(cfg, log, nil, reg, dm, runDaemon, nil)
 	if err != nil {
 		return err
 	}
@@ -91,7 +91,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 				log.Error("configuration reload failed; keeping the running configuration", "err", err)
 				goto wait
 			}
-			ngen, err := build(next, log, nil, reg, dm, false, gen)
+			ngen, err := build(next, log, nil, reg, dm, runDaemon, gen)
 			if err != nil {
 				log.Error("configuration reload failed; keeping the running configuration", "err", err)
 				goto wait

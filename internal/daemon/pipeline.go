@@ -24,9 +24,14 @@ import (
 // OneShot builds the pipeline of a one-shot command (render, once): the
 // engine over the configuration's source, store and sinks, with no
 // metrics and the targets' one-shot options. srcLog, when not nil, is the
-// source's logger instead of log.
-func OneShot(cfg *config.Config, log, srcLog *slog.Logger) (*engine.Engine, error) {
-	g, err := build(cfg, log, srcLog, nil, dyups.NewMetrics(nil), true, nil)
+// source's logger instead of log. readOnly (render) opens the store to
+// read only: a daemon may be writing it meanwhile (store.OpenToRead).
+func OneShot(cfg *config.Config, log, srcLog *slog.Logger, readOnly bool) (*engine.Engine, error) {
+	mode := runOnce
+	if readOnly {
+		mode = runRender
+	}
+	g, err := build(cfg, log, srcLog, nil, dyups.NewMetrics(nil), mode, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +62,7 @@ type keyedTarget struct {
 // anything is pushed: by the verify command, then in reload mode by
 // reload.test (nginx -t), which the store runs as it writes the file; the
 // reload sink only reloads.
-func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Registerer, sinks []engine.Sink) (store.Persisted, []engine.Sink, error) {
+func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Registerer, sinks []engine.Sink, readOnly bool) (store.Persisted, []engine.Sink, error) {
 	var verify store.Verifiers
 	for _, argv := range VerifyCommands(cfg) {
 		verify = append(verify, store.Command{Argv: argv})
@@ -70,6 +75,9 @@ func withReload(cfg *config.Config, log *slog.Logger, staged prometheus.Register
 		sinks = append(sinks, rs)
 	}
 	file := store.Open(cfg.File)
+	if readOnly {
+		file = store.OpenToRead(cfg.File)
+	}
 	if len(verify) > 0 {
 		file.SetVerifier(verify)
 	}
@@ -100,7 +108,17 @@ func VerifyCommands(cfg *config.Config) [][]string {
 // options and secret did not change is kept with what it acknowledged, so
 // that the new engine pushes only what differs. Build starts nothing;
 // the new source's and sinks' metrics are registered by commit.
-func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registry, dm *dyups.Metrics, oneShot bool, prev *generation) (*generation, error) {
+// runMode is what build builds a pipeline for.
+type runMode int
+
+const (
+	runDaemon runMode = iota
+	runOnce           // one full sync, then exit
+	runRender         // plan only: nothing written, nothing pushed
+)
+
+func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registry, dm *dyups.Metrics, mode runMode, prev *generation) (*generation, error) {
+	oneShot := mode != runDaemon
 	if srcLog == nil {
 		srcLog = log
 	}
@@ -176,7 +194,7 @@ func build(cfg *config.Config, log, srcLog *slog.Logger, reg *prometheus.Registr
 		g.splits = ss
 		sinks = append(sinks, ss)
 	}
-	file, sinks, err := withReload(cfg, log, staged, sinks)
+	file, sinks, err := withReload(cfg, log, staged, sinks, mode == runRender)
 	if err != nil {
 		return nil, err
 	}
