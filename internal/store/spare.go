@@ -19,7 +19,7 @@ import (
 // no inode. On ext4, on this project's 2-core VM,
 // BenchmarkDirSaveOneChange (a Save of one changed upstream, directory
 // fsync included) cost 0.27-0.39 ms of CPU among 1,000 files against
-// 0.77-1.47 ms with a new file each time; among 10,000 files it measured
+// 0.77-1.48 ms with a new file each time; among 10,000 files it measured
 // no gain (0.58-0.97 against 0.51-0.71 ms). At 1,000 services the replace
 // had been a third of the daemon's CPU per change.
 //
