@@ -106,8 +106,10 @@ func replaceViaSpare(p string, data []byte, mode fs.FileMode) (unsupported bool,
 	if _, err := f.WriteAt(data, 0); err != nil {
 		return false, fmt.Errorf("%w: write %s: %v", errNoSpare, spare, err)
 	}
-	if err := f.Chmod(mode); err != nil {
-		return false, fmt.Errorf("%w: chmod %s: %v", errNoSpare, spare, err)
+	if fs.FileMode(st.Mode&0o777) != mode.Perm() { // the spare keeps its mode: a syscall saved per change
+		if err := f.Chmod(mode); err != nil {
+			return false, fmt.Errorf("%w: chmod %s: %v", errNoSpare, spare, err)
+		}
 	}
 	// Written: whoever opens it from now on reads it whole, so the lease
 	// need not last through the fsync, which may take long. (A lease

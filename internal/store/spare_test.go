@@ -319,3 +319,28 @@ func TestOpenToReadRemovesNothing(t *testing.T) {
 		})
 	}
 }
+
+// A change of the store's mode reaches a file written through its spare:
+// the spare is chmodded only when its mode differs.
+func TestDirSpareTakesTheStoresMode(t *testing.T) {
+	dir := t.TempDir()
+	d := NewDir(dir)
+	for n := 1; n <= 2; n++ {
+		if err := d.Save(stateOf(webV(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Mode = 0o600
+	spareIno := inodeOf(t, filepath.Join(dir, ".web.conf.spare"))
+	if err := d.Save(stateOf(webV(3))); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "web.conf")
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inodeOf(t, p) != spareIno || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("web.conf: inode %d (spare's %d), mode %v; want the spare, 0600", inodeOf(t, p), spareIno, fi.Mode().Perm())
+	}
+}
