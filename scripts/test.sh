@@ -47,6 +47,10 @@ grep -E '^(FIGURE |ok |FAIL|--- FAIL|panic:)|^ +[A-Za-z0-9_]+_test\.go:[0-9]+: '
 if [ "$rc" -ne 0 ]; then
   echo "== failures (full log: $log)"
   grep -E -B2 -A40 -- '^(--- FAIL|panic:|FAIL	)' "$log" | head -400
+  # Last, so that a shortened copy of this output still ends with it: what
+  # each failing test printed itself, its reason included.
+  echo "== what each failing test printed"
+  awk -f scripts/failed-output.awk "$log" "$log" | tail -300
   exit "$rc"
 fi
 rm -f "$log"

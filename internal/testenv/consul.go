@@ -83,10 +83,12 @@ func StartConsulTLS(t testing.TB) *Consul {
 func (c *Consul) HTTPSAddr() string { return Addr(c.ports["https"]) }
 
 func startConsul(t testing.TB, aclToken string) *Consul {
+	t.Helper()
 	return newConsul(t).open(t, aclToken)
 }
 
 func newConsul(t testing.TB) *Consul {
+	t.Helper()
 	c := &Consul{
 		bin:     ConsulBinary(t),
 		dataDir: t.TempDir(),
@@ -101,6 +103,7 @@ func newConsul(t testing.TB) *Consul {
 // open makes c's client (with the management token aclToken, if any) and
 // starts the agent.
 func (c *Consul) open(t testing.TB, aclToken string) *Consul {
+	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr()
 	if aclToken != "" {

@@ -16,40 +16,27 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/sdk/freeport"
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-// The listener is closed before returning, so a race with another process is
-// possible but unlikely on a test machine.
+// FreePort returns a TCP port on 127.0.0.1 that no other test holds, in
+// this process or in another one, until t ends.
+//
+// Picking a port by listening on port 0 is not enough: go test runs several
+// packages' test binaries at once, and the kernel hands such a port out
+// again, to another binary's server or as an outgoing connection's source
+// port. CI failed a test whose Consul agent ended 80ms after its start; an
+// agent whose server port is taken ends after 80ms ("bind: address already
+// in use"). Consul's freeport reserves a block of ports below the ephemeral
+// range for each process (a listener on the block's first port is the lock
+// between processes) and gives a port back only once it is free again.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("testenv: free port: %v", err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		// The kernel may hand the same port out again once it is closed,
-		// and two ports of one server that collide fail its start (seen:
-		// Consul's server and HTTP ports). Never give a port out twice.
-		givenMu.Lock()
-		seen := given[port]
-		given[port] = true
-		givenMu.Unlock()
-		if !seen {
-			return port
-		}
-	}
+	return freeport.GetOne(t)
 }
-
-var (
-	givenMu sync.Mutex
-	given   = map[int]bool{} // ports FreePort returned in this process
-)
 
 // Binary returns the path of an executable, looked up in the environment
 // variable env first (when set) and then in PATH. It fails the test when the
