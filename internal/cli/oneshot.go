@@ -155,6 +155,13 @@ func oneShot(ctx context.Context, cmd string, cfg *config.Config, opts *flagValu
 		srcLog = slog.New(quiet)
 		defer quiet.summary(log)
 	}
+	if cmd == "once" { // it writes the file: not while a daemon does
+		lock, err := daemon.LockStore(cfg.File, log)
+		if err != nil {
+			return false, err
+		}
+		defer lock.Release()
+	}
 	e, err := daemon.OneShot(cfg, log, srcLog, cmd == "render")
 	if err != nil {
 		return false, err

@@ -8,6 +8,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/swallowkeeper/swallowkeeper/internal/config"
 	"github.com/swallowkeeper/swallowkeeper/internal/httpapi"
 	"github.com/swallowkeeper/swallowkeeper/internal/sink/dyups"
+	"github.com/swallowkeeper/swallowkeeper/internal/store"
 )
 
 // Options are what the daemon needs besides the configuration.
@@ -54,6 +56,11 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(o.Version, o.Revision))
 	dm := dyups.NewMetrics(reg)
+	lock, err := LockStore(cfg.File, log)
+	if err != nil {
+		return err
+	}
+	defer func() { lock.Release() }() // the lock held at the end
 	gen, err := build(cfg, log, nil, reg, dm, runDaemon, nil)
 	if err != nil {
 		return err
@@ -91,12 +98,23 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 				log.Error("configuration reload failed; keeping the running configuration", "err", err)
 				goto wait
 			}
+			// A new file or directory is locked before anything is built
+			// on it; the old one is let go once the new pipeline runs.
+			var nextLock *store.Lock
+			if store.LockPath(next.File) != store.LockPath(cfg.File) {
+				if nextLock, err = LockStore(next.File, log); err != nil {
+					log.Error("configuration reload failed; keeping the running configuration", "err", err)
+					goto wait
+				}
+			}
 			ngen, err := build(next, log, nil, reg, dm, runDaemon, gen)
 			if err != nil {
+				nextLock.Release()
 				log.Error("configuration reload failed; keeping the running configuration", "err", err)
 				goto wait
 			}
 			if err := lis.move(ctx, next.Metrics.Listen, next.Metrics.Pprof, log); err != nil {
+				nextLock.Release()
 				log.Error("configuration reload failed; keeping the running configuration", "err", err)
 				goto wait
 			}
@@ -106,7 +124,12 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 			log.Info("configuration reloaded; applying it in place", "kept", ngen.kept)
 			cancel()
 			if err := <-done; err != nil {
+				nextLock.Release()
 				return err
+			}
+			if nextLock != nil {
+				lock.Release()
+				lock = nextLock
 			}
 			ngen.engine.Resume(gen.engine)
 			if err := ngen.commit(reg); err != nil {
@@ -118,6 +141,26 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 			cfg, gen = next, ngen
 		}
 	}
+}
+
+// LockStore takes the lock of the persisted path p (store.Acquire), so
+// that no second daemon or `once` writes it meanwhile. Another writer
+// holding it is an error: starting anyway would have two writers
+// overwrite each other's versions. A lock that cannot be taken for any
+// other reason (a filesystem without flock) is logged and the writer
+// goes on without it, as before locks existed: the store's own writes
+// then report what is wrong with the place. The *store.Lock may be nil;
+// Release takes nil.
+func LockStore(p string, log *slog.Logger) (*store.Lock, error) {
+	l, err := store.Acquire(p)
+	if errors.Is(err, store.ErrLocked) {
+		return nil, err
+	}
+	if err != nil {
+		log.Warn("cannot lock the persisted file; going on without the lock", "file", p, "err", err)
+		return nil, nil
+	}
+	return l, nil
 }
 
 // newLevelLogger is the daemon's logger, with a level that a reload can
