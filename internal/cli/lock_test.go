@@ -119,7 +119,7 @@ func TestReloadMovesTheLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Process.Signal(syscall.SIGHUP)
-	waitLog(t, d, "configuration reloaded")
+	waitLog(t, d, "the persisted file's lock moved with it")
 	if code, errs := onceOn(newFile); code == 0 || !strings.Contains(errs, "pid "+strconv.Itoa(cmd.Process.Pid)) {
 		t.Errorf("once on the file the daemon moved to: exit %d, stderr %q; want a refusal naming pid %d", code, errs, cmd.Process.Pid)
 	}

@@ -51,16 +51,16 @@ type Options struct {
 func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	level := new(slog.LevelVar)
 	log := newLevelLogger(o.Log, cfg, level)
-	log.Info("swallowkeeper started", "version", o.Version, "source", SourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(o.Version, o.Revision))
-	dm := dyups.NewMetrics(reg)
 	lock, err := LockStore(cfg.File, log)
 	if err != nil {
 		return err
 	}
 	defer func() { lock.Release() }() // the lock held at the end
+	log.Info("swallowkeeper started", "version", o.Version, "source", SourceName(cfg), "file", cfg.File, "targets", len(cfg.Targets))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(o.Version, o.Revision))
+	dm := dyups.NewMetrics(reg)
 	gen, err := build(cfg, log, nil, reg, dm, runDaemon, nil)
 	if err != nil {
 		return err
@@ -101,7 +101,8 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 			// A new file or directory is locked before anything is built
 			// on it; the old one is let go once the new pipeline runs.
 			var nextLock *store.Lock
-			if store.LockPath(next.File) != store.LockPath(cfg.File) {
+			moved := !lock.Covers(next.File) && store.LockPath(next.File) != store.LockPath(cfg.File)
+			if moved || lock == nil {
 				if nextLock, err = LockStore(next.File, log); err != nil {
 					log.Error("configuration reload failed; keeping the running configuration", "err", err)
 					goto wait
@@ -127,9 +128,10 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 				nextLock.Release()
 				return err
 			}
-			if nextLock != nil {
+			if moved || nextLock != nil {
 				lock.Release()
 				lock = nextLock
+				log.Info("the persisted file's lock moved with it", "file", next.File, "locked", lock != nil)
 			}
 			ngen.engine.Resume(gen.engine)
 			if err := ngen.commit(reg); err != nil {
@@ -146,21 +148,19 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 // LockStore takes the lock of the persisted path p (store.Acquire), so
 // that no second daemon or `once` writes it meanwhile. Another writer
 // holding it is an error: starting anyway would have two writers
-// overwrite each other's versions. A lock that cannot be taken for any
-// other reason (a filesystem without flock) is logged and the writer
-// goes on without it, as before locks existed: the store's own writes
-// then report what is wrong with the place. The *store.Lock may be nil;
-// Release takes nil.
+// overwrite each other's versions; so is a lock file that is a symbolic
+// link. Where no lock can be taken at all (store.ErrNoLocks: a
+// filesystem without flock, a directory this user cannot write) it is
+// logged and the writer goes on without it, as before locks existed: the
+// store's own writes then report what is wrong with the place. The
+// *store.Lock may be nil; Release and Covers take nil.
 func LockStore(p string, log *slog.Logger) (*store.Lock, error) {
 	l, err := store.Acquire(p)
-	if errors.Is(err, store.ErrLocked) {
-		return nil, err
-	}
-	if err != nil {
+	if errors.Is(err, store.ErrNoLocks) {
 		log.Warn("cannot lock the persisted file; going on without the lock", "file", p, "err", err)
 		return nil, nil
 	}
-	return l, nil
+	return l, err
 }
 
 // newLevelLogger is the daemon's logger, with a level that a reload can

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLockPathIsHiddenFromIncludeGlobs(t *testing.T) {
@@ -35,6 +36,9 @@ func TestLockRefusesASecondWriterUntilReleased(t *testing.T) {
 		first, err := Acquire(p)
 		if err != nil {
 			t.Fatalf("%s: first Acquire: %v", persisted, err)
+		}
+		if fi, err := os.Stat(LockPath(p)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: lock file: %v, %v; want mode 0600 (who can open it can hold it)", persisted, fi.Mode(), err)
 		}
 		_, err = Acquire(p)
 		if !errors.Is(err, ErrLocked) {
@@ -66,7 +70,7 @@ func TestLockOfAKilledWriterIsFree(t *testing.T) {
 			os.Exit(1)
 		}
 		os.Stdout.WriteString("LOCKED\n")
-		select {} // until killed
+		time.Sleep(time.Hour) // until killed
 	}
 	p := filepath.Join(t.TempDir(), "*.conf")
 	child := exec.Command(os.Args[0], "-test.run=^TestLockOfAKilledWriterIsFree$", "-test.count=1")
@@ -84,9 +88,14 @@ func TestLockOfAKilledWriterIsFree(t *testing.T) {
 		t.Fatalf("child: %q", line)
 	}
 
+	// The file's pid is only a hint: the kernel's holder is named, even
+	// when someone wrote another pid into the file.
+	if err := os.WriteFile(LockPath(p), []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	_, err = Acquire(p)
-	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(child.Process.Pid)) {
-		t.Fatalf("Acquire while the child holds the lock: %v; want ErrLocked naming pid %d", err, child.Process.Pid)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "(pid "+strconv.Itoa(child.Process.Pid)+" holds") {
+		t.Fatalf("Acquire while the child holds the lock: %v; want ErrLocked naming pid %d, as /proc/locks does", err, child.Process.Pid)
 	}
 	child.Process.Kill()
 	child.Wait()
@@ -95,4 +104,59 @@ func TestLockOfAKilledWriterIsFree(t *testing.T) {
 		t.Fatalf("Acquire after the holder was killed: %v", err)
 	}
 	l.Release()
+}
+
+// A lock file that is a symbolic link is refused, not followed: whoever
+// planted it would have the writer create or lock a file of their choice.
+func TestLockRefusesASymlink(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "upstreams.conf")
+	victim := filepath.Join(dir, "victim")
+	if err := os.Symlink(victim, LockPath(p)); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Acquire(p)
+	if err == nil {
+		l.Release()
+		t.Fatal("Acquire took a lock through a symbolic link")
+	}
+	if errors.Is(err, ErrNoLocks) || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("Acquire: %v; want an error of its own naming the symbolic link", err)
+	}
+	if _, err := os.Lstat(victim); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the link's target was created: %v", err)
+	}
+}
+
+// Covers knows its own lock file under another name, so that a reload to
+// a path spelled differently keeps the lock instead of meeting itself.
+func TestLockCoversItsFileUnderAnotherName(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "upstreams.conf")
+	l, err := Acquire(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	alias := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(dir, alias); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		p    string
+		want bool
+	}{
+		{p, true},
+		{filepath.Join(alias, "upstreams.conf"), true},
+		{filepath.Join(dir, "other.conf"), false},
+		{filepath.Join(dir, "*.conf"), false},
+	} {
+		if got := l.Covers(c.p); got != c.want {
+			t.Errorf("Covers(%s) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	var none *Lock
+	if none.Covers(p) {
+		t.Error("a nil Lock covers a path")
+	}
 }

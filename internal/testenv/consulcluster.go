@@ -50,14 +50,16 @@ func StartConsulCluster(t testing.TB, n int) *ConsulCluster {
 	base := t.TempDir()
 	for i := range n {
 		ip := fmt.Sprintf("127.0.0.%d", i+1)
+		// FreePort's ports are this process's alone (no other test binary
+		// takes them, on any address); used on ip, not on 127.0.0.1.
 		s := &clusterServer{
 			name:    fmt.Sprintf("sk-srv-%d", i+1),
 			ip:      ip,
 			dataDir: filepath.Join(base, fmt.Sprintf("server-%d", i+1)),
-			http:    freePortOn(t, ip),
-			server:  freePortOn(t, ip),
-			serfLAN: freePortOn(t, ip),
-			wan:     freePortOn(t, ip),
+			http:    FreePort(t),
+			server:  FreePort(t),
+			serfLAN: FreePort(t),
+			wan:     FreePort(t),
 		}
 		if err := os.MkdirAll(s.dataDir, 0o755); err != nil {
 			t.Fatal(err)
@@ -108,17 +110,6 @@ func StartConsulCluster(t testing.TB, n int) *ConsulCluster {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// freePortOn returns a TCP port free a moment ago on ip.
-func freePortOn(t testing.TB, ip string) int {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatalf("testenv: free port on %s: %v", ip, err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Len is the number of servers.
