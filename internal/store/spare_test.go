@@ -344,3 +344,64 @@ func TestDirSpareTakesTheStoresMode(t *testing.T) {
 		t.Fatalf("web.conf: inode %d (spare's %d), mode %v; want the spare, 0600", inodeOf(t, p), spareIno, fi.Mode().Perm())
 	}
 }
+
+// The one-file store writes through its spare as the Dir store does: from
+// the third version on, the file is its spare rewritten in place and
+// exchanged (the inodes alternate), and a reader that holds a version
+// open keeps it whole; once it is gone, the spare is written in place
+// again.
+func TestFileWritesThroughItsSpareAndNeverRewritesAFileSomeoneReads(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "upstreams.conf")
+	spare := filepath.Join(dir, ".upstreams.conf.spare")
+	f := New(p)
+	var inodes []uint64
+	for n := 1; n <= 3; n++ {
+		if err := f.Save(stateOf(webV(n))); err != nil {
+			t.Fatal(err)
+		}
+		inodes = append(inodes, inodeOf(t, p))
+		if got := read(t, p); got != rendered(webV(n)) {
+			t.Fatalf("version %d: the file holds\n%s", n, got)
+		}
+		if n >= 2 && read(t, spare) != rendered(webV(n-1)) {
+			t.Fatalf("version %d: the spare holds\n%s\nwant version %d", n, read(t, spare), n-1)
+		}
+	}
+	if inodes[2] != inodes[0] {
+		t.Fatalf("version 3 is inode %d, not the spare's %d: it was not written through the spare", inodes[2], inodes[0])
+	}
+
+	reader, err := os.Open(p) // version 3
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	held := inodeOf(t, p)
+	for n := 4; n <= 5; n++ { // 4 makes the held file the spare; 5 must not rewrite it
+		if err := f.Save(stateOf(webV(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if inodeOf(t, p) == held || read(t, p) != rendered(webV(5)) {
+		t.Fatal("version 5 is not in the file, or is in the file the reader holds")
+	}
+	got, err := io.ReadAll(reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != rendered(webV(3)) {
+		t.Fatalf("the reader of version 3 read\n%s", got)
+	}
+	reader.Close()
+	spareIno := inodeOf(t, spare)
+	if err := f.Save(stateOf(webV(6))); err != nil {
+		t.Fatal(err)
+	}
+	if inodeOf(t, p) != spareIno || read(t, p) != rendered(webV(6)) {
+		t.Fatal("after the reader closed, version 6 did not go through the spare")
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Fatalf("the directory holds %v; want the file and its spare", entries)
+	}
+}

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -130,5 +132,46 @@ func TestLoadRemovesTempFilesACrashLeft(t *testing.T) {
 	}
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("another file's temp was removed: %v", err)
+	}
+}
+
+// BenchmarkFileSaveOneChange: one upstream of 1,000 (10 servers each, a
+// 0.6 MB file) changes per Save, written through the spare and, for
+// comparison, as a new file renamed in (what a filesystem without spares
+// gets). cpu-ms/op is the process's CPU, the kernel's work included.
+func BenchmarkFileSaveOneChange(b *testing.B) {
+	for _, way := range []string{"spare", "new-file"} {
+		b.Run(way, func(b *testing.B) {
+			s := upstream.State{}
+			for i := range 1000 {
+				name := fmt.Sprintf("svc_%05d", i)
+				var addrs []string
+				for k := range 10 {
+					addrs = append(addrs, fmt.Sprintf("10.%d.%d.%d:8080", i>>8&255, i&255, k+1))
+				}
+				s[name] = ups(name, addrs...)
+			}
+			f := New(filepath.Join(b.TempDir(), "upstreams.conf"))
+			if way == "new-file" {
+				f.sparesChecked, f.noSpares = true, true
+			}
+			if err := f.Save(s); err != nil {
+				b.Fatal(err)
+			}
+			var cpu time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer() // the source's copy, not the store's work
+				next := maps.Clone(s)
+				next["svc_00007"] = ups("svc_00007", fmt.Sprintf("10.9.9.9:%d", 9000+i%2))
+				b.StartTimer()
+				c0 := processCPU()
+				if err := f.Save(next); err != nil {
+					b.Fatal(err)
+				}
+				cpu += processCPU() - c0
+			}
+			b.ReportMetric(float64(cpu)/1e6/float64(b.N), "cpu-ms/op")
+		})
 	}
 }
