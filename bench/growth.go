@@ -110,7 +110,7 @@ func growthMarkdown(points []growthPoint) string {
 			g.services, g.instances, orDefault(g.watch, "catalog"), store, g.worst.ColdSyncMs/1000, g.worst.CPUPerChangeMs, g.p50, g.p99,
 			g.worst.RSSMB, g.worst.PeakRSSMB, g.worst.MaxConsulConns, g.worst.IdleCPUMsPerS, replace, g.runs, orDefault(g.commit, "—"), filepath.Base(g.file))
 	}
-	w("\nCPU per change is the daemon's `utime+stime` over the changes less the idle rate, per change; it includes the kernel's work for the file writes (the column \"one file replace\": the bench's own CPU for one atomic replace of a small file in the daemon's directory, measured apart, the way the store replaces: a temp file renamed in for the one-file store; for the directory store since cb0135a, the file's spare rewritten and exchanged in).\n")
+	w("\nCPU per change is the daemon's `utime+stime` over the changes less the idle rate, per change; it includes the kernel's work for the file writes (the column \"one file replace\": the bench's own CPU for one atomic replace of a small file in the daemon's directory, measured apart, the way the store replaces: for the directory store since cb0135a and the one-file store since 4019628, the file's spare rewritten and exchanged in; before, a temp file renamed in).\n")
 	return b.String()
 }
 

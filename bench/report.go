@@ -511,7 +511,7 @@ func scaleCostNote(watch, store string, checks int, answer string) string {
 	if store == "directory" {
 		b.WriteString("The store rewrites and fsyncs the changed upstream's spare (its previous version), exchanges it with the file in one `renameat2` and fsyncs the directory; \"one file replace\" below is what that costs the kernel on this disk, measured apart. ")
 	} else {
-		b.WriteString("The store writes and fsyncs the whole persisted file (every upstream, so that nginx can start from it). ")
+		b.WriteString("The store writes the whole persisted file (every upstream, so that nginx can start from it) over its spare (its previous version), fsyncs it, exchanges it with the file in one `renameat2` and fsyncs the directory. ")
 	}
 	b.WriteString("`scripts/bench.sh -scenarios scale -modes ours-lua -runs 1 -profile DIR` saves CPU profiles of the changes and of idling, and a heap profile. ")
 	if watch == "per_service" {
@@ -528,5 +528,5 @@ func storeNote(store string) string {
 	if store == "directory" {
 		return "The daemon persisted into a directory, one file per upstream (`file: DIR/*.conf`): a change rewrites and fsyncs the spare of each upstream that changed and exchanges it with the file (a new file where no spare can be used), then fsyncs the directory once."
 	}
-	return "The daemon persisted into one file (`file: upstreams.conf`): every change writes and fsyncs the whole file."
+	return "The daemon persisted into one file (`file: upstreams.conf`): every change writes and fsyncs the whole file, over its spare (its previous version), and exchanges the two (a new file where no spare can be used)."
 }

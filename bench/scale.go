@@ -212,17 +212,17 @@ func (r *runner) scaleChanges(ctx context.Context, st *Stack, pid int, sr *Scale
 	sr.ChangeLatency = Summarize(lat)
 	sr.ServiceReadsPerChange = (metricSum(m1, "swallowkeeper_consul_service_reads_total") - metricSum(m0, "swallowkeeper_consul_service_reads_total")) / float64(sr.Changes)
 	sr.Sweeps = int(metricSum(m1, "swallowkeeper_consul_sweeps_total") - metricSum(m0, "swallowkeeper_consul_sweeps_total"))
-	sr.FileReplaceCPUMs = fileReplaceCPU(filepath.Dir(st.File), r.p.Store == "directory")
+	sr.FileReplaceCPUMs = fileReplaceCPU(filepath.Dir(st.File), true) // both stores write through spares
 	return nil
 }
 
 // fileReplaceCPU is the CPU (this process's utime+stime) of one atomic
 // replace of a 600-byte file in dir, as the daemon's store does it on
-// each change: the one-file store writes a temp file, fsyncs it, renames
-// it in and fsyncs the directory; the directory store (spare) rewrites
-// the file's spare under a write lease, fsyncs it, exchanges the two
-// names and fsyncs the directory (internal/store/spare.go),
-// over 50 replaces: the kernel's part of a change's CPU on this disk,
+// each change: through the file's spare (both stores since 2026-12-08),
+// written over under a write lease, fsynced, exchanged with the file,
+// then the directory fsynced (internal/store/spare.go); without spare, a
+// temp file fsynced, renamed in and the directory fsynced; over 50
+// replaces: the kernel's part of a change's CPU on this disk,
 // which no change to the daemon removes.
 func fileReplaceCPU(dir string, spare bool) float64 {
 	const n = 50
@@ -251,9 +251,7 @@ func fileReplaceCPU(dir string, spare bool) float64 {
 				return 0
 			}
 			_, err = unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_WRLCK)
-			f.Truncate(0)
-			f.WriteAt(data, 0)
-			f.Chmod(0o644)
+			f.WriteAt(data, 0) // same length: nothing to cut; the mode is kept
 			if err == nil {
 				unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_UNLCK)
 			}
