@@ -287,16 +287,26 @@ func testSurvivesSIGKILL(t *testing.T, perUpstream bool, churned int) {
 
 // waitForWrite polls dir until a write of the persisted file is in
 // progress, and says what showed it: "temp", a temp file that is not in
-// before, or "spare", a spare rewritten in place (the same inode as in
-// before, another size or time: the store writing it, before the
-// exchange); "" when none came in time. Either lasts only for one write,
-// so the poll does not sleep.
+// before, or "spare", a spare being rewritten in place: from one look to
+// the next, the same inode under the spare's name with another size or
+// time, and its file untouched (so not yet exchanged: an exchange changes
+// the file, and puts another inode under the spare's name); "" when none
+// came in time. Either lasts only for one write, so the poll does not
+// sleep.
 func waitForWrite(dir string, before map[string]string, timeout time.Duration) string {
+	stamps := func() map[string]string {
+		entries, _ := os.ReadDir(dir)
+		out := make(map[string]string, len(entries))
+		for _, e := range entries {
+			out[e.Name()] = stampOf(filepath.Join(dir, e.Name()))
+		}
+		return out
+	}
+	last := stamps()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		entries, _ := os.ReadDir(dir)
-		for _, e := range entries {
-			name := e.Name()
+		now := stamps()
+		for name, stamp := range now {
 			if !strings.HasPrefix(name, ".") {
 				continue
 			}
@@ -304,16 +314,13 @@ func waitForWrite(dir string, before map[string]string, timeout time.Duration) s
 				if _, seen := before[name]; !seen {
 					return "temp"
 				}
-			} else if strings.HasSuffix(name, ".conf.spare") && before[name] != "" {
-				// The same file as before with another size or time: being
-				// rewritten in place, not yet exchanged (an exchange or a
-				// fallback's rename puts another file under the name).
-				now := stampOf(filepath.Join(dir, name))
-				if now != before[name] && inodeOfStamp(now) == inodeOfStamp(before[name]) {
+			} else if file, ok := strings.CutSuffix(strings.TrimPrefix(name, "."), ".spare"); ok && last[name] != "" {
+				if stamp != last[name] && inodeOfStamp(stamp) == inodeOfStamp(last[name]) && now[file] == last[file] {
 					return "spare"
 				}
 			}
 		}
+		last = now
 	}
 	return ""
 }

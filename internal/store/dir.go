@@ -151,6 +151,11 @@ func (d *Dir) Load() (upstream.State, error) {
 	defer d.mu.Unlock()
 	if !d.readOnly {
 		d.removeLeftovers()
+		// What a crash left between a rename or exchange and the
+		// directory's fsync is made durable before it is pushed.
+		if err := syncDirIfAny(d.Path); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
 	}
 	d.files = nil
 	entries, err := os.ReadDir(d.Path)
@@ -273,6 +278,7 @@ func (d *Dir) save(s upstream.State, only []string) error {
 	full := only == nil && d.fullDue()
 	d.gen++
 	var changes []dirChange
+	adopted := false // a file found on disk as it should be, not known to be ours
 	stage := func(name string, u upstream.Upstream) error {
 		stem := upstream.FoldKey(name)
 		f := d.files[stem]
@@ -299,6 +305,7 @@ func (d *Dir) save(s upstream.State, only []string) error {
 		if c.beforeErr == nil && bytes.Equal(c.before, data) && d.Verifier == nil {
 			c.after.stamp = StampOf(d.fileOf(stem))
 			d.files[stem] = c.after
+			adopted = true
 			return nil
 		}
 		changes = append(changes, c)
@@ -345,6 +352,16 @@ func (d *Dir) save(s upstream.State, only []string) error {
 		}
 	}
 	if len(changes) == 0 {
+		// A file taken as it is may be a write of ours whose directory
+		// fsync failed: durable before it counts as persisted (apply
+		// fsyncs the directory when there are changes).
+		if adopted {
+			if err := syncDir(d.Path); err != nil {
+				d.files = nil
+				return fmt.Errorf("store: %w", err)
+			}
+			d.synced()
+		}
 		d.last = s
 		return nil
 	}

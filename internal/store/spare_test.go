@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -401,7 +402,38 @@ func TestFileWritesThroughItsSpareAndNeverRewritesAFileSomeoneReads(t *testing.T
 	if inodeOf(t, p) != spareIno || read(t, p) != rendered(webV(6)) {
 		t.Fatal("after the reader closed, version 6 did not go through the spare")
 	}
+	// A shorter version over the spare's longer one (version 5): written
+	// over and cut to its length, exactly.
+	spareIno = inodeOf(t, spare)
+	if err := f.Save(stateOf(webV(1))); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, p); inodeOf(t, p) != spareIno || got != rendered(webV(1)) {
+		t.Fatalf("version 1 over the spare of version 5: inode %d (spare's %d), file holds\n%s", inodeOf(t, p), spareIno, got)
+	}
+	// A new process's store writes through the spare the last one left.
+	spareIno = inodeOf(t, spare)
+	g := New(p)
+	if st, err := g.Load(); err != nil || !st.Equal(stateOf(webV(1))) {
+		t.Fatalf("Load in a new store: %v, %v", st.Names(), err)
+	}
+	if err := g.Save(stateOf(webV(2))); err != nil {
+		t.Fatal(err)
+	}
+	if inodeOf(t, p) != spareIno || read(t, p) != rendered(webV(2)) {
+		t.Fatal("a new store's first change did not go through the spare")
+	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
 		t.Fatalf("the directory holds %v; want the file and its spare", entries)
+	}
+	// The spare goes with its file.
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(p).Load(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(spare); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the spare of a removed file is still there after a Load: %v", err)
 	}
 }

@@ -94,6 +94,11 @@ func New(path string) *File { return &File{Path: path, Mode: 0o644} }
 func (f *File) Load() (upstream.State, error) {
 	if !f.readOnly {
 		f.removeLeftovers()
+		// What a crash left between a rename and its directory fsync is
+		// made durable before it is pushed.
+		if err := syncDirIfAny(filepath.Dir(f.Path)); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
 	}
 	data, err := os.ReadFile(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -148,6 +153,15 @@ func (f *File) Save(s upstream.State) error {
 		before, beforeErr = os.ReadFile(f.Path)
 	}
 	same := beforeErr == nil && bytes.Equal(before, data)
+	if same && !ours {
+		// Bytes this store did not see through to disk (someone else's,
+		// or its own write whose directory fsync failed): made durable
+		// before they count as persisted, since they are pushed next.
+		if err := syncFileAndDir(f.Path); err != nil {
+			f.forget()
+			return fmt.Errorf("store: %w", err)
+		}
+	}
 	if same && f.Verifier == nil {
 		f.written, f.stamp = data, StampOf(f.Path)
 		return nil
@@ -405,6 +419,29 @@ func writeTemp(path string, data []byte, mode fs.FileMode, sync bool) (name stri
 		return "", fmt.Errorf("close %s: %w", tmp.Name(), err)
 	}
 	return tmp.Name(), nil
+}
+
+// syncDirIfAny is syncDir for a directory that may not exist yet.
+func syncDirIfAny(dir string) error {
+	if err := syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// syncFileAndDir fsyncs the file p and its directory: bytes someone put
+// there become durable under that name.
+func syncFileAndDir(p string) error {
+	fd, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	err = fd.Sync()
+	fd.Close()
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return syncDir(filepath.Dir(p))
 }
 
 // syncDir fsyncs a directory, so that a rename or removal in it survives
