@@ -169,7 +169,7 @@ func (d *demo) setUp(ctx context.Context) error {
 		}
 	}
 
-	if err := d.registry.start(ctx, d); err != nil {
+	if err := d.startRegistryOnFreePorts(ctx); err != nil {
 		return err
 	}
 	d.say("Starting nginx (stock Debian nginx + lua) — proxy on 127.0.0.1:%d, dyups API on 127.0.0.1:%d", d.ports["nginx_proxy"], d.ports["nginx_api"])
@@ -222,7 +222,7 @@ func (d *demo) finish(ctx context.Context) error {
 
 func (d *demo) startConsul(ctx context.Context) error {
 	p := d.ports
-	err := d.start("consul", d.opt.Consul, "agent", "-dev", "-node=demo",
+	agent, err := d.startProc("consul", d.opt.Consul, "agent", "-dev", "-node=demo",
 		"-bind=127.0.0.1", "-client=127.0.0.1",
 		"-http-port="+strconv.Itoa(p["registry"]), "-server-port="+strconv.Itoa(p["consul_server"]),
 		"-serf-lan-port="+strconv.Itoa(p["consul_serf_lan"]), "-serf-wan-port="+strconv.Itoa(p["consul_serf_wan"]),
@@ -235,7 +235,7 @@ func (d *demo) startConsul(ctx context.Context) error {
 	if d.consul, err = api.NewClient(cfg); err != nil {
 		return err
 	}
-	return poll(ctx, 30*time.Second, "consul leader", func() bool {
+	return d.waitUp(ctx, agent, "consul", 30*time.Second, func() bool {
 		l, err := d.consul.Status().Leader()
 		return err == nil && l != ""
 	})
@@ -328,7 +328,7 @@ func (d *demo) startNginx() error {
 	if err == nil && exited {
 		log, _ := os.ReadFile(filepath.Join(d.dir, "nginx-error.log"))
 		if bytes.Contains(log, []byte("Address already in use")) {
-			return errPortTaken
+			return fmt.Errorf("nginx: %w", errPortTaken)
 		}
 		return fmt.Errorf("nginx exited at start; %s:\n%s", filepath.Join(d.dir, "nginx-error.log"), log)
 	}
@@ -351,9 +351,59 @@ func (d *demo) startNginxOnFreePorts() error {
 	return err
 }
 
-// errPortTaken: another program bound one of nginx's ports between the
-// demo finding it free and nginx binding it.
-var errPortTaken = errors.New("nginx: a port was taken before nginx could bind it")
+// errPortTaken: another program bound one of a server's ports between the
+// demo finding it free and the server binding it.
+var errPortTaken = errors.New("a port was taken before it could be bound")
+
+// registryPorts are the ports the registry binds.
+var registryPorts = []string{"registry", "registry_peer", "consul_server", "consul_serf_lan", "consul_serf_wan"}
+
+// startRegistryOnFreePorts starts the registry, on new ports and with a
+// new data directory when another program took one of its ports first
+// (three tries), as startNginxOnFreePorts does for nginx.
+func (d *demo) startRegistryOnFreePorts(ctx context.Context) error {
+	err := d.registry.start(ctx, d)
+	for try := 1; errors.Is(err, errPortTaken) && try < 3; try++ {
+		for _, name := range registryPorts {
+			if d.ports[name], err = freePort(); err != nil {
+				return err
+			}
+		}
+		for _, data := range []string{"etcd", "zookeeper"} {
+			os.RemoveAll(filepath.Join(d.dir, data))
+		}
+		d.say("A port was taken meanwhile; starting the registry again on 127.0.0.1:%d", d.ports["registry"])
+		err = d.registry.start(ctx, d)
+	}
+	return err
+}
+
+// waitUp polls ready until it holds, or until p exits: then it returns
+// errPortTaken when p's log says a port was in use, else p's log.
+func (d *demo) waitUp(ctx context.Context, p *proc, name string, timeout time.Duration, ready func() bool) error {
+	exited := false
+	err := poll(ctx, timeout, name, func() bool {
+		select {
+		case <-p.done:
+			exited = true
+			return true
+		default:
+		}
+		return ready()
+	})
+	if err != nil || !exited {
+		return err
+	}
+	path := filepath.Join(d.dir, name+".log")
+	log, _ := os.ReadFile(path)
+	if bytes.Contains(bytes.ToLower(log), []byte("address already in use")) {
+		return fmt.Errorf("%s: %w", name, errPortTaken)
+	}
+	if len(log) > 4000 {
+		log = log[len(log)-4000:]
+	}
+	return fmt.Errorf("%s exited at start; %s:\n%s", name, path, log)
+}
 
 func (d *demo) startDaemon() error {
 	conf := fmt.Sprintf(`%sfile: %s

@@ -105,3 +105,45 @@ func TestNginxStartsAgainWhenItsPortIsTaken(t *testing.T) {
 		t.Errorf("no word of the new ports:\n%s", out.String())
 	}
 }
+
+// TestRegistryStartsAgainWhenItsPortIsTaken takes the port chosen for
+// Consul's server RPC before the agent starts: the demo must see the agent
+// end ("address already in use") at once, not wait out its 30 s for a
+// leader, and start it again on other ports.
+func TestRegistryStartsAgainWhenItsPortIsTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	var out bytes.Buffer
+	d := &demo{opt: Options{Registry: "consul", Programs: loopback.Programs{Consul: testenv.ConsulBinary(t)}},
+		out: &out, dir: t.TempDir(), ports: map[string]int{}}
+	for _, name := range registryPorts {
+		if d.ports[name], err = freePort(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.ports["consul_server"] = taken.Addr().(*net.TCPAddr).Port
+	if d.registry, err = newRegistry("consul"); err != nil {
+		t.Fatal(err)
+	}
+	defer d.cleanup()
+	start := time.Now()
+	if err := d.registry.start(context.Background(), d); !errors.Is(err, errPortTaken) {
+		t.Fatalf("consul on a taken port: got %v, want errPortTaken", err)
+	}
+	t.Logf("the agent's end was seen %v after its start", time.Since(start).Round(time.Millisecond))
+	if err := d.startRegistryOnFreePorts(context.Background()); err != nil {
+		t.Fatalf("second start: %v\n%s", err, out.String())
+	}
+	if d.ports["consul_server"] == taken.Addr().(*net.TCPAddr).Port {
+		t.Fatal("consul started again on the taken port")
+	}
+	if l, err := d.consul.Status().Leader(); err != nil || l == "" {
+		t.Fatalf("the agent started again has no leader: %q, %v", l, err)
+	}
+	if !strings.Contains(out.String(), "starting the registry again") {
+		t.Errorf("the demo did not say it started the registry again:\n%s", out.String())
+	}
+}

@@ -96,10 +96,11 @@ func (l *localChecked) start(ctx context.Context, d *demo) error {
 	case "etcd":
 		d.say("Starting etcd on 127.0.0.1:%d", d.ports["registry"])
 		client, peer := fmt.Sprintf("http://127.0.0.1:%d", d.ports["registry"]), fmt.Sprintf("http://127.0.0.1:%d", d.ports["registry_peer"])
-		if err := d.start("etcd", d.opt.Etcd, "--name", "demo", "--data-dir", filepath.Join(d.dir, "etcd"),
+		server, err := d.startProc("etcd", d.opt.Etcd, "--name", "demo", "--data-dir", filepath.Join(d.dir, "etcd"),
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-			"--initial-cluster", "demo="+peer, "--log-level", "warn", "--logger", "zap"); err != nil {
+			"--initial-cluster", "demo="+peer, "--log-level", "warn", "--logger", "zap")
+		if err != nil {
 			return err
 		}
 		c, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
@@ -107,7 +108,7 @@ func (l *localChecked) start(ctx context.Context, d *demo) error {
 			return err
 		}
 		l.etcd = c
-		return poll(ctx, 30*time.Second, "etcd", func() bool {
+		return d.waitUp(ctx, server, "etcd", 30*time.Second, func() bool {
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			_, err := c.Get(cctx, "/")
@@ -121,12 +122,13 @@ func (l *localChecked) start(ctx context.Context, d *demo) error {
 		if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 			return err
 		}
-		if err := d.start("zookeeper", d.opt.Java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", d.opt.ZooKeeperClasspath,
-			"org.apache.zookeeper.server.quorum.QuorumPeerMain", cfg); err != nil {
+		server, err := d.startProc("zookeeper", d.opt.Java, "-Xmx256m", "-XX:+UseSerialGC", "-cp", d.opt.ZooKeeperClasspath,
+			"org.apache.zookeeper.server.quorum.QuorumPeerMain", cfg)
+		if err != nil {
 			return err
 		}
 		l.zkAddr = fmt.Sprintf("127.0.0.1:%d", d.ports["registry"])
-		return poll(ctx, 60*time.Second, "zookeeper", func() bool {
+		return d.waitUp(ctx, server, "zookeeper", 60*time.Second, func() bool {
 			conn, _, err := zk.Connect([]string{l.zkAddr}, 4*time.Second, zk.WithLogger(quiet{}))
 			if err != nil {
 				return false
