@@ -25,6 +25,7 @@ import (
 // holds the last holder's pid and stays in place.
 type Lock struct {
 	f    *os.File
+	dir  *os.File // a one-file store's shared lock of its directory
 	path string
 }
 
@@ -55,11 +56,47 @@ func LockPath(p string) string {
 // ErrNoLocks when the place cannot hold a lock. A lock file that is a
 // symbolic link is an error of its own: someone put it there.
 //
+// A directory store holds its directory's lock, `.swallowkeeper.lock`,
+// exclusively; a one-file store holds its own `.NAME.lock` exclusively
+// and its directory's lock shared: one-file stores of different files
+// share a directory, but none shares it with a directory store, which
+// would write the same NAME.conf.
+//
 // A lock file this user can read but not write is opened to read: flock
 // needs no more. One it cannot open at all (created by `sudo swallowkeeper
 // once`: root's, mode 0600) is ErrNoLocks.
 func Acquire(p string) (*Lock, error) {
 	lp := LockPath(p)
+	f, err := lockFile(p, lp, syscall.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	// The pid, for the file's reader; an error here costs only that.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	l := &Lock{f: f, path: lp}
+	if !IsDirGlob(p) {
+		dp := LockPath(filepath.Join(filepath.Dir(p), DirGlob))
+		d, err := lockFile(p, dp, syscall.LOCK_SH)
+		switch {
+		case errors.Is(err, ErrLocked):
+			l.Release()
+			return nil, fmt.Errorf("%w: a directory store (%s) writes that directory", err, filepath.Join(filepath.Dir(p), DirGlob))
+		case errors.Is(err, ErrNoLocks):
+			// The file's own lock still keeps a second one-file store off.
+		case err != nil:
+			l.Release()
+			return nil, err
+		}
+		l.dir = d
+	}
+	return l, nil
+}
+
+// lockFile opens the lock file lp (created 0600) and takes its flock
+// (how: LOCK_EX or LOCK_SH) for the persisted path p, without waiting.
+func lockFile(p, lp string, how int) (*os.File, error) {
 	// 0600: whoever can open the file can hold its lock, and so keep the
 	// daemon from starting; only its own user (and root) may.
 	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
@@ -79,7 +116,7 @@ func Acquire(p string) (*Lock, error) {
 	case err != nil:
 		return nil, fmt.Errorf("store: lock %s: %w", lp, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
 		holder := holderOf(f)
 		f.Close()
 		switch {
@@ -90,11 +127,7 @@ func Acquire(p string) (*Lock, error) {
 		}
 		return nil, fmt.Errorf("store: lock %s: %w", lp, err)
 	}
-	// The pid, for the file's reader; an error here costs only that.
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
-	return &Lock{f: f, path: lp}, nil
+	return f, nil
 }
 
 // holderOf names the process that holds the lock on f: the kernel's own
@@ -188,5 +221,9 @@ func (l *Lock) Release() error {
 	}
 	err := l.f.Close() // closing the only descriptor drops the flock
 	l.f = nil
+	if l.dir != nil {
+		l.dir.Close()
+		l.dir = nil
+	}
 	return err
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -158,5 +159,44 @@ func TestLockCoversItsFileUnderAnotherName(t *testing.T) {
 	var none *Lock
 	if none.Covers(p) {
 		t.Error("a nil Lock covers a path")
+	}
+}
+
+// One-file stores of different files share a directory; a directory
+// store shares it with none of them (it would write the same NAME.conf),
+// whichever comes first.
+func TestLockKeepsFileAndDirectoryStoresApart(t *testing.T) {
+	dir := t.TempDir()
+	web, api, all := filepath.Join(dir, "web.conf"), filepath.Join(dir, "api.conf"), filepath.Join(dir, "*.conf")
+	a, err := Acquire(web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Acquire(api)
+	if err != nil {
+		t.Fatalf("a second one-file store in the directory: %v", err)
+	}
+	if _, err := Acquire(all); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a directory store beside one-file stores: %v, want ErrLocked", err)
+	}
+	a.Release()
+	if _, err := Acquire(all); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a directory store beside one one-file store: %v, want ErrLocked", err)
+	}
+	b.Release()
+	d, err := Acquire(all)
+	if err != nil {
+		t.Fatalf("a directory store alone: %v", err)
+	}
+	defer d.Release()
+	_, err = Acquire(web)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "a directory store") {
+		t.Fatalf("a one-file store in a directory store's directory: %v, want ErrLocked naming the directory store", err)
+	}
+	// Refused, it holds nothing: its own lock is free again.
+	if f, err := lockFile(web, LockPath(web), syscall.LOCK_EX); err != nil {
+		t.Fatalf("the refused store kept its own lock: %v", err)
+	} else {
+		f.Close()
 	}
 }
