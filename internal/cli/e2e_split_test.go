@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -133,18 +132,7 @@ upstreams:
 	}
 	writeConf("  splits:\n    web: {to: web_canary, percent: 100}\n")
 
-	self, _ := os.Executable()
-	cmd := exec.Command(self, "run", "-config", conf)
-	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	d := &daemon{log: logs}
+	cmd, d := startDaemonProcess(t, conf)
 	waitRoutes(t, ng, d, "web", "canary")
 
 	writeConf("  splits:\n    web: {to: web_canary, percent: 0}\n")
@@ -158,7 +146,7 @@ upstreams:
 	deadline := time.Now().Add(15 * time.Second)
 	for apiGet(t, ng, "/split") != "" {
 		if time.Now().After(deadline) {
-			t.Fatalf("the removed rule stays in nginx: %q; daemon log:\n%s", apiGet(t, ng, "/split"), logs.String())
+			t.Fatalf("the removed rule stays in nginx: %q; daemon log:\n%s", apiGet(t, ng, "/split"), d.log.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

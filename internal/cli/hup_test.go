@@ -53,18 +53,7 @@ upstreams:
 	}
 	writeConf("")
 
-	self, _ := os.Executable()
-	cmd := exec.Command(self, "run", "-config", conf)
-	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	d := &daemon{log: logs}
+	cmd, d := startDaemonProcess(t, conf)
 	waitRoutes(t, ng, d, "web", "web-1")
 	waitRoutes(t, ng, d, "api", "web-1") // one backend serves every service
 	if n, m := len(rec.posts("web")), len(rec.posts("api")); n != 1 || m != 1 {
@@ -119,10 +108,10 @@ upstreams:
 	c.Register(t, "shop", "shop-1", "127.0.0.1", b.Port, nil, nil)
 	waitRoutes(t, ng, d, "shop", "web-1")
 	if n, m := len(rec.posts("web")), len(rec.posts("api")); n != 1 || m != 1 {
-		t.Errorf("after a SIGHUP that changes no upstream: %d POSTs of web, %d of api, want 1 each (no push again); requests %v\nlog:\n%s", n, m, rec.requests(), logs.String())
+		t.Errorf("after a SIGHUP that changes no upstream: %d POSTs of web, %d of api, want 1 each (no push again); requests %v\nlog:\n%s", n, m, rec.requests(), d.log.String())
 	}
-	if strings.Contains(logs.String(), `msg="+ upstream" upstream=shop`) {
-		t.Errorf("the new log level (warn) was not applied: shop's info line shows; log:\n%s", logs.String())
+	if strings.Contains(d.log.String(), `msg="+ upstream" upstream=shop`) {
+		t.Errorf("the new log level (warn) was not applied: shop's info line shows; log:\n%s", d.log.String())
 	}
 
 	// 2. A keepalive override for web: web is pushed again, api is not.
@@ -131,14 +120,14 @@ upstreams:
 	deadline := time.Now().Add(15 * time.Second)
 	for len(rec.posts("web")) < 2 {
 		if time.Now().After(deadline) {
-			t.Fatalf("web was not pushed again after its override changed; requests %v\nlog:\n%s", rec.requests(), logs.String())
+			t.Fatalf("web was not pushed again after its override changed; requests %v\nlog:\n%s", rec.requests(), d.log.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	c.Register(t, "cart", "cart-1", "127.0.0.1", b.Port, nil, nil)
 	waitRoutes(t, ng, d, "cart", "web-1")
-	if !strings.Contains(logs.String(), `msg="+ upstream" upstream=cart`) {
-		t.Errorf("the log level (back to info) was not applied: cart's info line is missing; log:\n%s", logs.String())
+	if !strings.Contains(d.log.String(), `msg="+ upstream" upstream=cart`) {
+		t.Errorf("the log level (back to info) was not applied: cart's info line is missing; log:\n%s", d.log.String())
 	}
 	if n, m, s := len(rec.posts("web")), len(rec.posts("api")), len(rec.posts("shop")); n != 2 || m != 1 || s != 1 {
 		t.Errorf("after a SIGHUP that changes web: %d POSTs of web (want 2), %d of api (want 1), %d of shop (want 1); requests %v", n, m, s, rec.requests())
@@ -158,7 +147,26 @@ upstreams:
 	if code := httpStatus(t, "http://"+metricsAddr+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d after the reloads", code)
 	}
-	if strings.Count(logs.String(), "metrics listening") != 1 {
-		t.Errorf("the listener was opened more than once; log:\n%s", logs.String())
+	if strings.Count(d.log.String(), "metrics listening") != 1 {
+		t.Errorf("the listener was opened more than once; log:\n%s", d.log.String())
 	}
+}
+
+// startDaemonProcess runs `swallowkeeper run -config conf` as a process of
+// its own (this test binary in the swallowkeeper role), so that a signal
+// reaches the daemon alone; it is killed when the test ends.
+func startDaemonProcess(t *testing.T, conf string) (*exec.Cmd, *daemon) {
+	t.Helper()
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "run", "-config", conf)
+	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	return cmd, &daemon{log: logs}
 }

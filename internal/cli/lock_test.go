@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -90,18 +89,7 @@ func TestReloadMovesTheLock(t *testing.T) {
 	oldFile, newFile := filepath.Join(dir, "old.conf"), filepath.Join(dir, "new.conf")
 	conf := writeConfig(t, c, ng, oldFile)
 
-	self, _ := os.Executable()
-	cmd := exec.Command(self, "run", "-config", conf)
-	cmd.Env = append(os.Environ(), "SK_TEST_ROLE=swallowkeeper")
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	d := &daemon{log: logs}
+	cmd, d := startDaemonProcess(t, conf)
 	waitRoutes(t, ng, d, "web", "web-1")
 	onceOn := func(file string) (int, string) {
 		code, _, errs := runCLI(t, nil, "once", "-config", conf, "-file", file)
