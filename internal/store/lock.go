@@ -134,7 +134,11 @@ func lockFile(p, lp string, how int) (*os.File, error) {
 // word for it (/proc/locks, by inode) when it can be read, else the pid
 // the last holder wrote in the file, which may be out of date.
 func holderOf(f *os.File) string {
-	if pid := flockHolder(f); pid > 0 {
+	if pid := flockHolder(f); pid == os.Getpid() {
+		// A reload from a one-file store to a directory store in the same
+		// directory, or back: the two layouts cannot share it.
+		return "pid " + strconv.Itoa(pid) + " (this process, for its running configuration)"
+	} else if pid > 0 {
 		return "pid " + strconv.Itoa(pid)
 	}
 	b := make([]byte, 32)

@@ -190,8 +190,8 @@ func TestLockKeepsFileAndDirectoryStoresApart(t *testing.T) {
 	}
 	defer d.Release()
 	_, err = Acquire(web)
-	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "a directory store") {
-		t.Fatalf("a one-file store in a directory store's directory: %v, want ErrLocked naming the directory store", err)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "a directory store") || !strings.Contains(err.Error(), "(this process") {
+		t.Fatalf("a one-file store in a directory store's directory: %v, want ErrLocked naming the directory store, held by this process", err)
 	}
 	// Refused, it holds nothing: its own lock is free again.
 	if f, err := lockFile(web, LockPath(web), syscall.LOCK_EX); err != nil {
