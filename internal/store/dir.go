@@ -110,13 +110,8 @@ type Dir struct {
 	files    map[string]*dirFile // by file stem: the folded upstream name
 	gen      uint64              // of the current Save, to find what it did not visit
 	lastFull time.Time
-	// Spares (spare.go): noSpares once the filesystem cannot use them;
-	// unsynced, the files whose names were exchanged since the directory's
-	// last fsync (nil: none known since this process started, which may
-	// follow a crash that left some).
-	noSpares, sparesChecked bool
-	unsynced                map[string]bool
-	readOnly                bool // OpenToRead: Load removes no leftovers
+	spares   spares // how each file is replaced (spare.go)
+	readOnly bool   // OpenToRead: Load removes no leftovers
 }
 
 // DefaultFullCheck is how often a Dir looks at every file's stamp.
@@ -442,47 +437,11 @@ func (d *Dir) apply(changes []dirChange) error {
 }
 
 // replace writes data to the file p atomically and durably (the
-// directory's fsync is the caller's): through p's spare when it can, else
-// as a new file renamed in, whose predecessor becomes the spare.
-func (d *Dir) replace(p string, data []byte) error {
-	if !d.sparesChecked {
-		d.sparesChecked, d.noSpares = true, !sparesWork(d.Path)
-	}
-	if d.noSpares {
-		return writeReplace(p, data, d.Mode)
-	}
-	// The spare is rewritten in place only if the exchange that made it
-	// the spare is durable: a power cut must not bring it back as p.
-	if d.unsynced == nil || d.unsynced[p] {
-		if err := syncDir(d.Path); err == nil {
-			d.unsynced = map[string]bool{}
-		}
-	}
-	if d.unsynced != nil && !d.unsynced[p] {
-		unsupported, err := replaceViaSpare(p, data, d.Mode)
-		if err == nil {
-			d.unsynced[p] = true
-			return nil
-		}
-		if unsupported {
-			d.noSpares = true
-			return writeReplace(p, data, d.Mode)
-		}
-	}
-	unsupported, err := replaceKeepingSpare(p, data, d.Mode)
-	d.noSpares = unsupported
-	if err == nil && d.unsynced != nil {
-		d.unsynced[p] = true // when exchanged; a plain rename does no harm
-	}
-	return err
-}
+// directory's fsync is the caller's, then synced): see spares.replace.
+func (d *Dir) replace(p string, data []byte) error { return d.spares.replace(p, data, d.Mode) }
 
 // synced records a successful fsync of the directory.
-func (d *Dir) synced() {
-	if d.unsynced != nil {
-		clear(d.unsynced)
-	}
-}
+func (d *Dir) synced() { d.spares.synced() }
 
 // remove removes the file of stem and forgets it (the directory's fsync
 // is the caller's).

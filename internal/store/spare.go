@@ -49,6 +49,62 @@ import (
 // ever reads it. It is no backup: removing it costs one new file at the
 // next change.
 
+// spares replaces the files of one directory (the File store's one, or a
+// Dir store's each): through a file's spare when that is safe, else as a
+// new file. Both stores keep one.
+type spares struct {
+	checked, off bool // off once the filesystem cannot use spares
+	// unsynced: the files whose names were exchanged since the
+	// directory's last fsync (nil: none known since this process started,
+	// which may follow a crash that left some).
+	unsynced map[string]bool
+}
+
+// replace writes data to the file p atomically and durably; the fsync of
+// p's directory is the caller's, who then calls synced. Through p's spare
+// when it can, else as a new file renamed in, whose predecessor becomes
+// the spare.
+func (s *spares) replace(p string, data []byte, mode fs.FileMode) error {
+	dir := filepath.Dir(p)
+	if !s.checked {
+		s.checked, s.off = true, !sparesWork(dir)
+	}
+	if s.off {
+		return writeReplace(p, data, mode)
+	}
+	// The spare is rewritten in place only if the exchange that made it
+	// the spare is durable: a power cut must not bring it back as p.
+	if s.unsynced == nil || s.unsynced[p] {
+		if err := syncDir(dir); err == nil {
+			s.unsynced = map[string]bool{}
+		}
+	}
+	if s.unsynced != nil && !s.unsynced[p] {
+		unsupported, err := replaceViaSpare(p, data, mode)
+		if err == nil {
+			s.unsynced[p] = true
+			return nil
+		}
+		if unsupported {
+			s.off = true
+			return writeReplace(p, data, mode)
+		}
+	}
+	unsupported, err := replaceKeepingSpare(p, data, mode)
+	s.off = unsupported
+	if err == nil && s.unsynced != nil {
+		s.unsynced[p] = true // when exchanged; a plain rename does no harm
+	}
+	return err
+}
+
+// synced records a successful fsync of the directory.
+func (s *spares) synced() {
+	if s.unsynced != nil {
+		clear(s.unsynced)
+	}
+}
+
 // spareOf names the file that keeps p's previous version.
 func spareOf(p string) string {
 	return filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".spare")

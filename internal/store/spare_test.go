@@ -54,7 +54,7 @@ func TestDirWritesTheSpareAndExchangesIt(t *testing.T) {
 		if got := read(t, p); got != rendered(webV(n)) {
 			t.Fatalf("version %d: web.conf holds\n%s", n, got)
 		}
-		if d.noSpares {
+		if d.spares.off {
 			t.Fatal("this filesystem cannot exchange names or lease files: the store fell back to new files")
 		}
 		if n >= 2 {

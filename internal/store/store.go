@@ -38,14 +38,7 @@ type File struct {
 	spare    []byte // a rendered file nothing refers to, to render the next into
 	stamp    Stamp  // the file's size and time right after
 	readOnly bool   // OpenToRead: Load removes no leftovers
-
-	// The file's previous version on disk, `.NAME.spare` beside it, is
-	// rewritten and exchanged in (spare.go), as the Dir store does with
-	// each of its files: noSpares once the filesystem cannot;
-	// spareDurable while the exchange that made it the spare is known to
-	// be durable (the directory fsynced since, in this process), the
-	// condition for rewriting it in place.
-	noSpares, sparesChecked, spareDurable bool
+	spares   spares // how the file is replaced, as each of a Dir's (spare.go)
 }
 
 // Stamp tells a file's version apart without reading it: a write that
@@ -188,45 +181,17 @@ func (f *File) Save(s upstream.State) error {
 
 // replace writes data to the file atomically and durably, its directory
 // fsynced: through the spare when it can, else as a new file renamed in,
-// whose predecessor becomes the spare. On a filesystem of 0.6 MB files
-// (1,000 upstreams of 10 servers) the spare's blocks are written over
-// instead of a new file's allocated and the old one's freed.
+// whose predecessor becomes the spare (spares.replace). On a filesystem
+// of 0.6 MB files (1,000 upstreams of 10 servers) the spare's blocks are
+// written over instead of a new file's allocated and the old one's freed.
 func (f *File) replace(data []byte) error {
-	dir := filepath.Dir(f.Path)
-	if !f.sparesChecked {
-		f.sparesChecked, f.noSpares = true, !sparesWork(dir)
-	}
-	if f.noSpares {
-		return WriteAtomic(f.Path, data, f.Mode)
-	}
-	// The spare is rewritten in place only if the exchange that made it
-	// the spare is durable: a power cut must not bring it back as the file.
-	if !f.spareDurable && syncDir(dir) == nil {
-		f.spareDurable = true
-	}
-	exchanged := false
-	if f.spareDurable {
-		unsupported, err := replaceViaSpare(f.Path, data, f.Mode)
-		switch {
-		case err == nil:
-			exchanged = true
-		case unsupported:
-			f.noSpares = true
-			return WriteAtomic(f.Path, data, f.Mode)
-		}
-	}
-	if !exchanged {
-		unsupported, err := replaceKeepingSpare(f.Path, data, f.Mode)
-		f.noSpares = unsupported
-		if err != nil {
-			return err
-		}
-	}
-	f.spareDurable = false
-	if err := syncDir(dir); err != nil {
+	if err := f.spares.replace(f.Path, data, f.Mode); err != nil {
 		return err
 	}
-	f.spareDurable = true
+	if err := syncDir(filepath.Dir(f.Path)); err != nil {
+		return err
+	}
+	f.spares.synced()
 	return nil
 }
 

@@ -153,7 +153,7 @@ func BenchmarkFileSaveOneChange(b *testing.B) {
 			}
 			f := New(filepath.Join(b.TempDir(), "upstreams.conf"))
 			if way == "new-file" {
-				f.sparesChecked, f.noSpares = true, true
+				f.spares.checked, f.spares.off = true, true
 			}
 			// The first change has no spare yet: two Saves before timing.
 			for i := range 2 {
@@ -163,7 +163,7 @@ func BenchmarkFileSaveOneChange(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			if way == "spare" && f.noSpares {
+			if way == "spare" && f.spares.off {
 				b.Fatalf("no spares on the filesystem of %s: this would measure new files", f.Path)
 			}
 			var cpu time.Duration
