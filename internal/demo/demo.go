@@ -235,7 +235,7 @@ func (d *demo) startConsul(ctx context.Context) error {
 	if d.consul, err = api.NewClient(cfg); err != nil {
 		return err
 	}
-	return d.waitUp(ctx, agent, "consul", 30*time.Second, func() bool {
+	return d.waitUp(ctx, agent, "consul", "", 30*time.Second, func() bool {
 		l, err := d.consul.Status().Leader()
 		return err == nil && l != ""
 	})
@@ -307,14 +307,7 @@ func (d *demo) startNginx() error {
 	}
 	// Ready when this nginx has bound its ports and its API answers.
 	api := fmt.Sprintf("http://127.0.0.1:%d/list", d.ports["nginx_api"])
-	exited := false
-	err = poll(context.Background(), 10*time.Second, "nginx", func() bool {
-		select {
-		case <-n.done:
-			exited = true
-			return true
-		default:
-		}
+	return d.waitUp(context.Background(), n, "nginx", filepath.Join(d.dir, "nginx-error.log"), 10*time.Second, func() bool {
 		if !loopback.NginxBound(filepath.Join(d.dir, "nginx.pid"), n.cmd.Process.Pid) {
 			return false
 		}
@@ -325,14 +318,6 @@ func (d *demo) startNginx() error {
 		resp.Body.Close()
 		return true
 	})
-	if err == nil && exited {
-		log, _ := os.ReadFile(filepath.Join(d.dir, "nginx-error.log"))
-		if bytes.Contains(log, []byte("Address already in use")) {
-			return fmt.Errorf("nginx: %w", errPortTaken)
-		}
-		return fmt.Errorf("nginx exited at start; %s:\n%s", filepath.Join(d.dir, "nginx-error.log"), log)
-	}
-	return err
 }
 
 // startNginxOnFreePorts starts nginx, on new ports when another program
@@ -379,8 +364,9 @@ func (d *demo) startRegistryOnFreePorts(ctx context.Context) error {
 }
 
 // waitUp polls ready until it holds, or until p exits: then it returns
-// errPortTaken when p's log says a port was in use, else p's log.
-func (d *demo) waitUp(ctx context.Context, p *proc, name string, timeout time.Duration, ready func() bool) error {
+// errPortTaken when p's log (logPath; "" is name.log in the demo's
+// directory) says a port was in use, else that log.
+func (d *demo) waitUp(ctx context.Context, p *proc, name, logPath string, timeout time.Duration, ready func() bool) error {
 	exited := false
 	err := poll(ctx, timeout, name, func() bool {
 		select {
@@ -394,7 +380,10 @@ func (d *demo) waitUp(ctx context.Context, p *proc, name string, timeout time.Du
 	if err != nil || !exited {
 		return err
 	}
-	path := filepath.Join(d.dir, name+".log")
+	path := logPath
+	if path == "" {
+		path = filepath.Join(d.dir, name+".log")
+	}
 	log, _ := os.ReadFile(path)
 	if bytes.Contains(bytes.ToLower(log), []byte("address already in use")) {
 		return fmt.Errorf("%s: %w", name, errPortTaken)

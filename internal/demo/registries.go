@@ -108,7 +108,7 @@ func (l *localChecked) start(ctx context.Context, d *demo) error {
 			return err
 		}
 		l.etcd = c
-		return d.waitUp(ctx, server, "etcd", 30*time.Second, func() bool {
+		return d.waitUp(ctx, server, "etcd", "", 30*time.Second, func() bool {
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
 			_, err := c.Get(cctx, "/")
@@ -128,7 +128,7 @@ func (l *localChecked) start(ctx context.Context, d *demo) error {
 			return err
 		}
 		l.zkAddr = fmt.Sprintf("127.0.0.1:%d", d.ports["registry"])
-		return d.waitUp(ctx, server, "zookeeper", 60*time.Second, func() bool {
+		return d.waitUp(ctx, server, "zookeeper", "", 60*time.Second, func() bool {
 			conn, _, err := zk.Connect([]string{l.zkAddr}, 4*time.Second, zk.WithLogger(quiet{}))
 			if err != nil {
 				return false

@@ -24,9 +24,8 @@ import (
 // SIGKILL included, so there is never a stale lock to clean up. The file
 // holds the last holder's pid and stays in place.
 type Lock struct {
-	f    *os.File
-	dir  *os.File // a one-file store's shared lock of its directory
-	path string
+	f   *os.File
+	dir *os.File // a one-file store's shared lock of its directory
 }
 
 var (
@@ -75,7 +74,7 @@ func Acquire(p string) (*Lock, error) {
 	if err := f.Truncate(0); err == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
-	l := &Lock{f: f, path: lp}
+	l := &Lock{f: f}
 	if !IsDirGlob(p) {
 		dp := LockPath(filepath.Join(filepath.Dir(p), DirGlob))
 		d, err := lockFile(p, dp, syscall.LOCK_SH)
@@ -199,9 +198,6 @@ func sameDev(major, minor string, dev uint64) bool {
 	devMinor := dev&0xff | (dev>>12)&^0xff
 	return ma == devMajor && mi == devMinor
 }
-
-// Path is the lock file's path.
-func (l *Lock) Path() string { return l.path }
 
 // Covers reports whether l is the lock of the persisted path p already:
 // the same lock file, even when named differently (a relative path, a
